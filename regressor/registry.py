@@ -1,0 +1,156 @@
+"""MLflow registry conventions: log the pyfunc, register, tag, and the champion promotion gate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from regressor.config import PromotionRule
+from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def signature() -> ModelSignature:
+    inputs = Schema(
+        [
+            ColSpec("string", "task", required=False),
+            ColSpec("string", "period", required=False),
+            ColSpec("string", "config", required=False),
+            ColSpec("string", "logs", required=False),
+            ColSpec("string", "text", required=False),
+        ]
+    )
+    outputs = Schema([ColSpec("double", name) for name in OUTPUT_COLUMNS])
+    params = ParamSchema(
+        [
+            ParamSpec("num_samples", "integer", DEFAULT_PARAMS["num_samples"]),
+            ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),
+            ParamSpec("seed", "integer", DEFAULT_PARAMS["seed"]),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(record: Mapping) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "task": record["task"],
+                "period": str(record["period"]),
+                "config": json.dumps(record["config"], sort_keys=True),
+                "logs": json.dumps(record["logs"], sort_keys=True),
+            }
+        ]
+    )
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=PYFUNC_CODE.parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def log_and_register(
+    bundle_dir: Path, name: str, example: pd.DataFrame, tags: Mapping[str, str]
+) -> ModelVersion:
+    """Log the bundle as a models-from-code pyfunc in the active run and register a new version."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={"bundle": str(bundle_dir)},
+        signature=signature(),
+        input_example=example,
+        # The pyfunc needs the project itself; `--env-manager local` serves from this environment.
+        pip_requirements=["textperf"],
+        registered_model_name=name,
+    )
+    client = MlflowClient()
+    version = client.get_model_version(name, str(info.registered_model_version))
+    for key, value in {**tags, "git_commit": git_commit()}.items():
+        client.set_model_version_tag(name, version.version, key, str(value))
+    return version
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
+        return f"models:/{name}/{alias_or_version}"
+    return f"models:/{name}@{alias_or_version}"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    reason: str
+    challenger: Mapping[str, float]
+    champion: Mapping[str, float] | None
+
+
+def beats(
+    challenger: Mapping[str, float], champion: Mapping[str, float], rule: PromotionRule
+) -> tuple[bool, str]:
+    """Not worse on every metric of the rule (NaN counts as worse)."""
+    for metric in rule.higher_is_better:
+        if not challenger[metric] >= champion[metric]:
+            return False, f"{metric} {challenger[metric]:.4g} < champion's {champion[metric]:.4g}"
+    for metric in rule.lower_is_better:
+        if not challenger[metric] <= champion[metric]:
+            return False, f"{metric} {challenger[metric]:.4g} > champion's {champion[metric]:.4g}"
+    return True, "not worse than the champion on " + ", ".join(
+        rule.higher_is_better + rule.lower_is_better
+    )
+
+
+def gate(
+    name: str,
+    version: ModelVersion,
+    challenger_metrics: Mapping[str, float],
+    champion_metrics: Mapping[str, float] | None,
+    rule: PromotionRule,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+) -> GateDecision:
+    """The new version becomes `challenger`; it takes `champion` only if it beats the champion."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, challenger_alias, version.version)
+    if champion_metrics is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        promoted, reason = beats(challenger_metrics, champion_metrics, rule)
+    if promoted:
+        # A single alias write: readers see the old champion or the new one, never neither.
+        client.set_registered_model_alias(name, champion_alias, version.version)
+    decision = {
+        "promoted": promoted,
+        "reason": reason,
+        "challenger": dict(challenger_metrics),
+        "champion": dict(champion_metrics) if champion_metrics else None,
+    }
+    client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
+    return GateDecision(promoted, reason, dict(challenger_metrics), champion_metrics)

@@ -1,0 +1,74 @@
+"""The input tokenizer: byte-level BPE trained on the corpus, with every digit its own token.
+
+- Byte-level: text is first mapped to its UTF-8 bytes (GPT-2's printable byte alphabet), and all
+  256 bytes are in the vocabulary, so no input is ever unknown: non-ASCII, emoji, control bytes.
+- Digits split one by one before BPE, so numbers in configs and logs are read digit by digit
+  and no merge like "202" or "00 " hides their value.
+- Whitespace is kept as bytes (newlines and indentation carry the structure of configs).
+- `<pad>` is not a string of the tokenizer (its id is one past the BPE vocabulary), so no input
+  text, whatever it contains, can ever produce the pad id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+
+class InputTokenizer:
+    """Text -> token ids for the encoder. Build with `train` or `load`."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.pad_id = tokenizer.get_vocab_size()
+        self.vocab_size = self.pad_id + 1
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> InputTokenizer:
+        """BPE merges learnt from `texts`; at most `vocab_size` ids including `<pad>`.
+
+        The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
+        """
+        if vocab_size < 257 + 1:
+            raise ValueError("vocab_size must cover the 256 bytes and <pad>")
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - 1,  # the last id is <pad>
+            min_frequency=2,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer)
+
+    def encode_batch(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        """Token ids of each text, cut to its first `max_tokens` (no padding: batching pads)."""
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [encoding.ids[:max_tokens] for encoding in encodings]
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids back to text (pad ids dropped), for debugging and tests."""
+        return self._tokenizer.decode([i for i in ids if i != self.pad_id])
+
+    def tokens(self, text: str) -> list[str]:
+        """The byte-level token strings of `text`, for debugging."""
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tokenizer.save(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> InputTokenizer:
+        return cls(Tokenizer.from_file(str(path)))

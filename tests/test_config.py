@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from regressor.config import (
+    CONF_DIR,
+    ConfigError,
+    load_app_config,
+    load_model_config,
+    load_source_config,
+    load_train_config,
+)
+
+
+def test_every_shipped_config_validates():
+    app = load_app_config()
+    assert app.registry.model_name == "textperf"
+    for path in (CONF_DIR / "model").glob("*.yaml"):
+        assert load_model_config(path.stem).name == path.stem
+    for path in (CONF_DIR / "train").glob("*.yaml"):
+        load_train_config(path.stem)
+    for path in (CONF_DIR / "sources").glob("*.yaml"):
+        load_source_config(path.stem)
+
+
+def test_unknown_key_names_the_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: small\nmodle: typo\n")
+    with pytest.raises(ConfigError, match=r"(?s)bad\.yaml.*modle"):
+        load_app_config(path)
+
+
+def test_malformed_yaml_names_the_file(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_app_config(path)
+
+
+def test_non_mapping_yaml_is_refused(tmp_path: Path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_app_config(path)
+
+
+def test_paths_resolve_under_var(tmp_path: Path):
+    paths = load_app_config().paths.model_copy(update={"var_dir": tmp_path}).resolve()
+    assert paths.warehouse == tmp_path / "warehouse.duckdb"
+    assert paths.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"

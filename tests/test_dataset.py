@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import polars as pl
+
+from regressor.config import SplitConfig
+from regressor.dataset import assign_splits, examples_by_split
+
+
+def _records(tasks=("a", "b", "c"), days=12) -> pl.DataFrame:
+    rows = [
+        {
+            "record_id": f"s/{t}/{d}",
+            "source": "s",
+            "task": t,
+            "period": date(2026, 1, 1) + timedelta(days=d),
+            "config_json": json.dumps({"size": i + 1}),
+            "logs_json": json.dumps({"errors": d}),
+            "target": float(i * 10 + d),
+        }
+        for i, t in enumerate(tasks)
+        for d in range(days)
+    ]
+    return pl.DataFrame(rows)
+
+
+def test_splits_are_disjoint_in_time_and_task():
+    labelled = assign_splits(_records(), SplitConfig(test_days=3))
+    counts = dict(labelled.group_by("split").len().iter_rows())
+    assert counts == {"train": 2 * 8, "val": 2 * 1, "test": 2 * 3, "adapt_pool": 9, "adapt_test": 3}
+    train_end = labelled.filter(pl.col("split") == "train")["period"].max()
+    assert train_end < labelled.filter(pl.col("split") == "test")["period"].min()
+    assert set(labelled.filter(pl.col("split").str.starts_with("adapt"))["task"]) == {"c"}
+
+
+def test_named_holdout_task():
+    labelled = assign_splits(_records(), SplitConfig(test_days=3, holdout_task="a"))
+    assert set(labelled.filter(pl.col("split") == "adapt_pool")["task"]) == {"a"}
+
+
+def test_examples_carry_text_and_targets():
+    splits = examples_by_split(_records(), SplitConfig(test_days=3))
+    test = splits["test"]
+    assert len(test) == 6
+    assert all(text.startswith("<task>") for text in test.texts)
+    assert "size=" in test.texts[0]
+    assert test.targets.dtype.kind == "f"

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from regressor.evaluation import evaluate_predictions, point_metrics
+
+
+def test_perfect_predictions():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    m = point_metrics(y, y)
+    assert m["spearman"] == 1.0
+    assert m["kendall"] == 1.0
+    assert m["mape"] == 0.0
+    assert m["mse"] == 0.0
+
+
+def test_reversed_ranking_and_mape():
+    y = np.array([1.0, 2.0, 4.0])
+    p = np.array([2.0, 1.0, 0.5])
+    m = point_metrics(y, p)
+    assert m["spearman"] == -1.0
+    assert math.isclose(m["mape"], (100 + 50 + 87.5) / 3)
+
+
+def test_constant_prediction_has_no_rank_correlation():
+    m = point_metrics(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]))
+    assert math.isnan(m["spearman"])
+
+
+def test_uncertainty_tracks_error():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1, 2, 200)
+    spread = rng.uniform(0.01, 0.5, 200)
+    median = y + rng.normal(0, 1, 200) * spread  # larger spread, larger error
+    summary = {
+        "median": median,
+        "std": spread,
+        "q10": median - 1.28 * spread,
+        "q90": median + 1.28 * spread,
+    }
+    m = evaluate_predictions(y, summary)
+    assert m["uncertainty_spearman"] > 0.3
+    assert 0.7 < m["interval_coverage"] < 0.9

@@ -1,0 +1,145 @@
+"""Generic log summaries: timestamps, levels, templates, numeric fields; real loghub samples."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from regressor.serialize import approx_token_count
+from regressor.sources.logs import (
+    parse_lines,
+    round_sig,
+    summarize_log,
+    summarize_logs,
+    template_of,
+)
+
+pytest_plugins = ("conftest_data",)
+LOGHUB_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "loghub_2k"
+
+
+def test_variable_parts_are_masked():
+    a = "2026-01-01T00:00:01 INFO sched: job j001-3fa2c on m-a01-0042 from 10.0.0.7:80 took 12.5 s"
+    b = "2026-01-02T11:12:13 INFO sched: job j002-00b1f on m-b07-0001 from 10.2.3.4:9 took 7 s"
+    assert template_of(a) == template_of(b) == "sched: job <ID> on <ID> from <IP> took <NUM> s"
+    assert template_of("ERROR read /var/lib/x/y.dat failed at 0x7ffe12") == (
+        "read <PATH> failed at <HEX>"
+    )
+    assert template_of("WARN id 38101a0b-2096-447d-96ea-a692162415ae gone") == "id <ID> gone"
+    assert template_of("INFO util cpu=0.61 queue=12") == "util cpu=<NUM> queue=<NUM>"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("2015-10-18 18:01:47,978 INFO [main] x", datetime(2015, 10, 18, 18, 1, 47)),
+        ("2026-01-02T03:04:05.123Z WARN x", datetime(2026, 1, 2, 3, 4, 5)),
+        (
+            "- 1117838570 2005.06.03 R02 2005-06-03-15.42.50.675872 R02 RAS",
+            datetime(2005, 6, 3, 15, 42, 50),
+        ),
+        ("081109 203615 148 INFO dfs.DataNode: x", datetime(2008, 11, 9, 20, 36, 15)),
+        ("17/06/09 20:10:40 INFO spark.SecurityManager: x", datetime(2017, 6, 9, 20, 10, 40)),
+        (
+            "134681 node-246 unix.hw state_change 1077804742 1 Component",
+            datetime(2004, 2, 26, 14, 12, 22),
+        ),
+        ("no timestamp here", None),
+    ],
+)
+def test_timestamp_formats(line, expected):
+    lines = parse_lines([line])
+    assert lines["ts"].item() == expected
+    assert not lines["template"].item().startswith("<NUM>-")  # the stamp itself was removed
+
+
+def test_levels_are_found_and_normalised():
+    text = "a WARNING x\nb ERR y\nc INFO z\nd nothing\ne INFO w\n"
+    assert summarize_log(text)["levels"] == {"ERROR": 1, "INFO": 2, "WARN": 1}
+
+
+def test_numeric_fields_are_summarised_with_a_trend_per_hour():
+    text = "".join(
+        f"2026-01-01T{h:02d}:00:00 INFO util cpu={2 * h} tag=v{h} size=3kb\n" for h in range(10)
+    )
+    s = summarize_log(text)
+    assert set(s["values"]) == {"cpu"}  # `size=3kb` and `tag=v1` are not numbers
+    cpu = s["values"]["cpu"]
+    assert cpu == {"mean": 9.0, "p50": 9.0, "p95": 17.1, "max": 18.0, "trend": 2.0}
+    assert s["span_h"] == 9.0
+    assert s["lines"] == 10
+
+
+def test_trend_is_none_without_timestamps():
+    s = summarize_log("load=1\nload=3\n")
+    assert s["values"]["load"]["trend"] is None
+    assert s["span_h"] is None
+
+
+def test_templates_are_capped_and_ordered_by_count():
+    text = "".join(f"event kind{k:02d}x happened\n" * (k + 1) for k in range(5))
+    text += "".join(f"other {word}\n" for word in ("alpha", "beta", "gamma"))
+    s = summarize_log(text, top_templates=3)
+    assert list(s["templates"].items()) == [
+        ("event <ID> happened", 15),
+        ("other alpha", 1),
+        ("other beta", 1),
+    ]
+    assert s["n_templates"] == 4
+
+
+def test_rounding_and_json_safety():
+    assert round_sig(123456.0) == 123500.0
+    assert round_sig(0.000123456) == 0.0001235
+    assert round_sig(float("nan")) is None
+    assert round_sig(float("inf")) is None
+    s = summarize_log("x=1e308 y=-1e308\nx=1e308 y=1e308\n")
+    json.dumps(s, allow_nan=False)
+
+
+def test_batch_equals_one_by_one_and_empty_is_fine():
+    texts = ["a=1\nINFO b\n", "", "2026-01-01T00:00:00 ERROR c=2\n\n\n"]
+    assert summarize_logs(texts) == [summarize_log(t) for t in texts]
+    assert summarize_logs([]) == []
+    assert summarize_log("")["lines"] == 0
+    assert summarize_logs(texts)[2]["lines"] == 1  # blank lines do not count
+
+
+def test_a_fleet_day_summary_is_compact(tiny_fleet, fleet_source):
+    raw_dir, _ = tiny_fleet
+    log = raw_dir / fleet_source.root / "logs" / "cell-a02" / "2026-01-03.log"
+    s = summarize_log(log.read_text())
+    assert s["lines"] == len(log.read_text().splitlines())
+    assert "monitor: util cpu=<NUM> mem=<NUM> queue=<NUM>" in s["templates"]
+    assert {"cpu", "mem", "queue", "dur_s", "wait_s"} <= set(s["values"])
+    assert approx_token_count(json.dumps(s)) < 400
+
+
+def loghub_files() -> list[Path]:
+    return sorted(LOGHUB_DIR.glob("*/*.log")) if LOGHUB_DIR.is_dir() else []
+
+
+@pytest.mark.parametrize(
+    "path", loghub_files() or [None], ids=lambda p: p.parent.name if p else "absent"
+)
+def test_loghub_samples_parse_into_good_templates(path):
+    if path is None:
+        pytest.skip(f"{LOGHUB_DIR} is absent: the loghub 2k samples are not available here")
+    lines = parse_lines([path.read_text(encoding="utf-8")])
+    assert lines.height == 2000
+    assert lines["ts"].null_count() == 0  # every system's timestamp format is recognised
+    truth = Path(f"{path}_structured.csv")
+    if truth.is_file():  # loghub's hand-made templates: ours should group the same lines
+        events = lines.with_columns(pl.read_csv(truth)["EventId"].alias("event"))
+        majority = (
+            events.group_by("template", "event").len().group_by("template").agg(pl.col("len").max())
+        )
+        assert majority["len"].sum() / lines.height > 0.95  # a template rarely mixes two events
+        assert lines["template"].n_unique() <= 1.5 * events["event"].n_unique()  # nor over-splits
+    summary = summarize_log(path.read_text(encoding="utf-8"))
+    assert len(summary["templates"]) <= 30
+    json.dumps(summary, allow_nan=False)

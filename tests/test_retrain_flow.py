@@ -1,0 +1,136 @@
+"""The walking skeleton end to end: the real flow, DuckDB file, MLflow store and Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from flows.retrain import RetrainParams, retrain
+from regressor.warehouse import Warehouse
+
+TINY_APP = {
+    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
+    "split": {"test_days": 6},
+    "model": "tiny",
+    "train": "tiny",
+    "eval": {"num_samples": 6},
+    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
+    root = tmp_path_factory.mktemp("demo")
+    config = root / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    var = root / "var"
+    first = retrain(RetrainParams(config=config, var_dir=var))
+    rows_after_first = _record_count(var)
+    second = retrain(RetrainParams(config=config, var_dir=var))
+    return {
+        "var": var,
+        "config": config,
+        "reports": (first, second),
+        "rows_after_first": rows_after_first,
+    }
+
+
+def _record_count(var: Path) -> int:
+    with Warehouse(var / "warehouse.duckdb", read_only=True) as wh:
+        return wh.query("records").height
+
+
+def _client(var: Path) -> MlflowClient:
+    uri = f"sqlite:///{var / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_report_names_every_step_and_the_uris(demo_run):
+    report = demo_run["reports"][0]
+    for needle in (
+        "Held-out later days",
+        "lightgbm",
+        "mean",
+        "textperf",
+        "Few-shot adaptation",
+        "models:/textperf@champion",
+    ):
+        assert needle in report
+
+
+def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
+    client = _client(demo_run["var"])
+    champion = client.get_model_version_by_alias("textperf", "champion")
+    assert champion.tags["data_hash"]
+    adapted = [m for m in client.search_registered_models() if m.name.startswith("textperf-")]
+    assert len(adapted) == 1
+    version = client.search_model_versions(f"name='{adapted[0].name}'")[0]
+    assert version.tags["base_model"].startswith("models:/textperf/")
+    assert int(version.tags["n_shots"]) == 12
+
+
+def test_second_run_adds_no_duplicate_records_and_a_new_challenger(demo_run):
+    var = demo_run["var"]
+    assert _record_count(var) == demo_run["rows_after_first"] > 0
+    client = _client(var)
+    assert len(client.search_model_versions("name='textperf'")) == 2
+    assert str(client.get_model_version_by_alias("textperf", "challenger").version) == "2"
+    decision = json.loads(client.get_model_version("textperf", "2").tags["gate_decision"])
+    assert decision["champion"] is not None  # the gate compared against the first run's champion
+
+
+def test_champion_loads_and_predicts_in_a_fresh_process(demo_run):
+    var = demo_run["var"]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{var / 'mlflow.db'}')\n"
+        "m = mlflow.pyfunc.load_model('models:/textperf@champion')\n"
+        "df = pd.DataFrame([{'text': '<task>\\ncell-x\\n<config>\\na=1'}])\n"
+        "out = m.predict(df, params={'num_samples': 5})\n"
+        "print(json.dumps(out.iloc[0].to_dict()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(row) == {"median", "mean", "std", "p10", "p90"}
+    assert row["p10"] <= row["median"] <= row["p90"]
+
+
+def test_cli_predict_prints_median_and_interval(demo_run, tmp_path: Path):
+    var = demo_run["var"]
+    cell = sorted((var / "raw" / "demo_fleet" / "cells").glob("*.yaml"))[0]
+    record = {
+        "task": cell.stem,
+        "period": "2026-02-01",
+        "config": yaml.safe_load(cell.read_text()),
+        "logs": {},
+    }
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    textperf = Path(sys.executable).with_name("textperf")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow.db'}"}
+    done = subprocess.run(
+        [
+            str(textperf),
+            "predict",
+            "--model",
+            "models:/textperf@champion",
+            "--num-samples",
+            "8",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert "median" in done.stdout
+    assert "10-90%" in done.stdout

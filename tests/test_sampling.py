@@ -1,0 +1,155 @@
+"""Sampling, scoring and summaries, on untrained and briefly trained tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regressor.config import CodecConfig, load_model_config
+from regressor.model import EncoderDecoder
+from regressor.numbers import NAN, NumberCodec
+from regressor.predictor import pad_batch
+from regressor.sampling import log_prob, sample, sample_ids, summarize
+from regressor.vocab import InputTokenizer
+
+TINY = load_model_config("tiny")
+TOY = {"x=3": 300.0, "x=5": 0.052, "x=7": -7100.0, "x=9": 9.9e9, "x=1": 0.0}
+TEXTS = list(TOY)
+
+
+def tokenize(tokenizer: InputTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    return pad_batch(tokenizer.encode_batch(texts, 32), tokenizer.pad_id)
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[EncoderDecoder, NumberCodec, InputTokenizer]:
+    """A tiny model fitted to TOY for 200 full-batch steps (about a second on a CPU)."""
+    torch.manual_seed(0)
+    codec = NumberCodec(CodecConfig(mantissa_digits=3))
+    tokenizer = InputTokenizer.train(TEXTS * 5, vocab_size=300)
+    model = EncoderDecoder(TINY, tokenizer.vocab_size, codec.vocab_size)
+    src, mask = tokenize(tokenizer, TEXTS)
+    target = codec.encode(list(TOY.values()))
+    tgt_in = torch.cat([torch.full((len(target), 1), codec.bos_id), target[:, :-1]], 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(src, mask, tgt_in)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), codec, tokenizer
+
+
+def untrained(codec: NumberCodec) -> tuple[EncoderDecoder, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = EncoderDecoder(TINY, 300, codec.vocab_size).eval()
+    src = torch.randint(0, 300, (2, 9))
+    mask = torch.arange(9)[None, :] < torch.tensor([[9], [4]])
+    return model, src, mask
+
+
+def test_trained_model_samples_its_targets(
+    toy: tuple[EncoderDecoder, NumberCodec, InputTokenizer],
+) -> None:
+    model, codec, tokenizer = toy
+    src, mask = tokenize(tokenizer, TEXTS)
+    gen = torch.Generator().manual_seed(0)
+    samples = sample(model, codec, src, mask, num_samples=16, generator=gen)
+    assert samples.shape == (len(TOY), 16)
+    np.testing.assert_array_equal(np.median(samples, axis=1), list(TOY.values()))
+    greedy = sample(model, codec, src, mask, num_samples=1, temperature=0.0)
+    np.testing.assert_array_equal(greedy[:, 0], list(TOY.values()))
+
+
+def test_trained_model_scores_its_targets_highest(
+    toy: tuple[EncoderDecoder, NumberCodec, InputTokenizer],
+) -> None:
+    model, codec, tokenizer = toy
+    src, mask = tokenize(tokenizer, TEXTS)
+    right = log_prob(model, codec, src, mask, list(TOY.values()))
+    wrong = log_prob(model, codec, src, mask, list(TOY.values())[::-1])
+    assert right.shape == (len(TOY),)
+    assert (right > np.log(0.5)).all()
+    assert (right[[0, 1, 3, 4]] > wrong[[0, 1, 3, 4]] + 3).all()  # index 2 is its own reverse
+
+
+def naive_greedy(
+    model: EncoderDecoder, codec: NumberCodec, src: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """What regress-lm does: re-run the whole decoder on the prefix at every step, no cache."""
+    prefix = torch.full((len(src), 1), codec.bos_id)
+    for t in range(codec.seq_len):
+        logits = model(src, mask, prefix)[:, -1]
+        logits = logits.masked_fill(~codec.allowed_mask(prefix[:, 1:]), float("-inf"))
+        prefix = torch.cat([prefix, logits.argmax(-1, keepdim=True)], 1)
+        assert prefix.shape[1] == t + 2
+    return prefix[:, 1:]
+
+
+@torch.no_grad()
+def test_cached_greedy_equals_naive_greedy() -> None:
+    codec = NumberCodec(CodecConfig(mantissa_digits=4))
+    model, src, mask = untrained(codec)
+    cached = sample_ids(model, codec, src, mask, num_samples=3, temperature=0.0)
+    expected = naive_greedy(model, codec, src, mask).repeat_interleave(3, 0)
+    assert torch.equal(cached, expected)
+
+
+def test_samples_decode_to_numbers_and_are_reproducible() -> None:
+    codec = NumberCodec()
+    model, src, mask = untrained(codec)
+    ids = sample_ids(model, codec, src, mask, 64, generator=torch.Generator().manual_seed(3))
+    values = codec.decode(ids)
+    assert np.array_equal(np.isnan(values), (ids[:, 0] == NAN).numpy())  # NaN only if sampled
+    again = sample(model, codec, src, mask, 64, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(again, values.reshape(2, 64))
+
+
+def test_sampling_keeps_the_callers_mode() -> None:
+    codec = NumberCodec()
+    model, src, mask = untrained(codec)
+    model.train()
+    sample(model, codec, src, mask, 2)
+    assert model.training
+
+
+@torch.no_grad()
+def test_log_prob_is_a_distribution_matching_the_sampler() -> None:
+    """Tiny codec (58 possible numbers): probabilities sum to one and sampling follows them."""
+    codec = NumberCodec(CodecConfig(mantissa_digits=1, exponent_min=-1, exponent_max=1))
+    model, src, mask = untrained(codec)
+    grid = [float(s * d * 10.0**e) for s in (1, -1) for d in range(1, 10) for e in (-1, 0, 1)]
+    values = [0.0, float("nan"), float("inf"), -float("inf"), *grid]
+    probs = np.stack([np.exp(log_prob(model, codec, src, mask, [v, v])) for v in values], 1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-4)
+
+    draws = sample(model, codec, src, mask, 4000, generator=torch.Generator().manual_seed(0))
+    for row in range(2):
+        freq = [np.mean(same(draws[row], v)) for v in values]
+        np.testing.assert_allclose(freq, probs[row], atol=0.03)
+
+
+def same(draws: np.ndarray, value: float) -> np.ndarray:
+    return np.isnan(draws) if np.isnan(value) else draws == value
+
+
+def test_summarize_excludes_non_finite_samples() -> None:
+    samples = np.array(
+        [
+            [1.0, 2.0, 3.0, 4.0, np.nan, np.inf],
+            [np.nan, np.inf, -np.inf, np.nan, np.nan, np.nan],
+            [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
+        ]
+    )
+    out = summarize(samples, quantiles=(0.1, 0.5, 0.9, 0.025))
+    assert set(out) == {"median", "mean", "std", "q10", "q50", "q90", "q2.5", "finite_fraction"}
+    np.testing.assert_allclose(out["median"][[0, 2]], [2.5, 5.0])
+    np.testing.assert_allclose(out["mean"][[0, 2]], [2.5, 5.0])
+    np.testing.assert_allclose(out["std"][[0, 2]], [np.std([1, 2, 3, 4]), 0.0])
+    np.testing.assert_allclose(out["q10"][0], np.quantile([1, 2, 3, 4], 0.1))
+    np.testing.assert_allclose(out["finite_fraction"], [4 / 6, 0.0, 1.0])
+    assert all(np.isnan(out[key][1]) for key in out if key != "finite_fraction")

@@ -1,0 +1,63 @@
+"""The input tokenizer: trained BPE, single digits, nothing unknown, one JSON file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from regressor.vocab import InputTokenizer
+
+CORPUS = [
+    "[config]\ncell: c01\ncpu_cores: 64\nmemory_gb: 512\nscheduler: fair\n",
+    "[logs]\njob finished in 123 s\njob finished in 98 s\nutil mean=0.73 p95=0.91\n",
+    "[config]\ncell: c02\ncpu_cores: 32\nmemory_gb: 256\nscheduler: fifo\n",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> InputTokenizer:
+    return InputTokenizer.train(CORPUS, vocab_size=400)
+
+
+def test_learns_merges_within_budget(tokenizer: InputTokenizer) -> None:
+    assert 257 < tokenizer.vocab_size <= 400
+    assert tokenizer.pad_id == tokenizer.vocab_size - 1
+    [ids] = tokenizer.encode_batch(["scheduler: fair"], max_tokens=100)
+    assert len(ids) < len("scheduler: fair") / 2  # whole words became single tokens
+
+
+def test_digits_are_single_tokens(tokenizer: InputTokenizer) -> None:
+    assert tokenizer.tokens("cpu_cores: 64512")[-5:] == ["6", "4", "5", "1", "2"]
+
+
+@pytest.mark.parametrize("text", ["naïve Größe ✓", "🚀🔥 ok", "\x00\x07 tabs\tand\nnewlines", ""])
+def test_anything_round_trips(tokenizer: InputTokenizer, text: str) -> None:
+    [ids] = tokenizer.encode_batch([text], max_tokens=1000)
+    assert all(0 <= i < tokenizer.pad_id for i in ids)
+    assert tokenizer.decode(ids) == text
+
+
+def test_pad_is_unreachable_from_text(tokenizer: InputTokenizer) -> None:
+    [ids] = tokenizer.encode_batch(["<pad> [PAD] <unk>"], max_tokens=100)
+    assert tokenizer.pad_id not in ids
+
+
+def test_truncates_without_padding(tokenizer: InputTokenizer) -> None:
+    out = tokenizer.encode_batch([CORPUS[0], "x"], max_tokens=5)
+    assert [len(ids) for ids in out] == [5, 1]
+    full = tokenizer.encode_batch([CORPUS[0]], max_tokens=10_000)[0]
+    assert out[0] == full[:5]
+
+
+def test_save_load_is_identical(tokenizer: InputTokenizer, tmp_path: Path) -> None:
+    path = tokenizer.save(tmp_path / "sub" / "tokenizer.json")
+    loaded = InputTokenizer.load(path)
+    assert (loaded.vocab_size, loaded.pad_id) == (tokenizer.vocab_size, tokenizer.pad_id)
+    texts = [*CORPUS[:3], "unseen 🚀 text 42"]
+    assert loaded.encode_batch(texts, 64) == tokenizer.encode_batch(texts, 64)
+
+
+def test_rejects_a_vocabulary_without_room_for_bytes() -> None:
+    with pytest.raises(ValueError, match="256 bytes"):
+        InputTokenizer.train(CORPUS, vocab_size=200)
