@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from regressor import pipeline, report
-from regressor.config import AppConfig, PathsConfig, load_app_config, load_source_config
+from regressor.config import load_app_config, load_source_config
 
 
 class RetrainParams(BaseModel):
@@ -27,13 +27,6 @@ class RetrainParams(BaseModel):
     var_dir: Path | None = None  # override paths.var_dir, e.g. a scratch directory
     generate_fleet: bool = True  # write the demo fleet first (the demo has no real fleet)
     adapt: bool = True
-
-
-def resolve_app(params: RetrainParams) -> AppConfig:
-    app = load_app_config(params.config)
-    if params.var_dir is not None:
-        app = app.model_copy(update={"paths": PathsConfig(var_dir=params.var_dir)})
-    return app
 
 
 # Heavy objects pass between these tasks in memory; result caching arrives with the ingest cache.
@@ -58,7 +51,7 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams | None = None) -> str:
     params = params or RetrainParams()
-    app = resolve_app(params)
+    app = load_app_config(params.config, params.var_dir)
     paths = app.paths.resolve()
     source = load_source_config(app.source)
     run_id = pipeline.new_run_id()

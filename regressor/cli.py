@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from regressor.config import AppConfig, PathsConfig, load_app_config
+from regressor.config import AppConfig, load_app_config
 
 app = typer.Typer(
     help="textperf: predict performance metrics of large systems from their configs and logs.",
@@ -26,13 +26,6 @@ ConfigOpt = Annotated[
 VarOpt = Annotated[
     Path | None, typer.Option(help="Override paths.var_dir (where all state lands).")
 ]
-
-
-def _app_config(config: Path | None, var_dir: Path | None) -> AppConfig:
-    cfg = load_app_config(config)
-    if var_dir is not None:
-        cfg = cfg.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
-    return cfg
 
 
 def _use_tracking(cfg: AppConfig) -> None:
@@ -72,7 +65,7 @@ def ingest(
     from regressor import pipeline
     from regressor.config import load_source_config
 
-    cfg = _app_config(config, var_dir)
+    cfg = load_app_config(config, var_dir)
     result = pipeline.ingest(cfg.paths.resolve(), load_source_config(source), pipeline.new_run_id())
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "
@@ -111,7 +104,7 @@ def predict(
     import mlflow
     import pandas as pd
 
-    _use_tracking(_app_config(config, var_dir))
+    _use_tracking(load_app_config(config, var_dir))
     rows = []
     for path in records:
         record = _read_record(path)
@@ -130,7 +123,7 @@ def models_list(config: ConfigOpt = None, var_dir: VarOpt = None) -> None:
     """Registered models, their versions and aliases."""
     from mlflow import MlflowClient
 
-    _use_tracking(_app_config(config, var_dir))
+    _use_tracking(load_app_config(config, var_dir))
     client = MlflowClient()
     for rm in client.search_registered_models():
         typer.echo(rm.name)

@@ -218,8 +218,14 @@ def load_model(cls: type[M], path: Path, **overrides: Any) -> M:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def load_app_config(path: Path | None = None, conf_dir: Path = CONF_DIR) -> AppConfig:
-    return load_model(AppConfig, path or conf_dir / "default.yaml")
+def load_app_config(
+    path: Path | None = None, var_dir: Path | None = None, conf_dir: Path = CONF_DIR
+) -> AppConfig:
+    """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands."""
+    app = load_model(AppConfig, path or conf_dir / "default.yaml")
+    if var_dir is not None:
+        app = app.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
+    return app
 
 
 def load_model_config(name: str, conf_dir: Path = CONF_DIR) -> ModelConfig:
@@ -251,7 +257,7 @@ class FleetSourceConfig(Frozen):
     target_min: float = -1e300
     target_max: float = 1e300
     # Field priority for truncation to the token budget: earlier sections are kept longer.
-    section_priority: tuple[str, ...] = ("task", "config", "logs")
+    section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
 
 
 def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> FleetSourceConfig:

@@ -36,22 +36,32 @@ def bullet_list(items: Mapping[str, object]) -> str:
     return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
 
 
+def ingest_summary(ingested) -> str:
+    lines = bullet_list(
+        {
+            "files seen": ingested.files_seen,
+            "ingested": ingested.files_ingested,
+            "unchanged": ingested.files_unchanged,
+            "quarantined": ingested.files_quarantined,
+            "records added": ingested.records_added,
+            "records in source": ingested.records,
+        }
+    )
+    quarantined = "\n".join(f"- `{file}`: {reason}" for file, reason in ingested.quarantined[:50])
+    return lines + ("\n\nQuarantined:\n\n" + quarantined if quarantined else "")
+
+
+def render_ingest(ingested) -> str:
+    return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
+
+
 def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str, float]) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
     parts = [
         "# textperf retraining report",
         "## Ingest",
-        bullet_list(
-            {
-                "files seen": ingested.files_seen,
-                "ingested": ingested.files_ingested,
-                "unchanged": ingested.files_unchanged,
-                "quarantined": ingested.files_quarantined,
-                "records added": ingested.records_added,
-                "records in source": ingested.records,
-            }
-        ),
+        ingest_summary(ingested),
         "## Held-out later days",
         metrics_table(trained.metrics),
         bullet_list(

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-DEFAULT_PRIORITY = ("task", "config", "logs")
+DEFAULT_PRIORITY = ("task", "period", "config", "logs")
 SIGNIFICANT_DIGITS = 4
 
 

@@ -4,7 +4,8 @@
   256 bytes are in the vocabulary, so no input is ever unknown: non-ASCII, emoji, control bytes.
 - Digits split one by one before BPE, so numbers in configs and logs are read digit by digit
   and no merge like "202" or "00 " hides their value.
-- Whitespace is kept as bytes (newlines and indentation carry the structure of configs).
+- Whitespace is kept as bytes (newlines and indentation carry the structure of configs), and
+  merges may cross punctuation and spaces, so repeated key paths and log templates compress.
 - `<pad>` is not a string of the tokenizer (its id is one past the BPE vocabulary), so no input
   text, whatever it contains, can ever produce the pad id.
 """
@@ -37,7 +38,9 @@ class InputTokenizer:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+                # No word-splitting regex: a whole key path such as "\nvalues.cpu.mean=" may
+                # become one token, which halves the length of config-and-log text.
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
         tokenizer.decoder = decoders.ByteLevel()

@@ -65,6 +65,18 @@ def test_report_names_every_step_and_the_uris(demo_run):
         assert needle in report
 
 
+def test_report_saved_as_prefect_artifact(demo_run):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"]))
+        )
+    assert found
+    assert "Held-out later days" in found[0].data
+
+
 def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
     client = _client(demo_run["var"])
     champion = client.get_model_version_by_alias("textperf", "champion")
