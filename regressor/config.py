@@ -6,11 +6,19 @@ instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -24,14 +32,19 @@ class PathsConfig(Frozen):
     """Where state lands. Relative paths are resolved against the project root."""
 
     var_dir: Path = Path("var")
+    # An MLflow tracking server (http://...); None: $MLFLOW_TRACKING_URI, else SQLite under var/.
+    tracking_uri: str | None = None
 
     def resolve(self, root: Path = PROJECT_ROOT) -> ResolvedPaths:
         var = self.var_dir if self.var_dir.is_absolute() else root / self.var_dir
-        return ResolvedPaths(var_dir=var.resolve())
+        # Read at resolve time so a worker's environment (compose, a work pool) picks the server.
+        server = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        return ResolvedPaths(var_dir=var.resolve(), mlflow_server=server)
 
 
 class ResolvedPaths(Frozen):
     var_dir: Path
+    mlflow_server: str | None = None  # a team's tracking server; None: the local SQLite store
 
     @property
     def raw_dir(self) -> Path:
@@ -59,6 +72,8 @@ class ResolvedPaths(Frozen):
 
     @property
     def tracking_uri(self) -> str:
+        if self.mlflow_server:
+            return self.mlflow_server
         # MLflow >= 3.13 refuses the ./mlruns file store; SQLite needs an absolute path.
         return f"sqlite:///{self.mlflow_db}"
 
@@ -81,6 +96,11 @@ class SplitConfig(Frozen):
 
     test_days: int = Field(30, ge=1)
     holdout_task: str | None = None  # None: the last task in sorted order.
+    # Sources without periods (tables of configurations) split by distinct configuration instead:
+    # repeated runs of one configuration never land on both sides.
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
 
 
 class CodecConfig(Frozen):
@@ -90,6 +110,8 @@ class CodecConfig(Frozen):
     # Default covers every finite float64 (subnormals round into the smallest exponent).
     exponent_min: int = -324
     exponent_max: int = 308
+    # Values per record (several objectives): the decoder writes one number after the other.
+    num_objectives: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _ordered(self) -> CodecConfig:
@@ -134,6 +156,14 @@ class TrainConfig(Frozen):
     early_stopping_patience: int = Field(5, ge=1)
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
+    # last.ckpt is refreshed this often (train steps), so a killed run loses at most this many.
+    checkpoint_every_steps: int = Field(50, ge=1)
+    # Scale-out by configuration (passed to `L.Trainer`): e.g. `ddp` on 2 devices, or
+    # `num_nodes: 4` under SLURM/torchrun. CPU DDP uses the gloo backend.
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    devices: int | Literal["auto"] = Field(1)
+    num_nodes: int = Field(1, ge=1)
 
 
 class EvalConfig(Frozen):
@@ -150,6 +180,14 @@ class AdaptConfig(Frozen):
     lr: float = Field(3e-4, gt=0)
     max_minutes: float = Field(2.0, gt=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    # full: every weight; last_layers: the last `last_layers` decoder blocks, final norm and head;
+    # lora: low-rank adapters (rank `lora_rank`) on the attention and MLP linears, merged on save.
+    method: Literal["full", "last_layers", "lora"] = "full"
+    last_layers: int = Field(1, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)  # None: alpha = rank (scale 1)
+    # The from-scratch reference trains at most this long (its recipe is the base train config).
+    scratch_max_minutes: float = Field(2.0, gt=0)
 
 
 class PromotionRule(Frozen):
@@ -172,6 +210,16 @@ class ScheduleConfig(Frozen):
     timezone: str = "UTC"
 
 
+class OrchestrationConfig(Frozen):
+    """How Prefect runs the flows: task runner, and the one-writer limit around DuckDB."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    max_workers: int = Field(2, ge=1)  # threads, or Dask workers of a local cluster
+    # A Prefect global concurrency limit of 1 slot held by every task that writes the warehouse.
+    writer_limit: str = "textperf-warehouse-writer"
+    work_pool: str = "textperf-process"
+
+
 class AppConfig(Frozen):
     """`conf/default.yaml`: everything a run needs, with the model and train sizes by name."""
 
@@ -186,6 +234,7 @@ class AppConfig(Frozen):
     adapt: AdaptConfig = AdaptConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
 
 class ConfigError(ValueError):
@@ -260,8 +309,98 @@ class FleetSourceConfig(Frozen):
     section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
 
 
-def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> FleetSourceConfig:
+def data_root(root: Path) -> Path:
+    """A table/runs source's root: relative paths are against the project root, so a YAML file
+    can read `../shared/datasets/...` in place (next to the project, never copied into it)."""
+    return root if root.is_absolute() else (PROJECT_ROOT / root).resolve()
+
+
+class TableSourceConfig(Frozen):
+    """`adapter: table`: each row of CSV/TSV/Parquet files is one record.
+
+    Config = `config_columns` (None: every column but the target and task columns, minus
+    `exclude_columns`). The target is the first of `target_columns` present in a file's header
+    (so one source can span files that name it differently). The task is `task_column` when set,
+    else `task` with `{stem}` replaced by the file's stem. The record key is `key_columns` (a
+    repeated key is quarantined) or, when empty, the file and line (repeated measurements of one
+    configuration are legitimate rows).
+    """
+
+    name: str
+    adapter: Literal["table"]
+    root: Path
+    files: tuple[str, ...] = Field(min_length=1)  # globs under root: *.csv, *.tsv, *.parquet
+    separator: str | None = None  # None: tab for .tsv, comma otherwise
+    target_columns: tuple[str, ...] = Field(min_length=1)
+    config_columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
+    task_column: str | None = None
+    task: str = "{stem}"
+    key_columns: tuple[str, ...] = ()
+    target_min: float = -1e300
+    target_max: float = 1e300
+    max_line_bytes: int = Field(1 << 20, ge=64)  # longer lines are quarantined, not parsed
+    block_bytes: int = Field(8 << 20, ge=256)  # read and parse files this much at a time
+    section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+
+class ReferenceConfig(Frozen):
+    """Pair each run with a run of the same workload on a reference setting (e.g. VM type).
+
+    A record then holds the target run's own configuration and the reference run's log summary
+    and target, never the target run's own log (that would leak its runtime).
+    """
+
+    field: str  # e.g. vm_type
+    value: str  # e.g. m5.large
+    match: tuple[str, ...] = Field(min_length=1)  # fields that define "the same workload"
+    pair_on: str | None = None  # prefer the reference run with the same value (e.g. repetition)
+
+
+class RunsSourceConfig(Frozen):
+    """`adapter: runs`: one folder per run holding a report/config JSON (or YAML) and a
+    time-series CSV log (e.g. sar, one row per second).
+
+    `path_pattern` is a regex with named groups matched against the folder's path under root;
+    the groups join the report's fields. `lookup` enriches fields with static tables, e.g. a VM
+    type's vCPUs and memory. Config = path groups + `config_fields` (+ lookups); listing fields
+    keeps leaky ones (end times, throughput = size / runtime) out.
+    """
+
+    name: str
+    adapter: Literal["runs"]
+    root: Path
+    run_glob: str = "*/*"
+    report_files: tuple[str, ...] = ("report.json",)  # the first present is read
+    log_file: str = "log.csv"
+    path_pattern: str | None = None
+    target_field: str
+    task_field: str
+    period_field: str | None = None  # a timestamp field; its date is the record's period
+    config_fields: tuple[str, ...] = ()
+    lookup: dict[str, dict[str, dict[str, str | int | float]]] = {}
+    reference: ReferenceConfig | None = None
+    own_log: bool = False  # put the run's own log summary in its record (off: leakage)
+    log_columns: tuple[str, ...] | None = None  # numeric log columns to summarise (None: all)
+    log_window_s: int | None = None  # summary window in seconds (None: one window per run)
+    target_min: float = -1e300
+    target_max: float = 1e300
+    section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+
+SourceConfig = Annotated[
+    FleetSourceConfig | TableSourceConfig | RunsSourceConfig, Field(discriminator="adapter")
+]
+SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
+
+
+def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> SourceConfig:
+    """`conf/sources/<name>.yaml` (or a YAML path) as its `adapter` (default fleet)."""
     path = Path(name_or_path)
     if path.suffix not in {".yaml", ".yml"}:
         path = conf_dir / "sources" / f"{name_or_path}.yaml"
-    return load_model(FleetSourceConfig, path)
+    data = {"adapter": "fleet", **load_yaml(path)}
+    try:
+        return SOURCE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

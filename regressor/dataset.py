@@ -45,7 +45,8 @@ def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A warehouse records row -> the dict `serialize` renders."""
     return {
         "task": row["task"],
-        "period": str(row["period"]),
+        # Tables of configurations have no period: the section is then left out of the text.
+        "period": None if row["period"] is None else str(row["period"]),
         "config": json.loads(row["config_json"]),
         "logs": json.loads(row["logs_json"]),
     }
@@ -61,16 +62,15 @@ def holdout_task_of(records: pl.DataFrame, split: SplitConfig) -> str:
 
 
 def assign_splits(records: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
-    """Add a `split` column: later days are test, one task is kept out for adaptation.
+    """Add a `split` column: held-out records are test, one task is kept out for adaptation.
 
-    - test: every period after `max(period) - test_days`, so evaluation is on the future;
-    - val: the `test_days // 3` periods just before the test window (early stopping);
-    - adapt_pool / adapt_test: the holdout task's records before / inside the test window.
+    - test / val: later periods when records have them (`by_time`), else a seeded share of the
+      distinct configurations (`by_configuration`);
+    - adapt_pool / adapt_test: the holdout task's records outside / inside the test part.
     """
     holdout = holdout_task_of(records, split)
-    test_start = records["period"].max() - timedelta(days=split.test_days - 1)
-    val_start = test_start - timedelta(days=max(1, split.test_days // 3))
-    in_test = pl.col("period") >= test_start
+    has_time = records["period"].null_count() == 0
+    in_test, in_val = by_time(records, split) if has_time else by_configuration(split)
     is_holdout = pl.col("task") == holdout
     return records.with_columns(
         pl.when(is_holdout & in_test)
@@ -79,11 +79,24 @@ def assign_splits(records: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
         .then(pl.lit("adapt_pool"))
         .when(in_test)
         .then(pl.lit("test"))
-        .when(pl.col("period") >= val_start)
+        .when(in_val)
         .then(pl.lit("val"))
         .otherwise(pl.lit("train"))
         .alias("split")
     )
+
+
+def by_time(records: pl.DataFrame, split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
+    """Test: the last `test_days` periods; val: the `test_days // 3` periods just before them."""
+    test_start = records["period"].max() - timedelta(days=split.test_days - 1)
+    val_start = test_start - timedelta(days=max(1, split.test_days // 3))
+    return pl.col("period") >= test_start, pl.col("period") >= val_start
+
+
+def by_configuration(split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
+    """A seeded hash of the configuration picks its side, the same for all its repeated runs."""
+    bucket = pl.col("config_json").hash(seed=split.seed) % 10_000 / 10_000
+    return bucket < split.test_fraction, bucket < split.test_fraction + split.val_fraction
 
 
 def to_examples(

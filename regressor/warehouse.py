@@ -25,6 +25,7 @@ from regressor.config import PROJECT_ROOT
 SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATION_NAME = re.compile(r"^(\d{4})_[\w\-]+\.sql$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*[KMGT]i?B$")
 
 
 class WarehouseLockedError(TimeoutError):
@@ -78,6 +79,7 @@ class Warehouse:
         read_only: bool = False,
         lock_timeout_s: float = 120.0,
         sql_dir: Path = SQL_DIR,
+        memory_limit: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
@@ -85,6 +87,12 @@ class Warehouse:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = connect_with_retry(self.path, read_only, lock_timeout_s)
+        if memory_limit is not None:
+            # DuckDB's buffer pool otherwise keeps written blocks cached up to 80% of RAM, so a
+            # long ingest's RSS would grow with the data; past the limit it evicts (or spills).
+            if not MEMORY_SIZE.match(memory_limit):  # SET takes no bound parameters
+                raise ValueError(f"memory_limit {memory_limit!r} is not like '512MB' or '2GiB'")
+            self.con.execute(f"SET memory_limit = '{memory_limit}'")
 
     def __enter__(self) -> Warehouse:
         return self

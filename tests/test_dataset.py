@@ -47,3 +47,26 @@ def test_examples_carry_text_and_targets():
     assert all(text.startswith("<task>") for text in test.texts)
     assert "size=" in test.texts[0]
     assert test.targets.dtype.kind == "f"
+
+
+def test_records_without_periods_split_by_distinct_configuration():
+    rows = [
+        {
+            "record_id": f"t/{c}/{r}",
+            "source": "t",
+            "task": "job-a" if c % 2 else "job-b",
+            "period": None,
+            "config_json": json.dumps({"size": c}),
+            "logs_json": "{}",
+            "target": float(c),
+        }
+        for c in range(200)
+        for r in range(3)  # three repeated runs of every configuration
+    ]
+    records = pl.DataFrame(rows, schema_overrides={"period": pl.Date})
+    labelled = assign_splits(records, SplitConfig(holdout_task="job-b", test_fraction=0.2))
+    sides = labelled.group_by("config_json").agg(pl.col("split").n_unique().alias("n"))
+    assert sides["n"].max() == 1  # repeats of a configuration never straddle splits
+    counts = dict(labelled.group_by("split").len().iter_rows())
+    assert 0.1 < counts["test"] / (counts["test"] + counts["train"] + counts["val"]) < 0.3
+    assert counts["adapt_pool"] > counts["adapt_test"] > 0

@@ -14,7 +14,13 @@ the message with the timestamp and level removed and variable parts masked (`<IP
   (Named `values` so that, in sorted-key text, template counts come first and survive truncation.)
 
 Floats are rounded to 4 significant digits so a day of logs costs a few hundred tokens. The work is
-done on whole batches of files at once with polars; per-line Python would be ~50x slower.
+done on whole batches of files at once with polars; per-line Python would be ~50x slower. Two tricks
+keep it near the speed of reading the bytes (see bench/ingest.py):
+
+* timestamp formats are tried in order on the lines no earlier format matched (not every format on
+  every line), so a file in one format pays for one format;
+* templates are computed once per distinct *shape* of message (digits 1-9 folded to 0, which no
+  mask can tell apart), not once per line: a day's thousands of lines have a few dozen shapes.
 """
 
 from __future__ import annotations
@@ -23,11 +29,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 SIGNIFICANT_DIGITS = 4
 
 _FRACTION_TZ = r"(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
@@ -52,7 +57,6 @@ MASKS: tuple[tuple[str, str], ...] = (
 )
 _NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 FIELD_RE = r"\b[A-Za-z_][\w.]*=" + _NUMBER + r"(?:[^\w.]|$)"
-NUMBER_AFTER_EQ = "=(" + _NUMBER + ")"
 
 
 def round_sig(value: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | None:
@@ -88,21 +92,22 @@ def _timestamp(line: pl.Expr, pattern: str, fmt: str) -> pl.Expr:
     return raw.str.replace("T", " ").str.to_datetime(fmt, strict=False, time_unit="ms")
 
 
-def timestamp_expr(line: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """(timestamp, index of the format that matched) for each line; null when none matched."""
-    stamps = [_timestamp(line, pat, fmt) for pat, fmt in TIMESTAMP_FORMATS]
-    which = pl.coalesce(
-        [pl.when(ts.is_not_null()).then(pl.lit(i, pl.Int8)) for i, ts in enumerate(stamps)]
-    )
-    return pl.coalesce(stamps).alias("ts"), which.alias("fmt")
-
-
-def message_expr(line: pl.Expr, fmt: pl.Expr) -> pl.Expr:
-    """The line without its timestamp (the matched format only) and its first level word."""
-    stripped = pl.when(fmt.is_null()).then(line)
-    for i, (pattern, _) in enumerate(TIMESTAMP_FORMATS):
-        stripped = stripped.when(fmt == i).then(line.str.replace(pattern, ""))
-    return stripped.otherwise(line).str.replace(LEVEL_RE + r":?\s*", "")
+def stamped_lines(lines: pl.DataFrame) -> pl.DataFrame:
+    """Add `ts` and `message` (the line without its timestamp): each format is tried only on the
+    lines that no earlier format matched, so the common one-format file costs one pass."""
+    text = pl.col("text")
+    parts, rest = [], lines
+    for pattern, fmt in TIMESTAMP_FORMATS:
+        if rest.is_empty():
+            break
+        rest = rest.with_columns(_timestamp(text, pattern, fmt).cast(pl.Datetime("ms")).alias("ts"))
+        hit = rest.filter(pl.col("ts").is_not_null())
+        parts.append(hit.with_columns(text.str.replace(pattern, "").alias("message")))
+        rest = rest.filter(pl.col("ts").is_null()).drop("ts")
+    none = pl.lit(None, pl.Datetime("ms"))
+    parts.append(rest.with_columns(none.alias("ts"), text.alias("message")))
+    parts = [part for part in parts if part.height] or parts[-1:]
+    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("file", "line")
 
 
 def mask_expr(message: pl.Expr) -> pl.Expr:
@@ -111,16 +116,35 @@ def mask_expr(message: pl.Expr) -> pl.Expr:
     return message.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
+def shape_expr(message: pl.Expr) -> pl.Expr:
+    """Digits 1-9 folded to 0: every mask sees the same digit classes, so a shape has one template
+    (the literal 0 of `0x` hex is kept, and 1-9 never start a hex literal)."""
+    return message.str.replace_all(r"[1-9]", "0")
+
+
+def shaped_lines(texts: Sequence[str]) -> pl.DataFrame:
+    """Lines of every text with file, line, text, ts (datetime|null), shape (see `shape_expr`).
+
+    The shape keeps the level word (levels have no digits), so level and template are both
+    functions of the shape and are computed per distinct shape (`shape_table`).
+    """
+    lines = stamped_lines(split_lines(texts))
+    return lines.with_columns(shape_expr(pl.col("message")).alias("shape")).drop("message")
+
+
+def shape_table(shapes: pl.Series) -> pl.DataFrame:
+    """shape -> level (str|null) and template, computed once per distinct shape."""
+    unique = shapes.unique().to_frame("shape")
+    level = pl.col("shape").str.extract(LEVEL_RE, 1).replace(LEVEL_ALIASES)
+    message = pl.col("shape").str.replace(LEVEL_RE + r":?\s*", "")
+    return unique.with_columns(level.alias("level"), mask_expr(message).alias("template"))
+
+
 def parse_lines(texts: Sequence[str]) -> pl.DataFrame:
     """Lines of every text with file, line, text, ts (datetime|null), level (str|null), template."""
-    lines = split_lines(texts)
-    ts, fmt = timestamp_expr(pl.col("text"))
-    level = pl.col("text").str.extract(LEVEL_RE, 1)
-    return (
-        lines.with_columns(ts, fmt, level.replace(LEVEL_ALIASES).alias("level"))
-        .with_columns(mask_expr(message_expr(pl.col("text"), pl.col("fmt"))).alias("template"))
-        .drop("fmt")
-    )
+    lines = shaped_lines(texts)
+    table = shape_table(lines["shape"])
+    return lines.join(table, on="shape", how="left", maintain_order="left").drop("shape")
 
 
 def template_of(line: str) -> str:
@@ -131,60 +155,65 @@ def template_of(line: str) -> str:
 def field_values(lines: pl.DataFrame) -> pl.DataFrame:
     """One row per numeric `key=value` occurrence: file, ts, key, value."""
     pairs = (
-        lines.select("file", "ts", pl.col("text").str.extract_all(FIELD_RE).alias("pair"))
+        lines.filter(pl.col("text").str.contains("=", literal=True))
+        .select("file", "ts", pl.col("text").str.extract_all(FIELD_RE).alias("pair"))
         .explode("pair")
         .drop_nulls("pair")
     )
+    # A pair is `key=<number>` plus at most one non-word character: split at the first '=' and
+    # drop that character when the text does not end in a digit (cheaper than two regexes).
+    split = pl.col("pair").str.split_exact("=", 1)
+    raw = split.struct.field("field_1")
+    ends_in_digit = raw.str.slice(-1).is_in(list("0123456789"))
+    number = pl.when(ends_in_digit).then(raw).otherwise(raw.str.head(-1))
     return pairs.select(
         "file",
         "ts",
-        pl.col("pair").str.extract(r"^([^=]+)=", 1).alias("key"),
-        pl.col("pair").str.extract(NUMBER_AFTER_EQ, 1).cast(pl.Float64).alias("value"),
+        split.struct.field("field_0").alias("key"),
+        number.cast(pl.Float64).alias("value"),
+    )
+
+
+def trend_expr() -> pl.Expr:
+    """Least-squares slope of value against hours since the file's first stamp, over the timed
+    values; None with fewer than two distinct times, exactly 0.0 when those values are flat."""
+    hours = pl.col("ms") / 3.6e6
+    timed = hours.is_not_null()
+    h, y = hours.filter(timed), pl.col("value").filter(timed)
+    dh = h - h.mean()
+    slope = (dh * (y - y.mean())).sum() / (dh * dh).sum()
+    return (
+        pl.when(h.n_unique() < 2)
+        .then(None)
+        .when((y.max() - y.min()) == 0)
+        .then(0.0)
+        .otherwise(slope)
     )
 
 
 def field_series(lines: pl.DataFrame, max_fields: int) -> pl.DataFrame:
-    """Per (file, key): n, the values in line order, and their ms since the file's first stamp."""
+    """Per (file, key) of the `max_fields` most frequent keys: n, mean, p50, p95, max, trend.
+
+    One group-by for the whole batch; a group's statistics depend only on its own values in line
+    order, so a file's summary is the same whichever files share its batch.
+    """
     start = lines.group_by("file").agg(pl.col("ts").min().alias("t0"))
+    value = pl.col("value")
     series = (
         field_values(lines)
         .join(start, on="file", how="left")
         .with_columns((pl.col("ts") - pl.col("t0")).dt.total_milliseconds().alias("ms"))
         .group_by("file", "key")
-        .agg(pl.len().alias("n"), pl.col("ms"), pl.col("value"))
+        .agg(
+            pl.len().alias("n"),
+            value.mean().alias("mean"),
+            value.median().alias("p50"),
+            value.quantile(0.95, "linear").alias("p95"),
+            value.max().alias("max"),
+            trend_expr().alias("trend"),
+        )
     )
     return top_per_file(series, "n", "key", max_fields)
-
-
-def series_summary(ms: list[int | None], values: list[float]) -> dict[str, float | None]:
-    """mean, p50, p95, max and trend (slope per hour) of one series.
-
-    Computed per series with numpy rather than in a polars group-by, so a file's numbers never
-    depend on which other files shared its batch (float sums in different orders can round a
-    4-digit result differently).
-    """
-    v = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, reported as None
-        stats = {
-            "mean": v.mean(),
-            "p50": np.median(v),
-            "p95": np.percentile(v, 95),
-            "max": v.max(),
-            "trend": slope_per_hour(ms, v),
-        }
-    return {k: round_sig(None if x is None else float(x)) for k, x in stats.items()}
-
-
-def slope_per_hour(ms: list[int | None], v: np.ndarray) -> float | None:
-    timed = np.array([t is not None for t in ms])
-    hours = np.array([t for t in ms if t is not None], dtype=np.float64) / 3.6e6
-    y = v[timed]
-    if np.unique(hours).size < 2:
-        return None
-    if np.ptp(y) == 0:
-        return 0.0  # exactly flat; the formula would leave rounding dust
-    dh = hours - hours.mean()
-    return float(dh @ (y - y.mean()) / (dh @ dh))
 
 
 def top_per_file(frame: pl.DataFrame, count: str, name: str, k: int) -> pl.DataFrame:
@@ -201,33 +230,40 @@ def file_stats(lines: pl.DataFrame) -> pl.DataFrame:
     return lines.group_by("file").agg(
         pl.len().alias("lines"),
         pl.when(pl.col("ts").drop_nulls().n_unique() > 1).then(span_ms).alias("span_ms"),
-        pl.col("template").n_unique().alias("n_templates"),
     )
+
+
+def shape_counts(lines: pl.DataFrame) -> pl.DataFrame:
+    """Lines per (file, shape) with each shape's level and template: masks run once per shape."""
+    shapes = lines.group_by("file", "shape").len()
+    return shapes.join(shape_table(shapes["shape"]), on="shape")
 
 
 def summarize_logs(
     texts: Sequence[str], top_templates: int = 30, max_fields: int = 12
 ) -> list[dict[str, Any]]:
     """One summary dict per text, in order (see the module docstring for the layout)."""
-    lines = parse_lines(texts)
+    lines = shaped_lines(texts)
     summaries: list[dict[str, Any]] = [
         {"lines": 0, "span_h": None, "levels": {}, "n_templates": 0, "templates": {}, "values": {}}
         for _ in texts
     ]
     for row in file_stats(lines).iter_rows(named=True):
         summary = summaries[row["file"]]
-        summary.update(lines=row["lines"], n_templates=row["n_templates"])
+        summary["lines"] = row["lines"]
         summary["span_h"] = None if row["span_ms"] is None else round_sig(row["span_ms"] / 3.6e6)
-    levels = lines.drop_nulls("level").group_by("file", "level").len().sort("file", "level")
-    for file, level, n in levels.iter_rows():
+    shapes = shape_counts(lines)
+    levels = shapes.drop_nulls("level").group_by("file", "level").agg(pl.col("len").sum())
+    for file, level, n in levels.sort("file", "level").iter_rows():
         summaries[file]["levels"][level] = n
-    templates = top_per_file(
-        lines.group_by("file", "template").len(), "len", "template", top_templates
-    )
-    for file, template, n in templates.iter_rows():
+    counts = shapes.group_by("file", "template").agg(pl.col("len").sum())
+    for file, n in counts.group_by("file").len().iter_rows():
+        summaries[file]["n_templates"] = n
+    for file, template, n in top_per_file(counts, "len", "template", top_templates).iter_rows():
         summaries[file]["templates"][template] = n
-    for file, key, _, ms, values in field_series(lines, max_fields).sort("file", "key").iter_rows():
-        summaries[file]["values"][key] = series_summary(ms, values)
+    stats = ("mean", "p50", "p95", "max", "trend")
+    for row in field_series(lines, max_fields).sort("file", "key").iter_rows(named=True):
+        summaries[row["file"]]["values"][row["key"]] = {k: round_sig(row[k]) for k in stats}
     return summaries
 
 

@@ -10,3 +10,8 @@ DELETE FROM quarantine WHERE EXISTS (
     SELECT 1 FROM staged_files AS s WHERE s.source = quarantine.source AND s.path = quarantine.path);
 DELETE FROM files WHERE EXISTS (
     SELECT 1 FROM staged_files AS s WHERE s.source = files.source AND s.path = files.path);
+DELETE FROM runs WHERE EXISTS (
+    SELECT 1 FROM staged_files AS s
+    WHERE s.source = runs.source AND (s.path = runs.path OR s.path = runs.log_path));
+DELETE FROM row_records WHERE EXISTS (
+    SELECT 1 FROM staged_files AS s WHERE s.source = row_records.source AND s.path = row_records.path);

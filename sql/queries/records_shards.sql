@@ -1,0 +1,5 @@
+-- The model's rows numbered into shards of $shard_rows, for a Parquet export (see regressor/shards.py).
+SELECT record_id, source, task, period, config_json, logs_json, target,
+       (row_number() OVER (ORDER BY task, period, source, record_id) - 1) // $shard_rows AS shard
+FROM records
+WHERE $source IS NULL OR source = $source
