@@ -1,6 +1,6 @@
 """Numbers as short token sequences for the decoder, and the grammar that keeps samples valid.
 
-A number is always `seq_len = D + 2` tokens: `[sign][d1]...[dD][exponent]`, read as
+A number is always `number_len = D + 2` tokens: `[sign][d1]...[dD][exponent]`, read as
 `sign * d1.d2...dD * 10**exponent`. For example, with D = 4:
 
     123.456  -> + 1 2 3 5 E2        (rounded to 4 significant digits, not truncated)
@@ -17,6 +17,11 @@ Range (`CodecConfig.exponent_min .. exponent_max`, by default every finite float
   nothing underflows: the smallest subnormal, 4.9e-324, is `+ 4 9 4 1 E-324`;
 - decoding clamps to the float64 range: `+ 9 9 9 9 E308` is above float64's max, so it decodes to
   1.797...e308 rather than inf (inf comes only from the inf tokens).
+
+Several objectives per record: M values are M numbers one after the other, `seq_len = M *
+number_len` tokens, and the grammar restarts at every number. `encode` takes [N] (M = 1) or
+[N, M] values; `decode` returns [...] for M = 1 (callers of one objective see no extra axis) and
+[..., M] otherwise.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ class NumberCodec:
         self.digits = cfg.mantissa_digits
         self.exponent_min = cfg.exponent_min
         self.exponent_max = cfg.exponent_max
-        self.seq_len = self.digits + 2
+        self.num_objectives = cfg.num_objectives
+        self.number_len = self.digits + 2  # tokens of one number
+        self.seq_len = self.num_objectives * self.number_len  # tokens of one record's values
         self.vocab_size = EXPONENT0 + cfg.exponent_max - cfg.exponent_min + 1
         self.bos_id = BOS
         self.pad_id = PAD
@@ -58,14 +65,22 @@ class NumberCodec:
 
     # ---- encoding -------------------------------------------------------------------------------
 
+    @property
+    def value_shape(self) -> tuple[int, ...]:
+        """The trailing shape of one record's values: () for one objective, (M,) for several."""
+        return () if self.num_objectives == 1 else (self.num_objectives,)
+
     def encode(self, values: Sequence[float] | np.ndarray) -> torch.Tensor:
-        """float values [N] -> token ids long [N, seq_len]."""
+        """float values [N] (M = 1) or [N, M] -> token ids long [N, seq_len = M * number_len]."""
         flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(flat) % self.num_objectives:
+            raise ValueError(f"expected {self.num_objectives} values per record")
         rows = [self._encode_one(float(x)) for x in flat]
-        return torch.tensor(rows, dtype=torch.long).reshape(len(flat), self.seq_len)
+        n = len(flat) // self.num_objectives
+        return torch.tensor(rows, dtype=torch.long).reshape(n, self.seq_len)
 
     def _encode_one(self, x: float) -> list[int]:
-        filler = [PAD] * (self.seq_len - 1)
+        filler = [PAD] * (self.number_len - 1)
         if math.isnan(x):
             return [NAN, *filler]
         if math.isinf(x):
@@ -101,10 +116,13 @@ class NumberCodec:
     # ---- decoding -------------------------------------------------------------------------------
 
     def decode(self, ids: torch.Tensor) -> np.ndarray:
-        """Token ids long [..., seq_len] -> float64 [...]. A sequence outside the grammar -> NaN."""
+        """Token ids long [..., seq_len] -> float64 [...] (M = 1) or [..., M].
+
+        A number outside the grammar decodes to NaN (only that objective, not its neighbours).
+        """
         ids = torch.as_tensor(ids).detach().cpu().long()
-        batch_shape = ids.shape[:-1]
-        ids = ids.reshape(-1, self.seq_len).numpy()
+        batch_shape = (*ids.shape[:-1], *self.value_shape)
+        ids = ids.reshape(-1, self.number_len).numpy()  # [N * M, number_len]
         sign, digits, exp_id = ids[:, 0], ids[:, 1:-1] - DIGIT0, ids[:, -1] - EXPONENT0
         mantissa = (digits * 10 ** np.arange(self.digits - 1, -1, -1)).sum(1)  # int64 [N]
         value = np.where(sign == MINUS, -1.0, 1.0) * self._scale(mantissa, exp_id)
@@ -169,20 +187,26 @@ class NumberCodec:
 
         Position 0 is the sign or a special; after a special only <pad>; after `-` the first
         digit is 1-9 (zero is `+` only); a leading 0 forces the rest of zero's canonical form.
+        With several objectives the same rules apply to the number being written.
         """
+        if prev.shape[1] >= self.seq_len:
+            raise ValueError(f"a record has {self.seq_len} tokens; prefix has {prev.shape[1]}")
+        start = prev.shape[1] - prev.shape[1] % self.number_len
+        return self._number_mask(prev[:, start:])  # only the current number's own prefix
+
+    def _number_mask(self, prev: torch.Tensor) -> torch.Tensor:
+        """allowed_mask for the prefix [B, t] of one number, t < number_len."""
         m = self._masks
         batch, t = prev.shape
         if t == 0:
             return m["first"].to(prev.device).expand(batch, -1)
-        if t >= self.seq_len:
-            raise ValueError(f"a number has {self.seq_len} tokens; prefix already has {t}")
         special = _isin(prev[:, 0], SPECIALS)[:, None]  # [B, 1]
         if t == 1:
             negative = (prev[:, 0] == MINUS)[:, None]
             normal = torch.where(negative, m["nonzero"], m["digits"])
         else:
             is_zero = (prev[:, 1] == DIGIT0)[:, None]
-            last = t == self.seq_len - 1
+            last = t == self.number_len - 1
             free, forced = (
                 (m["exponents"], m["zero_exponent"]) if last else (m["digits"], m["zero"])
             )
@@ -190,8 +214,12 @@ class NumberCodec:
         return torch.where(special, m["pad"], normal).to(prev.device)
 
     def describe(self, ids: torch.Tensor) -> list[str]:
-        """Readable tokens of each row of ids [N, seq_len], for debugging."""
-        return [" ".join(self.token_strings[i] for i in row) for row in ids.tolist()]
+        """Readable tokens of each row of ids [N, seq_len], for debugging; numbers joined by |."""
+        return [self._describe_row(row) for row in ids.tolist()]
+
+    def _describe_row(self, row: list[int]) -> str:
+        numbers = [row[i : i + self.number_len] for i in range(0, len(row), self.number_len)]
+        return " | ".join(" ".join(self.token_strings[i] for i in n) for n in numbers)
 
 
 def _isin(x: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:

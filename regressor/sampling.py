@@ -29,12 +29,13 @@ def sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """Draw K = num_samples numbers per input: src_ids [B, S], src_mask [B, S] -> float64 [B, K].
+    """Draw K = num_samples values per input: src_ids [B, S], src_mask [B, S] -> float64 [B, K],
+    or [B, K, M] when the codec has M > 1 objectives (one sample is one joint draw of all M).
 
     temperature 0 decodes greedily (every sample then equals the argmax sequence).
     """
     ids = sample_ids(model, codec, src_ids, src_mask, num_samples, temperature, generator)
-    return codec.decode(ids).reshape(src_ids.shape[0], num_samples)
+    return codec.decode(ids).reshape(src_ids.shape[0], num_samples, *codec.value_shape)
 
 
 @torch.no_grad()
@@ -76,8 +77,15 @@ def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None)
     """One token per row of logits [N, V] (disallowed tokens at -inf) -> long [N]."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    # Inverse CDF: one uniform per row instead of `multinomial`'s one exponential per vocabulary
+    # entry ([N, V] random numbers per step). float64 so the cumulative sum stays exact enough.
+    probs = torch.softmax(logits.double() / temperature, dim=-1)  # [N, V]
+    cdf = probs.cumsum(dim=-1)  # [N, V]
+    total = cdf[:, -1:]  # [N, 1], ~1
+    u = torch.rand(total.shape, dtype=torch.float64, generator=generator)
+    # Strictly below the total, so the search lands on a token with positive probability.
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
 @torch.no_grad()
@@ -88,10 +96,11 @@ def log_prob(
     src_mask: Tensor,
     values: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
-    """Log-probability of each input's value [B] -> float64 [B], under the grammar's masking.
+    """Log-probability of each input's value [B] (or its M values [B, M]) -> float64 [B].
 
-    The value is first rounded as the codec encodes it, so this is the probability of its token
-    sequence: the probability mass of the interval of numbers that round to it.
+    With several objectives this is the joint log-probability of all M. The value is first
+    rounded as the codec encodes it, so this is the probability of its token sequence: the
+    probability mass of the interval of numbers that round to it.
     """
     target = codec.encode(values)  # [B, T]
     bos = torch.full((len(target), 1), codec.bos_id, dtype=torch.long)

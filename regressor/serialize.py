@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 DEFAULT_PRIORITY = ("task", "period", "config", "logs")
 SIGNIFICANT_DIGITS = 4
 
@@ -76,33 +78,71 @@ def serialize(
     priority: Sequence[str] = DEFAULT_PRIORITY,
     budget_tokens: int | None = None,
     count_tokens: Callable[[str], int] = approx_token_count,
+    max_chars_per_token: int | None = None,
 ) -> str:
     """Render a record as sectioned text, truncated to `budget_tokens` by section priority.
 
     Sections appear in `priority` order (the first is the most important). Extra keys of the record
     that `priority` does not name come last, i.e. they are the first to be dropped.
+
+    `count_tokens` may be the real tokenizer's (`InputTokenizer.count_tokens`); it is called
+    O(log lines) times. `max_chars_per_token` (`InputTokenizer.max_token_chars`) bounds how much
+    text can possibly fit, so a huge record is never tokenized whole.
     """
     order = list(priority) + sorted(k for k in record if k not in priority)
-    sections = {name: section_lines(record, name) for name in order}
-    text = render(sections)
+    lines, cuts = render_lines({name: section_lines(record, name) for name in order})
     if budget_tokens is None:
-        return text
-    for name in reversed(order):  # least important section first
-        lines = sections[name]
-        while lines and count_tokens(text) > budget_tokens:
-            # Drop a large chunk at once when far over budget, then one line at a time.
-            excess = count_tokens(text) - budget_tokens
-            drop = max(1, min(len(lines), excess // 16))
-            del lines[-drop:]
-            text = render(sections)
-        if count_tokens(text) <= budget_tokens:
-            break
-    return text
+        return "\n".join(lines)
+    return truncate(lines, cuts, budget_tokens, count_tokens, max_chars_per_token)
+
+
+def render_lines(sections: Mapping[str, list[str]]) -> tuple[list[str], list[int]]:
+    """The text's lines, and the line counts where it may be cut (never right after a header).
+
+    Sections are rendered most important first and each drops its own lines from the end, so
+    every truncation the priority allows is a prefix of these lines: truncation is choosing a cut.
+    """
+    lines, cuts = [], [0]
+    for name, body in sections.items():
+        if body:
+            lines.append(f"<{name}>")
+            for line in body:
+                lines.append(line)
+                cuts.append(len(lines))
+    return lines, cuts
+
+
+def truncate(
+    lines: list[str],
+    cuts: list[int],
+    budget_tokens: int,
+    count_tokens: Callable[[str], int],
+    max_chars_per_token: int | None = None,
+) -> str:
+    """The longest allowed prefix of `lines` within the budget, by binary search over `cuts`.
+
+    Assumes a longer prefix never has fewer tokens (true of BPE and of the approximation).
+    """
+    ends = np.cumsum([len(line) + 1 for line in lines])  # chars of each prefix, with its "\n"
+    hi = len(cuts) - 1
+    if max_chars_per_token is not None:  # a prefix longer than this is surely over budget
+        fits = [c == 0 or ends[c - 1] - 1 <= budget_tokens * max_chars_per_token for c in cuts]
+        hi = int(np.flatnonzero(fits)[-1])
+
+    def text(i: int) -> str:
+        return "\n".join(lines[: cuts[i]])
+
+    if count_tokens(text(hi)) <= budget_tokens:  # the common case: one call
+        return text(hi)
+    lo, hi = 0, hi - 1  # invariant: cuts[lo] fits (the empty text does), cuts[hi + 1] does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(text(mid)) <= budget_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text(lo)
 
 
 def render(sections: Mapping[str, list[str]]) -> str:
-    parts = []
-    for name, lines in sections.items():
-        if lines:
-            parts.append(f"<{name}>\n" + "\n".join(lines))
-    return "\n".join(parts)
+    return "\n".join(render_lines(sections)[0])

@@ -25,6 +25,7 @@ class InputTokenizer:
         self._tokenizer = tokenizer
         self.pad_id = tokenizer.get_vocab_size()
         self.vocab_size = self.pad_id + 1
+        self._max_token_chars: int | None = None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> InputTokenizer:
@@ -57,6 +58,21 @@ class InputTokenizer:
         """Token ids of each text, cut to its first `max_tokens` (no padding: batching pads)."""
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [encoding.ids[:max_tokens] for encoding in encodings]
+
+    def count_tokens(self, text: str) -> int:
+        """Exact token count of `text` (for truncation to a token budget)."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    @property
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters one token covers: its longest byte-level string.
+
+        Each character of a byte-level token string is one byte, and a character is at least one
+        byte, so a text of c characters has at least c / max_token_chars tokens.
+        """
+        if self._max_token_chars is None:
+            self._max_token_chars = max(len(t) for t in self._tokenizer.get_vocab())
+        return self._max_token_chars
 
     def decode(self, ids: list[int]) -> str:
         """Ids back to text (pad ids dropped), for debugging and tests."""

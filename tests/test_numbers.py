@@ -163,3 +163,59 @@ def test_decode_accepts_exactly_what_the_grammar_allows() -> None:
     rows = ids[:, 0] != NAN  # a <nan> row decodes to NaN grammatical or not
     accepted = ~np.isnan(codec.decode(ids[rows]))
     assert np.array_equal(accepted, allowed[rows].numpy())
+
+
+# ---- several objectives per record ---------------------------------------------------------------
+
+objective_values = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.integers(1, 6).flatmap(
+        lambda m: st.lists(st.lists(objective_values, min_size=m, max_size=m), min_size=1)
+    ),
+    digits=st.integers(1, 6),
+)
+def test_several_objectives_round_trip(rows: list[list[float]], digits: int) -> None:
+    """M values per record -> M * number_len tokens -> the same M values, each within rounding."""
+    values = np.array(rows)  # [N, M]
+    codec = NumberCodec(CodecConfig(mantissa_digits=digits, num_objectives=values.shape[1]))
+    ids = codec.encode(values)
+    assert ids.shape == (len(values), values.shape[1] * (digits + 2))
+    decoded = codec.decode(ids)
+    assert decoded.shape == (values.shape if values.shape[1] > 1 else values.shape[:1])
+    bound = 0.5 * 10.0 ** (1 - digits) * np.abs(values) * (1 + 1e-12) + SUBNORMAL_ULP
+    assert (np.abs(decoded.reshape(values.shape) - values) <= bound).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), objectives=st.integers(2, 4))
+def test_grammar_repeats_per_objective(seed: int, objectives: int) -> None:
+    """Random logits under the grammar, over M numbers in a row: each decodes on its own."""
+    codec = NumberCodec(
+        CodecConfig(mantissa_digits=2, exponent_min=-3, exponent_max=3, num_objectives=objectives)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.empty(256, codec.seq_len, dtype=torch.long)
+    for t in range(codec.seq_len):
+        logits = 3 * torch.randn(256, codec.vocab_size, generator=gen)
+        logits = logits.masked_fill(~codec.allowed_mask(ids[:, :t]), float("-inf"))
+        ids[:, t] = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+    values = codec.decode(ids)  # [256, M]
+    signs = ids[:, :: codec.number_len]  # [256, M]: the first token of each number
+    assert values.shape == (256, objectives)
+    assert np.array_equal(np.isnan(values), (signs == NAN).numpy())
+
+
+def test_several_objectives_layout() -> None:
+    codec = NumberCodec(CodecConfig(mantissa_digits=2, num_objectives=2))
+    ids = codec.encode([[1.5, -0.25]])
+    assert codec.describe(ids) == ["+ 1 5 E0 | - 2 5 E-1"]
+    assert codec.decode(ids).tolist() == [[1.5, -0.25]]
+    with pytest.raises(ValueError, match="2 values per record"):
+        codec.encode([1.0, 2.0, 3.0])
+    bad = ids.clone()
+    bad[0, 1] = 7  # leading zero in the first number only: that number is NaN, not the second
+    assert np.isnan(codec.decode(bad)[0, 0])
+    assert codec.decode(bad)[0, 1] == -0.25

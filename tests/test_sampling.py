@@ -153,3 +153,20 @@ def test_summarize_excludes_non_finite_samples() -> None:
     np.testing.assert_allclose(out["q10"][0], np.quantile([1, 2, 3, 4], 0.1))
     np.testing.assert_allclose(out["finite_fraction"], [4 / 6, 0.0, 1.0])
     assert all(np.isnan(out[key][1]) for key in out if key != "finite_fraction")
+
+
+@torch.no_grad()
+def test_several_objectives_sample_and_score() -> None:
+    """M = 3 objectives: samples [B, K, M], all numbers or sampled specials; log-probs finite."""
+    codec = NumberCodec(CodecConfig(mantissa_digits=2, num_objectives=3))
+    model, src, mask = untrained(codec)
+    draws = sample(model, codec, src, mask, 16, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (2, 16, 3)
+    ids = sample_ids(model, codec, src, mask, 16, generator=torch.Generator().manual_seed(0))
+    signs = ids[:, :: codec.number_len].reshape(2, 16, 3)
+    assert np.array_equal(np.isnan(draws), (signs == NAN).numpy())
+    summary = summarize(draws)
+    assert summary["median"].shape == (2, 3)
+    scores = log_prob(model, codec, src, mask, [[1.0, 2.0, 3.0], [0.5, -4.0, 1e10]])
+    assert scores.shape == (2,)
+    assert np.isfinite(scores).all()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regressor.serialize import flatten, format_number, serialize
+from regressor.serialize import approx_token_count, flatten, format_number, serialize
 
 RECORD = {
     "task": "cell-a01",
@@ -58,3 +58,60 @@ def test_format_number_round_trips_to_four_significant_digits(x):
 
 def test_flatten_lists_of_scalars_inline():
     assert dict(flatten({"a": [1, 2.5, "x"]})) == {"a": "[1,2.5,x]"}
+
+
+def test_truncation_to_8192_real_tokens_of_a_huge_record():
+    """~50k log lines (megabytes of text): kept within 8,192 real tokens, as much as fits, and
+    without ever tokenizing the whole text."""
+    from regressor.vocab import InputTokenizer
+
+    logs = {f"template_{i:05d}": {"count": i, "p95": i * 0.37} for i in range(50_000)}
+    huge = {**RECORD, "logs": logs}
+    tokenizer = InputTokenizer.train(
+        [serialize({**RECORD, "logs": dict(list(logs.items())[:300])})], 1024
+    )
+    calls: list[int] = []
+
+    def count(text: str) -> int:
+        calls.append(len(text))
+        return tokenizer.count_tokens(text)
+
+    text = serialize(
+        huge, budget_tokens=8192, count_tokens=count, max_chars_per_token=tokenizer.max_token_chars
+    )
+    assert tokenizer.count_tokens(text) <= 8192
+    assert "scheduler.overcommit=1.25" in text  # config survives, logs are cut from the end
+    full = serialize(huge)
+    assert full.startswith(text)
+    assert len(full) > 20 * len(text)
+    one_more = full[: full.index("\n", len(text) + 1)]
+    assert tokenizer.count_tokens(one_more) > 8192  # the longest prefix that fits
+    assert len(calls) <= 25
+    assert max(calls) <= 8192 * tokenizer.max_token_chars
+
+
+@given(
+    n_logs=st.integers(0, 60),
+    n_config=st.integers(0, 20),
+    budget=st.integers(1, 200),
+)
+def test_truncation_keeps_the_longest_prefix_that_fits(n_logs, n_config, budget):
+    """Binary search agrees with dropping one line at a time from the least important section."""
+    record = {
+        "task": "t",
+        "config": {f"k{i}": i * 1.5 for i in range(n_config)},
+        "logs": {f"line{i}": "x" * (i % 7) for i in range(n_logs)},
+    }
+    text = serialize(record, budget_tokens=budget)
+    lines = serialize(record).split("\n")
+    fits = [
+        k
+        for k in range(len(lines) + 1)
+        if (k == 0 or not lines[k - 1].startswith("<"))
+        and approx_token_count("\n".join(lines[:k])) <= budget
+    ]
+    assert text == "\n".join(lines[: max(fits)])
+
+
+def test_serialize_is_deterministic_for_equal_records():
+    assert serialize(RECORD, budget_tokens=30) == serialize(dict(RECORD), budget_tokens=30)

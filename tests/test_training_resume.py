@@ -1,0 +1,107 @@
+"""Resume after a kill: `fit` in a subprocess is SIGKILLed once `last.ckpt` exists; a rerun with
+`resume=True` carries on from the saved global step instead of starting again at 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from regressor.config import CodecConfig, TrainConfig, load_model_config
+from regressor.predictor import Predictor
+from regressor.training import fit
+from regressor.vocab import InputTokenizer
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def toy_data() -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray]]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 1000, 480)
+    texts = [f"load={v}\nqueue={v % 7}" for v in x]
+    targets = x * 1.5
+    return (texts[:400], targets[:400]), (texts[400:], targets[400:])
+
+
+def toy_predictor() -> Predictor:
+    torch.manual_seed(0)
+    (texts, _), _ = toy_data()
+    tokenizer = InputTokenizer.train(texts, vocab_size=300)
+    return Predictor.create(load_model_config("tiny"), CodecConfig(mantissa_digits=3), tokenizer)
+
+
+def train_config(max_steps: int) -> TrainConfig:
+    return TrainConfig(
+        batch_size=8,
+        max_steps=max_steps,
+        max_minutes=10,
+        warmup_steps=5,
+        val_every_steps=50,
+        early_stopping_patience=1000,  # never stop early: the kill must come first
+        checkpoint_every_steps=5,
+        progress_bar=False,
+    )
+
+
+def run_fit(checkpoint_dir: str, max_steps: int) -> None:
+    """The subprocess' job: a long fit that will be killed mid-way."""
+    fit(toy_predictor(), *toy_data(), train_config(max_steps), Path(checkpoint_dir), resume=False)
+
+
+def saved_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def wait_for_progress(path: Path, process: subprocess.Popen, min_step: int, timeout: float) -> int:
+    """Poll until last.ckpt holds at least `min_step` steps; returns that step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before it could be killed"
+        if path.exists():
+            try:
+                step = saved_step(path)
+            except (RuntimeError, EOFError, OSError):  # caught mid-write: try again
+                step = -1
+            if step >= min_step:
+                return step
+        time.sleep(0.2)
+    raise TimeoutError("no last.ckpt in time")
+
+
+def test_fit_resumes_from_the_saved_step_after_sigkill(tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(PROJECT_ROOT / "tests")!r})
+        from test_training_resume import run_fit
+        run_fit({str(ckpt_dir)!r}, 100_000)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env)
+    try:
+        wait_for_progress(ckpt_dir / "last.ckpt", process, min_step=20, timeout=300)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = saved_step(ckpt_dir / "last.ckpt")
+    assert killed_at >= 20
+
+    logger = CSVLogger(tmp_path / "logs", name="resume")
+    result = fit(
+        toy_predictor(), *toy_data(), train_config(killed_at + 12), ckpt_dir, logger, resume=True
+    )
+    assert result.steps == killed_at + 12
+    logged = pl.read_csv(Path(logger.log_dir) / "metrics.csv")
+    steps = logged.filter(pl.col("train_loss").is_not_null())["step"]
+    assert len(steps) > 0
+    assert steps.min() >= killed_at
