@@ -13,12 +13,13 @@ import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger
 
 from regressor import baselines, registry
-from regressor.adaptation import fine_tune, latest_shots
+from regressor.adaptation import fine_tune, latest_shots, train_from_scratch
 from regressor.config import (
     AppConfig,
     EvalConfig,
     FleetSourceConfig,
     ResolvedPaths,
+    SourceConfig,
     load_model_config,
     load_train_config,
 )
@@ -27,7 +28,8 @@ from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
-from regressor.sources.fleet import IngestReport, ingest_fleet
+from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
+from regressor.sources.fleet import IngestReport
 from regressor.tracking import configure_mlflow
 from regressor.training import FitResult, fit
 from regressor.vocab import InputTokenizer
@@ -46,9 +48,10 @@ def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) ->
     return generate_fleet(source_root(paths, source), app.fleet)
 
 
-def ingest(paths: ResolvedPaths, source: FleetSourceConfig, run_id: str) -> IngestReport:
-    with Warehouse(paths.warehouse) as wh:
-        return ingest_fleet(wh, source, paths.raw_dir, run_id)
+def ingest(paths: ResolvedPaths, source: SourceConfig, run_id: str) -> IngestReport:
+    """Any adapter's source into the warehouse (`regressor.sources.dispatch`)."""
+    with Warehouse(paths.warehouse, memory_limit=INGEST_MEMORY_LIMIT) as wh:
+        return ingest_source(wh, source, paths.raw_dir, run_id)
 
 
 @dataclass(frozen=True)
@@ -215,49 +218,84 @@ class AdaptOutcome:
     zero_shot: dict[str, float]
     adapted: dict[str, float]
     fit: FitResult
+    from_scratch: dict[str, float]
+    method: str
 
     @property
     def uri(self) -> str:
         return registry.model_uri(self.model_name, self.version)
 
 
+SCORES = ("zero_shot", "adapted", "from_scratch")
+
+
 def adapt_champion(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> AdaptOutcome:
     """Fine-tune the champion on the holdout task's latest records; register `<name>-<task>`."""
     configure_mlflow(paths, app.registry.experiment)
-    name, task = app.registry.model_name, data.holdout_task
+    name = app.registry.model_name
     champion = registry.alias_version(name, app.registry.champion_alias)
     if champion is None:
         raise LookupError(f"no {name}@{app.registry.champion_alias} to adapt; train one first")
-    base_uri = registry.model_uri(name, champion.version)  # a fixed version, never an alias
+    return adapt_version(app, paths, data, str(champion.version))
+
+
+def _adaptation_tags(
+    base_uri: str, task: str, n_shots: int, scores: dict[str, dict[str, float]], app: AppConfig
+) -> dict[str, str]:
+    """Lineage of an adapted variant: its base as a fixed version, the shots, the three scores."""
+    tags = {
+        "base_model": base_uri,
+        "n_shots": str(n_shots),
+        "method": app.adapt.method,
+        "task": task,
+        "adapt_config": json.dumps(app.adapt.model_dump()),
+    }
+    for kind, metrics in scores.items():
+        tags[f"{kind}_spearman"] = f"{metrics['spearman']:.4f}"
+        tags[f"{kind}_metrics"] = json.dumps(metrics)
+    return tags
+
+
+def _log_scores(scores: dict[str, dict[str, float]]) -> None:
+    for kind, metrics in scores.items():
+        mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+
+
+def adapt_version(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str
+) -> AdaptOutcome:
+    """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register it.
+
+    Scores on the task's test records: the base zero-shot, the adapted model, and the same
+    architecture (and tokenizer) trained from scratch on the same shots.
+    """
+    configure_mlflow(paths, app.registry.experiment)
+    name, task = app.registry.model_name, data.holdout_task
+    base_uri = registry.model_uri(name, base_version)  # a fixed version, never an alias
     base = mlflow.pyfunc.load_model(base_uri).unwrap_python_model().predictor
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
     target = data.splits["adapt_test"]
-    with mlflow.start_run(run_name=f"adapt-{task}") as run:
-        zero_shot, _ = evaluate_model(base, target, app.eval)
-        adapted, fitted = fine_tune(
-            base,
-            shots,
-            app.adapt,
-            load_train_config(app.train),
-            paths.checkpoints / run.info.run_id,
-        )
-        adapted_metrics, summary = evaluate_model(adapted, target, app.eval)
+    train_cfg = load_train_config(app.train)
+    with mlflow.start_run(run_name=f"adapt-{task}-{app.adapt.method}") as run:
         mlflow.log_params(
-            {"base_model": base_uri, "task": task, "n_shots": len(shots), "method": "full"}
+            {
+                "base_model": base_uri,
+                "task": task,
+                "n_shots": len(shots),
+                "data_hash": data.data_hash,
+            }
+            | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
         )
-        mlflow.log_metrics({f"zero_shot_{k}": v for k, v in zero_shot.items() if np.isfinite(v)})
-        mlflow.log_metrics(
-            {f"adapted_{k}": v for k, v in adapted_metrics.items() if np.isfinite(v)}
-        )
+        ckpt = paths.checkpoints / run.info.run_id
+        adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
+        scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")
+        scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
+        scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
+        scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
+        _log_scores(scores)
         log_figures(target.targets, summary, f"adapted_{task}")
-        tags = {
-            "base_model": base_uri,
-            "n_shots": str(len(shots)),
-            "method": "full",
-            "task": task,
-            "zero_shot_spearman": f"{zero_shot['spearman']:.4f}",
-            "adapted_spearman": f"{adapted_metrics['spearman']:.4f}",
-        }
+        tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
+        tags["data_hash"] = data.data_hash
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(
@@ -269,7 +307,9 @@ def adapt_champion(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> Adapt
         str(version.version),
         base_uri,
         len(shots),
-        zero_shot,
-        adapted_metrics,
+        scores["zero_shot"],
+        scores["adapted"],
         fitted,
+        scores["from_scratch"],
+        app.adapt.method,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -20,6 +23,7 @@ from regressor.config import PromotionRule
 from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+logger = logging.getLogger(__name__)
 
 
 def signature() -> ModelSignature:
@@ -32,12 +36,16 @@ def signature() -> ModelSignature:
             ColSpec("string", "text", required=False),
         ]
     )
+    # The columns with the default params; other `quantiles` give other `p<percent>` columns.
     outputs = Schema([ColSpec("double", name) for name in OUTPUT_COLUMNS])
     params = ParamSchema(
         [
             ParamSpec("num_samples", "integer", DEFAULT_PARAMS["num_samples"]),
             ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),
             ParamSpec("seed", "integer", DEFAULT_PARAMS["seed"]),
+            # A list param: the output has one `p<percent>` column per requested quantile.
+            ParamSpec("quantiles", "double", DEFAULT_PARAMS["quantiles"], (-1,)),
+            ParamSpec("return_samples", "boolean", DEFAULT_PARAMS["return_samples"]),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
@@ -154,3 +162,95 @@ def gate(
     }
     client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
     return GateDecision(promoted, reason, dict(challenger_metrics), champion_metrics)
+
+
+def promote(
+    name: str, version: str | int, alias: str = "champion", reason: str = "manual promotion"
+) -> dict:
+    """Point `alias` at `version` by hand; the decision is tagged on the version and returned.
+
+    The tag keeps who, when and which version held the alias before, so a manual override
+    stays on record beside the automatic gate decisions.
+    """
+    client = MlflowClient()
+    target = client.get_model_version(name, str(version))  # raises if it does not exist
+    previous = alias_version(name, alias)
+    client.set_registered_model_alias(name, alias, target.version)
+    decision = {
+        "alias": alias,
+        "previous": str(previous.version) if previous is not None else None,
+        "reason": reason,
+        "by": getpass.getuser(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    client.set_model_version_tag(name, target.version, f"manual_{alias}", json.dumps(decision))
+    logger.info("%s/%s takes @%s (was %s): %s", name, target.version, alias, previous, reason)
+    return decision
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """'NAME', 'NAME@ALIAS' or 'NAME/VERSION' -> (name, alias or version or None)."""
+    ref = ref.removeprefix("models:/")
+    for sep in ("@", "/"):
+        if sep in ref:
+            name, which = ref.split(sep, 1)
+            return name, which
+    return ref, None
+
+
+def resolve(ref: str) -> ModelVersion:
+    """The version a ref names; a bare NAME means its latest version."""
+    name, which = parse_ref(ref)
+    client = MlflowClient()
+    if which is None:
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise LookupError(f"no registered model {name!r}")
+        return max(versions, key=lambda v: int(v.version))
+    if which.isdigit():
+        return client.get_model_version(name, which)
+    return client.get_model_version_by_alias(name, which)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    tags: Mapping[str, str]
+
+
+def list_versions(name: str | None = None) -> list[VersionRow]:
+    """Every version of every registered model (or of `name`), with its aliases and tags."""
+    client = MlflowClient()
+    rows = []
+    for model in client.search_registered_models():
+        if name is not None and model.name != name:
+            continue
+        aliases = model.aliases or {}
+        versions = client.search_model_versions(f"name='{model.name}'")
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            held = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
+            rows.append(VersionRow(model.name, str(mv.version), held, mv.run_id, dict(mv.tags)))
+    return rows
+
+
+def describe(version: ModelVersion) -> dict:
+    """A version as plain data for `textperf models show`: JSON-valued tags are decoded."""
+    tags = {}
+    for key, value in sorted(version.tags.items()):
+        try:
+            tags[key] = json.loads(value) if value[:1] in "{[" else value
+        except json.JSONDecodeError:
+            tags[key] = value
+    aliases = list(version.aliases or [])
+    return {
+        "name": version.name,
+        "version": str(version.version),
+        "uri": model_uri(version.name, version.version),
+        "aliases": aliases,
+        "run_id": version.run_id,
+        "source": version.source,
+        "tags": tags,
+    }

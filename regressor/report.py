@@ -75,8 +75,15 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
     ]
     if adapted is not None:
         parts += [
-            f"## Few-shot adaptation to `{adapted.task}` ({adapted.n_shots} shots)",
-            metrics_table({"base, zero-shot": adapted.zero_shot, "adapted": adapted.adapted}),
+            f"## Few-shot adaptation to `{adapted.task}`",
+            f"{adapted.n_shots} shots, method `{adapted.method}`.",
+            metrics_table(
+                {
+                    "base, zero-shot": adapted.zero_shot,
+                    "adapted": adapted.adapted,
+                    "from scratch on the same shots": adapted.from_scratch,
+                }
+            ),
             f"Registered `{adapted.uri}` from `{adapted.base_uri}`.",
         ]
     parts += [

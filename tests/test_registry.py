@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
 
-from regressor import registry
+from regressor import cli, registry
 from regressor.config import CodecConfig, PromotionRule, ResolvedPaths, load_model_config
 from regressor.predictor import Predictor
 from regressor.tracking import configure_mlflow
@@ -18,9 +25,20 @@ from regressor.vocab import InputTokenizer
 RECORD = {"task": "cell-a", "period": "2026-01-01", "config": {"n": 3}, "logs": {"lines": 10}}
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite file with its schema and experiment made once: creating them costs ~5 s."""
+    paths = ResolvedPaths(var_dir=tmp_path_factory.mktemp("empty-store"))
+    configure_mlflow(paths, "registry-test")
+    mlflow.set_tracking_uri(None)
+    return paths.mlflow_db
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> ResolvedPaths:
+def store(tmp_path: Path, empty_store: Path) -> ResolvedPaths:
+    """A fresh, empty registry per test: a copy of the prepared file."""
     paths = ResolvedPaths(var_dir=tmp_path)
+    shutil.copyfile(empty_store, paths.mlflow_db)
     configure_mlflow(paths, "registry-test")
     yield paths
     mlflow.set_tracking_uri(None)
@@ -88,3 +106,80 @@ def test_nan_metric_never_wins():
 def test_model_uri_forms():
     assert registry.model_uri("textperf", 3) == "models:/textperf/3"
     assert registry.model_uri("textperf", "champion") == "models:/textperf@champion"
+
+
+def test_manual_promote_moves_champion_and_logs_who_and_what(store, tmp_path: Path):
+    v1, v2 = _register(tmp_path, "a"), _register(tmp_path, "b")
+    registry.gate("textperf", v1, {"spearman": 0.5, "mape": 12.0}, None, PromotionRule())
+    decision = registry.promote("textperf", v2.version, reason="hotfix")
+    assert decision["previous"] == str(v1.version)
+    assert str(registry.resolve("textperf@champion").version) == str(v2.version)
+    tag = json.loads(registry.resolve("textperf/2").tags["manual_champion"])
+    assert tag["reason"] == "hotfix"
+    assert tag["by"]
+    with pytest.raises(MlflowException):
+        registry.promote("textperf", 99)
+
+
+def test_champion_by_alias_predicts_in_a_fresh_process_with_params(store, tmp_path: Path):
+    version = _register(tmp_path, "a")
+    registry.promote("textperf", version.version)
+    script = (
+        "import json, mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/textperf@champion')\n"
+        f"df = pd.DataFrame([{json.dumps(registry.input_example(RECORD).iloc[0].to_dict())}])\n"
+        "p = {'num_samples': 4, 'quantiles': [0.05, 0.5, 0.95], 'return_samples': True}\n"
+        "print(json.dumps(m.predict(df, params=p).iloc[0].to_dict()))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(row) == {"median", "mean", "std", "p5", "p50", "p95", "samples"}
+    assert len(row["samples"]) == 4
+    # An untrained model may decode NaN (a valid number token) for every sample of a row.
+    summary = [row["p5"], row["p50"], row["p95"]]
+    assert all(map(math.isnan, summary)) or summary == sorted(summary)
+    assert row["p50"] == row["median"] or math.isnan(row["median"])
+
+
+def test_signature_declares_list_quantiles_and_samples_switch():
+    params = {p.name: p for p in registry.signature().params.params}
+    assert params["quantiles"].shape == (-1,)
+    assert params["quantiles"].default == [0.1, 0.9]
+    assert params["return_samples"].default is False
+
+
+def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
+    v1, v2 = _register(tmp_path, "a"), _register(tmp_path, "b")
+    registry.promote("textperf", v1.version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    runner = CliRunner()
+    listed = runner.invoke(cli.app, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "textperf" in listed.output
+    assert f"v{v1.version} @champion" in listed.output
+    promoted = runner.invoke(cli.app, ["models", "promote", "textperf", str(v2.version)])
+    assert promoted.exit_code == 0, promoted.output
+    shown = runner.invoke(cli.app, ["models", "show", "textperf@champion"])
+    assert shown.exit_code == 0, shown.output
+    described = json.loads(shown.output)
+    assert described["version"] == str(v2.version)
+    assert described["tags"]["data_hash"] == "b"
+    assert described["tags"]["manual_champion"]["previous"] == str(v1.version)
+    missing = runner.invoke(cli.app, ["models", "show", "textperf/42"])
+    assert missing.exit_code != 0
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(RECORD))
+    args = ["models", "predict", "--model", "textperf@champion", "--num-samples", "4"]
+    predicted = runner.invoke(cli.app, [*args, "-q", "0.25", "-q", "0.75", str(record)])
+    assert predicted.exit_code == 0, predicted.output
+    assert "median" in predicted.output
+    assert "25-75%" in predicted.output
+
+
+def test_parse_ref_forms():
+    assert registry.parse_ref("textperf@champion") == ("textperf", "champion")
+    assert registry.parse_ref("models:/textperf-cell-b08/3") == ("textperf-cell-b08", "3")
+    assert registry.parse_ref("textperf") == ("textperf", None)

@@ -1,0 +1,154 @@
+"""Few-shot adaptation methods change only what they should; merged LoRA equals the adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from regressor import pipeline, registry
+from regressor.adaptation import fine_tune, freeze_for, split_shots, train_from_scratch
+from regressor.config import (
+    AdaptConfig,
+    AppConfig,
+    CodecConfig,
+    EvalConfig,
+    ResolvedPaths,
+    load_model_config,
+    load_train_config,
+)
+from regressor.dataset import Examples
+from regressor.lora import LoRALinear, add_lora, merge_lora
+from regressor.predictor import Predictor, pad_batch
+from regressor.tracking import configure_mlflow
+from regressor.vocab import InputTokenizer
+
+
+def _shots(n: int = 16) -> Examples:
+    texts = [f"<task>\ncell-z\n<config>\nthreads={i % 5}\nmem={i % 3}" for i in range(n)]
+    targets = np.array([0.1 + 0.05 * (i % 5) + 0.01 * (i % 3) for i in range(n)])
+    return Examples([str(i) for i in range(n)], ["cell-z"] * n, texts, targets, ["{}"] * n)
+
+
+@pytest.fixture(scope="module")
+def base() -> Predictor:
+    shots = _shots()
+    torch.manual_seed(0)
+    predictor = Predictor.create(
+        load_model_config("tiny").model_copy(update={"n_decoder_layers": 2}),
+        CodecConfig(exponent_min=-3, exponent_max=3),
+        InputTokenizer.train(shots.texts, 300),
+    )
+    predictor.model.eval()
+    return predictor
+
+
+def _adapt(base: Predictor, tmp_path: Path, **update) -> Predictor:
+    cfg = AdaptConfig(n_shots=16, max_steps=4, lr=1e-2, val_fraction=0.25, **update)
+    adapted, _ = fine_tune(base, _shots(), cfg, load_train_config("tiny"), tmp_path)
+    return adapted
+
+
+def _changed(before: Predictor, after: Predictor) -> set[str]:
+    old, new = before.model.state_dict(), after.model.state_dict()
+    assert old.keys() == new.keys()  # merged adapters leave the original layout
+    return {k for k in old if not torch.equal(old[k], new[k])}
+
+
+def test_last_layers_changes_only_the_last_decoder_block_norm_and_head(base, tmp_path: Path):
+    changed = _changed(base, _adapt(base, tmp_path, method="last_layers"))
+    assert changed
+    allowed = ("decoder.1.", "decoder_norm.", "head.")
+    assert all(k.startswith(allowed) for k in changed), changed
+    assert any(k.startswith("head.") for k in changed)
+
+
+def test_lora_changes_only_attention_and_mlp_linears(base, tmp_path: Path):
+    changed = _changed(base, _adapt(base, tmp_path, method="lora", lora_rank=2))
+    assert changed
+    linears = (".qkv.weight", ".q.weight", ".kv.weight", ".out.weight", ".up.weight")
+    assert all(k.endswith(linears) for k in changed), changed
+    assert not any("embed" in k or "norm" in k or k.startswith("head.") for k in changed)
+
+
+def test_full_fine_tuning_leaves_the_base_untouched(base, tmp_path: Path):
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    changed = _changed(base, _adapt(base, tmp_path, method="full"))
+    assert any(k.startswith("src_embed") for k in changed)
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+
+
+def test_freeze_for_lora_trains_only_adapters(base):
+    clone = Predictor.create(base.model_config, base.codec_config, base.tokenizer).model
+    trainable = freeze_for(clone, AdaptConfig(method="lora", lora_rank=2))
+    assert trainable
+    assert all(n.endswith(("lora_a", "lora_b")) for n in trainable)
+
+
+def test_merged_lora_predicts_the_same_as_the_adapter_model(base):
+    model = Predictor.create(base.model_config, base.codec_config, base.tokenizer).model.eval()
+    add_lora(model, rank=2, alpha=4.0)
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, LoRALinear):  # non-zero B, or the test would compare W with W
+            torch.nn.init.normal_(module.lora_b, std=0.05)
+    src, mask = pad_batch(base.encode_texts(_shots(4).texts), base.tokenizer.pad_id)
+    tgt_in = torch.zeros(4, 3, dtype=torch.long)
+    with torch.no_grad():
+        adapter_logits = model(src, mask, tgt_in)
+        assert merge_lora(model) > 0
+        merged_logits = model(src, mask, tgt_in)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_path: Path):
+    cfg = AdaptConfig(n_shots=16, max_steps=4, val_fraction=0.25, scratch_max_minutes=0.5)
+    scratch, result = train_from_scratch(base, _shots(), cfg, load_train_config("tiny"), tmp_path)
+    assert scratch.tokenizer is base.tokenizer
+    assert result.steps > 0
+    train, val = split_shots(_shots(), 0.25)
+    assert (len(train), len(val)) == (12, 4)
+
+
+def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
+    """End to end on a temp store: LoRA-adapt version 1, register `textperf-cell-z`, load it."""
+    paths = ResolvedPaths(var_dir=tmp_path)
+    configure_mlflow(paths, "adapt-test")
+    example = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
+    with mlflow.start_run():
+        registry.log_and_register(
+            base.save(tmp_path / "bundle"), "textperf", registry.input_example(example), {}
+        )
+    shots = _shots(24)
+    data = pipeline.Dataset(
+        {"adapt_pool": shots.take(range(16)), "adapt_test": shots.take(range(16, 24))},
+        "cell-z",
+        "hash-1",
+        example,
+    )
+    app = AppConfig(
+        model="tiny",
+        train="tiny",
+        eval=EvalConfig(num_samples=4),
+        adapt=AdaptConfig(n_shots=12, max_steps=4, method="lora", lora_rank=2),
+    )
+    try:
+        outcome = pipeline.adapt_version(app, paths, data, "1")
+        tags = MlflowClient().get_model_version("textperf-cell-z", outcome.version).tags
+        loaded = mlflow.pyfunc.load_model(outcome.uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert tags["base_model"] == "models:/textperf/1"
+    assert (tags["n_shots"], tags["method"]) == ("12", "lora")
+    for kind in pipeline.SCORES:
+        assert f"{kind}_spearman" in tags
+        assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
+    out = loaded.predict(pd.DataFrame({"text": shots.texts[:2]}), params={"num_samples": 3})
+    assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
