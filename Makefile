@@ -45,3 +45,29 @@ ui-prefect: install  ## the Prefect UI on the demo's runs: http://127.0.0.1:4200
 
 clean:  ## remove all generated state (keeps the venv)
 	rm -rf $(VAR) .pytest_cache .ruff_cache
+
+# -- orchestration and deployment (issue 6) ------------------------------------------------------
+COMPOSE := docker compose -f docker/compose.yaml
+SHARDS ?= $(VAR)/shards
+
+.PHONY: serve deploy worker export stack-up stack-down
+
+serve: install  ## serve nightly-retrain (cron from conf/) and the ad-hoc flows on this machine
+	$(BIN)/textperf serve --var-dir $(VAR)
+
+deploy: install  ## register prefect.yaml's deployments on the server at PREFECT_API_URL
+	$(BIN)/prefect work-pool create textperf-process --type process --overwrite
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: install  ## a process worker for the deployments registered by `make deploy`
+	$(BIN)/prefect worker start --pool textperf-process --type process
+
+export: install  ## the warehouse's records as Parquet shards under var/shards
+	$(BIN)/textperf export --var-dir $(VAR) --out $(SHARDS)
+
+stack-up:  ## Postgres + MLflow + Prefect server + worker in Docker (needs docker/.env)
+	@test -f docker/.env || { echo "cp docker/.env.example docker/.env and set the secrets"; exit 1; }
+	$(COMPOSE) up -d --build
+
+stack-down:  ## stop the Docker stack (volumes are kept)
+	$(COMPOSE) down

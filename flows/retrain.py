@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from flows.common import default_task_runner
+from flows.tasks import ingest_task
 from regressor import pipeline, report
 from regressor.config import load_app_config, load_source_config
 
@@ -29,11 +31,8 @@ class RetrainParams(BaseModel):
     adapt: bool = True
 
 
-# Heavy objects pass between these tasks in memory; result caching arrives with the ingest cache.
+# Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
 generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
-ingest_task = task(
-    pipeline.ingest, name="ingest", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE
-)
 dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE)
 train_task = task(
     pipeline.train_and_register, name="train-evaluate-register", cache_policy=NO_CACHE
@@ -48,7 +47,7 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
     return result
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, task_runner=default_task_runner())
 def retrain(params: RetrainParams | None = None) -> str:
     params = params or RetrainParams()
     app = load_app_config(params.config, params.var_dir)
@@ -58,7 +57,7 @@ def retrain(params: RetrainParams | None = None) -> str:
     seconds: dict[str, float] = {}
     if params.generate_fleet:
         timed(seconds, "generate fleet", generate_task, paths, app, source)
-    ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id)
+    ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
     data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
     trained = timed(seconds, "train + evaluate + register", train_task, app, paths, data)
     adapted = timed(seconds, "adapt", adapt_task, app, paths, data) if params.adapt else None

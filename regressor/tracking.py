@@ -22,7 +22,9 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
     if existing is not None:
         experiment_id = existing.experiment_id
     else:
-        location = (paths.mlflow_artifacts / experiment).as_uri()
+        # A tracking server chooses (and with --serve-artifacts proxies) the artifact store.
+        server = paths.tracking_uri.startswith(("http://", "https://"))
+        location = None if server else (paths.mlflow_artifacts / experiment).as_uri()
         experiment_id = client.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

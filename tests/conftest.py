@@ -13,6 +13,8 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="textperf-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests use their own stores: a developer's exported team server must never receive test runs.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"

@@ -1,0 +1,179 @@
+"""Flows on the session Prefect server: ingest cache, one warehouse writer, adapt, evaluate."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect import flow
+from test_retrain_flow import TINY_APP
+
+from flows.adapt import AdaptParams, adapt
+from flows.common import ensure_writer_limit, make_task_runner
+from flows.evaluate import EvaluateParams, evaluate
+from flows.retrain import RetrainParams, retrain
+from flows.tasks import ingest_task
+from regressor import pipeline
+from regressor.config import (
+    FleetSourceConfig,
+    OrchestrationConfig,
+    ResolvedPaths,
+    load_app_config,
+    load_source_config,
+)
+from regressor.sources.fleet import IngestReport
+from regressor.warehouse import Warehouse
+
+TEXTPERF = Path(sys.executable).with_name("textperf")
+SLOT = re.compile(r"warehouse writer slot (acquired|released) at ([0-9.]+)")
+
+
+def _tiny(root: Path) -> tuple[Path, Path]:
+    config = root / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    return config, root / "var"
+
+
+def _generate(config: Path, var: Path) -> tuple[ResolvedPaths, FleetSourceConfig]:
+    app = load_app_config(config, var)
+    paths, source = app.paths.resolve(), load_source_config(app.source)
+    pipeline.generate(paths, app, source)
+    return paths, source
+
+
+@flow
+def ingest_states(paths: ResolvedPaths, source: FleetSourceConfig, times: int) -> list[str]:
+    return [ingest_task(paths, source, f"r{i}", return_state=True).name for i in range(times)]
+
+
+@flow
+def ingest_report(paths: ResolvedPaths, source: FleetSourceConfig) -> IngestReport:
+    return ingest_task(paths, source, "cached-run")
+
+
+def test_ingest_is_cached_until_an_input_file_changes(tmp_path: Path, prefect_harness):
+    paths, source = _generate(*_tiny(tmp_path))
+    assert ingest_states(paths, source, 2) == ["Completed", "Cached"]
+    cached = ingest_report(paths, source)
+    assert cached.run_id == "cached-run"
+    assert (cached.files_ingested, cached.records_added) == (0, 0)
+    assert cached.files_unchanged == cached.files_seen > 0
+    log = sorted(pipeline.source_root(paths, source).glob(source.log_glob))[0]
+    log.write_text(log.read_text() + "\n")
+    assert ingest_states(paths, source, 1) == ["Completed"]
+
+
+def _slot_times(output: str) -> tuple[float, float]:
+    found = {kind: float(t) for kind, t in SLOT.findall(output)}
+    return found["acquired"], found["released"]
+
+
+def _wait_for(logs: list[Path], needle: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(needle in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, f"no {needle!r} in every log after {timeout_s} s"
+        time.sleep(0.5)
+
+
+def _start_retrain(config: Path, var: Path, mlflow_db: Path, log: Path) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {
+        **os.environ,
+        # One Prefect server, hence one writer slot, shared with this test process.
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        # Both must really write: no ingest cache hit for the later one.
+        "PREFECT_TASKS_REFRESH_CACHE": "true",
+        # One warehouse; separate SQLite MLflow stores (not built for concurrent trainings).
+        "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
+    }
+    cmd = [str(TEXTPERF), "retrain", "--config", str(config), "--var-dir", str(var)]
+    cmd += ["--no-generate-fleet", "--no-adapt"]
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_two_concurrent_retrains_wait_for_the_writer_then_take_turns(
+    tmp_path: Path, prefect_harness
+):
+    from prefect.concurrency.sync import concurrency
+
+    config, var = _tiny(tmp_path)
+    _generate(config, var)
+    limit = OrchestrationConfig().writer_limit
+    ensure_writer_limit(limit)
+    logs = [tmp_path / f"retrain-{name}.log" for name in ("a", "b")]
+    dbs = [tmp_path / f"mlflow-{name}.db" for name in ("a", "b")]
+    # Hold the slot, as a long write would: both runs must reach it and wait.
+    with concurrency(limit, occupy=1, strict=True):
+        procs = [_start_retrain(config, var, db, log) for db, log in zip(dbs, logs, strict=True)]
+        _wait_for(logs, "waiting for the warehouse writer slot", 180)
+        time.sleep(2)
+        released = time.time()
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    first, second = sorted(_slot_times(log.read_text()) for log in logs)
+    assert released <= first[0], "a run wrote while the slot was held"
+    assert first[1] <= second[0], "the second writer entered before the first had left"
+    for db in dbs:
+        assert MlflowClient(tracking_uri=f"sqlite:///{db}").search_model_versions("name='textperf'")
+    with Warehouse(var / "warehouse.duckdb", read_only=True) as wh:
+        records = wh.query("records")
+    assert records.height == records["record_id"].n_unique() > 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> tuple[Path, Path]:
+    config, var = _tiny(tmp_path_factory.mktemp("adhoc"))
+    retrain(RetrainParams(config=config, var_dir=var, adapt=False))
+    return config, var
+
+
+def test_evaluate_flow_scores_a_registered_uri_and_reports_links(trained):
+    config, var = trained
+    metrics = evaluate(
+        EvaluateParams(model="models:/textperf@champion", split="test", config=config, var_dir=var)
+    )
+    assert {"spearman", "mape"} <= set(metrics)
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-report"]))
+        )
+    assert "models:/textperf/1" in found[0].data
+    assert "| spearman |" in found[0].data.replace("| model | ", "| ")
+
+
+def test_adapt_flow_registers_a_variant_of_the_given_version(trained):
+    config, var = trained
+    uri = adapt(AdaptParams(config=config, var_dir=var, version="1"))
+    name = uri.removeprefix("models:/").split("/")[0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
+    version = client.search_model_versions(f"name='{name}'")[0]
+    assert version.tags["base_model"] == "models:/textperf/1"
+
+
+def test_dask_task_runner_runs_mapped_tasks(prefect_harness):
+    pytest.importorskip("prefect_dask")
+    from prefect import task
+
+    @task
+    def square(x: int) -> int:
+        return x * x
+
+    runner = make_task_runner(OrchestrationConfig(task_runner="dask", max_workers=2))
+
+    @flow(task_runner=runner)
+    def squares() -> int:
+        return sum(square.map(range(6)).result())
+
+    assert squares() == 55
