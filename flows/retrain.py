@@ -1,4 +1,4 @@
-"""Nightly retraining: generate (demo) -> ingest -> dataset -> train/gate -> adapt -> report.
+"""Nightly retraining: generate (demo) -> ingest -> dataset -> train/gate -> adapt due -> report.
 
 Orchestration only: every step is a function of `regressor.pipeline`.
 """
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.common import default_task_runner
 from flows.tasks import ingest_task
-from regressor import pipeline, report
+from regressor import jobs, pipeline, report
 from regressor.config import load_app_config, load_source_config
 
 
@@ -37,7 +37,8 @@ dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_
 train_task = task(
     pipeline.train_and_register, name="train-evaluate-register", cache_policy=NO_CACHE
 )
-adapt_task = task(pipeline.adapt_champion, name="adapt-champion", cache_policy=NO_CACHE)
+due_task = task(pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE)
+adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE)
 
 
 def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
@@ -60,7 +61,11 @@ def retrain(params: RetrainParams | None = None) -> str:
     ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
     data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
     trained = timed(seconds, "train + evaluate + register", train_task, app, paths, data)
-    adapted = timed(seconds, "adapt", adapt_task, app, paths, data) if params.adapt else None
+    due = due_task(app, paths, data) if params.adapt else []
+    adapted = [
+        timed(seconds, f"adapt {task_name}", adapt_task, app, paths, source, task_name)
+        for task_name in due
+    ]
     text = report.render_retrain(app, paths, ingested, trained, adapted, seconds)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     print(text)

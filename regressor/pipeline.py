@@ -261,6 +261,20 @@ def _log_scores(scores: dict[str, dict[str, float]]) -> None:
         mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
 
 
+def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list[str]:
+    """Tasks whose adapted variant is missing or was adapted from an older champion.
+
+    The holdout task always has a variant; any other `<name>-<task>` someone registered (e.g.
+    with `textperf adapt --task`) is re-adapted whenever the champion changes.
+    """
+    configure_mlflow(paths, app.registry.experiment)
+    champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
+    if champion is None:
+        return []
+    name = app.registry.model_name
+    return registry.variants_due(name, str(champion.version), [data.holdout_task])
+
+
 def adapt_version(
     app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str
 ) -> AdaptOutcome:

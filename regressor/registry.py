@@ -6,7 +6,7 @@ import getpass
 import json
 import logging
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +104,26 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
         return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def latest_variant_bases(name: str) -> dict[str, str]:
+    """`{task: base_model}` of the newest version of every adapted variant `<name>-<task>`."""
+    client = MlflowClient()
+    bases = {}
+    for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
+        versions = client.search_model_versions(f"name='{model.name}'")
+        newest = max(versions, key=lambda v: int(v.version), default=None)
+        if newest is not None and "task" in newest.tags:
+            bases[newest.tags["task"]] = newest.tags.get("base_model", "")
+    return bases
+
+
+def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:
+    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion."""
+    current = model_uri(name, champion_version)
+    bases = latest_variant_bases(name)
+    tasks = set(bases) | set(always)
+    return sorted(task for task in tasks if bases.get(task) != current)
 
 
 def model_uri(name: str, alias_or_version: str | int) -> str:

@@ -73,19 +73,21 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
             }
         ),
     ]
-    if adapted is not None:
+    for outcome in adapted:
         parts += [
-            f"## Few-shot adaptation to `{adapted.task}`",
-            f"{adapted.n_shots} shots, method `{adapted.method}`.",
+            f"## Few-shot adaptation to `{outcome.task}`",
+            f"{outcome.n_shots} shots, method `{outcome.method}`.",
             metrics_table(
                 {
-                    "base, zero-shot": adapted.zero_shot,
-                    "adapted": adapted.adapted,
-                    "from scratch on the same shots": adapted.from_scratch,
+                    "base, zero-shot": outcome.zero_shot,
+                    "adapted": outcome.adapted,
+                    "from scratch on the same shots": outcome.from_scratch,
                 }
             ),
-            f"Registered `{adapted.uri}` from `{adapted.base_uri}`.",
+            f"Registered `{outcome.uri}` from `{outcome.base_uri}`.",
         ]
+    if not adapted:
+        parts.append("No adaptation due: every variant is adapted from the current champion.")
     parts += [
         "## Wall time",
         timings_table(seconds),
@@ -93,7 +95,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
         bullet_list(
             {
                 "champion": f"`{champion_uri}`",
-                "adapted": f"`{adapted.uri}`" if adapted else "-",
+                "adapted": ", ".join(f"`{a.uri}`" for a in adapted) or "-",
                 "MLflow UI": f"`mlflow ui --backend-store-uri {paths.tracking_uri}`",
                 "predict": f"`textperf predict --model {champion_uri} RECORD.json`",
             }

@@ -183,3 +183,16 @@ def test_parse_ref_forms():
     assert registry.parse_ref("textperf@champion") == ("textperf", "champion")
     assert registry.parse_ref("models:/textperf-cell-b08/3") == ("textperf-cell-b08", "3")
     assert registry.parse_ref("textperf") == ("textperf", None)
+
+
+def test_variants_due_are_missing_or_adapted_from_an_older_champion(store, tmp_path: Path):
+    client = MlflowClient()
+    client.create_registered_model("textperf-cell-a")
+    client.create_model_version(
+        "textperf-cell-a",
+        source=(tmp_path / "weights").as_uri(),
+        tags={"task": "cell-a", "base_model": "models:/textperf/1"},
+    )
+    assert registry.variants_due("textperf", "1", ["cell-b"]) == ["cell-b"]
+    assert registry.variants_due("textperf", "2", ["cell-b"]) == ["cell-a", "cell-b"]
+    assert registry.variants_due("textperf", "1") == []
