@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from regressor.sources.fleet import BadInputError, IngestReport, Tally, count_records
+from regressor.sources.fleet import BadInputError
 from regressor.warehouse import QuarantineRow, Warehouse
 
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
@@ -132,20 +132,3 @@ def target_problem(raw: pl.Expr, name: str, lo: float, hi: float) -> tuple[pl.Ex
         .then(pl.format(f"absurd target {name} {{}} (allowed {lo:g}..{hi:g})", text))
     )
     return value, problem
-
-
-def build_report(
-    wh: Warehouse, source: str, run_id: str, tally: Tally, before: int
-) -> IngestReport:
-    records = count_records(wh, source)
-    return IngestReport(
-        source=source,
-        run_id=run_id,
-        files_seen=tally.seen,
-        files_ingested=tally.ingested,
-        files_quarantined=tally.quarantined,
-        files_unchanged=tally.unchanged,
-        records=records,
-        records_added=records - before,
-        quarantined=tally.rejected,
-    )

@@ -501,6 +501,24 @@ def count_records(wh: Warehouse, source: str) -> int:
     return int(wh.query("source_record_count", source=source)["n"].item())
 
 
+def build_report(
+    wh: Warehouse, source: str, run_id: str, tally: Tally, before: int
+) -> IngestReport:
+    """The run's counts; `records_added` is the net change in the source's records."""
+    records = count_records(wh, source)
+    return IngestReport(
+        source=source,
+        run_id=run_id,
+        files_seen=tally.seen,
+        files_ingested=tally.ingested,
+        files_quarantined=tally.quarantined,
+        files_unchanged=tally.unchanged,
+        records=records,
+        records_added=records - before,
+        quarantined=tally.rejected,
+    )
+
+
 def source_root(source: FleetSourceConfig, raw_dir: Path) -> Path:
     return source.root if source.root.is_absolute() else raw_dir / source.root
 
@@ -526,15 +544,4 @@ def ingest_fleet(
     ingest_configs(wh, source, root, run_id, known, tally, batch_size)
     ingest_logs(wh, source, root, run_id, known, tally, batch_size)
     ingest_targets(wh, source, root, run_id, known, tally)
-    records = count_records(wh, source.name)
-    return IngestReport(
-        source=source.name,
-        run_id=run_id,
-        files_seen=tally.seen,
-        files_ingested=tally.ingested,
-        files_quarantined=tally.quarantined,
-        files_unchanged=tally.unchanged,
-        records=records,
-        records_added=records - before,
-        quarantined=tally.rejected,
-    )
+    return build_report(wh, source.name, run_id, tally, before)

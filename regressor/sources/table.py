@@ -21,7 +21,6 @@ import polars as pl
 from regressor.config import TableSourceConfig, data_root
 from regressor.sources.common import (
     Known,
-    build_report,
     file_hash,
     file_row,
     glob_files,
@@ -32,7 +31,7 @@ from regressor.sources.common import (
     target_problem,
     typed_columns,
 )
-from regressor.sources.fleet import BadInputError, IngestReport, Tally, count_records
+from regressor.sources.fleet import BadInputError, IngestReport, Tally, build_report, count_records
 from regressor.warehouse import Warehouse
 
 PARSER_VERSION = 1
