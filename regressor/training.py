@@ -45,19 +45,37 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Each epoch shuffles, cuts the order into pools of `pool_batches` batches, sorts each pool by
     length and shuffles the resulting batches: near-uniform length per batch, random batch order.
+    Under DDP every rank builds the same batches (same seed) and takes every `world_size`-th one,
+    so ranks share the work; the batch count is cut to a multiple of the world size so that all
+    ranks take the same number of steps.
     """
 
     def __init__(
-        self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 50
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        pool_batches: int = 50,
+        rank_and_world: tuple[int, int] | None = None,
     ) -> None:
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.pool = batch_size * pool_batches
         self.epoch = 0
+        self._rank_and_world = rank_and_world  # None: ask torch.distributed when iterating
+
+    def rank_and_world(self) -> tuple[int, int]:
+        if self._rank_and_world is not None:
+            return self._rank_and_world
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        _, world = self.rank_and_world()
+        n_batches = math.ceil(len(self.lengths) / self.batch_size)
+        return max(1, n_batches // world) if world > 1 else n_batches
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -70,8 +88,11 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [
                 pool[i : i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)
             ]
-        for i in rng.permutation(len(batches)):
-            yield batches[i]
+        shuffled = [batches[i] for i in rng.permutation(len(batches))]
+        rank, world = self.rank_and_world()
+        if world > 1:
+            shuffled = (shuffled * world)[: len(self) * world][rank::world]
+        yield from shuffled
 
 
 @dataclass(frozen=True)
@@ -238,8 +259,7 @@ def fit(
         strategy=cfg.strategy,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        # Lightning cannot shard our length-bucketed batch sampler: under DDP every rank reads
-        # every batch (same gradients as one process) until that sampler splits batches by rank.
+        # Our length-bucketed batch sampler shards itself by rank (Lightning cannot wrap it).
         use_distributed_sampler=False,
         precision=cfg.precision,
         max_steps=cfg.max_steps,

@@ -32,3 +32,14 @@ def test_warmup_then_cosine_to_floor():
     assert abs(schedule(60) - 0.55) < 1e-9
     assert abs(schedule(110) - 0.1) < 1e-9
     assert abs(schedule(500) - 0.1) < 1e-9
+
+
+def test_bucketed_batches_split_across_ranks_without_overlap():
+    lengths = np.arange(100)
+    seen = []
+    for rank in (0, 1):
+        sampler = BucketBatchSampler(lengths, batch_size=8, seed=3, rank_and_world=(rank, 2))
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 6  # 13 batches -> 6 per rank, equal step counts
+        seen.append({i for b in batches for i in b})
+    assert not seen[0] & seen[1]

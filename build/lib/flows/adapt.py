@@ -1,0 +1,51 @@
+"""Ad-hoc adaptation of a registered version to one task. Orchestration only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from flows.common import default_task_runner
+from regressor import jobs
+from regressor.config import load_app_config, load_source_config
+
+
+class AdaptParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = None  # default: conf/default.yaml
+    var_dir: Path | None = None
+    source: str | None = None  # default: the app config's source
+    task: str | None = None  # default: the config's holdout task
+    version: str | None = None  # a version of the registered model; default: the champion
+
+
+# Reads the warehouse and writes MLflow only; the tracking server can blip, so retry.
+adapt_task = task(
+    jobs.adapt,
+    name="adapt",
+    retries=1,
+    retry_delay_seconds=30,
+    cache_policy=NO_CACHE,
+)
+
+
+@flow(name="adapt", log_prints=True, task_runner=default_task_runner())
+def adapt(params: AdaptParams | None = None) -> str:
+    params = params or AdaptParams()
+    app = load_app_config(params.config, params.var_dir)
+    paths = app.paths.resolve()
+    source = load_source_config(params.source or app.source)
+    outcome = adapt_task(app, paths, source, params.task, params.version)
+    text = jobs.render_adapt(outcome, paths.tracking_uri)
+    create_markdown_artifact(text, key="adapt-report", description=f"adaptation to {outcome.task}")
+    print(text)
+    return outcome.uri
+
+
+if __name__ == "__main__":
+    adapt()

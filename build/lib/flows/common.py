@@ -1,0 +1,129 @@
+"""Prefect plumbing shared by the flows: the one-writer limit, the ingest cache key, task runners.
+
+Kept out of `regressor/` on purpose: the library never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from prefect import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from regressor import pipeline
+from regressor.config import (
+    FleetSourceConfig,
+    OrchestrationConfig,
+    ResolvedPaths,
+    SourceConfig,
+    TableSourceConfig,
+    data_root,
+    load_app_config,
+)
+
+# Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
+WRITER_LEASE_SECONDS = 600.0
+HASH_LIMIT_BYTES = 8 << 20
+
+
+def ensure_writer_limit(name: str) -> None:
+    """Create the 1-slot global concurrency limit if missing (Prefect skips unknown limits)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            limit = GlobalConcurrencyLimitCreate(name=name, limit=1)
+            # Two first runs may race to create it; the loser finds it there, which is fine.
+            with suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(limit)
+
+
+@contextmanager
+def warehouse_writer(name: str) -> Iterator[None]:
+    """Hold the warehouse's single writer slot: a second writer waits here, then proceeds.
+
+    DuckDB itself allows one writer process per file (and `Warehouse` waits on its lock), but
+    that wait is bounded and invisible; the Prefect slot makes the queue explicit in the UI.
+    """
+    ensure_writer_limit(name)
+    logger = get_run_logger()
+    logger.info("waiting for the warehouse writer slot at %.3f", time.time())
+    with concurrency(name, occupy=1, lease_duration=WRITER_LEASE_SECONDS, strict=True):
+        # Epoch seconds in the log let an operator (and a test) see the writers take turns.
+        logger.info("warehouse writer slot acquired at %.3f", time.time())
+        try:
+            yield
+        finally:
+            logger.info("warehouse writer slot released at %.3f", time.time())
+
+
+def source_files(paths: ResolvedPaths, source: SourceConfig) -> tuple[Path, list[Path]]:
+    """The root and every input file the source's adapter reads, in a stable order."""
+    if isinstance(source, FleetSourceConfig):
+        root = pipeline.source_root(paths, source)
+        globs: tuple[str, ...] = (source.config_glob, source.log_glob, source.targets_file)
+    elif isinstance(source, TableSourceConfig):
+        root, globs = data_root(source.root), source.files
+    else:  # runs: everything inside each run folder
+        root, globs = data_root(source.root), (f"{source.run_glob}/**/*",)
+    return root, sorted({p for pattern in globs for p in root.glob(pattern) if p.is_file()})
+
+
+def fingerprint_files(files: list[Path], root: Path) -> str:
+    """sha256 over each file's relative path and content, so a regenerated identical file hits.
+
+    Files above HASH_LIMIT_BYTES (real datasets, never regenerated) count by size and mtime:
+    hashing gigabytes on every nightly run would cost more than the re-parse it saves.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        stat = path.stat()
+        if stat.st_size > HASH_LIMIT_BYTES:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key of an ingest: the input files' content, the source config and the warehouse path.
+
+    A missing warehouse is handled by the caller (`refresh_cache`), not by the key: anything that
+    changes on every write (mtime, size) would make the key miss on every run.
+    """
+    paths: ResolvedPaths = parameters["paths"]
+    source: SourceConfig = parameters["source"]
+    root, files = source_files(paths, source)
+    # One hex digest: Prefect uses the key as a file name in its result storage.
+    parts = (source.model_dump_json(), str(paths.warehouse), fingerprint_files(files, root))
+    return f"ingest-{source.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()}"
+
+
+def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner:
+    """Threads by default; a local Dask cluster (the `dask` extra) for many files or machines."""
+    if cfg.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.max_workers, "processes": True})
+    return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+
+
+def default_task_runner() -> TaskRunner:
+    """The runner named in conf/default.yaml, fixed when a flow module is imported.
+
+    Deployed and served runs load the flow from its entrypoint in a fresh process, so a runner
+    chosen later (`with_options`) would not reach them; configuration read at import does.
+    """
+    return make_task_runner(load_app_config().orchestration)

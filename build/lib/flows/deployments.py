@@ -1,0 +1,45 @@
+"""The deployments, built from `conf/`: served by `textperf serve`, mirrored in `prefect.yaml`.
+
+`nightly-retrain` runs on the cron of `schedule.nightly_cron`; `ingest`, `adapt` and `evaluate`
+are ad-hoc (triggered from the UI, `prefect deployment run` or `run_deployment`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.adapt import adapt
+from flows.evaluate import evaluate
+from flows.ingest import ingest
+from flows.retrain import retrain
+from regressor.config import AppConfig
+
+NIGHTLY = "nightly-retrain"
+AD_HOC = ("ingest", "adapt", "evaluate")
+
+
+def _params(config: Path | None, var_dir: Path | None) -> dict:
+    """Flow parameters (each flow takes one pydantic `params`) pointing at the given config."""
+    given = {"config": config, "var_dir": var_dir}
+    return {"params": {k: str(v) for k, v in given.items() if v is not None}}
+
+
+def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = None) -> list:
+    """RunnerDeployments for `serve()`: the nightly schedule and the ad-hoc flows."""
+    params = _params(config, var_dir)
+    nightly = retrain.to_deployment(
+        name=NIGHTLY,
+        schedules=[Cron(app.schedule.nightly_cron, timezone=app.schedule.timezone)],
+        parameters=params,
+        # Two nightly runs never overlap; ad-hoc writers still queue on the warehouse slot.
+        concurrency_limit=1,
+        tags=["textperf", "nightly"],
+    )
+    ad_hoc: list[RunnerDeployment] = [
+        flow.to_deployment(name=name, parameters=params, tags=["textperf", "ad-hoc"])
+        for name, flow in zip(AD_HOC, (ingest, adapt, evaluate), strict=True)
+    ]
+    return [nightly, *ad_hoc]

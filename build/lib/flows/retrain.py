@@ -1,0 +1,76 @@
+"""Nightly retraining: generate (demo) -> ingest -> dataset -> train/gate -> adapt due -> report.
+
+Orchestration only: every step is a function of `regressor.pipeline`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from flows.common import default_task_runner
+from flows.tasks import ingest_task
+from regressor import jobs, pipeline, report
+from regressor.config import load_app_config, load_source_config
+
+
+class RetrainParams(BaseModel):
+    """Flow parameters; everything else comes from the YAML file named by `config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = None  # default: conf/default.yaml
+    var_dir: Path | None = None  # override paths.var_dir, e.g. a scratch directory
+    generate_fleet: bool = True  # write the demo fleet first (the demo has no real fleet)
+    adapt: bool = True
+
+
+# Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
+generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
+dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE)
+train_task = task(
+    pipeline.train_and_register, name="train-evaluate-register", cache_policy=NO_CACHE
+)
+due_task = task(pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE)
+adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE)
+
+
+def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
+    started = time.perf_counter()
+    result = fn(*args)
+    seconds[step] = time.perf_counter() - started
+    return result
+
+
+@flow(name="retrain", log_prints=True, task_runner=default_task_runner())
+def retrain(params: RetrainParams | None = None) -> str:
+    params = params or RetrainParams()
+    app = load_app_config(params.config, params.var_dir)
+    paths = app.paths.resolve()
+    source = load_source_config(app.source)
+    run_id = pipeline.new_run_id()
+    seconds: dict[str, float] = {}
+    if params.generate_fleet:
+        timed(seconds, "generate fleet", generate_task, paths, app, source)
+    ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
+    data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
+    trained = timed(seconds, "train + evaluate + register", train_task, app, paths, data)
+    due = due_task(app, paths, data) if params.adapt else []
+    adapted = [
+        timed(seconds, f"adapt {task_name}", adapt_task, app, paths, source, task_name)
+        for task_name in due
+    ]
+    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds)
+    create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    retrain()

@@ -1,0 +1,137 @@
+"""Few-shot adaptation: fine-tune a trained regressor on a handful of a new task's records.
+
+Three methods choose what may change: `full` (every weight), `last_layers` (the last decoder
+block(s), the final norm and the output head) and `lora` (low-rank adapters on the attention and
+MLP linears, merged into the weights afterwards so the saved bundle is an ordinary one). The last
+`val_fraction` of the shots is held out for early stopping, and the same split trains the
+from-scratch reference, so the two differ only in where their weights start.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from regressor.config import AdaptConfig, TrainConfig
+from regressor.dataset import Examples
+from regressor.lora import add_lora, merge_lora
+from regressor.model import EncoderDecoder
+from regressor.predictor import Predictor
+from regressor.training import FitResult, fit
+
+
+def latest_shots(pool: Examples, n_shots: int) -> Examples:
+    """The most recent `n_shots` records (pools are sorted by period within a task)."""
+    return pool.take(np.arange(max(0, len(pool) - n_shots), len(pool)))
+
+
+def split_shots(shots: Examples, val_fraction: float) -> tuple[Examples, Examples]:
+    """(train, val): the latest `val_fraction` of the shots stop training early."""
+    n_val = max(1, round(len(shots) * val_fraction))
+    if len(shots) - n_val < 1:
+        raise ValueError(f"need at least 2 shots to adapt, got {len(shots)}")
+    cut = len(shots) - n_val
+    return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
+
+
+def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
+    return base.model_copy(
+        update={
+            "lr": adapt.lr,
+            "max_steps": adapt.max_steps,
+            "max_minutes": adapt.max_minutes,
+            "warmup_steps": min(base.warmup_steps, adapt.max_steps // 10),
+            "batch_size": max(1, min(base.batch_size, n_train)),
+            "val_every_steps": max(1, min(base.val_every_steps, adapt.max_steps // 5)),
+        }
+    )
+
+
+def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
+    """The base model's own recipe (lr, warmup, patience), on the shots, time-capped.
+
+    On a few shots `fit` validates once per epoch, far more often than `val_every_steps`; the
+    patience is rescaled so it still spans as many steps as the base recipe's, since from scratch
+    the model sits on a plateau (predicting the marginal) for a while before it learns to read.
+    """
+    batch_size = max(1, min(base.batch_size, n_train))
+    val_interval = min(base.val_every_steps, n_train // batch_size or 1)
+    patience_steps = base.val_every_steps * base.early_stopping_patience
+    return base.model_copy(
+        update={
+            "max_minutes": min(base.max_minutes, adapt.scratch_max_minutes),
+            "batch_size": batch_size,
+            "early_stopping_patience": max(
+                base.early_stopping_patience, math.ceil(patience_steps / val_interval)
+            ),
+        }
+    )
+
+
+def freeze_for(model: EncoderDecoder, adapt: AdaptConfig) -> list[str]:
+    """Set which parameters train under `adapt.method`; returns the trainable names."""
+    if adapt.method == "lora":
+        add_lora(model, adapt.lora_rank, adapt.lora_alpha)
+    elif adapt.method == "last_layers":
+        model.requires_grad_(False)
+        keep: list[nn.Module] = [*model.decoder[-adapt.last_layers :], model.decoder_norm]
+        for module in [*keep, model.head]:
+            module.requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def fine_tune(
+    base: Predictor,
+    shots: Examples,
+    adapt: AdaptConfig,
+    train_cfg: TrainConfig,
+    checkpoint_dir: Path,
+) -> tuple[Predictor, FitResult]:
+    """Fine-tune a copy of `base` by `adapt.method`; `base` itself is left untouched."""
+    train, val = split_shots(shots, adapt.val_fraction)
+    adapted = copy.deepcopy(base)
+    freeze_for(adapted.model, adapt)
+    result = fit(
+        adapted,
+        (train.texts, train.targets),
+        (val.texts, val.targets),
+        adaptation_train_config(train_cfg, adapt, len(train)),
+        checkpoint_dir,
+        resume=False,
+    )
+    merge_lora(adapted.model)  # a no-op unless LoRA: the bundle then holds plain weights
+    adapted.model.requires_grad_(True)
+    adapted.model.eval()
+    return adapted, result
+
+
+def train_from_scratch(
+    base: Predictor,
+    shots: Examples,
+    adapt: AdaptConfig,
+    train_cfg: TrainConfig,
+    checkpoint_dir: Path,
+) -> tuple[Predictor, FitResult]:
+    """The same architecture and tokenizer as `base`, freshly initialised, on the same split.
+
+    Reusing the base tokenizer isolates what pretraining brings: only the weights differ.
+    """
+    train, val = split_shots(shots, adapt.val_fraction)
+    torch.manual_seed(train_cfg.seed)  # the initial weights, reproducibly
+    scratch = Predictor.create(base.model_config, base.codec_config, base.tokenizer, base.priority)
+    result = fit(
+        scratch,
+        (train.texts, train.targets),
+        (val.texts, val.targets),
+        scratch_train_config(train_cfg, adapt, len(train)),
+        checkpoint_dir,
+        resume=False,
+    )
+    return scratch, result

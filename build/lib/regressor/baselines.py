@@ -1,0 +1,62 @@
+"""Tabular baselines on flattened config fields: what text-to-text regression has to beat."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from regressor.serialize import flatten
+
+
+def flatten_configs(config_json: Sequence[str]) -> pd.DataFrame:
+    """One column per dotted config path; text fields become pandas categoricals."""
+    rows = [dict(flatten(json.loads(text))) for text in config_json]
+    frame = pd.DataFrame(rows)
+    # LightGBM refuses JSON-special characters ([]{}":,) in feature names.
+    frame.columns = [re.sub(r"[^0-9A-Za-z_.]", "_", str(c)) for c in frame.columns]
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    for column in frame.columns:
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        if numeric.notna().sum() == frame[column].notna().sum():
+            frame[column] = numeric
+        else:
+            frame[column] = frame[column].astype("category")
+    return frame
+
+
+def align(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Give `test` the training columns and categories (unseen categories become missing)."""
+    test = test.reindex(columns=train.columns)
+    for column in train.columns:
+        if isinstance(train[column].dtype, pd.CategoricalDtype):
+            test[column] = pd.Categorical(test[column], categories=train[column].cat.categories)
+        else:
+            test[column] = pd.to_numeric(test[column], errors="coerce")
+    return test
+
+
+def mean_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
+    return np.full(n_test, float(np.mean(y_train)))
+
+
+def lightgbm_baseline(
+    train_configs: Sequence[str], y_train: np.ndarray, test_configs: Sequence[str], seed: int = 0
+) -> np.ndarray:
+    """LightGBM on flattened config fields, with defaults sized for a few thousand rows."""
+    x_train = flatten_configs(train_configs)
+    x_test = align(x_train, flatten_configs(test_configs))
+    model = lgb.LGBMRegressor(
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=5,
+        random_state=seed,
+        verbose=-1,
+    )
+    model.fit(x_train, np.asarray(y_train, dtype=float))
+    return np.asarray(model.predict(x_test), dtype=float)

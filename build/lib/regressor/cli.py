@@ -1,0 +1,280 @@
+"""`textperf`: the command line. Each command is a thin shell over `regressor` and `flows`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from regressor.config import AppConfig, load_app_config
+
+app = typer.Typer(
+    help="textperf: predict performance metrics of large systems from their configs and logs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Look up models in the MLflow registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="App config YAML (default: conf/default.yaml)."),
+]
+VarOpt = Annotated[
+    Path | None, typer.Option(help="Override paths.var_dir (where all state lands).")
+]
+
+
+def _use_tracking(cfg: AppConfig) -> None:
+    """MLFLOW_TRACKING_URI wins (a team server); else the local SQLite store under var/."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.paths.resolve().tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+@app.command()
+def retrain(
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+    generate_fleet: Annotated[bool, typer.Option(help="Write the demo fleet first.")] = True,
+    adapt: Annotated[bool, typer.Option(help="Adapt the champion to the holdout task.")] = True,
+) -> None:
+    """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
+    from flows.retrain import RetrainParams
+    from flows.retrain import retrain as retrain_flow
+
+    retrain_flow(
+        RetrainParams(config=config, var_dir=var_dir, generate_fleet=generate_fleet, adapt=adapt)
+    )
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        str, typer.Option(help="Source name or YAML path (conf/sources/).")
+    ] = "demo_fleet",
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Ingest a source (fleet, table or runs adapter) into the DuckDB warehouse."""
+    from regressor import pipeline
+    from regressor.config import load_source_config
+
+    cfg = load_app_config(config, var_dir)
+    result = pipeline.ingest(cfg.paths.resolve(), load_source_config(source), pipeline.new_run_id())
+    typer.echo(
+        f"files seen {result.files_seen}: ingested {result.files_ingested}, "
+        f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "
+        f"{result.records} records"
+    )
+    for file, reason in result.quarantined:
+        typer.echo(f"  quarantined {file}: {reason}", err=True)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"{path}: cannot read a JSON record: {exc}") from exc
+    if not isinstance(record, dict) or not (
+        {"text"} <= record.keys() or {"task", "config", "logs"} <= record.keys()
+    ):
+        raise typer.BadParameter(f"{path}: a record needs 'text', or 'task', 'config' and 'logs'")
+    return record
+
+
+def _model_uri(ref: str) -> str:
+    """`textperf@champion`, `textperf/3` or a full URI (models:/, runs:/, a path) -> a URI."""
+    if ":" in ref or ref.startswith(("/", ".")):
+        return ref
+    return "models:/" + ref
+
+
+def _quantile_label(q: float) -> str:
+    return f"p{q * 100:g}"
+
+
+@app.command()
+def predict(
+    records: Annotated[
+        list[Path],
+        typer.Argument(help="JSON record files: {task, period, config, logs} or {text}."),
+    ],
+    model: Annotated[
+        str, typer.Option(help="Model URI or NAME@ALIAS / NAME/VERSION.")
+    ] = "models:/textperf@champion",
+    num_samples: Annotated[int, typer.Option(help="Sampled decodes per record.")] = 64,
+    temperature: float = 1.0,
+    quantile: Annotated[
+        list[float] | None, typer.Option("--quantile", "-q", help="Repeatable; default 0.1 0.9.")
+    ] = None,
+    samples: Annotated[bool, typer.Option(help="Also print every sampled value.")] = False,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Predict each record: the median of sampled decodes and an interval between quantiles."""
+    import mlflow
+    import pandas as pd
+
+    _use_tracking(load_app_config(config, var_dir))
+    rows = []
+    for path in records:
+        record = _read_record(path)
+        rows.append({k: json.dumps(v) if isinstance(v, dict) else v for k, v in record.items()})
+    quantiles = sorted(quantile or [0.1, 0.9])
+    params = {
+        "num_samples": num_samples,
+        "temperature": temperature,
+        "quantiles": quantiles,
+        "return_samples": samples,
+    }
+    out = mlflow.pyfunc.load_model(_model_uri(model)).predict(pd.DataFrame(rows), params=params)
+    lo, hi = _quantile_label(quantiles[0]), _quantile_label(quantiles[-1])
+    for path, row in zip(records, out.to_dict("records"), strict=True):
+        line = (
+            f"{path}: median {row['median']:.4g}  {lo[1:]}-{hi[1:]}% [{row[lo]:.4g}, {row[hi]:.4g}]"
+        )
+        if samples:
+            line += "  samples " + " ".join(f"{v:.4g}" for v in row["samples"])
+        typer.echo(line)
+
+
+# `textperf models predict` is the same command, for users who look everything up under `models`.
+models_app.command("predict")(predict)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+    limit: Annotated[int, typer.Option(help="Flow runs at once on this machine.")] = 2,
+) -> None:
+    """Serve the deployments on this machine: nightly-retrain on conf's cron, plus ad-hoc ones."""
+    from prefect import serve as prefect_serve
+
+    from flows import deployments
+
+    cfg = load_app_config(config, var_dir)
+    prefect_serve(*deployments.build(cfg, config, var_dir), limit=limit)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Directory for the Parquet shards.")],
+    shard_rows: Annotated[int, typer.Option(min=1, help="Records per shard.")] = 10_000,
+    source: Annotated[str | None, typer.Option(help="Only this source's records.")] = None,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Export the warehouse's records as Parquet shards (`OUT/shard=<k>/`) for multi-node runs."""
+    from regressor.shards import export_shards
+
+    paths = load_app_config(config, var_dir).paths.resolve()
+    result = export_shards(paths.warehouse, out, shard_rows, source)
+    typer.echo(f"{result.rows} records in {result.shards} shards under {result.out_dir}")
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Registered models, their versions, aliases and lineage."""
+    from regressor import registry
+
+    _use_tracking(load_app_config(config, var_dir))
+    current = None
+    for row in registry.list_versions(name):
+        if row.name != current:
+            current = row.name
+            typer.echo(row.name)
+        aliases = "".join(f" @{a}" for a in row.aliases)
+        extra = "  ".join(
+            f"{k}={row.tags[k]}" for k in ("base_model", "method", "n_shots") if k in row.tags
+        )
+        typer.echo(f"  v{row.version}{aliases}  run {row.run_id}  {extra}".rstrip())
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """One version as JSON: its URI, aliases, run, lineage tags and metrics."""
+    from mlflow.exceptions import MlflowException
+
+    from regressor import registry
+
+    _use_tracking(load_app_config(config, var_dir))
+    try:
+        version = registry.resolve(ref)
+    except (LookupError, MlflowException) as exc:
+        raise typer.BadParameter(f"{ref}: {exc}") from exc
+    typer.echo(json.dumps(registry.describe(version), indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version to promote.")],
+    alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
+    reason: Annotated[str, typer.Option(help="Why; kept on the version.")] = "manual promotion",
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Point an alias (default champion) at a version by hand, bypassing the gate; logged."""
+    from regressor import registry
+
+    _use_tracking(load_app_config(config, var_dir))
+    decision = registry.promote(name, version, alias, reason)
+    typer.echo(f"{name}/{version} is now @{alias} (was {decision['previous']})")
+
+
+@app.command()
+def adapt(
+    task: Annotated[
+        str | None, typer.Option(help="Task to adapt to; default: the holdout.")
+    ] = None,
+    shots: Annotated[int | None, typer.Option(help="Number of shots (default from conf).")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="full | last_layers | lora (default from conf).")
+    ] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    base_version: Annotated[
+        str | None, typer.Option("--base", help="Base version of the model; default: champion.")
+    ] = None,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Fine-tune a registered model on a task's latest shots; register `<name>-<task>`."""
+    from regressor import pipeline
+    from regressor.config import load_source_config
+
+    cfg = load_app_config(config, var_dir)
+    overrides = {"n_shots": shots, "method": method, "lora_rank": lora_rank}
+    adapt_cfg = cfg.adapt.model_validate(
+        cfg.adapt.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    )
+    split = cfg.split.model_copy(update={"holdout_task": task or cfg.split.holdout_task})
+    cfg = cfg.model_copy(update={"adapt": adapt_cfg, "split": split})
+    paths = cfg.paths.resolve()
+    data = pipeline.load_dataset(paths, cfg, load_source_config(cfg.source))
+    if base_version is None:
+        outcome = pipeline.adapt_champion(cfg, paths, data)
+    else:
+        outcome = pipeline.adapt_version(cfg, paths, data, base_version)
+    typer.echo(f"registered {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")
+    for kind in pipeline.SCORES:
+        metrics = getattr(outcome, kind)
+        typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")
+
+
+if __name__ == "__main__":
+    app()

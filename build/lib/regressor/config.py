@@ -1,0 +1,406 @@
+"""Validated configuration: one pydantic model per YAML file under `conf/`, and one loader.
+
+Every model is strict about unknown keys (`extra="forbid"`) so a typo in a YAML file fails loudly
+instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Frozen):
+    """Where state lands. Relative paths are resolved against the project root."""
+
+    var_dir: Path = Path("var")
+    # An MLflow tracking server (http://...); None: $MLFLOW_TRACKING_URI, else SQLite under var/.
+    tracking_uri: str | None = None
+
+    def resolve(self, root: Path = PROJECT_ROOT) -> ResolvedPaths:
+        var = self.var_dir if self.var_dir.is_absolute() else root / self.var_dir
+        # Read at resolve time so a worker's environment (compose, a work pool) picks the server.
+        server = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        return ResolvedPaths(var_dir=var.resolve(), mlflow_server=server)
+
+
+class ResolvedPaths(Frozen):
+    var_dir: Path
+    mlflow_server: str | None = None  # a team's tracking server; None: the local SQLite store
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.var_dir / "raw"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.var_dir / "warehouse.duckdb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.var_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.var_dir / "mlartifacts"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.var_dir / "checkpoints"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.var_dir / "prefect"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_server:
+            return self.mlflow_server
+        # MLflow >= 3.13 refuses the ./mlruns file store; SQLite needs an absolute path.
+        return f"sqlite:///{self.mlflow_db}"
+
+
+class FleetSimConfig(Frozen):
+    """The demo fleet generator (`regressor.fleetsim`)."""
+
+    seed: int = 7
+    n_cells: int = Field(24, ge=2)
+    n_days: int = Field(150, ge=2)
+    start_date: str = "2026-01-01"
+    # Utilisation samples per day in each log; more lines, longer logs.
+    samples_per_day: int = Field(48, ge=1)
+    jobs_per_day: int = Field(40, ge=1)
+    noise: float = Field(0.02, ge=0)
+
+
+class SplitConfig(Frozen):
+    """Held-out later days per cell, and one cell kept out of training for few-shot adaptation."""
+
+    test_days: int = Field(30, ge=1)
+    holdout_task: str | None = None  # None: the last task in sorted order.
+    # Sources without periods (tables of configurations) split by distinct configuration instead:
+    # repeated runs of one configuration never land on both sides.
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+
+class CodecConfig(Frozen):
+    """Number codec: sign, rounded mantissa digits, exponent token."""
+
+    mantissa_digits: int = Field(4, ge=1, le=12)
+    # Default covers every finite float64 (subnormals round into the smallest exponent).
+    exponent_min: int = -324
+    exponent_max: int = 308
+    # Values per record (several objectives): the decoder writes one number after the other.
+    num_objectives: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CodecConfig:
+        if self.exponent_min >= self.exponent_max:
+            raise ValueError("exponent_min must be below exponent_max")
+        return self
+
+
+class ModelConfig(Frozen):
+    """Encoder-decoder sizes (`conf/model/*.yaml`)."""
+
+    name: str
+    d_model: int = Field(ge=8)
+    n_heads: int = Field(ge=1)
+    n_encoder_layers: int = Field(ge=1)
+    n_decoder_layers: int = Field(ge=1)
+    d_ff: int = Field(ge=8)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    max_input_tokens: int = Field(512, ge=16, le=8192)
+    input_vocab_size: int = Field(2048, ge=300)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError("d_model must be a multiple of n_heads")
+        return self
+
+
+class TrainConfig(Frozen):
+    """Optimisation (`conf/train/*.yaml`)."""
+
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    max_steps: int = Field(2000, ge=1)
+    max_minutes: float = Field(5.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
+    val_every_steps: int = Field(200, ge=1)
+    early_stopping_patience: int = Field(5, ge=1)
+    num_workers: int = Field(0, ge=0)
+    progress_bar: bool = True
+    # last.ckpt is refreshed this often (train steps), so a killed run loses at most this many.
+    checkpoint_every_steps: int = Field(50, ge=1)
+    # Scale-out by configuration (passed to `L.Trainer`): e.g. `ddp` on 2 devices, or
+    # `num_nodes: 4` under SLURM/torchrun. CPU DDP uses the gloo backend.
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    devices: int | Literal["auto"] = Field(1)
+    num_nodes: int = Field(1, ge=1)
+
+
+class EvalConfig(Frozen):
+    num_samples: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+
+class AdaptConfig(Frozen):
+    """Few-shot adaptation of the champion to one new task."""
+
+    n_shots: int = Field(500, ge=1)
+    max_steps: int = Field(300, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    max_minutes: float = Field(2.0, gt=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    # full: every weight; last_layers: the last `last_layers` decoder blocks, final norm and head;
+    # lora: low-rank adapters (rank `lora_rank`) on the attention and MLP linears, merged on save.
+    method: Literal["full", "last_layers", "lora"] = "full"
+    last_layers: int = Field(1, ge=1)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)  # None: alpha = rank (scale 1)
+    # The from-scratch reference trains at most this long (its recipe is the base train config).
+    scratch_max_minutes: float = Field(2.0, gt=0)
+
+
+class PromotionRule(Frozen):
+    """A challenger takes `champion` only when it is not worse on every listed metric."""
+
+    higher_is_better: tuple[str, ...] = ("spearman",)
+    lower_is_better: tuple[str, ...] = ("mape",)
+
+
+class RegistryConfig(Frozen):
+    model_name: str = "textperf"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    experiment: str = "textperf"
+    promotion: PromotionRule = PromotionRule()
+
+
+class ScheduleConfig(Frozen):
+    nightly_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+
+class OrchestrationConfig(Frozen):
+    """How Prefect runs the flows: task runner, and the one-writer limit around DuckDB."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    max_workers: int = Field(2, ge=1)  # threads, or Dask workers of a local cluster
+    # A Prefect global concurrency limit of 1 slot held by every task that writes the warehouse.
+    writer_limit: str = "textperf-warehouse-writer"
+    work_pool: str = "textperf-process"
+
+
+class AppConfig(Frozen):
+    """`conf/default.yaml`: everything a run needs, with the model and train sizes by name."""
+
+    paths: PathsConfig = PathsConfig()
+    fleet: FleetSimConfig = FleetSimConfig()
+    source: str = "demo_fleet"
+    split: SplitConfig = SplitConfig()
+    model: str = "small"
+    train: str = "demo"
+    codec: CodecConfig = CodecConfig()
+    eval: EvalConfig = EvalConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    registry: RegistryConfig = RegistryConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or invalid; the message names the file."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such configuration file") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_model(cls: type[M], path: Path, **overrides: Any) -> M:
+    """Read `path` into `cls`, applying keyword overrides on top; errors name the file."""
+    data = {**load_yaml(path), **overrides}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_app_config(
+    path: Path | None = None, var_dir: Path | None = None, conf_dir: Path = CONF_DIR
+) -> AppConfig:
+    """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands."""
+    app = load_model(AppConfig, path or conf_dir / "default.yaml")
+    if var_dir is not None:
+        app = app.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
+    return app
+
+
+def load_model_config(name: str, conf_dir: Path = CONF_DIR) -> ModelConfig:
+    return load_model(ModelConfig, conf_dir / "model" / f"{name}.yaml")
+
+
+def load_train_config(name: str, conf_dir: Path = CONF_DIR) -> TrainConfig:
+    return load_model(TrainConfig, conf_dir / "train" / f"{name}.yaml")
+
+
+class FleetSourceConfig(Frozen):
+    """`conf/sources/*.yaml` for the `fleet` adapter: per-entity configs, per-period logs, targets.
+
+    Globs are relative to `root`; a relative `root` is resolved against the run's raw directory.
+    The entity key (the task, e.g. a cell) is the config file's stem and the log file's parent
+    folder name; the period is the log file's stem (an ISO date).
+    """
+
+    name: str
+    adapter: Literal["fleet"] = "fleet"
+    root: Path
+    config_glob: str = "cells/*.yaml"
+    log_glob: str = "logs/*/*.log"
+    targets_file: str = "targets.csv"
+    task_column: str = "cell"
+    period_column: str = "day"
+    target_column: str = "efficiency"
+    # Targets outside this range are quarantined as absurd.
+    target_min: float = -1e300
+    target_max: float = 1e300
+    # Field priority for truncation to the token budget: earlier sections are kept longer.
+    section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
+
+
+def data_root(root: Path) -> Path:
+    """A table/runs source's root: relative paths are against the project root, so a YAML file
+    can read `../shared/datasets/...` in place (next to the project, never copied into it)."""
+    return root if root.is_absolute() else (PROJECT_ROOT / root).resolve()
+
+
+class TableSourceConfig(Frozen):
+    """`adapter: table`: each row of CSV/TSV/Parquet files is one record.
+
+    Config = `config_columns` (None: every column but the target and task columns, minus
+    `exclude_columns`). The target is the first of `target_columns` present in a file's header
+    (so one source can span files that name it differently). The task is `task_column` when set,
+    else `task` with `{stem}` replaced by the file's stem. The record key is `key_columns` (a
+    repeated key is quarantined) or, when empty, the file and line (repeated measurements of one
+    configuration are legitimate rows).
+    """
+
+    name: str
+    adapter: Literal["table"]
+    root: Path
+    files: tuple[str, ...] = Field(min_length=1)  # globs under root: *.csv, *.tsv, *.parquet
+    separator: str | None = None  # None: tab for .tsv, comma otherwise
+    target_columns: tuple[str, ...] = Field(min_length=1)
+    config_columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
+    task_column: str | None = None
+    task: str = "{stem}"
+    key_columns: tuple[str, ...] = ()
+    target_min: float = -1e300
+    target_max: float = 1e300
+    max_line_bytes: int = Field(1 << 20, ge=64)  # longer lines are quarantined, not parsed
+    block_bytes: int = Field(8 << 20, ge=256)  # read and parse files this much at a time
+    section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+
+class ReferenceConfig(Frozen):
+    """Pair each run with a run of the same workload on a reference setting (e.g. VM type).
+
+    A record then holds the target run's own configuration and the reference run's log summary
+    and target, never the target run's own log (that would leak its runtime).
+    """
+
+    field: str  # e.g. vm_type
+    value: str  # e.g. m5.large
+    match: tuple[str, ...] = Field(min_length=1)  # fields that define "the same workload"
+    pair_on: str | None = None  # prefer the reference run with the same value (e.g. repetition)
+
+
+class RunsSourceConfig(Frozen):
+    """`adapter: runs`: one folder per run holding a report/config JSON (or YAML) and a
+    time-series CSV log (e.g. sar, one row per second).
+
+    `path_pattern` is a regex with named groups matched against the folder's path under root;
+    the groups join the report's fields. `lookup` enriches fields with static tables, e.g. a VM
+    type's vCPUs and memory. Config = path groups + `config_fields` (+ lookups); listing fields
+    keeps leaky ones (end times, throughput = size / runtime) out.
+    """
+
+    name: str
+    adapter: Literal["runs"]
+    root: Path
+    run_glob: str = "*/*"
+    report_files: tuple[str, ...] = ("report.json",)  # the first present is read
+    log_file: str = "log.csv"
+    path_pattern: str | None = None
+    target_field: str
+    task_field: str
+    period_field: str | None = None  # a timestamp field; its date is the record's period
+    config_fields: tuple[str, ...] = ()
+    lookup: dict[str, dict[str, dict[str, str | int | float]]] = {}
+    reference: ReferenceConfig | None = None
+    own_log: bool = False  # put the run's own log summary in its record (off: leakage)
+    log_columns: tuple[str, ...] | None = None  # numeric log columns to summarise (None: all)
+    log_window_s: int | None = None  # summary window in seconds (None: one window per run)
+    target_min: float = -1e300
+    target_max: float = 1e300
+    section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+
+SourceConfig = Annotated[
+    FleetSourceConfig | TableSourceConfig | RunsSourceConfig, Field(discriminator="adapter")
+]
+SOURCE_ADAPTER: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
+
+
+def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> SourceConfig:
+    """`conf/sources/<name>.yaml` (or a YAML path) as its `adapter` (default fleet)."""
+    path = Path(name_or_path)
+    if path.suffix not in {".yaml", ".yml"}:
+        path = conf_dir / "sources" / f"{name_or_path}.yaml"
+    data = {"adapter": "fleet", **load_yaml(path)}
+    try:
+        return SOURCE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

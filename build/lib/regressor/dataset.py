@@ -1,0 +1,127 @@
+"""Warehouse records -> model-ready examples, and the time-based splits the demo evaluates on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from regressor.config import SplitConfig
+from regressor.serialize import DEFAULT_PRIORITY, serialize
+
+SPLITS = ("train", "val", "test", "adapt_pool", "adapt_test")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Parallel arrays: one text and one target per record."""
+
+    record_ids: list[str]
+    tasks: list[str]
+    texts: list[str]
+    targets: np.ndarray  # float64 [N]
+    config_json: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, index: Sequence[int] | np.ndarray) -> Examples:
+        idx = list(np.asarray(index, dtype=int))
+        return Examples(
+            record_ids=[self.record_ids[i] for i in idx],
+            tasks=[self.tasks[i] for i in idx],
+            texts=[self.texts[i] for i in idx],
+            targets=self.targets[idx],
+            config_json=[self.config_json[i] for i in idx],
+        )
+
+
+def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A warehouse records row -> the dict `serialize` renders."""
+    return {
+        "task": row["task"],
+        # Tables of configurations have no period: the section is then left out of the text.
+        "period": None if row["period"] is None else str(row["period"]),
+        "config": json.loads(row["config_json"]),
+        "logs": json.loads(row["logs_json"]),
+    }
+
+
+def holdout_task_of(records: pl.DataFrame, split: SplitConfig) -> str:
+    tasks = sorted(records["task"].unique().to_list())
+    if split.holdout_task is None:
+        return tasks[-1]
+    if split.holdout_task not in tasks:
+        raise ValueError(f"holdout task {split.holdout_task!r} is not among the records' tasks")
+    return split.holdout_task
+
+
+def assign_splits(records: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
+    """Add a `split` column: held-out records are test, one task is kept out for adaptation.
+
+    - test / val: later periods when records have them (`by_time`), else a seeded share of the
+      distinct configurations (`by_configuration`);
+    - adapt_pool / adapt_test: the holdout task's records outside / inside the test part.
+    """
+    holdout = holdout_task_of(records, split)
+    has_time = records["period"].null_count() == 0
+    in_test, in_val = by_time(records, split) if has_time else by_configuration(split)
+    is_holdout = pl.col("task") == holdout
+    return records.with_columns(
+        pl.when(is_holdout & in_test)
+        .then(pl.lit("adapt_test"))
+        .when(is_holdout)
+        .then(pl.lit("adapt_pool"))
+        .when(in_test)
+        .then(pl.lit("test"))
+        .when(in_val)
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+        .alias("split")
+    )
+
+
+def by_time(records: pl.DataFrame, split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
+    """Test: the last `test_days` periods; val: the `test_days // 3` periods just before them."""
+    test_start = records["period"].max() - timedelta(days=split.test_days - 1)
+    val_start = test_start - timedelta(days=max(1, split.test_days // 3))
+    return pl.col("period") >= test_start, pl.col("period") >= val_start
+
+
+def by_configuration(split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
+    """A seeded hash of the configuration picks its side, the same for all its repeated runs."""
+    bucket = pl.col("config_json").hash(seed=split.seed) % 10_000 / 10_000
+    return bucket < split.test_fraction, bucket < split.test_fraction + split.val_fraction
+
+
+def to_examples(
+    records: pl.DataFrame,
+    priority: Sequence[str] = DEFAULT_PRIORITY,
+    budget_tokens: int | None = None,
+) -> Examples:
+    rows = records.to_dicts()
+    return Examples(
+        record_ids=[r["record_id"] for r in rows],
+        tasks=[r["task"] for r in rows],
+        texts=[serialize(record_from_row(r), priority, budget_tokens) for r in rows],
+        targets=records["target"].cast(pl.Float64).to_numpy(),
+        config_json=[r["config_json"] for r in rows],
+    )
+
+
+def examples_by_split(
+    records: pl.DataFrame,
+    split: SplitConfig,
+    priority: Sequence[str] = DEFAULT_PRIORITY,
+    budget_tokens: int | None = None,
+) -> dict[str, Examples]:
+    labelled = assign_splits(records, split)
+    return {
+        name: to_examples(labelled.filter(pl.col("split") == name), priority, budget_tokens)
+        for name in SPLITS
+    }

@@ -1,0 +1,70 @@
+"""Metrics for point predictions and their sampled uncertainty (scipy does the statistics)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def _finite(*arrays: np.ndarray) -> np.ndarray:
+    mask = np.ones_like(np.asarray(arrays[0], dtype=float), dtype=bool)
+    for a in arrays:
+        mask &= np.isfinite(np.asarray(a, dtype=float))
+    return mask
+
+
+def rank_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Spearman and Kendall; NaN when either side is constant (no ranking to compare)."""
+    if len(y_true) < 2 or np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
+        return {"spearman": float("nan"), "kendall": float("nan")}
+    return {
+        "spearman": float(stats.spearmanr(y_true, y_pred).statistic),
+        "kendall": float(stats.kendalltau(y_true, y_pred).statistic),
+    }
+
+
+def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    ok = _finite(y_true, y_pred)
+    t, p = y_true[ok], y_pred[ok]
+    out = rank_correlations(t, p)
+    nonzero = t != 0
+    out["mape"] = float(np.mean(np.abs((p[nonzero] - t[nonzero]) / t[nonzero])) * 100)
+    with np.errstate(over="ignore"):  # an untrained model can sample huge values: MSE is inf
+        out["mse"] = float(np.mean((p - t) ** 2))
+    positive = (t > 0) & (p > 0)
+    out["mse_log"] = float(np.mean((np.log(p[positive]) - np.log(t[positive])) ** 2))
+    out["n"] = float(ok.sum())
+    return out
+
+
+def uncertainty_metrics(
+    y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, spread: np.ndarray
+) -> dict[str, float]:
+    """Coverage of [low, high] and the Spearman between sample spread and absolute error.
+
+    The second is the paper's check that the model knows when it does not know: a positive value
+    means wider sample distributions go with larger errors.
+    """
+    y_true = np.asarray(y_true, dtype=float)
+    ok = _finite(y_true, median, low, high, spread)
+    t = y_true[ok]
+    coverage = float(np.mean((t >= low[ok]) & (t <= high[ok])))
+    abs_err = np.abs(median[ok] - t)
+    return {
+        "interval_coverage": coverage,
+        "uncertainty_spearman": rank_correlations(abs_err, spread[ok])["spearman"],
+    }
+
+
+def evaluate_predictions(y_true: np.ndarray, summary: dict[str, np.ndarray]) -> dict[str, float]:
+    """All metrics for a model that returns sample summaries (median, std, q10, q90)."""
+    metrics = point_metrics(y_true, summary["median"])
+    metrics.update(
+        uncertainty_metrics(
+            y_true, summary["median"], summary["q10"], summary["q90"], summary["std"]
+        )
+    )
+    return metrics

@@ -1,0 +1,128 @@
+"""Ad-hoc jobs behind the `adapt` and `evaluate` flows: thin generalisations of `pipeline`.
+
+Each job takes validated config, does one thing and returns a small, serialisable outcome; the
+markdown renderers beside them make the Prefect artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+
+from regressor import pipeline, registry, report
+from regressor.config import AppConfig, ResolvedPaths, SourceConfig
+from regressor.dataset import SPLITS
+from regressor.tracking import configure_mlflow
+
+
+def with_holdout_task(app: AppConfig, task: str | None) -> AppConfig:
+    """`app` with `task` as the held-out task (the one adaptation targets); None keeps it."""
+    if task is None:
+        return app
+    split = app.split.model_copy(update={"holdout_task": task})
+    return app.model_copy(update={"split": split})
+
+
+def adapt(
+    app: AppConfig,
+    paths: ResolvedPaths,
+    source: SourceConfig,
+    task: str | None = None,
+    version: str | None = None,
+) -> pipeline.AdaptOutcome:
+    """Adapt registered `version` (default: the champion) to `task` (default: the holdout)."""
+    app = with_holdout_task(app, task)
+    data = pipeline.load_dataset(paths, app, source)
+    if version is None:
+        return pipeline.adapt_champion(app, paths, data)
+    return pipeline.adapt_version(app, paths, data, version)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered version resolved from any `models:/` URI, for links in reports."""
+
+    uri: str
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def version_uri(self) -> str:
+        return registry.model_uri(self.name, self.version)
+
+
+def resolve_model(uri: str) -> ModelRef:
+    """`models:/name@alias` or `models:/name/version` to its fixed version and run."""
+    name, _, ref = uri.removeprefix("models:/").partition("/")
+    client = MlflowClient()
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        mv = client.get_model_version(name, ref)
+    return ModelRef(uri, name, str(mv.version), mv.run_id or "")
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    model: ModelRef
+    source: str
+    split: str
+    n_records: int
+    metrics: dict[str, float]
+    tracking_uri: str
+
+
+def evaluate(
+    app: AppConfig, paths: ResolvedPaths, source: SourceConfig, uri: str, split: str
+) -> EvaluateOutcome:
+    """Score the registered model at `uri` on the warehouse's records of `source`/`split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; one of {SPLITS}")
+    configure_mlflow(paths, app.registry.experiment)
+    model = resolve_model(uri)
+    examples = pipeline.load_dataset(paths, app, source).splits[split]
+    if len(examples) == 0:
+        raise ValueError(f"split {split!r} of source {source.name!r} has no records")
+    # Score the fixed version, so the numbers stay true after an alias moves.
+    metrics = pipeline.score_registered(model.version_uri, examples, app.eval)
+    return EvaluateOutcome(model, source.name, split, len(examples), metrics, paths.tracking_uri)
+
+
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """A clickable run link on a tracking server; the bare id for a local store."""
+    if tracking_uri.startswith("http"):
+        return f"[{run_id}]({tracking_uri.rstrip('/')}/#/runs/{run_id})"
+    return f"`{run_id}`"
+
+
+def render_evaluate(outcome: EvaluateOutcome) -> str:
+    model = outcome.model
+    links = report.bullet_list(
+        {
+            "model": f"`{model.uri}` = `{model.version_uri}`",
+            "training run": run_link(outcome.tracking_uri, model.run_id),
+            "data": f"`{outcome.source}` / `{outcome.split}`: {outcome.n_records} records",
+        }
+    )
+    table = report.metrics_table({model.version_uri: outcome.metrics})
+    return f"# textperf evaluation of `{model.uri}`\n\n{links}\n\n{table}\n"
+
+
+def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
+    links = report.bullet_list(
+        {
+            "base": f"`{outcome.base_uri}`",
+            "adapted": f"`{outcome.uri}`",
+            "task": f"`{outcome.task}` ({outcome.n_shots} shots)",
+            "tracking": f"`{tracking_uri}`",
+        }
+    )
+    rows = {"zero-shot": outcome.zero_shot, "adapted": outcome.adapted}
+    # Newer outcomes also carry the from-scratch reference trained on the same shots.
+    if getattr(outcome, "from_scratch", None):
+        rows["from scratch"] = outcome.from_scratch
+    table = report.metrics_table(rows)
+    return f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n"

@@ -1,0 +1,329 @@
+"""The steps of a retraining run, each callable alone; `flows/` only wires them together."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from lightning.pytorch.loggers import MLFlowLogger
+
+from regressor import baselines, registry
+from regressor.adaptation import fine_tune, latest_shots, train_from_scratch
+from regressor.config import (
+    AppConfig,
+    EvalConfig,
+    FleetSourceConfig,
+    ResolvedPaths,
+    SourceConfig,
+    load_model_config,
+    load_train_config,
+)
+from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
+from regressor.evaluation import evaluate_predictions, point_metrics
+from regressor.fleetsim import FleetSummary, generate_fleet
+from regressor.plots import calibration, predicted_vs_actual
+from regressor.predictor import Predictor
+from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
+from regressor.sources.fleet import IngestReport
+from regressor.tracking import configure_mlflow
+from regressor.training import FitResult, fit
+from regressor.vocab import InputTokenizer
+from regressor.warehouse import Warehouse
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def source_root(paths: ResolvedPaths, source: FleetSourceConfig) -> Path:
+    return source.root if source.root.is_absolute() else paths.raw_dir / source.root
+
+
+def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> FleetSummary:
+    return generate_fleet(source_root(paths, source), app.fleet)
+
+
+def ingest(paths: ResolvedPaths, source: SourceConfig, run_id: str) -> IngestReport:
+    """Any adapter's source into the warehouse (`regressor.sources.dispatch`)."""
+    with Warehouse(paths.warehouse, memory_limit=INGEST_MEMORY_LIMIT) as wh:
+        return ingest_source(wh, source, paths.raw_dir, run_id)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    splits: dict[str, Examples]
+    holdout_task: str
+    data_hash: str
+    example_record: dict
+
+
+def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
+    with Warehouse(paths.warehouse, read_only=True) as wh:
+        records = wh.query("records").filter(source=source.name)
+        data_hash = wh.content_hash()
+    if records.is_empty():
+        raise ValueError(
+            f"the warehouse {paths.warehouse} has no records of source {source.name!r}"
+        )
+    budget = load_model_config(app.model).max_input_tokens
+    splits = examples_by_split(records, app.split, source.section_priority, budget)
+    return Dataset(
+        splits,
+        holdout_task_of(records, app.split),
+        data_hash,
+        record_from_row(records.row(0, named=True)),
+    )
+
+
+def evaluate_model(
+    predictor: Predictor, examples: Examples, cfg: EvalConfig
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    summary = predictor.predict_texts(
+        examples.texts, cfg.num_samples, cfg.temperature, cfg.quantiles
+    )
+    return evaluate_predictions(examples.targets, summary), summary
+
+
+def baseline_metrics(train: Examples, test: Examples, seed: int = 0) -> dict[str, dict[str, float]]:
+    mean = baselines.mean_baseline(train.targets, len(test))
+    gbm = baselines.lightgbm_baseline(train.config_json, train.targets, test.config_json, seed)
+    return {"mean": point_metrics(test.targets, mean), "lightgbm": point_metrics(test.targets, gbm)}
+
+
+def log_figures(y_true: np.ndarray, summary: dict[str, np.ndarray], prefix: str) -> None:
+    mlflow.log_figure(
+        predicted_vs_actual(y_true, summary["median"], summary["q10"], summary["q90"], prefix),
+        f"plots/{prefix}_predicted_vs_actual.png",
+    )
+    mlflow.log_figure(
+        calibration(y_true, summary["samples"], prefix), f"plots/{prefix}_calibration.png"
+    )
+
+
+def score_registered(uri: str, examples: Examples, cfg: EvalConfig) -> dict[str, float]:
+    """Metrics of a registered model on `examples`, through the same pyfunc users load."""
+    predictor = mlflow.pyfunc.load_model(uri).unwrap_python_model().predictor
+    return evaluate_model(predictor, examples, cfg)[0]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, dict[str, float]]
+    fit: FitResult
+    n_parameters: int
+
+    @property
+    def uri(self) -> str:
+        return registry.model_uri(self.model_name, self.version)
+
+
+def _log_params(app: AppConfig, data: Dataset, n_parameters: int) -> None:
+    model_cfg, train_cfg = load_model_config(app.model), load_train_config(app.train)
+    params = {f"model.{k}": v for k, v in model_cfg.model_dump().items()}
+    params |= {f"train.{k}": v for k, v in train_cfg.model_dump().items()}
+    params |= {f"codec.{k}": v for k, v in app.codec.model_dump().items()}
+    params |= {
+        "data_hash": data.data_hash,
+        "n_parameters": n_parameters,
+        "holdout_task": data.holdout_task,
+    }
+    params |= {f"n_{name}": len(ex) for name, ex in data.splits.items()}
+    mlflow.log_params(params)
+
+
+def train_and_register(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> TrainOutcome:
+    """Train from scratch, evaluate against baselines and the champion, register, gate."""
+    model_cfg, train_cfg = load_model_config(app.model), load_train_config(app.train)
+    configure_mlflow(paths, app.registry.experiment)
+    train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
+    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size)
+    predictor = Predictor.create(model_cfg, app.codec, tokenizer)
+    n_parameters = predictor.model.num_parameters()
+    with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:
+        _log_params(app, data, n_parameters)
+        logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
+        fitted = fit(
+            predictor,
+            (train.texts, train.targets),
+            (val.texts, val.targets),
+            train_cfg,
+            paths.checkpoints / run.info.run_id,
+            logger=logger,
+            resume=False,
+        )
+        model_metrics, summary = evaluate_model(predictor, test, app.eval)
+        metrics = {"textperf": model_metrics, **baseline_metrics(train, test, train_cfg.seed)}
+        for name, values in metrics.items():
+            mlflow.log_metrics({f"test_{name}_{k}": v for k, v in values.items() if np.isfinite(v)})
+        mlflow.log_metrics({"train_seconds": fitted.seconds, "train_steps": fitted.steps})
+        log_figures(test.targets, summary, "test")
+        champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
+        champion_metrics = None
+        if champion is not None:
+            uri = registry.model_uri(app.registry.model_name, champion.version)
+            champion_metrics = score_registered(uri, test, app.eval)
+            metrics["champion"] = champion_metrics
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = predictor.save(Path(tmp) / "bundle")
+            tags = {
+                "data_hash": data.data_hash,
+                "model_config": json.dumps(model_cfg.model_dump()),
+                "train_config": json.dumps(train_cfg.model_dump()),
+                "test_metrics": json.dumps(model_metrics),
+            }
+            version = registry.log_and_register(
+                bundle, app.registry.model_name, registry.input_example(data.example_record), tags
+            )
+        decision = registry.gate(
+            app.registry.model_name,
+            version,
+            model_metrics,
+            champion_metrics,
+            app.registry.promotion,
+            app.registry.champion_alias,
+            app.registry.challenger_alias,
+        )
+        mlflow.log_dict(
+            {"promoted": decision.promoted, "reason": decision.reason}, "gate_decision.json"
+        )
+    return TrainOutcome(
+        run.info.run_id,
+        app.registry.model_name,
+        str(version.version),
+        decision.promoted,
+        decision.reason,
+        metrics,
+        fitted,
+        n_parameters,
+    )
+
+
+@dataclass(frozen=True)
+class AdaptOutcome:
+    task: str
+    model_name: str
+    version: str
+    base_uri: str
+    n_shots: int
+    zero_shot: dict[str, float]
+    adapted: dict[str, float]
+    fit: FitResult
+    from_scratch: dict[str, float]
+    method: str
+
+    @property
+    def uri(self) -> str:
+        return registry.model_uri(self.model_name, self.version)
+
+
+SCORES = ("zero_shot", "adapted", "from_scratch")
+
+
+def adapt_champion(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> AdaptOutcome:
+    """Fine-tune the champion on the holdout task's latest records; register `<name>-<task>`."""
+    configure_mlflow(paths, app.registry.experiment)
+    name = app.registry.model_name
+    champion = registry.alias_version(name, app.registry.champion_alias)
+    if champion is None:
+        raise LookupError(f"no {name}@{app.registry.champion_alias} to adapt; train one first")
+    return adapt_version(app, paths, data, str(champion.version))
+
+
+def _adaptation_tags(
+    base_uri: str, task: str, n_shots: int, scores: dict[str, dict[str, float]], app: AppConfig
+) -> dict[str, str]:
+    """Lineage of an adapted variant: its base as a fixed version, the shots, the three scores."""
+    tags = {
+        "base_model": base_uri,
+        "n_shots": str(n_shots),
+        "method": app.adapt.method,
+        "task": task,
+        "adapt_config": json.dumps(app.adapt.model_dump()),
+    }
+    for kind, metrics in scores.items():
+        tags[f"{kind}_spearman"] = f"{metrics['spearman']:.4f}"
+        tags[f"{kind}_metrics"] = json.dumps(metrics)
+    return tags
+
+
+def _log_scores(scores: dict[str, dict[str, float]]) -> None:
+    for kind, metrics in scores.items():
+        mlflow.log_metrics({f"{kind}_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+
+
+def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list[str]:
+    """Tasks whose adapted variant is missing or was adapted from an older champion.
+
+    The holdout task always has a variant; any other `<name>-<task>` someone registered (e.g.
+    with `textperf adapt --task`) is re-adapted whenever the champion changes.
+    """
+    configure_mlflow(paths, app.registry.experiment)
+    champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
+    if champion is None:
+        return []
+    name = app.registry.model_name
+    return registry.variants_due(name, str(champion.version), [data.holdout_task])
+
+
+def adapt_version(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str
+) -> AdaptOutcome:
+    """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register it.
+
+    Scores on the task's test records: the base zero-shot, the adapted model, and the same
+    architecture (and tokenizer) trained from scratch on the same shots.
+    """
+    configure_mlflow(paths, app.registry.experiment)
+    name, task = app.registry.model_name, data.holdout_task
+    base_uri = registry.model_uri(name, base_version)  # a fixed version, never an alias
+    base = mlflow.pyfunc.load_model(base_uri).unwrap_python_model().predictor
+    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
+    target = data.splits["adapt_test"]
+    train_cfg = load_train_config(app.train)
+    with mlflow.start_run(run_name=f"adapt-{task}-{app.adapt.method}") as run:
+        mlflow.log_params(
+            {
+                "base_model": base_uri,
+                "task": task,
+                "n_shots": len(shots),
+                "data_hash": data.data_hash,
+            }
+            | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
+        )
+        ckpt = paths.checkpoints / run.info.run_id
+        adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
+        scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")
+        scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
+        scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
+        scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
+        _log_scores(scores)
+        log_figures(target.targets, summary, f"adapted_{task}")
+        tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
+        tags["data_hash"] = data.data_hash
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = adapted.save(Path(tmp) / "bundle")
+            version = registry.log_and_register(
+                bundle, f"{name}-{task}", registry.input_example(data.example_record), tags
+            )
+    return AdaptOutcome(
+        task,
+        f"{name}-{task}",
+        str(version.version),
+        base_uri,
+        len(shots),
+        scores["zero_shot"],
+        scores["adapted"],
+        fitted,
+        scores["from_scratch"],
+        app.adapt.method,
+    )

@@ -1,0 +1,41 @@
+"""Figures logged to MLflow: predicted vs actual, and calibration of the sampled quantiles."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers and CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def predicted_vs_actual(
+    y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
+) -> Figure:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    yerr = np.vstack([np.clip(median - low, 0, None), np.clip(high - median, 0, None)])
+    ax.errorbar(y_true, median, yerr=yerr, fmt="o", ms=3, alpha=0.5, elinewidth=0.5)
+    lo = float(np.nanmin([y_true.min(), np.nanmin(median)]))
+    hi = float(np.nanmax([y_true.max(), np.nanmax(median)]))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set(xlabel="actual", ylabel="predicted median (10-90% bars)", title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def calibration(y_true: np.ndarray, samples: np.ndarray, title: str) -> Figure:
+    """Empirical vs nominal quantile level: a calibrated model lies on the diagonal."""
+    levels = np.linspace(0.05, 0.95, 19)
+    finite = np.where(np.isfinite(samples), samples, np.nan)
+    quantiles = np.nanquantile(finite, levels, axis=1)  # [L, N]
+    empirical = (y_true[None, :] <= quantiles).mean(axis=1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(levels, empirical, "o-", label="model")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.set(xlabel="nominal quantile level", ylabel="fraction of actuals below", title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig

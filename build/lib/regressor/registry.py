@@ -1,0 +1,276 @@
+"""MLflow registry conventions: log the pyfunc, register, tag, and the champion promotion gate."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from regressor.config import PromotionRule
+from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+logger = logging.getLogger(__name__)
+
+
+def signature() -> ModelSignature:
+    inputs = Schema(
+        [
+            ColSpec("string", "task", required=False),
+            ColSpec("string", "period", required=False),
+            ColSpec("string", "config", required=False),
+            ColSpec("string", "logs", required=False),
+            ColSpec("string", "text", required=False),
+        ]
+    )
+    # The columns with the default params; other `quantiles` give other `p<percent>` columns.
+    outputs = Schema([ColSpec("double", name) for name in OUTPUT_COLUMNS])
+    params = ParamSchema(
+        [
+            ParamSpec("num_samples", "integer", DEFAULT_PARAMS["num_samples"]),
+            ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),
+            ParamSpec("seed", "integer", DEFAULT_PARAMS["seed"]),
+            # A list param: the output has one `p<percent>` column per requested quantile.
+            ParamSpec("quantiles", "double", DEFAULT_PARAMS["quantiles"], (-1,)),
+            ParamSpec("return_samples", "boolean", DEFAULT_PARAMS["return_samples"]),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example(record: Mapping) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "task": record["task"],
+                "period": str(record["period"]),
+                "config": json.dumps(record["config"], sort_keys=True),
+                "logs": json.dumps(record["logs"], sort_keys=True),
+            }
+        ]
+    )
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=PYFUNC_CODE.parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def log_and_register(
+    bundle_dir: Path, name: str, example: pd.DataFrame, tags: Mapping[str, str]
+) -> ModelVersion:
+    """Log the bundle as a models-from-code pyfunc in the active run and register a new version."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={"bundle": str(bundle_dir)},
+        signature=signature(),
+        input_example=example,
+        # The pyfunc needs the project itself; `--env-manager local` serves from this environment.
+        pip_requirements=["textperf"],
+        registered_model_name=name,
+    )
+    client = MlflowClient()
+    version = client.get_model_version(name, str(info.registered_model_version))
+    for key, value in {**tags, "git_commit": git_commit()}.items():
+        client.set_model_version_tag(name, version.version, key, str(value))
+    return version
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def latest_variant_bases(name: str) -> dict[str, str]:
+    """`{task: base_model}` of the newest version of every adapted variant `<name>-<task>`."""
+    client = MlflowClient()
+    bases = {}
+    for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
+        versions = client.search_model_versions(f"name='{model.name}'")
+        newest = max(versions, key=lambda v: int(v.version), default=None)
+        if newest is not None and "task" in newest.tags:
+            bases[newest.tags["task"]] = newest.tags.get("base_model", "")
+    return bases
+
+
+def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:
+    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion."""
+    current = model_uri(name, champion_version)
+    bases = latest_variant_bases(name)
+    tasks = set(bases) | set(always)
+    return sorted(task for task in tasks if bases.get(task) != current)
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
+        return f"models:/{name}/{alias_or_version}"
+    return f"models:/{name}@{alias_or_version}"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    reason: str
+    challenger: Mapping[str, float]
+    champion: Mapping[str, float] | None
+
+
+def beats(
+    challenger: Mapping[str, float], champion: Mapping[str, float], rule: PromotionRule
+) -> tuple[bool, str]:
+    """Not worse on every metric of the rule (NaN counts as worse)."""
+    for metric in rule.higher_is_better:
+        if not challenger[metric] >= champion[metric]:
+            return False, f"{metric} {challenger[metric]:.4g} < champion's {champion[metric]:.4g}"
+    for metric in rule.lower_is_better:
+        if not challenger[metric] <= champion[metric]:
+            return False, f"{metric} {challenger[metric]:.4g} > champion's {champion[metric]:.4g}"
+    return True, "not worse than the champion on " + ", ".join(
+        rule.higher_is_better + rule.lower_is_better
+    )
+
+
+def gate(
+    name: str,
+    version: ModelVersion,
+    challenger_metrics: Mapping[str, float],
+    champion_metrics: Mapping[str, float] | None,
+    rule: PromotionRule,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+) -> GateDecision:
+    """The new version becomes `challenger`; it takes `champion` only if it beats the champion."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, challenger_alias, version.version)
+    if champion_metrics is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        promoted, reason = beats(challenger_metrics, champion_metrics, rule)
+    if promoted:
+        # A single alias write: readers see the old champion or the new one, never neither.
+        client.set_registered_model_alias(name, champion_alias, version.version)
+    decision = {
+        "promoted": promoted,
+        "reason": reason,
+        "challenger": dict(challenger_metrics),
+        "champion": dict(champion_metrics) if champion_metrics else None,
+    }
+    client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
+    return GateDecision(promoted, reason, dict(challenger_metrics), champion_metrics)
+
+
+def promote(
+    name: str, version: str | int, alias: str = "champion", reason: str = "manual promotion"
+) -> dict:
+    """Point `alias` at `version` by hand; the decision is tagged on the version and returned.
+
+    The tag keeps who, when and which version held the alias before, so a manual override
+    stays on record beside the automatic gate decisions.
+    """
+    client = MlflowClient()
+    target = client.get_model_version(name, str(version))  # raises if it does not exist
+    previous = alias_version(name, alias)
+    client.set_registered_model_alias(name, alias, target.version)
+    decision = {
+        "alias": alias,
+        "previous": str(previous.version) if previous is not None else None,
+        "reason": reason,
+        "by": getpass.getuser(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    client.set_model_version_tag(name, target.version, f"manual_{alias}", json.dumps(decision))
+    logger.info("%s/%s takes @%s (was %s): %s", name, target.version, alias, previous, reason)
+    return decision
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """'NAME', 'NAME@ALIAS' or 'NAME/VERSION' -> (name, alias or version or None)."""
+    ref = ref.removeprefix("models:/")
+    for sep in ("@", "/"):
+        if sep in ref:
+            name, which = ref.split(sep, 1)
+            return name, which
+    return ref, None
+
+
+def resolve(ref: str) -> ModelVersion:
+    """The version a ref names; a bare NAME means its latest version."""
+    name, which = parse_ref(ref)
+    client = MlflowClient()
+    if which is None:
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise LookupError(f"no registered model {name!r}")
+        return max(versions, key=lambda v: int(v.version))
+    if which.isdigit():
+        return client.get_model_version(name, which)
+    return client.get_model_version_by_alias(name, which)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    tags: Mapping[str, str]
+
+
+def list_versions(name: str | None = None) -> list[VersionRow]:
+    """Every version of every registered model (or of `name`), with its aliases and tags."""
+    client = MlflowClient()
+    rows = []
+    for model in client.search_registered_models():
+        if name is not None and model.name != name:
+            continue
+        aliases = model.aliases or {}
+        versions = client.search_model_versions(f"name='{model.name}'")
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            held = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
+            rows.append(VersionRow(model.name, str(mv.version), held, mv.run_id, dict(mv.tags)))
+    return rows
+
+
+def describe(version: ModelVersion) -> dict:
+    """A version as plain data for `textperf models show`: JSON-valued tags are decoded."""
+    tags = {}
+    for key, value in sorted(version.tags.items()):
+        try:
+            tags[key] = json.loads(value) if value[:1] in "{[" else value
+        except json.JSONDecodeError:
+            tags[key] = value
+    aliases = list(version.aliases or [])
+    return {
+        "name": version.name,
+        "version": str(version.version),
+        "uri": model_uri(version.name, version.version),
+        "aliases": aliases,
+        "run_id": version.run_id,
+        "source": version.source,
+        "tags": tags,
+    }

@@ -1,0 +1,104 @@
+"""The run report: one markdown document for the console, the Prefect artifact and MLflow."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+METRICS = ("spearman", "kendall", "mape", "interval_coverage", "uncertainty_spearman")
+
+
+def _cell(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.3f}"
+
+
+def metrics_table(
+    rows: Mapping[str, Mapping[str, float]], metrics: tuple[str, ...] = METRICS
+) -> str:
+    header = "| model | " + " | ".join(metrics) + " |"
+    rule = "|---" * (len(metrics) + 1) + "|"
+    lines = [header, rule]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(values.get(m)) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def timings_table(seconds: Mapping[str, float]) -> str:
+    lines = ["| step | seconds |", "|---|---|"]
+    lines += [f"| {step} | {value:.1f} |" for step, value in seconds.items()]
+    lines.append(f"| **total** | {sum(seconds.values()):.1f} |")
+    return "\n".join(lines)
+
+
+def bullet_list(items: Mapping[str, object]) -> str:
+    return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
+
+
+def ingest_summary(ingested) -> str:
+    lines = bullet_list(
+        {
+            "files seen": ingested.files_seen,
+            "ingested": ingested.files_ingested,
+            "unchanged": ingested.files_unchanged,
+            "quarantined": ingested.files_quarantined,
+            "records added": ingested.records_added,
+            "records in source": ingested.records,
+        }
+    )
+    quarantined = "\n".join(f"- `{file}`: {reason}" for file, reason in ingested.quarantined[:50])
+    return lines + ("\n\nQuarantined:\n\n" + quarantined if quarantined else "")
+
+
+def render_ingest(ingested) -> str:
+    return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
+
+
+def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str, float]) -> str:
+    """Markdown report of a retraining run (outcomes from `regressor.pipeline`)."""
+    champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
+    parts = [
+        "# textperf retraining report",
+        "## Ingest",
+        ingest_summary(ingested),
+        "## Held-out later days",
+        metrics_table(trained.metrics),
+        bullet_list(
+            {
+                "model": f"`{trained.uri}` ({trained.n_parameters:,} parameters, "
+                f"{trained.fit.steps} steps in {trained.fit.seconds:.0f} s)",
+                "champion": f"{'promoted' if trained.promoted else 'kept'}: {trained.reason}",
+                "MLflow run": trained.run_id,
+            }
+        ),
+    ]
+    for outcome in adapted:
+        parts += [
+            f"## Few-shot adaptation to `{outcome.task}`",
+            f"{outcome.n_shots} shots, method `{outcome.method}`.",
+            metrics_table(
+                {
+                    "base, zero-shot": outcome.zero_shot,
+                    "adapted": outcome.adapted,
+                    "from scratch on the same shots": outcome.from_scratch,
+                }
+            ),
+            f"Registered `{outcome.uri}` from `{outcome.base_uri}`.",
+        ]
+    if not adapted:
+        parts.append("No adaptation due: every variant is adapted from the current champion.")
+    parts += [
+        "## Wall time",
+        timings_table(seconds),
+        "## Use it",
+        bullet_list(
+            {
+                "champion": f"`{champion_uri}`",
+                "adapted": ", ".join(f"`{a.uri}`" for a in adapted) or "-",
+                "MLflow UI": f"`mlflow ui --backend-store-uri {paths.tracking_uri}`",
+                "predict": f"`textperf predict --model {champion_uri} RECORD.json`",
+            }
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"

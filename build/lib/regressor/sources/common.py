@@ -1,0 +1,134 @@
+"""Bookkeeping shared by the `table` and `runs` adapters: which files changed, their `files` rows,
+quarantine rows, typed JSON values from text cells, and the run's report.
+
+Same contract as the fleet adapter: a file whose bytes and parser are unchanged is skipped; a
+changed file's old rows are replaced in one transaction; every file seen ends up ingested,
+quarantined or unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from regressor.sources.fleet import BadInputError
+from regressor.warehouse import QuarantineRow, Warehouse
+
+Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
+INT_RE = r"^[-+]?\d{1,18}$"
+FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
+
+
+def file_hash(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a file read in blocks, so a huge file is never held in memory just to hash it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def known_files(wh: Warehouse, source: str) -> Known:
+    rows = wh.query("known_files", source=source).iter_rows()
+    return {path: (h, parser, status) for path, h, parser, status in rows}
+
+
+def rules_hash(*rules: Any) -> str:
+    """A short digest of the validation rules: changing them re-parses unchanged bytes."""
+    return hashlib.sha256(repr(rules).encode()).hexdigest()[:12]
+
+
+def glob_files(root: Path, patterns: Iterable[str]) -> list[Path]:
+    found = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    return sorted(found)
+
+
+def quarantine_row(
+    source: str, root: Path, path: Path, problem: BadInputError, content_hash: str
+) -> QuarantineRow:
+    rel = path.relative_to(root).as_posix()
+    return QuarantineRow(
+        source, rel, str(path), problem.location, f"{path}: {problem}", content_hash
+    )
+
+
+def replace_files(
+    wh: Warehouse,
+    source: str,
+    files: Sequence[dict[str, Any]],
+    quarantined: Sequence[QuarantineRow],
+    run_id: str,
+) -> None:
+    """Inside the caller's transaction: drop rows derived from `files`, record them afresh."""
+    frame = pl.DataFrame(list(files))
+    with wh.registered("staged_files", frame.select("source", "path")):
+        wh.execute("delete_staged_files")
+    wh.insert_frame("files", frame)
+    wh.write_quarantine(quarantined, run_id)
+
+
+def file_row(
+    source: str,
+    rel: str,
+    kind: str,
+    content_hash: str,
+    parser: str,
+    ok: bool,
+    size: int,
+    run_id: str,
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "path": rel,
+        "kind": kind,
+        "content_hash": content_hash,
+        "parser": parser,
+        "status": "ok" if ok else "quarantined",
+        "size_bytes": size,
+        "ingest_run_id": run_id,
+    }
+
+
+def typed_columns(frame: pl.DataFrame, columns: Sequence[str]) -> list[list[Any]]:
+    """Text cells -> JSON values, one list per column: integers and finite decimals become numbers,
+    empty cells None, anything else stays a string (typed per value, so no guess can fail)."""
+    exprs = []
+    for c in columns:
+        s = pl.col(c).cast(pl.String).str.strip_chars()
+        exprs += [
+            pl.when(s.str.contains(INT_RE)).then(s.cast(pl.Int64, strict=False)).alias(f"{c}\0i"),
+            pl.when(s.str.contains(FLOAT_RE))
+            .then(s.cast(pl.Float64, strict=False))
+            .alias(f"{c}\0f"),
+            pl.when(s != "").then(s).alias(f"{c}\0s"),
+        ]
+    typed = frame.select(exprs)
+    out = []
+    for c in columns:
+        ints, floats, texts = (typed[f"{c}\0{k}"].to_list() for k in "ifs")
+        out.append(
+            [
+                i if i is not None else f if f is not None else t
+                for i, f, t in zip(ints, floats, texts, strict=True)
+            ]
+        )
+    return out
+
+
+def target_problem(raw: pl.Expr, name: str, lo: float, hi: float) -> tuple[pl.Expr, pl.Expr]:
+    """(target as Float64, a reason when it is missing, non-numeric or absurd, else null)."""
+    text = raw.cast(pl.String).str.strip_chars()
+    value = text.cast(pl.Float64, strict=False)
+    problem = (
+        pl.when(text.is_null() | (text == ""))
+        .then(pl.lit(f"missing target {name}"))
+        .when(value.is_null())
+        .then(pl.format(f"non-numeric target {name} '{{}}'", text.str.slice(0, 40)))
+        .when(~value.is_finite() | (value < lo) | (value > hi))
+        .then(pl.format(f"absurd target {name} {{}} (allowed {lo:g}..{hi:g})", text))
+    )
+    return value, problem

@@ -1,0 +1,95 @@
+"""Numeric time-series CSV logs (sar and the like) -> per-window summaries per column.
+
+The sibling of `logs.summarize_logs` for logs that are already tables: one row per sample, a time
+column first, then numeric columns. Each kept column gets, per window, mean, p50, p95, max and
+`trend` (least-squares slope per hour of elapsed time). Non-numeric columns (interface names) are
+dropped. A whole batch of files is summarised in one polars group-by: per-file Python loops over
+samples would dominate the ingest time.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from regressor.sources.fleet import BadInputError
+from regressor.sources.logs import round_sig
+
+SERIES_VERSION = 1
+STATS = ("mean", "p50", "p95", "max", "trend")
+
+
+def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
+    """One file's samples: `t` (seconds since the first sample) and one Float64 per column."""
+    try:
+        frame = pl.read_csv(io.StringIO(text), infer_schema=False, truncate_ragged_lines=False)
+    except pl.exceptions.PolarsError as exc:
+        raise BadInputError(f"not a readable CSV: {str(exc).splitlines()[0]}") from exc
+    if frame.height == 0:
+        raise BadInputError("no samples after the header")
+    time_col, *rest = frame.columns
+    wanted = [c for c in (columns or rest) if c in rest]
+    numeric = frame.select(pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False))
+    numeric = numeric.select([c for c in numeric.columns if numeric[c].null_count() < frame.height])
+    return numeric.with_columns(elapsed_seconds(frame[time_col]).alias("t"))
+
+
+def elapsed_seconds(stamps: pl.Series) -> pl.Series:
+    """Seconds since the first sample: clock times (wrapping past midnight), datetimes, or the
+    sample index when the column is neither (one sample per second is the common case)."""
+    clock = stamps.str.strip_chars().str.to_time("%H:%M:%S", strict=False)
+    if clock.null_count() == 0:
+        secs = clock.cast(pl.Int64) / 1e9
+        wraps = (secs.diff().fill_null(0) < 0).cum_sum() * 86400.0
+        return secs + wraps - secs[0]
+    when = stamps.str.strip_chars().str.to_datetime(strict=False, time_unit="ms")
+    if when.null_count() == 0:
+        ms = when.dt.epoch("ms").cast(pl.Float64)
+        return (ms - ms[0]) / 1e3
+    return pl.Series(range(len(stamps)), dtype=pl.Float64)
+
+
+def summarize_frames(
+    frames: Sequence[pl.DataFrame], window_s: int | None = None
+) -> list[dict[str, Any]]:
+    """One summary per frame: `{"samples", "span_h", "windows": {window: {column: stats}}}`."""
+    summaries: list[dict[str, Any]] = [
+        {"samples": f.height, "span_h": round_sig(f["t"].max() / 3600.0), "windows": {}}
+        for f in frames
+    ]
+    long = [
+        f.unpivot(index=["t"], variable_name="col").with_columns(pl.lit(n, pl.UInt32).alias("file"))
+        for n, f in enumerate(frames)
+        if f.width > 1
+    ]
+    if not long:
+        return summaries
+    window = (pl.col("t") // window_s).cast(pl.Int64) if window_s else pl.lit(0, pl.Int64)
+    stats = aggregate(pl.concat(long).drop_nulls("value").with_columns(window.alias("w")))
+    for row in stats.sort("file", "w", "col").iter_rows(named=True):
+        key = f"{row['w'] * window_s}s" if window_s else "all"
+        cell = summaries[row["file"]]["windows"].setdefault(key, {})
+        cell[row["col"]] = {s: round_sig(row[s]) for s in STATS}
+    return summaries
+
+
+def aggregate(long: pl.DataFrame) -> pl.DataFrame:
+    """Per (file, window, column): the stats; trend = cov(t, v) / var(t) in units per hour."""
+    t, v = pl.col("t") / 3600.0, pl.col("value")
+    var_t = (t * t).mean() - t.mean() ** 2
+    slope = ((t * v).mean() - t.mean() * v.mean()) / var_t
+    return long.group_by("file", "w", "col").agg(
+        v.mean().alias("mean"),
+        v.median().alias("p50"),
+        v.quantile(0.95, "linear").alias("p95"),
+        v.max().alias("max"),
+        pl.when(v.n_unique() == 1)
+        .then(0.0)
+        .when(var_t > 1e-12)
+        .then(slope)
+        .otherwise(None)
+        .alias("trend"),
+    )

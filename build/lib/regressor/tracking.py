@@ -1,0 +1,30 @@
+"""MLflow setup: one place that points the client at the store and the experiment."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow import MlflowClient
+
+from regressor.config import ResolvedPaths
+
+
+def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
+    """Point tracking and registry at `paths`, create the experiment if needed; returns its id.
+
+    The artifact location is set explicitly: with a SQLite backend MLflow would otherwise put
+    artifacts under the current working directory.
+    """
+    paths.var_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(paths.tracking_uri)
+    mlflow.set_registry_uri(paths.tracking_uri)
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(experiment)
+    if existing is not None:
+        experiment_id = existing.experiment_id
+    else:
+        # A tracking server chooses (and with --serve-artifacts proxies) the artifact store.
+        server = paths.tracking_uri.startswith(("http://", "https://"))
+        location = None if server else (paths.mlflow_artifacts / experiment).as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

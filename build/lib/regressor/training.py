@@ -1,0 +1,278 @@
+"""Lightning training of the encoder-decoder: bucketed batches, bf16-mixed, AdamW + cosine."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from regressor.config import TrainConfig
+from regressor.model import EncoderDecoder
+from regressor.numbers import NumberCodec
+from regressor.predictor import Predictor, pad_batch
+
+
+class EncodedExamples(Dataset):
+    """Token ids of each input text and the codec tokens of its target."""
+
+    def __init__(self, input_ids: list[list[int]], target_ids: torch.Tensor) -> None:
+        assert len(input_ids) == len(target_ids)
+        self.input_ids = input_ids
+        self.target_ids = target_ids  # long [N, codec.seq_len]
+        self.lengths = np.array([len(row) for row in input_ids])
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], torch.Tensor]:
+        return self.input_ids[i], self.target_ids[i]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length, so a batch pads only to its own longest input.
+
+    Each epoch shuffles, cuts the order into pools of `pool_batches` batches, sorts each pool by
+    length and shuffles the resulting batches: near-uniform length per batch, random batch order.
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 50
+    ) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = batch_size * pool_batches
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start : start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [
+                pool[i : i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)
+            ]
+        for i in rng.permutation(len(batches)):
+            yield batches[i]
+
+
+@dataclass(frozen=True)
+class Collator:
+    pad_id: int
+    bos_id: int
+
+    def __call__(self, items: Sequence[tuple[list[int], torch.Tensor]]) -> dict[str, torch.Tensor]:
+        src, mask = pad_batch([ids for ids, _ in items], self.pad_id)
+        target = torch.stack([t for _, t in items])  # [B, T]
+        bos = torch.full((len(items), 1), self.bos_id, dtype=torch.long)
+        # Teacher forcing: the decoder sees [bos, t0 .. t_{T-2}] and predicts [t0 .. t_{T-1}].
+        return {
+            "src": src,
+            "mask": mask,
+            "tgt_in": torch.cat([bos, target[:, :-1]], 1),
+            "tgt": target,
+        }
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.05):
+    """LR multiplier: linear warmup to 1, cosine decay to `floor` at `total` steps."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return schedule
+
+
+class RegressionLM(L.LightningModule):
+    """Cross-entropy on the number tokens; the encoder-decoder itself lives in `regressor.model`."""
+
+    def __init__(self, model: EncoderDecoder, train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.train_cfg = train_cfg
+        self.save_hyperparameters(train_cfg.model_dump(mode="json"))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(batch["src"], batch["mask"], batch["tgt_in"])  # [B, T, V]
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["tgt"].flatten())
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["src"]))
+        self.log("tokens", float(batch["mask"].sum()), reduce_fx="sum", batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=len(batch["src"]))
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        # No weight decay on norms and biases (1-D parameters), as usual for transformers.
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            # Not `fused=True` (~4x faster on a CPU): Lightning's mixed-precision plugin refuses
+            # gradient clipping with an optimizer that may unscale gradients itself.
+            foreach=True,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def encode_examples(
+    predictor: Predictor, texts: Sequence[str], targets: np.ndarray
+) -> EncodedExamples:
+    return EncodedExamples(predictor.encode_texts(texts), predictor.codec.encode(targets))
+
+
+def make_loader(
+    data: EncodedExamples, codec: NumberCodec, pad_id: int, cfg: TrainConfig, shuffle: bool
+) -> DataLoader:
+    collate = Collator(pad_id, codec.bos_id)
+    sampler = BucketBatchSampler(data.lengths, cfg.batch_size, cfg.seed if shuffle else 0)
+    if not shuffle:
+        order = np.argsort(data.lengths, kind="stable")
+        batches = [
+            order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)
+        ]
+        return DataLoader(
+            data, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
+        )
+    return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """`best.ckpt` judged at each validation, and `last.ckpt` refreshed every N training steps.
+
+    Plain `every_n_train_steps` would also rank `best` at those steps, against a val_loss that
+    may be many steps stale; here ranking stays on validation and only `last` follows the steps,
+    so a run killed at any moment resumes from at most N steps back.
+    """
+
+    def __init__(self, last_every_n_steps: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_every_n_steps = last_every_n_steps
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if trainer.global_step % self.last_every_n_steps == 0 and not (
+            self._should_skip_saving_checkpoint(trainer)
+        ):
+            saved_at = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            # Lightning skips any save at a step already saved: keep `best` possible at this
+            # step's validation, which runs right after this hook.
+            self._last_global_step_saved = saved_at
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    seconds: float
+    best_val_loss: float
+    best_checkpoint: str
+
+
+def fit(
+    predictor: Predictor,
+    train: tuple[Sequence[str], np.ndarray],
+    val: tuple[Sequence[str], np.ndarray],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    logger: Logger | bool = False,
+    resume: bool = True,
+) -> FitResult:
+    """Train `predictor.model` in place; returns with the best validation checkpoint loaded.
+
+    Stops at `max_steps`, at `max_minutes`, or when validation loss stops improving. With `resume`,
+    a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_data = encode_examples(predictor, *train)
+    val_data = encode_examples(predictor, *val)
+    module = RegressionLM(predictor.model, cfg)
+    checkpoint = BestAndLastCheckpoint(
+        last_every_n_steps=cfg.checkpoint_every_steps,
+        dirpath=checkpoint_dir,
+        monitor="val_loss",
+        save_last=True,
+        save_top_k=1,
+        filename="best",
+    )
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        strategy=cfg.strategy,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        # Lightning cannot shard our length-bucketed batch sampler: under DDP every rank reads
+        # every batch (same gradients as one process) until that sampler splits batches by rank.
+        use_distributed_sampler=False,
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_time=timedelta(minutes=cfg.max_minutes),
+        gradient_clip_val=cfg.grad_clip,
+        val_check_interval=min(cfg.val_every_steps, len(train_data) // cfg.batch_size or 1),
+        check_val_every_n_epoch=None,
+        callbacks=[checkpoint, EarlyStopping("val_loss", patience=cfg.early_stopping_patience)],
+        logger=logger,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, len(train_data) // cfg.batch_size)),
+    )
+    predictor.model.train()  # a loaded or sampled model may have been left in eval mode
+    last = checkpoint_dir / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(
+        module,
+        make_loader(train_data, predictor.codec, predictor.tokenizer.pad_id, cfg, shuffle=True),
+        make_loader(val_data, predictor.codec, predictor.tokenizer.pad_id, cfg, shuffle=False),
+        ckpt_path=str(last) if resume and last.exists() else None,
+    )
+    seconds = time.perf_counter() - started
+    best = checkpoint.best_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    predictor.model.eval()
+    best_score = checkpoint.best_model_score
+    return FitResult(
+        steps=trainer.global_step,
+        seconds=seconds,
+        best_val_loss=float(best_score) if best_score is not None else float("nan"),
+        best_checkpoint=best,
+    )

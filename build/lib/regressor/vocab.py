@@ -1,0 +1,93 @@
+"""The input tokenizer: byte-level BPE trained on the corpus, with every digit its own token.
+
+- Byte-level: text is first mapped to its UTF-8 bytes (GPT-2's printable byte alphabet), and all
+  256 bytes are in the vocabulary, so no input is ever unknown: non-ASCII, emoji, control bytes.
+- Digits split one by one before BPE, so numbers in configs and logs are read digit by digit
+  and no merge like "202" or "00 " hides their value.
+- Whitespace is kept as bytes (newlines and indentation carry the structure of configs), and
+  merges may cross punctuation and spaces, so repeated key paths and log templates compress.
+- `<pad>` is not a string of the tokenizer (its id is one past the BPE vocabulary), so no input
+  text, whatever it contains, can ever produce the pad id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+
+class InputTokenizer:
+    """Text -> token ids for the encoder. Build with `train` or `load`."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.pad_id = tokenizer.get_vocab_size()
+        self.vocab_size = self.pad_id + 1
+        self._max_token_chars: int | None = None
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> InputTokenizer:
+        """BPE merges learnt from `texts`; at most `vocab_size` ids including `<pad>`.
+
+        The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
+        """
+        if vocab_size < 257 + 1:
+            raise ValueError("vocab_size must cover the 256 bytes and <pad>")
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                # No word-splitting regex: a whole key path such as "\nvalues.cpu.mean=" may
+                # become one token, which halves the length of config-and-log text.
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - 1,  # the last id is <pad>
+            min_frequency=2,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer)
+
+    def encode_batch(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        """Token ids of each text, cut to its first `max_tokens` (no padding: batching pads)."""
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [encoding.ids[:max_tokens] for encoding in encodings]
+
+    def count_tokens(self, text: str) -> int:
+        """Exact token count of `text` (for truncation to a token budget)."""
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    @property
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters one token covers: its longest byte-level string.
+
+        Each character of a byte-level token string is one byte, and a character is at least one
+        byte, so a text of c characters has at least c / max_token_chars tokens.
+        """
+        if self._max_token_chars is None:
+            self._max_token_chars = max(len(t) for t in self._tokenizer.get_vocab())
+        return self._max_token_chars
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids back to text (pad ids dropped), for debugging and tests."""
+        return self._tokenizer.decode([i for i in ids if i != self.pad_id])
+
+    def tokens(self, text: str) -> list[str]:
+        """The byte-level token strings of `text`, for debugging."""
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tokenizer.save(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> InputTokenizer:
+        return cls(Tokenizer.from_file(str(path)))

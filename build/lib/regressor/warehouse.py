@@ -1,0 +1,203 @@
+"""The DuckDB warehouse: one connection, migrations, named SQL, frame loading, quarantine.
+
+SQL lives in `sql/`: `migrations/NNNN_*.sql` (applied once each, in order, recorded in
+`schema_version`), `queries/<name>.sql` (read with `query`) and `statements/<name>.sql` (writes, run
+with `execute`). DuckDB allows one writer process per file, so opening a locked file waits.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from regressor.config import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+MIGRATION_NAME = re.compile(r"^(\d{4})_[\w\-]+\.sql$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+
+
+class WarehouseLockedError(TimeoutError):
+    """Another process kept the warehouse file locked for longer than the timeout."""
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    source: str
+    path: str  # relative to the source root
+    file: str  # as ingest saw it
+    location: str
+    reason: str
+    content_hash: str
+
+
+def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting with exponential backoff while another process holds the lock."""
+    deadline = time.monotonic() + timeout_s
+    delay, warned = 0.05, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() + delay > deadline:
+                raise WarehouseLockedError(
+                    f"warehouse {path} still locked after {timeout_s:g} s"
+                ) from exc
+            if not warned:
+                print(f"warehouse {path} is locked by another writer; waiting...", file=sys.stderr)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def sql_text(kind: str, name: str, sql_dir: Path = SQL_DIR) -> str:
+    path = sql_dir / kind / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"no SQL file {path}")
+    return path.read_text(encoding="utf-8")
+
+
+class Warehouse:
+    """`with Warehouse(path) as wh: wh.migrate(); wh.query("records")`."""
+
+    def __init__(
+        self,
+        path: Path,
+        read_only: bool = False,
+        lock_timeout_s: float = 120.0,
+        sql_dir: Path = SQL_DIR,
+        memory_limit: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.sql_dir = sql_dir
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = connect_with_retry(self.path, read_only, lock_timeout_s)
+        if memory_limit is not None:
+            # DuckDB's buffer pool otherwise keeps written blocks cached up to 80% of RAM, so a
+            # long ingest's RSS would grow with the data; past the limit it evicts (or spills).
+            if not MEMORY_SIZE.match(memory_limit):  # SET takes no bound parameters
+                raise ValueError(f"memory_limit {memory_limit!r} is not like '512MB' or '2GiB'")
+            self.con.execute(f"SET memory_limit = '{memory_limit}'")
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- SQL by name -------------------------------------------------------------------------
+
+    def run_script(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run every statement of `sql`, binding to each only the `$params` it names."""
+        params = params or {}
+        for statement in self.con.extract_statements(sql):
+            names = statement.named_parameters
+            missing = names - params.keys()
+            if missing:
+                raise KeyError(f"SQL parameters not given: {sorted(missing)}")
+            self.con.execute(statement.query, {k: params[k] for k in names} or None)
+
+    def query(self, name: str, /, **params: Any) -> pl.DataFrame:
+        """Run `sql/queries/<name>.sql` with bound `$params` and return its rows."""
+        sql = sql_text("queries", name, self.sql_dir)
+        return self.con.sql(sql, params=params or None).pl()
+
+    def execute(self, name: str, /, **params: Any) -> None:
+        """Run the write statements in `sql/statements/<name>.sql`."""
+        self.run_script(sql_text("statements", name, self.sql_dir), params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- migrations --------------------------------------------------------------------------
+
+    def migrations(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in sorted((self.sql_dir / "migrations").glob("*.sql")):
+            match = MIGRATION_NAME.match(path.name)
+            if not match:
+                raise ValueError(f"{path}: migration names look like 0001_name.sql")
+            found.append((int(match.group(1)), path))
+        versions = [v for v, _ in found]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"duplicate migration numbers in {self.sql_dir / 'migrations'}")
+        return found
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order, each in its own transaction; returns their names."""
+        self.execute("create_schema_version")
+        done = set(self.query("applied_migrations")["version"].to_list())
+        applied = []
+        for version, path in self.migrations():
+            if version in done:
+                continue
+            with self.transaction():
+                self.run_script(path.read_text(encoding="utf-8"))
+                self.execute("record_migration", version=version, name=path.stem)
+            applied.append(path.stem)
+        return applied
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def insert_frame(self, table: str, frame: pl.DataFrame) -> int:
+        """Append a polars frame to `table`, matching columns by name; returns rows inserted."""
+        if frame.is_empty():
+            return 0
+        view = f"_frame_{table}"
+        with self.registered(view, frame):
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+        return frame.height
+
+    @contextmanager
+    def registered(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
+        """Expose `frame` to SQL as the view `name` for the duration of the block."""
+        if not IDENTIFIER.match(name):
+            raise ValueError(f"not a plain SQL identifier: {name!r}")
+        self.con.register(name, frame)
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
+
+    def write_quarantine(self, rows: Sequence[QuarantineRow], run_id: str) -> int:
+        frame = pl.DataFrame(
+            [vars(r) for r in rows],
+            schema=dict.fromkeys(QuarantineRow.__dataclass_fields__, pl.String),
+        )
+        return self.insert_frame("quarantine", frame.with_columns(ingest_run_id=pl.lit(run_id)))
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def content_hash(self) -> str:
+        """sha256 over every record (id, config, logs, target): the data snapshot's name."""
+        return str(self.query("content_hash")["content_hash"].item())
