@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import default_task_runner
@@ -33,12 +34,17 @@ class RetrainParams(BaseModel):
 
 # Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
 generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
-dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE)
+# Reads of the warehouse and the registry can meet a lock or a restarting server: retry those.
+# Training is not retried: a failure there is a bug or a resource problem to surface, not wait out.
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
+dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE, **IO_RETRIES)
 train_task = task(
     pipeline.train_and_register, name="train-evaluate-register", cache_policy=NO_CACHE
 )
-due_task = task(pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE)
-adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE)
+due_task = task(
+    pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE, **IO_RETRIES
+)
+adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE, retries=1)
 
 
 def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
