@@ -5,13 +5,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
-from regressor.sources.fleet import IngestReport, ingest_fleet, record_from_files
+from regressor.sources.fleet import (
+    IngestReport,
+    chunks,
+    ingest_fleet,
+    ordered_map,
+    raw_log_text,
+    record_from_files,
+)
 from regressor.sources.logs import summarize_log
 from regressor.warehouse import Warehouse
 
@@ -65,7 +74,9 @@ def test_rows_carry_provenance(tiny_warehouse, tiny_fleet, fleet_source):
     assert first["path"] == "logs/cell-a01/2026-01-01.log"
     assert first["content_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert first["ingest_run_id"] == "run-1"
-    assert first["raw_text"] == path.read_text()
+    assert first["raw_codec"] == "zstd"
+    assert len(first["raw_blob"]) < path.stat().st_size  # stored compressed
+    assert raw_log_text(first) == path.read_text()
     assert (first["line_start"], first["line_end"]) == (1, len(path.read_text().splitlines()))
     targets = wh.con.sql("SELECT line FROM targets ORDER BY line").pl()
     assert targets["line"].to_list() == list(range(2, 2 + ALL))
@@ -96,7 +107,7 @@ def test_a_changed_file_replaces_its_rows(tiny_warehouse, tiny_fleet, fleet_sour
         wh.con.sql("SELECT * FROM logs WHERE path LIKE '%a02/2026-01-03%'").pl().row(0, named=True)
     )
     assert row["ingest_run_id"] == "run-2"
-    assert row["raw_text"] == log.read_text()
+    assert raw_log_text(row) == log.read_text()
     assert json.loads(row["logs_json"])["levels"]["ERROR"] >= 1
 
 
@@ -319,3 +330,74 @@ def test_record_from_files_names_a_bad_file(tmp_path, tiny_fleet, fleet_source):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=r"2026-01-01\.log.*empty file"):
         record_from_files(root / A01, empty)
+
+
+def warehouse_state(wh: Warehouse) -> dict[str, list[tuple]]:
+    """Every table's rows (raw logs decoded), without the ingest timestamps."""
+    logs = wh.con.sql("SELECT * EXCLUDE (raw_blob) FROM logs ORDER BY path").pl()
+    raw = [
+        raw_log_text(r)
+        for r in wh.con.sql("SELECT * FROM logs ORDER BY path").pl().rows(named=True)
+    ]
+    return {
+        "logs": logs.with_columns(raw=pl.Series(raw)).rows(),
+        "files": wh.con.sql("SELECT * EXCLUDE (ingested_at) FROM files ORDER BY path").pl().rows(),
+        "quarantine": wh.con.sql(
+            "SELECT * EXCLUDE (quarantined_at) FROM quarantine ORDER BY path, location"
+        )
+        .pl()
+        .rows(),
+        "records": wh.query("records").rows(),
+    }
+
+
+def test_worker_processes_give_the_same_warehouse(tmp_path, tiny_fleet, fleet_source):
+    raw_dir, _ = tiny_fleet
+    edit_log(DAY2, lambda b: b[:40] + b"\xff" + b[40:])(raw_dir / fleet_source.root)
+    states = []
+    for workers in (1, 2):
+        with Warehouse(tmp_path / f"w{workers}.duckdb") as wh:
+            report = ingest_fleet(
+                wh, fleet_source, raw_dir, run_id="run-1", batch_size=4, workers=workers
+            )
+            assert invariant(report)
+            assert (report.files_quarantined, report.records) == (1, ALL - 1)
+            states.append(warehouse_state(wh))
+            again = ingest_fleet(wh, fleet_source, raw_dir, run_id="run-2", workers=workers)
+            assert again.files_unchanged == again.files_seen
+    assert states[0] == states[1]
+
+
+def test_logs_stored_before_compression_stay_readable(tiny_warehouse, tiny_fleet, fleet_source):
+    wh, _ = tiny_warehouse
+    log = tiny_fleet[0] / fleet_source.root / "logs" / "cell-a01" / "2026-01-01.log"
+    wh.con.execute(
+        "UPDATE logs SET raw_text = ?, raw_codec = NULL, raw_blob = NULL WHERE path = ?",
+        [log.read_text(), "logs/cell-a01/2026-01-01.log"],
+    )
+    row = wh.con.sql("SELECT * FROM logs WHERE path = 'logs/cell-a01/2026-01-01.log'").pl()
+    assert raw_log_text(row.row(0, named=True)) == log.read_text()
+    with pytest.raises(ValueError, match="unknown raw_codec"):
+        raw_log_text({"raw_codec": "lz4", "raw_blob": b""})
+
+
+def double_or_die(x: int, parent: int) -> int:
+    """Doubles in the parent process; a worker process dies (as if OOM-killed) instead."""
+    if os.getpid() != parent:
+        os._exit(1)
+    return 2 * x
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(capsys):
+    jobs = [(x, os.getpid()) for x in range(5)]
+    assert list(ordered_map(double_or_die, jobs, workers=2)) == [0, 2, 4, 6, 8]
+    assert "going on in this process" in capsys.readouterr().err
+
+
+def test_batches_stop_at_a_count_or_a_byte_budget():
+    items = [Path(f"{i}.log") for i in range(7)]
+    sizes = [1, 50, 1, 1, 1, 60, 1]
+    batches = [[p.stem for p in b] for b in chunks(items, 3, sizes, max_bytes=10)]
+    assert batches == [["0"], ["1"], ["2", "3", "4"], ["5"], ["6"]]  # big files stand alone
+    assert [len(b) for b in chunks(items, 3)] == [3, 3, 1]
+    assert list(chunks([], 3, [], 10)) == []

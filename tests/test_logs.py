@@ -11,8 +11,14 @@ import pytest
 
 from regressor.serialize import approx_token_count
 from regressor.sources.logs import (
+    ShapeCache,
+    iso_prefixed,
     parse_lines,
     round_sig,
+    shape_expr,
+    shaped_lines,
+    split_lines,
+    stamped_lines,
     summarize_log,
     summarize_logs,
     template_of,
@@ -143,3 +149,37 @@ def test_loghub_samples_parse_into_good_templates(path):
     summary = summarize_log(path.read_text(encoding="utf-8"))
     assert len(summary["templates"]) <= 30
     json.dumps(summary, allow_nan=False)
+
+
+MIXED_STAMPS = [
+    "2026-01-02T03:04:05 INFO a=1 job j001-2c7c7\r\n",  # the sliced prefix (CRLF)
+    "2026-01-02 03:04:05 WARN b=2.5e3\n",  # the sliced prefix, space form
+    "2026-01-02T03:04:05.250Z ERROR c=3\n",  # fraction and zone: the regex path
+    "2026-13-02T03:04:05 INFO bad month 1077804742 d=4\n",  # invalid: later formats decide
+    "2026-01-02T03:04:05\n",  # a stamp alone
+    "  \t\n",  # blank
+    "x 2026-01-02T03:04:05 late stamp e=5\n",
+    "081109 203615 148 INFO dfs.DataNode: f=6\n",
+    "caf\u00e9=7 2026-01-02T03:04:05 g=8\n",
+]
+
+
+def test_sliced_stamps_equal_the_regex_path():
+    texts = ["".join(MIXED_STAMPS), "".join(reversed(MIXED_STAMPS)), ""]
+    fast = shaped_lines(texts)
+    slow = stamped_lines(split_lines(texts).drop("fold"))
+    slow = slow.with_columns(shape_expr(pl.col("message")).alias("shape")).drop("message")
+    assert fast.select(slow.columns).equals(slow)
+    sliced, rest = iso_prefixed(split_lines(texts))
+    assert (sliced.height, rest.height) == (4, 12)  # both paths ran; the blank lines are gone
+
+
+def test_a_shared_shape_cache_changes_nothing():
+    texts = ["".join(MIXED_STAMPS)] + [
+        f"2026-01-0{d}T00:00:0{d} INFO n=12{d} on h{d}x\n" for d in range(1, 8)
+    ]
+    alone = [summarize_log(t) for t in texts]
+    for max_shapes in (1_000, 2):  # 2: the cache is cleared on most calls
+        cache = ShapeCache(max_shapes)
+        assert [summarize_logs([t], cache=cache)[0] for t in texts] == alone
+        assert cache.table.height <= max(max_shapes, 20)

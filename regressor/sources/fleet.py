@@ -4,14 +4,25 @@ Idempotent: a file whose bytes (and parser version) are unchanged is skipped; a 
 replaces every row previously derived from it, within one transaction per batch. Bad input never
 stops the run: it becomes a `quarantine` row whose reason names the file, and the rest proceeds.
 Files that disappear keep their rows (ingest only adds and replaces).
+
+Large log sets are read, hashed, summarised and compressed in worker processes (`ingest_logs`)
+while this process, DuckDB's single writer, writes the finished batches in order. Raw logs are
+kept zstd-compressed in `logs.raw_blob` (`raw_log_text` reads them back).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -19,14 +30,23 @@ from typing import Any
 
 import polars as pl
 import yaml
+import zstandard
 from pydantic import BaseModel, ConfigDict
 
 from regressor.config import FleetSourceConfig
-from regressor.sources.logs import SUMMARY_VERSION, summarize_logs
+from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
 from regressor.warehouse import QuarantineRow, Warehouse
 
 PARSER_VERSION = 1
 BATCH_FILES = 256
+BATCH_BYTES = 32_000_000  # a batch of logs also stops here: its frames take ~15x its bytes
+# Raw logs are stored zstd-compressed (~5x smaller): DuckDB writes the compressed BLOBs ~20x
+# faster than the same text as VARCHAR, which it would compress itself, slowly.
+RAW_CODEC, RAW_LEVEL = "zstd", 1
+# Logs are parsed in worker processes (the single DuckDB writer stays here) when there are at
+# least this many bytes to parse: below it, starting the workers costs more than they save.
+POOL_MIN_BYTES = 64_000_000
+MAX_WORKERS = 4  # each holds one batch's frames (~0.5 GB at BATCH_BYTES)
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster
 
@@ -65,6 +85,7 @@ class Staged:
     data: bytes
     content_hash: str
     parser: str
+    size: int = 0  # the file's bytes (kept when `data` is dropped after parsing)
     row: dict[str, Any] | None = None
     problem: BadInputError | None = None
     row_problems: list[BadInputError] = field(default_factory=list)
@@ -140,7 +161,7 @@ def parse_period(stem: str) -> date:
 
 
 def check_log_text(text: str) -> None:
-    if not text.strip():
+    if not text or text.isspace():  # (not `strip`, which would copy the whole text)
         raise BadInputError("empty file")
     if not text.endswith("\n"):
         # A day's log cut mid-line is incomplete: its counts would understate the day.
@@ -177,7 +198,8 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
 
 def stage(path: Path, root: Path, kind: str, parser: str) -> Staged:
     data = path.read_bytes()
-    return Staged(path, path.relative_to(root).as_posix(), kind, data, sha256(data), parser)
+    rel = path.relative_to(root).as_posix()
+    return Staged(path, rel, kind, data, sha256(data), parser, len(data))
 
 
 def provenance(s: Staged, source: str, run_id: str) -> dict[str, Any]:
@@ -206,8 +228,14 @@ def parse_config(s: Staged, source: str, run_id: str) -> None:
     }
 
 
-def parse_logs(batch: Sequence[Staged], source: str, run_id: str) -> None:
-    """Check each log, then summarise the good ones together (one polars pass per batch)."""
+def parse_logs(
+    batch: Sequence[Staged], source: str, run_id: str, cache: ShapeCache | None = None
+) -> None:
+    """Check each log, then summarise the good ones together (one polars pass per batch).
+
+    The raw bytes are kept zstd-compressed in the row and `data` is dropped: a batch crosses
+    from a worker process to the writer at a fifth of its size.
+    """
     good: list[tuple[Staged, str, date]] = []
     for s in batch:
         try:
@@ -218,7 +246,8 @@ def parse_logs(batch: Sequence[Staged], source: str, run_id: str) -> None:
             s.problem = exc
             continue
         good.append((s, text, period))
-    summaries = summarize_logs([text for _, text, _ in good])
+    summaries = summarize_logs([text for _, text, _ in good], cache=cache)
+    compressor = zstandard.ZstdCompressor(level=RAW_LEVEL)
     for (s, text, period), summary in zip(good, summaries, strict=True):
         s.row = {
             **provenance(s, source, run_id),
@@ -226,9 +255,83 @@ def parse_logs(batch: Sequence[Staged], source: str, run_id: str) -> None:
             "period": period,
             "line_start": 1,
             "line_end": count_lines(text),
-            "raw_text": text,
+            "raw_codec": RAW_CODEC,
+            "raw_blob": compressor.compress(s.data),
             "logs_json": json.dumps(summary, ensure_ascii=False),
         }
+    for s in batch:
+        s.data = b""
+
+
+def raw_log_text(row: dict[str, Any]) -> str:
+    """A `logs` row's raw text, whichever way it was stored (`raw_codec` null: `raw_text`)."""
+    if row.get("raw_codec") is None:
+        return str(row["raw_text"])
+    if row["raw_codec"] != RAW_CODEC:
+        raise ValueError(f"unknown raw_codec {row['raw_codec']!r}")
+    return zstandard.ZstdDecompressor().decompress(row["raw_blob"]).decode("utf-8")
+
+
+# -- parallel parsing ------------------------------------------------------------------------
+
+
+@functools.cache
+def shape_cache() -> ShapeCache:
+    """One per process: a worker reuses its templates across the batches it parses."""
+    return ShapeCache()
+
+
+def prepare_logs(
+    paths: Sequence[Path], root: Path, parser: str, known: Known, source: str, run_id: str
+) -> tuple[list[Staged], int]:
+    """Read, hash and parse one batch of logs (in a worker or here): (changed files, unchanged)."""
+    staged = [stage(path, root, "log", parser) for path in paths]
+    changed = [s for s in staged if known.get(s.rel, ("", "", ""))[:2] != (s.content_hash, parser)]
+    parse_logs(changed, source, run_id, shape_cache())
+    return changed, len(staged) - len(changed)
+
+
+def pool_size(total_bytes: int) -> int:
+    """Worker processes for parsing logs: 1 (in-process) for small inputs or when this process
+    may not have children (a daemon, e.g. a Dask worker)."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    if total_bytes < POOL_MIN_BYTES:
+        return 1
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pooled_map(
+    fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int
+) -> Iterator[Any]:
+    """`fn(*job)` for each job, in order, in `workers` spawned processes, with at most two jobs
+    per worker in flight so that finished batches never pile up in memory."""
+    # spawn, not fork: forking a process that runs polars' and DuckDB's threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[Future[Any]] = deque()
+        for job in jobs:
+            pending.append(pool.submit(fn, *job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def ordered_map(
+    fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int
+) -> Iterator[Any]:
+    """`fn(*job)` for each job, in order: in worker processes when `workers` > 1 and, if the
+    pool breaks (a worker killed, e.g. by the OOM killer), the remaining jobs in this one."""
+    done = 0
+    if workers > 1:
+        try:
+            for result in pooled_map(fn, jobs, workers):
+                done += 1
+                yield result
+        except BrokenProcessPool as exc:
+            print(f"parsing workers failed ({exc}); going on in this process", file=sys.stderr)
+    yield from (fn(*job) for job in jobs[done:])
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -361,21 +464,29 @@ def file_row(s: Staged, source: str, run_id: str) -> dict[str, Any]:
         "kind": s.kind,
         "parser": s.parser,
         "status": "quarantined" if s.problem else "ok",
-        "size_bytes": len(s.data),
+        "size_bytes": s.size,
     }
 
 
 def write_batch(
-    wh: Warehouse, batch: Sequence[Staged], table: str, rows: pl.DataFrame, source: str, run_id: str
+    wh: Warehouse,
+    batch: Sequence[Staged],
+    table: str,
+    rows: pl.DataFrame,
+    source: str,
+    run_id: str,
+    replace: bool = True,
 ) -> list[QuarantineRow]:
-    """Replace everything derived from the batch's files, atomically."""
+    """Replace everything derived from the batch's files, atomically. `replace=False` when no
+    file of the batch was known before this run: it has no old rows, so nothing is deleted."""
     if not batch:
         return []
     files = pl.DataFrame([file_row(s, source, run_id) for s in batch])
     quarantined = [q for s in batch for q in quarantine_rows(s, source)]
     with wh.transaction():
-        with wh.registered("staged_files", files.select("source", "path")):
-            wh.execute("delete_staged_files")
+        if replace:
+            with wh.registered("staged_files", files.select("source", "path")):
+                wh.execute("delete_staged_files")
         wh.insert_frame("files", files)
         wh.insert_frame(table, rows)
         wh.write_quarantine(quarantined, run_id)
@@ -393,9 +504,20 @@ def tally_batch(
 # -- the adapter -----------------------------------------------------------------------------
 
 
-def chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def chunks(
+    items: Sequence[Path], size: int, sizes: Sequence[int] | None = None, max_bytes: int = 0
+) -> Iterator[Sequence[Path]]:
+    """Runs of at most `size` items and, given their `sizes`, at most `max_bytes` (a single
+    larger item is a batch of its own): a batch's memory is bounded whatever the file sizes."""
+    start, total = 0, 0
+    for end in range(len(items)):
+        grown = total + (sizes[end] if sizes else 0)
+        if end > start and (end - start == size or (max_bytes and grown > max_bytes)):
+            yield items[start:end]
+            start, grown = end, grown - total
+        total = grown
+    if start < len(items):
+        yield items[start:]
 
 
 def changed(
@@ -465,14 +587,26 @@ def ingest_logs(
     known: Known,
     tally: Tally,
     batch_size: int,
+    workers: int | None = None,
 ) -> None:
+    """Workers read, hash, check, summarise and compress batches; this process writes each
+    batch in its own transaction, in order, while the workers parse the next ones."""
     paths = sorted(p for p in root.glob(source.log_glob) if p.is_file())
     parser = f"log-{PARSER_VERSION}.{SUMMARY_VERSION}"
-    for batch_paths in chunks(paths, batch_size):
-        batch = changed(batch_paths, root, "log", parser, known, tally)
-        parse_logs(batch, source.name, run_id)
+    sizes = [p.stat().st_size for p in paths]
+    jobs = []
+    for batch_paths in chunks(paths, batch_size, sizes, BATCH_BYTES):
+        rels = (p.relative_to(root).as_posix() for p in batch_paths)
+        mine = {rel: known[rel] for rel in rels if rel in known}
+        jobs.append((list(batch_paths), root, parser, mine, source.name, run_id))
+    workers = pool_size(sum(sizes)) if workers is None else workers
+    for (batch, unchanged), job in zip(ordered_map(prepare_logs, jobs, workers), jobs, strict=True):
+        tally.seen += len(job[0])
+        tally.unchanged += unchanged
         rows = pl.DataFrame([s.row for s in batch if s.row])
-        tally_batch(tally, batch, write_batch(wh, batch, "logs", rows, source.name, run_id))
+        replace = bool(job[3])  # the batch's files that `known` holds
+        quarantined = write_batch(wh, batch, "logs", rows, source.name, run_id, replace)
+        tally_batch(tally, batch, quarantined)
 
 
 def ingest_targets(
@@ -529,8 +663,10 @@ def ingest_fleet(
     raw_dir: Path,
     run_id: str,
     batch_size: int = BATCH_FILES,
+    workers: int | None = None,
 ) -> IngestReport:
-    """Ingest a fleet source's configs, logs and targets; see the module docstring."""
+    """Ingest a fleet source's configs, logs and targets; see the module docstring. `workers`:
+    processes that parse logs (None: one per core for large inputs, else in this process)."""
     wh.migrate()
     root = source_root(source, raw_dir)
     known: Known = {
@@ -542,6 +678,6 @@ def ingest_fleet(
     before = count_records(wh, source.name)
     tally = Tally()
     ingest_configs(wh, source, root, run_id, known, tally, batch_size)
-    ingest_logs(wh, source, root, run_id, known, tally, batch_size)
+    ingest_logs(wh, source, root, run_id, known, tally, batch_size, workers)
     ingest_targets(wh, source, root, run_id, known, tally)
     return build_report(wh, source.name, run_id, tally, before)

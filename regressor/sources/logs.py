@@ -14,13 +14,15 @@ the message with the timestamp and level removed and variable parts masked (`<IP
   (Named `values` so that, in sorted-key text, template counts come first and survive truncation.)
 
 Floats are rounded to 4 significant digits so a day of logs costs a few hundred tokens. The work is
-done on whole batches of files at once with polars; per-line Python would be ~50x slower. Two tricks
-keep it near the speed of reading the bytes (see bench/ingest.py):
+done on whole batches of files at once with polars; per-line Python would be ~50x slower. Tricks
+that keep it near the speed of reading the bytes (see bench/ingest.py):
 
-* timestamp formats are tried in order on the lines no earlier format matched (not every format on
-  every line), so a file in one format pays for one format;
+* the batch is joined, digit-folded (`str.translate`) and split into lines once;
+* a line that starts with an ISO stamp and a space (the common case) is stamped by slicing that
+  prefix, no regex; the other lines try the formats in order, each only on the lines no earlier
+  format matched, so a file in one format pays for one format;
 * templates are computed once per distinct *shape* of message (digits 1-9 folded to 0, which no
-  mask can tell apart), not once per line: a day's thousands of lines have a few dozen shapes.
+  mask can tell apart), not once per line, and a `ShapeCache` keeps them across batches.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
@@ -44,6 +47,10 @@ TIMESTAMP_FORMATS: tuple[tuple[str, str], ...] = (
     (r"^(\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})", "%y/%m/%d %H:%M:%S"),  # Spark
     (r"\b(1\d{9})\b", "epoch"),  # Unix seconds (2001-2033), e.g. HPC
 )
+# The first format, at the start of a line and followed by a space: its shape (`shape_expr`).
+ISO_LEN = 19
+ISO_SHAPES = ("0000-00-00T00:00:00 ", "0000-00-00 00:00:00 ")
+FOLD_DIGITS = str.maketrans("123456789", "000000000")
 LEVEL_RE = r"\b(TRACE|DEBUG|INFO|NOTICE|WARNING|WARN|ERROR|ERR|SEVERE|FATAL|CRITICAL|CRIT)\b"
 LEVEL_ALIASES = {"WARNING": "WARN", "ERR": "ERROR", "SEVERE": "ERROR", "CRIT": "CRITICAL"}
 # Masks applied in order: specific shapes first (an IP is not four numbers), then any token mixing
@@ -67,22 +74,25 @@ def round_sig(value: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | 
 
 
 def split_lines(texts: Sequence[str]) -> pl.DataFrame:
-    """One row per non-blank line: file (index into `texts`), line (1-based), text."""
+    """One row per non-blank line: row (order), file (index into `texts`), text, and `fold`, the
+    text with digits 1-9 folded to 0 (see `shape_expr`).
+
+    The texts are joined, folded with `str.translate` and split once: ~10x faster than splitting
+    per file and folding with a regex per line.
+    """
+    if not texts:
+        texts = [""]  # one blank line, filtered below: the frame keeps its columns
+    big = "\n".join(texts)
+    files = np.repeat(
+        np.arange(len(texts), dtype=np.uint32), [t.count("\n") + 1 for t in texts]
+    )  # each text adds its newlines + 1 pieces: the joins add exactly one separator each
+    text, fold = pl.Series([big, big.translate(FOLD_DIGITS)], dtype=pl.String).str.split("\n")
     frame = pl.DataFrame(
-        {
-            "file": pl.Series(range(len(texts)), dtype=pl.UInt32),
-            "text": pl.Series(texts, dtype=pl.String),
-        }
-    )
-    return (
-        frame.with_columns(pl.col("text").str.split("\n"))
-        .explode("text")
-        .with_columns(
-            pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("file").alias("line"),
-            pl.col("text").str.strip_chars_end("\r"),
-        )
-        .filter(pl.col("text").str.strip_chars() != "")
-    )
+        {"file": pl.Series(files, dtype=pl.UInt32), "text": text, "fold": fold}
+    ).with_row_index("row")
+    if "\r" in big:
+        frame = frame.with_columns(pl.col("text", "fold").str.strip_chars_end("\r"))
+    return frame.filter(pl.col("text").str.contains(r"\S"))
 
 
 def _timestamp(line: pl.Expr, pattern: str, fmt: str) -> pl.Expr:
@@ -107,7 +117,20 @@ def stamped_lines(lines: pl.DataFrame) -> pl.DataFrame:
     none = pl.lit(None, pl.Datetime("ms"))
     parts.append(rest.with_columns(none.alias("ts"), text.alias("message")))
     parts = [part for part in parts if part.height] or parts[-1:]
-    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("file", "line")
+    return parts[0] if len(parts) == 1 else pl.concat(parts).sort("row")
+
+
+def iso_prefixed(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(lines that start with a valid `YYYY-MM-DD[T ]HH:MM:SS` and a space, with `ts` and `shape`;
+    the other lines). For the first kind the first format's leftmost match is that prefix, so
+    slicing it off gives exactly what `stamped_lines` would, without a regex."""
+    stamp = pl.col("text").str.head(ISO_LEN).str.replace("T", " ", literal=True)
+    ts = stamp.str.to_datetime(TIMESTAMP_FORMATS[0][1], strict=False, time_unit="ms")
+    head = pl.col("fold").str.head(ISO_LEN + 1)
+    lines = lines.with_columns(pl.when(head.is_in(ISO_SHAPES)).then(ts).alias("ts"))
+    fast = lines.filter(pl.col("ts").is_not_null())
+    fast = fast.with_columns(pl.col("fold").str.slice(ISO_LEN).alias("shape"))
+    return fast.drop("fold"), lines.filter(pl.col("ts").is_null()).drop("ts", "fold")
 
 
 def mask_expr(message: pl.Expr) -> pl.Expr:
@@ -123,13 +146,17 @@ def shape_expr(message: pl.Expr) -> pl.Expr:
 
 
 def shaped_lines(texts: Sequence[str]) -> pl.DataFrame:
-    """Lines of every text with file, line, text, ts (datetime|null), shape (see `shape_expr`).
+    """Lines of every text with row, file, text, ts (datetime|null), shape (see `shape_expr`).
 
     The shape keeps the level word (levels have no digits), so level and template are both
     functions of the shape and are computed per distinct shape (`shape_table`).
     """
-    lines = stamped_lines(split_lines(texts))
-    return lines.with_columns(shape_expr(pl.col("message")).alias("shape")).drop("message")
+    fast, rest = iso_prefixed(split_lines(texts))
+    if rest.is_empty():
+        return fast
+    slow = stamped_lines(rest).with_columns(shape_expr(pl.col("message")).alias("shape"))
+    slow = slow.drop("message").select(fast.columns)
+    return slow if fast.is_empty() else pl.concat([fast, slow]).sort("row")
 
 
 def shape_table(shapes: pl.Series) -> pl.DataFrame:
@@ -141,7 +168,7 @@ def shape_table(shapes: pl.Series) -> pl.DataFrame:
 
 
 def parse_lines(texts: Sequence[str]) -> pl.DataFrame:
-    """Lines of every text with file, line, text, ts (datetime|null), level (str|null), template."""
+    """Lines of every text with row, file, text, ts (datetime|null), level (str|null), template."""
     lines = shaped_lines(texts)
     table = shape_table(lines["shape"])
     return lines.join(table, on="shape", how="left", maintain_order="left").drop("shape")
@@ -174,16 +201,18 @@ def field_values(lines: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def trend_expr() -> pl.Expr:
+def trend_expr(all_timed: bool = False) -> pl.Expr:
     """Least-squares slope of value against hours since the file's first stamp, over the timed
-    values; None with fewer than two distinct times, exactly 0.0 when those values are flat."""
-    hours = pl.col("ms") / 3.6e6
-    timed = hours.is_not_null()
-    h, y = hours.filter(timed), pl.col("value").filter(timed)
+    values; None with fewer than two distinct times, exactly 0.0 when those values are flat.
+    `all_timed`: every value has a time, so the (then identity) filter is skipped: ~30% faster."""
+    h, y = pl.col("ms") / 3.6e6, pl.col("value")
+    if not all_timed:
+        timed = h.is_not_null()
+        h, y = h.filter(timed), y.filter(timed)
     dh = h - h.mean()
     slope = (dh * (y - y.mean())).sum() / (dh * dh).sum()
     return (
-        pl.when(h.n_unique() < 2)
+        pl.when((h.max() == h.min()).fill_null(True))  # fewer than two distinct times
         .then(None)
         .when((y.max() - y.min()) == 0)
         .then(0.0)
@@ -199,19 +228,19 @@ def field_series(lines: pl.DataFrame, max_fields: int) -> pl.DataFrame:
     """
     start = lines.group_by("file").agg(pl.col("ts").min().alias("t0"))
     value = pl.col("value")
-    series = (
+    values = (
         field_values(lines)
         .join(start, on="file", how="left")
         .with_columns((pl.col("ts") - pl.col("t0")).dt.total_milliseconds().alias("ms"))
-        .group_by("file", "key")
-        .agg(
-            pl.len().alias("n"),
-            value.mean().alias("mean"),
-            value.median().alias("p50"),
-            value.quantile(0.95, "linear").alias("p95"),
-            value.max().alias("max"),
-            trend_expr().alias("trend"),
-        )
+    )
+    all_timed = values["ms"].null_count() == 0
+    series = values.group_by("file", "key").agg(
+        pl.len().alias("n"),
+        value.mean().alias("mean"),
+        value.median().alias("p50"),
+        value.quantile(0.95, "linear").alias("p95"),
+        value.max().alias("max"),
+        trend_expr(all_timed).alias("trend"),
     )
     return top_per_file(series, "n", "key", max_fields)
 
@@ -233,16 +262,41 @@ def file_stats(lines: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def shape_counts(lines: pl.DataFrame) -> pl.DataFrame:
+class ShapeCache:
+    """`shape_table` rows kept across batches: a fleet's days share most shapes, so later batches
+    mask only the shapes not seen before. Bounded: cleared when it would pass `max_shapes`."""
+
+    def __init__(self, max_shapes: int = 200_000) -> None:
+        self.max_shapes = max_shapes
+        self.table = shape_table(pl.Series("shape", [], dtype=pl.String))
+
+    def lookup(self, shapes: pl.Series) -> pl.DataFrame:
+        """level and template of every distinct shape in `shapes` (and of others seen before)."""
+        unique = shapes.unique().to_frame("shape")
+        new = unique.join(self.table, on="shape", how="anti")
+        if new.height:
+            if self.table.height + new.height > self.max_shapes:
+                self.table = self.table.clear()
+                new = unique
+            self.table = pl.concat([self.table, shape_table(new["shape"])])
+        return self.table
+
+
+def shape_counts(lines: pl.DataFrame, cache: ShapeCache | None = None) -> pl.DataFrame:
     """Lines per (file, shape) with each shape's level and template: masks run once per shape."""
     shapes = lines.group_by("file", "shape").len()
-    return shapes.join(shape_table(shapes["shape"]), on="shape")
+    table = (cache or ShapeCache()).lookup(shapes["shape"])
+    return shapes.join(table, on="shape")
 
 
 def summarize_logs(
-    texts: Sequence[str], top_templates: int = 30, max_fields: int = 12
+    texts: Sequence[str],
+    top_templates: int = 30,
+    max_fields: int = 12,
+    cache: ShapeCache | None = None,
 ) -> list[dict[str, Any]]:
-    """One summary dict per text, in order (see the module docstring for the layout)."""
+    """One summary dict per text, in order (see the module docstring for the layout); pass the
+    same `cache` to successive calls to reuse their templates."""
     lines = shaped_lines(texts)
     summaries: list[dict[str, Any]] = [
         {"lines": 0, "span_h": None, "levels": {}, "n_templates": 0, "templates": {}, "values": {}}
@@ -252,7 +306,7 @@ def summarize_logs(
         summary = summaries[row["file"]]
         summary["lines"] = row["lines"]
         summary["span_h"] = None if row["span_ms"] is None else round_sig(row["span_ms"] / 3.6e6)
-    shapes = shape_counts(lines)
+    shapes = shape_counts(lines, cache)
     levels = shapes.drop_nulls("level").group_by("file", "level").agg(pl.col("len").sum())
     for file, level, n in levels.sort("file", "level").iter_rows():
         summaries[file]["levels"][level] = n
