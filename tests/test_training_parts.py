@@ -43,3 +43,21 @@ def test_bucketed_batches_split_across_ranks_without_overlap():
         assert len(batches) == len(sampler) == 6  # 13 batches -> 6 per rank, equal step counts
         seen.append({i for b in batches for i in b})
     assert not seen[0] & seen[1]
+
+
+def test_bucketed_sampler_resumes_mid_epoch_with_the_unseen_batches():
+    lengths = np.random.default_rng(2).integers(5, 500, 200)
+    unbroken = BucketBatchSampler(lengths, 8, seed=4)
+    list(unbroken)  # epoch 0
+    epoch1 = list(unbroken)
+    killed = BucketBatchSampler(lengths, 8, seed=4)
+    list(killed)
+    batches = iter(killed)
+    for _ in range(7):  # 7 batches of epoch 1 trained, then the kill
+        next(batches)
+        killed.consumed += 1
+    resumed = BucketBatchSampler(lengths, 8, seed=4)
+    resumed.load_state_dict(killed.state_dict())
+    assert killed.state_dict() == {"epoch": 1, "consumed": 7}
+    assert list(resumed) == epoch1[7:]
+    assert list(resumed) == list(unbroken)  # and the epochs after it match too
