@@ -30,6 +30,7 @@ from regressor.config import (
     data_root,
     load_app_config,
 )
+from regressor.sources.common import safe_files
 
 # Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
 WRITER_LEASE_SECONDS = 600.0
@@ -76,7 +77,8 @@ def source_files(paths: ResolvedPaths, source: SourceConfig) -> tuple[Path, list
         root, globs = data_root(source.root), source.files
     else:  # runs: everything inside each run folder
         root, globs = data_root(source.root), (f"{source.run_glob}/**/*",)
-    return root, sorted({p for pattern in globs for p in root.glob(pattern) if p.is_file()})
+    # Only files that really live under the root: a symlink out of it is never read, even to hash.
+    return root, safe_files(root, globs)
 
 
 def fingerprint_files(files: list[Path], root: Path) -> str:

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -170,6 +171,9 @@ class EvalConfig(Frozen):
     num_samples: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    # Split-conformal rescaling of the q10..q90 interval, fitted on the validation split and
+    # shipped in the model bundle (regressor.calibration); false keeps the raw sampled quantiles.
+    conformal: bool = True
 
 
 class AdaptConfig(Frozen):
@@ -285,6 +289,26 @@ def load_train_config(name: str, conf_dir: Path = CONF_DIR) -> TrainConfig:
     return load_model(TrainConfig, conf_dir / "train" / f"{name}.yaml")
 
 
+def unsafe_pattern(pattern: str) -> str | None:
+    """Why a configured glob or file name could reach outside its root, or None when it cannot."""
+    if not pattern.strip():
+        return "is empty"
+    drive = len(pattern) > 1 and pattern[1] == ":" and pattern[0].isalpha()  # C:\\ on Windows
+    if pattern.startswith(("/", "\\", "~")) or Path(pattern).is_absolute() or drive:
+        return "is absolute"
+    if ".." in Path(pattern.replace("\\", "/")).parts:
+        return "climbs out with '..'"
+    return None
+
+
+def checked_patterns(value: Any) -> Any:
+    """A source's globs and file names stay under its root: no `..`, nothing absolute."""
+    for pattern in [value] if isinstance(value, str) else value or ():
+        if isinstance(pattern, str) and (problem := unsafe_pattern(pattern)):
+            raise ValueError(f"{pattern!r} {problem}; it must be relative to the source root")
+    return value
+
+
 class FleetSourceConfig(Frozen):
     """`conf/sources/*.yaml` for the `fleet` adapter: per-entity configs, per-period logs, targets.
 
@@ -307,6 +331,8 @@ class FleetSourceConfig(Frozen):
     target_max: float = 1e300
     # Field priority for truncation to the token budget: earlier sections are kept longer.
     section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
+
+    _relative = field_validator("config_glob", "log_glob", "targets_file")(checked_patterns)
 
 
 def data_root(root: Path) -> Path:
@@ -342,6 +368,8 @@ class TableSourceConfig(Frozen):
     max_line_bytes: int = Field(1 << 20, ge=64)  # longer lines are quarantined, not parsed
     block_bytes: int = Field(8 << 20, ge=256)  # read and parse files this much at a time
     section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+    _relative = field_validator("files")(checked_patterns)
 
 
 class ReferenceConfig(Frozen):
@@ -386,6 +414,8 @@ class RunsSourceConfig(Frozen):
     target_min: float = -1e300
     target_max: float = 1e300
     section_priority: tuple[str, ...] = ("task", "config", "logs")
+
+    _relative = field_validator("run_glob", "report_files", "log_file")(checked_patterns)
 
 
 SourceConfig = Annotated[

@@ -9,18 +9,27 @@ quarantined or unchanged.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import yaml
 
-from regressor.sources.fleet import BadInputError
+from regressor.config import unsafe_pattern
 from regressor.warehouse import QuarantineRow, Warehouse
+
+if TYPE_CHECKING:  # a runtime import would be circular: fleet.py may import this module
+    from regressor.sources.fleet import BadInputError
 
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 INT_RE = r"^[-+]?\d{1,18}$"
 FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
+# A YAML document may expand to at most this many nodes once its aliases are followed: a real
+# config has a few thousand; a "billion laughs" bomb has 10^9 from a few hundred bytes.
+MAX_YAML_NODES = 100_000
+logger = logging.getLogger(__name__)
 
 
 def file_hash(path: Path, block: int = 1 << 20) -> str:
@@ -42,9 +51,97 @@ def rules_hash(*rules: Any) -> str:
     return hashlib.sha256(repr(rules).encode()).hexdigest()[:12]
 
 
-def glob_files(root: Path, patterns: Iterable[str]) -> list[Path]:
+def inside(root: Path, path: Path) -> bool:
+    """True when `path`, with every symlink resolved, lies under `root` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def safe_files(
+    root: Path, patterns: str | Iterable[str], rejected: list[tuple[str, str]] | None = None
+) -> list[Path]:
+    """Files matched by `patterns` under `root` that really live under `root`, sorted.
+
+    Patterns with `..` or absolute parts raise ValueError; a match that resolves outside `root`
+    (a symlink out of the source folder) is never read: it is logged and, when `rejected` is
+    given, appended to it as (file, reason) so the run's report shows it.
+    """
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    for pattern in patterns:
+        if problem := unsafe_pattern(pattern):
+            raise ValueError(f"glob {pattern!r} {problem}; globs must stay under {root}")
     found = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
-    return sorted(found)
+    kept = []
+    for path in sorted(found):
+        if inside(root, path):
+            kept.append(path)
+            continue
+        reason = f"{path}: resolves outside the source folder {root} (symlink?); not read"
+        logger.warning(reason)
+        if rejected is not None:
+            rejected.append((str(path), reason))
+    return kept
+
+
+class YAMLBombError(yaml.YAMLError):
+    """A YAML document whose aliases expand past `MAX_YAML_NODES` nodes, or refer to themselves.
+
+    A `yaml.YAMLError`, so callers that quarantine invalid YAML quarantine these too.
+    """
+
+
+def expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """How many nodes `node` stands for once aliases are expanded; raises past `limit` or on a
+    cycle. Shared sub-trees are counted once per reference but visited once (memoised)."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            raise YAMLBombError("refused: a YAML alias refers to itself (cyclic document)")
+        on_path.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            children = [x for pair in n.value for x in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise YAMLBombError(
+                    f"refused: YAML aliases expand to more than {limit} nodes (a YAML bomb?)"
+                )
+        on_path.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def load_yaml_limited(text: str, loader: type, limit: int = MAX_YAML_NODES) -> Any:
+    """`yaml.load(text, Loader=loader)` for a safe `loader`, refusing alias bombs and cycles
+    before anything is constructed (construction shares aliased objects, but any later JSON
+    dump would expand them: 9 levels of 9 aliases is a 2 GB string)."""
+    safe = issubclass(loader, yaml.constructor.SafeConstructor)
+    if not safe or issubclass(loader, yaml.constructor.FullConstructor):
+        raise TypeError(f"{loader.__name__} is not a safe YAML loader")
+    reader = loader(text)
+    try:
+        node = reader.get_single_node()
+        if node is None:
+            return None
+        expanded_nodes(node, limit)
+        return reader.construct_document(node)
+    except RecursionError as exc:
+        raise YAMLBombError("refused: YAML nested too deeply") from exc
+    finally:
+        reader.dispose()
 
 
 def quarantine_row(

@@ -34,6 +34,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict
 
 from regressor.config import FleetSourceConfig
+from regressor.sources.common import inside, load_yaml_limited, safe_files
 from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
 from regressor.warehouse import QuarantineRow, Warehouse
 
@@ -128,7 +129,7 @@ def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
         raise BadInputError("empty file")
     if suffix in {".yaml", ".yml"}:
         try:
-            value = yaml.load(text, Loader=YAML_LOADER)  # a safe loader
+            value = load_yaml_limited(text, YAML_LOADER)  # safe, alias bombs refused
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark is not None else "file"
@@ -560,7 +561,7 @@ def ingest_configs(
     A file is unchanged when its bytes, parser and resulting status match what is stored.
     """
     parser = f"config-{PARSER_VERSION}"
-    paths = sorted(p for p in root.glob(source.config_glob) if p.is_file())
+    paths = safe_files(root, source.config_glob, tally.rejected)
     configs = [stage(p, root, "config", parser) for p in paths]
     for s in configs:
         parse_config(s, source.name, run_id)
@@ -591,7 +592,7 @@ def ingest_logs(
 ) -> None:
     """Workers read, hash, check, summarise and compress batches; this process writes each
     batch in its own transaction, in order, while the workers parse the next ones."""
-    paths = sorted(p for p in root.glob(source.log_glob) if p.is_file())
+    paths = safe_files(root, source.log_glob, tally.rejected)
     parser = f"log-{PARSER_VERSION}.{SUMMARY_VERSION}"
     sizes = [p.stat().st_size for p in paths]
     jobs = []
@@ -615,6 +616,9 @@ def ingest_targets(
     path = root / source.targets_file
     if not path.is_file():
         tally.rejected.append((str(path), f"{path}: targets file not found"))
+        return
+    if not inside(root, path):
+        tally.rejected.append((str(path), f"{path}: resolves outside {root} (symlink?); not read"))
         return
     # The validation rules are part of the parser: changing them re-validates unchanged bytes.
     rules = (

@@ -29,7 +29,9 @@ from regressor.sources.common import (
     Known,
     file_hash,
     file_row,
+    inside,
     known_files,
+    load_yaml_limited,
     quarantine_row,
     replace_files,
     rules_hash,
@@ -80,7 +82,7 @@ def parse_report(text: str, suffix: str) -> dict[str, Any]:
         raise BadInputError("empty file")
     if suffix in {".yaml", ".yml"}:
         try:
-            value = yaml.load(text, Loader=UniqueKeyLoader)  # a safe loader
+            value = load_yaml_limited(text, UniqueKeyLoader)  # safe, alias bombs refused
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark is not None else "file"
@@ -112,6 +114,7 @@ class Run:
     log_text: str | None = None
     frame: pl.DataFrame | None = None
     problems: dict[str, BadInputError] = field(default_factory=dict)  # file rel -> problem
+    log_outside: bool = False  # the log resolves outside the root: never read
 
 
 def run_fields(run: Run, source: RunsSourceConfig, report: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +138,8 @@ def target_of(fields: dict[str, Any], source: RunsSourceConfig) -> float:
         raise BadInputError(f"missing target {name}")
     try:
         value = float(raw)
+    except OverflowError as exc:  # an integer beyond float64 (10**400): absurd, not a crash
+        raise BadInputError(f"absurd target {name} {str(raw)[:40]}... (beyond float64)") from exc
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"non-numeric target {name} {str(raw)[:40]!r}") from exc
     if not math.isfinite(value) or not source.target_min <= value <= source.target_max:
@@ -188,7 +193,7 @@ def read_report(run: Run, source: RunsSourceConfig, run_id: str) -> None:
 
 
 def read_log(run: Run, source: RunsSourceConfig) -> None:
-    if not run.log.is_file():
+    if not has_log(run):
         return
     data = run.log.read_bytes()
     try:
@@ -209,15 +214,35 @@ def read_log(run: Run, source: RunsSourceConfig) -> None:
 # -- batches ---------------------------------------------------------------------------------
 
 
-def find_runs(root: Path, source: RunsSourceConfig) -> Iterator[Run]:
+def find_runs(
+    root: Path, source: RunsSourceConfig, rejected: list[tuple[str, str]]
+) -> Iterator[Run]:
+    """Run folders under `root`; a folder or file that resolves outside `root` is never read."""
     for folder in sorted(p for p in root.glob(source.run_glob) if p.is_dir()):
-        report = next((folder / n for n in source.report_files if (folder / n).is_file()), None)
-        yield Run(folder, folder.relative_to(root).as_posix(), report, folder / source.log_file)
+        if not inside(root, folder):
+            rejected.append(
+                (str(folder), f"{folder}: resolves outside {root} (symlink?); not read")
+            )
+            continue
+        files = [folder / n for n in (*source.report_files, source.log_file)]
+        for path in files:
+            if path.is_file() and not inside(root, path):
+                rejected.append(
+                    (str(path), f"{path}: resolves outside {root} (symlink?); not read")
+                )
+        report = next((p for p in files[:-1] if p.is_file() and inside(root, p)), None)
+        run = Run(folder, folder.relative_to(root).as_posix(), report, files[-1])
+        run.log_outside = files[-1].is_file() and not inside(root, files[-1])
+        yield run
 
 
 def run_files(run: Run) -> list[tuple[str, Path]]:
     files = [("report", run.report)] if run.report else []
-    return files + ([("log", run.log)] if run.log.is_file() else [])
+    return files + ([("log", run.log)] if has_log(run) else [])
+
+
+def has_log(run: Run) -> bool:
+    return not run.log_outside and run.log.is_file()
 
 
 def parse_batch(batch: Sequence[Run], source: RunsSourceConfig, run_id: str) -> None:
@@ -433,7 +458,8 @@ def ingest_runs(
     known, tally = known_files(wh, source.name), Tally()
     before = count_records(wh, source.name)
     for batch in batches(
-        changed_runs(find_runs(root, source), root, parser, known, tally), batch_size
+        changed_runs(find_runs(root, source, tally.rejected), root, parser, known, tally),
+        batch_size,
     ):
         parse_batch(batch, source, run_id)
         write_runs(wh, batch, root, source, parser, run_id, tally)
