@@ -35,11 +35,16 @@ class RetrainParams(BaseModel):
 # Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
 generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
 # Reads of the warehouse and the registry can meet a lock or a restarting server: retry those.
-# Training is not retried: a failure there is a bug or a resource problem to surface, not wait out.
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
 dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE, **IO_RETRIES)
+# One retry after a minute: a registry that was unreachable at registration time may be back,
+# and the retry resumes from the finished training's checkpoint instead of training again.
 train_task = task(
-    pipeline.train_and_register, name="train-evaluate-register", cache_policy=NO_CACHE
+    pipeline.train_and_register,
+    name="train-evaluate-register",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=60,
 )
 due_task = task(
     pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE, **IO_RETRIES

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger
@@ -15,6 +22,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from regressor import baselines, registry
 from regressor.adaptation import fine_tune, latest_shots, train_from_scratch
 from regressor.config import (
+    CONF_DIR,
     AppConfig,
     EvalConfig,
     FleetSourceConfig,
@@ -96,19 +104,25 @@ def baseline_metrics(train: Examples, test: Examples, seed: int = 0) -> dict[str
 
 
 def log_figures(y_true: np.ndarray, summary: dict[str, np.ndarray], prefix: str) -> None:
-    mlflow.log_figure(
-        predicted_vs_actual(y_true, summary["median"], summary["q10"], summary["q90"], prefix),
-        f"plots/{prefix}_predicted_vs_actual.png",
-    )
-    mlflow.log_figure(
-        calibration(y_true, summary["samples"], prefix), f"plots/{prefix}_calibration.png"
-    )
+    figures = {
+        f"plots/{prefix}_predicted_vs_actual.png": predicted_vs_actual(
+            y_true, summary["median"], summary["q10"], summary["q90"], prefix
+        ),
+        f"plots/{prefix}_calibration.png": calibration(y_true, summary["samples"], prefix),
+    }
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+        # pyplot keeps every figure alive until closed: a long-lived `serve` process would leak
+        # two figures per nightly run (bench/soak.py).
+        plt.close(figure)
 
 
 def score_registered(uri: str, examples: Examples, cfg: EvalConfig) -> dict[str, float]:
-    """Metrics of a registered model on `examples`, through the same pyfunc users load."""
-    predictor = mlflow.pyfunc.load_model(uri).unwrap_python_model().predictor
-    return evaluate_model(predictor, examples, cfg)[0]
+    """Metrics of a registered model on `examples`, through the same pyfunc users load.
+
+    A missing or corrupted artifact raises `registry.ModelLoadError` naming the version.
+    """
+    return evaluate_model(registry.load_predictor(uri), examples, cfg)[0]
 
 
 @dataclass(frozen=True)
@@ -127,8 +141,11 @@ class TrainOutcome:
         return registry.model_uri(self.model_name, self.version)
 
 
-def _log_params(app: AppConfig, data: Dataset, n_parameters: int) -> None:
-    model_cfg, train_cfg = load_model_config(app.model), load_train_config(app.train)
+def _log_params(
+    app: AppConfig, data: Dataset, n_parameters: int, conf_dir: Path = CONF_DIR
+) -> None:
+    model_cfg = load_model_config(app.model, conf_dir)
+    train_cfg = load_train_config(app.train, conf_dir)
     params = {f"model.{k}": v for k, v in model_cfg.model_dump().items()}
     params |= {f"train.{k}": v for k, v in train_cfg.model_dump().items()}
     params |= {f"codec.{k}": v for k, v in app.codec.model_dump().items()}
@@ -141,26 +158,105 @@ def _log_params(app: AppConfig, data: Dataset, n_parameters: int) -> None:
     mlflow.log_params(params)
 
 
-def train_and_register(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> TrainOutcome:
-    """Train from scratch, evaluate against baselines and the champion, register, gate."""
-    model_cfg, train_cfg = load_model_config(app.model), load_train_config(app.train)
+def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> str:
+    """What makes two trainings the same: data snapshot, configs, codec, split and source."""
+    parts = {
+        "data_hash": data.data_hash,
+        "model": load_model_config(app.model, conf_dir).model_dump(mode="json"),
+        "train": load_train_config(app.train, conf_dir).model_dump(mode="json"),
+        "codec": app.codec.model_dump(mode="json"),
+        "split": app.split.model_dump(mode="json"),
+        "source": app.source,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def training_dir(paths: ResolvedPaths, key: str) -> Iterator[Path]:
+    """`checkpoints/train-<key>`, held with an exclusive lock for the whole training.
+
+    A run killed at any point leaves its `last.ckpt` and tokenizer there and the next run with
+    the same key resumes from them (the kernel drops the lock of a killed process). A second
+    live run with the same key gets a private directory instead of sharing checkpoints.
+    """
+    directory = paths.checkpoints / f"train-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            directory = paths.checkpoints / f"train-{key}-{new_run_id()}"
+            directory.mkdir(parents=True)
+        yield directory
+
+
+def resumable_tokenizer(directory: Path, texts: list[str], vocab_size: int) -> InputTokenizer:
+    """The tokenizer a killed run saved beside its checkpoint, else a new one, saved first.
+
+    A resumed model must read the same token ids it was trained on; saving is cheaper than
+    trusting BPE training to be bit-for-bit deterministic.
+    """
+    path = directory / "tokenizer.json"
+    if path.is_file():
+        return InputTokenizer.load(path)
+    (directory / "last.ckpt").unlink(missing_ok=True)  # weights without their tokenizer
+    tokenizer = InputTokenizer.train(texts, vocab_size)
+    tmp = tokenizer.save(directory / "tokenizer.json.tmp")
+    os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
+    return tokenizer
+
+
+def _note_resume(directory: Path, run_id: str) -> None:
+    """Mark the MLflow run of a killed attempt KILLED and link the new run to it."""
+    record = directory / "mlflow_run.json"
+    if record.is_file() and (directory / "last.ckpt").is_file():
+        previous = json.loads(record.read_text())["run_id"]
+        client = mlflow.MlflowClient()
+        if client.get_run(previous).info.status == "RUNNING":
+            client.set_terminated(previous, "KILLED")
+        mlflow.set_tag("resumed_from_run", previous)
+    tmp = directory / "mlflow_run.json.tmp"
+    tmp.write_text(json.dumps({"run_id": run_id}))
+    os.replace(tmp, record)
+
+
+def train_and_register(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, conf_dir: Path = CONF_DIR
+) -> TrainOutcome:
+    """Train (resuming a killed attempt on the same data and configs), evaluate against the
+    baselines and the champion, register, gate. Checkpoints are removed once registered."""
+    with training_dir(paths, training_key(app, data, conf_dir)) as ckpt_dir:
+        outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return outcome
+
+
+def _train_and_register(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, ckpt_dir: Path, conf_dir: Path
+) -> TrainOutcome:
+    model_cfg = load_model_config(app.model, conf_dir)
+    train_cfg = load_train_config(app.train, conf_dir)
     configure_mlflow(paths, app.registry.experiment)
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
-    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size)
+    tokenizer = resumable_tokenizer(ckpt_dir, train.texts, model_cfg.input_vocab_size)
     predictor = Predictor.create(model_cfg, app.codec, tokenizer)
     n_parameters = predictor.model.num_parameters()
     with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:
-        _log_params(app, data, n_parameters)
+        _note_resume(ckpt_dir, run.info.run_id)
+        _log_params(app, data, n_parameters, conf_dir)
         logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
         fitted = fit(
             predictor,
             (train.texts, train.targets),
             (val.texts, val.targets),
             train_cfg,
-            paths.checkpoints / run.info.run_id,
+            ckpt_dir,
             logger=logger,
-            resume=False,
+            resume=True,
         )
+        if app.eval.conformal:
+            scale = predictor.calibrate(val.texts, val.targets, app.eval.num_samples)
+            mlflow.log_metric("conformal_interval_scale", scale)
         model_metrics, summary = evaluate_model(predictor, test, app.eval)
         metrics = {"textperf": model_metrics, **baseline_metrics(train, test, train_cfg.seed)}
         for name, values in metrics.items():
@@ -286,7 +382,7 @@ def adapt_version(
     configure_mlflow(paths, app.registry.experiment)
     name, task = app.registry.model_name, data.holdout_task
     base_uri = registry.model_uri(name, base_version)  # a fixed version, never an alias
-    base = mlflow.pyfunc.load_model(base_uri).unwrap_python_model().predictor
+    base = registry.load_predictor(base_uri)
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
     target = data.splits["adapt_test"]
     train_cfg = load_train_config(app.train)

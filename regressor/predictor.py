@@ -6,14 +6,16 @@ ship it as an artifact and a fresh process can load it without any pickled Pytho
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from regressor.calibration import IntervalScale, fit_interval_scale
 from regressor.config import CodecConfig, ModelConfig
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
@@ -24,6 +26,27 @@ from regressor.vocab import InputTokenizer
 BUNDLE_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "weights.pt"
+CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)
+
+
+class CorruptBundleError(ValueError):
+    """A bundle file is missing or its bytes differ from the checksum written at save time."""
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_bundle(directory: Path, checksums: dict[str, str]) -> None:
+    """Every file named in `checksums` exists with those bytes (bundles saved before checksums
+    existed carry none and are not checked)."""
+    for name, expected in checksums.items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptBundleError(f"{path} is missing")
+        if sha256_file(path) != expected:
+            raise CorruptBundleError(f"{path} is corrupted (sha256 differs from the saved one)")
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +90,8 @@ class Predictor:
             "codec_config": self.codec_config.model_dump(mode="json"),
             "priority": list(self.priority),
             "metadata": self.metadata,
+            # Checked on load: a truncated or altered artifact fails loudly, never predicts.
+            "checksums": {name: sha256_file(directory / name) for name in CHECKED_FILES},
         }
         (directory / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True))
         return directory
@@ -74,7 +99,11 @@ class Predictor:
     @classmethod
     def load(cls, directory: Path) -> Predictor:
         directory = Path(directory)
-        bundle = json.loads((directory / BUNDLE_FILE).read_text())
+        try:
+            bundle = json.loads((directory / BUNDLE_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CorruptBundleError(f"{directory / BUNDLE_FILE} is unreadable: {exc}") from exc
+        verify_bundle(directory, bundle.get("checksums", {}))
         tokenizer = InputTokenizer.load(directory / TOKENIZER_FILE)
         predictor = cls.create(
             ModelConfig.model_validate(bundle["model_config"]),
@@ -127,5 +156,22 @@ class Predictor:
     ) -> dict[str, np.ndarray]:
         samples = self.sample_texts(texts, num_samples, temperature, seed=seed)
         summary = summarize(samples, quantiles)
+        scale = self.interval_scale()
+        if scale is not None and {"q10", "q90"} <= summary.keys():
+            summary = scale.apply_summary(summary)
         summary["samples"] = samples
         return summary
+
+    def interval_scale(self) -> IntervalScale | None:
+        """The conformal scale of the q10..q90 interval fitted at training time, if any."""
+        fitted = self.metadata.get("interval_scale")
+        return None if fitted is None else IntervalScale(**fitted)
+
+    def calibrate(self, texts: Sequence[str], targets: np.ndarray, num_samples: int) -> float:
+        """Fit the q10..q90 conformal scale on held-out (validation) records and keep
+        it in `metadata`, so it ships in the bundle. Returns the scale (1.0: already calibrated)."""
+        self.metadata.pop("interval_scale", None)
+        raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9))
+        scale = fit_interval_scale(targets, raw["median"], raw["q10"], raw["q90"], nominal=0.8)
+        self.metadata["interval_scale"] = asdict(scale)
+        return scale.scale

@@ -99,11 +99,40 @@ def log_and_register(
     return version
 
 
+class ModelLoadError(RuntimeError):
+    """A registered version whose artifact cannot be loaded; the message names the version."""
+
+
+def load_predictor(uri: str):  # -> regressor.predictor.Predictor (imported lazily: torch)
+    """The predictor of a registered model (`models:/name@alias`, `/version` or bare name).
+
+    The ref is resolved to its fixed version first, so an error names the exact version whose
+    artifact is missing or corrupted; nothing in the registry is changed.
+    """
+    version = resolve(uri)
+    fixed = model_uri(version.name, version.version)
+    try:
+        return mlflow.pyfunc.load_model(fixed).unwrap_python_model().predictor
+    except Exception as exc:  # missing files, bad bytes, checksum mismatch: all one answer
+        raise ModelLoadError(
+            f"cannot load model {version.name!r} version {version.version} ({fixed}, asked as "
+            f"{uri}): its artifact is missing or corrupted: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# What the store answers for a model or alias that does not exist (sqlite and REST stores).
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
 def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, None when there is none; an unreachable store raises (it
+    must never read as "no champion", which would promote a challenger unchecked)."""
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 def latest_variant_bases(name: str) -> dict[str, str]:

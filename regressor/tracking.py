@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from regressor.config import ResolvedPaths
 
@@ -25,6 +26,12 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
         # A tracking server chooses (and with --serve-artifacts proxies) the artifact store.
         server = paths.tracking_uri.startswith(("http://", "https://"))
         location = None if server else (paths.mlflow_artifacts / experiment).as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
+        try:
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # another run created it first (two runs at once on one store)
+            existing = client.get_experiment_by_name(experiment)
+            if existing is None:
+                raise
+            experiment_id = existing.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

@@ -27,3 +27,10 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI; without this, one test's store
+    would leak into every later test's default paths."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -78,3 +78,32 @@ def test_fitted_scale_covers_its_own_split(seed: int, nominal: float, n: int) ->
     low, high = scale.apply(m, m - half, m + half)
     assert np.mean((y >= low) & (y <= high)) >= nominal
     assert isinstance(scale, IntervalScale)
+
+
+def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
+    """`calibrate` fits on validation records, the scale survives save/load, and predictions
+    stretch q10/q90 around the median by it (median, mean and samples unchanged)."""
+    import torch
+
+    from regressor.config import CodecConfig, load_model_config
+    from regressor.predictor import Predictor
+    from regressor.vocab import InputTokenizer
+
+    torch.manual_seed(0)
+    texts = [f"load={v}\nqueue={v % 7}" for v in range(40)]
+    tokenizer = InputTokenizer.train(texts, vocab_size=300)
+    predictor = Predictor.create(load_model_config("tiny"), CodecConfig(), tokenizer)
+    raw = predictor.predict_texts(texts[:8], num_samples=16)
+    scale = predictor.calibrate(texts[8:], np.linspace(1, 100, 32), num_samples=16)
+    assert np.isfinite(scale)
+    assert scale > 0
+    loaded = Predictor.load(predictor.save(tmp_path / "bundle"))
+    assert loaded.interval_scale().scale == scale
+    calibrated = loaded.predict_texts(texts[:8], num_samples=16)
+    np.testing.assert_array_equal(calibrated["samples"], raw["samples"])
+    np.testing.assert_array_equal(calibrated["median"], raw["median"])
+    ok = np.isfinite(raw["median"]) & np.isfinite(raw["q10"])
+    assert ok.any()
+    np.testing.assert_allclose(
+        (calibrated["median"] - calibrated["q10"])[ok], scale * (raw["median"] - raw["q10"])[ok]
+    )
