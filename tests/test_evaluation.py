@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from regressor.evaluation import evaluate_predictions, point_metrics
+from regressor.evaluation import evaluate_predictions, point_metrics, within_task_spearman
 
 
 def test_perfect_predictions():
@@ -43,3 +43,12 @@ def test_uncertainty_tracks_error():
     m = evaluate_predictions(y, summary)
     assert m["uncertainty_spearman"] > 0.3
     assert 0.7 < m["interval_coverage"] < 0.9
+
+
+def test_within_task_spearman_ranks_inside_each_task_only():
+    tasks = ["a"] * 5 + ["b"] * 5 + ["c"] * 2  # c is too small to rank and is left out
+    y = np.array([1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 7, 8], dtype=float)
+    # a perfectly ranked, b reversed: pooled ranking is good, within-task mean is 0.
+    pred = np.array([1, 2, 3, 4, 5, 50, 40, 30, 20, 10, 0, 100], dtype=float)
+    assert within_task_spearman(tasks, y, pred) == 0.0
+    assert math.isclose(within_task_spearman(tasks, y, y), 1.0)
