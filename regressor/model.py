@@ -82,6 +82,14 @@ class DecoderCache:
     self_kv: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
     position: int = 0
 
+    def repeat_samples(self, k: int) -> None:
+        """One decoded sequence per input so far -> K copies of each: self_kv [B, ...] becomes
+        [B*K, ...], input-major. The cross-attention memory stays once per input."""
+        self.self_kv = [
+            None if kv is None else (kv[0].repeat_interleave(k, 0), kv[1].repeat_interleave(k, 0))
+            for kv in self.self_kv
+        ]
+
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

@@ -49,16 +49,20 @@ def sample_ids(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Like `sample` but returns the token ids long [B*K, seq_len], input-major."""
-    n = src_ids.shape[0] * num_samples
-    out = torch.empty(n, codec.seq_len, dtype=torch.long)
-    token = torch.full((n,), codec.bos_id, dtype=torch.long)
+    b = src_ids.shape[0]
+    out = torch.empty(b * num_samples, codec.seq_len, dtype=torch.long)
     with evaluating(model):
         cache = model.init_cache(model.encode(src_ids, src_mask), src_mask)
+        # Step 0: the K samples of an input share one prefix (bos), so one decoder row per input
+        # serves them all; its logits and self-attention cache are then repeated K times.
+        first = model.decode_step(torch.full((b,), codec.bos_id, dtype=torch.long), cache)
+        logits = first.float().repeat_interleave(num_samples, dim=0)  # [B*K, V]
+        cache.repeat_samples(num_samples)
         for t in range(codec.seq_len):
-            logits = model.decode_step(token, cache).float()  # [B*K, V]
             logits = logits.masked_fill(~codec.allowed_mask(out[:, :t]), float("-inf"))
-            token = _pick(logits, temperature, generator)
-            out[:, t] = token
+            out[:, t] = _pick(logits, temperature, generator)
+            if t + 1 < codec.seq_len:
+                logits = model.decode_step(out[:, t], cache).float()  # [B*K, V]
     return out
 
 
