@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +24,16 @@ from regressor.config import TrainConfig
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
+
+
+def _drop_advertising(record: logging.LogRecord) -> bool:
+    """Lightning prints a tip for a hosted logger at every fit; nightly logs do not need it."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertising)
+# Lightning 2.6 calls an API torch 2.13 deprecated, once per fit: noise until Lightning updates.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class EncodedExamples(Dataset):
