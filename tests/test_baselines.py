@@ -5,6 +5,15 @@ import json
 import numpy as np
 
 from regressor.baselines import flatten_configs, lightgbm_baseline, mean_baseline
+from regressor.tabular import (
+    features,
+    fit_predict,
+    log_summary_columns,
+    median_ratio_rule,
+    ratio_model,
+    reference_runtime,
+    xgboost_baseline,
+)
 
 
 def _configs(n: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
@@ -38,3 +47,66 @@ def test_unseen_category_does_not_crash():
     train_x, train_y = _configs(50, rng)
     preds = lightgbm_baseline(train_x, train_y, [json.dumps({"m": {"size": 5, "kind": "zzz"}})])
     assert preds.shape == (1,)
+
+
+def test_xgboost_learns_config_signal_and_beats_mean():
+    rng = np.random.default_rng(2)
+    train_x, train_y = _configs(400, rng)
+    test_x, test_y = _configs(100, rng)
+    pred = xgboost_baseline(train_x, train_y, test_x)
+    mean = mean_baseline(train_y, len(test_x))
+    assert np.mean((pred - test_y) ** 2) < 0.2 * np.mean((mean - test_y) ** 2)
+
+
+def _reference_runs(n: int, rng: np.random.Generator) -> tuple[list[str], list[str], np.ndarray]:
+    """Target = reference runtime x a VM factor x (1 + what only the reference log shows)."""
+    vms = rng.choice(["big", "small"], n)
+    ref = rng.uniform(10, 1000, n)
+    io = rng.uniform(0, 1, n)
+    y = ref * np.where(vms == "big", 0.5, 2.0) * (1 + io)
+    configs = [
+        json.dumps({"vm": str(v), "reference": {"elapsed_time": float(r)}})
+        for v, r in zip(vms, ref, strict=True)
+    ]
+    logs = [json.dumps({"windows": {"all": {"%iowait": {"mean": float(i)}}}}) for i in io]
+    return configs, logs, y
+
+
+def test_log_summary_columns_are_numeric_and_named_by_path():
+    frame = log_summary_columns(['{"samples": 3, "w": {"%user": {"mean": 1.5}}}', "{}"])
+    assert list(frame.columns) == ["log.samples", "log.w._user.mean"]
+    assert frame["log.w._user.mean"].tolist()[0] == 1.5
+    assert np.isnan(frame["log.samples"].tolist()[1])
+
+
+def test_ratio_model_reads_the_log_columns_and_beats_the_median_ratio_rule():
+    rng = np.random.default_rng(3)
+    train_c, train_l, train_y = _reference_runs(600, rng)
+    test_c, test_l, test_y = _reference_runs(200, rng)
+    ref_train, ref_test = reference_runtime(train_c), reference_runtime(test_c)
+    assert np.all(ref_train > 0)
+    vm_train = [json.loads(c)["vm"] for c in train_c]
+    vm_test = [json.loads(c)["vm"] for c in test_c]
+    rule = median_ratio_rule(vm_train, train_y, ref_train, vm_test, ref_test)
+    model = ratio_model(
+        "lightgbm",
+        features(train_c, train_l),
+        train_y,
+        ref_train,
+        features(test_c, test_l),
+        ref_test,
+    )
+
+    def mape(p: np.ndarray) -> float:
+        return float(np.mean(np.abs(p - test_y) / test_y))
+
+    assert mape(model) < 0.5 * mape(rule) < 0.5 * mape(mean_baseline(train_y, len(test_y)))
+
+
+def test_log_target_fit_predicts_on_the_original_scale():
+    rng = np.random.default_rng(4)
+    train_x, train_y = _configs(300, rng)
+    test_x, test_y = _configs(50, rng)
+    frame = flatten_configs
+    pred = fit_predict("xgboost", frame(train_x), train_y, frame(test_x), log_target=True)
+    assert np.median(np.abs(pred - test_y) / test_y) < 0.15

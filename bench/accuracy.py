@@ -1,0 +1,330 @@
+r"""Accuracy of textperf against tabular peers on one dataset, all on the same split in one run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/accuracy.py --dataset c3o|lumos|deepperf|fleet \
+        [--minutes 8] [--model small] [--seed 0] [--out var/bench/accuracy]
+
+Protocol:
+1. ingest the dataset through the project's own source config (`conf/sources/<name>.yaml`, read in
+   place from `../shared/datasets/`) into `<out>/warehouse.duckdb` (the fleet is generated first);
+2. split by group, seeded: c3o and deepperf by distinct configuration (jobs / systems pooled, the
+   repeated runs of a configuration all on one side), lumos by workload, the fleet by cell config;
+   20% of the groups are test, and 10% of the remaining (training) groups are validation, used
+   only for early stopping. The record ids of each side go to `<out>/<dataset>_split_seed<S>.json`;
+   an existing file is reused, so a run repeats exactly;
+3. train textperf from scratch on train (tokenizer too) within `--minutes`, best checkpoint by
+   validation loss; predict the test part with 32 samples (median);
+4. fit the tabular peers on train+val (they need no early stopping): the mean, LightGBM (the
+   project's baseline, raw target) and XGBoost on flattened config fields, and both on log target;
+   for lumos also with the reference run's log summary as columns, on the log of
+   target/reference runtime, and the rule "reference runtime x median train ratio of the VM type".
+   Nothing is tuned on the test part.
+
+Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
+(%), mse_log, and for textperf also interval_coverage (10-90%) and uncertainty_spearman (sample
+spread vs absolute error); writes predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png`
+and `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, and textperf's loss curves to
+`<out>/checkpoints/<same name>/metrics.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from regressor import baselines, tabular
+from regressor.config import (
+    CodecConfig,
+    FleetSimConfig,
+    TrainConfig,
+    load_model_config,
+    load_source_config,
+    load_train_config,
+)
+from regressor.dataset import Examples, to_examples
+from regressor.evaluation import evaluate_predictions, point_metrics
+from regressor.fleetsim import generate_fleet
+from regressor.plots import predicted_vs_actual
+from regressor.predictor import Predictor
+from regressor.sources.dispatch import ingest_source
+from regressor.splits import config_group, field_group, load_split, save_split, split_groups
+from regressor.training import FitResult, fit
+from regressor.vocab import InputTokenizer
+from regressor.warehouse import Warehouse
+
+DEFAULT_OUT = Path("var/bench/accuracy")
+SOURCES = {"c3o": "c3o", "lumos": "lumos", "deepperf": "deepperf", "fleet": "demo_fleet"}
+POINT = ("spearman", "kendall", "mape", "mse_log")
+UNCERTAINTY = ("interval_coverage", "uncertainty_spearman")
+# Rough cost of a training step on one busy thread: (fixed seconds, input tokens a second), fitted
+# on c3o (39 tokens/input: 0.13 s/step) and lumos (488 tokens/input: 0.6 s/step) for `small`. Used
+# only to size the cosine schedule, so the learning rate has decayed when the time budget ends.
+STEP_COST = {
+    "tiny": (0.05, 1.2e5),
+    "mini": (0.07, 3.5e4),
+    "small": (0.09, 1.5e4),
+    "base": (0.5, 1e3),
+}
+
+
+def load_records(dataset: str, out: Path) -> pl.DataFrame:
+    """Ingest (idempotent: re-running adds nothing) and return the dataset's records."""
+    source = load_source_config(SOURCES[dataset])
+    raw = out / "raw"
+    if dataset == "fleet" and not (raw / "demo_fleet").exists():
+        generate_fleet(raw / "demo_fleet", FleetSimConfig())
+    out.mkdir(parents=True, exist_ok=True)
+    with Warehouse(out / "warehouse.duckdb") as wh:
+        ingest_source(wh, source, raw, f"bench-{dataset}")
+        records = wh.query("records").filter(pl.col("source") == source.name)
+    return records.sort("record_id")
+
+
+def groups_of(dataset: str, records: pl.DataFrame) -> list[str]:
+    rows = zip(records["task"], records["config_json"], strict=True)
+    if dataset == "lumos":
+        return [field_group(config, "workload") for _, config in rows]
+    return [config_group(task, config) for task, config in rows]
+
+
+def sides_of(dataset: str, records: pl.DataFrame, seed: int, out: Path) -> np.ndarray:
+    """The saved split if there is one, else a new seeded split, saved."""
+    path = out / f"{dataset}_split_seed{seed}.json"
+    ids = records["record_id"].to_list()
+    if path.exists():
+        return load_split(path, ids)
+    sides = split_groups(groups_of(dataset, records), 0.2, 0.1, seed)
+    group_by = "workload" if dataset == "lumos" else "task+config"
+    save_split(path, ids, sides, {"dataset": dataset, "seed": seed, "group_by": group_by})
+    return sides
+
+
+def codec_for(targets: np.ndarray) -> CodecConfig:
+    """Exponents spanning the training targets with a decade of room on each side."""
+    positive = targets[targets > 0]
+    low = math.floor(math.log10(positive.min())) - 1
+    high = math.ceil(math.log10(positive.max())) + 1
+    return CodecConfig(mantissa_digits=4, exponent_min=low, exponent_max=high)
+
+
+def budget_config(minutes: float, seed: int, base: str = "demo") -> TrainConfig:
+    """The demo recipe capped at `minutes`; `max_steps` is sized later from the input lengths."""
+    return load_train_config(base).model_copy(
+        update={"max_minutes": minutes, "seed": seed, "progress_bar": False}
+    )
+
+
+def steps_for(model: str, cfg: TrainConfig, mean_tokens: float) -> int:
+    """How many steps fit in the time budget, so the cosine decay ends about when time does."""
+    fixed, tokens_per_s = STEP_COST.get(model, STEP_COST["small"])
+    seconds = fixed + cfg.batch_size * mean_tokens / tokens_per_s
+    return max(200, int(cfg.max_minutes * 60 / seconds))
+
+
+def train_textperf(
+    model: str,
+    train: Examples,
+    val: Examples,
+    train_cfg: TrainConfig,
+    ckpt: Path,
+    priority: tuple[str, ...],
+) -> tuple[Predictor, FitResult]:
+    """A tokenizer and model from scratch on `train`; early stopping on `val`."""
+    model_cfg = load_model_config(model)
+    torch.manual_seed(train_cfg.seed)
+    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size)
+    codec = codec_for(np.concatenate([train.targets, val.targets]))
+    predictor = Predictor.create(model_cfg, codec, tokenizer, priority)
+    mean_tokens = float(np.mean([len(ids) for ids in predictor.encode_texts(train.texts)]))
+    train_cfg = train_cfg.model_copy(update={"max_steps": steps_for(model, train_cfg, mean_tokens)})
+    print(f"mean_input_tokens: {mean_tokens:.0f}\nmax_steps: {train_cfg.max_steps}", flush=True)
+    logger = CSVLogger(ckpt, name="", version="")  # <ckpt>/metrics.csv: the loss curves
+    result = fit(
+        predictor,
+        (train.texts, train.targets),
+        (val.texts, val.targets),
+        train_cfg,
+        ckpt,
+        logger=logger,
+        resume=False,
+    )
+    return predictor, result
+
+
+@dataclass(frozen=True)
+class Parts:
+    train: Examples
+    val: Examples
+    test: Examples
+    logs: dict[str, str]  # record_id -> logs_json (tabular log-summary columns)
+
+    def fit_part(self) -> Examples:
+        """Train + val: the tabular peers need no early stopping."""
+        return concat(self.train, self.val)
+
+    def logs_of(self, examples: Examples) -> list[str]:
+        return [self.logs[rid] for rid in examples.record_ids]
+
+
+def concat(a: Examples, b: Examples) -> Examples:
+    return Examples(
+        record_ids=a.record_ids + b.record_ids,
+        tasks=a.tasks + b.tasks,
+        texts=a.texts + b.texts,
+        targets=np.concatenate([a.targets, b.targets]),
+        config_json=a.config_json + b.config_json,
+    )
+
+
+def make_parts(
+    records: pl.DataFrame, sides: np.ndarray, priority: tuple[str, ...], budget: int
+) -> Parts:
+    labelled = records.with_columns(pl.Series("side", sides))
+    part = {
+        side: to_examples(labelled.filter(pl.col("side") == side), priority, budget)
+        for side in ("train", "val", "test")
+    }
+    logs = dict(zip(records["record_id"], records["logs_json"], strict=True))
+    return Parts(part["train"], part["val"], part["test"], logs)
+
+
+Peer = Callable[[Parts, int], np.ndarray]
+
+
+def config_peers() -> dict[str, Peer]:
+    def gbm(kind: str, log_target: bool) -> Peer:
+        def run(p: Parts, seed: int) -> np.ndarray:
+            train = p.fit_part()
+            x_train = baselines.flatten_configs(train.config_json)
+            x_test = baselines.flatten_configs(p.test.config_json)
+            return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, log_target)
+
+        return run
+
+    return {
+        "mean": lambda p, _: baselines.mean_baseline(p.fit_part().targets, len(p.test)),
+        "lightgbm": lambda p, seed: baselines.lightgbm_baseline(
+            p.fit_part().config_json, p.fit_part().targets, p.test.config_json, seed
+        ),
+        "xgboost": gbm("xgboost", False),
+        "lightgbm_log": gbm("lightgbm", True),
+        "xgboost_log": gbm("xgboost", True),
+    }
+
+
+def lumos_peers() -> dict[str, Peer]:
+    """The reference-VM peers: log summary columns, the log-ratio target, the median-ratio rule."""
+
+    def with_logs(kind: str, ratio: bool) -> Peer:
+        def run(p: Parts, seed: int) -> np.ndarray:
+            train = p.fit_part()
+            x_train = tabular.features(train.config_json, p.logs_of(train))
+            x_test = tabular.features(p.test.config_json, p.logs_of(p.test))
+            if not ratio:
+                return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, True)
+            ref_train = tabular.reference_runtime(train.config_json)
+            ref_test = tabular.reference_runtime(p.test.config_json)
+            return tabular.ratio_model(
+                kind, x_train, train.targets, ref_train, x_test, ref_test, seed
+            )
+
+        return run
+
+    def rule(p: Parts, _: int) -> np.ndarray:
+        train = p.fit_part()
+        return tabular.median_ratio_rule(
+            train.tasks,
+            train.targets,
+            tabular.reference_runtime(train.config_json),
+            p.test.tasks,
+            tabular.reference_runtime(p.test.config_json),
+        )
+
+    return {
+        "lightgbm_logs": with_logs("lightgbm", False),
+        "xgboost_logs": with_logs("xgboost", False),
+        "lightgbm_ratio": with_logs("lightgbm", True),
+        "xgboost_ratio": with_logs("xgboost", True),
+        "ratio_rule": rule,
+    }
+
+
+def save_plot(out: Path, name: str, y: np.ndarray, median: np.ndarray, low=None, high=None) -> None:
+    low = median if low is None else low
+    high = median if high is None else high
+    fig = predicted_vs_actual(y, median, low, high, name)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "plots" / f"{name}.png", dpi=90)
+
+
+def emit(prefix: str, metrics: dict[str, float], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        print(f"{prefix}_{key}: {metrics[key]:.4f}", flush=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    started = time.perf_counter()
+    records = load_records(args.dataset, out)
+    sides = sides_of(args.dataset, records, args.seed, out)
+    priority = tuple(load_source_config(SOURCES[args.dataset]).section_priority)
+    model_cfg = load_model_config(args.model)
+    parts = make_parts(records, sides, priority, model_cfg.max_input_tokens)
+    d = args.dataset
+    print(f"{d}_n_train: {len(parts.train)}\n{d}_n_val: {len(parts.val)}")
+    print(f"{d}_n_test: {len(parts.test)}", flush=True)
+
+    peers = config_peers() | (lumos_peers() if d == "lumos" else {})
+    y = parts.test.targets
+    for name, peer in peers.items():
+        pred = peer(parts, args.seed)
+        emit(f"{d}_{name}", point_metrics(y, pred), POINT)
+        save_plot(out, f"{d}_{name}", y, pred)
+
+    cfg = budget_config(args.minutes, args.seed)
+    run_name = f"{d}_{args.model}_{args.minutes:g}min_seed{args.seed}"
+    ckpt = out / "checkpoints" / run_name
+    predictor, fitted = train_textperf(args.model, parts.train, parts.val, cfg, ckpt, priority)
+    summary = predictor.predict_texts(parts.test.texts, num_samples=args.samples, seed=args.seed)
+    metrics = evaluate_predictions(y, summary)
+    emit(f"{d}_textperf", metrics, POINT + UNCERTAINTY)
+    save_plot(out, f"{run_name}_textperf", y, summary["median"], summary["q10"], summary["q90"])
+    print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
+    print(f"{d}_textperf_steps: {fitted.steps}\n{d}_textperf_train_s: {fitted.seconds:.0f}")
+    print(f"{d}_wall_s: {time.perf_counter() - started:.0f}")
+    (out / f"{run_name}_textperf.json").write_text(json.dumps(metrics))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", choices=sorted(SOURCES), required=True)
+    parser.add_argument("--minutes", type=float, default=8.0, help="textperf training budget")
+    parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
+    parser.add_argument("--seed", type=int, default=0, help="split, training and sampling seed")
+    parser.add_argument("--samples", type=int, default=32, help="decodes per test input")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
