@@ -33,8 +33,13 @@ class IntervalScale:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stretched (or shrunk) bounds, float64 [N] each: median -/+ scale * half."""
         median = np.asarray(median, dtype=float)
-        new_low = median - self.scale * (median - np.asarray(low, dtype=float))
-        new_high = median + self.scale * (np.asarray(high, dtype=float) - median)
+        below = median - np.asarray(low, dtype=float)
+        above = np.asarray(high, dtype=float) - median
+        # A zero-width half stays zero (inf * 0 would be NaN); a huge scale may overflow to an
+        # infinite bound, which is the honest interval of a model that knows nothing.
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_low = np.where(below == 0, median, median - self.scale * below)
+            new_high = np.where(above == 0, median, median + self.scale * above)
         return new_low, new_high
 
     def apply_summary(

@@ -256,7 +256,8 @@ def _train_and_register(
         )
         if app.eval.conformal:
             scale = predictor.calibrate(val.texts, val.targets, app.eval.num_samples)
-            mlflow.log_metric("conformal_interval_scale", scale)
+            if np.isfinite(scale):
+                mlflow.log_metric("conformal_interval_scale", scale)
         model_metrics, summary = evaluate_model(predictor, test, app.eval)
         metrics = {"textperf": model_metrics, **baseline_metrics(train, test, train_cfg.seed)}
         for name, values in metrics.items():

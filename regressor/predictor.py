@@ -172,6 +172,9 @@ class Predictor:
         it in `metadata`, so it ships in the bundle. Returns the scale (1.0: already calibrated)."""
         self.metadata.pop("interval_scale", None)
         raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9))
-        scale = fit_interval_scale(targets, raw["median"], raw["q10"], raw["q90"], nominal=0.8)
+        try:
+            scale = fit_interval_scale(targets, raw["median"], raw["q10"], raw["q90"], nominal=0.8)
+        except ValueError:  # no finite prediction to learn from (an untrained model): raw bounds
+            return float("nan")
         self.metadata["interval_scale"] = asdict(scale)
         return scale.scale

@@ -30,7 +30,10 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_inherited_tracking_uri() -> Iterator[None]:
     """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI; without this, one test's store
-    would leak into every later test's default paths."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    would leak into later tests' default paths, module-scoped fixtures included (they are set up
+    between tests, so the variable is cleared after each test too, never restored)."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
