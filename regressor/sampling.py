@@ -82,11 +82,13 @@ def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None)
     if temperature <= 0:
         return logits.argmax(dim=-1)
     # Inverse CDF: one uniform per row instead of `multinomial`'s one exponential per vocabulary
-    # entry ([N, V] random numbers per step). float64 so the cumulative sum stays exact enough.
-    probs = torch.softmax(logits.double() / temperature, dim=-1)  # [N, V]
+    # entry ([N, V] random numbers per step). float32 is exact enough: disallowed tokens have
+    # probability exactly 0, so the CDF is flat across them and the search can never land there,
+    # and the uniform is scaled by the CDF's own total, so rounding in the sum biases nothing.
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
     cdf = probs.cumsum(dim=-1)  # [N, V]
     total = cdf[:, -1:]  # [N, 1], ~1
-    u = torch.rand(total.shape, dtype=torch.float64, generator=generator)
+    u = torch.rand(total.shape, dtype=torch.float32, generator=generator)
     # Strictly below the total, so the search lands on a token with positive probability.
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)

@@ -170,3 +170,14 @@ def test_several_objectives_sample_and_score() -> None:
     scores = log_prob(model, codec, src, mask, [[1.0, 2.0, 3.0], [0.5, -4.0, 1e10]])
     assert scores.shape == (2,)
     assert np.isfinite(scores).all()
+
+
+def test_inverse_cdf_pick_follows_the_softmax_and_never_picks_a_masked_token() -> None:
+    from regressor.sampling import _pick
+
+    logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf"), 2.0]]).repeat(60_000, 1)
+    picks = _pick(logits, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=5).double() / len(picks)
+    expected = torch.softmax(logits[0].double(), dim=0)
+    assert counts[1] == counts[3] == 0
+    assert torch.allclose(counts, expected, atol=0.01)
