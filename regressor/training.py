@@ -34,6 +34,9 @@ def _drop_advertising(record: logging.LogRecord) -> bool:
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertising)
 # Lightning 2.6 calls an API torch 2.13 deprecated, once per fit: noise until Lightning updates.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# `fit` is given a directory of its own that holds the tokenizer and, after a kill, the
+# checkpoints to resume from: a non-empty directory is the design, not a mistake.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class EncodedExamples(Dataset):
