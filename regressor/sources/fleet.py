@@ -123,17 +123,22 @@ def count_lines(text: str) -> int:
     return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
+def parse_yaml(text: str, loader: type) -> Any:
+    """YAML text through a safe `loader` (alias bombs refused), or BadInputError with the line."""
+    try:
+        return load_yaml_limited(text, loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "file"
+        raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
+
+
 def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
     """A config file's text -> a JSON-compatible mapping, or BadInputError."""
     if not text.strip():
         raise BadInputError("empty file")
     if suffix in {".yaml", ".yml"}:
-        try:
-            value = load_yaml_limited(text, YAML_LOADER)  # safe, alias bombs refused
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark is not None else "file"
-            raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
+        value = parse_yaml(text, YAML_LOADER)
     elif suffix == ".json":
         try:
             value = json.loads(text)

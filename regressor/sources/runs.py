@@ -31,7 +31,6 @@ from regressor.sources.common import (
     file_row,
     inside,
     known_files,
-    load_yaml_limited,
     quarantine_row,
     replace_files,
     rules_hash,
@@ -45,6 +44,7 @@ from regressor.sources.fleet import (
     count_lines,
     count_records,
     decode,
+    parse_yaml,
 )
 from regressor.sources.series import SERIES_VERSION, read_series, summarize_frames
 from regressor.warehouse import Warehouse
@@ -81,12 +81,7 @@ def parse_report(text: str, suffix: str) -> dict[str, Any]:
     if not text.strip():
         raise BadInputError("empty file")
     if suffix in {".yaml", ".yml"}:
-        try:
-            value = load_yaml_limited(text, UniqueKeyLoader)  # safe, alias bombs refused
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark is not None else "file"
-            raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
+        value = parse_yaml(text, UniqueKeyLoader)
     else:
         try:
             value = json.loads(text, object_pairs_hook=unique_pairs)
