@@ -1,4 +1,4 @@
-"""Data fixtures: a tiny demo fleet on disk and a warehouse holding it.
+"""Data fixtures: a tiny demo fleet on disk and a warehouse holding it; a tiny registered model.
 
 Load them with `pytest_plugins = ("conftest_data",)` in a test module, or import them in
 conftest.py.
@@ -9,13 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 
-from regressor.config import FleetSimConfig, FleetSourceConfig, load_source_config
+from regressor import registry
+from regressor.config import (
+    CodecConfig,
+    FleetSimConfig,
+    FleetSourceConfig,
+    load_model_config,
+    load_source_config,
+)
 from regressor.fleetsim import FleetSummary, generate_fleet
+from regressor.predictor import Predictor
 from regressor.sources.fleet import IngestReport, ingest_fleet
+from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
+RECORD = {"task": "cell-a", "period": "2026-01-01", "config": {"n": 3}, "logs": {"lines": 10}}
 LOGHUB_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "loghub_2k"
 
 
@@ -48,3 +59,19 @@ def tiny_warehouse(
     raw_dir, _ = tiny_fleet
     with Warehouse(tmp_path / "warehouse.duckdb") as wh:
         yield wh, ingest_fleet(wh, fleet_source, raw_dir, run_id="run-1")
+
+
+def register_tiny_version(tmp_path: Path, tag: str) -> object:
+    """An untrained tiny model logged and registered as a new `textperf` version (tagged with
+    `data_hash=tag`) in the current MLflow store; the ModelVersion."""
+    texts = [f"<task>\ncell-{i}\n<config>\nn={i}" for i in range(20)]
+    predictor = Predictor.create(
+        load_model_config("tiny"),
+        CodecConfig(exponent_min=-3, exponent_max=3),
+        InputTokenizer.train(texts, 300),
+    )
+    bundle = predictor.save(tmp_path / f"bundle-{tag}")
+    with mlflow.start_run():
+        return registry.log_and_register(
+            bundle, "textperf", registry.input_example(RECORD), {"data_hash": tag}
+        )

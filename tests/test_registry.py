@@ -12,17 +12,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest_data import RECORD, register_tiny_version
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
 from regressor import cli, registry
-from regressor.config import CodecConfig, PromotionRule, ResolvedPaths, load_model_config
-from regressor.predictor import Predictor
+from regressor.config import PromotionRule, ResolvedPaths
 from regressor.tracking import configure_mlflow
-from regressor.vocab import InputTokenizer
-
-RECORD = {"task": "cell-a", "period": "2026-01-01", "config": {"n": 3}, "logs": {"lines": 10}}
 
 
 @pytest.fixture(scope="module")
@@ -44,27 +41,13 @@ def store(tmp_path: Path, empty_store: Path) -> ResolvedPaths:
     mlflow.set_tracking_uri(None)
 
 
-def _register(tmp_path: Path, tag: str) -> object:
-    texts = [f"<task>\ncell-{i}\n<config>\nn={i}" for i in range(20)]
-    predictor = Predictor.create(
-        load_model_config("tiny"),
-        CodecConfig(exponent_min=-3, exponent_max=3),
-        InputTokenizer.train(texts, 300),
-    )
-    bundle = predictor.save(tmp_path / f"bundle-{tag}")
-    with mlflow.start_run():
-        return registry.log_and_register(
-            bundle, "textperf", registry.input_example(RECORD), {"data_hash": tag}
-        )
-
-
 def test_first_version_takes_champion_and_a_worse_one_does_not(store, tmp_path: Path):
     rule = PromotionRule()
     good = {"spearman": 0.8, "mape": 10.0}
     worse = {"spearman": 0.5, "mape": 12.0}
-    v1 = _register(tmp_path, "a")
+    v1 = register_tiny_version(tmp_path, "a")
     assert registry.gate("textperf", v1, good, None, rule).promoted
-    v2 = _register(tmp_path, "b")
+    v2 = register_tiny_version(tmp_path, "b")
     decision = registry.gate("textperf", v2, worse, good, rule)
     assert not decision.promoted
     assert "spearman" in decision.reason
@@ -80,9 +63,9 @@ def test_first_version_takes_champion_and_a_worse_one_does_not(store, tmp_path: 
 
 def test_a_better_version_takes_champion(store, tmp_path: Path):
     rule = PromotionRule()
-    v1 = _register(tmp_path, "a")
+    v1 = register_tiny_version(tmp_path, "a")
     registry.gate("textperf", v1, {"spearman": 0.5, "mape": 12.0}, None, rule)
-    v2 = _register(tmp_path, "b")
+    v2 = register_tiny_version(tmp_path, "b")
     assert registry.gate(
         "textperf", v2, {"spearman": 0.6, "mape": 11.0}, {"spearman": 0.5, "mape": 12.0}, rule
     ).promoted
@@ -90,7 +73,7 @@ def test_a_better_version_takes_champion(store, tmp_path: Path):
 
 
 def test_version_tags_carry_data_hash_and_commit(store, tmp_path: Path):
-    version = _register(tmp_path, "abc")
+    version = register_tiny_version(tmp_path, "abc")
     tags = MlflowClient().get_model_version("textperf", str(version.version)).tags
     assert tags["data_hash"] == "abc"
     assert tags["git_commit"]
@@ -109,7 +92,7 @@ def test_model_uri_forms():
 
 
 def test_manual_promote_moves_champion_and_logs_who_and_what(store, tmp_path: Path):
-    v1, v2 = _register(tmp_path, "a"), _register(tmp_path, "b")
+    v1, v2 = register_tiny_version(tmp_path, "a"), register_tiny_version(tmp_path, "b")
     registry.gate("textperf", v1, {"spearman": 0.5, "mape": 12.0}, None, PromotionRule())
     decision = registry.promote("textperf", v2.version, reason="hotfix")
     assert decision["previous"] == str(v1.version)
@@ -122,7 +105,7 @@ def test_manual_promote_moves_champion_and_logs_who_and_what(store, tmp_path: Pa
 
 
 def test_champion_by_alias_predicts_in_a_fresh_process_with_params(store, tmp_path: Path):
-    version = _register(tmp_path, "a")
+    version = register_tiny_version(tmp_path, "a")
     registry.promote("textperf", version.version)
     script = (
         "import json, mlflow, pandas as pd\n"
@@ -152,7 +135,7 @@ def test_signature_declares_list_quantiles_and_samples_switch():
 
 
 def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
-    v1, v2 = _register(tmp_path, "a"), _register(tmp_path, "b")
+    v1, v2 = register_tiny_version(tmp_path, "a"), register_tiny_version(tmp_path, "b")
     registry.promote("textperf", v1.version)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
     runner = CliRunner()

@@ -8,40 +8,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from contextlib import suppress
 from pathlib import Path
 
 import mlflow
 import pytest
+from conftest_data import RECORD, register_tiny_version
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from test_reliability_training import prepare, tiny_app
-from test_server_stack import free_port, start, stop, wait_healthy
+from test_server_stack import free_port, mlflow_server_cmd, start, stop, wait_healthy
 
 from regressor import pipeline, registry
-from regressor.config import CodecConfig, PromotionRule, ResolvedPaths, load_model_config
-from regressor.predictor import Predictor
+from regressor.config import PromotionRule, ResolvedPaths
 from regressor.tracking import configure_mlflow
-from regressor.vocab import InputTokenizer
-
-BIN = Path(sys.executable).parent / "mlflow"
-RECORD = {"task": "cell-a", "period": "2026-01-01", "config": {"n": 3}, "logs": {"lines": 10}}
 
 
 def register_champion(tmp_path: Path, tag: str) -> str:
     """An untrained tiny model registered as a new version and made champion; its version."""
-    texts = [f"<task>\ncell-{i}\n<config>\nn={i}" for i in range(20)]
-    predictor = Predictor.create(
-        load_model_config("tiny"),
-        CodecConfig(exponent_min=-3, exponent_max=3),
-        InputTokenizer.train(texts, 300),
-    )
-    bundle = predictor.save(tmp_path / f"bundle-{tag}")
-    with mlflow.start_run():
-        version = registry.log_and_register(
-            bundle, "textperf", registry.input_example(RECORD), {"data_hash": tag}
-        )
+    version = register_tiny_version(tmp_path, tag)
     registry.gate("textperf", version, {"spearman": 0.5, "mape": 1.0}, None, PromotionRule())
     return str(version.version)
 
@@ -120,20 +105,7 @@ def test_retrain_meeting_a_corrupted_champion_fails_and_leaves_the_alias(
 
 
 def start_server(root: Path, port: int):
-    cmd = [
-        str(BIN),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "mlartifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = mlflow_server_cmd(root, port)
     log = root / f"server-{port}.log"
     proc = start(cmd, {**os.environ}, log)
     wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, 90)

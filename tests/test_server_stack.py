@@ -51,6 +51,24 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) 
     raise TimeoutError(f"{url} not healthy after {timeout_s:g} s:\n{log.read_text()[-3000:]}")
 
 
+def mlflow_server_cmd(root: Path, port: int) -> list[str]:
+    """`mlflow server` on loopback with its SQLite store and artifacts under `root`."""
+    return [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "mlartifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     # A new session, so teardown can kill the server and every child it forked.
     with log.open("w") as out:
@@ -119,24 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env,
         root / "prefect-server.log",
     )
-    mlflow = start(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "mlartifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-        ],
-        env,
-        root / "mlflow-server.log",
-    )
+    mlflow = start(mlflow_server_cmd(root, mlflow_port), env, root / "mlflow-server.log")
     try:
         wait_healthy(f"{prefect_api}/health", prefect, root / "prefect-server.log", 90)
         wait_healthy(f"{mlflow_uri}/health", mlflow, root / "mlflow-server.log", 60)
