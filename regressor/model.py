@@ -10,7 +10,9 @@ Decoding reuses work instead of re-running the prefix:
 - `encode` runs once per input; `init_cache` turns its output into each decoder layer's
   cross-attention keys/values once, also once per input however many samples are drawn: the K
   samples of one input become K query rows against one copy of its memory (no copy by K);
-- `decode_step` feeds one token per sequence and appends its self-attention keys/values.
+- `decode_step` feeds one token per sequence and appends its self-attention keys/values;
+  `DecoderCache.select_rows` reorders those rows, so samples that share a prefix can share one
+  row (`regressor.sampling`).
 
 The output head is untied from the decoder's token embedding: the output vocabulary is a few
 hundred tokens, so tying would save <1% of the parameters while forcing "what this token means as
@@ -22,7 +24,6 @@ H heads of width Dh = D / H, V output vocabulary.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -82,13 +83,10 @@ class DecoderCache:
     self_kv: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
     position: int = 0
 
-    def repeat_samples(self, k: int) -> None:
-        """One decoded sequence per input so far -> K copies of each: self_kv [B, ...] becomes
-        [B*K, ...], input-major. The cross-attention memory stays once per input."""
-        self.self_kv = [
-            None if kv is None else (kv[0].repeat_interleave(k, 0), kv[1].repeat_interleave(k, 0))
-            for kv in self.self_kv
-        ]
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep self-attention rows `rows` long [N'] of [N, ...], in that order (repeats allowed):
+        decoding continues each kept row's sequence. The memory stays once per input."""
+        self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
 
 
 class SelfAttention(nn.Module):
@@ -213,15 +211,25 @@ class EncoderDecoder(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """GPT-2 style: N(0, 0.02), and residual output projections shrunk by the depth so the
-        residual stream's variance does not grow with the number of layers."""
+        """Every projection N(0, 1/fan_in), so each starts with unit gain; the residual output
+        projections are further shrunk by sqrt(number of residual branches) so the residual
+        stream's variance does not grow with depth; embeddings N(0, 0.02).
+
+        Why not GPT-2's N(0, 0.02) everywhere: at d_model ~100 that is 5x below unit gain, and
+        the attention logits q.k and the value path Wv.Wo are products of two such matrices, so
+        their gradients start near zero (a saddle). From there the model spends ~1,000 steps
+        predicting only the target's marginal before it reads the text; with unit-gain
+        projections it leaves that plateau after ~300 steps (README, "The early plateau").
+        """
         for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
+            if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=module.in_features**-0.5)
         for blocks, branches in ((self.encoder, 2), (self.decoder, 3)):
-            std = 0.02 / math.sqrt(branches * len(blocks))
             for module in blocks.modules():
                 if isinstance(module, SelfAttention | CrossAttention | MLP):
+                    std = (module.out.in_features * branches * len(blocks)) ** -0.5
                     nn.init.normal_(module.out.weight, std=std)
 
     def num_parameters(self) -> int:

@@ -48,22 +48,53 @@ def sample_ids(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Like `sample` but returns the token ids long [B*K, seq_len], input-major."""
-    b = src_ids.shape[0]
-    out = torch.empty(b * num_samples, codec.seq_len, dtype=torch.long)
+    """Like `sample` but returns the token ids long [B*K, seq_len], input-major.
+
+    Samples that share a prefix share its decoder row: at each step the K samples of an input
+    are grouped by prefix, the decoder runs once per group, and every sample then draws its
+    next token from its group's distribution (the same distribution it would get from its own
+    row, so the draws are exact). A trained model is sharp, so the groups are few: the sign and
+    the leading digits are shared by most samples, and only the last digits fan out to K rows.
+    """
+    b, k = src_ids.shape[0], num_samples
+    out = torch.empty(b * k, codec.seq_len, dtype=torch.long)
+    group_of = torch.arange(b).repeat_interleave(k)  # [B*K] sample -> its prefix group's row
+    groups = torch.arange(b) * k  # [G] a sample of each group (its prefix is the group's)
     with evaluating(model):
         cache = model.init_cache(model.encode(src_ids, src_mask), src_mask)
-        # Step 0: the K samples of an input share one prefix (bos), so one decoder row per input
-        # serves them all; its logits and self-attention cache are then repeated K times.
-        first = model.decode_step(torch.full((b,), codec.bos_id, dtype=torch.long), cache)
-        logits = first.float().repeat_interleave(num_samples, dim=0)  # [B*K, V]
-        cache.repeat_samples(num_samples)
+        logits = model.decode_step(torch.full((b,), codec.bos_id, dtype=torch.long), cache)
         for t in range(codec.seq_len):
-            logits = logits.masked_fill(~codec.allowed_mask(out[:, :t]), float("-inf"))
-            out[:, t] = _pick(logits, temperature, generator)
+            allowed = codec.allowed_mask(out[groups, :t])  # [G, V]
+            logits = logits.float().masked_fill(~allowed, float("-inf"))
+            out[:, t] = _pick(logits[group_of], temperature, generator)
             if t + 1 < codec.seq_len:
-                logits = model.decode_step(out[:, t], cache).float()  # [B*K, V]
+                group_of, groups, parents = _regroup(group_of, out[:, t], b, k)
+                cache.select_rows(parents)
+                logits = model.decode_step(out[groups, t], cache)  # [G, V]
     return out
+
+
+def _regroup(group_of: Tensor, token: Tensor, b: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """New prefix groups after each sample [B*K] appended `token` [B*K] to its group's prefix.
+
+    Returns the sample -> group map [B*K], a sample of each group [G] and each group's parent
+    row [G]. Rows stay input-major with the same width W per input (G = B*W, W = the most
+    groups any input has), which the decoder's cross-attention needs to find each row's
+    memory; an input with fewer groups fills its spare rows with copies of its first group.
+    """
+    key = group_of * (int(token.max()) + 1) + token  # a group and a token -> one int64 key
+    unique, inverse = torch.unique(key, return_inverse=True)  # sorted: input-major
+    # A sample of each group; which one does not matter, all share the group's prefix.
+    sample = torch.empty(len(unique), dtype=torch.long).scatter_(0, inverse, torch.arange(b * k))
+    owner = sample // k  # [U] each group's input
+    counts = torch.bincount(owner, minlength=b)  # [B]
+    width = int(counts.max())
+    start = counts.cumsum(0) - counts  # [B] index of each input's first unique group
+    slot = owner * width + torch.arange(len(unique)) - start[owner]  # [U] padded row
+    groups = (torch.arange(b) * k).repeat_interleave(width)  # spare rows: the input's sample 0
+    groups[slot] = sample
+    parents = group_of[groups]
+    return slot[inverse], groups, parents
 
 
 @contextmanager

@@ -99,6 +99,30 @@ def test_cached_greedy_equals_naive_greedy() -> None:
     assert torch.equal(cached, expected)
 
 
+def decoder_rows(model: EncoderDecoder) -> list[int]:
+    """Rows the output head sees at each decode step, recorded as sampling runs."""
+    rows: list[int] = []
+    model.head.register_forward_hook(lambda _m, _i, out: rows.append(out.shape[0]))
+    return rows
+
+
+def test_samples_sharing_a_prefix_share_a_decoder_row() -> None:
+    codec = NumberCodec(CodecConfig(mantissa_digits=4))
+    model, src, mask = untrained(codec)
+    rows = decoder_rows(model)
+    sample_ids(model, codec, src, mask, 64, temperature=0.0)
+    assert rows == [2] * codec.seq_len  # greedy: one prefix per input at every step
+
+    rows.clear()
+    ids = sample_ids(model, codec, src, mask, 64, generator=torch.Generator().manual_seed(1))
+    for t, n in enumerate(rows):  # B * (the most distinct prefixes any input has)
+        distinct = max(
+            len({tuple(r) for r in ids[i * 64 : (i + 1) * 64, :t].tolist()}) for i in (0, 1)
+        )
+        assert n == 2 * distinct
+    assert sum(rows) < codec.seq_len * 2 * 64
+
+
 def test_samples_decode_to_numbers_and_are_reproducible() -> None:
     codec = NumberCodec()
     model, src, mask = untrained(codec)
