@@ -20,8 +20,8 @@ Protocol:
    Nothing is tuned on the test part.
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
-(%), mse_log, and for textperf also interval_coverage (10-90%) and uncertainty_spearman (sample
-spread vs absolute error); writes predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png`
+(%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
+spread vs absolute error) and uncertainty_spearman_relative (both relative); writes predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png`
 and `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, and textperf's loss curves to
 `<out>/checkpoints/<same name>/metrics.csv`.
 """
@@ -65,7 +65,7 @@ from regressor.warehouse import Warehouse
 DEFAULT_OUT = Path("var/bench/accuracy")
 SOURCES = {"c3o": "c3o", "lumos": "lumos", "deepperf": "deepperf", "fleet": "demo_fleet"}
 POINT = ("spearman", "kendall", "mape", "mse_log")
-UNCERTAINTY = ("interval_coverage", "uncertainty_spearman")
+UNCERTAINTY = ("interval_coverage", "uncertainty_spearman", "uncertainty_spearman_relative")
 # Rough cost of a training step on one busy thread: (fixed seconds, input tokens a second), fitted
 # on c3o (39 tokens/input: 0.13 s/step) and lumos (488 tokens/input: 0.6 s/step) for `small`. Used
 # only to size the cosine schedule, so the learning rate has decayed when the time budget ends.

@@ -43,19 +43,26 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 def uncertainty_metrics(
     y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, spread: np.ndarray
 ) -> dict[str, float]:
-    """Coverage of [low, high] and the Spearman between sample spread and absolute error.
+    """Coverage of [low, high] and the Spearman between sample spread and error.
 
     The second is the paper's check that the model knows when it does not know: a positive value
-    means wider sample distributions go with larger errors.
+    means wider sample distributions go with larger errors. `uncertainty_spearman` compares the
+    absolute error with the spread; `uncertainty_spearman_relative` compares the relative error
+    |median - y| / |y| with the relative spread spread / |median|, the same check on the scale
+    MAPE uses: a mantissa-and-exponent decoder's spread grows with the predicted magnitude, so the
+    absolute version partly ranks records by their size rather than by the model's doubt.
     """
     y_true = np.asarray(y_true, dtype=float)
     ok = _finite(y_true, median, low, high, spread)
-    t = y_true[ok]
+    t, m, s = y_true[ok], median[ok], spread[ok]
     coverage = float(np.mean((t >= low[ok]) & (t <= high[ok])))
-    abs_err = np.abs(median[ok] - t)
+    abs_err = np.abs(m - t)
+    scaled = (t != 0) & (m != 0)
+    relative = rank_correlations(abs_err[scaled] / np.abs(t[scaled]), s[scaled] / np.abs(m[scaled]))
     return {
         "interval_coverage": coverage,
-        "uncertainty_spearman": rank_correlations(abs_err, spread[ok])["spearman"],
+        "uncertainty_spearman": rank_correlations(abs_err, s)["spearman"],
+        "uncertainty_spearman_relative": relative["spearman"],
     }
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-METRICS = ("spearman", "kendall", "mape", "interval_coverage", "uncertainty_spearman")
+METRICS = (
+    "spearman",
+    "kendall",
+    "mape",
+    "interval_coverage",
+    "uncertainty_spearman",
+    "uncertainty_spearman_relative",
+)
 
 
 def _cell(value: float | None) -> str:

@@ -42,7 +42,23 @@ def test_uncertainty_tracks_error():
     }
     m = evaluate_predictions(y, summary)
     assert m["uncertainty_spearman"] > 0.3
+    assert m["uncertainty_spearman_relative"] > 0.3  # y in [1, 2]: the scale barely moves it
     assert 0.7 < m["interval_coverage"] < 0.9
+
+
+def test_relative_uncertainty_ignores_the_scale_of_the_records():
+    """Errors and spreads both proportional to y (1 .. 1000): the absolute check mostly ranks the
+    records by size, whether or not the spread follows the error; the relative one does not."""
+    rng = np.random.default_rng(0)
+    y = np.exp(rng.uniform(0, np.log(1000), 400))
+    doubt = rng.uniform(0.01, 0.3, 400)  # relative spread
+    tracking = y * (1 + rng.normal(0, 1, 400) * doubt)
+    blind = y * (1 + rng.normal(0, 1, 400) * rng.permutation(doubt))
+    for median, follows in ((tracking, True), (blind, False)):
+        summary = {"median": median, "std": doubt * median, "q10": median, "q90": median}
+        m = evaluate_predictions(y, summary)
+        assert m["uncertainty_spearman"] > 0.5  # either way: size dominates
+        assert (m["uncertainty_spearman_relative"] > 0.3) == follows
 
 
 def test_within_task_spearman_ranks_inside_each_task_only():

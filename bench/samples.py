@@ -1,0 +1,61 @@
+r"""Ablation: how many samples K, and median vs mean, for one registered model on its test split.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/samples.py --var-dir var \
+        [--model models:/textperf@champion] [--config conf/default.yaml] [--max-k 64]
+
+Draws `--max-k` samples per test record once (seeded), then scores every K = 1, 2, 4, .. max-k on
+disjoint chunks of those draws (samples are i.i.d., so chunk j of size K is a fresh K-sample run)
+and averages over the chunks: for each K the point estimate from the median and from the mean.
+Prints `k<K>_<median|mean>_<spearman|mape>` and `k<K>_chunks` lines. Nothing is retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from regressor import pipeline, registry
+from regressor.config import load_app_config, load_source_config
+from regressor.evaluation import point_metrics
+from regressor.tracking import configure_mlflow
+
+
+def chunk_scores(y_true: np.ndarray, samples: np.ndarray, k: int) -> dict[str, float]:
+    """Mean over the disjoint K-sample chunks of samples [N, max_k] of each estimator's metrics."""
+    scores: dict[str, list[float]] = {}
+    for start in range(0, samples.shape[1] - k + 1, k):
+        chunk = samples[:, start : start + k]
+        for name, estimate in (("median", np.median(chunk, 1)), ("mean", chunk.mean(1))):
+            metrics = point_metrics(y_true, estimate)
+            for metric in ("spearman", "mape"):
+                scores.setdefault(f"{name}_{metric}", []).append(metrics[metric])
+    return {key: float(np.mean(values)) for key, values in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--var-dir", type=Path, default=Path("var"))
+    parser.add_argument("--config", type=Path, default=None, help="default: conf/default.yaml")
+    parser.add_argument("--model", default="models:/textperf@champion")
+    parser.add_argument("--max-k", type=int, default=64)
+    args = parser.parse_args()
+
+    app = load_app_config(args.config, var_dir=args.var_dir.resolve())
+    paths = app.paths.resolve()
+    configure_mlflow(paths, app.registry.experiment)
+    test = pipeline.load_dataset(paths, app, load_source_config(app.source)).splits["test"]
+    predictor = registry.load_predictor(args.model)
+    samples = predictor.predict_texts(test.texts, args.max_k)["samples"]
+    print(f"model: {args.model}\ntest_records: {len(test)}", flush=True)
+    k = 1
+    while k <= args.max_k:
+        print(f"k{k}_chunks: {args.max_k // k}")
+        for key, value in chunk_scores(test.targets, samples, k).items():
+            print(f"k{k}_{key}: {value:.4f}", flush=True)
+        k *= 2
+
+
+if __name__ == "__main__":
+    main()
