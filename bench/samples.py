@@ -1,11 +1,11 @@
-r"""Ablation: how many samples K, and median vs mean, for one registered model on its test split.
+r"""Ablation: how many samples K, and median vs mean, for one registered model on one split.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/samples.py --var-dir var \
-        [--model models:/textperf@champion] [--config conf/default.yaml] [--max-k 64]
+        [--model models:/textperf@champion] [--config conf/default.yaml] [--max-k 64] [--split val]
 
-Draws `--max-k` samples per test record once (seeded), then scores every K = 1, 2, 4, .. max-k on
-disjoint chunks of those draws (samples are i.i.d., so chunk j of size K is a fresh K-sample run)
-and averages over the chunks: for each K the point estimate from the median and from the mean.
+Draws `--max-k` samples per record of the split once (seeded), then scores every K = 1, 2, 4, ..
+max-k on disjoint chunks of those draws (samples are i.i.d., so chunk j of size K is a new K-sample
+run) and averages over the chunks: for each K the point estimate from the median and from the mean.
 Prints `k<K>_<median|mean>_<spearman|mape>` and `k<K>_chunks` lines. Nothing is retrained.
 """
 
@@ -40,15 +40,16 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: conf/default.yaml")
     parser.add_argument("--model", default="models:/textperf@champion")
     parser.add_argument("--max-k", type=int, default=64)
+    parser.add_argument("--split", default="test", choices=("val", "test"))
     args = parser.parse_args()
 
     app = load_app_config(args.config, var_dir=args.var_dir.resolve())
     paths = app.paths.resolve()
     configure_mlflow(paths, app.registry.experiment)
-    test = pipeline.load_dataset(paths, app, load_source_config(app.source)).splits["test"]
+    test = pipeline.load_dataset(paths, app, load_source_config(app.source)).splits[args.split]
     predictor = registry.load_predictor(args.model)
     samples = predictor.predict_texts(test.texts, args.max_k)["samples"]
-    print(f"model: {args.model}\ntest_records: {len(test)}", flush=True)
+    print(f"model: {args.model}\nsplit: {args.split}\nrecords: {len(test)}", flush=True)
     k = 1
     while k <= args.max_k:
         print(f"k{k}_chunks: {args.max_k // k}")
