@@ -21,8 +21,9 @@ Protocol:
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
 (%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
-spread vs absolute error) and uncertainty_spearman_relative (both relative); writes predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png`
-and `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, and textperf's loss curves to
+spread vs absolute error) and uncertainty_spearman_relative (both relative); writes
+predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
+`<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, and textperf's loss curves to
 `<out>/checkpoints/<same name>/metrics.csv`.
 """
 
