@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from regressor.baselines import align, flatten_configs
+from regressor.baselines import align, flatten_configs, lightgbm_regressor
 
 
 def log_summary_columns(logs_json: Sequence[str]) -> pd.DataFrame:
@@ -36,14 +35,7 @@ def features(config_json: Sequence[str], logs_json: Sequence[str] | None = None)
 def _model(kind: str, seed: int):
     """Both peers sized alike for a few thousand rows (the project's LightGBM defaults)."""
     if kind == "lightgbm":
-        return lgb.LGBMRegressor(
-            n_estimators=300,
-            learning_rate=0.05,
-            num_leaves=15,
-            min_child_samples=5,
-            random_state=seed,
-            verbose=-1,
-        )
+        return lightgbm_regressor(seed)
     if kind == "xgboost":
         return xgb.XGBRegressor(
             n_estimators=300,
