@@ -80,7 +80,8 @@ def _regroup(group_of: Tensor, token: Tensor, b: int, k: int) -> tuple[Tensor, T
     Returns the sample -> group map [B*K], a sample of each group [G] and each group's parent
     row [G]. Rows stay input-major with the same width W per input (G = B*W, W = the most
     groups any input has), which the decoder's cross-attention needs to find each row's
-    memory; an input with fewer groups fills its spare rows with copies of its first group.
+    memory; an input with fewer groups fills its spare rows with its sample 0's group again
+    (decoded and never read).
     """
     key = group_of * (int(token.max()) + 1) + token  # a group and a token -> one int64 key
     unique, inverse = torch.unique(key, return_inverse=True)  # sorted: input-major
