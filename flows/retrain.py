@@ -30,6 +30,8 @@ class RetrainParams(BaseModel):
     var_dir: Path | None = None  # override paths.var_dir, e.g. a scratch directory
     generate_fleet: bool = True  # write the demo fleet first (the demo has no real fleet)
     adapt: bool = True
+    model: str | None = None  # override the config's model size (conf/model/<name>.yaml)
+    train: str | None = None  # override the config's optimisation (conf/train/<name>.yaml)
 
 
 # Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
@@ -62,7 +64,7 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
 @flow(name="retrain", log_prints=True, task_runner=default_task_runner())
 def retrain(params: RetrainParams | None = None) -> str:
     params = params or RetrainParams()
-    app = load_app_config(params.config, params.var_dir)
+    app = load_app_config(params.config, params.var_dir, model=params.model, train=params.train)
     paths = app.paths.resolve()
     source = load_source_config(app.source)
     run_id = pipeline.new_run_id()

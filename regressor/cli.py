@@ -43,14 +43,26 @@ def retrain(
     var_dir: VarOpt = None,
     generate_fleet: Annotated[bool, typer.Option(help="Write the demo fleet first.")] = True,
     adapt: Annotated[bool, typer.Option(help="Adapt the champion to the holdout task.")] = True,
+    model: Annotated[
+        str | None, typer.Option(help="Model size instead of the config's (conf/model/).")
+    ] = None,
+    train: Annotated[
+        str | None, typer.Option(help="Optimisation instead of the config's (conf/train/).")
+    ] = None,
 ) -> None:
     """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
     from flows.retrain import RetrainParams
     from flows.retrain import retrain as retrain_flow
 
-    retrain_flow(
-        RetrainParams(config=config, var_dir=var_dir, generate_fleet=generate_fleet, adapt=adapt)
+    params = RetrainParams(
+        config=config,
+        var_dir=var_dir,
+        generate_fleet=generate_fleet,
+        adapt=adapt,
+        model=model,
+        train=train,
     )
+    retrain_flow(params)
 
 
 @app.command()

@@ -272,10 +272,20 @@ def load_model(cls: type[M], path: Path, **overrides: Any) -> M:
 
 
 def load_app_config(
-    path: Path | None = None, var_dir: Path | None = None, conf_dir: Path = CONF_DIR
+    path: Path | None = None,
+    var_dir: Path | None = None,
+    conf_dir: Path = CONF_DIR,
+    model: str | None = None,
+    train: str | None = None,
 ) -> AppConfig:
-    """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands."""
-    app = load_model(AppConfig, path or conf_dir / "default.yaml")
+    """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands,
+    `model` and `train` pick other `conf/model/` and `conf/train/` files by name."""
+    if model is not None:
+        load_model_config(model, conf_dir)  # fail now, naming the file, not mid-flow
+    if train is not None:
+        load_train_config(train, conf_dir)
+    picked = {key: name for key, name in (("model", model), ("train", train)) if name}
+    app = load_model(AppConfig, path or conf_dir / "default.yaml", **picked)
     if var_dir is not None:
         app = app.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
     return app

@@ -25,6 +25,15 @@ def test_every_shipped_config_validates():
         load_source_config(path.stem)
 
 
+def test_model_and_train_can_be_picked_by_name():
+    default = load_app_config()
+    picked = load_app_config(model="small", train="small_demo")
+    assert (picked.model, picked.train) == ("small", "small_demo")
+    assert picked.model_copy(update={"model": default.model, "train": default.train}) == default
+    with pytest.raises(ConfigError, match=r"model/nosuch\.yaml"):
+        load_app_config(model="nosuch")
+
+
 def test_unknown_key_names_the_file(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: small\nmodle: typo\n")
