@@ -5,14 +5,20 @@ conformal prediction fixes the coverage without retraining: on validation record
 the factor by which its interval's halves, measured from the median, must be stretched to reach it;
 the `ceil((n + 1) * nominal) / n` quantile of those factors is one scale that, applied to the halves
 of new intervals, covers the nominal fraction of new truths (exchangeability is the only
-assumption). Scaling the halves keeps each interval's asymmetry and keeps wider intervals wider,
-so the spread still ranks the errors as before.
+assumption). Scaling the halves keeps each interval's asymmetry and keeps wider intervals wider.
+
+One pooled scale cannot tell an easy task from a hard one: a model is as sure of itself on a cell
+it predicts badly as on one it predicts well. Mondrian (group-conditional) conformal fits one scale
+per task that has enough validation records, with the same rule inside the task, and keeps the
+pooled scale for the others; coverage then holds per task, and the spread (std and interval width)
+grows on the tasks where the model errs more, which is what the spread-error check asks of it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,32 +28,53 @@ _MIN_HALF = 1e-300
 
 @dataclass(frozen=True)
 class IntervalScale:
-    """One factor for the halves of the interval [low, high] around the median."""
+    """Factors for the halves of the interval [low, high] around the median."""
 
-    scale: float
+    scale: float  # pooled over every validation record: for tasks without a scale of their own
     nominal: float  # the coverage the scale was fitted for, e.g. 0.8 for q10..q90
     n_fit: int
+    by_task: dict[str, float] = field(default_factory=dict)  # Mondrian: one scale per task
+
+    def row_scales(self, n: int, tasks: Sequence[str | None] | None = None) -> np.ndarray:
+        """Each row's factor, float64 [n]: its task's scale when fitted, else the pooled one."""
+        if tasks is None or not self.by_task:
+            return np.full(n, self.scale)
+        assert len(tasks) == n, "one task per row"
+        return np.array([self.by_task.get(str(t), self.scale) for t in tasks], dtype=float)
 
     def apply(
-        self, median: np.ndarray, low: np.ndarray, high: np.ndarray
+        self,
+        median: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        tasks: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stretched (or shrunk) bounds, float64 [N] each: median -/+ scale * half."""
         median = np.asarray(median, dtype=float)
         below = median - np.asarray(low, dtype=float)
         above = np.asarray(high, dtype=float) - median
+        scale = self.row_scales(len(median), tasks)
         # A zero-width half stays zero (inf * 0 would be NaN); a huge scale may overflow to an
         # infinite bound, which is the honest interval of a model that knows nothing.
         with np.errstate(over="ignore", invalid="ignore"):
-            new_low = np.where(below == 0, median, median - self.scale * below)
-            new_high = np.where(above == 0, median, median + self.scale * above)
+            new_low = np.where(below == 0, median, median - scale * below)
+            new_high = np.where(above == 0, median, median + scale * above)
         return new_low, new_high
 
     def apply_summary(
-        self, summary: dict[str, np.ndarray], low_key: str = "q10", high_key: str = "q90"
+        self,
+        summary: dict[str, np.ndarray],
+        tasks: Sequence[str | None] | None = None,
+        low_key: str = "q10",
+        high_key: str = "q90",
     ) -> dict[str, np.ndarray]:
-        """A copy of a `sampling.summarize` dict with the interval's quantiles recalibrated."""
-        low, high = self.apply(summary["median"], summary[low_key], summary[high_key])
-        return {**summary, low_key: low, high_key: high}
+        """A copy of a `sampling.summarize` dict with the interval's quantiles recalibrated and
+        `std` scaled by the same factor, so it stays the spread of the calibrated distribution
+        (median, mean and the raw samples are left as sampled)."""
+        low, high = self.apply(summary["median"], summary[low_key], summary[high_key], tasks)
+        with np.errstate(over="ignore", invalid="ignore"):
+            std = summary["std"] * self.row_scales(len(low), tasks)
+        return {**summary, low_key: low, high_key: high, "std": std}
 
 
 def conformity_scores(
@@ -60,25 +87,47 @@ def conformity_scores(
     return np.where(y < m, (m - y) / below, (y - m) / above)
 
 
+def _conformal_quantile(scores: np.ndarray, nominal: float) -> float:
+    """The k-th smallest score, k = ceil((n + 1) * nominal) (the finite-sample correction)."""
+    ordered = np.sort(scores)
+    k = min(len(ordered), math.ceil((len(ordered) + 1) * nominal))
+    # A hair above the k-th score: rebuilding that record's bound from the scale must still
+    # cover it despite floating-point rounding.
+    return float(ordered[k - 1]) * (1 + 1e-9)
+
+
 def fit_interval_scale(
     y_true: np.ndarray,
     median: np.ndarray,
     low: np.ndarray,
     high: np.ndarray,
     nominal: float = 0.8,
+    tasks: Sequence[str] | None = None,
+    min_task_records: int | None = None,
 ) -> IntervalScale:
     """The split-conformal scale from validation truths and their sampled median/low/high [N].
 
-    Records with any non-finite value are left out (they carry no distance to learn from).
+    With `tasks` and `min_task_records`, each task with at least that many finite records also
+    gets its own scale (Mondrian conformal). Records with any non-finite value are left out (they
+    carry no distance to learn from).
     """
     arrays = [np.asarray(a, dtype=float) for a in (y_true, median, low, high)]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
-    scores = np.sort(conformity_scores(*(a[ok] for a in arrays)))
-    n = len(scores)
-    if n == 0:
+    scores = conformity_scores(*(a[ok] for a in arrays))
+    if len(scores) == 0:
         raise ValueError("no finite validation records to calibrate on")
-    # The finite-sample correction: the k-th smallest score, k = ceil((n + 1) * nominal).
-    k = min(n, math.ceil((n + 1) * nominal))
-    # A hair above the k-th score: rebuilding that record's bound from the scale must still
-    # cover it despite floating-point rounding.
-    return IntervalScale(scale=float(scores[k - 1]) * (1 + 1e-9), nominal=nominal, n_fit=n)
+    by_task: dict[str, float] = {}
+    if tasks is not None and min_task_records is not None:
+        # A task's own quantile needs k <= n, i.e. n >= nominal / (1 - nominal) records.
+        floor = max(min_task_records, math.ceil(nominal / (1 - nominal)))
+        names = np.asarray([str(t) for t in tasks])[ok]
+        for task in np.unique(names):
+            mine = scores[names == task]
+            if len(mine) >= floor:
+                by_task[str(task)] = _conformal_quantile(mine, nominal)
+    return IntervalScale(
+        scale=_conformal_quantile(scores, nominal),
+        nominal=nominal,
+        n_fit=len(scores),
+        by_task=by_task,
+    )

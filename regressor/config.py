@@ -155,6 +155,9 @@ class TrainConfig(Frozen):
     precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
     val_every_steps: int = Field(200, ge=1)
     early_stopping_patience: int = Field(5, ge=1)
+    # Exponential moving average of the weights (Lightning's EMAWeightAveraging), from the end of
+    # warmup: validation, checkpoints and the returned model use the average. null: off.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
     # last.ckpt is refreshed this often (train steps), so a killed run loses at most this many.
@@ -174,6 +177,9 @@ class EvalConfig(Frozen):
     # Split-conformal rescaling of the q10..q90 interval, fitted on the validation split and
     # shipped in the model bundle (regressor.calibration); false keeps the raw sampled quantiles.
     conformal: bool = True
+    # Mondrian conformal: a task with at least this many validation records gets its own scale,
+    # so the spread grows on the tasks the model predicts worse; null: one pooled scale only.
+    conformal_task_min_records: int | None = Field(8, ge=1)
 
 
 class AdaptConfig(Frozen):

@@ -92,7 +92,7 @@ def evaluate_model(
     predictor: Predictor, examples: Examples, cfg: EvalConfig
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     summary = predictor.predict_texts(
-        examples.texts, cfg.num_samples, cfg.temperature, cfg.quantiles
+        examples.texts, cfg.num_samples, cfg.temperature, cfg.quantiles, tasks=examples.tasks
     )
     return evaluate_predictions(examples.targets, summary), summary
 
@@ -255,7 +255,13 @@ def _train_and_register(
             resume=True,
         )
         if app.eval.conformal:
-            scale = predictor.calibrate(val.texts, val.targets, app.eval.num_samples)
+            scale = predictor.calibrate(
+                val.texts,
+                val.targets,
+                app.eval.num_samples,
+                val.tasks,
+                app.eval.conformal_task_min_records,
+            )
             if np.isfinite(scale):
                 mlflow.log_metric("conformal_interval_scale", scale)
         model_metrics, summary = evaluate_model(predictor, test, app.eval)

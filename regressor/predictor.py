@@ -153,12 +153,15 @@ class Predictor:
         temperature: float = 1.0,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         seed: int = 0,
+        tasks: Sequence[str | None] | None = None,
     ) -> dict[str, np.ndarray]:
+        """Sample summaries per text; the shipped conformal scale, if any, recalibrates q10/q90
+        and std (each text's task's own scale when `tasks` names one it was fitted for)."""
         samples = self.sample_texts(texts, num_samples, temperature, seed=seed)
         summary = summarize(samples, quantiles)
         scale = self.interval_scale()
         if scale is not None and {"q10", "q90"} <= summary.keys():
-            summary = scale.apply_summary(summary)
+            summary = scale.apply_summary(summary, tasks)
         summary["samples"] = samples
         return summary
 
@@ -167,13 +170,23 @@ class Predictor:
         fitted = self.metadata.get("interval_scale")
         return None if fitted is None else IntervalScale(**fitted)
 
-    def calibrate(self, texts: Sequence[str], targets: np.ndarray, num_samples: int) -> float:
-        """Fit the q10..q90 conformal scale on held-out (validation) records and keep
-        it in `metadata`, so it ships in the bundle. Returns the scale (1.0: already calibrated)."""
+    def calibrate(
+        self,
+        texts: Sequence[str],
+        targets: np.ndarray,
+        num_samples: int,
+        tasks: Sequence[str] | None = None,
+        min_task_records: int | None = None,
+    ) -> float:
+        """Fit the q10..q90 conformal scale on held-out (validation) records, per task too when
+        `tasks` and `min_task_records` are given, and keep it in `metadata` so it ships in the
+        bundle. Returns the pooled scale (1.0: already calibrated)."""
         self.metadata.pop("interval_scale", None)
         raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9))
         try:
-            scale = fit_interval_scale(targets, raw["median"], raw["q10"], raw["q90"], nominal=0.8)
+            scale = fit_interval_scale(
+                targets, raw["median"], raw["q10"], raw["q90"], 0.8, tasks, min_task_records
+            )
         except ValueError:  # no finite prediction to learn from (an untrained model): raw bounds
             return float("nan")
         self.metadata["interval_scale"] = asdict(scale)

@@ -3,7 +3,9 @@
 Input: a DataFrame of records, either ready `text` or the raw fields `task`, `period`, `config`,
 `logs` (mappings or JSON strings). Output: one row per input with the median, mean and std of the
 sampled decodes and one `p<percent>` column per requested quantile (default p10, p90); with
-`return_samples` also a `samples` column holding each row's list of decoded values.
+`return_samples` also a `samples` column holding each row's list of decoded values. The interval
+and std are recalibrated by the conformal scale in the bundle: a row's `task`, when given, picks
+that task's own scale if validation fitted one.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def texts_of(frame: pd.DataFrame, text_of: Callable[[dict], str]) -> list[str]:
     ]
 
 
+def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
+    """Per row its `task` (it picks the task's conformal scale), or None without the column."""
+    if "task" not in frame.columns:
+        return None
+    return [str(t) if _present(t) else None for t in frame["task"]]
+
+
 def checked_quantiles(values: Sequence[float]) -> tuple[float, ...]:
     quantiles = tuple(float(q) for q in values)
     if not all(0.0 <= q <= 1.0 for q in quantiles):
@@ -98,13 +107,15 @@ class TextperfModel(PythonModel):
     ) -> pd.DataFrame:
         params = {**DEFAULT_PARAMS, **(params or {})}
         quantiles = checked_quantiles(params["quantiles"])
-        texts = texts_of(pd.DataFrame(model_input), self.predictor.text_of)
+        frame = pd.DataFrame(model_input)
+        texts = texts_of(frame, self.predictor.text_of)
         summary = self.predictor.predict_texts(
             texts,
             num_samples=int(params["num_samples"]),
             temperature=float(params["temperature"]),
             quantiles=quantiles,
             seed=int(params["seed"]),
+            tasks=tasks_of(frame),
         )
         return output_frame(summary, quantiles, bool(params["return_samples"]))
 

@@ -12,6 +12,7 @@ METRICS = (
     "interval_coverage",
     "uncertainty_spearman",
     "uncertainty_spearman_relative",
+    "uncertainty_spearman_samples",
 )
 
 

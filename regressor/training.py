@@ -16,7 +16,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -289,6 +294,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self._last_global_step_saved = saved_at
 
 
+def _averaging(cfg: TrainConfig) -> list[Callback]:
+    """The EMA callback when configured; it starts after warmup, when the weights stop rushing."""
+    if cfg.ema_decay is None:
+        return []
+    return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
+
+
+def _early_stopping(cfg: TrainConfig) -> EarlyStopping:
+    return EarlyStopping("val_loss", patience=cfg.early_stopping_patience)
+
+
 @dataclass(frozen=True)
 class FitResult:
     steps: int
@@ -336,7 +352,7 @@ def fit(
         gradient_clip_val=cfg.grad_clip,
         val_check_interval=min(cfg.val_every_steps, len(train_data) // cfg.batch_size or 1),
         check_val_every_n_epoch=None,
-        callbacks=[checkpoint, EarlyStopping("val_loss", patience=cfg.early_stopping_patience)],
+        callbacks=[checkpoint, *_averaging(cfg), _early_stopping(cfg)],
         logger=logger,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,

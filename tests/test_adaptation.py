@@ -13,13 +13,21 @@ import torch
 from mlflow import MlflowClient
 
 from regressor import pipeline, registry
-from regressor.adaptation import fine_tune, freeze_for, split_shots, train_from_scratch
+from regressor.adaptation import (
+    adaptation_train_config,
+    fine_tune,
+    freeze_for,
+    scratch_train_config,
+    split_shots,
+    train_from_scratch,
+)
 from regressor.config import (
     AdaptConfig,
     AppConfig,
     CodecConfig,
     EvalConfig,
     ResolvedPaths,
+    TrainConfig,
     load_model_config,
     load_train_config,
 )
@@ -152,3 +160,20 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
     out = loaded.predict(pd.DataFrame({"text": shots.texts[:2]}), params={"num_samples": 3})
     assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
+
+
+@pytest.mark.parametrize("n_train", [8, 40, 96, 5000])
+def test_patience_spans_the_same_steps_however_few_the_shots(n_train: int) -> None:
+    """On a few shots `fit` validates every epoch: patience is re-counted in those validations,
+    so fine-tuning and the from-scratch reference never stop after a handful of steps."""
+    base = TrainConfig(batch_size=16, val_every_steps=100, early_stopping_patience=10)
+    adapt = AdaptConfig(max_steps=300)
+    for cfg, intended in (
+        (adaptation_train_config(base, adapt, n_train), 60 * 10),  # every max_steps // 5
+        (scratch_train_config(base, adapt, n_train), 100 * 10),
+    ):
+        real_interval = min(cfg.val_every_steps, n_train // cfg.batch_size or 1)
+        assert cfg.early_stopping_patience * real_interval >= intended
+        assert cfg.early_stopping_patience >= base.early_stopping_patience
+    with_ema = base.model_copy(update={"ema_decay": 0.99})
+    assert adaptation_train_config(with_ema, adapt, 40).ema_decay is None

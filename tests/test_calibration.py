@@ -107,3 +107,84 @@ def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
     ok = np.isfinite(raw["median"]) & np.isfinite(expected)
     assert ok.any()
     np.testing.assert_allclose((calibrated["median"] - calibrated["q10"])[ok], expected[ok])
+
+
+def two_tasks(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """The samples of both tasks spread by 0.3 around the model's centre; task `easy`'s truths
+    scatter that much, task `hard`'s 3x more: a model as sure where it errs as where it does not."""
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(1, 5, 2 * n)
+    y = mu + np.repeat([0.3, 0.9], n) * rng.standard_normal(2 * n)
+    samples = mu[:, None] + 0.3 * rng.standard_normal((2 * n, 64))
+    return y, summarize(samples), ["easy"] * n + ["hard"] * n
+
+
+def per_task_coverage(y, summary, tasks) -> dict[str, float]:
+    names = np.asarray(tasks)
+    return {
+        t: coverage(y[names == t], {k: v[names == t] for k, v in summary.items()}) for t in {*tasks}
+    }
+
+
+def test_per_task_scales_fix_each_tasks_coverage_and_rank_the_errors() -> None:
+    y_val, val, tasks_val = two_tasks(1000, seed=5)
+    y_test, test, tasks_test = two_tasks(2000, seed=6)
+    pooled = fit_interval_scale(y_val, val["median"], val["q10"], val["q90"])
+    mondrian = fit_interval_scale(
+        y_val, val["median"], val["q10"], val["q90"], tasks=tasks_val, min_task_records=8
+    )
+    assert pooled.by_task == {}
+    assert mondrian.by_task["hard"] > 2 * mondrian.by_task["easy"]
+    pooled_cov = per_task_coverage(y_test, pooled.apply_summary(test, tasks_test), tasks_test)
+    assert pooled_cov["easy"] > 0.9  # one scale fits neither task
+    assert pooled_cov["hard"] < 0.7
+    out = mondrian.apply_summary(test, tasks_test)
+    for task, value in per_task_coverage(y_test, out, tasks_test).items():
+        assert abs(value - 0.8) < 0.04, task
+    before = uncertainty_metrics(y_test, test["median"], test["q10"], test["q90"], test["std"])
+    after = uncertainty_metrics(y_test, out["median"], out["q10"], out["q90"], out["std"])
+    assert before["uncertainty_spearman"] < 0.1
+    assert after["uncertainty_spearman"] > 0.3
+    rows = mondrian.row_scales(len(y_test), tasks_test)
+    np.testing.assert_allclose(out["std"], test["std"] * rows)
+
+
+def test_tasks_without_enough_records_or_unseen_use_the_pooled_scale() -> None:
+    y, summary, tasks = two_tasks(30, seed=7)
+    tasks = tasks[:30] + ["hard"] * 5 + ["rare"] * 25  # `hard` keeps 5 records: below 8
+    scale = fit_interval_scale(
+        y, summary["median"], summary["q10"], summary["q90"], tasks=tasks, min_task_records=8
+    )
+    assert set(scale.by_task) == {"easy", "rare"}
+    rows = scale.row_scales(3, ["hard", "never-seen", None])
+    np.testing.assert_array_equal(rows, np.full(3, scale.scale))
+    np.testing.assert_array_equal(scale.row_scales(2), np.full(2, scale.scale))
+
+
+def test_predictor_ships_per_task_scales_and_picks_them_by_task(tmp_path):
+    """Per-task scales survive save/load; a row's task picks its scale for q10/q90 and std."""
+    import torch
+
+    from regressor.config import CodecConfig, load_model_config
+    from regressor.predictor import Predictor
+    from regressor.vocab import InputTokenizer
+
+    torch.manual_seed(0)
+    texts = [f"load={v}\nqueue={v % 7}" for v in range(40)]
+    predictor = Predictor.create(
+        load_model_config("tiny"),
+        CodecConfig(exponent_min=-3, exponent_max=3),  # an untrained model's samples stay finite
+        InputTokenizer.train(texts, vocab_size=300),
+    )
+    tasks = ["a"] * 16 + ["b"] * 16
+    targets = np.concatenate([np.linspace(1, 2, 16), np.linspace(1, 900, 16)])
+    predictor.calibrate(texts[8:], targets, 16, tasks, min_task_records=8)
+    loaded = Predictor.load(predictor.save(tmp_path / "bundle"))
+    scale = loaded.interval_scale()
+    assert set(scale.by_task) == {"a", "b"}
+    assert len({scale.by_task["a"], scale.by_task["b"], scale.scale}) == 3
+    out = loaded.predict_texts(texts[:4], num_samples=16, tasks=["b", "b", "a", None])
+    raw = summarize(out["samples"])  # the uncalibrated summary of the same samples
+    want = np.array([scale.by_task["b"], scale.by_task["b"], scale.by_task["a"], scale.scale])
+    np.testing.assert_allclose(out["median"] - out["q10"], want * (raw["median"] - raw["q10"]))
+    np.testing.assert_allclose(out["std"], want * raw["std"])

@@ -105,3 +105,19 @@ def test_fit_resumes_from_the_saved_step_after_sigkill(tmp_path: Path) -> None:
     steps = logged.filter(pl.col("train_loss").is_not_null())["step"]
     assert len(steps) > 0
     assert steps.min() >= killed_at
+
+
+def test_ema_weights_are_validated_checkpointed_and_returned(tmp_path: Path) -> None:
+    """With `ema_decay` the best checkpoint holds the averaged weights (the raw ones ride along
+    for resuming) and `fit` returns the model with the averaged weights loaded."""
+    cfg = train_config(30).model_copy(update={"ema_decay": 0.9, "val_every_steps": 10})
+    predictor = toy_predictor()
+    result = fit(predictor, *toy_data(), cfg, tmp_path, resume=False)
+    assert result.steps == 30
+    saved = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert {"current_model_state", "averaging_state"} <= saved.keys()
+    returned = {f"model.{k}": v for k, v in predictor.model.state_dict().items()}
+    for name, value in saved["state_dict"].items():
+        torch.testing.assert_close(returned[name], value)
+    raw = saved["current_model_state"]
+    assert any(not torch.equal(raw[k], v) for k, v in saved["state_dict"].items())
