@@ -131,11 +131,15 @@ def budget_config(minutes: float, seed: int, base: str = "demo") -> TrainConfig:
     )
 
 
-def steps_for(model: str, cfg: TrainConfig, mean_tokens: float) -> int:
+def steps_for(model: str, cfg: TrainConfig, tokens_per_input: float) -> int:
     """How many steps fit in the time budget, so the cosine decay ends about when time does."""
     fixed, tokens_per_s = STEP_COST.get(model, STEP_COST["small"])
-    seconds = fixed + cfg.batch_size * mean_tokens / tokens_per_s
+    seconds = fixed + cfg.batch_size * tokens_per_input / tokens_per_s
     return max(200, int(cfg.max_minutes * 60 / seconds))
+
+
+def mean_tokens(predictor: Predictor, texts: list[str]) -> float:
+    return float(np.mean([len(ids) for ids in predictor.encode_texts(texts)]))
 
 
 def train_textperf(
@@ -145,15 +149,23 @@ def train_textperf(
     train_cfg: TrainConfig,
     ckpt: Path,
     priority: tuple[str, ...],
+    max_input_tokens: int | None = None,
+    split_digits: bool = True,
 ) -> tuple[Predictor, FitResult]:
-    """A tokenizer and model from scratch on `train`; early stopping on `val`."""
+    """A tokenizer and model from scratch on `train`; early stopping on `val`.
+
+    `max_input_tokens` and `split_digits` override the model config's input budget and the
+    tokenizer's digit splitting (the sequence-length and tokenization ablations).
+    """
     model_cfg = load_model_config(model)
+    if max_input_tokens is not None:
+        model_cfg = model_cfg.model_copy(update={"max_input_tokens": max_input_tokens})
     torch.manual_seed(train_cfg.seed)
-    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size)
+    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size, split_digits)
     codec = codec_for(np.concatenate([train.targets, val.targets]))
     predictor = Predictor.create(model_cfg, codec, tokenizer, priority)
-    mean_tokens = float(np.mean([len(ids) for ids in predictor.encode_texts(train.texts)]))
-    max_steps = steps_for(model, train_cfg, mean_tokens)
+    mean_train_tokens = mean_tokens(predictor, train.texts)
+    max_steps = steps_for(model, train_cfg, mean_train_tokens)
     # Patience of half the budget: while the LR is high the val loss is noisy, and the low-LR end
     # of the cosine decay is where a short run gains most (with the demo's patience of 1,000
     # steps, an 8-minute c3o run stopped at a third of its budget).
@@ -161,7 +173,7 @@ def train_textperf(
     train_cfg = train_cfg.model_copy(
         update={"max_steps": max_steps, "early_stopping_patience": patience}
     )
-    print(f"mean_input_tokens: {mean_tokens:.0f}\nmax_steps: {train_cfg.max_steps}", flush=True)
+    print(f"mean_input_tokens: {mean_train_tokens:.0f}\nmax_steps: {max_steps}", flush=True)
     logger = CSVLogger(ckpt, name="", version="")  # <ckpt>/metrics.csv: the loss curves
     result = fit(
         predictor,
@@ -292,8 +304,8 @@ def run(args: argparse.Namespace) -> None:
     records = load_records(args.dataset, out)
     sides = sides_of(args.dataset, records, args.seed, out)
     priority = tuple(load_source_config(SOURCES[args.dataset]).section_priority)
-    model_cfg = load_model_config(args.model)
-    parts = make_parts(records, sides, priority, model_cfg.max_input_tokens)
+    budget = args.max_input_tokens or load_model_config(args.model).max_input_tokens
+    parts = make_parts(records, sides, priority, budget)
     d = args.dataset
     print(f"{d}_n_train: {len(parts.train)}\n{d}_n_val: {len(parts.val)}")
     print(f"{d}_n_test: {len(parts.test)}", flush=True)
@@ -307,8 +319,20 @@ def run(args: argparse.Namespace) -> None:
 
     cfg = budget_config(args.minutes, args.seed)
     run_name = f"{d}_{args.model}_{args.minutes:g}min_seed{args.seed}"
+    run_name += f"_in{args.max_input_tokens}" if args.max_input_tokens else ""
+    run_name += "_whole_numbers" if args.whole_numbers else ""
     ckpt = out / "checkpoints" / run_name
-    predictor, fitted = train_textperf(args.model, parts.train, parts.val, cfg, ckpt, priority)
+    predictor, fitted = train_textperf(
+        args.model,
+        parts.train,
+        parts.val,
+        cfg,
+        ckpt,
+        priority,
+        args.max_input_tokens,
+        split_digits=not args.whole_numbers,
+    )
+    print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")
     summary = predictor.predict_texts(parts.test.texts, num_samples=args.samples, seed=args.seed)
     metrics = evaluate_predictions(y, summary)
     emit(f"{d}_textperf", metrics, POINT + UNCERTAINTY)
@@ -330,6 +354,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=32, help="decodes per test input")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ablation = parser.add_argument_group("ablations (textperf only; the peers are unchanged)")
+    ablation.add_argument(
+        "--max-input-tokens", type=int, default=None, help="input budget instead of the model's"
+    )
+    ablation.add_argument(
+        "--whole-numbers",
+        action="store_true",
+        help="let the tokenizer merge digits (frequent numbers become one token)",
+    )
     return parser.parse_args()
 
 

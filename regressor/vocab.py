@@ -28,22 +28,23 @@ class InputTokenizer:
         self._max_token_chars: int | None = None
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> InputTokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, split_digits: bool = True
+    ) -> InputTokenizer:
         """BPE merges learnt from `texts`; at most `vocab_size` ids including `<pad>`.
 
         The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
+        `split_digits=False` lets merges take in digits too (frequent numbers become one token):
+        only for the tokenization ablation (`bench/accuracy.py --whole-numbers`).
         """
         if vocab_size < 257 + 1:
             raise ValueError("vocab_size must cover the 256 bytes and <pad>")
         tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                # No word-splitting regex: a whole key path such as "\nvalues.cpu.mean=" may
-                # become one token, which halves the length of config-and-log text.
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+        # No word-splitting regex: a whole key path such as "\nvalues.cpu.mean=" may become one
+        # token, which halves the length of config-and-log text.
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - 1,  # the last id is <pad>

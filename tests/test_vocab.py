@@ -61,3 +61,16 @@ def test_save_load_is_identical(tokenizer: InputTokenizer, tmp_path: Path) -> No
 def test_rejects_a_vocabulary_without_room_for_bytes() -> None:
     with pytest.raises(ValueError, match="256 bytes"):
         InputTokenizer.train(CORPUS, vocab_size=200)
+
+
+def test_whole_numbers_ablation_merges_frequent_numbers() -> None:
+    """`split_digits=False` (the tokenization ablation) lets BPE merge a frequent number, which
+    the default never does: there every digit stays its own token."""
+    texts = ["cores=2048 mem=4096"] * 50
+    split = InputTokenizer.train(texts, vocab_size=300)
+    whole = InputTokenizer.train(texts, vocab_size=300, split_digits=False)
+    digits = [split.decode([i]) for i in split.encode_batch(["2048"], 64)[0]]
+    assert digits == ["2", "0", "4", "8"]
+    assert len(whole.encode_batch(["cores=2048"], 64)[0]) < len(
+        split.encode_batch(["cores=2048"], 64)[0]
+    )
