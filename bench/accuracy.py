@@ -31,9 +31,11 @@ predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,15 +75,8 @@ UNCERTAINTY = (
     "uncertainty_spearman_relative",
     "uncertainty_spearman_samples",
 )
-# Rough cost of a training step on one busy thread: (fixed seconds, input tokens a second), fitted
-# on c3o (39 tokens/input: 0.13 s/step) and lumos (488 tokens/input: 0.6 s/step) for `small`. Used
-# only to size the cosine schedule, so the learning rate has decayed when the time budget ends.
-STEP_COST = {
-    "tiny": (0.05, 1.2e5),
-    "mini": (0.07, 3.5e4),
-    "small": (0.09, 1.5e4),
-    "base": (0.5, 1e3),
-}
+# Steps of the two probe fits that time a training step before the real one (`steps_for`).
+PROBE_STEPS = (20, 60)
 
 
 def load_records(dataset: str, out: Path) -> pl.DataFrame:
@@ -131,11 +126,34 @@ def budget_config(minutes: float, seed: int, base: str = "demo") -> TrainConfig:
     )
 
 
-def steps_for(model: str, cfg: TrainConfig, tokens_per_input: float) -> int:
-    """How many steps fit in the time budget, so the cosine decay ends about when time does."""
-    fixed, tokens_per_s = STEP_COST.get(model, STEP_COST["small"])
-    seconds = fixed + cfg.batch_size * tokens_per_input / tokens_per_s
-    return max(200, int(cfg.max_minutes * 60 / seconds))
+def steps_for(
+    predictor: Predictor, train: Examples, val: Examples, cfg: TrainConfig, ckpt: Path
+) -> int:
+    """How many steps fit in the time budget, so the cosine decay ends about when time does.
+
+    Two throwaway copies of the model train `PROBE_STEPS` steps on this machine, now; the time
+    between them is the cost of a step without the fit's setup, so the estimate follows the
+    input lengths, the model size and the load of the moment (a fixed cost table sized an
+    8-minute c3o run at 5,459 steps, which then took 2.6 minutes).
+    """
+    seconds = []
+    for steps in PROBE_STEPS:
+        probe_cfg = cfg.model_copy(
+            update={"max_steps": steps, "ema_decay": None, "progress_bar": False}
+        )
+        probe = fit(
+            copy.deepcopy(predictor),
+            (train.texts, train.targets),
+            (val.texts[:1], val.targets[:1]),
+            probe_cfg,
+            ckpt / "probe",
+            resume=False,
+        )
+        shutil.rmtree(ckpt / "probe", ignore_errors=True)
+        seconds.append(probe.seconds)
+    per_step = max(1e-4, (seconds[1] - seconds[0]) / (PROBE_STEPS[1] - PROBE_STEPS[0]))
+    print(f"probe_seconds_per_step: {per_step:.4f}", flush=True)
+    return max(200, int(cfg.max_minutes * 60 / per_step))
 
 
 def mean_tokens(predictor: Predictor, texts: list[str]) -> float:
@@ -165,7 +183,7 @@ def train_textperf(
     codec = codec_for(np.concatenate([train.targets, val.targets]))
     predictor = Predictor.create(model_cfg, codec, tokenizer, priority)
     mean_train_tokens = mean_tokens(predictor, train.texts)
-    max_steps = steps_for(model, train_cfg, mean_train_tokens)
+    max_steps = steps_for(predictor, train, val, train_cfg, ckpt)
     # Patience of half the budget: while the LR is high the val loss is noisy, and the low-LR end
     # of the cosine decay is where a short run gains most (with the demo's patience of 1,000
     # steps, an 8-minute c3o run stopped at a third of its budget).
@@ -361,7 +379,7 @@ def parse_args() -> argparse.Namespace:
     ablation.add_argument(
         "--whole-numbers",
         action="store_true",
-        help="let the tokenizer merge digits (frequent numbers become one token)",
+        help="keep digit runs whole in the tokenizer (frequent numbers become one token)",
     )
     return parser.parse_args()
 

@@ -8,10 +8,13 @@ Spearman between each record's absolute error and its spread, with:
 
 - `spread_samples`: the raw std of the samples;
 - `spread_pooled`: std scaled by one split-conformal factor fitted on validation (a rank no-op);
-- `spread_per_task`: std scaled by each task's own conformal factor (Mondrian, the default);
+- `spread_per_task`: std scaled by each task's own conformal factor (Mondrian; here every task
+  with at least `--min-task-records` validation records, whatever the config says);
 
-and each one's 10-90% coverage (`coverage_<same>`). Two reference figures bound what those can
-reach, computed from the test errors themselves (never used by the model, only for comparison):
+and each one's 10-90% coverage (`coverage_<same>`) and the mean absolute gap between a task's
+coverage and the nominal 0.8 (`coverage_task_gap_<same>`: what per-task scales are for). Two
+reference figures bound what those can reach, computed from the test errors themselves (never
+used by the model, only for comparison):
 
 - `bound_task_oracle`: the spread of every record set to its task's mean absolute *test* error,
   i.e. the best any spread that is constant within a task could do;
@@ -42,6 +45,13 @@ def task_oracle(errors: np.ndarray, tasks: list[str]) -> float:
     return rank_correlations(errors, np.array([means[t] for t in names]))["spearman"]
 
 
+def task_coverage_gap(y: np.ndarray, summary: dict[str, np.ndarray], tasks: list[str]) -> float:
+    """Mean over tasks of |coverage of the task's 10-90% intervals - 0.8|."""
+    names = np.asarray(tasks)
+    inside = (y >= summary["q10"]) & (y <= summary["q90"])
+    return float(np.mean([abs(inside[names == t].mean() - 0.8) for t in np.unique(names)]))
+
+
 def self_consistent(samples: np.ndarray, rng: np.random.Generator, repeats: int = 20) -> float:
     """Mean Spearman of spread vs error when the truth is one of the record's own samples."""
     half = samples.shape[1] // 2
@@ -62,6 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="models:/textperf@champion")
     parser.add_argument("--samples", type=int, default=32, help="decodes per record")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-task-records", type=int, default=8)
     args = parser.parse_args()
 
     app = load_app_config(args.config, var_dir=args.var_dir.resolve())
@@ -80,7 +91,7 @@ def main() -> None:
         "samples": None,
         "pooled": fit_interval_scale(val.targets, v["median"], v["q10"], v["q90"]),
         "per_task": fit_interval_scale(
-            val.targets, v["median"], v["q10"], v["q90"], 0.8, val.tasks, 8
+            val.targets, v["median"], v["q10"], v["q90"], 0.8, val.tasks, args.min_task_records
         ),
     }
     for name, scale in fits.items():
@@ -88,6 +99,7 @@ def main() -> None:
         m = uncertainty_metrics(test.targets, out["median"], out["q10"], out["q90"], out["std"])
         print(f"spread_{name}: {m['uncertainty_spearman']:.4f}")
         print(f"coverage_{name}: {m['interval_coverage']:.4f}")
+        print(f"coverage_task_gap_{name}: {task_coverage_gap(test.targets, out, test.tasks):.4f}")
     errors = np.abs(t["median"] - test.targets)
     samples = predictor.sample_texts(test.texts, 2 * args.samples, seed=args.seed + 1)
     print(f"bound_task_oracle: {task_oracle(errors, test.tasks):.4f}")

@@ -177,9 +177,10 @@ class EvalConfig(Frozen):
     # Split-conformal rescaling of the q10..q90 interval, fitted on the validation split and
     # shipped in the model bundle (regressor.calibration); false keeps the raw sampled quantiles.
     conformal: bool = True
-    # Mondrian conformal: a task with at least this many validation records gets its own scale,
-    # so the spread grows on the tasks the model predicts worse; null: one pooled scale only.
-    conformal_task_min_records: int | None = Field(8, ge=1)
+    # Mondrian conformal: a task with at least this many validation records gets its own scale
+    # (null: one pooled scale only). With the demo's 10 records a cell, per-cell scales were too
+    # noisy: they widened the gap between each cell's coverage and 80% (bench/spread.py, README).
+    conformal_task_min_records: int | None = Field(30, ge=1)
 
 
 class AdaptConfig(Frozen):

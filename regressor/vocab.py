@@ -34,8 +34,9 @@ class InputTokenizer:
         """BPE merges learnt from `texts`; at most `vocab_size` ids including `<pad>`.
 
         The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
-        `split_digits=False` lets merges take in digits too (frequent numbers become one token):
-        only for the tokenization ablation (`bench/accuracy.py --whole-numbers`).
+        `split_digits=False` keeps each run of digits whole before BPE, so merges inside it can make
+        a frequent number one token (but never join digits to letters): only for the tokenization
+        ablation (`bench/accuracy.py --whole-numbers`).
         """
         if vocab_size < 257 + 1:
             raise ValueError("vocab_size must cover the 256 bytes and <pad>")
@@ -43,8 +44,8 @@ class InputTokenizer:
         # No word-splitting regex: a whole key path such as "\nvalues.cpu.mean=" may become one
         # token, which halves the length of config-and-log text.
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
+        digits = pre_tokenizers.Digits(individual_digits=split_digits)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level])
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - 1,  # the last id is <pad>
