@@ -2,7 +2,8 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/deepperf_protocol.py [--systems x264 LLVM ...] \
         [--reps 30] [--textperf-systems x264 LLVM BDBC Apache] [--textperf-size 3] \
-        [--textperf-reps 3] [--minutes 1] [--model small] [--seed 0]
+        [--textperf-reps 3] [--minutes 1] [--model small] [--seed 0] \
+        [--recipe scratch|pretrain] [--pretrain-minutes 3]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -18,7 +19,9 @@ The records come from the project's `deepperf` source (`conf/sources/deepperf.ya
 
 Peers, all systems and sizes: LightGBM (the project's baseline, raw target), LightGBM on log target
 and XGBoost on log target, on the option columns. textperf (small budget, `--minutes` per fit, the
-last 20% of the sample stops training early) on `--textperf-systems` at `--textperf-size` x n for
+last 20% of the sample stops training early; `--recipe pretrain` first pretrains one model per
+system on all the other systems' records for `--pretrain-minutes`, then fine-tunes every weight
+on each repetition's sample) on `--textperf-systems` at `--textperf-size` x n for
 `--textperf-reps` repetitions. Prints `deepperf_<sys>_<size>_<model>_mre: value` lines and the
 published `..._deepperf_published_mre` / `..._decart_published_mre` beside them.
 """
@@ -34,10 +37,13 @@ import numpy as np
 import polars as pl
 import torch
 from accuracy import DEFAULT_OUT, budget_config, load_records, train_textperf
+from c3o_fewshot import pretrain
 
 from regressor import baselines, tabular
-from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
+from regressor.adaptation import fine_tune
+from regressor.config import PROJECT_ROOT, AdaptConfig, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
+from regressor.predictor import Predictor
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
 # System -> (number of options, index file stem or None, sample sizes).
@@ -157,19 +163,40 @@ def run_tabular(system: str, examples: Examples, args: argparse.Namespace) -> No
         emit_published(prefix, system, k)
 
 
-def run_textperf(system: str, examples: Examples, args: argparse.Namespace, out: Path) -> None:
+def textperf_fit(
+    base: Predictor | None,
+    sample: Examples,
+    args: argparse.Namespace,
+    rep: int,
+    ckpt: Path,
+    priority: tuple[str, ...],
+) -> Predictor:
+    """From scratch (`base` None) or `base` with every weight fine-tuned on the sample; either
+    way the sample's last fifth stops training early."""
+    cfg = budget_config(args.minutes, args.seed + rep)
+    if base is not None:
+        adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=args.minutes, val_fraction=0.2)
+        return fine_tune(base, sample, adapt, cfg, ckpt)[0]
+    cut = max(1, round(len(sample) * 0.8))
+    train, val = sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
+    return train_textperf(args.model, train, val, cfg, ckpt, priority)[0]
+
+
+def run_textperf(
+    system: str, examples: Examples, others: pl.DataFrame, args: argparse.Namespace, out: Path
+) -> None:
     k = min(args.textperf_size, len(SYSTEMS[system][2])) - 1
     size = SYSTEMS[system][2][k]
     priority = tuple(load_source_config("deepperf").section_priority)
+    base = None
+    if args.recipe == "pretrain":
+        base = pretrain(others, args, priority, out / "checkpoints" / f"deepperf_{system}_pretrain")
     values = []
     for rep in range(args.textperf_reps):
         rows = training_rows(system, size, rep, len(examples), args.seed)
-        cut = max(1, round(len(rows) * 0.8))
-        train, val = examples.take(rows[:cut]), examples.take(rows[cut:])
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
-        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{rep}"
-        cfg = budget_config(args.minutes, args.seed + rep)
-        predictor, _ = train_textperf(args.model, train, val, cfg, ckpt, priority)
+        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}_{rep}"
+        predictor = textperf_fit(base, examples.take(rows), args, rep, ckpt, priority)
         summary = predictor.predict_texts(test.texts, num_samples=32, seed=rep)
         values.append(mre(test.targets, summary["median"]))
         print(f"deepperf_{system}_{size}_textperf_rep{rep}_mre: {values[-1]:.2f}", flush=True)
@@ -190,6 +217,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse and checkpoints")
+    parser.add_argument(
+        "--recipe",
+        choices=("scratch", "pretrain"),
+        default="scratch",
+        help="pretrain: one model per system pretrained on all the OTHER systems' records, then "
+        "every weight fine-tuned on each repetition's sample",
+    )
+    parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     return parser.parse_args()
 
 
@@ -205,7 +240,8 @@ def main() -> None:
         run_tabular(system, examples, args)
     for system in args.textperf_systems:
         examples = to_examples(system_records(records, system), priority, budget)
-        run_textperf(system, examples, args, out)
+        others = records.filter(pl.col("task") != f"{system}_AllNumeric")
+        run_textperf(system, examples, others, args, out)
 
 
 if __name__ == "__main__":
