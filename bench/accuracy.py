@@ -169,15 +169,16 @@ def train_textperf(
     priority: tuple[str, ...],
     max_input_tokens: int | None = None,
     split_digits: bool = True,
+    dropout: float | None = None,
 ) -> tuple[Predictor, FitResult]:
     """A tokenizer and model from scratch on `train`; early stopping on `val`.
 
-    `max_input_tokens` and `split_digits` override the model config's input budget and the
-    tokenizer's digit splitting (the sequence-length and tokenization ablations).
+    `max_input_tokens`, `split_digits` and `dropout` override the model config's input budget,
+    the tokenizer's digit splitting and the dropout rate (the ablations).
     """
     model_cfg = load_model_config(model)
-    if max_input_tokens is not None:
-        model_cfg = model_cfg.model_copy(update={"max_input_tokens": max_input_tokens})
+    overrides = {"max_input_tokens": max_input_tokens, "dropout": dropout}
+    model_cfg = model_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     torch.manual_seed(train_cfg.seed)
     tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size, split_digits)
     codec = codec_for(np.concatenate([train.targets, val.targets]))
@@ -339,6 +340,7 @@ def run(args: argparse.Namespace) -> None:
     run_name = f"{d}_{args.model}_{args.minutes:g}min_seed{args.seed}"
     run_name += f"_in{args.max_input_tokens}" if args.max_input_tokens else ""
     run_name += "_whole_numbers" if args.whole_numbers else ""
+    run_name += f"_dropout{args.dropout:g}" if args.dropout is not None else ""
     ckpt = out / "checkpoints" / run_name
     predictor, fitted = train_textperf(
         args.model,
@@ -349,6 +351,7 @@ def run(args: argparse.Namespace) -> None:
         priority,
         args.max_input_tokens,
         split_digits=not args.whole_numbers,
+        dropout=args.dropout,
     )
     print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")
     summary = predictor.predict_texts(parts.test.texts, num_samples=args.samples, seed=args.seed)
@@ -381,6 +384,7 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="keep digit runs whole in the tokenizer (frequent numbers become one token)",
     )
+    ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
     return parser.parse_args()
 
 
