@@ -82,10 +82,9 @@ def evaluate_predictions(y_true: np.ndarray, summary: dict[str, np.ndarray]) -> 
         )
     )
     if "samples" in summary:
-        raw_std = summarize(summary["samples"], quantiles=())["std"]
-        ok = _finite(y_true, summary["median"], raw_std)
-        error = np.abs(np.asarray(summary["median"])[ok] - np.asarray(y_true, dtype=float)[ok])
-        metrics["uncertainty_spearman_samples"] = rank_correlations(error, raw_std[ok])["spearman"]
+        raw = summarize(summary["samples"], quantiles=(0.1, 0.9))
+        plain = uncertainty_metrics(y_true, raw["median"], raw["q10"], raw["q90"], raw["std"])
+        metrics["uncertainty_spearman_samples"] = plain["uncertainty_spearman"]
     return metrics
 
 

@@ -301,10 +301,6 @@ def _averaging(cfg: TrainConfig) -> list[Callback]:
     return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
 
 
-def _early_stopping(cfg: TrainConfig) -> EarlyStopping:
-    return EarlyStopping("val_loss", patience=cfg.early_stopping_patience)
-
-
 @dataclass(frozen=True)
 class FitResult:
     steps: int
@@ -352,7 +348,11 @@ def fit(
         gradient_clip_val=cfg.grad_clip,
         val_check_interval=min(cfg.val_every_steps, len(train_data) // cfg.batch_size or 1),
         check_val_every_n_epoch=None,
-        callbacks=[checkpoint, *_averaging(cfg), _early_stopping(cfg)],
+        callbacks=[
+            checkpoint,
+            *_averaging(cfg),
+            EarlyStopping("val_loss", patience=cfg.early_stopping_patience),
+        ],
         logger=logger,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
