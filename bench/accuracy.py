@@ -45,11 +45,13 @@ import numpy as np
 import polars as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from samples import chunk_scores
 
 from regressor import baselines, tabular
 from regressor.config import (
     CodecConfig,
     FleetSimConfig,
+    ModelConfig,
     TrainConfig,
     load_model_config,
     load_source_config,
@@ -60,6 +62,7 @@ from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import generate_fleet
 from regressor.plots import predicted_vs_actual
 from regressor.predictor import Predictor
+from regressor.sampling import summarize
 from regressor.sources.dispatch import ingest_source
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
 from regressor.training import FitResult, fit
@@ -160,31 +163,56 @@ def mean_tokens(predictor: Predictor, texts: list[str]) -> float:
     return float(np.mean([len(ids) for ids in predictor.encode_texts(texts)]))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """textperf's knobs in this benchmark: a model config and the ablations on top of it."""
+
+    model: str = "small"  # conf/model/<name>.yaml
+    max_input_tokens: int | None = None  # instead of the model's input budget
+    split_digits: bool = True  # False: the tokenizer keeps digit runs whole
+    dropout: float | None = None  # instead of the model's
+    attention_dropout: float | None = None  # instead of the model's (None: same as dropout)
+
+    def model_config(self) -> ModelConfig:
+        overrides = {
+            "max_input_tokens": self.max_input_tokens,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+        }
+        update = {k: v for k, v in overrides.items() if v is not None}
+        return load_model_config(self.model).model_copy(update=update)
+
+    def run_suffix(self) -> str:
+        """What sets this recipe apart from the model's own, for run names."""
+        suffix = f"_in{self.max_input_tokens}" if self.max_input_tokens else ""
+        suffix += "" if self.split_digits else "_whole_numbers"
+        suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
+        if self.attention_dropout is not None:
+            suffix += f"_attn{self.attention_dropout:g}"
+        return suffix
+
+
 def train_textperf(
-    model: str,
+    recipe: Recipe,
     train: Examples,
     val: Examples,
     train_cfg: TrainConfig,
     ckpt: Path,
     priority: tuple[str, ...],
-    max_input_tokens: int | None = None,
-    split_digits: bool = True,
-    dropout: float | None = None,
-) -> tuple[Predictor, FitResult]:
+    max_steps: int | None = None,
+) -> tuple[Predictor, FitResult, int]:
     """A tokenizer and model from scratch on `train`; early stopping on `val`.
 
-    `max_input_tokens`, `split_digits` and `dropout` override the model config's input budget,
-    the tokenizer's digit splitting and the dropout rate (the ablations).
+    Returns the predictor, the fit and the step plan: `max_steps`, or when None as many steps
+    as fit in the budget (`steps_for`), so ensemble members can share one plan.
     """
-    model_cfg = load_model_config(model)
-    overrides = {"max_input_tokens": max_input_tokens, "dropout": dropout}
-    model_cfg = model_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    model_cfg = recipe.model_config()
     torch.manual_seed(train_cfg.seed)
-    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size, split_digits)
+    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size, recipe.split_digits)
     codec = codec_for(np.concatenate([train.targets, val.targets]))
     predictor = Predictor.create(model_cfg, codec, tokenizer, priority)
     mean_train_tokens = mean_tokens(predictor, train.texts)
-    max_steps = steps_for(predictor, train, val, train_cfg, ckpt)
+    max_steps = max_steps or steps_for(predictor, train, val, train_cfg, ckpt)
     # Patience of half the budget: while the LR is high the val loss is noisy, and the low-LR end
     # of the cosine decay is where a short run gains most (with the demo's patience of 1,000
     # steps, an 8-minute c3o run stopped at a third of its budget).
@@ -203,7 +231,7 @@ def train_textperf(
         logger=logger,
         resume=False,
     )
-    return predictor, result
+    return predictor, result, max_steps
 
 
 @dataclass(frozen=True)
@@ -317,14 +345,70 @@ def emit(prefix: str, metrics: dict[str, float], keys: tuple[str, ...]) -> None:
         print(f"{prefix}_{key}: {metrics[key]:.4f}", flush=True)
 
 
+def recipe_of(args: argparse.Namespace) -> Recipe:
+    return Recipe(
+        model=args.model,
+        max_input_tokens=args.max_input_tokens,
+        split_digits=not args.whole_numbers,
+        dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
+    )
+
+
+def priority_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The section order of the source config, or the `--section-order` ablation's."""
+    if args.section_order:
+        return tuple(args.section_order.split(","))
+    return tuple(load_source_config(SOURCES[args.dataset]).section_priority)
+
+
+def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
+    name = f"{args.dataset}_{args.model}_{args.minutes:g}min_seed{args.seed}{recipe.run_suffix()}"
+    name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
+    return name + (f"_ensemble{args.ensemble}" if args.ensemble > 1 else "")
+
+
+def train_members(
+    args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
+) -> list[np.ndarray]:
+    """Each ensemble member's test samples [N, samples]; members differ only in their training
+    seed (the split is the same) and share the step plan timed for the first."""
+    d, plan, members = args.dataset, None, []
+    for i in range(args.ensemble):
+        cfg = budget_config(args.minutes, args.seed + 1000 * i)
+        member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
+        predictor, fitted, plan = train_textperf(
+            recipe, parts.train, parts.val, cfg, member_ckpt, priority, plan
+        )
+        samples = predictor.sample_texts(parts.test.texts, args.samples, seed=args.seed + i)
+        tag = f"{d}_textperf" if args.ensemble == 1 else f"{d}_textperf_member{i}"
+        print(f"{tag}_steps: {fitted.steps}\n{tag}_train_s: {fitted.seconds:.0f}")
+        print(f"{tag}_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
+        if args.ensemble > 1:
+            emit(tag, point_metrics(parts.test.targets, np.median(samples, 1)), POINT)
+        members.append(samples)
+    print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
+    print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")
+    return members
+
+
+def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
+    """The samples ablation on one model: K = 1, 2, 4 .. samples; median vs mean."""
+    k = 1
+    while k <= samples.shape[1]:
+        for key, value in chunk_scores(y, samples, k).items():
+            print(f"{prefix}_k{k}_{key}: {value:.4f}", flush=True)
+        k *= 2
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     started = time.perf_counter()
     records = load_records(args.dataset, out)
     sides = sides_of(args.dataset, records, args.seed, out)
-    priority = tuple(load_source_config(SOURCES[args.dataset]).section_priority)
-    budget = args.max_input_tokens or load_model_config(args.model).max_input_tokens
-    parts = make_parts(records, sides, priority, budget)
+    recipe = recipe_of(args)
+    priority = priority_of(args)
+    parts = make_parts(records, sides, priority, recipe.model_config().max_input_tokens)
     d = args.dataset
     print(f"{d}_n_train: {len(parts.train)}\n{d}_n_val: {len(parts.val)}")
     print(f"{d}_n_test: {len(parts.test)}", flush=True)
@@ -336,30 +420,14 @@ def run(args: argparse.Namespace) -> None:
         emit(f"{d}_{name}", point_metrics(y, pred), POINT)
         save_plot(out, f"{d}_{name}", y, pred)
 
-    cfg = budget_config(args.minutes, args.seed)
-    run_name = f"{d}_{args.model}_{args.minutes:g}min_seed{args.seed}"
-    run_name += f"_in{args.max_input_tokens}" if args.max_input_tokens else ""
-    run_name += "_whole_numbers" if args.whole_numbers else ""
-    run_name += f"_dropout{args.dropout:g}" if args.dropout is not None else ""
-    ckpt = out / "checkpoints" / run_name
-    predictor, fitted = train_textperf(
-        args.model,
-        parts.train,
-        parts.val,
-        cfg,
-        ckpt,
-        priority,
-        args.max_input_tokens,
-        split_digits=not args.whole_numbers,
-        dropout=args.dropout,
-    )
-    print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")
-    summary = predictor.predict_texts(parts.test.texts, num_samples=args.samples, seed=args.seed)
+    run_name = run_name_of(args, recipe)
+    members = train_members(args, recipe, parts, priority, out / "checkpoints" / run_name)
+    samples = np.concatenate(members, axis=1)  # [N, ensemble * samples]: pooled draws
+    summary = summarize(samples) | {"samples": samples}
     metrics = evaluate_predictions(y, summary)
     emit(f"{d}_textperf", metrics, POINT + UNCERTAINTY)
+    print_sample_sweep(f"{d}_textperf", y, members[0])
     save_plot(out, f"{run_name}_textperf", y, summary["median"], summary["q10"], summary["q90"])
-    print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
-    print(f"{d}_textperf_steps: {fitted.steps}\n{d}_textperf_train_s: {fitted.seconds:.0f}")
     print(f"{d}_wall_s: {time.perf_counter() - started:.0f}")
     (out / f"{run_name}_textperf.json").write_text(json.dumps(metrics))
 
@@ -369,10 +437,16 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", choices=sorted(SOURCES), required=True)
-    parser.add_argument("--minutes", type=float, default=8.0, help="textperf training budget")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training budget per model")
     parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
     parser.add_argument("--seed", type=int, default=0, help="split, training and sampling seed")
     parser.add_argument("--samples", type=int, default=32, help="decodes per test input")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="models trained with seeds seed, seed+1000, ..; their samples are pooled",
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ablation = parser.add_argument_group("ablations (textperf only; the peers are unchanged)")
@@ -385,6 +459,17 @@ def parse_args() -> argparse.Namespace:
         help="keep digit runs whole in the tokenizer (frequent numbers become one token)",
     )
     ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
+    ablation.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="instead of the model's (default: the same as --dropout)",
+    )
+    ablation.add_argument(
+        "--section-order",
+        default=None,
+        help="comma-separated sections, most important first (default: the source config's)",
+    )
     return parser.parse_args()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regressor.config import ModelConfig, load_model_config
-from regressor.model import EncoderDecoder
+from regressor.model import EncoderDecoder, key_mask, rotary
 from regressor.numbers import NumberCodec
 
 OUT_VOCAB = NumberCodec().vocab_size  # 650 with the default codec
@@ -129,3 +129,19 @@ def test_odd_head_width_is_rejected() -> None:
     )
     with pytest.raises(ValueError, match="even"):
         EncoderDecoder(cfg, 300, OUT_VOCAB)
+
+
+@torch.no_grad()
+def test_attention_dropout_zero_keeps_residual_dropout_only() -> None:
+    """attention_dropout=0 makes attention deterministic in training; the blocks still drop."""
+    cfg = SMALL.model_copy(update={"dropout": 0.5, "attention_dropout": 0.0})
+    model = make_model(cfg).train()
+    src, mask, tgt = batch()
+    x = model.src_embed(src)
+    attn = model.encoder[0].attn
+    rope = rotary(src.shape[1], model.head_dim)
+    padding = key_mask(mask)
+    assert torch.equal(attn(x, rope, padding)[0], attn(x, rope, padding)[0])
+    assert not torch.equal(model(src, mask, tgt), model(src, mask, tgt))
+    inherited = SMALL.model_copy(update={"dropout": 0.3})
+    assert make_model(inherited).encoder[0].attn.dropout == 0.3
