@@ -345,11 +345,20 @@ def emit(prefix: str, metrics: dict[str, float], keys: tuple[str, ...]) -> None:
         print(f"{prefix}_{key}: {metrics[key]:.4f}", flush=True)
 
 
+def source_recipe(model: str, dataset: str) -> Recipe:
+    """The model as the dataset's source config reads numbers (`SourceText.whole_numbers`)."""
+    return Recipe(model, split_digits=not load_source_config(SOURCES[dataset]).whole_numbers)
+
+
 def recipe_of(args: argparse.Namespace) -> Recipe:
+    """The source's recipe with the command line's ablations on top."""
+    split_digits = source_recipe(args.model, args.dataset).split_digits
+    if args.number_tokens:
+        split_digits = args.number_tokens == "digits"
     return Recipe(
         model=args.model,
         max_input_tokens=args.max_input_tokens,
-        split_digits=not args.whole_numbers,
+        split_digits=split_digits,
         dropout=args.dropout,
         attention_dropout=args.attention_dropout,
     )
@@ -454,9 +463,11 @@ def parse_args() -> argparse.Namespace:
         "--max-input-tokens", type=int, default=None, help="input budget instead of the model's"
     )
     ablation.add_argument(
-        "--whole-numbers",
-        action="store_true",
-        help="keep digit runs whole in the tokenizer (frequent numbers become one token)",
+        "--number-tokens",
+        choices=("digits", "whole"),
+        default=None,
+        help="one token per digit, or digit runs kept whole so a frequent number can become one"
+        " token (default: the source config's `whole_numbers`)",
     )
     ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
     ablation.add_argument(

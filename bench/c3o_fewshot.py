@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import DEFAULT_OUT, Recipe, budget_config, load_records, train_textperf
+from accuracy import DEFAULT_OUT, budget_config, load_records, source_recipe, train_textperf
 
 from regressor import baselines, tabular
 from regressor.adaptation import fine_tune
@@ -76,7 +76,9 @@ def pretrain(
     train = to_examples(others.filter(pl.Series(sides == "train")), priority, budget)
     val = to_examples(others.filter(pl.Series(sides == "test")), priority, budget)
     cfg = budget_config(args.pretrain_minutes, args.seed)
-    predictor, fitted, _ = train_textperf(Recipe(args.model), train, val, cfg, ckpt, priority)
+    predictor, fitted, _ = train_textperf(
+        source_recipe(args.model, "c3o"), train, val, cfg, ckpt, priority
+    )
     print(f"pretrain_steps: {fitted.steps}\npretrain_s: {fitted.seconds:.0f}", flush=True)
     return predictor
 

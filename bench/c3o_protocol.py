@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import Recipe, budget_config, load_records, train_textperf
+from accuracy import budget_config, load_records, source_recipe, train_textperf
 from c3o_fewshot import mape_of, pretrain
 
 from regressor import baselines, tabular
@@ -149,7 +149,9 @@ def scratch_mape(
     val = train.take(np.flatnonzero(sides == "test"))
     adapt = AdaptConfig(scratch_max_minutes=args.minutes)
     cfg = scratch_train_config(budget_config(args.minutes, args.seed), adapt, len(fit_part))
-    predictor, fitted, _ = train_textperf(Recipe(args.model), fit_part, val, cfg, ckpt, priority)
+    predictor, fitted, _ = train_textperf(
+        source_recipe(args.model, "c3o"), fit_part, val, cfg, ckpt, priority
+    )
     print(f"textperf_steps: {fitted.steps}\ntextperf_train_s: {fitted.seconds:.0f}", flush=True)
     return mape_of(predictor, test, args.seed)
 

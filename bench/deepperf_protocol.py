@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import DEFAULT_OUT, Recipe, budget_config, load_records, train_textperf
+from accuracy import DEFAULT_OUT, budget_config, load_records, source_recipe, train_textperf
 from c3o_fewshot import pretrain
 
 from regressor import baselines, tabular
@@ -179,7 +179,7 @@ def textperf_fit(
         return fine_tune(base, sample, adapt, cfg, ckpt)[0]
     cut = max(1, round(len(sample) * 0.8))
     train, val = sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
-    return train_textperf(Recipe(args.model), train, val, cfg, ckpt, priority)[0]
+    return train_textperf(source_recipe(args.model, "deepperf"), train, val, cfg, ckpt, priority)[0]
 
 
 def run_textperf(

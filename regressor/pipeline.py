@@ -68,6 +68,7 @@ class Dataset:
     holdout_task: str
     data_hash: str
     example_record: dict
+    whole_numbers: bool = False  # the source's tokenization of numbers (`SourceText`)
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -85,6 +86,7 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         holdout_task_of(records, app.split),
         data_hash,
         record_from_row(records.row(0, named=True)),
+        source.whole_numbers,
     )
 
 
@@ -153,6 +155,7 @@ def _log_params(
         "data_hash": data.data_hash,
         "n_parameters": n_parameters,
         "holdout_task": data.holdout_task,
+        "whole_numbers": data.whole_numbers,
     }
     params |= {f"n_{name}": len(ex) for name, ex in data.splits.items()}
     mlflow.log_params(params)
@@ -167,6 +170,7 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "codec": app.codec.model_dump(mode="json"),
         "split": app.split.model_dump(mode="json"),
         "source": app.source,
+        "whole_numbers": data.whole_numbers,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -190,7 +194,9 @@ def training_dir(paths: ResolvedPaths, key: str) -> Iterator[Path]:
         yield directory
 
 
-def resumable_tokenizer(directory: Path, texts: list[str], vocab_size: int) -> InputTokenizer:
+def resumable_tokenizer(
+    directory: Path, texts: list[str], vocab_size: int, split_digits: bool = True
+) -> InputTokenizer:
     """The tokenizer a killed run saved beside its checkpoint, else a new one, saved first.
 
     A resumed model must read the same token ids it was trained on; saving is cheaper than
@@ -200,7 +206,7 @@ def resumable_tokenizer(directory: Path, texts: list[str], vocab_size: int) -> I
     if path.is_file():
         return InputTokenizer.load(path)
     (directory / "last.ckpt").unlink(missing_ok=True)  # weights without their tokenizer
-    tokenizer = InputTokenizer.train(texts, vocab_size)
+    tokenizer = InputTokenizer.train(texts, vocab_size, split_digits)
     tmp = tokenizer.save(directory / "tokenizer.json.tmp")
     os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
     return tokenizer
@@ -238,7 +244,9 @@ def _train_and_register(
     train_cfg = load_train_config(app.train, conf_dir)
     configure_mlflow(paths, app.registry.experiment)
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
-    tokenizer = resumable_tokenizer(ckpt_dir, train.texts, model_cfg.input_vocab_size)
+    tokenizer = resumable_tokenizer(
+        ckpt_dir, train.texts, model_cfg.input_vocab_size, not data.whole_numbers
+    )
     predictor = Predictor.create(model_cfg, app.codec, tokenizer)
     n_parameters = predictor.model.num_parameters()
     with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:

@@ -1,0 +1,36 @@
+"""A source's `whole_numbers` reaches the pipeline's tokenizer and the training key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from regressor import pipeline
+from regressor.config import AppConfig, load_source_config
+
+TEXTS = ["<config>\ninstance_count=12 data_size_MB=15150"] * 40
+
+
+def dataset(whole_numbers: bool) -> pipeline.Dataset:
+    return pipeline.Dataset({}, "cell-a", "hash-1", {}, whole_numbers)
+
+
+def test_c3o_reads_numbers_whole_and_lumos_digit_by_digit() -> None:
+    """The choices the validation loss made (README "Accuracy"): c3o's numbers are settings."""
+    assert load_source_config("c3o").whole_numbers
+    assert not load_source_config("lumos").whole_numbers
+    assert not load_source_config("demo_fleet").whole_numbers
+
+
+def test_resumable_tokenizer_keeps_digit_runs_whole_when_asked(tmp_path: Path) -> None:
+    whole = pipeline.resumable_tokenizer(tmp_path / "w", TEXTS, 300, split_digits=False)
+    split = pipeline.resumable_tokenizer(tmp_path / "s", TEXTS, 300)
+    line = ["data_size_MB=15150"]
+    assert len(whole.encode_batch(line, 64)[0]) < len(split.encode_batch(line, 64)[0])
+    # A resumed run reads the saved tokenizer, whatever it is asked for now.
+    again = pipeline.resumable_tokenizer(tmp_path / "w", TEXTS, 300, split_digits=True)
+    assert again.encode_batch(line, 64) == whole.encode_batch(line, 64)
+
+
+def test_number_tokenization_is_part_of_the_training_key() -> None:
+    app = AppConfig()
+    assert pipeline.training_key(app, dataset(True)) != pipeline.training_key(app, dataset(False))
