@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,6 +73,7 @@ from regressor.warehouse import Warehouse
 
 DEFAULT_OUT = Path("var/bench/accuracy")
 SOURCES = {"c3o": "c3o", "lumos": "lumos", "deepperf": "deepperf", "fleet": "demo_fleet"}
+SIDES = ("train", "val", "test")
 POINT = ("spearman", "kendall", "mape", "mse_log")
 UNCERTAINTY = (
     "interval_coverage",
@@ -192,25 +195,29 @@ class Recipe:
         return suffix
 
 
-def train_textperf(
-    recipe: Recipe,
+def new_predictor(
+    recipe: Recipe, texts: list[str], targets: np.ndarray, priority: tuple[str, ...], seed: int
+) -> Predictor:
+    """A tokenizer trained on `texts`, a codec spanning `targets`, a randomly initialised model."""
+    model_cfg = recipe.model_config()
+    torch.manual_seed(seed)
+    tokenizer = InputTokenizer.train(texts, model_cfg.input_vocab_size, recipe.split_digits)
+    return Predictor.create(model_cfg, codec_for(targets), tokenizer, priority)
+
+
+def fit_in_budget(
+    predictor: Predictor,
     train: Examples,
     val: Examples,
     train_cfg: TrainConfig,
     ckpt: Path,
-    priority: tuple[str, ...],
     max_steps: int | None = None,
-) -> tuple[Predictor, FitResult, int]:
-    """A tokenizer and model from scratch on `train`; early stopping on `val`.
+) -> tuple[FitResult, int]:
+    """Train `predictor` on `train` with early stopping on `val`, in place.
 
-    Returns the predictor, the fit and the step plan: `max_steps`, or when None as many steps
-    as fit in the budget (`steps_for`), so ensemble members can share one plan.
+    Returns the fit and the step plan: `max_steps`, or when None as many steps as fit in the
+    budget (`steps_for`), so ensemble members can share one plan.
     """
-    model_cfg = recipe.model_config()
-    torch.manual_seed(train_cfg.seed)
-    tokenizer = InputTokenizer.train(train.texts, model_cfg.input_vocab_size, recipe.split_digits)
-    codec = codec_for(np.concatenate([train.targets, val.targets]))
-    predictor = Predictor.create(model_cfg, codec, tokenizer, priority)
     mean_train_tokens = mean_tokens(predictor, train.texts)
     max_steps = max_steps or steps_for(predictor, train, val, train_cfg, ckpt)
     # Patience of half the budget: while the LR is high the val loss is noisy, and the low-LR end
@@ -231,7 +238,23 @@ def train_textperf(
         logger=logger,
         resume=False,
     )
-    return predictor, result, max_steps
+    return result, max_steps
+
+
+def train_textperf(
+    recipe: Recipe,
+    train: Examples,
+    val: Examples,
+    train_cfg: TrainConfig,
+    ckpt: Path,
+    priority: tuple[str, ...],
+    max_steps: int | None = None,
+) -> tuple[Predictor, FitResult, int]:
+    """A tokenizer and model from scratch on `train`; early stopping on `val` (`fit_in_budget`)."""
+    targets = np.concatenate([train.targets, val.targets])
+    predictor = new_predictor(recipe, train.texts, targets, priority, train_cfg.seed)
+    fitted, max_steps = fit_in_budget(predictor, train, val, train_cfg, ckpt, max_steps)
+    return predictor, fitted, max_steps
 
 
 @dataclass(frozen=True)
@@ -257,6 +280,30 @@ def concat(a: Examples, b: Examples) -> Examples:
         targets=np.concatenate([a.targets, b.targets]),
         config_json=a.config_json + b.config_json,
     )
+
+
+def scientific(value: str) -> str:
+    """A number's text in scientific notation ("15150" -> "1.515e4"), anything else as is: the
+    magnitude becomes one explicit exponent instead of a count of digits (the ablation)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if number == 0 or not math.isfinite(number) or value in ("true", "false"):
+        return value
+    mantissa, exponent = f"{number:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def with_scientific_numbers(examples: Examples) -> Examples:
+    """Every `key=number` line of the texts rewritten by `scientific`."""
+
+    def line(text: str) -> str:
+        key, sep, value = text.partition("=")
+        return f"{key}={scientific(value)}" if sep else text
+
+    texts = ["\n".join(map(line, text.split("\n"))) for text in examples.texts]
+    return dataclasses.replace(examples, texts=texts)
 
 
 def make_parts(
@@ -373,22 +420,64 @@ def priority_of(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
     name = f"{args.dataset}_{args.model}_{args.minutes:g}min_seed{args.seed}{recipe.run_suffix()}"
+    name += "_scientific" if args.number_format == "scientific" else ""
+    if args.pretrain_on:
+        name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
     return name + (f"_ensemble{args.ensemble}" if args.ensemble > 1 else "")
+
+
+def examples_of(dataset: str, out: Path, budget: int) -> Examples:
+    """Every record of a dataset (ingested into `out` if need be), in its source's section order."""
+    priority = tuple(load_source_config(SOURCES[dataset]).section_priority)
+    return to_examples(load_records(dataset, out), priority, budget)
+
+
+def pretrained_base(
+    args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
+) -> Predictor:
+    """One model trained within `--pretrain-minutes` on every record of the `--pretrain-on`
+    datasets (none of them is scored in this run), 5% of them, at random, for early stopping.
+    Its tokenizer and codec also cover this dataset's training part, which it is fine-tuned on."""
+    budget = recipe.model_config().max_input_tokens
+    others = functools.reduce(
+        concat, [examples_of(d, Path(args.out), budget) for d in args.pretrain_on]
+    )
+    order = np.random.default_rng(args.seed).permutation(len(others))
+    n_val = max(1, len(others) // 20)
+    val, train = others.take(order[:n_val]), others.take(order[n_val:])
+    targets = np.concatenate([others.targets, parts.train.targets, parts.val.targets])
+    texts = others.texts + parts.train.texts
+    base = new_predictor(recipe, texts, targets, priority, args.seed)
+    cfg = budget_config(args.pretrain_minutes, args.seed)
+    fitted, _ = fit_in_budget(base, train, val, cfg, ckpt)
+    d = args.dataset
+    print(f"{d}_pretrain_records: {len(others)}\n{d}_pretrain_steps: {fitted.steps}")
+    print(f"{d}_pretrain_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
+    return base
 
 
 def train_members(
     args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
 ) -> list[np.ndarray]:
     """Each ensemble member's test samples [N, samples]; members differ only in their training
-    seed (the split is the same) and share the step plan timed for the first."""
+    seed (the split is the same) and share the step plan timed for the first. With
+    `--pretrain-on`, every member is the one pretrained model fine-tuned on the training part."""
+    base = None
+    if args.pretrain_on:  # beside the fine-tuning's directory: its logger clears that one
+        base_ckpt = ckpt.with_name(f"{ckpt.name}_base")
+        base = pretrained_base(args, recipe, parts, priority, base_ckpt)
     d, plan, members = args.dataset, None, []
     for i in range(args.ensemble):
         cfg = budget_config(args.minutes, args.seed + 1000 * i)
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
-        predictor, fitted, plan = train_textperf(
-            recipe, parts.train, parts.val, cfg, member_ckpt, priority, plan
-        )
+        if base is None:
+            predictor, fitted, plan = train_textperf(
+                recipe, parts.train, parts.val, cfg, member_ckpt, priority, plan
+            )
+        else:
+            predictor = copy.deepcopy(base)
+            fitted, plan = fit_in_budget(predictor, parts.train, parts.val, cfg, member_ckpt, plan)
         samples = predictor.sample_texts(parts.test.texts, args.samples, seed=args.seed + i)
         tag = f"{d}_textperf" if args.ensemble == 1 else f"{d}_textperf_member{i}"
         print(f"{tag}_steps: {fitted.steps}\n{tag}_train_s: {fitted.seconds:.0f}")
@@ -411,6 +500,8 @@ def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.dataset in args.pretrain_on:
+        raise SystemExit("--pretrain-on must name other datasets than --dataset")
     out = Path(args.out)
     started = time.perf_counter()
     records = load_records(args.dataset, out)
@@ -418,6 +509,10 @@ def run(args: argparse.Namespace) -> None:
     recipe = recipe_of(args)
     priority = priority_of(args)
     parts = make_parts(records, sides, priority, recipe.model_config().max_input_tokens)
+    if args.number_format == "scientific":
+        parts = dataclasses.replace(
+            parts, **{side: with_scientific_numbers(getattr(parts, side)) for side in SIDES}
+        )
     d = args.dataset
     print(f"{d}_n_train: {len(parts.train)}\n{d}_n_val: {len(parts.val)}")
     print(f"{d}_n_test: {len(parts.test)}", flush=True)
@@ -456,6 +551,14 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="models trained with seeds seed, seed+1000, ..; their samples are pooled",
     )
+    parser.add_argument(
+        "--pretrain-on",
+        nargs="+",
+        choices=sorted(SOURCES),
+        default=[],
+        help="first pretrain on every record of these other datasets, then fine-tune",
+    )
+    parser.add_argument("--pretrain-minutes", type=float, default=5.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ablation = parser.add_argument_group("ablations (textperf only; the peers are unchanged)")
@@ -468,6 +571,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="one token per digit, or digit runs kept whole so a frequent number can become one"
         " token (default: the source config's `whole_numbers`)",
+    )
+    ablation.add_argument(
+        "--number-format",
+        choices=("plain", "scientific"),
+        default="plain",
+        help="numbers in the input as written, or rewritten as 1.515e4 (after truncation)",
     )
     ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
     ablation.add_argument(

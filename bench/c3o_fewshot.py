@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import DEFAULT_OUT, budget_config, load_records, source_recipe, train_textperf
+from accuracy import DEFAULT_OUT, Recipe, budget_config, load_records, source_recipe, train_textperf
 
 from regressor import baselines, tabular
 from regressor.adaptation import fine_tune
@@ -66,7 +66,11 @@ def job_parts(
 
 
 def pretrain(
-    others: pl.DataFrame, args: argparse.Namespace, priority: tuple[str, ...], ckpt: Path
+    others: pl.DataFrame,
+    args: argparse.Namespace,
+    priority: tuple[str, ...],
+    ckpt: Path,
+    recipe: Recipe,
 ) -> Predictor:
     groups = [
         config_group(t, c) for t, c in zip(others["task"], others["config_json"], strict=True)
@@ -76,9 +80,7 @@ def pretrain(
     train = to_examples(others.filter(pl.Series(sides == "train")), priority, budget)
     val = to_examples(others.filter(pl.Series(sides == "test")), priority, budget)
     cfg = budget_config(args.pretrain_minutes, args.seed)
-    predictor, fitted, _ = train_textperf(
-        source_recipe(args.model, "c3o"), train, val, cfg, ckpt, priority
-    )
+    predictor, fitted, _ = train_textperf(recipe, train, val, cfg, ckpt, priority)
     print(f"pretrain_steps: {fitted.steps}\npretrain_s: {fitted.seconds:.0f}", flush=True)
     return predictor
 
@@ -120,7 +122,9 @@ def run_job(job: str, records: pl.DataFrame, args: argparse.Namespace, out: Path
     shots_by_n, test_rows = job_parts(records, job, args.shots, args.seed)
     others_rows = records.filter(pl.col("task") != job)
     ckpt = out / "checkpoints" / f"fewshot_{job}_{args.model}_seed{args.seed}"
-    base = pretrain(others_rows, args, priority, ckpt / "pretrain")
+    base = pretrain(
+        others_rows, args, priority, ckpt / "pretrain", source_recipe(args.model, "c3o")
+    )
     test = to_examples(test_rows, priority, budget)
     others = to_examples(others_rows, priority, budget)
     print(f"fewshot_{job}_n_test: {len(test)}")

@@ -200,7 +200,7 @@ def run_job(job: str, records: pl.DataFrame, args: argparse.Namespace, out: Path
     base = None
     if args.recipe == "pretrain" and args.textperf_splits > 0:
         others = records.filter(pl.col("task") != job)
-        base = pretrain(others, args, priority, ckpt / "pretrain")
+        base = pretrain(others, args, priority, ckpt / "pretrain", source_recipe(args.model, "c3o"))
     for i, mask in enumerate(masks):
         train, test = medians.take(np.flatnonzero(~mask)), medians.take(np.flatnonzero(mask))
         for name, mape in peer_mapes(train, test, args.seed).items():

@@ -190,7 +190,8 @@ def run_textperf(
     priority = tuple(load_source_config("deepperf").section_priority)
     base = None
     if args.recipe == "pretrain":
-        base = pretrain(others, args, priority, out / "checkpoints" / f"deepperf_{system}_pretrain")
+        ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
+        base = pretrain(others, args, priority, ckpt, source_recipe(args.model, "deepperf"))
     values = []
     for rep in range(args.textperf_reps):
         rows = training_rows(system, size, rep, len(examples), args.seed)
