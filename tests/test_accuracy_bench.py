@@ -1,0 +1,49 @@
+"""bench/accuracy.py's pure parts: the MAPE-optimal point, the scientific-number ablation, the
+recipe's run names."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from regressor.config import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
+import accuracy
+
+
+def expected_ape(point: float, draws: np.ndarray) -> float:
+    return float(np.mean(np.abs(draws - point) / draws))
+
+
+def test_mape_point_minimises_the_expected_percentage_error_over_the_samples() -> None:
+    rng = np.random.default_rng(0)
+    samples = rng.lognormal(3.0, 0.6, size=(40, 31))
+    points = accuracy.mape_point(samples)
+    for row, point in zip(samples, points, strict=True):
+        best = min(expected_ape(candidate, row) for candidate in row)
+        assert expected_ape(point, row) <= best + 1e-12
+    assert (points <= np.median(samples, axis=1)).all()  # skewed right: the point sits lower
+
+
+def test_mape_point_ignores_samples_that_are_not_positive() -> None:
+    samples = np.array([[10.0, 20.0, 30.0, -1.0, np.nan], [5.0, 5.0, 5.0, 5.0, 0.0]])
+    assert accuracy.mape_point(samples).tolist() == [10.0, 5.0]
+
+
+def test_scientific_rewrites_numbers_only() -> None:
+    assert accuracy.scientific("15150") == "1.515e4"
+    assert accuracy.scientific("0.001") == "1e-3"
+    assert accuracy.scientific("-4065") == "-4.065e3"
+    for kept in ("c4.2xlarge", "0", "nan", "true", "[1,2]"):
+        assert accuracy.scientific(kept) == kept
+
+
+def test_run_names_say_what_differs_from_the_model_config() -> None:
+    plain = accuracy.Recipe("mini")
+    ablated = accuracy.Recipe("mini", 256, False, 0.2, 0.0)
+    assert plain.run_suffix() == ""
+    assert ablated.run_suffix() == "_in256_whole_numbers_dropout0.2_attn0"
+    assert ablated.model_config().attention_dropout_rate == 0.0
+    assert accuracy.Recipe("mini", dropout=0.2).model_config().attention_dropout_rate == 0.2
