@@ -24,7 +24,8 @@ Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman
 spread vs absolute error; no conformal step here, so it equals uncertainty_spearman_samples) and
 uncertainty_spearman_relative (both relative); writes
 predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
-`<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, and textperf's loss curves to
+`<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, every model's test predictions to
+`<out>/<same name>_predictions.parquet`, and textperf's loss curves to
 `<out>/checkpoints/<same name>/metrics.csv`.
 """
 
@@ -529,8 +530,9 @@ def run(args: argparse.Namespace) -> None:
 
     peers = config_peers() | (lumos_peers() if d == "lumos" else {})
     y = parts.test.targets
+    predictions = {"record_id": parts.test.record_ids, "task": parts.test.tasks, "actual": y}
     for name, peer in peers.items():
-        pred = peer(parts, args.seed)
+        pred = predictions[name] = peer(parts, args.seed)
         emit(f"{d}_{name}", point_metrics(y, pred), POINT)
         save_plot(out, f"{d}_{name}", y, pred)
 
@@ -545,6 +547,8 @@ def run(args: argparse.Namespace) -> None:
     save_plot(out, f"{run_name}_textperf", y, summary["median"], summary["q10"], summary["q90"])
     print(f"{d}_wall_s: {time.perf_counter() - started:.0f}")
     (out / f"{run_name}_textperf.json").write_text(json.dumps(metrics))
+    predictions |= {f"textperf_{key}": summary[key] for key in ("median", "q10", "q90")}
+    pl.DataFrame(predictions).write_parquet(out / f"{run_name}_predictions.parquet")
 
 
 def parse_args() -> argparse.Namespace:
