@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ import polars as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from samples import chunk_scores
+from sklearn.model_selection import GroupKFold
 
 from regressor import baselines, tabular
 from regressor.config import (
@@ -99,8 +100,9 @@ def load_records(dataset: str, out: Path) -> pl.DataFrame:
     return records.sort("record_id")
 
 
-def groups_of(dataset: str, records: pl.DataFrame) -> list[str]:
-    rows = zip(records["task"], records["config_json"], strict=True)
+def groups_of(dataset: str, tasks: Sequence[str], configs: Sequence[str]) -> list[str]:
+    """What never straddles two sides: a workload (lumos) or a distinct configuration."""
+    rows = zip(tasks, configs, strict=True)
     if dataset == "lumos":
         return [field_group(config, "workload") for _, config in rows]
     return [config_group(task, config) for task, config in rows]
@@ -112,7 +114,8 @@ def sides_of(dataset: str, records: pl.DataFrame, seed: int, out: Path) -> np.nd
     ids = records["record_id"].to_list()
     if path.exists():
         return load_split(path, ids)
-    sides = split_groups(groups_of(dataset, records), 0.2, 0.1, seed)
+    groups = groups_of(dataset, records["task"], records["config_json"])
+    sides = split_groups(groups, 0.2, 0.1, seed)
     group_by = "workload" if dataset == "lumos" else "task+config"
     save_split(path, ids, sides, {"dataset": dataset, "seed": seed, "group_by": group_by})
     return sides
@@ -425,7 +428,8 @@ def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
     if args.pretrain_on:
         name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
-    return name + (f"_ensemble{args.ensemble}" if args.ensemble > 1 else "")
+    name += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
+    return name + ("_crossfit" if args.cross_fit else "")
 
 
 def examples_of(dataset: str, out: Path, budget: int) -> Examples:
@@ -458,6 +462,19 @@ def pretrained_base(
     return base
 
 
+def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples, Examples]]:
+    """Each ensemble member's (train, val): the split's, or with `--cross-fit` train+val cut into
+    K group folds (a configuration or workload never in two), member i validating on fold i and
+    training on the rest. The ensemble then learns from all of train+val, as the tabular peers
+    do, while each member still stops early on groups it has not seen."""
+    if not args.cross_fit:
+        return [(parts.train, parts.val)] * args.ensemble
+    pool = parts.fit_part()
+    groups = groups_of(args.dataset, pool.tasks, pool.config_json)
+    folds = GroupKFold(args.ensemble, shuffle=True, random_state=args.seed)
+    return [(pool.take(fit), pool.take(val)) for fit, val in folds.split(pool.texts, groups=groups)]
+
+
 def train_members(
     args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
 ) -> list[np.ndarray]:
@@ -469,16 +486,16 @@ def train_members(
         base_ckpt = ckpt.with_name(f"{ckpt.name}_base")
         base = pretrained_base(args, recipe, parts, priority, base_ckpt)
     d, plan, members = args.dataset, None, []
-    for i in range(args.ensemble):
+    for i, (train, val) in enumerate(member_parts(args, parts)):
         cfg = budget_config(args.minutes, args.seed + 1000 * i)
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:
             predictor, fitted, plan = train_textperf(
-                recipe, parts.train, parts.val, cfg, member_ckpt, priority, plan
+                recipe, train, val, cfg, member_ckpt, priority, plan
             )
         else:
             predictor = copy.deepcopy(base)
-            fitted, plan = fit_in_budget(predictor, parts.train, parts.val, cfg, member_ckpt, plan)
+            fitted, plan = fit_in_budget(predictor, train, val, cfg, member_ckpt, plan)
         samples = predictor.sample_texts(parts.test.texts, args.samples, seed=args.seed + i)
         tag = f"{d}_textperf" if args.ensemble == 1 else f"{d}_textperf_member{i}"
         print(f"{tag}_steps: {fitted.steps}\n{tag}_train_s: {fitted.seconds:.0f}")
@@ -513,6 +530,8 @@ def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.dataset in args.pretrain_on:
         raise SystemExit("--pretrain-on must name other datasets than --dataset")
+    if args.cross_fit and args.ensemble < 2:
+        raise SystemExit("--cross-fit needs --ensemble 2 or more (one fold per member)")
     out = Path(args.out)
     started = time.perf_counter()
     records = load_records(args.dataset, out)
@@ -565,6 +584,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=1,
         help="models trained with seeds seed, seed+1000, ..; their samples are pooled",
+    )
+    parser.add_argument(
+        "--cross-fit",
+        action="store_true",
+        help="members train on K-1 of K group folds of train+val and stop early on the last",
     )
     parser.add_argument(
         "--pretrain-on",

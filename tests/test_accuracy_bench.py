@@ -3,11 +3,14 @@ recipe's run names."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 
 import numpy as np
 
 from regressor.config import PROJECT_ROOT
+from regressor.dataset import Examples
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
 import accuracy
@@ -47,3 +50,25 @@ def test_run_names_say_what_differs_from_the_model_config() -> None:
     assert ablated.run_suffix() == "_in256_whole_numbers_dropout0.2_attn0"
     assert ablated.model_config().attention_dropout_rate == 0.0
     assert accuracy.Recipe("mini", dropout=0.2).model_config().attention_dropout_rate == 0.2
+
+
+def examples(n: int, prefix: str) -> Examples:
+    """n records of n // 3 distinct configurations (three repeated runs each)."""
+    configs = [json.dumps({"nodes": i // 3}) for i in range(n)]
+    ids = [f"{prefix}{i}" for i in range(n)]
+    return Examples(ids, ["job"] * n, [f"nodes={i // 3}" for i in range(n)], np.ones(n), configs)
+
+
+def test_cross_fit_validates_each_record_once_and_keeps_configurations_whole() -> None:
+    parts = accuracy.Parts(examples(60, "t"), examples(9, "v"), examples(6, "x"), {})
+    args = argparse.Namespace(cross_fit=True, ensemble=4, dataset="c3o", seed=0)
+    members = accuracy.member_parts(args, parts)
+    pool = parts.fit_part()
+    assert len(members) == 4
+    validated = [rid for _, val in members for rid in val.record_ids]
+    assert sorted(validated) == sorted(pool.record_ids)
+    for train, val in members:
+        assert len(train) + len(val) == len(pool)
+        assert not set(train.config_json) & set(val.config_json)
+    plain = argparse.Namespace(cross_fit=False, ensemble=3)
+    assert accuracy.member_parts(plain, parts) == [(parts.train, parts.val)] * 3
