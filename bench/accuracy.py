@@ -1,7 +1,8 @@
 r"""Accuracy of textperf against tabular peers on one dataset, all on the same split in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/accuracy.py --dataset c3o|lumos|deepperf|fleet \
-        [--minutes 8] [--model small] [--seed 0] [--out var/bench/accuracy]
+        [--minutes 8] [--model small] [--seed 0] [--out var/bench/accuracy] \
+        [--ensemble K [--cross-fit]] [--pretrain-on DATASET ..] [ablation flags, see --help]
 
 Protocol:
 1. ingest the dataset through the project's own source config (`conf/sources/<name>.yaml`, read in
@@ -12,7 +13,10 @@ Protocol:
    only for early stopping. The record ids of each side go to `<out>/<dataset>_split_seed<S>.json`;
    an existing file is reused, so a run repeats exactly;
 3. train textperf from scratch on train (tokenizer too) within `--minutes`, best checkpoint by
-   validation loss; predict the test part with 32 samples (median);
+   validation loss; predict the test part with 32 samples (median). `--ensemble K` trains K such
+   models (training seeds seed, seed+1000, ..) and pools their samples; with `--cross-fit` member
+   i stops early on group fold i of train+val and trains on the other folds. `--pretrain-on`
+   first trains one model on every record of other datasets, which each member then fine-tunes;
 4. fit the tabular peers on train+val (they need no early stopping): the mean, LightGBM (the
    project's baseline, raw target) and XGBoost on flattened config fields, and both on log target;
    for lumos also with the reference run's log summary as columns, on the log of
@@ -21,8 +25,10 @@ Protocol:
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
 (%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
-spread vs absolute error; no conformal step here, so it equals uncertainty_spearman_samples) and
-uncertainty_spearman_relative (both relative); writes
+spread vs absolute error; no conformal step here, so it equals uncertainty_spearman_samples),
+uncertainty_spearman_relative (both relative), the samples ablation `textperf_k<K>_<median|mean>_
+<spearman|mape>` (first member) and `textperf_mape_point_mape` (the point that minimises the
+expected percentage error under the samples, `mape_point`); writes
 predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
 `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, every model's test predictions to
 `<out>/<same name>_predictions.parquet`, and textperf's loss curves to
