@@ -431,6 +431,7 @@ def priority_of(args: argparse.Namespace) -> tuple[str, ...]:
 def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
     name = f"{args.dataset}_{args.model}_{args.minutes:g}min_seed{args.seed}{recipe.run_suffix()}"
     name += "_scientific" if args.number_format == "scientific" else ""
+    name += f"_wd{args.weight_decay:g}" if args.weight_decay is not None else ""
     if args.pretrain_on:
         name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
@@ -494,6 +495,8 @@ def train_members(
     d, plan, members = args.dataset, None, []
     for i, (train, val) in enumerate(member_parts(args, parts)):
         cfg = budget_config(args.minutes, args.seed + 1000 * i)
+        if args.weight_decay is not None:
+            cfg = cfg.model_copy(update={"weight_decay": args.weight_decay})
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:
             predictor, fitted, plan = train_textperf(
@@ -629,6 +632,9 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=None,
         help="instead of the model's (default: the same as --dropout)",
+    )
+    ablation.add_argument(
+        "--weight-decay", type=float, default=None, help="instead of conf/train/demo.yaml's"
     )
     ablation.add_argument(
         "--section-order",
