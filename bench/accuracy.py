@@ -322,7 +322,7 @@ def make_parts(
     labelled = records.with_columns(pl.Series("side", sides))
     part = {
         side: to_examples(labelled.filter(pl.col("side") == side), priority, budget)
-        for side in ("train", "val", "test")
+        for side in SIDES
     }
     logs = dict(zip(records["record_id"], records["logs_json"], strict=True))
     return Parts(part["train"], part["val"], part["test"], logs)
@@ -485,9 +485,9 @@ def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples,
 def train_members(
     args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
 ) -> list[np.ndarray]:
-    """Each ensemble member's test samples [N, samples]; members differ only in their training
-    seed (the split is the same) and share the step plan timed for the first. With
-    `--pretrain-on`, every member is the one pretrained model fine-tuned on the training part."""
+    """Each ensemble member's test samples [N, samples]. Members differ in their training seed
+    (and with `--cross-fit` in their train/val cut, `member_parts`) and share the step plan
+    timed for the first. With `--pretrain-on`, each is the one pretrained model fine-tuned."""
     base = None
     if args.pretrain_on:  # beside the fine-tuning's directory: its logger clears that one
         base_ckpt = ckpt.with_name(f"{ckpt.name}_base")
