@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from samples import chunk_scores
+from samples import sweep
 from sklearn.model_selection import GroupKFold
 
 from regressor import baselines, tabular
@@ -529,11 +529,9 @@ def mape_point(samples: np.ndarray) -> np.ndarray:
 
 def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
     """The samples ablation on one model: K = 1, 2, 4 .. samples; median vs mean."""
-    k = 1
-    while k <= samples.shape[1]:
-        for key, value in chunk_scores(y, samples, k).items():
+    for k, scores in sweep(y, samples):
+        for key, value in scores.items():
             print(f"{prefix}_k{k}_{key}: {value:.4f}", flush=True)
-        k *= 2
 
 
 def run(args: argparse.Namespace) -> None:

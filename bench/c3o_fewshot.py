@@ -41,6 +41,7 @@ from regressor.dataset import Examples, to_examples
 from regressor.evaluation import point_metrics
 from regressor.predictor import Predictor
 from regressor.splits import config_group, split_groups
+from regressor.training import FitResult
 
 JOBS = ("sort", "grep", "sgd", "kmeans", "pagerank")
 MIN_TEST_SHARE = 0.2
@@ -83,6 +84,15 @@ def pretrain(
     predictor, fitted, _ = train_textperf(recipe, train, val, cfg, ckpt, priority)
     print(f"pretrain_steps: {fitted.steps}\npretrain_s: {fitted.seconds:.0f}", flush=True)
     return predictor
+
+
+def fine_tuned(
+    base: Predictor, shots: Examples, minutes: float, seed: int, val_fraction: float, ckpt: Path
+) -> tuple[Predictor, FitResult]:
+    """`base` with every weight fine-tuned on `shots`, their last `val_fraction` stopping it early:
+    the benches' one fine-tuning recipe, up to 600 steps at lr 1e-3 within `minutes`."""
+    adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=minutes, val_fraction=val_fraction)
+    return fine_tune(base, shots, adapt, budget_config(minutes, seed), ckpt)
 
 
 def with_job(config_json: list[str], tasks: list[str]) -> list[str]:
@@ -129,11 +139,11 @@ def run_job(job: str, records: pl.DataFrame, args: argparse.Namespace, out: Path
     others = to_examples(others_rows, priority, budget)
     print(f"fewshot_{job}_n_test: {len(test)}")
     print(f"fewshot_{job}_zeroshot_textperf_mape: {mape_of(base, test, args.seed):.4f}", flush=True)
-    adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=args.adapt_minutes, val_fraction=0.2)
     for n, rows in shots_by_n.items():
         shots = to_examples(rows, priority, budget)  # ordered by config rank: val = whole configs
-        train_cfg = budget_config(args.adapt_minutes, args.seed)
-        adapted, fitted = fine_tune(base, shots, adapt, train_cfg, ckpt / f"adapt_{n}")
+        adapted, fitted = fine_tuned(
+            base, shots, args.adapt_minutes, args.seed, 0.2, ckpt / f"adapt_{n}"
+        )
         prefix = f"fewshot_{job}_{n}"
         n_configs = rows["rank"].n_unique()
         print(f"{prefix}_shot_configs: {n_configs}\n{prefix}_adapt_steps: {fitted.steps}")

@@ -49,10 +49,10 @@ import numpy as np
 import polars as pl
 import torch
 from accuracy import budget_config, load_records, source_recipe, train_textperf
-from c3o_fewshot import mape_of, pretrain
+from c3o_fewshot import fine_tuned, mape_of, pretrain
 
 from regressor import baselines, tabular
-from regressor.adaptation import fine_tune, scratch_train_config
+from regressor.adaptation import scratch_train_config
 from regressor.config import AdaptConfig, data_root, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
 from regressor.evaluation import point_metrics
@@ -161,11 +161,9 @@ def fine_tuned_mape(
 ) -> float:
     """`base` fine-tuned on `train` (shuffled: its last tenth, random configs, stops it early)."""
     shuffled = train.take(np.random.default_rng(args.seed).permutation(len(train)))
-    adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=args.minutes, val_fraction=0.1)
     # `fine_tune` keeps the patience in steps however short an epoch of these few records is
     # (`regressor.adaptation.patience_in_validations`).
-    cfg = budget_config(args.minutes, args.seed)
-    adapted, fitted = fine_tune(base, shuffled, adapt, cfg, ckpt)
+    adapted, fitted = fine_tuned(base, shuffled, args.minutes, args.seed, 0.1, ckpt)
     print(f"textperf_steps: {fitted.steps}\ntextperf_train_s: {fitted.seconds:.0f}", flush=True)
     return mape_of(adapted, test, args.seed)
 

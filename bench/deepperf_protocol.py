@@ -37,11 +37,10 @@ import numpy as np
 import polars as pl
 import torch
 from accuracy import DEFAULT_OUT, budget_config, load_records, source_recipe, train_textperf
-from c3o_fewshot import pretrain
+from c3o_fewshot import fine_tuned, pretrain
 
 from regressor import baselines, tabular
-from regressor.adaptation import fine_tune
-from regressor.config import PROJECT_ROOT, AdaptConfig, load_model_config, load_source_config
+from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import Predictor
 
@@ -173,10 +172,9 @@ def textperf_fit(
 ) -> Predictor:
     """From scratch (`base` None) or `base` with every weight fine-tuned on the sample; either
     way the sample's last fifth stops training early."""
-    cfg = budget_config(args.minutes, args.seed + rep)
     if base is not None:
-        adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=args.minutes, val_fraction=0.2)
-        return fine_tune(base, sample, adapt, cfg, ckpt)[0]
+        return fine_tuned(base, sample, args.minutes, args.seed + rep, 0.2, ckpt)[0]
+    cfg = budget_config(args.minutes, args.seed + rep)
     cut = max(1, round(len(sample) * 0.8))
     train, val = sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
     return train_textperf(source_recipe(args.model, "deepperf"), train, val, cfg, ckpt, priority)[0]

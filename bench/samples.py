@@ -12,6 +12,7 @@ Prints `k<K>_<median|mean>_<spearman|mape>` and `k<K>_chunks` lines. Nothing is 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,14 @@ def chunk_scores(y_true: np.ndarray, samples: np.ndarray, k: int) -> dict[str, f
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
+def sweep(y_true: np.ndarray, samples: np.ndarray) -> Iterator[tuple[int, dict[str, float]]]:
+    """(K, `chunk_scores`) for K = 1, 2, 4 .. the number of draws in samples [N, max_k]."""
+    k = 1
+    while k <= samples.shape[1]:
+        yield k, chunk_scores(y_true, samples, k)
+        k *= 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--var-dir", type=Path, default=Path("var"))
@@ -50,12 +59,10 @@ def main() -> None:
     predictor = registry.load_predictor(args.model)
     samples = predictor.predict_texts(test.texts, args.max_k)["samples"]
     print(f"model: {args.model}\nsplit: {args.split}\nrecords: {len(test)}", flush=True)
-    k = 1
-    while k <= args.max_k:
+    for k, scores in sweep(test.targets, samples):
         print(f"k{k}_chunks: {args.max_k // k}")
-        for key, value in chunk_scores(test.targets, samples, k).items():
+        for key, value in scores.items():
             print(f"k{k}_{key}: {value:.4f}", flush=True)
-        k *= 2
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ class InputTokenizer:
 
         The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
         `split_digits=False` keeps each run of digits whole before BPE, so merges inside it can make
-        a frequent number one token (but never join digits to letters): only for the tokenization
-        ablation (`bench/accuracy.py --whole-numbers`).
+        a frequent number one token (but never join digits to letters): a source's
+        `whole_numbers`, and `bench/accuracy.py --number-tokens whole`.
         """
         if vocab_size < 257 + 1:
             raise ValueError("vocab_size must cover the 256 bytes and <pad>")
