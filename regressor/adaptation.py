@@ -19,6 +19,7 @@ from torch import nn
 
 from regressor.config import AdaptConfig, TrainConfig
 from regressor.dataset import Examples
+from regressor.ensemble import combine_fits, member_config, member_dir
 from regressor.lora import add_lora, merge_lora
 from regressor.model import EncoderDecoder
 from regressor.predictor import Predictor
@@ -110,22 +111,51 @@ def fine_tune(
     train_cfg: TrainConfig,
     checkpoint_dir: Path,
 ) -> tuple[Predictor, FitResult]:
-    """Fine-tune a copy of `base` by `adapt.method`; `base` itself is left untouched."""
+    """Fine-tune a copy of `base` by `adapt.method`; `base` itself is left untouched.
+
+    Every member of an ensemble base is fine-tuned (LoRA merged per member) and the result is
+    an ensemble of as many; its FitResult sums the members' steps and seconds (`combine_fits`).
+    """
     train, val = split_shots(shots, adapt.val_fraction)
     adapted = copy.deepcopy(base)
-    freeze_for(adapted.model, adapt)
+    cfg = adaptation_train_config(train_cfg, adapt, len(train))
+    size = adapted.ensemble_size
+    results = [
+        _fine_tune_member(
+            adapted.member(i),
+            train,
+            val,
+            adapt,
+            member_config(cfg, i),
+            member_dir(checkpoint_dir, i, size),
+        )
+        for i in range(size)
+    ]
+    return adapted, combine_fits(results)
+
+
+def _fine_tune_member(
+    member: Predictor,
+    train: Examples,
+    val: Examples,
+    adapt: AdaptConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+) -> FitResult:
+    """Fine-tune a one-model view in place (its module is the ensemble's member)."""
+    freeze_for(member.model, adapt)
     result = fit(
-        adapted,
-        (train.texts, train.targets),
-        (val.texts, val.targets),
-        adaptation_train_config(train_cfg, adapt, len(train)),
+        member,
+        (train.texts, train.model_targets),
+        (val.texts, val.model_targets),
+        cfg,
         checkpoint_dir,
         resume=False,
     )
-    merge_lora(adapted.model)  # a no-op unless LoRA: the bundle then holds plain weights
-    adapted.model.requires_grad_(True)
-    adapted.model.eval()
-    return adapted, result
+    merge_lora(member.model)  # a no-op unless LoRA: the bundle then holds plain weights
+    member.model.requires_grad_(True)
+    member.model.eval()
+    return result
 
 
 def train_from_scratch(
@@ -135,19 +165,30 @@ def train_from_scratch(
     train_cfg: TrainConfig,
     checkpoint_dir: Path,
 ) -> tuple[Predictor, FitResult]:
-    """The same architecture and tokenizer as `base`, freshly initialised, on the same split.
+    """The same architecture and tokenizer as `base`, freshly initialised, on the same split;
+    as many members as `base`, member i initialised and trained with its own seed.
 
     Reusing the base tokenizer isolates what pretraining brings: only the weights differ.
     """
     train, val = split_shots(shots, adapt.val_fraction)
-    torch.manual_seed(train_cfg.seed)  # the initial weights, reproducibly
-    scratch = Predictor.create(base.model_config, base.codec_config, base.tokenizer, base.priority)
-    result = fit(
-        scratch,
-        (train.texts, train.targets),
-        (val.texts, val.targets),
-        scratch_train_config(train_cfg, adapt, len(train)),
-        checkpoint_dir,
-        resume=False,
-    )
-    return scratch, result
+    cfg = scratch_train_config(train_cfg, adapt, len(train))
+    size = base.ensemble_size
+    members, results = [], []
+    for i in range(size):
+        member_cfg = member_config(cfg, i)
+        torch.manual_seed(member_cfg.seed)  # the initial weights, reproducibly
+        scratch = Predictor.create(
+            base.model_config, base.codec_config, base.tokenizer, base.priority, base.relative_to
+        )
+        results.append(
+            fit(
+                scratch,
+                (train.texts, train.model_targets),
+                (val.texts, val.model_targets),
+                member_cfg,
+                member_dir(checkpoint_dir, i, size),
+                resume=False,
+            )
+        )
+        members.append(scratch)
+    return Predictor.ensemble(members), combine_fits(results)

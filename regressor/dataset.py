@@ -13,22 +13,38 @@ import polars as pl
 
 from regressor.config import SplitConfig
 from regressor.serialize import DEFAULT_PRIORITY, serialize
+from regressor.targets import target_scales
 
 SPLITS = ("train", "val", "test", "adapt_pool", "adapt_test")
 
 
 @dataclass(frozen=True)
 class Examples:
-    """Parallel arrays: one text and one target per record."""
+    """Parallel arrays: one text and one target per record.
+
+    `scales` is each record's baseline when the source's target is relative
+    (`regressor.targets`): the model learns `model_targets` = targets / scales.
+    """
 
     record_ids: list[str]
     tasks: list[str]
     texts: list[str]
     targets: np.ndarray  # float64 [N]
     config_json: list[str]
+    scales: np.ndarray | None = None  # float64 [N]; None: absolute targets
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def scale_values(self) -> np.ndarray:
+        """float64 [N]: the baselines, ones for absolute targets."""
+        return np.ones(len(self.texts)) if self.scales is None else self.scales
+
+    @property
+    def model_targets(self) -> np.ndarray:
+        """What the decoder learns to write: the target, or its ratio to the baseline."""
+        return self.targets / self.scale_values
 
     def take(self, index: Sequence[int] | np.ndarray) -> Examples:
         idx = list(np.asarray(index, dtype=int))
@@ -38,6 +54,7 @@ class Examples:
             texts=[self.texts[i] for i in idx],
             targets=self.targets[idx],
             config_json=[self.config_json[i] for i in idx],
+            scales=None if self.scales is None else self.scales[idx],
         )
 
 
@@ -103,14 +120,20 @@ def to_examples(
     records: pl.DataFrame,
     priority: Sequence[str] = DEFAULT_PRIORITY,
     budget_tokens: int | None = None,
+    relative_to: str | None = None,
 ) -> Examples:
+    """Texts and targets of warehouse records; with `relative_to` (a dotted config path) also
+    each record's baseline, a `MissingScaleError` naming the record where it has none."""
     rows = records.to_dicts()
+    configs = [r["config_json"] for r in rows]
+    ids = [r["record_id"] for r in rows]
     return Examples(
-        record_ids=[r["record_id"] for r in rows],
+        record_ids=ids,
         tasks=[r["task"] for r in rows],
         texts=[serialize(record_from_row(r), priority, budget_tokens) for r in rows],
         targets=records["target"].cast(pl.Float64).to_numpy(),
-        config_json=[r["config_json"] for r in rows],
+        config_json=configs,
+        scales=None if relative_to is None else target_scales(configs, relative_to, ids),
     )
 
 
@@ -119,9 +142,12 @@ def examples_by_split(
     split: SplitConfig,
     priority: Sequence[str] = DEFAULT_PRIORITY,
     budget_tokens: int | None = None,
+    relative_to: str | None = None,
 ) -> dict[str, Examples]:
     labelled = assign_splits(records, split)
     return {
-        name: to_examples(labelled.filter(pl.col("split") == name), priority, budget_tokens)
+        name: to_examples(
+            labelled.filter(pl.col("split") == name), priority, budget_tokens, relative_to
+        )
         for name in SPLITS
     }

@@ -32,6 +32,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
+from regressor.ensemble import MEMBER_FIT, train_ensemble
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -69,6 +70,7 @@ class Dataset:
     data_hash: str
     example_record: dict
     whole_numbers: bool = False  # the source's tokenization of numbers (`SourceText`)
+    relative_to: str | None = None  # the source's baseline of its target (`SourceText`)
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -80,13 +82,15 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
             f"the warehouse {paths.warehouse} has no records of source {source.name!r}"
         )
     budget = load_model_config(app.model).max_input_tokens
-    splits = examples_by_split(records, app.split, source.section_priority, budget)
+    relative_to = source.target_relative_to
+    splits = examples_by_split(records, app.split, source.section_priority, budget, relative_to)
     return Dataset(
         splits,
         holdout_task_of(records, app.split),
         data_hash,
         record_from_row(records.row(0, named=True)),
         source.whole_numbers,
+        relative_to,
     )
 
 
@@ -94,7 +98,12 @@ def evaluate_model(
     predictor: Predictor, examples: Examples, cfg: EvalConfig
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     summary = predictor.predict_texts(
-        examples.texts, cfg.num_samples, cfg.temperature, cfg.quantiles, tasks=examples.tasks
+        examples.texts,
+        cfg.num_samples,
+        cfg.temperature,
+        cfg.quantiles,
+        tasks=examples.tasks,
+        scales=examples.scales,
     )
     return evaluate_predictions(examples.targets, summary), summary
 
@@ -135,8 +144,8 @@ class TrainOutcome:
     promoted: bool
     reason: str
     metrics: dict[str, dict[str, float]]
-    fit: FitResult
-    n_parameters: int
+    fit: FitResult  # an ensemble's: its members' summed up (`regressor.ensemble.combine_fits`)
+    n_parameters: int  # all members' together
 
     @property
     def uri(self) -> str:
@@ -144,8 +153,14 @@ class TrainOutcome:
 
 
 def _log_params(
-    app: AppConfig, data: Dataset, n_parameters: int, conf_dir: Path = CONF_DIR
+    app: AppConfig,
+    data: Dataset,
+    n_parameters: int,
+    conf_dir: Path = CONF_DIR,
+    per_member: int | None = None,
 ) -> None:
+    """The run's configs and data; `n_parameters` counts all members of an ensemble, whose
+    `per_member` count is logged too."""
     model_cfg = load_model_config(app.model, conf_dir)
     train_cfg = load_train_config(app.train, conf_dir)
     params = {f"model.{k}": v for k, v in model_cfg.model_dump().items()}
@@ -154,8 +169,10 @@ def _log_params(
     params |= {
         "data_hash": data.data_hash,
         "n_parameters": n_parameters,
+        **({} if per_member is None else {"n_parameters_per_member": per_member}),
         "holdout_task": data.holdout_task,
         "whole_numbers": data.whole_numbers,
+        "target_relative_to": data.relative_to,
     }
     params |= {f"n_{name}": len(ex) for name, ex in data.splits.items()}
     mlflow.log_params(params)
@@ -171,6 +188,7 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "split": app.split.model_dump(mode="json"),
         "source": app.source,
         "whole_numbers": data.whole_numbers,
+        "relative_to": data.relative_to,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -206,16 +224,28 @@ def resumable_tokenizer(
     if path.is_file():
         return InputTokenizer.load(path)
     (directory / "last.ckpt").unlink(missing_ok=True)  # weights without their tokenizer
+    for member in directory.glob("member*"):  # an ensemble's members' weights, likewise
+        shutil.rmtree(member, ignore_errors=True)
     tokenizer = InputTokenizer.train(texts, vocab_size, split_digits)
     tmp = tokenizer.save(directory / "tokenizer.json.tmp")
     os.replace(tmp, path)  # atomic: a kill leaves the old state or the whole file
     return tokenizer
 
 
+def _attempt_left(directory: Path) -> bool:
+    """A killed attempt trained here: a single model's `last.ckpt`, or an ensemble member's
+    checkpoint or finished weights."""
+    return (
+        (directory / "last.ckpt").is_file()
+        or any(directory.glob("member*/last.ckpt"))
+        or any(directory.glob(f"member*/{MEMBER_FIT}"))
+    )
+
+
 def _note_resume(directory: Path, run_id: str) -> None:
     """Mark the MLflow run of a killed attempt KILLED and link the new run to it."""
     record = directory / "mlflow_run.json"
-    if record.is_file() and (directory / "last.ckpt").is_file():
+    if record.is_file() and _attempt_left(directory):
         previous = json.loads(record.read_text())["run_id"]
         client = mlflow.MlflowClient()
         if client.get_run(previous).info.status == "RUNNING":
@@ -230,7 +260,10 @@ def train_and_register(
     app: AppConfig, paths: ResolvedPaths, data: Dataset, conf_dir: Path = CONF_DIR
 ) -> TrainOutcome:
     """Train (resuming a killed attempt on the same data and configs), evaluate against the
-    baselines and the champion, register, gate. Checkpoints are removed once registered."""
+    baselines and the champion, register, gate. Checkpoints are removed once registered.
+
+    With `ensemble_size` K > 1 in the train config, K members are trained
+    (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
     with training_dir(paths, training_key(app, data, conf_dir)) as ckpt_dir:
         outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -247,21 +280,28 @@ def _train_and_register(
     tokenizer = resumable_tokenizer(
         ckpt_dir, train.texts, model_cfg.input_vocab_size, not data.whole_numbers
     )
-    predictor = Predictor.create(model_cfg, app.codec, tokenizer)
-    n_parameters = predictor.model.num_parameters()
+    predictor = Predictor.create(model_cfg, app.codec, tokenizer, relative_to=data.relative_to)
+    size = train_cfg.ensemble_size
+    per_member = predictor.model.num_parameters()
+    n_parameters = size * per_member
     with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:
         _note_resume(ckpt_dir, run.info.run_id)
-        _log_params(app, data, n_parameters, conf_dir)
-        logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
-        fitted = fit(
-            predictor,
-            (train.texts, train.targets),
-            (val.texts, val.targets),
-            train_cfg,
-            ckpt_dir,
-            logger=logger,
-            resume=True,
-        )
+        _log_params(app, data, n_parameters, conf_dir, per_member if size > 1 else None)
+        if size == 1:
+            logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
+            fitted = fit(
+                predictor,
+                (train.texts, train.model_targets),
+                (val.texts, val.model_targets),
+                train_cfg,
+                ckpt_dir,
+                logger=logger,
+                resume=True,
+            )
+        else:  # `predictor` is only the template of the members (configs, tokenizer)
+            predictor, fitted = train_ensemble(
+                predictor, train, val, train_cfg, ckpt_dir, paths.tracking_uri, run.info.run_id
+            )
         if app.eval.conformal:
             scale = predictor.calibrate(
                 val.texts,
@@ -269,6 +309,7 @@ def _train_and_register(
                 app.eval.num_samples,
                 val.tasks,
                 app.eval.conformal_task_min_records,
+                val.scales,
             )
             if np.isfinite(scale):
                 mlflow.log_metric("conformal_interval_scale", scale)

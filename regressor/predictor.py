@@ -2,10 +2,16 @@
 
 The bundle is a plain directory (`bundle.json`, `tokenizer.json`, `weights.pt`) so MLflow can
 ship it as an artifact and a fresh process can load it without any pickled Python object.
+
+A predictor may be an ensemble: K member models that share the tokenizer, codec and configs
+and differ only in their weights (in training, only in their seed). Their samples are pooled
+before the median, which on small data beat any single model (README "Accuracy"). Member 0's
+weights stay in `weights.pt`, member j's in `weights_<j>.pt`, and `bundle.json` names K.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -14,19 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from regressor.calibration import IntervalScale, fit_interval_scale
 from regressor.config import CodecConfig, ModelConfig
+from regressor.decoder_only import build_model
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.sampling import sample, summarize
 from regressor.serialize import DEFAULT_PRIORITY, serialize
+from regressor.targets import scale_of
 from regressor.vocab import InputTokenizer
 
 BUNDLE_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "weights.pt"
-CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)
+CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)  # of a one-model bundle (`Predictor.bundle_files`)
+# Member j draws its samples with a generator seeded `seed + j * MEMBER_SEED_STRIDE`: member 0
+# with `seed` itself, so a single model samples exactly as before ensembles existed, and the
+# members of one call never share a stream.
+MEMBER_SEED_STRIDE = 1_000_003
 
 
 class CorruptBundleError(ValueError):
@@ -49,6 +62,29 @@ def verify_bundle(directory: Path, checksums: dict[str, str]) -> None:
             raise CorruptBundleError(f"{path} is corrupted (sha256 differs from the saved one)")
 
 
+def weights_file(j: int) -> str:
+    """Member j's weights in a bundle: member 0 keeps the single model's name, so a one-model
+    bundle has the layout it had before ensembles."""
+    return WEIGHTS_FILE if j == 0 else f"weights_{j}.pt"
+
+
+def member_seed(seed: int, j: int) -> int:
+    """The seed of member j's sampling generator for a call made with `seed`."""
+    return seed + MEMBER_SEED_STRIDE * j
+
+
+def sample_shares(num_samples: int, members: int) -> list[int]:
+    """How many of `num_samples` each member draws: as even as possible, the first members one
+    more when it does not divide (with fewer samples than members, the last ones draw none)."""
+    base, extra = divmod(num_samples, members)
+    return [base + (j < extra) for j in range(members)]
+
+
+def same_tokenizer(a: InputTokenizer, b: InputTokenizer) -> bool:
+    """The same vocabulary and merges: equal token ids for every text."""
+    return a is b or a._tokenizer.to_str() == b._tokenizer.to_str()
+
+
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest row of *this* batch: src_ids [B,S] long, src_mask [B,S] bool."""
     width = max([1, *(len(row) for row in ids)])
@@ -61,13 +97,41 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 @dataclass
 class Predictor:
-    model: EncoderDecoder
+    # The member models, at least one; `model` is the first (the only one unless an ensemble).
+    # A bare model is accepted too, as before ensembles (`Predictor(model, tokenizer, ...)`).
+    members: list[nn.Module]
     tokenizer: InputTokenizer
     codec: NumberCodec
     model_config: ModelConfig
     codec_config: CodecConfig
     priority: tuple[str, ...] = DEFAULT_PRIORITY
     metadata: dict = field(default_factory=dict)
+    # The config path the decoder's number is relative to (`regressor.targets`); None: absolute.
+    relative_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.members, nn.Module) and not isinstance(self.members, nn.ModuleList):
+            self.members = [self.members]
+        self.members = list(self.members)
+        if not self.members:
+            raise ValueError("a predictor needs at least one model")
+
+    @property
+    def model(self) -> EncoderDecoder:
+        """The first member: the model itself unless this is an ensemble."""
+        return self.members[0]
+
+    @model.setter
+    def model(self, value: nn.Module) -> None:
+        self.members[0] = value
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.members)
+
+    def num_parameters(self) -> int:
+        """Parameters of all members together."""
+        return sum(model.num_parameters() for model in self.members)
 
     @classmethod
     def create(
@@ -76,22 +140,76 @@ class Predictor:
         codec_config: CodecConfig,
         tokenizer: InputTokenizer,
         priority: Sequence[str] = DEFAULT_PRIORITY,
+        relative_to: str | None = None,
+        ensemble_size: int = 1,
     ) -> Predictor:
+        """Freshly initialised members (from torch's global generator: seed it first)."""
         codec = NumberCodec(codec_config)
-        model = EncoderDecoder(model_config, tokenizer.vocab_size, codec.vocab_size)
-        return cls(model, tokenizer, codec, model_config, codec_config, tuple(priority))
+        members = [
+            build_model(model_config, tokenizer.vocab_size, codec.vocab_size)
+            for _ in range(ensemble_size)
+        ]
+        return cls(
+            members, tokenizer, codec, model_config, codec_config, tuple(priority), {}, relative_to
+        )
+
+    def member(self, j: int) -> Predictor:
+        """Member j alone. It shares the member's module, so training the view (`fit`) trains
+        the member in place; metadata is a copy."""
+        return dataclasses.replace(self, members=[self.members[j]], metadata=dict(self.metadata))
+
+    def differences(self, other: Predictor) -> list[str]:
+        """What `other` reads or writes differently: the parts ensemble members must share."""
+        shared = {
+            "model config": self.model_config == other.model_config,
+            "codec config": self.codec_config == other.codec_config,
+            "tokenizer": same_tokenizer(self.tokenizer, other.tokenizer),
+            "priority": self.priority == other.priority,
+            "relative_to": self.relative_to == other.relative_to,
+        }
+        return [name for name, same in shared.items() if not same]
+
+    @classmethod
+    def ensemble(cls, predictors: Sequence[Predictor]) -> Predictor:
+        """One predictor pooling the members of `predictors` (ensembles themselves, or single
+        models), which must share tokenizer, codec, model config, priority and baseline.
+
+        Metadata is the first's without its conformal interval scale: a scale fitted on one
+        model's intervals does not fit the pooled, wider ones, so calibrate the ensemble anew.
+        """
+        if not predictors:
+            raise ValueError("an ensemble needs at least one member")
+        first = predictors[0]
+        for j, other in enumerate(predictors[1:], start=1):
+            differs = first.differences(other)
+            if differs:
+                raise ValueError(
+                    f"cannot ensemble: predictor {j} differs from predictor 0 in its "
+                    f"{', '.join(differs)} (members must read and write numbers alike)"
+                )
+        metadata = {k: v for k, v in first.metadata.items() if k != "interval_scale"}
+        return dataclasses.replace(
+            first, members=[m for p in predictors for m in p.members], metadata=metadata
+        )
+
+    def bundle_files(self) -> tuple[str, ...]:
+        """The files `save` writes and checksums, besides `bundle.json`."""
+        return (TOKENIZER_FILE, *(weights_file(j) for j in range(self.ensemble_size)))
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(directory / TOKENIZER_FILE)
-        torch.save(self.model.state_dict(), directory / WEIGHTS_FILE)
+        for j, model in enumerate(self.members):
+            torch.save(model.state_dict(), directory / weights_file(j))
         bundle = {
             "model_config": self.model_config.model_dump(mode="json"),
             "codec_config": self.codec_config.model_dump(mode="json"),
             "priority": list(self.priority),
+            "relative_to": self.relative_to,
+            "ensemble_size": self.ensemble_size,
             "metadata": self.metadata,
             # Checked on load: a truncated or altered artifact fails loudly, never predicts.
-            "checksums": {name: sha256_file(directory / name) for name in CHECKED_FILES},
+            "checksums": {name: sha256_file(directory / name) for name in self.bundle_files()},
         }
         (directory / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True))
         return directory
@@ -104,21 +222,33 @@ class Predictor:
         except (OSError, json.JSONDecodeError) as exc:
             raise CorruptBundleError(f"{directory / BUNDLE_FILE} is unreadable: {exc}") from exc
         verify_bundle(directory, bundle.get("checksums", {}))
+        ensemble_size = bundle.get("ensemble_size", 1)  # bundles saved before ensembles: one
+        if not isinstance(ensemble_size, int) or ensemble_size < 1:
+            raise CorruptBundleError(f"{directory / BUNDLE_FILE}: bad ensemble_size")
         tokenizer = InputTokenizer.load(directory / TOKENIZER_FILE)
         predictor = cls.create(
             ModelConfig.model_validate(bundle["model_config"]),
             CodecConfig.model_validate(bundle["codec_config"]),
             tokenizer,
             bundle["priority"],
+            bundle.get("relative_to"),  # bundles saved before relative targets had none
+            ensemble_size,
         )
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        predictor.model.load_state_dict(state)
-        predictor.model.eval()
+        for j, model in enumerate(predictor.members):
+            path = directory / weights_file(j)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.eval()
         predictor.metadata = bundle.get("metadata", {})
         return predictor
 
     def text_of(self, record: dict) -> str:
         return serialize(record, self.priority, self.model_config.max_input_tokens)
+
+    def scale_of(self, record: dict, name: str = "a record") -> float:
+        """The baseline a record's prediction is scaled by: 1.0 unless the target is relative."""
+        if self.relative_to is None:
+            return 1.0
+        return scale_of(record.get("config") or {}, self.relative_to, name)
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer.encode_batch(list(texts), self.model_config.max_input_tokens)
@@ -130,19 +260,53 @@ class Predictor:
         temperature: float = 1.0,
         batch_size: int = 32,
         seed: int = 0,
+        scales: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Sampled decodes, float64 [N, num_samples]; inputs are batched by similar length."""
+        """Sampled decodes, float64 [N, num_samples]; inputs are batched by similar length.
+
+        An ensemble splits `num_samples` among its members (`sample_shares`), member j drawing
+        with a generator seeded `member_seed(seed, j)`; the columns are member 0's draws, then
+        member 1's, ..: pooled, so the median and quantiles are the ensemble's.
+
+        `scales` [N] are the records' baselines when the target is relative: each row of decoded
+        ratios is multiplied by its own, so the result is in the target's unit either way.
+        """
+        if self.relative_to is not None and scales is None:
+            raise ValueError(
+                f"this model predicts relative to {self.relative_to!r}: pass each text's scale"
+            )
         ids = self.encode_texts(texts)
         order = np.argsort([len(row) for row in ids], kind="stable")
+        shares = sample_shares(num_samples, self.ensemble_size)
+        draws = [
+            self._draw(model, ids, order, share, temperature, batch_size, member_seed(seed, j))
+            for j, (model, share) in enumerate(zip(self.members, shares, strict=True))
+            if share > 0
+        ]
+        out = np.concatenate(draws, axis=1) if draws else np.empty((len(ids), 0))
+        return out if scales is None else out * np.asarray(scales, dtype=np.float64)[:, None]
+
+    def _draw(
+        self,
+        model: nn.Module,
+        ids: list[list[int]],
+        order: np.ndarray,
+        num_samples: int,
+        temperature: float,
+        batch_size: int,
+        seed: int,
+    ) -> np.ndarray:
+        """One model's `num_samples` decodes of every input [N, num_samples], batches taken in
+        `order`, with its own generator."""
         out = np.empty((len(ids), num_samples), dtype=np.float64)
         generator = torch.Generator().manual_seed(seed)
-        self.model.eval()
+        model.eval()
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             src, mask = pad_batch([ids[i] for i in chunk], self.tokenizer.pad_id)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out[chunk] = sample(
-                    self.model, self.codec, src, mask, num_samples, temperature, generator
+                    model, self.codec, src, mask, num_samples, temperature, generator
                 )
         return out
 
@@ -154,10 +318,12 @@ class Predictor:
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         seed: int = 0,
         tasks: Sequence[str | None] | None = None,
+        scales: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """Sample summaries per text; the shipped conformal scale, if any, recalibrates q10/q90
-        and std (each text's task's own scale when `tasks` names one it was fitted for)."""
-        samples = self.sample_texts(texts, num_samples, temperature, seed=seed)
+        """Sample summaries per text, in the target's unit (`scales`: see `sample_texts`); the
+        shipped conformal scale, if any, recalibrates q10/q90 and std (each text's task's own
+        scale when `tasks` names one it was fitted for)."""
+        samples = self.sample_texts(texts, num_samples, temperature, seed=seed, scales=scales)
         summary = summarize(samples, quantiles)
         scale = self.interval_scale()
         if scale is not None and {"q10", "q90"} <= summary.keys():
@@ -177,12 +343,13 @@ class Predictor:
         num_samples: int,
         tasks: Sequence[str] | None = None,
         min_task_records: int | None = None,
+        scales: np.ndarray | None = None,
     ) -> float:
         """Fit the q10..q90 conformal scale on held-out (validation) records, per task too when
         `tasks` and `min_task_records` are given, and keep it in `metadata` so it ships in the
         bundle. Returns the pooled scale (1.0: already calibrated)."""
         self.metadata.pop("interval_scale", None)
-        raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9))
+        raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9), scales=scales)
         try:
             scale = fit_interval_scale(
                 targets, raw["median"], raw["q10"], raw["q90"], 0.8, tasks, min_task_records

@@ -68,6 +68,19 @@ def texts_of(frame: pd.DataFrame, text_of: Callable[[dict], str]) -> list[str]:
     ]
 
 
+def scales_of(frame: pd.DataFrame, scale_of: Callable[[dict, str], float]) -> np.ndarray:
+    """Per row the baseline a relative model's ratio is scaled by, read from the row's `config`
+    (a row with only `text` cannot give one: the error names the row)."""
+    scales = []
+    for i, row in enumerate(frame.to_dict("records")):
+        if not _present(row.get("config")):
+            raise ValueError(
+                f"row {i}: this model predicts relative to a config field: give config"
+            )
+        scales.append(scale_of({"config": _as_mapping(row["config"])}, f"row {i}"))
+    return np.asarray(scales, dtype=np.float64)
+
+
 def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
     """Per row its `task` (it picks the task's conformal scale), or None without the column."""
     if "task" not in frame.columns:
@@ -116,6 +129,9 @@ class TextperfModel(PythonModel):
             quantiles=quantiles,
             seed=int(params["seed"]),
             tasks=tasks_of(frame),
+            scales=None
+            if self.predictor.relative_to is None
+            else scales_of(frame, self.predictor.scale_of),
         )
         return output_frame(summary, quantiles, bool(params["return_samples"]))
 

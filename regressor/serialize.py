@@ -146,3 +146,23 @@ def truncate(
 
 def render(sections: Mapping[str, list[str]]) -> str:
     return "\n".join(render_lines(sections)[0])
+
+
+def shuffle_section_lines(text: str, rng: np.random.Generator) -> str:
+    """The same text with the field lines of each section in a random order (headers stay).
+
+    Training augmentation (`TrainConfig.shuffle_fields`): the order of a section's fields is
+    an artefact of sorting keys, so the model should read what a line says, not where it sits;
+    every epoch then shows each record in a new order, which a small dataset needs more than
+    another pass over the same text.
+    """
+    out: list[str] = []
+    block: list[str] = []
+    for line in [*text.split("\n"), "<>"]:  # a sentinel header flushes the last section
+        if line.startswith("<") and line.endswith(">"):
+            out += [block[i] for i in rng.permutation(len(block))]
+            block = []
+            out.append(line)
+        else:
+            block.append(line)
+    return "\n".join(out[:-1])

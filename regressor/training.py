@@ -29,6 +29,7 @@ from regressor.config import TrainConfig
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
+from regressor.serialize import shuffle_section_lines
 
 
 def _drop_advertising(record: logging.LogRecord) -> bool:
@@ -58,6 +59,30 @@ class EncodedExamples(Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], torch.Tensor]:
         return self.input_ids[i], self.target_ids[i]
+
+
+class ShuffledFields(EncodedExamples):
+    """Training examples whose text is re-serialized with its section lines in a new random
+    order at every draw (`TrainConfig.shuffle_fields`), then tokenized afresh.
+
+    The n-th draw of example i uses the generator seeded (seed, i, n), so a run is repeatable.
+    Batches are bucketed by the canonical order's length: BPE merges across line breaks make a
+    new order somewhat longer (a guide, not a bound; the collator pads to the real length).
+    """
+
+    def __init__(
+        self, texts: Sequence[str], target_ids: torch.Tensor, predictor: Predictor, seed: int
+    ) -> None:
+        super().__init__(predictor.encode_texts(texts), target_ids)
+        self.texts = list(texts)
+        self.encode = predictor.encode_texts
+        self.seed = seed
+        self.draws = np.zeros(len(self.texts), dtype=np.int64)
+
+    def __getitem__(self, i: int) -> tuple[list[int], torch.Tensor]:
+        rng = np.random.default_rng((self.seed, i, int(self.draws[i])))
+        self.draws[i] += 1
+        return self.encode([shuffle_section_lines(self.texts[i], rng)])[0], self.target_ids[i]
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -323,8 +348,12 @@ def fit(
     Stops at `max_steps`, at `max_minutes`, or when validation loss stops improving. With `resume`,
     a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
     """
+    if predictor.ensemble_size > 1:  # it would train member 0 only, silently
+        raise ValueError("fit trains one model: fit each `predictor.member(j)` of an ensemble")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_data = encode_examples(predictor, *train)
+    if cfg.shuffle_fields:
+        train_data = ShuffledFields(train[0], train_data.target_ids, predictor, cfg.seed)
     val_data = encode_examples(predictor, *val)
     module = RegressionLM(predictor.model, cfg)
     checkpoint = BestAndLastCheckpoint(

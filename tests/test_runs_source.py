@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from regressor.config import RunsSourceConfig
+from regressor.dataset import to_examples
 from regressor.sources.fleet import IngestReport
 from regressor.sources.runs import ingest_runs
 from regressor.sources.series import read_series, summarize_frames
@@ -199,3 +200,16 @@ def test_series_summary_per_window_with_clock_wrap():
     cpu = summary["windows"]["10s"]["cpu"]
     assert cpu == {"mean": 14.5, "p50": 14.5, "p95": 18.55, "max": 19.0, "trend": 3600.0}
     assert summary["windows"]["0s"]["mem"]["trend"] == 0.0
+
+
+def test_records_learn_their_ratio_to_the_reference_run(lab):
+    """`target_relative_to: reference.elapsed`: each record's baseline is its paired reference
+    run's target, and what the model learns is the ratio to it."""
+    wh, _, _ = lab
+    examples = to_examples(wh.query("records").sort("record_id"), relative_to="reference.elapsed")
+    for record_id, scale, ratio in zip(
+        examples.record_ids, examples.scale_values, examples.model_targets, strict=True
+    ):
+        key = record_id.removeprefix("lab/")
+        assert scale == GOOD_RUNS[RECORDS[key]]
+        assert ratio == pytest.approx(GOOD_RUNS[key] / GOOD_RUNS[RECORDS[key]])

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regressor.serialize import approx_token_count, flatten, format_number, serialize
+from regressor.serialize import (
+    approx_token_count,
+    flatten,
+    format_number,
+    serialize,
+    shuffle_section_lines,
+)
 
 RECORD = {
     "task": "cell-a01",
@@ -115,3 +122,38 @@ def test_truncation_keeps_the_longest_prefix_that_fits(n_logs, n_config, budget)
 
 def test_serialize_is_deterministic_for_equal_records():
     assert serialize(RECORD, budget_tokens=30) == serialize(dict(RECORD), budget_tokens=30)
+
+
+@given(
+    st.lists(st.integers(0, 99), max_size=6),
+    st.lists(st.integers(0, 99), max_size=6),
+    st.integers(0, 2**32 - 1),
+)
+def test_shuffled_sections_keep_every_line_under_its_own_header(config, logs, seed):
+    record = {
+        "task": "cell-a",
+        "config": {f"k{i}": v for i, v in enumerate(config)},
+        "logs": {f"m{i}": v for i, v in enumerate(logs)},
+    }
+    text = serialize(record)
+    shuffled = shuffle_section_lines(text, np.random.default_rng(seed))
+
+    def sections(t: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        header = ""
+        for line in t.split("\n"):
+            if line.startswith("<"):
+                header = line
+            out.setdefault(header, []).append(line)
+        return {k: sorted(v) for k, v in out.items()}
+
+    assert sections(shuffled) == sections(text)
+    assert shuffled.split("\n")[0] == "<task>"
+
+
+def test_shuffled_sections_change_the_order_and_repeat_with_the_seed():
+    text = serialize({"task": "t", "config": {f"k{i}": i for i in range(8)}})
+    orders = {shuffle_section_lines(text, np.random.default_rng(s)) for s in range(5)}
+    assert len(orders) > 1
+    again = shuffle_section_lines(text, np.random.default_rng(3))
+    assert again == shuffle_section_lines(text, np.random.default_rng(3))
