@@ -17,6 +17,10 @@ Protocol:
    models (training seeds seed, seed+1000, ..) and pools their samples; with `--cross-fit` member
    i stops early on group fold i of train+val and trains on the other folds. `--pretrain-on`
    first trains one model on every record of other datasets, which each member then fine-tunes;
+   where the source sets `target_relative_to` (lumos: the reference run's runtime) the decoder
+   learns target / baseline and samples are scaled back (`--target absolute` is the ablation);
+   each member's point metrics on the validation part are printed too (`..._val_<metric>`),
+   comparable across target forms where validation losses are not;
 4. fit the tabular peers on train+val (they need no early stopping): the mean, LightGBM (the
    project's baseline, raw target) and XGBoost on flattened config fields, and both on log target;
    for lumos also with the reference run's log summary as columns, on the log of
@@ -73,6 +77,7 @@ from regressor.fleetsim import generate_fleet
 from regressor.plots import predicted_vs_actual
 from regressor.predictor import Predictor
 from regressor.sampling import summarize
+from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
 from regressor.training import FitResult, fit
@@ -159,8 +164,8 @@ def steps_for(
         )
         probe = fit(
             copy.deepcopy(predictor),
-            (train.texts, train.targets),
-            (val.texts[:1], val.targets[:1]),
+            (train.texts, train.model_targets),
+            (val.texts[:1], val.model_targets[:1]),
             probe_cfg,
             ckpt / "probe",
             resume=False,
@@ -185,6 +190,8 @@ class Recipe:
     split_digits: bool = True  # False: the tokenizer keeps digit runs whole
     dropout: float | None = None  # instead of the model's
     attention_dropout: float | None = None  # instead of the model's (None: same as dropout)
+    relative_to: str | None = None  # the config path the target is learnt relative to
+    shuffle_fields: bool = False  # augment: fields in a new order at every draw
 
     def model_config(self) -> ModelConfig:
         overrides = {
@@ -199,6 +206,8 @@ class Recipe:
         """What sets this recipe apart from the model's own, for run names."""
         suffix = f"_in{self.max_input_tokens}" if self.max_input_tokens else ""
         suffix += "" if self.split_digits else "_whole_numbers"
+        suffix += "_relative" if self.relative_to else ""
+        suffix += "_shuffled" if self.shuffle_fields else ""
         suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
         if self.attention_dropout is not None:
             suffix += f"_attn{self.attention_dropout:g}"
@@ -211,8 +220,13 @@ def new_predictor(
     """A tokenizer trained on `texts`, a codec spanning `targets`, a randomly initialised model."""
     model_cfg = recipe.model_config()
     torch.manual_seed(seed)
-    tokenizer = InputTokenizer.train(texts, model_cfg.input_vocab_size, recipe.split_digits)
-    return Predictor.create(model_cfg, codec_for(targets), tokenizer, priority)
+    corpus = list(texts)
+    if recipe.shuffle_fields:  # merges across line breaks must not favour one field order
+        rng = np.random.default_rng(seed)
+        corpus = [shuffle_section_lines(text, rng) for _ in range(3) for text in texts]
+    tokenizer = InputTokenizer.train(corpus, model_cfg.input_vocab_size, recipe.split_digits)
+    codec = codec_for(targets)
+    return Predictor.create(model_cfg, codec, tokenizer, priority, recipe.relative_to)
 
 
 def fit_in_budget(
@@ -241,8 +255,8 @@ def fit_in_budget(
     logger = CSVLogger(ckpt, name="", version="")  # <ckpt>/metrics.csv: the loss curves
     result = fit(
         predictor,
-        (train.texts, train.targets),
-        (val.texts, val.targets),
+        (train.texts, train.model_targets),
+        (val.texts, val.model_targets),
         train_cfg,
         ckpt,
         logger=logger,
@@ -261,7 +275,7 @@ def train_textperf(
     max_steps: int | None = None,
 ) -> tuple[Predictor, FitResult, int]:
     """A tokenizer and model from scratch on `train`; early stopping on `val` (`fit_in_budget`)."""
-    targets = np.concatenate([train.targets, val.targets])
+    targets = np.concatenate([train.model_targets, val.model_targets])
     predictor = new_predictor(recipe, train.texts, targets, priority, train_cfg.seed)
     fitted, max_steps = fit_in_budget(predictor, train, val, train_cfg, ckpt, max_steps)
     return predictor, fitted, max_steps
@@ -289,6 +303,7 @@ def concat(a: Examples, b: Examples) -> Examples:
         texts=a.texts + b.texts,
         targets=np.concatenate([a.targets, b.targets]),
         config_json=a.config_json + b.config_json,
+        scales=None if a.scales is None else np.concatenate([a.scales, b.scale_values]),
     )
 
 
@@ -317,11 +332,15 @@ def with_scientific_numbers(examples: Examples) -> Examples:
 
 
 def make_parts(
-    records: pl.DataFrame, sides: np.ndarray, priority: tuple[str, ...], budget: int
+    records: pl.DataFrame,
+    sides: np.ndarray,
+    priority: tuple[str, ...],
+    budget: int,
+    relative_to: str | None = None,
 ) -> Parts:
     labelled = records.with_columns(pl.Series("side", sides))
     part = {
-        side: to_examples(labelled.filter(pl.col("side") == side), priority, budget)
+        side: to_examples(labelled.filter(pl.col("side") == side), priority, budget, relative_to)
         for side in SIDES
     }
     logs = dict(zip(records["record_id"], records["logs_json"], strict=True))
@@ -403,19 +422,30 @@ def emit(prefix: str, metrics: dict[str, float], keys: tuple[str, ...]) -> None:
 
 
 def source_recipe(model: str, dataset: str) -> Recipe:
-    """The model as the dataset's source config reads numbers (`SourceText.whole_numbers`)."""
-    return Recipe(model, split_digits=not load_source_config(SOURCES[dataset]).whole_numbers)
+    """The model as the dataset's source config reads numbers (`SourceText.whole_numbers`) and
+    states its target (`SourceText.target_relative_to`)."""
+    source = load_source_config(SOURCES[dataset])
+    return Recipe(
+        model, split_digits=not source.whole_numbers, relative_to=source.target_relative_to
+    )
 
 
 def recipe_of(args: argparse.Namespace) -> Recipe:
     """The source's recipe with the command line's ablations on top."""
-    split_digits = source_recipe(args.model, args.dataset).split_digits
+    source = source_recipe(args.model, args.dataset)
+    split_digits, relative_to = source.split_digits, source.relative_to
     if args.number_tokens:
         split_digits = args.number_tokens == "digits"
+    if args.target == "absolute":
+        relative_to = None
+    elif args.target == "relative" and relative_to is None:
+        raise SystemExit(f"conf/sources/{SOURCES[args.dataset]}.yaml sets no target_relative_to")
     return Recipe(
         model=args.model,
         max_input_tokens=args.max_input_tokens,
         split_digits=split_digits,
+        relative_to=relative_to,
+        shuffle_fields=args.shuffle_fields,
         dropout=args.dropout,
         attention_dropout=args.attention_dropout,
     )
@@ -429,7 +459,8 @@ def priority_of(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
-    name = f"{args.dataset}_{args.model}_{args.minutes:g}min_seed{args.seed}{recipe.run_suffix()}"
+    budget = f"{args.minutes:g}min" if args.steps is None else f"{args.steps}steps"
+    name = f"{args.dataset}_{args.model}_{budget}_seed{args.seed}{recipe.run_suffix()}"
     name += "_scientific" if args.number_format == "scientific" else ""
     name += f"_wd{args.weight_decay:g}" if args.weight_decay is not None else ""
     if args.pretrain_on:
@@ -458,7 +489,7 @@ def pretrained_base(
     order = np.random.default_rng(args.seed).permutation(len(others))
     n_val = max(1, len(others) // 20)
     val, train = others.take(order[:n_val]), others.take(order[n_val:])
-    targets = np.concatenate([others.targets, parts.train.targets, parts.val.targets])
+    targets = np.concatenate([others.targets, parts.train.model_targets, parts.val.model_targets])
     texts = others.texts + parts.train.texts
     base = new_predictor(recipe, texts, targets, priority, args.seed)
     cfg = budget_config(args.pretrain_minutes, args.seed)
@@ -492,11 +523,15 @@ def train_members(
     if args.pretrain_on:  # beside the fine-tuning's directory: its logger clears that one
         base_ckpt = ckpt.with_name(f"{ckpt.name}_base")
         base = pretrained_base(args, recipe, parts, priority, base_ckpt)
-    d, plan, members = args.dataset, None, []
+    d, plan, members = args.dataset, args.steps, []
     for i, (train, val) in enumerate(member_parts(args, parts)):
-        cfg = budget_config(args.minutes, args.seed + 1000 * i)
+        # A fixed step plan (`--steps`) is not cut by the clock: results then do not depend on
+        # what else the machine runs (members of a 5-model run got 613 down to 210 steps).
+        minutes = args.minutes if args.steps is None else 100 * args.minutes
+        cfg = budget_config(minutes, args.seed + 1000 * i)
         if args.weight_decay is not None:
             cfg = cfg.model_copy(update={"weight_decay": args.weight_decay})
+        cfg = cfg.model_copy(update={"shuffle_fields": recipe.shuffle_fields})
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:
             predictor, fitted, plan = train_textperf(
@@ -505,10 +540,19 @@ def train_members(
         else:
             predictor = copy.deepcopy(base)
             fitted, plan = fit_in_budget(predictor, train, val, cfg, member_ckpt, plan)
-        samples = predictor.sample_texts(parts.test.texts, args.samples, seed=args.seed + i)
+        test = parts.test
+        samples = predictor.sample_texts(
+            test.texts, args.samples, seed=args.seed + i, scales=test.scales
+        )
         tag = f"{d}_textperf" if args.ensemble == 1 else f"{d}_textperf_member{i}"
         print(f"{tag}_steps: {fitted.steps}\n{tag}_train_s: {fitted.seconds:.0f}")
         print(f"{tag}_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
+        # Validation loss is not comparable across target forms (absolute vs relative): the
+        # validation part's own point metrics are, and choosing on them leaves test untouched.
+        val_samples = predictor.sample_texts(
+            val.texts, args.samples, seed=args.seed, scales=val.scales
+        )
+        emit(f"{tag}_val", point_metrics(val.targets, np.median(val_samples, 1)), POINT)
         if args.ensemble > 1:
             emit(tag, point_metrics(parts.test.targets, np.median(samples, 1)), POINT)
         members.append(samples)
@@ -545,7 +589,8 @@ def run(args: argparse.Namespace) -> None:
     sides = sides_of(args.dataset, records, args.seed, out)
     recipe = recipe_of(args)
     priority = priority_of(args)
-    parts = make_parts(records, sides, priority, recipe.model_config().max_input_tokens)
+    budget = recipe.model_config().max_input_tokens
+    parts = make_parts(records, sides, priority, budget, recipe.relative_to)
     if args.number_format == "scientific":
         parts = dataclasses.replace(
             parts, **{side: with_scientific_numbers(getattr(parts, side)) for side in SIDES}
@@ -583,6 +628,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--dataset", choices=sorted(SOURCES), required=True)
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget per model")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train every model this many steps whatever the clock says (default: as many as"
+        " --minutes allows, timed by a probe)",
+    )
     parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
     parser.add_argument("--seed", type=int, default=0, help="split, training and sampling seed")
     parser.add_argument("--samples", type=int, default=32, help="decodes per test input")
@@ -624,12 +676,24 @@ def parse_args() -> argparse.Namespace:
         default="plain",
         help="numbers in the input as written, or rewritten as 1.515e4 (after truncation)",
     )
+    ablation.add_argument(
+        "--target",
+        choices=("absolute", "relative"),
+        default=None,
+        help="learn the target itself, or its ratio to the source's `target_relative_to` field"
+        " (default: the source config's)",
+    )
     ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
     ablation.add_argument(
         "--attention-dropout",
         type=float,
         default=None,
         help="instead of the model's (default: the same as --dropout)",
+    )
+    ablation.add_argument(
+        "--shuffle-fields",
+        action="store_true",
+        help="augment: each draw of a training record shows its fields in a new order",
     )
     ablation.add_argument(
         "--weight-decay", type=float, default=None, help="instead of conf/train/demo.yaml's"
