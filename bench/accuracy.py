@@ -206,7 +206,7 @@ class Recipe:
         """What sets this recipe apart from the model's own, for run names."""
         suffix = f"_in{self.max_input_tokens}" if self.max_input_tokens else ""
         suffix += "" if self.split_digits else "_whole_numbers"
-        suffix += "_relative" if self.relative_to else ""
+        suffix += f"_relative-{self.relative_to}" if self.relative_to else ""
         suffix += "_shuffled" if self.shuffle_fields else ""
         suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
         if self.attention_dropout is not None:
@@ -436,7 +436,9 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
     split_digits, relative_to = source.split_digits, source.relative_to
     if args.number_tokens:
         split_digits = args.number_tokens == "digits"
-    if args.target == "absolute":
+    if args.relative_to:
+        relative_to = args.relative_to
+    elif args.target == "absolute":
         relative_to = None
     elif args.target == "relative" and relative_to is None:
         raise SystemExit(f"conf/sources/{SOURCES[args.dataset]}.yaml sets no target_relative_to")
@@ -682,6 +684,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="learn the target itself, or its ratio to the source's `target_relative_to` field"
         " (default: the source config's)",
+    )
+    ablation.add_argument(
+        "--relative-to",
+        default=None,
+        metavar="PATH",
+        help="learn the target relative to this dotted config path instead of the source's",
     )
     ablation.add_argument("--dropout", type=float, default=None, help="instead of the model's")
     ablation.add_argument(
