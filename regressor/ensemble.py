@@ -93,9 +93,10 @@ class MemberLogger(MLFlowLogger):
 
     Its hyperparameters are not logged: Lightning would log each member's train config as the
     run's params, and MLflow refuses a param logged again with another value (the seed);
-    `_log_params` logs the config (`train.*`) and `_train_ensemble` each member's seed. Nor does
-    the end of a member's fit end the run (Lightning's `finalize` marks it FINISHED): the next
-    members still train in it, and a kill must leave it RUNNING for `_note_resume` to see.
+    `pipeline._log_params` logs the config (`train.*`) and `train_ensemble` each member's seed.
+    Nor does the end of a member's fit end the run (Lightning's `finalize` marks it FINISHED):
+    the next members still train in it, and a kill must leave it RUNNING for the pipeline's
+    `_note_resume` to see.
     """
 
     LOGGER_JOIN_CHAR = "/"
