@@ -80,7 +80,7 @@ from regressor.sampling import summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
-from regressor.training import FitResult, fit
+from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
@@ -162,10 +162,10 @@ def steps_for(
         probe_cfg = cfg.model_copy(
             update={"max_steps": steps, "ema_decay": None, "progress_bar": False}
         )
-        probe = fit(
+        probe = fit_examples(
             copy.deepcopy(predictor),
-            (train.texts, train.model_targets),
-            (val.texts[:1], val.model_targets[:1]),
+            train,
+            val.take([0]),
             probe_cfg,
             ckpt / "probe",
             resume=False,
@@ -253,15 +253,7 @@ def fit_in_budget(
     )
     print(f"mean_input_tokens: {mean_train_tokens:.0f}\nmax_steps: {max_steps}", flush=True)
     logger = CSVLogger(ckpt, name="", version="")  # <ckpt>/metrics.csv: the loss curves
-    result = fit(
-        predictor,
-        (train.texts, train.model_targets),
-        (val.texts, val.model_targets),
-        train_cfg,
-        ckpt,
-        logger=logger,
-        resume=False,
-    )
+    result = fit_examples(predictor, train, val, train_cfg, ckpt, logger=logger, resume=False)
     return result, max_steps
 
 

@@ -23,7 +23,7 @@ from regressor.ensemble import combine_fits, member_config, member_dir
 from regressor.lora import add_lora, merge_lora
 from regressor.model import EncoderDecoder
 from regressor.predictor import Predictor
-from regressor.training import FitResult, fit
+from regressor.training import FitResult, fit_examples
 
 
 def latest_shots(pool: Examples, n_shots: int) -> Examples:
@@ -144,14 +144,7 @@ def _fine_tune_member(
 ) -> FitResult:
     """Fine-tune a one-model view in place (its module is the ensemble's member)."""
     freeze_for(member.model, adapt)
-    result = fit(
-        member,
-        (train.texts, train.model_targets),
-        (val.texts, val.model_targets),
-        cfg,
-        checkpoint_dir,
-        resume=False,
-    )
+    result = fit_examples(member, train, val, cfg, checkpoint_dir, resume=False)
     merge_lora(member.model)  # a no-op unless LoRA: the bundle then holds plain weights
     member.model.requires_grad_(True)
     member.model.eval()
@@ -181,13 +174,8 @@ def train_from_scratch(
             base.model_config, base.codec_config, base.tokenizer, base.priority, base.relative_to
         )
         results.append(
-            fit(
-                scratch,
-                (train.texts, train.model_targets),
-                (val.texts, val.model_targets),
-                member_cfg,
-                member_dir(checkpoint_dir, i, size),
-                resume=False,
+            fit_examples(
+                scratch, train, val, member_cfg, member_dir(checkpoint_dir, i, size), resume=False
             )
         )
         members.append(scratch)

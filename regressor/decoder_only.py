@@ -30,13 +30,13 @@ from torch import Tensor, nn
 
 from regressor.config import ModelConfig
 from regressor.model import (
-    MLP,
     DecoderCache,
     EncoderBlock,
     EncoderDecoder,
     Rope,
-    SelfAttention,
+    init_unit_gain,
     rotary,
+    rotary_head_dim,
 )
 
 KV = tuple[Tensor, Tensor]  # keys, values [B, H, length, Dh]
@@ -76,10 +76,8 @@ class CausalBlock(EncoderBlock):
 class DecoderOnly(nn.Module):
     def __init__(self, cfg: ModelConfig, input_vocab_size: int, output_vocab_size: int) -> None:
         super().__init__()
-        if (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError("rotary positions need an even head width d_model / n_heads")
         self.cfg = cfg
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = rotary_head_dim(cfg)
         self.src_embed = nn.Embedding(input_vocab_size, cfg.d_model)
         self.tgt_embed = nn.Embedding(output_vocab_size, cfg.d_model)
         # Named `decoder` like EncoderDecoder's, so adaptation's `last_layers` finds it.
@@ -87,21 +85,7 @@ class DecoderOnly(nn.Module):
         self.decoder_norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, output_vocab_size, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """EncoderDecoder's unit-gain init (see `EncoderDecoder._init_weights` for why): every
-        projection N(0, 1/fan_in), embeddings N(0, 0.02), and the residual output projections
-        shrunk by sqrt(2 branches x depth)."""
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=module.in_features**-0.5)
-        for module in self.decoder.modules():
-            if isinstance(module, SelfAttention | MLP):
-                std = (module.out.in_features * 2 * len(self.decoder)) ** -0.5
-                nn.init.normal_(module.out.weight, std=std)
+        init_unit_gain(self, ((self.decoder, 2),))  # attention + MLP: 2 branches a block
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
 from regressor.predictor import Predictor, sha256_file
-from regressor.training import FitResult, fit
+from regressor.training import FitResult, fit_examples
 
 SEED_STRIDE = 1000
 
@@ -129,15 +129,7 @@ def train_member(
     )
     fitted = load_finished_member(directory, member)
     if fitted is None:
-        fitted = fit(
-            member,
-            (train.texts, train.model_targets),
-            (val.texts, val.model_targets),
-            cfg,
-            directory,
-            logger=logger,
-            resume=True,
-        )
+        fitted = fit_examples(member, train, val, cfg, directory, logger=logger, resume=True)
         save_finished_member(directory, member, fitted)
     return member, fitted
 

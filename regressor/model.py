@@ -196,10 +196,8 @@ class DecoderBlock(nn.Module):
 class EncoderDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, input_vocab_size: int, output_vocab_size: int) -> None:
         super().__init__()
-        if (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError("rotary positions need an even head width d_model / n_heads")
         self.cfg = cfg
-        self.head_dim = cfg.d_model // cfg.n_heads
+        self.head_dim = rotary_head_dim(cfg)
         self.src_embed = nn.Embedding(input_vocab_size, cfg.d_model)
         self.tgt_embed = nn.Embedding(output_vocab_size, cfg.d_model)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_encoder_layers))
@@ -208,29 +206,7 @@ class EncoderDecoder(nn.Module):
         self.decoder_norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, output_vocab_size, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Every projection N(0, 1/fan_in), so each starts with unit gain; the residual output
-        projections are further shrunk by sqrt(number of residual branches) so the residual
-        stream's variance does not grow with depth; embeddings N(0, 0.02).
-
-        Why not GPT-2's N(0, 0.02) everywhere: at d_model ~100 that is 5x below unit gain, and
-        the attention logits q.k and the value path Wv.Wo are products of two such matrices, so
-        their gradients start near zero (a saddle). From there the model spends ~1,000 steps
-        predicting only the target's marginal before it reads the text; with unit-gain
-        projections it leaves that plateau after ~300 steps (README, "The early plateau").
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=module.in_features**-0.5)
-        for blocks, branches in ((self.encoder, 2), (self.decoder, 3)):
-            for module in blocks.modules():
-                if isinstance(module, SelfAttention | CrossAttention | MLP):
-                    std = (module.out.in_features * branches * len(blocks)) ** -0.5
-                    nn.init.normal_(module.out.weight, std=std)
+        init_unit_gain(self, ((self.encoder, 2), (self.decoder, 3)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -282,6 +258,37 @@ class EncoderDecoder(nn.Module):
         for i, block in enumerate(self.decoder):
             x, _ = block(x, rope, cache.memory_kv[i], cache.memory_mask, None)
         return self.head(self.decoder_norm(x))
+
+
+def rotary_head_dim(cfg: ModelConfig) -> int:
+    """Dh = d_model / n_heads, which rotary positions need even (they rotate pairs)."""
+    if (cfg.d_model // cfg.n_heads) % 2:
+        raise ValueError("rotary positions need an even head width d_model / n_heads")
+    return cfg.d_model // cfg.n_heads
+
+
+def init_unit_gain(model: nn.Module, stacks: tuple[tuple[nn.ModuleList, int], ...]) -> None:
+    """Every projection N(0, 1/fan_in), so each starts with unit gain; the residual output
+    projections of each stack of blocks are further shrunk by sqrt(its residual branches per
+    block x its depth) so the residual stream's variance does not grow with depth; embeddings
+    N(0, 0.02). `stacks` pairs each stack with its branches per block (encoder 2, decoder 3).
+
+    Why not GPT-2's N(0, 0.02) everywhere: at d_model ~100 that is 5x below unit gain, and
+    the attention logits q.k and the value path Wv.Wo are products of two such matrices, so
+    their gradients start near zero (a saddle). From there the model spends ~1,000 steps
+    predicting only the target's marginal before it reads the text; with unit-gain
+    projections it leaves that plateau after ~300 steps (README, "The early plateau").
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
+    for blocks, branches in stacks:
+        for module in blocks.modules():
+            if isinstance(module, SelfAttention | CrossAttention | MLP):
+                std = (module.out.in_features * branches * len(blocks)) ** -0.5
+                nn.init.normal_(module.out.weight, std=std)
 
 
 def key_mask(src_mask: Tensor) -> Tensor:

@@ -40,7 +40,7 @@ from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
 from regressor.sources.fleet import IngestReport
 from regressor.tracking import configure_mlflow
-from regressor.training import FitResult, fit
+from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
@@ -289,14 +289,8 @@ def _train_and_register(
         _log_params(app, data, n_parameters, conf_dir, per_member if size > 1 else None)
         if size == 1:
             logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
-            fitted = fit(
-                predictor,
-                (train.texts, train.model_targets),
-                (val.texts, val.model_targets),
-                train_cfg,
-                ckpt_dir,
-                logger=logger,
-                resume=True,
+            fitted = fit_examples(
+                predictor, train, val, train_cfg, ckpt_dir, logger=logger, resume=True
             )
         else:  # `predictor` is only the template of the members (configs, tokenizer)
             predictor, fitted = train_ensemble(

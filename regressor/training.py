@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
+from regressor.dataset import Examples
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
@@ -324,6 +325,28 @@ def _averaging(cfg: TrainConfig) -> list[Callback]:
     if cfg.ema_decay is None:
         return []
     return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
+
+
+def fit_examples(
+    predictor: Predictor,
+    train: Examples,
+    val: Examples,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    logger: Logger | bool = False,
+    resume: bool = True,
+) -> FitResult:
+    """`fit` on examples: the decoder learns each one's `model_targets` (the target, or its
+    ratio to the record's own baseline when the source's target is relative)."""
+    return fit(
+        predictor,
+        (train.texts, train.model_targets),
+        (val.texts, val.model_targets),
+        cfg,
+        checkpoint_dir,
+        logger=logger,
+        resume=resume,
+    )
 
 
 @dataclass(frozen=True)

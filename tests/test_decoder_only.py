@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from test_model import decode_incrementally  # the same step-by-step decode serves both models
 
 from regressor.adaptation import freeze_for
 from regressor.config import (
@@ -53,14 +54,6 @@ def batch(
     mask = torch.arange(s)[None, :] < torch.tensor(lengths)[:, None]
     tgt = torch.randint(0, OUT_VOCAB, (len(lengths), t), generator=gen)
     return src, mask, tgt
-
-
-def decode_incrementally(
-    model: DecoderOnly, src: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor
-) -> torch.Tensor:
-    """tgt [B*W, T] (W rows per input, input-major) -> logits [B*W, T, V], one step at a time."""
-    cache = model.init_cache(model.encode(src, mask), mask)
-    return torch.stack([model.decode_step(tgt[:, i], cache) for i in range(tgt.shape[1])], 1)
 
 
 @torch.no_grad()

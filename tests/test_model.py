@@ -31,8 +31,9 @@ def batch(b: int = 3, s: int = 12, t: int = 6, in_vocab: int = 300) -> tuple[tor
 
 
 def decode_incrementally(
-    model: EncoderDecoder, src: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor
+    model: torch.nn.Module, src: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor
 ) -> torch.Tensor:
+    """tgt [B*W, T] (W rows per input, input-major) -> logits [B*W, T, V], one step at a time."""
     cache = model.init_cache(model.encode(src, mask), mask)
     return torch.stack([model.decode_step(tgt[:, i], cache) for i in range(tgt.shape[1])], 1)
 
