@@ -18,9 +18,10 @@ Protocol:
    i stops early on group fold i of train+val and trains on the other folds. `--pretrain-on`
    first trains one model on every record of other datasets, which each member then fine-tunes;
    where the source sets `target_relative_to` (lumos: the reference run's runtime) the decoder
-   learns target / baseline and samples are scaled back (`--target absolute` is the ablation);
-   each member's point metrics on the validation part are printed too (`..._val_<metric>`),
-   comparable across target forms where validation losses are not;
+   learns target / baseline and samples are scaled back (`--target absolute` is the ablation;
+   `--target mixed`, or the source's `mixed_target_forms`, makes the odd members learn the
+   target itself); each member's point metrics on the validation part are printed too
+   (`..._val_<metric>`), comparable across target forms where validation losses are not;
 4. fit the tabular peers on train+val (they need no early stopping): the mean, LightGBM (the
    project's baseline, raw target) and XGBoost on flattened config fields, and both on log target;
    for lumos also with the reference run's log summary as columns, on the log of
@@ -35,8 +36,10 @@ uncertainty_spearman_relative (both relative), the samples ablation `textperf_k<
 expected percentage error under the samples, `mape_point`); writes
 predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
 `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, every model's test predictions to
-`<out>/<same name>_predictions.parquet`, and textperf's loss curves to
-`<out>/checkpoints/<same name>/metrics.csv`.
+`<out>/<same name>_predictions.parquet`, each member's test and validation draws to
+`<out>/<same name>_samples.npz` (runs on one split pool with `bench/pool.py`), and textperf's
+loss curves to `<out>/checkpoints/<same name>/metrics.csv`. `--resume` continues a killed run
+from its members' last checkpoints (a finished member is only loaded and sampled).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.dataset import Examples, to_examples
+from regressor.ensemble import absolute_members_of
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import generate_fleet
 from regressor.plots import predicted_vs_actual
@@ -191,6 +195,7 @@ class Recipe:
     dropout: float | None = None  # instead of the model's
     attention_dropout: float | None = None  # instead of the model's (None: same as dropout)
     relative_to: str | None = None  # the config path the target is learnt relative to
+    mixed_target_forms: bool = False  # odd ensemble members learn the target itself
     shuffle_fields: bool = False  # augment: fields in a new order at every draw
 
     def model_config(self) -> ModelConfig:
@@ -207,6 +212,7 @@ class Recipe:
         suffix = f"_in{self.max_input_tokens}" if self.max_input_tokens else ""
         suffix += "" if self.split_digits else "_whole_numbers"
         suffix += f"_relative-{self.relative_to}" if self.relative_to else ""
+        suffix += "_mixed" if self.mixed_target_forms else ""
         suffix += "_shuffled" if self.shuffle_fields else ""
         suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
         if self.attention_dropout is not None:
@@ -215,9 +221,15 @@ class Recipe:
 
 
 def new_predictor(
-    recipe: Recipe, texts: list[str], targets: np.ndarray, priority: tuple[str, ...], seed: int
+    recipe: Recipe,
+    texts: list[str],
+    targets: np.ndarray,
+    priority: tuple[str, ...],
+    seed: int,
+    absolute: bool = False,
 ) -> Predictor:
-    """A tokenizer trained on `texts`, a codec spanning `targets`, a randomly initialised model."""
+    """A tokenizer trained on `texts`, a codec spanning `targets`, a randomly initialised model
+    (learning the target itself if `absolute`, else in the recipe's form)."""
     model_cfg = recipe.model_config()
     torch.manual_seed(seed)
     corpus = list(texts)
@@ -226,7 +238,14 @@ def new_predictor(
         corpus = [shuffle_section_lines(text, rng) for _ in range(3) for text in texts]
     tokenizer = InputTokenizer.train(corpus, model_cfg.input_vocab_size, recipe.split_digits)
     codec = codec_for(targets)
-    return Predictor.create(model_cfg, codec, tokenizer, priority, recipe.relative_to)
+    return Predictor.create(
+        model_cfg,
+        codec,
+        tokenizer,
+        priority,
+        recipe.relative_to,
+        absolute_members=(0,) if absolute else (),
+    )
 
 
 def fit_in_budget(
@@ -236,11 +255,13 @@ def fit_in_budget(
     train_cfg: TrainConfig,
     ckpt: Path,
     max_steps: int | None = None,
+    resume: bool = False,
 ) -> tuple[FitResult, int]:
     """Train `predictor` on `train` with early stopping on `val`, in place.
 
     Returns the fit and the step plan: `max_steps`, or when None as many steps as fit in the
-    budget (`steps_for`), so ensemble members can share one plan.
+    budget (`steps_for`), so ensemble members can share one plan. With `resume`, a `last.ckpt`
+    in `ckpt` (a killed or finished run of the same recipe) is continued, not restarted.
     """
     mean_train_tokens = mean_tokens(predictor, train.texts)
     max_steps = max_steps or steps_for(predictor, train, val, train_cfg, ckpt)
@@ -252,8 +273,10 @@ def fit_in_budget(
         update={"max_steps": max_steps, "early_stopping_patience": patience}
     )
     print(f"mean_input_tokens: {mean_train_tokens:.0f}\nmax_steps: {max_steps}", flush=True)
-    logger = CSVLogger(ckpt, name="", version="")  # <ckpt>/metrics.csv: the loss curves
-    result = fit_examples(predictor, train, val, train_cfg, ckpt, logger=logger, resume=False)
+    # <ckpt>/metrics.csv: the loss curves (a resumed run logs beside them, not over them)
+    resumed = resume and (ckpt / "last.ckpt").exists()
+    logger = CSVLogger(ckpt, name="", version="resumed" if resumed else "")
+    result = fit_examples(predictor, train, val, train_cfg, ckpt, logger=logger, resume=resume)
     return result, max_steps
 
 
@@ -265,11 +288,17 @@ def train_textperf(
     ckpt: Path,
     priority: tuple[str, ...],
     max_steps: int | None = None,
+    resume: bool = False,
+    absolute: bool = False,
 ) -> tuple[Predictor, FitResult, int]:
-    """A tokenizer and model from scratch on `train`; early stopping on `val` (`fit_in_budget`)."""
-    targets = np.concatenate([train.model_targets, val.model_targets])
-    predictor = new_predictor(recipe, train.texts, targets, priority, train_cfg.seed)
-    fitted, max_steps = fit_in_budget(predictor, train, val, train_cfg, ckpt, max_steps)
+    """A tokenizer and model from scratch on `train` (learning the target itself if `absolute`);
+    early stopping on `val` (`fit_in_budget`). The tokenizer and codec are functions of the
+    training data, so a resumed run rebuilds the ones its checkpoint was trained with."""
+    learnt = [part.targets if absolute else part.model_targets for part in (train, val)]
+    predictor = new_predictor(
+        recipe, train.texts, np.concatenate(learnt), priority, train_cfg.seed, absolute
+    )
+    fitted, max_steps = fit_in_budget(predictor, train, val, train_cfg, ckpt, max_steps, resume)
     return predictor, fitted, max_steps
 
 
@@ -418,7 +447,10 @@ def source_recipe(model: str, dataset: str) -> Recipe:
     states its target (`SourceText.target_relative_to`)."""
     source = load_source_config(SOURCES[dataset])
     return Recipe(
-        model, split_digits=not source.whole_numbers, relative_to=source.target_relative_to
+        model,
+        split_digits=not source.whole_numbers,
+        relative_to=source.target_relative_to,
+        mixed_target_forms=source.mixed_target_forms,
     )
 
 
@@ -426,19 +458,23 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
     """The source's recipe with the command line's ablations on top."""
     source = source_recipe(args.model, args.dataset)
     split_digits, relative_to = source.split_digits, source.relative_to
+    mixed = source.mixed_target_forms
     if args.number_tokens:
         split_digits = args.number_tokens == "digits"
+    if args.target is not None:
+        mixed = args.target == "mixed"
     if args.relative_to:
         relative_to = args.relative_to
     elif args.target == "absolute":
         relative_to = None
-    elif args.target == "relative" and relative_to is None:
+    elif args.target in ("relative", "mixed") and relative_to is None:
         raise SystemExit(f"conf/sources/{SOURCES[args.dataset]}.yaml sets no target_relative_to")
     return Recipe(
         model=args.model,
         max_input_tokens=args.max_input_tokens,
         split_digits=split_digits,
         relative_to=relative_to,
+        mixed_target_forms=mixed and relative_to is not None,
         shuffle_fields=args.shuffle_fields,
         dropout=args.dropout,
         attention_dropout=args.attention_dropout,
@@ -483,11 +519,14 @@ def pretrained_base(
     order = np.random.default_rng(args.seed).permutation(len(others))
     n_val = max(1, len(others) // 20)
     val, train = others.take(order[:n_val]), others.take(order[n_val:])
-    targets = np.concatenate([others.targets, parts.train.model_targets, parts.val.model_targets])
+    learnt = [others.targets, parts.train.model_targets, parts.val.model_targets]
+    if recipe.mixed_target_forms:  # the codec spans both forms: members fine-tune in either
+        learnt += [parts.train.targets, parts.val.targets]
+    targets = np.concatenate(learnt)
     texts = others.texts + parts.train.texts
     base = new_predictor(recipe, texts, targets, priority, args.seed)
     cfg = budget_config(args.pretrain_minutes, args.seed)
-    fitted, _ = fit_in_budget(base, train, val, cfg, ckpt)
+    fitted, _ = fit_in_budget(base, train, val, cfg, ckpt, resume=args.resume)
     d = args.dataset
     print(f"{d}_pretrain_records: {len(others)}\n{d}_pretrain_steps: {fitted.steps}")
     print(f"{d}_pretrain_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
@@ -507,10 +546,29 @@ def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples,
     return [(pool.take(fit), pool.take(val)) for fit, val in folds.split(pool.texts, groups=groups)]
 
 
+@dataclass(frozen=True)
+class MemberSamples:
+    """One ensemble member's draws: on the test part [N_test, samples], and on the validation
+    part it stopped early on [N_val, samples] (with `--cross-fit` a fold of its own)."""
+
+    test: np.ndarray
+    val: np.ndarray
+    val_ids: list[str]
+
+
+def save_member_samples(path: Path, test_ids: list[str], members: list[MemberSamples]) -> None:
+    """Every member's draws, so runs on one split can be pooled later (`bench/pool.py`)."""
+    arrays: dict[str, np.ndarray] = {"test_ids": np.array(test_ids)}
+    for i, member in enumerate(members):
+        arrays |= {f"test_{i}": member.test, f"val_{i}": member.val}
+        arrays[f"val_ids_{i}"] = np.array(member.val_ids)
+    np.savez_compressed(path, **arrays)
+
+
 def train_members(
     args: argparse.Namespace, recipe: Recipe, parts: Parts, priority: tuple[str, ...], ckpt: Path
-) -> list[np.ndarray]:
-    """Each ensemble member's test samples [N, samples]. Members differ in their training seed
+) -> list[MemberSamples]:
+    """Each ensemble member's test and validation samples. Members differ in their training seed
     (and with `--cross-fit` in their train/val cut, `member_parts`) and share the step plan
     timed for the first. With `--pretrain-on`, each is the one pretrained model fine-tuned."""
     base = None
@@ -518,6 +576,7 @@ def train_members(
         base_ckpt = ckpt.with_name(f"{ckpt.name}_base")
         base = pretrained_base(args, recipe, parts, priority, base_ckpt)
     d, plan, members = args.dataset, args.steps, []
+    absolute_members = absolute_members_of(args.ensemble, recipe.mixed_target_forms)
     for i, (train, val) in enumerate(member_parts(args, parts)):
         # A fixed step plan (`--steps`) is not cut by the clock: results then do not depend on
         # what else the machine runs (members of a 5-model run got 613 down to 210 steps).
@@ -529,11 +588,20 @@ def train_members(
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:
             predictor, fitted, plan = train_textperf(
-                recipe, train, val, cfg, member_ckpt, priority, plan
+                recipe,
+                train,
+                val,
+                cfg,
+                member_ckpt,
+                priority,
+                plan,
+                args.resume,
+                i in absolute_members,
             )
         else:
             predictor = copy.deepcopy(base)
-            fitted, plan = fit_in_budget(predictor, train, val, cfg, member_ckpt, plan)
+            predictor.absolute_members = (0,) if i in absolute_members else ()
+            fitted, plan = fit_in_budget(predictor, train, val, cfg, member_ckpt, plan, args.resume)
         test = parts.test
         samples = predictor.sample_texts(
             test.texts, args.samples, seed=args.seed + i, scales=test.scales
@@ -549,7 +617,7 @@ def train_members(
         emit(f"{tag}_val", point_metrics(val.targets, np.median(val_samples, 1)), POINT)
         if args.ensemble > 1:
             emit(tag, point_metrics(parts.test.targets, np.median(samples, 1)), POINT)
-        members.append(samples)
+        members.append(MemberSamples(samples, val_samples, val.record_ids))
     print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
     print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")
     return members
@@ -603,11 +671,13 @@ def run(args: argparse.Namespace) -> None:
 
     run_name = run_name_of(args, recipe)
     members = train_members(args, recipe, parts, priority, out / "checkpoints" / run_name)
-    samples = np.concatenate(members, axis=1)  # [N, ensemble * samples]: pooled draws
+    save_member_samples(out / f"{run_name}_samples.npz", parts.test.record_ids, members)
+    # [N, ensemble * samples]: pooled draws
+    samples = np.concatenate([member.test for member in members], axis=1)
     summary = summarize(samples) | {"samples": samples}
     metrics = evaluate_predictions(y, summary)
     emit(f"{d}_textperf", metrics, POINT + UNCERTAINTY)
-    print_sample_sweep(f"{d}_textperf", y, members[0])
+    print_sample_sweep(f"{d}_textperf", y, members[0].test)
     print(f"{d}_textperf_mape_point_mape: {point_metrics(y, mape_point(samples))['mape']:.4f}")
     save_plot(out, f"{run_name}_textperf", y, summary["median"], summary["q10"], summary["q90"])
     print(f"{d}_wall_s: {time.perf_counter() - started:.0f}")
@@ -653,6 +723,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-minutes", type=float, default=5.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each member from the last.ckpt a killed (or finished) run of the same"
+        " flags left under --out; exact with --steps (a --minutes plan is timed anew)",
+    )
     ablation = parser.add_argument_group("ablations (textperf only; the peers are unchanged)")
     ablation.add_argument(
         "--max-input-tokens", type=int, default=None, help="input budget instead of the model's"
@@ -672,10 +748,11 @@ def parse_args() -> argparse.Namespace:
     )
     ablation.add_argument(
         "--target",
-        choices=("absolute", "relative"),
+        choices=("absolute", "relative", "mixed"),
         default=None,
-        help="learn the target itself, or its ratio to the source's `target_relative_to` field"
-        " (default: the source config's)",
+        help="learn the target itself, or its ratio to the source's `target_relative_to` field,"
+        " or (mixed) the ratio in even ensemble members and the target in odd ones (default: the"
+        " source config's)",
     )
     ablation.add_argument(
         "--relative-to",

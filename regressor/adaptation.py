@@ -159,7 +159,8 @@ def train_from_scratch(
     checkpoint_dir: Path,
 ) -> tuple[Predictor, FitResult]:
     """The same architecture and tokenizer as `base`, freshly initialised, on the same split;
-    as many members as `base`, member i initialised and trained with its own seed.
+    as many members as `base`, member i initialised and trained with its own seed and in its
+    own target form.
 
     Reusing the base tokenizer isolates what pretraining brings: only the weights differ.
     """
@@ -171,7 +172,12 @@ def train_from_scratch(
         member_cfg = member_config(cfg, i)
         torch.manual_seed(member_cfg.seed)  # the initial weights, reproducibly
         scratch = Predictor.create(
-            base.model_config, base.codec_config, base.tokenizer, base.priority, base.relative_to
+            base.model_config,
+            base.codec_config,
+            base.tokenizer,
+            base.priority,
+            base.relative_to,
+            absolute_members=(0,) if i in base.absolute_members else (),
         )
         results.append(
             fit_examples(

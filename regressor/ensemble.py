@@ -1,8 +1,10 @@
 """Training ensembles: each member's seed and checkpoint directory, training the members one
 after the other (resumable after a kill), and their fits summed up.
 
-Members differ only in their training seed (seed, seed + 1000, .. as in `bench/accuracy.py`), so
-one training config describes them all. The predictor side (pooling samples, the bundle) is in
+Members differ in their training seed (seed, seed + 1000, .. as in `bench/accuracy.py`), so
+one training config describes them all, and in a mixed ensemble (`SourceText.mixed_target_forms`)
+every other member learns the target itself instead of its ratio to the baseline
+(`absolute_members_of`). The predictor side (pooling samples, the bundle) is in
 `regressor.predictor`.
 """
 
@@ -33,6 +35,14 @@ def member_config(cfg: TrainConfig, i: int) -> TrainConfig:
     """Member i's training config: its own seed; member 0 keeps `cfg.seed`, so a one-member
     ensemble trains exactly as a single model."""
     return cfg if i == 0 else cfg.model_copy(update={"seed": cfg.seed + SEED_STRIDE * i})
+
+
+def absolute_members_of(ensemble_size: int, mixed_target_forms: bool) -> tuple[int, ...]:
+    """The members of a mixed ensemble that learn the target itself: the odd ones, so member 0
+    keeps the source's relative form and K members split about evenly (c3o: runtime and runtime
+    per MB err on different records; pooled, 5 members beat 5 of either form on validation,
+    README "Accuracy")."""
+    return tuple(range(1, ensemble_size, 2)) if mixed_target_forms else ()
 
 
 def member_dir(directory: Path, i: int, ensemble_size: int) -> Path:
@@ -115,9 +125,11 @@ def train_member(
     cfg: TrainConfig,
     directory: Path,
     logger: MemberLogger,
+    absolute: bool = False,
 ) -> tuple[Predictor, FitResult]:
-    """One ensemble member: loaded if an earlier attempt finished it, else trained with `fit`
-    (resuming its own `last.ckpt` if an attempt was killed while training it)."""
+    """One ensemble member, learning the target itself if `absolute` (else the template's
+    form): loaded if an earlier attempt finished it, else trained with `fit` (resuming its own
+    `last.ckpt` if an attempt was killed while training it)."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # its initial weights: its own, and the same on a rerun
     member = Predictor.create(
@@ -126,6 +138,7 @@ def train_member(
         template.tokenizer,
         template.priority,
         template.relative_to,
+        absolute_members=(0,) if absolute else (),
     )
     fitted = load_finished_member(directory, member)
     if fitted is None:
@@ -142,19 +155,23 @@ def train_ensemble(
     ckpt_dir: Path,
     tracking_uri: str,
     run_id: str,
+    absolute_members: Sequence[int] = (),
 ) -> tuple[Predictor, FitResult]:
     """`cfg.ensemble_size` members one after the other, member i with seed `seed + 1000 i`
-    (`member_config`) in `ckpt_dir/member<i>`, all reading `template`'s tokenizer. Each
-    member's curves are logged as `member<i>/train_loss` .., its totals as `member<i>_...`."""
+    (`member_config`) in `ckpt_dir/member<i>`, all reading `template`'s tokenizer, those in
+    `absolute_members` learning the target itself. Each member's curves are logged as
+    `member<i>/train_loss` .., its totals as `member<i>_...`."""
     size = cfg.ensemble_size
     configs = [member_config(cfg, i) for i in range(size)]
     mlflow.log_params({f"member{i}_seed": member_cfg.seed for i, member_cfg in enumerate(configs)})
+    if absolute_members:
+        mlflow.log_param("absolute_members", ",".join(map(str, absolute_members)))
     members, fits = [], []
     for i, member_cfg in enumerate(configs):
         logger = MemberLogger(tracking_uri=tracking_uri, run_id=run_id, prefix=f"member{i}")
-        member, fitted = train_member(
-            template, train, val, member_cfg, member_dir(ckpt_dir, i, size), logger
-        )
+        directory = member_dir(ckpt_dir, i, size)
+        absolute = i in absolute_members
+        member, fitted = train_member(template, train, val, member_cfg, directory, logger, absolute)
         metrics = {
             f"member{i}_train_steps": fitted.steps,
             f"member{i}_train_seconds": fitted.seconds,

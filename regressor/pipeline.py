@@ -32,7 +32,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
-from regressor.ensemble import MEMBER_FIT, train_ensemble
+from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -71,6 +71,7 @@ class Dataset:
     example_record: dict
     whole_numbers: bool = False  # the source's tokenization of numbers (`SourceText`)
     relative_to: str | None = None  # the source's baseline of its target (`SourceText`)
+    mixed_target_forms: bool = False  # an ensemble's odd members learn the target itself
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -91,6 +92,7 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         record_from_row(records.row(0, named=True)),
         source.whole_numbers,
         relative_to,
+        source.mixed_target_forms,
     )
 
 
@@ -173,6 +175,7 @@ def _log_params(
         "holdout_task": data.holdout_task,
         "whole_numbers": data.whole_numbers,
         "target_relative_to": data.relative_to,
+        "mixed_target_forms": data.mixed_target_forms,
     }
     params |= {f"n_{name}": len(ex) for name, ex in data.splits.items()}
     mlflow.log_params(params)
@@ -189,6 +192,8 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "source": app.source,
         "whole_numbers": data.whole_numbers,
         "relative_to": data.relative_to,
+        # Only when set, so the keys (checkpoint directories) of existing trainings stay.
+        **({"mixed_target_forms": True} if data.mixed_target_forms else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -294,7 +299,14 @@ def _train_and_register(
             )
         else:  # `predictor` is only the template of the members (configs, tokenizer)
             predictor, fitted = train_ensemble(
-                predictor, train, val, train_cfg, ckpt_dir, paths.tracking_uri, run.info.run_id
+                predictor,
+                train,
+                val,
+                train_cfg,
+                ckpt_dir,
+                paths.tracking_uri,
+                run.info.run_id,
+                absolute_members_of(size, data.mixed_target_forms),
             )
         if app.eval.conformal:
             scale = predictor.calibrate(

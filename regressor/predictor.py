@@ -4,9 +4,11 @@ The bundle is a plain directory (`bundle.json`, `tokenizer.json`, `weights.pt`) 
 ship it as an artifact and a fresh process can load it without any pickled Python object.
 
 A predictor may be an ensemble: K member models that share the tokenizer, codec and configs
-and differ only in their weights (in training, only in their seed). Their samples are pooled
-before the median, which on small data beat any single model (README "Accuracy"). Member 0's
-weights stay in `weights.pt`, member j's in `weights_<j>.pt`, and `bundle.json` names K.
+and differ in their weights (in training, in their seed). Their samples are pooled before the
+median, which on small data beat any single model (README "Accuracy"). Member 0's weights stay
+in `weights.pt`, member j's in `weights_<j>.pt`, and `bundle.json` names K. Where the target is
+relative to a baseline (`relative_to`), some members may learn the target itself instead
+(`absolute_members`): the two forms err on different records, so their pool beats either.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from regressor.calibration import IntervalScale, fit_interval_scale
 from regressor.config import CodecConfig, ModelConfig
+from regressor.dataset import Examples
 from regressor.decoder_only import build_model
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
@@ -108,6 +111,8 @@ class Predictor:
     metadata: dict = field(default_factory=dict)
     # The config path the decoder's number is relative to (`regressor.targets`); None: absolute.
     relative_to: str | None = None
+    # Members that learn the target itself although `relative_to` is set (a mixed ensemble).
+    absolute_members: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.members, nn.Module) and not isinstance(self.members, nn.ModuleList):
@@ -115,6 +120,9 @@ class Predictor:
         self.members = list(self.members)
         if not self.members:
             raise ValueError("a predictor needs at least one model")
+        self.absolute_members = tuple(sorted(set(self.absolute_members)))
+        if any(not 0 <= j < len(self.members) for j in self.absolute_members):
+            raise ValueError(f"absolute_members {self.absolute_members} name no member")
 
     @property
     def model(self) -> EncoderDecoder:
@@ -133,6 +141,15 @@ class Predictor:
         """Parameters of all members together."""
         return sum(model.num_parameters() for model in self.members)
 
+    def learns_relative(self, j: int = 0) -> bool:
+        """Whether member j's decoder writes target / baseline (else the target itself)."""
+        return self.relative_to is not None and j not in self.absolute_members
+
+    def model_targets(self, examples: Examples) -> np.ndarray:
+        """What this (one-model) predictor's decoder learns for `examples`: their ratios to
+        their baselines when it learns relative targets, else the targets themselves."""
+        return examples.model_targets if self.learns_relative() else examples.targets
+
     @classmethod
     def create(
         cls,
@@ -142,6 +159,7 @@ class Predictor:
         priority: Sequence[str] = DEFAULT_PRIORITY,
         relative_to: str | None = None,
         ensemble_size: int = 1,
+        absolute_members: Sequence[int] = (),
     ) -> Predictor:
         """Freshly initialised members (from torch's global generator: seed it first)."""
         codec = NumberCodec(codec_config)
@@ -150,13 +168,26 @@ class Predictor:
             for _ in range(ensemble_size)
         ]
         return cls(
-            members, tokenizer, codec, model_config, codec_config, tuple(priority), {}, relative_to
+            members,
+            tokenizer,
+            codec,
+            model_config,
+            codec_config,
+            tuple(priority),
+            {},
+            relative_to,
+            tuple(absolute_members),
         )
 
     def member(self, j: int) -> Predictor:
-        """Member j alone. It shares the member's module, so training the view (`fit`) trains
-        the member in place; metadata is a copy."""
-        return dataclasses.replace(self, members=[self.members[j]], metadata=dict(self.metadata))
+        """Member j alone, in its own target form. It shares the member's module, so training
+        the view (`fit`) trains the member in place; metadata is a copy."""
+        return dataclasses.replace(
+            self,
+            members=[self.members[j]],
+            metadata=dict(self.metadata),
+            absolute_members=(0,) if j in self.absolute_members else (),
+        )
 
     def differences(self, other: Predictor) -> list[str]:
         """What `other` reads or writes differently: the parts ensemble members must share."""
@@ -188,8 +219,15 @@ class Predictor:
                     f"{', '.join(differs)} (members must read and write numbers alike)"
                 )
         metadata = {k: v for k, v in first.metadata.items() if k != "interval_scale"}
+        offsets = np.cumsum([0, *(p.ensemble_size for p in predictors)])
+        absolute = [
+            o + j for p, o in zip(predictors, offsets, strict=False) for j in p.absolute_members
+        ]
         return dataclasses.replace(
-            first, members=[m for p in predictors for m in p.members], metadata=metadata
+            first,
+            members=[m for p in predictors for m in p.members],
+            metadata=metadata,
+            absolute_members=tuple(int(j) for j in absolute),
         )
 
     def bundle_files(self) -> tuple[str, ...]:
@@ -206,6 +244,7 @@ class Predictor:
             "codec_config": self.codec_config.model_dump(mode="json"),
             "priority": list(self.priority),
             "relative_to": self.relative_to,
+            "absolute_members": list(self.absolute_members),
             "ensemble_size": self.ensemble_size,
             "metadata": self.metadata,
             # Checked on load: a truncated or altered artifact fails loudly, never predicts.
@@ -233,6 +272,7 @@ class Predictor:
             bundle["priority"],
             bundle.get("relative_to"),  # bundles saved before relative targets had none
             ensemble_size,
+            bundle.get("absolute_members", ()),  # nor before mixed ensembles
         )
         for j, model in enumerate(predictor.members):
             path = directory / weights_file(j)
@@ -268,8 +308,9 @@ class Predictor:
         with a generator seeded `member_seed(seed, j)`; the columns are member 0's draws, then
         member 1's, ..: pooled, so the median and quantiles are the ensemble's.
 
-        `scales` [N] are the records' baselines when the target is relative: each row of decoded
-        ratios is multiplied by its own, so the result is in the target's unit either way.
+        `scales` [N] are the records' baselines when the target is relative: each row of a
+        relative member's decoded ratios is multiplied by its own (an absolute member's draws are
+        the target already), so the result is in the target's unit either way.
         """
         if self.relative_to is not None and scales is None:
             raise ValueError(
@@ -278,13 +319,17 @@ class Predictor:
         ids = self.encode_texts(texts)
         order = np.argsort([len(row) for row in ids], kind="stable")
         shares = sample_shares(num_samples, self.ensemble_size)
-        draws = [
-            self._draw(model, ids, order, share, temperature, batch_size, member_seed(seed, j))
-            for j, (model, share) in enumerate(zip(self.members, shares, strict=True))
-            if share > 0
-        ]
-        out = np.concatenate(draws, axis=1) if draws else np.empty((len(ids), 0))
-        return out if scales is None else out * np.asarray(scales, dtype=np.float64)[:, None]
+        baselines = None if scales is None else np.asarray(scales, dtype=np.float64)[:, None]
+        draws = []
+        for j, (model, share) in enumerate(zip(self.members, shares, strict=True)):
+            if share == 0:
+                continue
+            draw = self._draw(
+                model, ids, order, share, temperature, batch_size, member_seed(seed, j)
+            )
+            scaled = baselines is not None and self.learns_relative(j)
+            draws.append(draw * baselines if scaled else draw)
+        return np.concatenate(draws, axis=1) if draws else np.empty((len(ids), 0))
 
     def _draw(
         self,

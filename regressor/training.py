@@ -336,12 +336,12 @@ def fit_examples(
     logger: Logger | bool = False,
     resume: bool = True,
 ) -> FitResult:
-    """`fit` on examples: the decoder learns each one's `model_targets` (the target, or its
-    ratio to the record's own baseline when the source's target is relative)."""
+    """`fit` on examples: the decoder learns what `predictor.model_targets` says (the target, or
+    its ratio to the record's own baseline when the predictor learns relative targets)."""
     return fit(
         predictor,
-        (train.texts, train.model_targets),
-        (val.texts, val.model_targets),
+        (train.texts, predictor.model_targets(train)),
+        (val.texts, predictor.model_targets(val)),
         cfg,
         checkpoint_dir,
         logger=logger,

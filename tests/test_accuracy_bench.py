@@ -8,12 +8,14 @@ import json
 import sys
 
 import numpy as np
+import pytest
 
 from regressor.config import PROJECT_ROOT
 from regressor.dataset import Examples
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
 import accuracy
+import pool
 
 
 def expected_ape(point: float, draws: np.ndarray) -> float:
@@ -72,3 +74,50 @@ def test_cross_fit_validates_each_record_once_and_keeps_configurations_whole() -
         assert not set(train.config_json) & set(val.config_json)
     plain = argparse.Namespace(cross_fit=False, ensemble=3)
     assert accuracy.member_parts(plain, parts) == [(parts.train, parts.val)] * 3
+
+
+def recipe_args(**given) -> argparse.Namespace:
+    defaults = {
+        "model": "mini",
+        "dataset": "lumos",
+        "number_tokens": None,
+        "relative_to": None,
+        "target": None,
+        "max_input_tokens": None,
+        "shuffle_fields": False,
+        "dropout": None,
+        "attention_dropout": None,
+    }
+    return argparse.Namespace(**(defaults | given))
+
+
+def test_target_forms_come_from_the_source_or_the_command_line() -> None:
+    lumos = accuracy.recipe_of(recipe_args())
+    assert (lumos.relative_to, lumos.mixed_target_forms) == ("reference.elapsed_time", False)
+    mixed = accuracy.recipe_of(recipe_args(target="mixed"))
+    assert mixed.mixed_target_forms
+    assert mixed.run_suffix().endswith("_mixed")
+    assert accuracy.recipe_of(recipe_args(target="absolute")).relative_to is None
+    per_mb = accuracy.recipe_of(recipe_args(dataset="c3o", target="mixed", relative_to="size"))
+    assert (per_mb.relative_to, per_mb.mixed_target_forms) == ("size", True)
+
+
+def member_draws(seed: int, val_ids: list[str]) -> accuracy.MemberSamples:
+    rng = np.random.default_rng(seed)
+    return accuracy.MemberSamples(rng.random((3, 4)), rng.random((2, 4)), val_ids)
+
+
+def test_member_samples_round_trip_and_cross_fitted_runs_do_not_pool(tmp_path) -> None:
+    members = [member_draws(0, ["v1", "v2"]), member_draws(1, ["v1", "v2"])]
+    accuracy.save_member_samples(tmp_path / "a_samples.npz", ["t1", "t2", "t3"], members)
+    run = pool.load_run(tmp_path, "a")
+    assert run.test_ids.tolist() == ["t1", "t2", "t3"]
+    assert run.val_ids.tolist() == ["v1", "v2"]
+    for saved, member in zip(
+        run.tests + run.vals, [m.test for m in members] + [m.val for m in members], strict=True
+    ):
+        np.testing.assert_array_equal(saved, member)
+    folds = [member_draws(0, ["v1", "v2"]), member_draws(1, ["v3", "v4"])]
+    accuracy.save_member_samples(tmp_path / "b_samples.npz", ["t1", "t2", "t3"], folds)
+    with pytest.raises(SystemExit, match="different records"):
+        pool.load_run(tmp_path, "b")

@@ -17,7 +17,8 @@ from test_adaptation import _shots
 
 from regressor.adaptation import fine_tune, train_from_scratch
 from regressor.config import AdaptConfig, CodecConfig, TrainConfig, load_model_config
-from regressor.ensemble import combine_fits, member_config, member_dir
+from regressor.dataset import Examples
+from regressor.ensemble import absolute_members_of, combine_fits, member_config, member_dir
 from regressor.predictor import (
     BUNDLE_FILE,
     CorruptBundleError,
@@ -147,6 +148,51 @@ def test_relative_scales_multiply_pooled_samples(tokenizer) -> None:
     np.testing.assert_array_equal(scaled, ratios * scales[:, None])
     summary = ensemble.predict_texts(TEXTS, 4, scales=scales)  # the pyfunc's and evaluation's path
     np.testing.assert_array_equal(summary["samples"], scaled)
+
+
+def mixed_pair(tokenizer: InputTokenizer) -> Predictor:
+    """Member 0 learns target / reference.t, member 1 the target itself."""
+    relative = single(0, tokenizer, relative_to="reference.t")
+    absolute = single(1, tokenizer, relative_to="reference.t", absolute_members=(0,))
+    return Predictor.ensemble([relative, absolute])
+
+
+def test_a_mixed_ensemble_scales_only_its_relative_members(tokenizer, tmp_path: Path) -> None:
+    mixed = mixed_pair(tokenizer)
+    assert mixed.absolute_members == (1,)
+    assert [mixed.learns_relative(j) for j in (0, 1)] == [True, False]
+    assert [mixed.member(j).absolute_members for j in (0, 1)] == [(), (0,)]
+    scales = np.linspace(0.5, 30.0, len(TEXTS))
+    pooled = draws(mixed, 6, seed=3, scales=scales)
+    unscaled = draws(mixed, 6, seed=3, scales=np.ones(len(TEXTS)))
+    np.testing.assert_array_equal(pooled[:, :3], unscaled[:, :3] * scales[:, None])
+    np.testing.assert_array_equal(pooled[:, 3:], unscaled[:, 3:])  # the target itself
+    loaded = Predictor.load(mixed.save(tmp_path / "mixed"))
+    assert loaded.absolute_members == (1,)
+    np.testing.assert_array_equal(draws(loaded, 6, seed=3, scales=scales), pooled)
+    # Pooling re-numbers: [mixed, mixed] has absolute members 1 and 3.
+    assert Predictor.ensemble([mixed, mixed]).absolute_members == (1, 3)
+    with pytest.raises(ValueError, match="name no member"):
+        Predictor.create(load_model_config("tiny"), CODEC, tokenizer, absolute_members=(1,))
+
+
+def test_each_member_learns_its_own_form() -> None:
+    examples = Examples(
+        record_ids=["a", "b"],
+        tasks=["t", "t"],
+        texts=["x", "y"],
+        targets=np.array([50.0, 8.0]),
+        config_json=["{}", "{}"],
+        scales=np.array([100.0, 4.0]),
+    )
+    tokenizer = InputTokenizer.train(TEXTS, 300)
+    mixed = mixed_pair(tokenizer)
+    np.testing.assert_allclose(mixed.member(0).model_targets(examples), [0.5, 2.0])
+    np.testing.assert_array_equal(mixed.member(1).model_targets(examples), [50.0, 8.0])
+    plain = single(0, tokenizer)  # an absolute predictor ignores any baselines it is given
+    np.testing.assert_array_equal(plain.model_targets(examples), [50.0, 8.0])
+    assert absolute_members_of(5, True) == (1, 3)
+    assert absolute_members_of(5, False) == absolute_members_of(1, True) == ()
 
 
 def test_calibration_and_summaries_run_on_the_pool(members) -> None:

@@ -106,3 +106,11 @@ def test_the_pyfunc_reads_each_rows_baseline_from_its_config(
     np.testing.assert_allclose(scales_of(rows, model.predictor.scale_of), [2.0])
     with pytest.raises(ValueError, match="row 0"):
         model.predict(None, pd.DataFrame({"text": [text]}))
+
+
+def test_mixed_target_forms_need_a_relative_form():
+    source = load_source_config("lumos")
+    with pytest.raises(ValueError, match="mixed_target_forms needs target_relative_to"):
+        type(source).model_validate(
+            source.model_dump() | {"target_relative_to": None, "mixed_target_forms": True}
+        )
