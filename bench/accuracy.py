@@ -454,6 +454,14 @@ def source_recipe(model: str, dataset: str) -> Recipe:
     )
 
 
+def absolute_recipe(model: str, dataset: str) -> Recipe:
+    """`source_recipe` learning the target itself: for the protocol benches, whose single models
+    fit the published protocols' rows (C3O's per-job medians) and were measured that way."""
+    return dataclasses.replace(
+        source_recipe(model, dataset), relative_to=None, mixed_target_forms=False
+    )
+
+
 def recipe_of(args: argparse.Namespace) -> Recipe:
     """The source's recipe with the command line's ablations on top."""
     source = source_recipe(args.model, args.dataset)

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import DEFAULT_OUT, Recipe, budget_config, load_records, source_recipe, train_textperf
+from accuracy import (
+    DEFAULT_OUT,
+    Recipe,
+    absolute_recipe,
+    budget_config,
+    load_records,
+    train_textperf,
+)
 
 from regressor import baselines, tabular
 from regressor.adaptation import fine_tune
@@ -133,7 +140,7 @@ def run_job(job: str, records: pl.DataFrame, args: argparse.Namespace, out: Path
     others_rows = records.filter(pl.col("task") != job)
     ckpt = out / "checkpoints" / f"fewshot_{job}_{args.model}_seed{args.seed}"
     base = pretrain(
-        others_rows, args, priority, ckpt / "pretrain", source_recipe(args.model, "c3o")
+        others_rows, args, priority, ckpt / "pretrain", absolute_recipe(args.model, "c3o")
     )
     test = to_examples(test_rows, priority, budget)
     others = to_examples(others_rows, priority, budget)

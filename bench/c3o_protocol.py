@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import budget_config, load_records, source_recipe, train_textperf
+from accuracy import absolute_recipe, budget_config, load_records, train_textperf
 from c3o_fewshot import fine_tuned, mape_of, pretrain
 
 from regressor import baselines, tabular
@@ -150,7 +150,7 @@ def scratch_mape(
     adapt = AdaptConfig(scratch_max_minutes=args.minutes)
     cfg = scratch_train_config(budget_config(args.minutes, args.seed), adapt, len(fit_part))
     predictor, fitted, _ = train_textperf(
-        source_recipe(args.model, "c3o"), fit_part, val, cfg, ckpt, priority
+        absolute_recipe(args.model, "c3o"), fit_part, val, cfg, ckpt, priority
     )
     print(f"textperf_steps: {fitted.steps}\ntextperf_train_s: {fitted.seconds:.0f}", flush=True)
     return mape_of(predictor, test, args.seed)
@@ -198,7 +198,9 @@ def run_job(job: str, records: pl.DataFrame, args: argparse.Namespace, out: Path
     base = None
     if args.recipe == "pretrain" and args.textperf_splits > 0:
         others = records.filter(pl.col("task") != job)
-        base = pretrain(others, args, priority, ckpt / "pretrain", source_recipe(args.model, "c3o"))
+        base = pretrain(
+            others, args, priority, ckpt / "pretrain", absolute_recipe(args.model, "c3o")
+        )
     for i, mask in enumerate(masks):
         train, test = medians.take(np.flatnonzero(~mask)), medians.take(np.flatnonzero(mask))
         for name, mape in peer_mapes(train, test, args.seed).items():

@@ -60,9 +60,10 @@ def test_examples_learn_the_ratio_and_keep_the_target():
     np.testing.assert_array_equal(absolute.model_targets, absolute.targets)
 
 
-def test_lumos_learns_runtime_relative_to_its_reference_run():
-    assert load_source_config("lumos").target_relative_to == FIELD
-    assert load_source_config("c3o").target_relative_to is None
+def test_the_sources_target_forms_are_the_ones_validation_chose():
+    lumos, c3o = load_source_config("lumos"), load_source_config("c3o")
+    assert (lumos.target_relative_to, lumos.mixed_target_forms) == (FIELD, False)
+    assert (c3o.target_relative_to, c3o.mixed_target_forms) == ("data_size_MB", True)
 
 
 @pytest.fixture
