@@ -7,6 +7,7 @@ the tokenizer and codec; relative targets scale pooled samples; adaptation keeps
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from test_adaptation import _shots
 from regressor.adaptation import fine_tune, train_from_scratch
 from regressor.config import AdaptConfig, CodecConfig, TrainConfig, load_model_config
 from regressor.dataset import Examples
-from regressor.ensemble import absolute_members_of, combine_fits, member_config, member_dir
+from regressor.ensemble import (
+    absolute_members_of,
+    combine_fits,
+    member_config,
+    member_dir,
+    train_member,
+)
 from regressor.predictor import (
     BUNDLE_FILE,
     CorruptBundleError,
@@ -271,3 +278,22 @@ def test_from_scratch_on_an_ensemble_trains_as_many_members(base_pair, tmp_path:
     assert scratch.tokenizer is base_pair.tokenizer
     assert changed_keys(scratch.members[0], scratch.members[1])  # seeded apart
     assert fitted.steps > 0
+
+
+def test_an_absolute_member_trains_and_reloads_in_its_own_form(tmp_path: Path) -> None:
+    """`train_member(absolute=True)` of a relative template: flagged absolute when trained and
+    when a rerun loads it finished (its weights were fitted to the targets themselves)."""
+    shots = _shots()
+    shots = Examples(*dataclasses.astuple(shots)[:5], scales=np.full(len(shots), 10.0))
+    tokenizer = InputTokenizer.train(shots.texts, 300)
+    template = single(0, tokenizer, relative_to="reference.t")
+    train, val = shots.take(list(range(12))), shots.take(list(range(12, 16)))
+    args = (template, train, val, tiny_train(), tmp_path, False)
+    member, fitted = train_member(*args, absolute=True)
+    assert member.absolute_members == (0,)
+    assert fitted.steps > 0
+    np.testing.assert_array_equal(member.model_targets(train), train.targets)
+    again, _ = train_member(*args, absolute=True)  # finished: loaded, not trained
+    assert again.absolute_members == (0,)
+    for name, tensor in member.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name])
