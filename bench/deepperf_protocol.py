@@ -2,7 +2,7 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/deepperf_protocol.py [--systems x264 LLVM ...] \
         [--reps 30] [--textperf-systems x264 LLVM BDBC Apache] [--textperf-size 3] \
-        [--textperf-reps 3] [--minutes 1] [--model small] [--seed 0] \
+        [--textperf-reps 3] [--minutes 1] [--ensemble 1] [--model small] [--seed 0] \
         [--recipe scratch|pretrain] [--pretrain-minutes 3]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
@@ -21,8 +21,9 @@ Peers, all systems and sizes: LightGBM (the project's baseline, raw target), Lig
 and XGBoost on log target, on the option columns. textperf (small budget, `--minutes` per fit, the
 last 20% of the sample stops training early; `--recipe pretrain` first pretrains one model per
 system on all the other systems' records for `--pretrain-minutes`, then fine-tunes every weight
-on each repetition's sample) on `--textperf-systems` at `--textperf-size` x n for
-`--textperf-reps` repetitions. Prints `deepperf_<sys>_<size>_<model>_mre: value` lines and the
+on each repetition's sample; `--ensemble K` fits K such models with seeds 1000 apart and pools
+their samples) on `--textperf-systems` at `--textperf-size` x n for `--textperf-reps`
+repetitions. Prints `deepperf_<sys>_<size>_<model>_mre: value` lines and the
 published `..._deepperf_published_mre` / `..._decart_published_mre` beside them.
 """
 
@@ -43,6 +44,7 @@ from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import Predictor
+from regressor.sampling import summarize
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
 # System -> (number of options, index file stem or None, sample sizes).
@@ -166,15 +168,15 @@ def textperf_fit(
     base: Predictor | None,
     sample: Examples,
     args: argparse.Namespace,
-    rep: int,
+    seed: int,
     ckpt: Path,
     priority: tuple[str, ...],
 ) -> Predictor:
     """From scratch (`base` None) or `base` with every weight fine-tuned on the sample; either
     way the sample's last fifth stops training early."""
     if base is not None:
-        return fine_tuned(base, sample, args.minutes, args.seed + rep, 0.2, ckpt)[0]
-    cfg = budget_config(args.minutes, args.seed + rep)
+        return fine_tuned(base, sample, args.minutes, seed, 0.2, ckpt)[0]
+    cfg = budget_config(args.minutes, seed)
     cut = max(1, round(len(sample) * 0.8))
     train, val = sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
     return train_textperf(source_recipe(args.model, "deepperf"), train, val, cfg, ckpt, priority)[0]
@@ -195,9 +197,14 @@ def run_textperf(
         rows = training_rows(system, size, rep, len(examples), args.seed)
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
         ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}_{rep}"
-        predictor = textperf_fit(base, examples.take(rows), args, rep, ckpt, priority)
-        summary = predictor.predict_texts(test.texts, num_samples=32, seed=rep)
-        values.append(mre(test.targets, summary["median"]))
+        draws = []  # per member [N_test, 32]; pooled before the median
+        for i in range(args.ensemble):
+            seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
+            member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
+            predictor = textperf_fit(base, examples.take(rows), args, seed, member_ckpt, priority)
+            draws.append(predictor.sample_texts(test.texts, 32, seed=rep + 1000 * i))
+        median = summarize(np.concatenate(draws, axis=1))["median"]
+        values.append(mre(test.targets, median))
         print(f"deepperf_{system}_{size}_textperf_rep{rep}_mre: {values[-1]:.2f}", flush=True)
     print(f"deepperf_{system}_{size}_textperf_mre: {np.mean(values):.2f}")
     emit_published(f"deepperf_{system}_{size}", system, k)
@@ -213,6 +220,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--textperf-size", type=int, default=3, help="k for the k-th sample size")
     parser.add_argument("--textperf-reps", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=1.0, help="textperf budget per fit")
+    parser.add_argument(
+        "--ensemble", type=int, default=1, help="textperf models per repetition, samples pooled"
+    )
     parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse and checkpoints")
