@@ -177,7 +177,7 @@ def train_from_scratch(
             base.tokenizer,
             base.priority,
             base.relative_to,
-            absolute_members=(0,) if i in base.absolute_members else (),
+            absolute_members=base.member(i).absolute_members,  # member i's own target form
         )
         results.append(
             fit_examples(

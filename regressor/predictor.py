@@ -219,15 +219,15 @@ class Predictor:
                     f"{', '.join(differs)} (members must read and write numbers alike)"
                 )
         metadata = {k: v for k, v in first.metadata.items() if k != "interval_scale"}
-        offsets = np.cumsum([0, *(p.ensemble_size for p in predictors)])
-        absolute = [
-            o + j for p, o in zip(predictors, offsets, strict=False) for j in p.absolute_members
-        ]
+        absolute, offset = [], 0  # each predictor's absolute members, renumbered in the pool
+        for predictor in predictors:
+            absolute += [offset + j for j in predictor.absolute_members]
+            offset += predictor.ensemble_size
         return dataclasses.replace(
             first,
             members=[m for p in predictors for m in p.members],
             metadata=metadata,
-            absolute_members=tuple(int(j) for j in absolute),
+            absolute_members=tuple(absolute),
         )
 
     def bundle_files(self) -> tuple[str, ...]:
