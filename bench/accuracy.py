@@ -65,7 +65,6 @@ from samples import sweep
 from sklearn.model_selection import GroupKFold
 
 from regressor import baselines, tabular
-from regressor.adaptation import patience_in_validations
 from regressor.config import (
     CodecConfig,
     FleetSimConfig,
@@ -148,7 +147,8 @@ def codec_for(targets: np.ndarray) -> CodecConfig:
 def budget_config(minutes: float, seed: int, base: str = "demo") -> TrainConfig:
     """The demo recipe capped at `minutes`; `max_steps` is sized later from the input lengths."""
     return load_train_config(base).model_copy(
-        update={"max_minutes": minutes, "seed": seed, "progress_bar": False}
+        # no step floor: the bench plans its own steps (`--steps`, `steps_for`)
+        update={"max_minutes": minutes, "seed": seed, "progress_bar": False, "min_steps": 0}
     )
 
 
@@ -249,23 +249,13 @@ def new_predictor(
     )
 
 
-def patience_for(train_cfg: TrainConfig, max_steps: int, n_train: int) -> int:
-    """Early-stopping patience, in validations, of half the step plan (and at least the
-    config's): while the LR is high the val loss is noisy, and the low-LR end of the cosine
-    decay is where a short run gains most (with the demo's patience of 1,000 steps, an 8-minute
-    c3o run stopped at a third of its budget).
-
-    Counted in the validations `fit` really runs: on a small training part it validates every
-    epoch (DeepPerf's 93 records: every 5 steps), and the config's 10 validations then stopped an
-    untrained model at step 55 (`patience_in_validations`). Where an epoch outlasts the interval
-    nothing changes.
-    """
-    batch, every = train_cfg.batch_size, train_cfg.val_every_steps
-    interval = min(every, n_train // batch or 1)
-    return max(
-        patience_in_validations(every, train_cfg.early_stopping_patience, batch, n_train),
-        max_steps // 2 // interval,
-    )
+def patience_for(train_cfg: TrainConfig, max_steps: int) -> int:
+    """Early-stopping patience of half the step plan (and at least the config's), in
+    `val_every_steps` intervals: while the LR is high the val loss is noisy, and the low-LR end
+    of the cosine decay is where a short run gains most (with the demo's patience of 1,000
+    steps, an 8-minute c3o run stopped at a third of its budget). `fit` re-counts it in the
+    validations it really runs when an epoch is shorter than the interval (DeepPerf)."""
+    return max(train_cfg.early_stopping_patience, max_steps // 2 // train_cfg.val_every_steps)
 
 
 def fit_in_budget(
@@ -285,7 +275,7 @@ def fit_in_budget(
     """
     mean_train_tokens = mean_tokens(predictor, train.texts)
     max_steps = max_steps or steps_for(predictor, train, val, train_cfg, ckpt)
-    patience = patience_for(train_cfg, max_steps, len(train))
+    patience = patience_for(train_cfg, max_steps)
     train_cfg = train_cfg.model_copy(
         update={"max_steps": max_steps, "early_stopping_patience": patience}
     )
@@ -554,7 +544,7 @@ def pretrained_base(
     fitted, _ = fit_in_budget(base, train, val, cfg, ckpt, resume=args.resume)
     d = args.dataset
     print(f"{d}_pretrain_records: {len(others)}\n{d}_pretrain_steps: {fitted.steps}")
-    print(f"{d}_pretrain_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
+    print(f"{d}_pretrain_best_{fitted.monitor}: {fitted.best_val_score:.4f}", flush=True)
     return base
 
 
@@ -633,7 +623,7 @@ def train_members(
         )
         tag = f"{d}_textperf" if args.ensemble == 1 else f"{d}_textperf_member{i}"
         print(f"{tag}_steps: {fitted.steps}\n{tag}_train_s: {fitted.seconds:.0f}")
-        print(f"{tag}_best_val_loss: {fitted.best_val_loss:.4f}", flush=True)
+        print(f"{tag}_best_{fitted.monitor}: {fitted.best_val_score:.4f}", flush=True)
         # Validation loss is not comparable across target forms (absolute vs relative): the
         # validation part's own point metrics are, and choosing on them leaves test untouched.
         val_samples = predictor.sample_texts(

@@ -162,7 +162,7 @@ def fine_tuned_mape(
     """`base` fine-tuned on `train` (shuffled: its last tenth, random configs, stops it early)."""
     shuffled = train.take(np.random.default_rng(args.seed).permutation(len(train)))
     # `fine_tune` keeps the patience in steps however short an epoch of these few records is
-    # (`regressor.adaptation.patience_in_validations`).
+    # (`regressor.training.patience_in_validations`).
     adapted, fitted = fine_tuned(base, shuffled, args.minutes, args.seed, 0.1, ckpt)
     print(f"textperf_steps: {fitted.steps}\ntextperf_train_s: {fitted.seconds:.0f}", flush=True)
     return mape_of(adapted, test, args.seed)

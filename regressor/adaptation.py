@@ -10,7 +10,6 @@ from-scratch reference, so the two differ only in where their weights start.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +39,6 @@ def split_shots(shots: Examples, val_fraction: float) -> tuple[Examples, Example
     return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
 
 
-def patience_in_validations(
-    interval_steps: int, patience: int, batch_size: int, n_train: int
-) -> int:
-    """`patience` validations `interval_steps` apart, as validations at the interval `fit` will
-    really use: on a few shots it validates once per epoch, far more often than asked, and a
-    patience kept in validations would end the run after a handful of steps."""
-    real_interval = min(interval_steps, n_train // batch_size or 1)
-    return max(patience, math.ceil(interval_steps * patience / real_interval))
-
-
 def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
     """Fine-tuning on the shots: the adapt lr and caps, a short warmup, no weight averaging (a
     few hundred steps are too few for an average to forget the base weights)."""
@@ -63,10 +52,8 @@ def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int)
             "warmup_steps": min(base.warmup_steps, adapt.max_steps // 10),
             "batch_size": batch_size,
             "val_every_steps": val_every,
-            "early_stopping_patience": patience_in_validations(
-                val_every, base.early_stopping_patience, batch_size, n_train
-            ),
             "ema_decay": None,
+            "min_steps": 0,  # fine-tuning is capped by max_steps and stopped by validation
         }
     )
 
@@ -74,18 +61,15 @@ def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int)
 def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
     """The base model's own recipe (lr, warmup, patience), on the shots, time-capped.
 
-    The patience still spans as many steps as the base recipe's (`patience_in_validations`), since
-    from scratch the model sits on a plateau (predicting the marginal) for a while before it
-    learns to read.
+    The patience spans as many steps as the base recipe's however few the shots (`fit` counts it
+    in intervals of `val_every_steps`), since from scratch the model sits on a plateau
+    (predicting the marginal) for a while before it learns to read.
     """
     batch_size = max(1, min(base.batch_size, n_train))
     return base.model_copy(
         update={
             "max_minutes": min(base.max_minutes, adapt.scratch_max_minutes),
             "batch_size": batch_size,
-            "early_stopping_patience": patience_in_validations(
-                base.val_every_steps, base.early_stopping_patience, batch_size, n_train
-            ),
         }
     )
 

@@ -53,16 +53,17 @@ def member_dir(directory: Path, i: int, ensemble_size: int) -> Path:
 
 def combine_fits(results: Sequence[FitResult]) -> FitResult:
     """The fit of an ensemble: steps and seconds are the members' totals (what it cost), the best
-    validation loss is the mean over the members that validated (the pooled model has no loss of
+    validation score is the mean over the members that validated (the pooled model has no loss of
     its own: it is scored on samples), the checkpoint member 0's. One member: its own result."""
     if len(results) == 1:
         return results[0]
-    losses = [r.best_val_loss for r in results if math.isfinite(r.best_val_loss)]
+    scores = [r.best_val_score for r in results if math.isfinite(r.best_val_score)]
     return FitResult(
         steps=sum(r.steps for r in results),
         seconds=sum(r.seconds for r in results),
-        best_val_loss=sum(losses) / len(losses) if losses else float("nan"),
+        best_val_score=sum(scores) / len(scores) if scores else float("nan"),
         best_checkpoint=results[0].best_checkpoint,
+        monitor=results[0].monitor,
     )
 
 
@@ -175,7 +176,7 @@ def train_ensemble(
         metrics = {
             f"member{i}_train_steps": fitted.steps,
             f"member{i}_train_seconds": fitted.seconds,
-            f"member{i}_best_val_loss": fitted.best_val_loss,
+            f"member{i}_best_{fitted.monitor}": fitted.best_val_score,
         }
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         members.append(member)

@@ -30,6 +30,7 @@ from regressor.dataset import Examples
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
+from regressor.sampling import sample, summarize
 from regressor.serialize import shuffle_section_lines
 
 
@@ -200,10 +201,15 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.05):
 class RegressionLM(L.LightningModule):
     """Cross-entropy on the number tokens; the encoder-decoder itself lives in `regressor.model`."""
 
-    def __init__(self, model: EncoderDecoder, train_cfg: TrainConfig) -> None:
+    def __init__(
+        self, model: EncoderDecoder, train_cfg: TrainConfig, codec: NumberCodec | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.train_cfg = train_cfg
+        self.codec = codec  # needed by `select_by: val_error`, which decodes
+        if train_cfg.select_by == "val_error" and codec is None:
+            raise ValueError("select_by val_error decodes numbers: give RegressionLM the codec")
         self.save_hyperparameters(train_cfg.model_dump(mode="json"))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -224,7 +230,28 @@ class RegressionLM(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
-        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=len(batch["src"]))
+        n = len(batch["src"])
+        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=n)
+        if self.train_cfg.select_by == "val_error":
+            self.log("val_error", self.median_error(batch), prog_bar=True, batch_size=n)
+
+    def median_error(self, batch: dict[str, torch.Tensor]) -> float:
+        """Mean |median - y| / max(|median|, |y|) over the batch's records (and objectives): the
+        error of the point estimate users get (`summarize`'s median of the finite draws),
+        bounded in [0, 2] and defined at y = 0; a record with no finite draw scores the worst, 2.
+        The draws use a generator seeded the same at every validation, so checkpoints differ
+        only in their weights."""
+        generator = torch.Generator().manual_seed(self.train_cfg.seed)
+        k = self.train_cfg.val_error_samples
+        draws = sample(self.model, self.codec, batch["src"], batch["mask"], k, generator=generator)
+        if draws.ndim == 3:  # [B, K, M]: one column per objective, as summarize expects
+            draws = draws.transpose(0, 2, 1).reshape(-1, k)
+        median = summarize(draws)["median"]  # [B * M]
+        actual = self.codec.decode(batch["tgt"]).reshape(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error = np.abs(median - actual) / np.maximum(np.abs(median), np.abs(actual))
+        error = np.where(median == actual, 0.0, error)  # 0 / 0 when both are 0
+        return float(np.mean(np.where(np.isfinite(error), error, 2.0)))
 
     def _fused(self) -> bool:
         return self.train_cfg.precision != "16-mixed"
@@ -349,12 +376,27 @@ def fit_examples(
     )
 
 
+def validation_interval(cfg: TrainConfig, n_train: int) -> int:
+    """Steps between validations: `val_every_steps`, or every epoch when an epoch is shorter."""
+    return min(cfg.val_every_steps, n_train // cfg.batch_size or 1)
+
+
+def patience_in_validations(cfg: TrainConfig, interval: int) -> int:
+    """`early_stopping_patience` (counted in `val_every_steps` intervals) in validations
+    `interval` steps apart. On a few records `fit` validates every epoch, far more often than
+    asked, and the patience kept as a count of validations stopped DeepPerf's 93-record runs
+    untrained at step ~55: the patience must span the same steps however short an epoch."""
+    steps = cfg.val_every_steps * cfg.early_stopping_patience
+    return max(cfg.early_stopping_patience, math.ceil(steps / interval))
+
+
 @dataclass(frozen=True)
 class FitResult:
     steps: int
     seconds: float
-    best_val_loss: float
+    best_val_score: float  # the best value of `monitor`, which picked `best_checkpoint`
     best_checkpoint: str
+    monitor: str = "val_loss"  # TrainConfig.select_by
 
 
 def fit(
@@ -368,7 +410,8 @@ def fit(
 ) -> FitResult:
     """Train `predictor.model` in place; returns with the best validation checkpoint loaded.
 
-    Stops at `max_steps`, at `max_minutes`, or when validation loss stops improving. With `resume`,
+    Stops at `max_steps`, at `max_minutes`, or when validation loss stops improving for
+    `early_stopping_patience` validation intervals (never before `min_steps`). With `resume`,
     a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
     """
     if predictor.ensemble_size > 1:  # it would train member 0 only, silently
@@ -378,11 +421,12 @@ def fit(
     if cfg.shuffle_fields:
         train_data = ShuffledFields(train[0], train_data.target_ids, predictor, cfg.seed)
     val_data = encode_examples(predictor, *val)
-    module = RegressionLM(predictor.model, cfg)
+    module = RegressionLM(predictor.model, cfg, predictor.codec)
+    interval = validation_interval(cfg, len(train_data))
     checkpoint = BestAndLastCheckpoint(
         last_every_n_steps=cfg.checkpoint_every_steps,
         dirpath=checkpoint_dir,
-        monitor="val_loss",
+        monitor=cfg.select_by,
         save_last=True,
         save_top_k=1,
         filename="best",
@@ -398,12 +442,13 @@ def fit(
         max_steps=cfg.max_steps,
         max_time=timedelta(minutes=cfg.max_minutes),
         gradient_clip_val=cfg.grad_clip,
-        val_check_interval=min(cfg.val_every_steps, len(train_data) // cfg.batch_size or 1),
+        min_steps=cfg.min_steps or None,
+        val_check_interval=interval,
         check_val_every_n_epoch=None,
         callbacks=[
             checkpoint,
             *_averaging(cfg),
-            EarlyStopping("val_loss", patience=cfg.early_stopping_patience),
+            EarlyStopping(cfg.select_by, patience=patience_in_validations(cfg, interval)),
         ],
         logger=logger,
         enable_progress_bar=cfg.progress_bar,
@@ -430,6 +475,7 @@ def fit(
     return FitResult(
         steps=trainer.global_step,
         seconds=seconds,
-        best_val_loss=float(best_score) if best_score is not None else float("nan"),
+        best_val_score=float(best_score) if best_score is not None else float("nan"),
         best_checkpoint=best,
+        monitor=cfg.select_by,
     )

@@ -223,7 +223,7 @@ def test_member_configs_dirs_and_combined_fits(tmp_path: Path) -> None:
     fits = [FitResult(10, 1.5, 0.4, "a"), FitResult(6, 2.5, 0.6, "b")]
     combined = combine_fits(fits)
     assert (combined.steps, combined.seconds, combined.best_checkpoint) == (16, 4.0, "a")
-    assert combined.best_val_loss == pytest.approx(0.5)
+    assert combined.best_val_score == pytest.approx(0.5)
     assert combine_fits(fits[:1]) is fits[0]
 
 

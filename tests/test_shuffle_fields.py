@@ -56,4 +56,4 @@ def test_a_fit_with_shuffled_fields_learns(tmp_path: Path):
     result = fit(p, (TEXTS, targets), (TEXTS[:16], targets[:16]), cfg, tmp_path, resume=False)
     assert result.steps == 200
     # Marginal entropy of 7 equally likely values is ln 7 = 1.95 nats on the first digit alone.
-    assert result.best_val_loss < 1.0
+    assert result.best_val_score < 1.0

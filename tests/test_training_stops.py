@@ -1,0 +1,108 @@
+"""When `fit` stops and what it keeps: the `min_steps` floor outlasts the clock, early-stopping
+patience spans the same steps however short an epoch is, and `select_by: val_error` picks the
+checkpoint by its sampled median (real fits of the tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from regressor.config import CodecConfig, TrainConfig, load_model_config
+from regressor.predictor import Predictor
+from regressor.training import (
+    RegressionLM,
+    fit,
+    patience_in_validations,
+    validation_interval,
+)
+from regressor.vocab import InputTokenizer
+
+
+def toy_data(n: int) -> tuple[list[str], np.ndarray]:
+    x = np.random.default_rng(0).integers(1, 1000, n)
+    return [f"load={v}\nqueue={v % 7}" for v in x], x * 1.5
+
+
+def toy_predictor(texts: list[str]) -> Predictor:
+    torch.manual_seed(0)
+    tokenizer = InputTokenizer.train(texts, vocab_size=300)
+    return Predictor.create(load_model_config("tiny"), CodecConfig(mantissa_digits=3), tokenizer)
+
+
+def fit_steps(tmp_path: Path, n_train: int, **update: object) -> int:
+    texts, targets = toy_data(n_train + 8)
+    cfg = TrainConfig(
+        batch_size=8, warmup_steps=0, precision="32-true", progress_bar=False
+    ).model_copy(update=update)
+    train, val = (texts[:n_train], targets[:n_train]), (texts[n_train:], targets[n_train:])
+    return fit(toy_predictor(texts), train, val, cfg, tmp_path, resume=False).steps
+
+
+def test_min_steps_outlasts_the_clock(tmp_path: Path) -> None:
+    """A budget of 6 ms stops after the first step; the floor carries the run to 12 steps."""
+    clock_only = fit_steps(tmp_path / "clock", 64, max_steps=40, max_minutes=1e-4)
+    floored = fit_steps(tmp_path / "floor", 64, max_steps=40, max_minutes=1e-4, min_steps=12)
+    assert clock_only < 12
+    assert floored == 12
+
+
+def test_patience_spans_its_steps_on_a_short_epoch(tmp_path: Path) -> None:
+    """24 records in batches of 8 validate every 3 steps, not every 30. With a learning rate
+    too small to move a weight the val loss never improves, so the run stops exactly when the
+    patience of 2 intervals (60 steps) after the first validation runs out; counted as 2
+    validations it stopped at step 9."""
+    steps = fit_steps(
+        tmp_path, 24, lr=1e-12, max_steps=500, val_every_steps=30, early_stopping_patience=2
+    )
+    assert steps == 3 + 60
+
+
+@pytest.mark.parametrize(
+    ("n_train", "interval", "patience"), [(8, 1, 1000), (40, 2, 500), (96, 6, 167), (5000, 100, 10)]
+)
+def test_patience_is_recounted_in_the_validations_fit_runs(
+    n_train: int, interval: int, patience: int
+) -> None:
+    cfg = TrainConfig(batch_size=16, val_every_steps=100, early_stopping_patience=10)
+    assert validation_interval(cfg, n_train) == interval
+    assert patience_in_validations(cfg, interval) == patience
+
+
+def test_min_steps_above_max_steps_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_steps"):
+        TrainConfig(max_steps=100, min_steps=200)
+
+
+def test_select_by_val_error_keeps_the_checkpoint_with_the_best_median(tmp_path: Path) -> None:
+    """With `select_by: val_error` the checkpoint and early stopping follow the error of the
+    sampled median (logged beside val_loss), and the fit reports that score."""
+    texts, targets = toy_data(72)
+    cfg = TrainConfig(
+        batch_size=8,
+        warmup_steps=0,
+        max_steps=24,
+        val_every_steps=4,
+        precision="32-true",
+        progress_bar=False,
+        select_by="val_error",
+        val_error_samples=4,
+    )
+    logger = CSVLogger(tmp_path, name="", version="")
+    train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
+    result = fit(toy_predictor(texts), train, val, cfg, tmp_path, logger=logger, resume=False)
+    logged = pl.read_csv(tmp_path / "metrics.csv").drop_nulls("val_error")
+    assert result.monitor == "val_error"
+    assert logged.height == 6
+    assert logged["val_error"].is_between(0, 2).all()
+    assert result.best_val_score == pytest.approx(logged["val_error"].min(), rel=1e-6)
+
+
+def test_val_error_needs_the_codec() -> None:
+    predictor = toy_predictor(toy_data(8)[0])
+    with pytest.raises(ValueError, match="codec"):
+        RegressionLM(predictor.model, TrainConfig(select_by="val_error"))
