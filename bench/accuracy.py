@@ -253,8 +253,7 @@ def patience_for(train_cfg: TrainConfig, max_steps: int) -> int:
     """Early-stopping patience of half the step plan (and at least the config's), in
     `val_every_steps` intervals: while the LR is high the val loss is noisy, and the low-LR end
     of the cosine decay is where a short run gains most (with the demo's patience of 1,000
-    steps, an 8-minute c3o run stopped at a third of its budget). `fit` re-counts it in the
-    validations it really runs when an epoch is shorter than the interval (DeepPerf)."""
+    steps, an 8-minute c3o run stopped at a third of its budget)."""
     return max(train_cfg.early_stopping_patience, max_steps // 2 // train_cfg.val_every_steps)
 
 
@@ -508,6 +507,7 @@ def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
     name = f"{args.dataset}_{args.model}_{budget}_seed{args.seed}{recipe.run_suffix()}"
     name += "_scientific" if args.number_format == "scientific" else ""
     name += f"_wd{args.weight_decay:g}" if args.weight_decay is not None else ""
+    name += "_select-val_error" if args.select_by == "val_error" else ""
     if args.pretrain_on:
         name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
@@ -599,6 +599,7 @@ def train_members(
         cfg = budget_config(minutes, args.seed + 1000 * i)
         if args.weight_decay is not None:
             cfg = cfg.model_copy(update={"weight_decay": args.weight_decay})
+        cfg = cfg.model_copy(update={"select_by": args.select_by})
         cfg = cfg.model_copy(update={"shuffle_fields": recipe.shuffle_fields})
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:
@@ -789,6 +790,12 @@ def parse_args() -> argparse.Namespace:
     )
     ablation.add_argument(
         "--weight-decay", type=float, default=None, help="instead of conf/train/demo.yaml's"
+    )
+    ablation.add_argument(
+        "--select-by",
+        choices=("val_loss", "val_error"),
+        default="val_loss",
+        help="what picks each model's checkpoint and stops it early (TrainConfig.select_by)",
     )
     ablation.add_argument(
         "--section-order",

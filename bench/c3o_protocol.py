@@ -141,8 +141,9 @@ def scratch_mape(
 ) -> float:
     """From scratch on `train` (a seeded tenth of its configurations stops it early).
 
-    The patience is kept in steps (`scratch_train_config`): on ~30-250 records `fit` validates
-    every epoch, a few steps, and the demo's 10 validations would stop it within ~40 steps.
+    `fit` validates every `val_every_steps` across epochs, so on ~30-250 records the patience
+    spans the same steps as on the fleet (validating every few-step epoch once stopped it
+    within ~40 steps).
     """
     sides = split_groups(train.config_json, TEST_FRACTION, 0.0, args.seed)  # "test" = val here
     fit_part = train.take(np.flatnonzero(sides == "train"))
@@ -161,8 +162,6 @@ def fine_tuned_mape(
 ) -> float:
     """`base` fine-tuned on `train` (shuffled: its last tenth, random configs, stops it early)."""
     shuffled = train.take(np.random.default_rng(args.seed).permutation(len(train)))
-    # `fine_tune` keeps the patience in steps however short an epoch of these few records is
-    # (`regressor.training.patience_in_validations`).
     adapted, fitted = fine_tuned(base, shuffled, args.minutes, args.seed, 0.1, ckpt)
     print(f"textperf_steps: {fitted.steps}\ntextperf_train_s: {fitted.seconds:.0f}", flush=True)
     return mape_of(adapted, test, args.seed)

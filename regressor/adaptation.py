@@ -61,9 +61,9 @@ def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int)
 def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
     """The base model's own recipe (lr, warmup, patience), on the shots, time-capped.
 
-    The patience spans as many steps as the base recipe's however few the shots (`fit` counts it
-    in intervals of `val_every_steps`), since from scratch the model sits on a plateau
-    (predicting the marginal) for a while before it learns to read.
+    The patience spans as many steps as the base recipe's however few the shots (`fit`
+    validates every `val_every_steps` across epochs), since from scratch the model sits on a
+    plateau (predicting the marginal) for a while before it learns to read.
     """
     batch_size = max(1, min(base.batch_size, n_train))
     return base.model_copy(

@@ -175,8 +175,8 @@ class TrainConfig(Frozen):
     grad_clip: float = Field(1.0, gt=0)
     precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
     val_every_steps: int = Field(200, ge=1)
-    # Counted in `val_every_steps` intervals (patience x val_every_steps steps), also when an
-    # epoch is shorter and `fit` validates every epoch (DeepPerf's few records, the shots).
+    # Validations every `val_every_steps` steps (across epochs, however few the records) without
+    # improvement before the run stops: patience x val_every_steps steps.
     early_stopping_patience: int = Field(5, ge=1)
     # What picks the checkpoint and stops early. val_loss: the number tokens' cross-entropy.
     # val_error: the error of the median of `val_error_samples` draws (`RegressionLM.

@@ -376,20 +376,6 @@ def fit_examples(
     )
 
 
-def validation_interval(cfg: TrainConfig, n_train: int) -> int:
-    """Steps between validations: `val_every_steps`, or every epoch when an epoch is shorter."""
-    return min(cfg.val_every_steps, n_train // cfg.batch_size or 1)
-
-
-def patience_in_validations(cfg: TrainConfig, interval: int) -> int:
-    """`early_stopping_patience` (counted in `val_every_steps` intervals) in validations
-    `interval` steps apart. On a few records `fit` validates every epoch, far more often than
-    asked, and the patience kept as a count of validations stopped DeepPerf's 93-record runs
-    untrained at step ~55: the patience must span the same steps however short an epoch."""
-    steps = cfg.val_every_steps * cfg.early_stopping_patience
-    return max(cfg.early_stopping_patience, math.ceil(steps / interval))
-
-
 @dataclass(frozen=True)
 class FitResult:
     steps: int
@@ -410,8 +396,8 @@ def fit(
 ) -> FitResult:
     """Train `predictor.model` in place; returns with the best validation checkpoint loaded.
 
-    Stops at `max_steps`, at `max_minutes`, or when validation loss stops improving for
-    `early_stopping_patience` validation intervals (never before `min_steps`). With `resume`,
+    Stops at `max_steps`, at `max_minutes`, or when the validation score (`select_by`) stops
+    improving for `early_stopping_patience` intervals (never before `min_steps`). With `resume`,
     a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
     """
     if predictor.ensemble_size > 1:  # it would train member 0 only, silently
@@ -422,7 +408,6 @@ def fit(
         train_data = ShuffledFields(train[0], train_data.target_ids, predictor, cfg.seed)
     val_data = encode_examples(predictor, *val)
     module = RegressionLM(predictor.model, cfg, predictor.codec)
-    interval = validation_interval(cfg, len(train_data))
     checkpoint = BestAndLastCheckpoint(
         last_every_n_steps=cfg.checkpoint_every_steps,
         dirpath=checkpoint_dir,
@@ -443,12 +428,16 @@ def fit(
         max_time=timedelta(minutes=cfg.max_minutes),
         gradient_clip_val=cfg.grad_clip,
         min_steps=cfg.min_steps or None,
-        val_check_interval=interval,
+        # Every `val_every_steps` steps counted across epochs (check_val_every_n_epoch=None), so
+        # a run on a few records validates, and counts its patience, on the same steps as any
+        # other: validating every 1-5-step epoch of DeepPerf's records with the patience kept
+        # as a count of validations once stopped those runs untrained at step ~55.
+        val_check_interval=cfg.val_every_steps,
         check_val_every_n_epoch=None,
         callbacks=[
             checkpoint,
             *_averaging(cfg),
-            EarlyStopping(cfg.select_by, patience=patience_in_validations(cfg, interval)),
+            EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience),
         ],
         logger=logger,
         enable_progress_bar=cfg.progress_bar,
