@@ -23,9 +23,11 @@ and XGBoost on log target, on the option columns. textperf (small budget, `--min
 the error of the sampled median by default, `--select-by`; `--recipe pretrain` first pretrains
 one model per system on all the other systems' records for `--pretrain-minutes`, then
 fine-tunes every weight on each repetition's sample; `--ensemble K` fits K such models with
-seeds 1000 apart and pools their samples) on `--textperf-systems` at `--textperf-size` x n for
-`--textperf-reps` repetitions. Prints `deepperf_<sys>_<size>_<model>_mre: value` lines and the
-published `..._deepperf_published_mre` / `..._decart_published_mre` beside them.
+seeds 1000 apart and pools their samples, with `--cross-fit` each validating on its own fold of
+the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-reps` repetitions.
+Prints `deepperf_<sys>_<size>_<model>_mre: value` lines (and `..._val_mre`, the members on their
+own validation records, to choose recipes with) and the published
+`..._deepperf_published_mre` / `..._decart_published_mre` beside them.
 """
 
 from __future__ import annotations
@@ -38,8 +40,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from accuracy import DEFAULT_OUT, budget_config, load_records, source_recipe, train_textperf
+from accuracy import (
+    DEFAULT_OUT,
+    budget_config,
+    concat,
+    load_records,
+    source_recipe,
+    train_textperf,
+)
 from c3o_fewshot import fine_tuned, pretrain
+from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
@@ -165,23 +175,37 @@ def run_tabular(system: str, examples: Examples, args: argparse.Namespace) -> No
         emit_published(prefix, system, k)
 
 
+def member_parts(
+    sample: Examples, i: int, args: argparse.Namespace, rep: int
+) -> tuple[Examples, Examples]:
+    """Member i's training and validation records: with `--cross-fit`, fold i of K (so every
+    record of the sample trains K - 1 members and picks one member's checkpoint), else the
+    sample's last fifth."""
+    if args.cross_fit:
+        folds = KFold(args.ensemble, shuffle=True, random_state=args.seed * 1000 + rep)
+        train_rows, val_rows = list(folds.split(np.arange(len(sample))))[i]
+        return sample.take(train_rows), sample.take(val_rows)
+    cut = max(1, round(len(sample) * 0.8))
+    return sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
+
+
 def textperf_fit(
     base: Predictor | None,
-    sample: Examples,
+    train: Examples,
+    val: Examples,
     args: argparse.Namespace,
     seed: int,
     ckpt: Path,
     priority: tuple[str, ...],
 ) -> Predictor:
-    """From scratch (`base` None) or `base` with every weight fine-tuned on the sample; either
-    way the sample's last fifth stops training early."""
-    if base is not None:
-        return fine_tuned(base, sample, args.minutes, seed, 0.2, ckpt)[0]
+    """From scratch (`base` None) or `base` with every weight fine-tuned; `val` picks the
+    checkpoint and stops training early."""
+    if base is not None:  # the shots' last len(val) records validate: exactly `val`
+        val_fraction = len(val) / (len(train) + len(val))
+        return fine_tuned(base, concat(train, val), args.minutes, seed, val_fraction, ckpt)[0]
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed).model_copy(update={"select_by": args.select_by})
-    cut = max(1, round(len(sample) * 0.8))
-    train, val = sample.take(np.arange(cut)), sample.take(np.arange(cut, len(sample)))
     recipe = source_recipe(args.model, "deepperf")
     return train_textperf(recipe, train, val, cfg, ckpt, priority, args.steps)[0]
 
@@ -196,21 +220,30 @@ def run_textperf(
     if args.recipe == "pretrain":
         ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
         base = pretrain(others, args, priority, ckpt, source_recipe(args.model, "deepperf"))
-    values = []
+    prefix = f"deepperf_{system}_{size}_textperf"
+    values, val_values = [], []
     for rep in range(args.textperf_reps):
         rows = training_rows(system, size, rep, len(examples), args.seed)
+        sample = examples.take(rows)
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
         ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}_{rep}"
-        draws = []  # per member [N_test, 32]; pooled before the median
+        draws, val_errors = [], []  # per member: test draws [N_test, 32], val relative errors
         for i in range(args.ensemble):
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
-            predictor = textperf_fit(base, examples.take(rows), args, seed, member_ckpt, priority)
+            train, val = member_parts(sample, i, args, rep)
+            predictor = textperf_fit(base, train, val, args, seed, member_ckpt, priority)
             draws.append(predictor.sample_texts(test.texts, 32, seed=rep + 1000 * i))
+            val_median = summarize(predictor.sample_texts(val.texts, 32, seed=rep))["median"]
+            val_errors.append(np.abs(val_median - val.targets) / np.abs(val.targets))
         median = summarize(np.concatenate(draws, axis=1))["median"]
         values.append(mre(test.targets, median))
-        print(f"deepperf_{system}_{size}_textperf_rep{rep}_mre: {values[-1]:.2f}", flush=True)
-    print(f"deepperf_{system}_{size}_textperf_mre: {np.mean(values):.2f}")
+        # members on their own validation records (out of fold with --cross-fit): to choose with
+        val_values.append(float(np.mean(np.concatenate(val_errors)) * 100))
+        print(f"{prefix}_rep{rep}_val_mre: {val_values[-1]:.2f}", flush=True)
+        print(f"{prefix}_rep{rep}_mre: {values[-1]:.2f}", flush=True)
+    print(f"{prefix}_val_mre: {np.mean(val_values):.2f}")
+    print(f"{prefix}_mre: {np.mean(values):.2f}")
     emit_published(f"deepperf_{system}_{size}", system, k)
 
 
@@ -238,6 +271,12 @@ def parse_args() -> argparse.Namespace:
         "every weight fine-tuned on each repetition's sample",
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
+    parser.add_argument(
+        "--cross-fit",
+        action="store_true",
+        help="with --ensemble K: member i validates on fold i of K of the sample and trains on "
+        "the rest, instead of every member holding out the same last fifth",
+    )
     parser.add_argument(
         "--steps", type=int, help="a fixed step plan per from-scratch fit instead of --minutes"
     )

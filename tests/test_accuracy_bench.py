@@ -15,6 +15,7 @@ from regressor.dataset import Examples
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
 import accuracy
+import deepperf_protocol
 import pool
 
 
@@ -128,3 +129,15 @@ def test_patience_is_half_the_plan_in_validation_intervals() -> None:
     assert (cfg.val_every_steps, cfg.early_stopping_patience) == (100, 10)
     assert accuracy.patience_for(cfg, 2300) == 11  # 1,100 steps, half the plan
     assert accuracy.patience_for(cfg, 600) == 10  # at least the config's 1,000 steps
+
+
+def test_deepperf_cross_fit_members_validate_on_disjoint_folds_of_the_sample() -> None:
+    sample = examples(23, "s")
+    args = argparse.Namespace(cross_fit=True, ensemble=5, seed=0)
+    parts = [deepperf_protocol.member_parts(sample, i, args, rep=1) for i in range(5)]
+    vals = [set(val.record_ids) for _, val in parts]
+    assert sorted(rid for v in vals for rid in v) == sorted(sample.record_ids)
+    for (train, _), val in zip(parts, vals, strict=True):
+        assert set(train.record_ids) == set(sample.record_ids) - val
+    held_out = deepperf_protocol.member_parts(sample, 3, argparse.Namespace(cross_fit=False), 1)
+    assert held_out[1].record_ids == sample.record_ids[18:]  # the last fifth, for every member
