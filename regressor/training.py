@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     EMAWeightAveraging,
     ModelCheckpoint,
+    Timer,
 )
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -425,7 +426,6 @@ def fit(
         use_distributed_sampler=False,
         precision=cfg.precision,
         max_steps=cfg.max_steps,
-        max_time=timedelta(minutes=cfg.max_minutes),
         gradient_clip_val=cfg.grad_clip,
         min_steps=cfg.min_steps or None,
         # Every `val_every_steps` steps counted across epochs (check_val_every_n_epoch=None), so
@@ -437,6 +437,9 @@ def fit(
         callbacks=[
             checkpoint,
             *_averaging(cfg),
+            # Past the clock with a `min_steps` floor still ahead, a verbose Timer would log
+            # "Time limit reached" at every step; Lightning says once that training continues.
+            Timer(timedelta(minutes=cfg.max_minutes), interval="step", verbose=not cfg.min_steps),
             EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience),
         ],
         logger=logger,

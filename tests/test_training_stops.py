@@ -4,6 +4,7 @@ checkpoint by its sampled median (real fits of the tiny model)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,17 @@ def fit_steps(
     return fitted.steps
 
 
-def test_min_steps_outlasts_the_clock(tmp_path: Path) -> None:
-    """A budget of 6 ms stops after the first step; the floor carries the run to 12 steps."""
+def test_min_steps_outlasts_the_clock(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A budget of 6 ms stops after the first step; the floor carries the run to 12 steps,
+    without a "Time limit reached" line at each of the steps past the clock."""
     clock_only = fit_steps(tmp_path / "clock", 64, max_steps=40, max_minutes=1e-4)
-    floored = fit_steps(tmp_path / "floor", 64, max_steps=40, max_minutes=1e-4, min_steps=12)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        floored = fit_steps(tmp_path / "floor", 64, max_steps=40, max_minutes=1e-4, min_steps=12)
     assert clock_only < 12
     assert floored == 12
+    assert "Time limit reached" not in caplog.text
+    assert caplog.text.count("has not been met") == 1
 
 
 def test_a_short_epoch_validates_and_stops_on_the_same_steps(tmp_path: Path) -> None:
