@@ -94,12 +94,20 @@ def pretrain(
 
 
 def fine_tuned(
-    base: Predictor, shots: Examples, minutes: float, seed: int, val_fraction: float, ckpt: Path
+    base: Predictor,
+    shots: Examples,
+    minutes: float,
+    seed: int,
+    val_fraction: float,
+    ckpt: Path,
+    select_by: str = "val_loss",
 ) -> tuple[Predictor, FitResult]:
-    """`base` with every weight fine-tuned on `shots`, their last `val_fraction` stopping it early:
-    the benches' one fine-tuning recipe, up to 600 steps at lr 1e-3 within `minutes`."""
+    """`base` with every weight fine-tuned on `shots`, their last `val_fraction` stopping it early
+    and picking the checkpoint by `select_by` (`TrainConfig.select_by`): the benches' one
+    fine-tuning recipe, up to 600 steps at lr 1e-3 within `minutes`."""
     adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=minutes, val_fraction=val_fraction)
-    return fine_tune(base, shots, adapt, budget_config(minutes, seed), ckpt)
+    cfg = budget_config(minutes, seed).model_copy(update={"select_by": select_by})
+    return fine_tune(base, shots, adapt, cfg, ckpt)
 
 
 def with_job(config_json: list[str], tasks: list[str]) -> list[str]:

@@ -202,7 +202,8 @@ def textperf_fit(
     checkpoint and stops training early."""
     if base is not None:  # the shots' last len(val) records validate: exactly `val`
         val_fraction = len(val) / (len(train) + len(val))
-        return fine_tuned(base, concat(train, val), args.minutes, seed, val_fraction, ckpt)[0]
+        shots = concat(train, val)
+        return fine_tuned(base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by)[0]
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed).model_copy(update={"select_by": args.select_by})

@@ -92,6 +92,19 @@ def test_full_fine_tuning_leaves_the_base_untouched(base, tmp_path: Path):
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
 
 
+def test_fine_tuning_picks_its_checkpoint_by_the_train_configs_monitor(base, tmp_path: Path):
+    """A few shots' cross-entropy rises while the median still improves (README "Accuracy"), so
+    fine-tuning honours `select_by` like a fit from scratch."""
+    adapt = AdaptConfig(n_shots=16, max_steps=4, lr=1e-2, val_fraction=0.25)
+    cfg = load_train_config("tiny").model_copy(
+        update={"select_by": "val_error", "val_error_samples": 2}
+    )
+    _, fitted = fine_tune(base, _shots(), adapt, cfg, tmp_path)
+    assert fitted.monitor == "val_error"
+    assert 0.0 <= fitted.best_val_score <= 2.0  # relative error of the median, capped at 2
+    assert Path(fitted.best_checkpoint).exists()
+
+
 def test_freeze_for_lora_trains_only_adapters(base):
     clone = Predictor.create(base.model_config, base.codec_config, base.tokenizer).model
     trainable = freeze_for(clone, AdaptConfig(method="lora", lora_rank=2))
