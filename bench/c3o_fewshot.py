@@ -101,11 +101,14 @@ def fine_tuned(
     val_fraction: float,
     ckpt: Path,
     select_by: str = "val_loss",
+    max_steps: int = 600,
 ) -> tuple[Predictor, FitResult]:
     """`base` with every weight fine-tuned on `shots`, their last `val_fraction` stopping it early
     and picking the checkpoint by `select_by` (`TrainConfig.select_by`): the benches' one
-    fine-tuning recipe, up to 600 steps at lr 1e-3 within `minutes`."""
-    adapt = AdaptConfig(max_steps=600, lr=1e-3, max_minutes=minutes, val_fraction=val_fraction)
+    fine-tuning recipe, up to `max_steps` steps at lr 1e-3 within `minutes`."""
+    adapt = AdaptConfig(
+        max_steps=max_steps, lr=1e-3, max_minutes=minutes, val_fraction=val_fraction
+    )
     cfg = budget_config(minutes, seed).model_copy(update={"select_by": select_by})
     return fine_tune(base, shots, adapt, cfg, ckpt)
 

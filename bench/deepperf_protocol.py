@@ -203,7 +203,10 @@ def textperf_fit(
     if base is not None:  # the shots' last len(val) records validate: exactly `val`
         val_fraction = len(val) / (len(train) + len(val))
         shots = concat(train, val)
-        return fine_tuned(base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by)[0]
+        steps = args.fine_tune_steps
+        return fine_tuned(
+            base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by, steps
+        )[0]
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed).model_copy(update={"select_by": args.select_by})
@@ -272,6 +275,12 @@ def parse_args() -> argparse.Namespace:
         "every weight fine-tuned on each repetition's sample",
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
+    parser.add_argument(
+        "--fine-tune-steps",
+        type=int,
+        default=600,
+        help="with --recipe pretrain: the step cap of each fine-tuning (within --minutes)",
+    )
     parser.add_argument(
         "--cross-fit",
         action="store_true",
