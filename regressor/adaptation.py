@@ -59,7 +59,9 @@ def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int)
 
 
 def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:
-    """The base model's own recipe (lr, warmup, patience), on the shots, time-capped.
+    """The base model's own recipe (lr, warmup, patience, step floor), on the shots,
+    time-capped; the floor outlasts the cap, so a loaded machine cannot make the baseline a
+    model still on its plateau and the adapted one look better than it is.
 
     The patience spans as many steps as the base recipe's however few the shots (`fit`
     validates every `val_every_steps` across epochs), since from scratch the model sits on a

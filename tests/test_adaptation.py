@@ -179,15 +179,19 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
 
 
-def test_adaptation_configs_keep_the_base_patience_and_drop_the_floor() -> None:
+def test_fine_tuning_drops_the_step_floor_and_the_scratch_baseline_keeps_it() -> None:
     """`fit` re-counts patience for short epochs itself (tests/test_training_stops.py); the
-    fine-tuning is capped by its own max_steps, so the base's step floor does not apply."""
+    fine-tuning is capped by its own max_steps, so the base's step floor does not apply to it."""
     base = TrainConfig(
         batch_size=16, val_every_steps=100, early_stopping_patience=10, min_steps=1000
     )
     adapt = AdaptConfig(max_steps=300)
     tuned, scratch = adaptation_train_config(base, adapt, 40), scratch_train_config(base, adapt, 40)
     assert (tuned.val_every_steps, tuned.early_stopping_patience, tuned.min_steps) == (60, 10, 0)
-    assert (scratch.val_every_steps, scratch.early_stopping_patience) == (100, 10)
+    assert (scratch.val_every_steps, scratch.early_stopping_patience, scratch.min_steps) == (
+        100,
+        10,
+        1000,
+    )  # the baseline from scratch keeps the floor: it must leave the plateau to compare
     with_ema = base.model_copy(update={"ema_decay": 0.99})
     assert adaptation_train_config(with_ema, adapt, 40).ema_decay is None
