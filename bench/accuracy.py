@@ -144,11 +144,20 @@ def codec_for(targets: np.ndarray) -> CodecConfig:
     return CodecConfig(mantissa_digits=4, exponent_min=low, exponent_max=high)
 
 
-def budget_config(minutes: float, seed: int, base: str = "demo") -> TrainConfig:
-    """The demo recipe capped at `minutes`; `max_steps` is sized later from the input lengths."""
+def budget_config(
+    minutes: float, seed: int, select_by: str = "val_loss", base: str = "demo"
+) -> TrainConfig:
+    """The demo recipe capped at `minutes`, its checkpoint picked by `select_by`; `max_steps` is
+    sized later from the input lengths."""
     return load_train_config(base).model_copy(
         # no step floor: the bench plans its own steps (`--steps`, `steps_for`)
-        update={"max_minutes": minutes, "seed": seed, "progress_bar": False, "min_steps": 0}
+        update={
+            "max_minutes": minutes,
+            "seed": seed,
+            "select_by": select_by,
+            "progress_bar": False,
+            "min_steps": 0,
+        }
     )
 
 
@@ -596,10 +605,9 @@ def train_members(
         # A fixed step plan (`--steps`) is not cut by the clock: results then do not depend on
         # what else the machine runs (members of a 5-model run got 613 down to 210 steps).
         minutes = args.minutes if args.steps is None else 100 * args.minutes
-        cfg = budget_config(minutes, args.seed + 1000 * i)
+        cfg = budget_config(minutes, args.seed + 1000 * i, args.select_by)
         if args.weight_decay is not None:
             cfg = cfg.model_copy(update={"weight_decay": args.weight_decay})
-        cfg = cfg.model_copy(update={"select_by": args.select_by})
         cfg = cfg.model_copy(update={"shuffle_fields": recipe.shuffle_fields})
         member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
         if base is None:

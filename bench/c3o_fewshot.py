@@ -109,8 +109,7 @@ def fine_tuned(
     adapt = AdaptConfig(
         max_steps=max_steps, lr=1e-3, max_minutes=minutes, val_fraction=val_fraction
     )
-    cfg = budget_config(minutes, seed).model_copy(update={"select_by": select_by})
-    return fine_tune(base, shots, adapt, cfg, ckpt)
+    return fine_tune(base, shots, adapt, budget_config(minutes, seed, select_by), ckpt)
 
 
 def with_job(config_json: list[str], tasks: list[str]) -> list[str]:

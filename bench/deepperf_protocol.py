@@ -209,7 +209,7 @@ def textperf_fit(
         )[0]
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
-    cfg = budget_config(minutes, seed).model_copy(update={"select_by": args.select_by})
+    cfg = budget_config(minutes, seed, args.select_by)
     recipe = source_recipe(args.model, "deepperf")
     return train_textperf(recipe, train, val, cfg, ckpt, priority, args.steps)[0]
 
