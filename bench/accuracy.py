@@ -207,6 +207,7 @@ class Recipe:
     relative_to: str | None = None  # the config path the target is learnt relative to
     mixed_target_forms: bool = False  # odd ensemble members learn the target itself
     shuffle_fields: bool = False  # augment: fields in a new order at every draw
+    split_lines: bool = False  # the tokenizer never merges across a line break
 
     def model_config(self) -> ModelConfig:
         overrides = {
@@ -224,6 +225,7 @@ class Recipe:
         suffix += f"_relative-{self.relative_to}" if self.relative_to else ""
         suffix += "_mixed" if self.mixed_target_forms else ""
         suffix += "_shuffled" if self.shuffle_fields else ""
+        suffix += "_lines" if self.split_lines else ""
         suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
         if self.attention_dropout is not None:
             suffix += f"_attn{self.attention_dropout:g}"
@@ -246,7 +248,9 @@ def new_predictor(
     if recipe.shuffle_fields:  # merges across line breaks must not favour one field order
         rng = np.random.default_rng(seed)
         corpus = [shuffle_section_lines(text, rng) for _ in range(3) for text in texts]
-    tokenizer = InputTokenizer.train(corpus, model_cfg.input_vocab_size, recipe.split_digits)
+    tokenizer = InputTokenizer.train(
+        corpus, model_cfg.input_vocab_size, recipe.split_digits, recipe.split_lines
+    )
     codec = codec_for(targets)
     return Predictor.create(
         model_cfg,

@@ -2,8 +2,9 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/deepperf_protocol.py [--systems x264 LLVM ...] \
         [--reps 30] [--textperf-systems x264 LLVM BDBC Apache] [--textperf-size 3] \
-        [--textperf-reps 3] [--minutes 1] [--ensemble 1] [--model small] [--seed 0] \
-        [--recipe scratch|pretrain] [--pretrain-minutes 3] [--steps 1500] [--select-by val_error]
+        [--textperf-reps 3] [--textperf-first-rep 0] [--minutes 1] [--ensemble 1] \
+        [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
+        [--steps 1500] [--select-by val_error] [--booleans digits|words]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -33,6 +34,7 @@ own validation records, to choose recipes with) and the published
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,7 @@ import polars as pl
 import torch
 from accuracy import (
     DEFAULT_OUT,
+    Recipe,
     budget_config,
     concat,
     load_records,
@@ -95,6 +98,10 @@ DECART = {  # DECART for binary systems, SPLConqueror for binary-numeric ones; N
 }
 
 
+# An option line whose value is 0 or 1: `no_cabac=1`.
+BOOLEAN_LINE = re.compile(r"^([^=\n<]+)=([01])$", re.MULTILINE)
+
+
 def mre(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - y) / np.abs(y)) * 100)
 
@@ -129,6 +136,22 @@ def training_rows(system: str, size: int, rep: int, n_rows: int, seed: int) -> n
 def has_indices(system: str, size: int) -> bool:
     table = index_table(system)
     return table is not None and bool((table[0] == size).any())
+
+
+def booleans_as_words(examples: Examples) -> Examples:
+    """The `--booleans words` ablation: `opt=1` / `opt=0` written `opt=on` / `opt=off`, so with
+    line-bound merges (`Recipe.split_lines`) an option's state can become one token of its own
+    instead of a name token followed by a digit token."""
+    texts = [
+        BOOLEAN_LINE.sub(lambda m: f"{m[1]}={'on' if m[2] == '1' else 'off'}", text)
+        for text in examples.texts
+    ]
+    return dataclasses.replace(examples, texts=texts)
+
+
+def textperf_recipe(args: argparse.Namespace) -> Recipe:
+    recipe = source_recipe(args.model, "deepperf")
+    return dataclasses.replace(recipe, split_lines=args.booleans == "words")
 
 
 Peer = Callable[[Examples, Examples, int], np.ndarray]
@@ -210,8 +233,7 @@ def textperf_fit(
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed, args.select_by)
-    recipe = source_recipe(args.model, "deepperf")
-    return train_textperf(recipe, train, val, cfg, ckpt, priority, args.steps)[0]
+    return train_textperf(textperf_recipe(args), train, val, cfg, ckpt, priority, args.steps)[0]
 
 
 def run_textperf(
@@ -223,10 +245,11 @@ def run_textperf(
     base = None
     if args.recipe == "pretrain":
         ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
-        base = pretrain(others, args, priority, ckpt, source_recipe(args.model, "deepperf"))
+        base = pretrain(others, args, priority, ckpt, textperf_recipe(args))
     prefix = f"deepperf_{system}_{size}_textperf"
     values, val_values = [], []
-    for rep in range(args.textperf_reps):
+    first = args.textperf_first_rep
+    for rep in range(first, first + args.textperf_reps):
         rows = training_rows(system, size, rep, len(examples), args.seed)
         sample = examples.take(rows)
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
@@ -260,6 +283,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--textperf-systems", nargs="*", default=["x264", "LLVM", "BDBC", "Apache"])
     parser.add_argument("--textperf-size", type=int, default=3, help="k for the k-th sample size")
     parser.add_argument("--textperf-reps", type=int, default=3)
+    parser.add_argument(
+        "--textperf-first-rep",
+        type=int,
+        default=0,
+        help="the first repetition textperf runs (0-based): more repetitions in another process",
+    )
     parser.add_argument("--minutes", type=float, default=1.0, help="textperf budget per fit")
     parser.add_argument(
         "--ensemble", type=int, default=1, help="textperf models per repetition, samples pooled"
@@ -297,7 +326,19 @@ def parse_args() -> argparse.Namespace:
         help="what picks the checkpoint (TrainConfig.select_by): on these few records val "
         "cross-entropy rises as the model memorises digits while the median still improves",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--booleans",
+        choices=("digits", "words"),
+        default="digits",
+        help="ablation: 0/1 options as written, or as on/off with merges kept within a line "
+        "(one token per option state)",
+    )
+    args = parser.parse_args()
+    if args.booleans == "words" and args.recipe == "pretrain":
+        parser.error(
+            "--booleans words rewrites the system's own records only, not --recipe pretrain's"
+        )
+    return args
 
 
 def main() -> None:
@@ -312,6 +353,8 @@ def main() -> None:
         run_tabular(system, examples, args)
     for system in args.textperf_systems:
         examples = to_examples(system_records(records, system), priority, budget)
+        if args.booleans == "words":
+            examples = booleans_as_words(examples)
         others = records.filter(pl.col("task") != f"{system}_AllNumeric")
         run_textperf(system, examples, others, args, out)
 

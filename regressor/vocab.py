@@ -29,14 +29,21 @@ class InputTokenizer:
 
     @classmethod
     def train(
-        cls, texts: Iterable[str], vocab_size: int, split_digits: bool = True
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        split_digits: bool = True,
+        split_lines: bool = False,
     ) -> InputTokenizer:
         """BPE merges learnt from `texts`; at most `vocab_size` ids including `<pad>`.
 
         The result is smaller when the corpus has fewer useful merges (a tiny test corpus).
         `split_digits=False` keeps each run of digits whole before BPE, so merges inside it can make
         a frequent number one token (but never join digits to letters): a source's
-        `whole_numbers`, and `bench/accuracy.py --number-tokens whole`.
+        `whole_numbers`, and `bench/accuracy.py --number-tokens whole`. `split_lines=True` never
+        merges across a line break (each line, with the break before it, is its own pre-token):
+        without digits to split them, short lines such as `opt=on` would otherwise merge into
+        a few tokens per record (`bench/deepperf_protocol.py --booleans words`).
         """
         if vocab_size < 257 + 1:
             raise ValueError("vocab_size must cover the 256 bytes and <pad>")
@@ -45,7 +52,8 @@ class InputTokenizer:
         # token, which halves the length of config-and-log text.
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         digits = pre_tokenizers.Digits(individual_digits=split_digits)
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level])
+        lines = [pre_tokenizers.Split("\n", "merged_with_next")] if split_lines else []
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([*lines, digits, byte_level])
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - 1,  # the last id is <pad>

@@ -4,6 +4,7 @@ recipe's run names."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -141,3 +142,12 @@ def test_deepperf_cross_fit_members_validate_on_disjoint_folds_of_the_sample() -
         assert set(train.record_ids) == set(sample.record_ids) - val
     held_out = deepperf_protocol.member_parts(sample, 3, argparse.Namespace(cross_fit=False), 1)
     assert held_out[1].record_ids == sample.record_ids[18:]  # the last fifth, for every member
+
+
+def test_deepperf_booleans_as_words_rewrites_only_zero_one_options() -> None:
+    text = "<task>\nx264_AllNumeric\n<config>\nno_cabac=1\nref_1=0\nrc_lookahead=10\nscale=0.5"
+    sample = dataclasses.replace(examples(1, "s"), texts=[text])
+    words = deepperf_protocol.booleans_as_words(sample).texts[0]
+    assert words.splitlines()[3:] == ["no_cabac=on", "ref_1=off", "rc_lookahead=10", "scale=0.5"]
+    args = argparse.Namespace(model="mini", booleans="words")
+    assert deepperf_protocol.textperf_recipe(args).split_lines

@@ -74,3 +74,15 @@ def test_whole_numbers_ablation_merges_frequent_numbers() -> None:
     assert len(whole.encode_batch(["cores=2048"], 64)[0]) < len(
         split.encode_batch(["cores=2048"], 64)[0]
     )
+
+
+def test_split_lines_never_merges_across_a_line_break() -> None:
+    """Short letter-only lines (`opt=on`, the `--booleans words` ablation) merge into a few
+    tokens per record by default; with `split_lines` a token spans at most one line."""
+    texts = ["<config>\nfast=on\ncache=off\nlog=on", "<config>\nfast=off\ncache=on\nlog=off"] * 50
+    merged = InputTokenizer.train(texts, vocab_size=300)
+    lines = InputTokenizer.train(texts, vocab_size=300, split_lines=True)
+    assert any(t.count("Ċ") > 1 for t in merged.tokens(texts[0]))  # Ċ: the byte-level "\n"
+    tokens = lines.tokens(texts[0])
+    assert all(t.count("Ċ") <= 1 and "Ċ" not in t[1:] for t in tokens)
+    assert lines.decode(lines.encode_batch(texts[:1], 64)[0]) == texts[0]
