@@ -4,10 +4,13 @@ and the pool on the validation part (to choose) and on the test part (to report)
     .venv/bin/python bench/pool.py --dataset c3o RUN_NAME [RUN_NAME ..]
 
 RUN_NAME is a run's name as in `<out>/<RUN_NAME>_samples.npz` (written by every accuracy run).
-Runs pool when their members stopped early on the same validation records (no `--cross-fit`):
-then the validation score of the pool is measured on records none of its members trained on,
-and a pool is chosen over its runs only if it wins there. Members may differ in anything, the
-target form included (runtime vs runtime per MB): samples are in the target's own units.
+A run's members are grouped by the records they stopped early on: one group holding every member
+(members sharing the split's validation part), or with `--cross-fit` one group per fold, each
+member validating on its own fold. Runs pool when their groups validated on the same records
+(the same split and the same folds: the same seed and ensemble size); the pool's validation score
+is then out of fold, measured on records none of its members of that group trained on, and a pool
+is chosen over its runs only if it wins there. Members may differ in anything else, the model
+and the target form included (runtime vs runtime per MB): samples are in the target's own units.
 
 Prints `<dataset>_<label>_{val,test}_<metric>: value` for each run (label `run<i>`) and for
 `pool`, with metric in spearman, kendall, mape, mse_log.
@@ -27,62 +30,83 @@ from regressor.evaluation import point_metrics
 
 
 @dataclass(frozen=True)
-class Run:
-    test_ids: np.ndarray
+class Fold:
+    """Members that stopped early on the same validation records."""
+
     val_ids: np.ndarray
     vals: list[np.ndarray]  # per member [N_val, samples]
+
+
+@dataclass(frozen=True)
+class Run:
+    test_ids: np.ndarray
+    folds: list[Fold]
     tests: list[np.ndarray]  # per member [N_test, samples]
+
+    @property
+    def n_members(self) -> int:
+        return len(self.tests)
 
 
 def load_run(out: Path, run_name: str) -> Run:
-    """One run's members; refuses a cross-fitted run, whose members validated on different
-    records."""
+    """One run's members, grouped by the validation records each stopped early on."""
     path = out / f"{run_name}_samples.npz"
     if not path.exists():
         raise SystemExit(f"{path}: no such file (run bench/accuracy.py first)")
     with np.load(path) as saved:
         k = sum(1 for key in saved.files if key.startswith("test_") and key != "test_ids")
-        val_ids = [saved[f"val_ids_{i}"] for i in range(k)]
-        if any(not np.array_equal(ids, val_ids[0]) for ids in val_ids):
-            raise SystemExit(f"{path}: members validated on different records (--cross-fit)")
-        vals = [saved[f"val_{i}"] for i in range(k)]
-        tests = [saved[f"test_{i}"] for i in range(k)]
-        return Run(saved["test_ids"], val_ids[0], vals, tests)
+        folds: list[Fold] = []
+        for i in range(k):
+            val_ids, val = saved[f"val_ids_{i}"], saved[f"val_{i}"]
+            same = [f for f in folds if np.array_equal(f.val_ids, val_ids)]
+            if same:
+                same[0].vals.append(val)
+            else:
+                folds.append(Fold(val_ids, [val]))
+        return Run(saved["test_ids"], folds, [saved[f"test_{i}"] for i in range(k)])
+
+
+def pooled(runs: list[Run]) -> Run:
+    """All members of runs whose folds validated on the same records, fold by fold."""
+    first = runs[0]
+    for other in runs[1:]:
+        same_folds = len(other.folds) == len(first.folds) and all(
+            np.array_equal(a.val_ids, b.val_ids)
+            for a, b in zip(first.folds, other.folds, strict=True)
+        )
+        if not (same_folds and np.array_equal(other.test_ids, first.test_ids)):
+            raise SystemExit("runs on another split or other folds do not pool")
+    folds = [
+        Fold(fold.val_ids, [v for run in runs for v in run.folds[j].vals])
+        for j, fold in enumerate(first.folds)
+    ]
+    return Run(first.test_ids, folds, [t for run in runs for t in run.tests])
 
 
 def targets_by_id(records: pl.DataFrame) -> dict[str, float]:
     return dict(zip(records["record_id"], records["target"], strict=True))
 
 
-def score(
-    prefix: str,
-    y_val: np.ndarray,
-    val: list[np.ndarray],
-    y_test: np.ndarray,
-    test: list[np.ndarray],
-) -> None:
-    """Median of the pooled draws, on each part."""
-    emit(f"{prefix}_val", point_metrics(y_val, np.median(np.concatenate(val, 1), 1)), POINT)
-    emit(f"{prefix}_test", point_metrics(y_test, np.median(np.concatenate(test, 1), 1)), POINT)
+def score(prefix: str, run: Run, target: dict[str, float]) -> None:
+    """Median of the pooled draws: on validation each fold's own members (out of fold), on test
+    every member."""
+    y_val = np.array([target[rid] for fold in run.folds for rid in fold.val_ids])
+    val = np.concatenate([np.median(np.concatenate(f.vals, 1), 1) for f in run.folds])
+    y_test = np.array([target[rid] for rid in run.test_ids])
+    emit(f"{prefix}_val", point_metrics(y_val, val), POINT)
+    emit(f"{prefix}_test", point_metrics(y_test, np.median(np.concatenate(run.tests, 1), 1)), POINT)
 
 
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     runs = [load_run(out, name) for name in args.runs]
-    first = runs[0]
-    for name, other in zip(args.runs, runs, strict=True):
-        same = np.array_equal(other.val_ids, first.val_ids)
-        if not (same and np.array_equal(other.test_ids, first.test_ids)):
-            raise SystemExit(f"{name}: another split than {args.runs[0]}'s")
+    pool = pooled(runs)  # refuses runs that do not pool before any scoring
     target = targets_by_id(load_records(args.dataset, out))
-    y_val = np.array([target[rid] for rid in first.val_ids])
-    y_test = np.array([target[rid] for rid in first.test_ids])
     d = args.dataset
     for i, (name, one) in enumerate(zip(args.runs, runs, strict=True)):
-        print(f"{d}_run{i}: {name} ({len(one.vals)} members)")
-        score(f"{d}_run{i}", y_val, one.vals, y_test, one.tests)
-    vals = [v for one in runs for v in one.vals]
-    score(f"{d}_pool", y_val, vals, y_test, [t for one in runs for t in one.tests])
+        print(f"{d}_run{i}: {name} ({one.n_members} members, {len(one.folds)} folds)")
+        score(f"{d}_run{i}", one, target)
+    score(f"{d}_pool", pool, target)
 
 
 def parse_args() -> argparse.Namespace:

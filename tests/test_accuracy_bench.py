@@ -109,20 +109,29 @@ def member_draws(seed: int, val_ids: list[str]) -> accuracy.MemberSamples:
     return accuracy.MemberSamples(rng.random((3, 4)), rng.random((2, 4)), val_ids)
 
 
-def test_member_samples_round_trip_and_cross_fitted_runs_do_not_pool(tmp_path) -> None:
+def test_member_samples_round_trip_and_group_by_validation_fold(tmp_path) -> None:
     members = [member_draws(0, ["v1", "v2"]), member_draws(1, ["v1", "v2"])]
     accuracy.save_member_samples(tmp_path / "a_samples.npz", ["t1", "t2", "t3"], members)
     run = pool.load_run(tmp_path, "a")
     assert run.test_ids.tolist() == ["t1", "t2", "t3"]
-    assert run.val_ids.tolist() == ["v1", "v2"]
+    assert [fold.val_ids.tolist() for fold in run.folds] == [["v1", "v2"]]
     for saved, member in zip(
-        run.tests + run.vals, [m.test for m in members] + [m.val for m in members], strict=True
+        run.tests + run.folds[0].vals,
+        [m.test for m in members] + [m.val for m in members],
+        strict=True,
     ):
         np.testing.assert_array_equal(saved, member)
-    folds = [member_draws(0, ["v1", "v2"]), member_draws(1, ["v3", "v4"])]
+    folds = [member_draws(2, ["v1", "v2"]), member_draws(3, ["v3", "v4"])]
     accuracy.save_member_samples(tmp_path / "b_samples.npz", ["t1", "t2", "t3"], folds)
-    with pytest.raises(SystemExit, match="different records"):
-        pool.load_run(tmp_path, "b")
+    crossed = pool.load_run(tmp_path, "b")
+    assert [fold.val_ids.tolist() for fold in crossed.folds] == [["v1", "v2"], ["v3", "v4"]]
+    with pytest.raises(SystemExit, match="other folds"):
+        pool.pooled([run, crossed])
+    again = [member_draws(4, ["v1", "v2"]), member_draws(5, ["v3", "v4"])]
+    accuracy.save_member_samples(tmp_path / "c_samples.npz", ["t1", "t2", "t3"], again)
+    both = pool.pooled([crossed, pool.load_run(tmp_path, "c")])
+    assert both.n_members == 4
+    np.testing.assert_array_equal(both.folds[1].vals[1], again[1].val)  # fold 1: b's, then c's
 
 
 def test_patience_is_half_the_plan_in_validation_intervals() -> None:
