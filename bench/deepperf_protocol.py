@@ -4,7 +4,7 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--reps 30] [--textperf-systems x264 LLVM BDBC Apache] [--textperf-size 3] \
         [--textperf-reps 3] [--textperf-first-rep 0] [--minutes 1] [--ensemble 1] \
         [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
-        [--steps 1500] [--select-by val_error] [--booleans digits|words]
+        [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -26,6 +26,8 @@ one model per system on all the other systems' records for `--pretrain-minutes`,
 fine-tunes every weight on each repetition's sample; `--ensemble K` fits K such models with
 seeds 1000 apart and pools their samples, with `--cross-fit` each validating on its own fold of
 the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-reps` repetitions.
+`--textperf-first-rep` starts at a later repetition (more repetitions from another process), and
+`--rescore` re-samples a finished run's members from their best checkpoints instead of training.
 Prints `deepperf_<sys>_<size>_<model>_mre: value` lines (and `..._val_mre`, the members on their
 own validation records, to choose recipes with) and the published
 `..._deepperf_published_mre` / `..._decart_published_mre` beside them.
@@ -48,6 +50,7 @@ from accuracy import (
     budget_config,
     concat,
     load_records,
+    new_predictor,
     source_recipe,
     train_textperf,
 )
@@ -230,10 +233,34 @@ def textperf_fit(
         return fine_tuned(
             base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by, steps
         )[0]
+    if args.rescore:
+        return saved_member(train, val, args, seed, ckpt, priority)
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed, args.select_by)
     return train_textperf(textperf_recipe(args), train, val, cfg, ckpt, priority, args.steps)[0]
+
+
+def saved_member(
+    train: Examples,
+    val: Examples,
+    args: argparse.Namespace,
+    seed: int,
+    ckpt: Path,
+    priority: tuple[str, ...],
+) -> Predictor:
+    """A finished from-scratch member rebuilt from its best checkpoint (`--rescore`): its
+    tokenizer and codec are functions of the same records and seed, so it draws what the run
+    drew."""
+    best = ckpt / "best.ckpt"
+    if not best.exists():
+        raise SystemExit(f"{best}: no such checkpoint (run once without --rescore)")
+    targets = np.concatenate([train.model_targets, val.model_targets])
+    predictor = new_predictor(textperf_recipe(args), train.texts, targets, priority, seed)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    predictor.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    predictor.model.eval()
+    return predictor
 
 
 def run_textperf(
@@ -267,10 +294,11 @@ def run_textperf(
         values.append(mre(test.targets, median))
         # members on their own validation records (out of fold with --cross-fit): to choose with
         val_values.append(float(np.mean(np.concatenate(val_errors)) * 100))
-        print(f"{prefix}_rep{rep}_val_mre: {val_values[-1]:.2f}", flush=True)
-        print(f"{prefix}_rep{rep}_mre: {values[-1]:.2f}", flush=True)
-    print(f"{prefix}_val_mre: {np.mean(val_values):.2f}")
-    print(f"{prefix}_mre: {np.mean(values):.2f}")
+        # three decimals: a mean of a few repetitions is set beside a published figure of two
+        print(f"{prefix}_rep{rep}_val_mre: {val_values[-1]:.3f}", flush=True)
+        print(f"{prefix}_rep{rep}_mre: {values[-1]:.3f}", flush=True)
+    print(f"{prefix}_val_mre: {np.mean(val_values):.3f}")
+    print(f"{prefix}_mre: {np.mean(values):.3f}")
     emit_published(f"deepperf_{system}_{size}", system, k)
 
 
@@ -333,7 +361,15 @@ def parse_args() -> argparse.Namespace:
         help="ablation: 0/1 options as written, or as on/off with merges kept within a line "
         "(one token per option state)",
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="re-sample each member from the best.ckpt a finished run of the same flags left "
+        "under --out instead of training it (scratch recipe only)",
+    )
     args = parser.parse_args()
+    if args.rescore and args.recipe == "pretrain":
+        parser.error("--rescore rebuilds from-scratch members only")
     if args.booleans == "words" and args.recipe == "pretrain":
         parser.error(
             "--booleans words rewrites the system's own records only, not --recipe pretrain's"

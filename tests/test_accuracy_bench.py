@@ -160,3 +160,28 @@ def test_deepperf_booleans_as_words_rewrites_only_zero_one_options() -> None:
     assert words.splitlines()[3:] == ["no_cabac=on", "ref_1=off", "rc_lookahead=10", "scale=0.5"]
     args = argparse.Namespace(model="mini", booleans="words")
     assert deepperf_protocol.textperf_recipe(args).split_lines
+
+
+def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) -> None:
+    """`--rescore` re-samples a finished member from its best checkpoint: the same draws as the
+    trained member, not those of a fresh model (a real tiny fit, then the rebuild)."""
+    rng = np.random.default_rng(0)
+    options = rng.integers(0, 2, size=(24, 3))
+    texts = [f"<task>\nS\n<config>\na={a}\nb={b}\nc={c}" for a, b, c in options]
+    targets = 100.0 + 50.0 * options[:, 0] + 10.0 * options[:, 1]
+    sample = Examples([f"r{i}" for i in range(24)], ["S"] * 24, texts, targets, ["{}"] * 24)
+    train, val = sample.take(range(18)), sample.take(range(18, 24))
+    # past the EMA's start (step 100), so the checkpoint holds trained weights
+    args = argparse.Namespace(
+        model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss", rescore=False
+    )
+    priority = ("task", "config")
+    trained = deepperf_protocol.textperf_fit(None, train, val, args, 3, tmp_path, priority)
+    rebuilt = deepperf_protocol.saved_member(train, val, args, 3, tmp_path, priority)
+    recipe, learnt = deepperf_protocol.textperf_recipe(args), sample.model_targets
+    fresh = accuracy.new_predictor(recipe, train.texts, learnt, priority, 3)
+    draws = [p.sample_texts(val.texts, 8, seed=1) for p in (trained, rebuilt, fresh)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.array_equal(draws[0], draws[2], equal_nan=True)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        deepperf_protocol.saved_member(train, val, args, 3, tmp_path / "none", priority)
