@@ -280,7 +280,9 @@ def run_textperf(
         rows = training_rows(system, size, rep, len(examples), args.seed)
         sample = examples.take(rows)
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
-        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}_{rep}"
+        # the word-form members' tokenizers differ: `--rescore` must never load one for the other
+        words = "_words" if args.booleans == "words" else ""
+        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}{words}_{rep}"
         draws, val_errors = [], []  # per member: test draws [N_test, 32], val relative errors
         for i in range(args.ensemble):
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
