@@ -299,6 +299,20 @@ def fit_in_budget(
     return result, max_steps
 
 
+def member_predictor(
+    recipe: Recipe,
+    train: Examples,
+    val: Examples,
+    priority: tuple[str, ...],
+    seed: int,
+    absolute: bool = False,
+) -> Predictor:
+    """The untrained predictor a member starts from: its tokenizer and codec are functions of
+    `train` / `val` and `seed`, so a saved member's checkpoint loads into the same one again."""
+    learnt = [part.targets if absolute else part.model_targets for part in (train, val)]
+    return new_predictor(recipe, train.texts, np.concatenate(learnt), priority, seed, absolute)
+
+
 def train_textperf(
     recipe: Recipe,
     train: Examples,
@@ -313,10 +327,7 @@ def train_textperf(
     """A tokenizer and model from scratch on `train` (learning the target itself if `absolute`);
     early stopping on `val` (`fit_in_budget`). The tokenizer and codec are functions of the
     training data, so a resumed run rebuilds the ones its checkpoint was trained with."""
-    learnt = [part.targets if absolute else part.model_targets for part in (train, val)]
-    predictor = new_predictor(
-        recipe, train.texts, np.concatenate(learnt), priority, train_cfg.seed, absolute
-    )
+    predictor = member_predictor(recipe, train, val, priority, train_cfg.seed, absolute)
     fitted, max_steps = fit_in_budget(predictor, train, val, train_cfg, ckpt, max_steps, resume)
     return predictor, fitted, max_steps
 

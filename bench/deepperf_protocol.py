@@ -50,7 +50,7 @@ from accuracy import (
     budget_config,
     concat,
     load_records,
-    new_predictor,
+    member_predictor,
     source_recipe,
     train_textperf,
 )
@@ -62,6 +62,7 @@ from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import Predictor
 from regressor.sampling import summarize
+from regressor.training import load_checkpoint_weights
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
 # System -> (number of options, index file stem or None, sample sizes).
@@ -255,10 +256,8 @@ def saved_member(
     best = ckpt / "best.ckpt"
     if not best.exists():
         raise SystemExit(f"{best}: no such checkpoint (run once without --rescore)")
-    targets = np.concatenate([train.model_targets, val.model_targets])
-    predictor = new_predictor(textperf_recipe(args), train.texts, targets, priority, seed)
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    predictor.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    predictor = member_predictor(textperf_recipe(args), train, val, priority, seed)
+    load_checkpoint_weights(predictor.model, best)
     predictor.model.eval()
     return predictor
 

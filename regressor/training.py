@@ -386,6 +386,13 @@ class FitResult:
     monitor: str = "val_loss"  # TrainConfig.select_by
 
 
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """The model's weights from a `RegressionLM` Lightning checkpoint (its `model.` entries; with
+    EMA those are the averaged weights), strictly: every parameter must be there."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+
+
 def fit(
     predictor: Predictor,
     train: tuple[Sequence[str], np.ndarray],
@@ -460,8 +467,7 @@ def fit(
     seconds = time.perf_counter() - started
     best = checkpoint.best_model_path
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        load_checkpoint_weights(predictor.model, Path(best))
     predictor.model.eval()
     best_score = checkpoint.best_model_score
     return FitResult(
