@@ -59,8 +59,9 @@ from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
+from regressor.configprior import prior_records
 from regressor.dataset import Examples, to_examples
-from regressor.predictor import Predictor
+from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import summarize
 from regressor.training import load_checkpoint_weights
 
@@ -262,6 +263,21 @@ def saved_member(
     return predictor
 
 
+def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...]) -> Predictor:
+    """One model pretrained on `--prior-systems` synthetic systems (`regressor.configprior`),
+    shared by every system and saved as a bundle, so later runs and other processes reuse it."""
+    name = f"deepperf_synthetic_{args.prior_systems}x{args.prior_records}_{args.model}"
+    ckpt = out / "checkpoints" / f"{name}_{args.pretrain_minutes:g}min_seed{args.seed}"
+    bundle = ckpt / "bundle"
+    if (bundle / BUNDLE_FILE).exists():
+        return Predictor.load(bundle)
+    records = prior_records(args.prior_systems, args.prior_records, args.seed)
+    print(f"prior_records: {len(records)}", flush=True)
+    base = pretrain(records, args, priority, ckpt, textperf_recipe(args))
+    base.save(bundle)
+    return base
+
+
 def run_textperf(
     system: str, examples: Examples, others: pl.DataFrame, args: argparse.Namespace, out: Path
 ) -> None:
@@ -272,6 +288,8 @@ def run_textperf(
     if args.recipe == "pretrain":
         ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
         base = pretrain(others, args, priority, ckpt, textperf_recipe(args))
+    elif args.recipe == "synthetic":
+        base = synthetic_base(args, out, priority)
     prefix = f"deepperf_{system}_{size}_textperf"
     values, val_values = [], []
     first = args.textperf_first_rep
@@ -327,10 +345,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse and checkpoints")
     parser.add_argument(
         "--recipe",
-        choices=("scratch", "pretrain"),
+        choices=("scratch", "pretrain", "synthetic"),
         default="scratch",
         help="pretrain: one model per system pretrained on all the OTHER systems' records, then "
-        "every weight fine-tuned on each repetition's sample",
+        "every weight fine-tuned on each repetition's sample; synthetic: one model pretrained "
+        "on generated systems (regressor.configprior), shared by all systems, then the same",
+    )
+    parser.add_argument(
+        "--prior-systems", type=int, default=300, help="with --recipe synthetic: how many systems"
+    )
+    parser.add_argument(
+        "--prior-records", type=int, default=120, help="with --recipe synthetic: records each"
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     parser.add_argument(
@@ -369,9 +394,9 @@ def parse_args() -> argparse.Namespace:
         "under --out instead of training it (scratch recipe only)",
     )
     args = parser.parse_args()
-    if args.rescore and args.recipe == "pretrain":
+    if args.rescore and args.recipe != "scratch":
         parser.error("--rescore rebuilds from-scratch members only")
-    if args.booleans == "words" and args.recipe == "pretrain":
+    if args.booleans == "words" and args.recipe != "scratch":
         parser.error(
             "--booleans words rewrites the system's own records only, not --recipe pretrain's"
         )

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from regressor.config import PROJECT_ROOT
 from regressor.dataset import Examples
@@ -185,3 +186,23 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
     assert not np.array_equal(draws[0], draws[2], equal_nan=True)
     with pytest.raises(SystemExit, match="no such checkpoint"):
         deepperf_protocol.saved_member(train, val, args, 3, tmp_path / "none", priority)
+
+
+def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys) -> None:
+    """`--recipe synthetic` pretrains one model on generated systems (a real, tiny fit) and
+    saves it; a second call, as from another system or process, loads the same weights."""
+    args = argparse.Namespace(
+        prior_systems=3, prior_records=20, model="tiny", pretrain_minutes=0.05, seed=0,
+        booleans="digits",
+    )  # fmt: skip
+    priority = ("task", "config", "logs")
+    first = deepperf_protocol.synthetic_base(args, tmp_path, priority)
+    assert "prior_records: " in capsys.readouterr().out
+    again = deepperf_protocol.synthetic_base(args, tmp_path, priority)
+    assert "prior_records" not in capsys.readouterr().out  # loaded, not pretrained again
+    weights, loaded = first.model.state_dict(), again.model.state_dict()
+    assert weights.keys() == loaded.keys()
+    for name, value in weights.items():
+        assert torch.equal(value, loaded[name]), name
+    text = ["<task>\nLLVM_AllNumeric\n<config>\ngvn=1"]
+    assert first.encode_texts(text) == again.encode_texts(text)

@@ -1,0 +1,190 @@
+"""Synthetic configurable systems: a prior to pretrain on before a real system's few records.
+
+A system is a set of options (0/1 flags, one-hot groups such as `ref_1/ref_5/ref_9`, a few
+numeric settings) and a performance-influence model in the style of SPL Conqueror's: log
+performance = a base + each option's effect (sparse: a few large, most small) + some pairwise
+interactions + noise. On 30-100 records of a real system a model from scratch memorises the
+configurations before it learns what the options do; pretraining on many such systems is meant
+to teach the reading (bind a value to its option, add the effects up) beforehand, so that
+fine-tuning has only the new options' effects to learn. Names are built from a generic
+vocabulary, not from any dataset's options. Same seed, same records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+# Generic words that configuration options are made of (none taken from a dataset's columns).
+WORDS = (
+    "async", "auto", "batch", "block", "buffer", "cache", "check", "chunk", "commit", "compact",
+    "compress", "core", "cpu", "debug", "deep", "delay", "direct", "disk", "dump", "eager",
+    "enable", "fast", "fetch", "file", "filter", "flush", "force", "frame", "gc", "hash", "heap",
+    "hint", "index", "inline", "io", "jit", "journal", "keep", "lazy", "level", "limit", "local",
+    "lock", "log", "loop", "map", "max", "mem", "merge", "min", "mode", "net", "no", "opt",
+    "page", "parallel", "pass", "pool", "pre", "post", "prefetch", "queue", "read", "reuse",
+    "scan", "shared", "size", "skip", "slot", "sort", "spill", "split", "stat", "step", "store",
+    "stream", "sync", "table", "temp", "thread", "trace", "tree", "unroll", "use", "vector",
+    "verify", "wait", "write", "zero",
+)  # fmt: skip
+NUMERIC_GRIDS = (
+    (1, 2, 4, 8, 16, 32, 64),
+    (8, 16, 32, 64, 128, 256),
+    (0, 1, 2, 3, 4, 5),
+    (10, 20, 40, 80),
+    (2, 3, 4, 5, 6, 7, 8),
+)
+COLUMNS = ("record_id", "source", "task", "period", "config_json", "logs_json", "target")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option column: its values, and its effect on log performance at each value."""
+
+    name: str
+    values: tuple[float, ...]
+    effects: tuple[float, ...]  # same length as values
+    group: int  # options of one one-hot group share a group id (exactly one of them is 1)
+
+
+@dataclass(frozen=True)
+class SyntheticSystem:
+    task: str
+    options: tuple[Option, ...]
+    base: float  # log performance with every effect at zero
+    interactions: tuple[tuple[int, int, float], ...]  # (option i, option j, effect when both on)
+    noise: float  # standard deviation of log performance around the model
+
+
+def option_name(rng: np.random.Generator, taken: set[str]) -> str:
+    """A fresh name from 1-3 generic words, in one of the styles real systems use."""
+    while True:
+        words = list(rng.choice(WORDS, size=rng.integers(1, 4), replace=False))
+        style = rng.integers(3)
+        if style == 0:
+            name = "_".join(words)
+        elif style == 1:
+            name = "".join(w.capitalize() for w in words)
+        else:
+            name = words[0] + "".join(w.capitalize() for w in words[1:])
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+def flag_effect(rng: np.random.Generator) -> float:
+    """Sparse effects: about one option in four matters much, the rest a little."""
+    return float(rng.normal(0, 0.4) if rng.random() < 0.25 else rng.normal(0, 0.03))
+
+
+def system_options(rng: np.random.Generator, n_options: int) -> list[Option]:
+    taken: set[str] = set()
+    options: list[Option] = []
+    group = 0
+    while len(options) < n_options:
+        kind = rng.random()
+        if kind < 0.15:  # a one-hot group: `ref_1`, `ref_5`, `ref_9`
+            stem = option_name(rng, taken)
+            levels = sorted(rng.choice(np.arange(1, 65), size=rng.integers(2, 5), replace=False))
+            for level in levels:
+                taken.add(f"{stem}_{level}")
+                effect = float(rng.normal(0, 0.3))
+                options.append(Option(f"{stem}_{level}", (0.0, 1.0), (0.0, effect), group))
+        elif kind < 0.25:  # a numeric setting: its effect grows with the log of its value
+            grid = NUMERIC_GRIDS[rng.integers(len(NUMERIC_GRIDS))]
+            slope = float(rng.normal(0, 0.5))
+            position = np.log1p(np.array(grid, dtype=float))
+            position = (position - position.min()) / (position.max() - position.min())
+            effects = tuple(float(v) for v in slope * position)
+            options.append(Option(option_name(rng, taken), tuple(map(float, grid)), effects, group))
+        else:
+            effect = flag_effect(rng)
+            options.append(Option(option_name(rng, taken), (0.0, 1.0), (0.0, effect), group))
+        group += 1
+    return options
+
+
+def sample_system(rng: np.random.Generator, index: int) -> SyntheticSystem:
+    n_options = int(rng.integers(6, 41))
+    options = system_options(rng, n_options)
+    pairs = rng.poisson(len(options) / 4)
+    interactions = tuple(
+        (int(i), int(j), float(rng.normal(0, 0.25)))
+        for i, j in (rng.choice(len(options), size=2, replace=False) for _ in range(pairs))
+    )
+    stem = "".join(w.capitalize() for w in rng.choice(WORDS, size=2, replace=False))
+    return SyntheticSystem(
+        task=f"{stem}{index}_AllNumeric",
+        options=tuple(options),
+        base=float(rng.uniform(np.log(0.3), np.log(30000))),
+        interactions=interactions,
+        noise=float(rng.uniform(0.002, 0.03)),
+    )
+
+
+def sample_levels(rng: np.random.Generator, system: SyntheticSystem, n: int) -> np.ndarray:
+    """[n, n_options] indices into each option's values; one-hot groups get exactly one 1."""
+    options = system.options
+    levels = np.zeros((n, len(options)), dtype=int)
+    for group in sorted({o.group for o in options}):
+        members = [k for k, o in enumerate(options) if o.group == group]
+        if len(members) > 1:
+            chosen = rng.integers(len(members), size=n)
+            levels[np.arange(n), np.array(members)[chosen]] = 1
+        else:
+            k = members[0]
+            if len(options[k].values) == 2:  # a flag, on with its own probability
+                levels[:, k] = rng.random(n) < rng.uniform(0.2, 0.8)
+            else:
+                levels[:, k] = rng.integers(len(options[k].values), size=n)
+    return levels
+
+
+def performance(
+    rng: np.random.Generator, system: SyntheticSystem, levels: np.ndarray
+) -> np.ndarray:
+    """[n] performance values of the configurations `levels` ([n, n_options])."""
+    effects = np.array(
+        [[o.effects[v] for o, v in zip(system.options, row, strict=True)] for row in levels]
+    )
+    log_y = system.base + effects.sum(axis=1)
+    for i, j, effect in system.interactions:
+        log_y += effect * (levels[:, i] > 0) * (levels[:, j] > 0)
+    return np.exp(log_y + rng.normal(0, system.noise, size=len(levels)))
+
+
+def system_records(rng: np.random.Generator, system: SyntheticSystem, n: int) -> list[dict]:
+    levels = np.unique(sample_levels(rng, system, n), axis=0)  # distinct configurations
+    targets = performance(rng, system, levels)
+    rows = []
+    for r, (row, target) in enumerate(zip(levels, targets, strict=True)):
+        config = {
+            o.name: int(o.values[v]) if float(o.values[v]).is_integer() else o.values[v]
+            for o, v in zip(system.options, row, strict=True)
+        }
+        rows.append(
+            {
+                "record_id": f"configprior/{system.task}:{r}",
+                "source": "configprior",
+                "task": system.task,
+                "period": None,
+                "config_json": json.dumps(config),
+                "logs_json": "{}",
+                "target": float(target),
+            }
+        )
+    return rows
+
+
+def prior_records(systems: int, records_per_system: int, seed: int = 0) -> pl.DataFrame:
+    """`systems` synthetic systems with up to `records_per_system` distinct configurations each,
+    in the warehouse's `records` columns (so `to_examples` serialises them like real ones)."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict] = []
+    for index in range(systems):
+        rows += system_records(rng, sample_system(rng, index), records_per_system)
+    schema = dict.fromkeys(COLUMNS, pl.Utf8) | {"target": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)

@@ -1,0 +1,66 @@
+"""The synthetic configurable systems pretrained on before a DeepPerf system's few records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from regressor.configprior import performance, prior_records, sample_levels, sample_system
+from regressor.dataset import to_examples
+
+
+def test_same_seed_same_records_and_another_seed_others() -> None:
+    a, b, c = prior_records(4, 30, seed=1), prior_records(4, 30, seed=1), prior_records(4, 30, 2)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_configurations_are_distinct_within_a_system_and_targets_positive() -> None:
+    records = prior_records(6, 80, seed=0)
+    assert records["task"].n_unique() == 6
+    for _, group in records.group_by("task"):
+        assert group["config_json"].n_unique() == len(group) <= 80
+    assert (records["target"] > 0).all()
+    assert records["target"].is_finite().all()
+
+
+def test_one_hot_groups_hold_exactly_one_set_option() -> None:
+    rng = np.random.default_rng(3)
+    systems = [sample_system(rng, i) for i in range(20)]
+    grouped = [s for s in systems if len({o.group for o in s.options}) < len(s.options)]
+    assert grouped, "no system with a one-hot group among 20: the test would prove nothing"
+    for system in grouped:
+        levels = sample_levels(rng, system, 50)
+        for group in {o.group for o in system.options}:
+            members = [k for k, o in enumerate(system.options) if o.group == group]
+            if len(members) > 1:
+                assert (levels[:, members].sum(axis=1) == 1).all()
+
+
+def test_an_option_moves_log_performance_by_its_effect_plus_its_interactions() -> None:
+    rng = np.random.default_rng(5)
+    system = dataclasses.replace(sample_system(rng, 0), noise=0.0)
+    k = next(i for i, o in enumerate(system.options) if o.values == (0.0, 1.0))
+    levels = sample_levels(rng, system, 40)
+    off, on = levels.copy(), levels.copy()
+    off[:, k], on[:, k] = 0, 1
+    shift = np.log(performance(rng, system, on)) - np.log(performance(rng, system, off))
+    expected = np.full(len(levels), system.options[k].effects[1])
+    for i, j, effect in system.interactions:
+        if k in (i, j) and i != j:
+            partner = j if i == k else i
+            expected += effect * (levels[:, partner] > 0)
+    np.testing.assert_allclose(shift, expected, atol=1e-9)
+
+
+def test_records_serialise_like_the_warehouse_rows_they_imitate() -> None:
+    records = prior_records(2, 10, seed=0)
+    sample = to_examples(records, ("task", "config", "logs"), 768)
+    lines = sample.texts[0].splitlines()
+    assert lines[:3] == ["<task>", records["task"][0], "<config>"]
+    assert lines[1].endswith("_AllNumeric")
+    config = json.loads(records["config_json"][0])
+    assert lines[3:] == [f"{k}={v}" for k, v in sorted(config.items())]
+    np.testing.assert_array_equal(sample.targets, records["target"].to_numpy())
