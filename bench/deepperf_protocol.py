@@ -59,7 +59,7 @@ from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
-from regressor.configprior import prior_records
+from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import summarize
@@ -266,12 +266,13 @@ def saved_member(
 def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...]) -> Predictor:
     """One model pretrained on `--prior-systems` synthetic systems (`regressor.configprior`),
     shared by every system and saved as a bundle, so later runs and other processes reuse it."""
-    name = f"deepperf_synthetic_{args.prior_systems}x{args.prior_records}_{args.model}"
+    shape = f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}"
+    name = f"deepperf_synthetic_{shape}_{args.model}"
     ckpt = out / "checkpoints" / f"{name}_{args.pretrain_minutes:g}min_seed{args.seed}"
     bundle = ckpt / "bundle"
     if (bundle / BUNDLE_FILE).exists():
         return Predictor.load(bundle)
-    records = prior_records(args.prior_systems, args.prior_records, args.seed)
+    records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
     print(f"prior_records: {len(records)}", flush=True)
     base = pretrain(records, args, priority, ckpt, textperf_recipe(args))
     base.save(bundle)
@@ -356,6 +357,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--prior-records", type=int, default=120, help="with --recipe synthetic: records each"
+    )
+    parser.add_argument(
+        "--prior-kind",
+        choices=PRIOR_KINDS,
+        default="independent",
+        help="with --recipe synthetic: options' effects drawn per system, or from effects of "
+        "their names' words shared by all systems (regressor.configprior)",
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     parser.add_argument(

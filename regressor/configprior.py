@@ -8,11 +8,18 @@ configurations before it learns what the options do; pretraining on many such sy
 to teach the reading (bind a value to its option, add the effects up) beforehand, so that
 fine-tuning has only the new options' effects to learn. Names are built from a generic
 vocabulary, not from any dataset's options. Same seed, same records.
+
+Two kinds of prior (`kind`): `independent` draws every option's effect afresh, so each system's
+effects must be memorised from its own records (a model of 0.3M parameters learns little more
+than each system's level that way); `words` gives every vocabulary word one effect shared by all
+systems and an option the sum of its words' effects plus a small deviation of its own, so the
+reading itself is what there is to learn.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +44,7 @@ NUMERIC_GRIDS = (
     (10, 20, 40, 80),
     (2, 3, 4, 5, 6, 7, 8),
 )
+PRIOR_KINDS = ("independent", "words")
 COLUMNS = ("record_id", "source", "task", "period", "config_json", "logs_json", "target")
 
 
@@ -80,7 +88,20 @@ def flag_effect(rng: np.random.Generator) -> float:
     return float(rng.normal(0, 0.4) if rng.random() < 0.25 else rng.normal(0, 0.03))
 
 
-def system_options(rng: np.random.Generator, n_options: int) -> list[Option]:
+def word_effects(rng: np.random.Generator) -> dict[str, float]:
+    """The `words` prior: one sparse effect per vocabulary word, shared by every system."""
+    return {word: flag_effect(rng) for word in WORDS}
+
+
+def named_effect(name: str, words: dict[str, float], rng: np.random.Generator) -> float:
+    """An option's effect under the `words` prior: its words' effects plus its own deviation."""
+    parts = re.findall(r"[A-Z]?[a-z]+", name)
+    return sum(words[p.lower()] for p in parts) + float(rng.normal(0, 0.05))
+
+
+def system_options(
+    rng: np.random.Generator, n_options: int, words: dict[str, float] | None
+) -> list[Option]:
     taken: set[str] = set()
     options: list[Option] = []
     group = 0
@@ -101,15 +122,19 @@ def system_options(rng: np.random.Generator, n_options: int) -> list[Option]:
             effects = tuple(float(v) for v in slope * position)
             options.append(Option(option_name(rng, taken), tuple(map(float, grid)), effects, group))
         else:
-            effect = flag_effect(rng)
-            options.append(Option(option_name(rng, taken), (0.0, 1.0), (0.0, effect), group))
+            name = option_name(rng, taken)
+            effect = flag_effect(rng) if words is None else named_effect(name, words, rng)
+            options.append(Option(name, (0.0, 1.0), (0.0, effect), group))
         group += 1
     return options
 
 
-def sample_system(rng: np.random.Generator, index: int) -> SyntheticSystem:
+def sample_system(
+    rng: np.random.Generator, index: int, words: dict[str, float] | None = None
+) -> SyntheticSystem:
+    """System `index`; its flags' effects from `words` (the `words` prior) or drawn afresh."""
     n_options = int(rng.integers(6, 41))
-    options = system_options(rng, n_options)
+    options = system_options(rng, n_options, words)
     pairs = rng.poisson(len(options) / 4)
     interactions = tuple(
         (int(i), int(j), float(rng.normal(0, 0.25)))
@@ -179,12 +204,17 @@ def system_records(rng: np.random.Generator, system: SyntheticSystem, n: int) ->
     return rows
 
 
-def prior_records(systems: int, records_per_system: int, seed: int = 0) -> pl.DataFrame:
+def prior_records(
+    systems: int, records_per_system: int, seed: int = 0, kind: str = "independent"
+) -> pl.DataFrame:
     """`systems` synthetic systems with up to `records_per_system` distinct configurations each,
     in the warehouse's `records` columns (so `to_examples` serialises them like real ones)."""
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"prior kind {kind!r}: expected one of {PRIOR_KINDS}")
     rng = np.random.default_rng(seed)
+    words = word_effects(rng) if kind == "words" else None
     rows: list[dict] = []
     for index in range(systems):
-        rows += system_records(rng, sample_system(rng, index), records_per_system)
+        rows += system_records(rng, sample_system(rng, index, words), records_per_system)
     schema = dict.fromkeys(COLUMNS, pl.Utf8) | {"target": pl.Float64}
     return pl.DataFrame(rows, schema=schema)

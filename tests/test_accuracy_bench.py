@@ -192,8 +192,8 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
     """`--recipe synthetic` pretrains one model on generated systems (a real, tiny fit) and
     saves it; a second call, as from another system or process, loads the same weights."""
     args = argparse.Namespace(
-        prior_systems=3, prior_records=20, model="tiny", pretrain_minutes=0.05, seed=0,
-        booleans="digits",
+        prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
+        pretrain_minutes=0.05, seed=0, booleans="digits",
     )  # fmt: skip
     priority = ("task", "config", "logs")
     first = deepperf_protocol.synthetic_base(args, tmp_path, priority)

@@ -6,8 +6,16 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
-from regressor.configprior import performance, prior_records, sample_levels, sample_system
+from regressor.configprior import (
+    named_effect,
+    performance,
+    prior_records,
+    sample_levels,
+    sample_system,
+    word_effects,
+)
 from regressor.dataset import to_examples
 
 
@@ -64,3 +72,16 @@ def test_records_serialise_like_the_warehouse_rows_they_imitate() -> None:
     config = json.loads(records["config_json"][0])
     assert lines[3:] == [f"{k}={v}" for k, v in sorted(config.items())]
     np.testing.assert_array_equal(sample.targets, records["target"].to_numpy())
+
+
+def test_the_words_prior_shares_each_words_effect_across_systems() -> None:
+    rng = np.random.default_rng(0)
+    words = word_effects(rng)
+    for name, parts in (("cacheFlush", ("cache", "flush")), ("no_sync_io", ("no", "sync", "io"))):
+        shared = sum(words[p] for p in parts)
+        effects = [named_effect(name, words, rng) for _ in range(200)]
+        assert abs(np.mean(effects) - shared) < 0.01  # its own deviation averages out
+        assert 0.03 < np.std(effects) < 0.07
+    with pytest.raises(ValueError, match="prior kind 'other'"):
+        prior_records(1, 5, kind="other")
+    assert not prior_records(3, 20, kind="words").equals(prior_records(3, 20))
