@@ -24,9 +24,9 @@ Protocol:
    (`..._val_<metric>`), comparable across target forms where validation losses are not;
 4. fit the tabular peers on train+val (they need no early stopping): the mean, LightGBM (the
    project's baseline, raw target) and XGBoost on flattened config fields, and both on log target;
-   for lumos also with the reference run's log summary as columns, on the log of
-   target/reference runtime, and the rule "reference runtime x median train ratio of the VM type".
-   Nothing is tuned on the test part.
+   for lumos and the fleet also both with the logs' summary as columns (`..._logs`); for lumos
+   on the log of target/reference runtime too, and the rule "reference runtime x median train
+   ratio of the VM type". Nothing is tuned on the test part. `--peers-only` stops here.
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
 (%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
@@ -422,23 +422,34 @@ def config_peers() -> dict[str, Peer]:
     }
 
 
+def with_logs(kind: str, ratio: bool) -> Peer:
+    """A GBM on the config fields plus the logs' summary columns, on the log target or (`ratio`)
+    on the log of target / the reference runtime."""
+
+    def run(p: Parts, seed: int) -> np.ndarray:
+        train = p.fit_part()
+        x_train = tabular.features(train.config_json, p.logs_of(train))
+        x_test = tabular.features(p.test.config_json, p.logs_of(p.test))
+        if not ratio:
+            return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, True)
+        ref_train = tabular.reference_runtime(train.config_json)
+        ref_test = tabular.reference_runtime(p.test.config_json)
+        return tabular.ratio_model(kind, x_train, train.targets, ref_train, x_test, ref_test, seed)
+
+    return run
+
+
+def log_peers() -> dict[str, Peer]:
+    """The peers that read the logs, as hand-made summary columns (lumos and the demo fleet,
+    whose targets depend on the logs: on the config alone a fleet cell is one constant)."""
+    return {
+        "lightgbm_logs": with_logs("lightgbm", False),
+        "xgboost_logs": with_logs("xgboost", False),
+    }
+
+
 def lumos_peers() -> dict[str, Peer]:
-    """The reference-VM peers: log summary columns, the log-ratio target, the median-ratio rule."""
-
-    def with_logs(kind: str, ratio: bool) -> Peer:
-        def run(p: Parts, seed: int) -> np.ndarray:
-            train = p.fit_part()
-            x_train = tabular.features(train.config_json, p.logs_of(train))
-            x_test = tabular.features(p.test.config_json, p.logs_of(p.test))
-            if not ratio:
-                return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, True)
-            ref_train = tabular.reference_runtime(train.config_json)
-            ref_test = tabular.reference_runtime(p.test.config_json)
-            return tabular.ratio_model(
-                kind, x_train, train.targets, ref_train, x_test, ref_test, seed
-            )
-
-        return run
+    """The reference-VM peers: the log-ratio target and the median-ratio rule."""
 
     def rule(p: Parts, _: int) -> np.ndarray:
         train = p.fit_part()
@@ -451,12 +462,20 @@ def lumos_peers() -> dict[str, Peer]:
         )
 
     return {
-        "lightgbm_logs": with_logs("lightgbm", False),
-        "xgboost_logs": with_logs("xgboost", False),
         "lightgbm_ratio": with_logs("lightgbm", True),
         "xgboost_ratio": with_logs("xgboost", True),
         "ratio_rule": rule,
     }
+
+
+def peers_of(dataset: str) -> dict[str, Peer]:
+    """Every peer that has the inputs it needs on `dataset`."""
+    peers = config_peers()
+    if dataset in ("lumos", "fleet"):
+        peers |= log_peers()
+    if dataset == "lumos":
+        peers |= lumos_peers()
+    return peers
 
 
 def save_plot(out: Path, name: str, y: np.ndarray, median: np.ndarray, low=None, high=None) -> None:
@@ -700,13 +719,15 @@ def run(args: argparse.Namespace) -> None:
     print(f"{d}_n_train: {len(parts.train)}\n{d}_n_val: {len(parts.val)}")
     print(f"{d}_n_test: {len(parts.test)}", flush=True)
 
-    peers = config_peers() | (lumos_peers() if d == "lumos" else {})
+    peers = peers_of(d)
     y = parts.test.targets
     predictions = {"record_id": parts.test.record_ids, "task": parts.test.tasks, "actual": y}
     for name, peer in peers.items():
         pred = predictions[name] = peer(parts, args.seed)
         emit(f"{d}_{name}", point_metrics(y, pred), POINT)
         save_plot(out, f"{d}_{name}", y, pred)
+    if args.peers_only:
+        return
 
     run_name = run_name_of(args, recipe)
     members = train_members(args, recipe, parts, priority, out / "checkpoints" / run_name)
@@ -762,6 +783,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-minutes", type=float, default=5.0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse, split, plots")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--peers-only", action="store_true", help="score the tabular peers on the split and stop"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",

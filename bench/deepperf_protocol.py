@@ -343,6 +343,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--model", default="small", help="conf/model/<name>.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="warehouse and checkpoints")
     parser.add_argument(
         "--recipe",
@@ -413,7 +414,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     records = load_records("deepperf", out)
     priority = tuple(load_source_config("deepperf").section_priority)

@@ -206,3 +206,33 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
         assert torch.equal(value, loaded[name]), name
     text = ["<task>\nLLVM_AllNumeric\n<config>\ngvn=1"]
     assert first.encode_texts(text) == again.encode_texts(text)
+
+
+def test_peers_read_the_logs_where_the_targets_depend_on_them() -> None:
+    config_only = {"mean", "lightgbm", "xgboost", "lightgbm_log", "xgboost_log"}
+    with_logs = config_only | {"lightgbm_logs", "xgboost_logs"}
+    assert set(accuracy.peers_of("c3o")) == set(accuracy.peers_of("deepperf")) == config_only
+    assert set(accuracy.peers_of("fleet")) == with_logs
+    ratio = {"lightgbm_ratio", "xgboost_ratio", "ratio_rule"}
+    assert set(accuracy.peers_of("lumos")) == with_logs | ratio
+
+
+def test_log_peers_use_the_log_summary_columns() -> None:
+    """A target set by one log statistic: the peer with the logs predicts it, the config-only
+    LightGBM cannot (a real fit on both)."""
+    rng = np.random.default_rng(0)
+    load = rng.uniform(0.1, 0.9, size=300)
+    targets = 100.0 * np.exp(2.0 * load)
+    logs = [json.dumps({"util": {"mean": float(v)}}) for v in load]
+    sample = Examples(
+        [f"r{i}" for i in range(300)], ["t"] * 300, ["x"] * 300, targets, ['{"cell": "a"}'] * 300
+    )
+    parts = accuracy.Parts(
+        sample.take(range(200)), sample.take(range(200, 220)), sample.take(range(220, 300)),
+        dict(zip(sample.record_ids, logs, strict=True)),
+    )  # fmt: skip
+    y = parts.test.targets
+    with_logs = accuracy.peers_of("fleet")["lightgbm_logs"](parts, 0)
+    config_only = accuracy.peers_of("fleet")["lightgbm"](parts, 0)
+    assert np.mean(np.abs(with_logs - y) / y) < 0.05
+    assert np.mean(np.abs(config_only - y) / y) > 0.2
