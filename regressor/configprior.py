@@ -121,10 +121,12 @@ def system_options(
             position = (position - position.min()) / (position.max() - position.min())
             effects = tuple(float(v) for v in slope * position)
             options.append(Option(option_name(rng, taken), tuple(map(float, grid)), effects, group))
+        elif words is None:  # effect, then name: the draw order the README's runs used
+            effect = flag_effect(rng)
+            options.append(Option(option_name(rng, taken), (0.0, 1.0), (0.0, effect), group))
         else:
             name = option_name(rng, taken)
-            effect = flag_effect(rng) if words is None else named_effect(name, words, rng)
-            options.append(Option(name, (0.0, 1.0), (0.0, effect), group))
+            options.append(Option(name, (0.0, 1.0), (0.0, named_effect(name, words, rng)), group))
         group += 1
     return options
 
