@@ -73,6 +73,15 @@ def job_parts(
     return {n: ranked.filter(pl.col("rank") < k) for n, k in usable.items()}, test
 
 
+def pretrain_sides(records: pl.DataFrame, seed: int) -> np.ndarray:
+    """`pretrain`'s split of its records by distinct configuration: "test" is its validation
+    tenth, which stops pretraining early."""
+    groups = [
+        config_group(t, c) for t, c in zip(records["task"], records["config_json"], strict=True)
+    ]
+    return split_groups(groups, 0.1, 0.0, seed)
+
+
 def pretrain(
     others: pl.DataFrame,
     args: argparse.Namespace,
@@ -80,10 +89,7 @@ def pretrain(
     ckpt: Path,
     recipe: Recipe,
 ) -> Predictor:
-    groups = [
-        config_group(t, c) for t, c in zip(others["task"], others["config_json"], strict=True)
-    ]
-    sides = split_groups(groups, 0.1, 0.0, args.seed)  # the "test" tenth is validation here
+    sides = pretrain_sides(others, args.seed)
     budget = load_model_config(args.model).max_input_tokens
     train = to_examples(others.filter(pl.Series(sides == "train")), priority, budget)
     val = to_examples(others.filter(pl.Series(sides == "test")), priority, budget)

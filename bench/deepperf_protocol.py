@@ -4,7 +4,8 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--reps 30] [--textperf-systems x264 LLVM BDBC Apache] [--textperf-size 3] \
         [--textperf-reps 3] [--textperf-first-rep 0] [--minutes 1] [--ensemble 1] \
         [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
-        [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore]
+        [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore] \
+        [--recipe synthetic --prior-kind words --prior-systems 20 --prior-records 2000]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -23,7 +24,9 @@ and XGBoost on log target, on the option columns. textperf (small budget, `--min
 `--steps` per fit; the last 20% of the sample picks the checkpoint and stops training early, by
 the error of the sampled median by default, `--select-by`; `--recipe pretrain` first pretrains
 one model per system on all the other systems' records for `--pretrain-minutes`, then
-fine-tunes every weight on each repetition's sample; `--ensemble K` fits K such models with
+fine-tunes every weight on each repetition's sample (`--recipe synthetic`: one model pretrained
+on generated systems, `regressor.configprior`, shared by every system and saved for reuse);
+`--ensemble K` fits K such models with
 seeds 1000 apart and pools their samples, with `--cross-fit` each validating on its own fold of
 the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-reps` repetitions.
 `--textperf-first-rep` starts at a later repetition (more repetitions from another process), and
@@ -54,7 +57,7 @@ from accuracy import (
     source_recipe,
     train_textperf,
 )
-from c3o_fewshot import fine_tuned, pretrain
+from c3o_fewshot import fine_tuned, pretrain, pretrain_sides
 from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
@@ -270,13 +273,33 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     name = f"deepperf_synthetic_{shape}_{args.model}"
     ckpt = out / "checkpoints" / f"{name}_{args.pretrain_minutes:g}min_seed{args.seed}"
     bundle = ckpt / "bundle"
-    if (bundle / BUNDLE_FILE).exists():
-        return Predictor.load(bundle)
     records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
-    print(f"prior_records: {len(records)}", flush=True)
-    base = pretrain(records, args, priority, ckpt, textperf_recipe(args))
-    base.save(bundle)
+    if (bundle / BUNDLE_FILE).exists():
+        base = Predictor.load(bundle)
+    else:
+        print(f"prior_records: {len(records)}", flush=True)
+        base = pretrain(records, args, priority, ckpt, textperf_recipe(args))
+        base.save(bundle)
+    report_prior(base, records, args.seed, priority)
     return base
+
+
+def report_prior(
+    base: Predictor, records: pl.DataFrame, seed: int, priority: tuple[str, ...]
+) -> None:
+    """Whether the pretrained model reads the options: its MRE on (up to 600 of) the prior's
+    validation records beside that of each system's median training target, which knows the
+    system's level and nothing of its options."""
+    sides = pretrain_sides(records, seed)
+    train = records.filter(pl.Series(sides == "train"))
+    val = records.filter(pl.Series(sides == "test"))
+    val = val.sample(min(600, len(val)), seed=0)
+    level = train.group_by("task").agg(pl.col("target").median().alias("level"))
+    val = val.join(level, on="task", how="left")
+    sample = to_examples(val, priority, base.model_config.max_input_tokens)
+    median = summarize(base.sample_texts(sample.texts, 16, seed=0))["median"]
+    print(f"prior_val_mre: {mre(sample.targets, median):.2f}")
+    print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
 
 
 def run_textperf(
@@ -317,6 +340,8 @@ def run_textperf(
         # three decimals: a mean of a few repetitions is set beside a published figure of two
         print(f"{prefix}_rep{rep}_val_mre: {val_values[-1]:.3f}", flush=True)
         print(f"{prefix}_rep{rep}_mre: {values[-1]:.3f}", flush=True)
+    if not values:  # --textperf-reps 0: the base's report only
+        return
     print(f"{prefix}_val_mre: {np.mean(val_values):.3f}")
     print(f"{prefix}_mre: {np.mean(values):.3f}")
     emit_published(f"deepperf_{system}_{size}", system, k)
@@ -354,15 +379,15 @@ def parse_args() -> argparse.Namespace:
         "on generated systems (regressor.configprior), shared by all systems, then the same",
     )
     parser.add_argument(
-        "--prior-systems", type=int, default=300, help="with --recipe synthetic: how many systems"
+        "--prior-systems", type=int, default=20, help="with --recipe synthetic: how many systems"
     )
     parser.add_argument(
-        "--prior-records", type=int, default=120, help="with --recipe synthetic: records each"
+        "--prior-records", type=int, default=2000, help="with --recipe synthetic: records each"
     )
     parser.add_argument(
         "--prior-kind",
         choices=PRIOR_KINDS,
-        default="independent",
+        default="words",
         help="with --recipe synthetic: options' effects drawn per system, or from effects of "
         "their names' words shared by all systems (regressor.configprior)",
     )

@@ -197,9 +197,14 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
     )  # fmt: skip
     priority = ("task", "config", "logs")
     first = deepperf_protocol.synthetic_base(args, tmp_path, priority)
-    assert "prior_records: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prior_records: " in printed
+    assert "prior_val_mre: " in printed
+    assert "prior_level_mre: " in printed
     again = deepperf_protocol.synthetic_base(args, tmp_path, priority)
-    assert "prior_records" not in capsys.readouterr().out  # loaded, not pretrained again
+    printed_again = capsys.readouterr().out
+    assert "prior_records" not in printed_again  # loaded, not pretrained again
+    assert printed_again.splitlines() == printed.splitlines()[-2:]  # the same report
     weights, loaded = first.model.state_dict(), again.model.state_dict()
     assert weights.keys() == loaded.keys()
     for name, value in weights.items():
