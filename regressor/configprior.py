@@ -13,7 +13,8 @@ Two kinds of prior (`kind`): `independent` draws every option's effect afresh, s
 effects must be memorised from its own records (a model of 0.3M parameters learns little more
 than each system's level that way); `words` gives every vocabulary word one effect shared by all
 systems and an option the sum of its words' effects plus a small deviation of its own, so the
-reading itself is what there is to learn.
+reading itself is what there is to learn. Measured (README "Accuracy"): `mini` learns the reading
+from 20 `words` systems of 2,000 records in ~26,000 steps, not from hundreds of systems of ~100.
 """
 
 from __future__ import annotations
