@@ -266,11 +266,21 @@ def saved_member(
     return predictor
 
 
+def prior_shape(args: argparse.Namespace) -> str:
+    return f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}_{args.model}"
+
+
+def recipe_tag(args: argparse.Namespace) -> str:
+    """The recipe in member checkpoint names: members fine-tuned from different priors apart."""
+    if args.recipe != "synthetic":
+        return args.recipe
+    return f"synthetic_{prior_shape(args)}_{args.pretrain_minutes:g}min"
+
+
 def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...]) -> Predictor:
     """One model pretrained on `--prior-systems` synthetic systems (`regressor.configprior`),
     shared by every system and saved as a bundle, so later runs and other processes reuse it."""
-    shape = f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}"
-    name = f"deepperf_synthetic_{shape}_{args.model}"
+    name = f"deepperf_synthetic_{prior_shape(args)}"
     ckpt = out / "checkpoints" / f"{name}_{args.pretrain_minutes:g}min_seed{args.seed}"
     bundle = ckpt / "bundle"
     records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
@@ -323,7 +333,7 @@ def run_textperf(
         test = examples.take(np.setdiff1d(np.arange(len(examples)), rows))
         # the word-form members' tokenizers differ: `--rescore` must never load one for the other
         words = "_words" if args.booleans == "words" else ""
-        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{args.recipe}{words}_{rep}"
+        ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{recipe_tag(args)}{words}_{rep}"
         draws, val_errors = [], []  # per member: test draws [N_test, 32], val relative errors
         for i in range(args.ensemble):
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
