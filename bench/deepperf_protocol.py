@@ -313,17 +313,22 @@ def report_prior(
 
 
 def run_textperf(
-    system: str, examples: Examples, others: pl.DataFrame, args: argparse.Namespace, out: Path
+    system: str,
+    examples: Examples,
+    others: pl.DataFrame,
+    args: argparse.Namespace,
+    out: Path,
+    prior: Predictor | None = None,
 ) -> None:
+    """textperf's repetitions on `system`: from scratch, from a model pretrained on the other
+    systems (`--recipe pretrain`), or from `prior`, the synthetic base shared by all systems."""
     k = min(args.textperf_size, len(SYSTEMS[system][2])) - 1
     size = SYSTEMS[system][2][k]
     priority = tuple(load_source_config("deepperf").section_priority)
-    base = None
+    base = prior
     if args.recipe == "pretrain":
         ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
         base = pretrain(others, args, priority, ckpt, textperf_recipe(args))
-    elif args.recipe == "synthetic":
-        base = synthetic_base(args, out, priority)
     prefix = f"deepperf_{system}_{size}_textperf"
     values, val_values = [], []
     first = args.textperf_first_rep
@@ -442,7 +447,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--rescore rebuilds from-scratch members only")
     if args.booleans == "words" and args.recipe != "scratch":
         parser.error(
-            "--booleans words rewrites the system's own records only, not --recipe pretrain's"
+            "--booleans words rewrites the system's own records only, not a pretraining recipe's"
         )
     return args
 
@@ -457,12 +462,15 @@ def main() -> None:
     for system in args.systems:
         examples = to_examples(system_records(records, system), priority, budget)
         run_tabular(system, examples, args)
+    # one synthetic base for every system: loaded (or pretrained) and reported once
+    synthetic = args.recipe == "synthetic" and args.textperf_systems
+    prior = synthetic_base(args, out, priority) if synthetic else None
     for system in args.textperf_systems:
         examples = to_examples(system_records(records, system), priority, budget)
         if args.booleans == "words":
             examples = booleans_as_words(examples)
         others = records.filter(pl.col("task") != f"{system}_AllNumeric")
-        run_textperf(system, examples, others, args, out)
+        run_textperf(system, examples, others, args, out, prior)
 
 
 if __name__ == "__main__":
