@@ -88,13 +88,17 @@ def pretrain(
     priority: tuple[str, ...],
     ckpt: Path,
     recipe: Recipe,
+    steps: int | None = None,
 ) -> Predictor:
+    """`recipe` trained from scratch on `others` within `--pretrain-minutes`, or for exactly
+    `steps` steps (then the clock does not cut it, so the result does not follow the load)."""
     sides = pretrain_sides(others, args.seed)
     budget = load_model_config(args.model).max_input_tokens
     train = to_examples(others.filter(pl.Series(sides == "train")), priority, budget)
     val = to_examples(others.filter(pl.Series(sides == "test")), priority, budget)
-    cfg = budget_config(args.pretrain_minutes, args.seed)
-    predictor, fitted, _ = train_textperf(recipe, train, val, cfg, ckpt, priority)
+    minutes = args.pretrain_minutes if steps is None else 100 * args.pretrain_minutes
+    cfg = budget_config(minutes, args.seed)
+    predictor, fitted, _ = train_textperf(recipe, train, val, cfg, ckpt, priority, steps)
     print(f"pretrain_steps: {fitted.steps}\npretrain_s: {fitted.seconds:.0f}", flush=True)
     return predictor
 

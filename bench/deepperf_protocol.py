@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,7 @@ from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import BUNDLE_FILE, Predictor
-from regressor.sampling import summarize
+from regressor.sampling import relative_error_point, summarize
 from regressor.training import load_checkpoint_weights
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
@@ -274,21 +275,29 @@ def recipe_tag(args: argparse.Namespace) -> str:
     """The recipe in member checkpoint names: members fine-tuned from different priors apart."""
     if args.recipe != "synthetic":
         return args.recipe
-    return f"synthetic_{prior_shape(args)}_{args.pretrain_minutes:g}min"
+    return f"synthetic_{prior_shape(args)}_{prior_length(args)}"
+
+
+def prior_length(args: argparse.Namespace) -> str:
+    """The prior's training length in its name: a step count, or a wall-clock budget."""
+    if args.pretrain_steps is not None:
+        return f"{args.pretrain_steps}steps"
+    return f"{args.pretrain_minutes:g}min"
 
 
 def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...]) -> Predictor:
     """One model pretrained on `--prior-systems` synthetic systems (`regressor.configprior`),
     shared by every system and saved as a bundle, so later runs and other processes reuse it."""
     name = f"deepperf_synthetic_{prior_shape(args)}"
-    ckpt = out / "checkpoints" / f"{name}_{args.pretrain_minutes:g}min_seed{args.seed}"
+    ckpt = out / "checkpoints" / f"{name}_{prior_length(args)}_seed{args.seed}"
     bundle = ckpt / "bundle"
     records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
     if (bundle / BUNDLE_FILE).exists():
         base = Predictor.load(bundle)
     else:
         print(f"prior_records: {len(records)}", flush=True)
-        base = pretrain(records, args, priority, ckpt, textperf_recipe(args))
+        recipe = textperf_recipe(args)
+        base = pretrain(records, args, priority, ckpt, recipe, args.pretrain_steps)
         base.save(bundle)
     report_prior(base, records, args.seed, priority)
     return base
@@ -312,6 +321,16 @@ def report_prior(
     print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
 
 
+# the sampled median's scores, then the MRE-optimal point's (`relative_error_point`)
+SCORES = ("val_mre", "mre", "weighted_median_val_mre", "weighted_median_mre")
+
+
+def point_estimates(draws: np.ndarray) -> dict[str, np.ndarray]:
+    """The point estimates scored from draws [N, K]: the median (the project's), and the
+    1/y-weighted median, which minimises the expected MRE under the sampled distribution."""
+    return {"": summarize(draws)["median"], "weighted_median_": relative_error_point(draws)}
+
+
 def run_textperf(
     system: str,
     examples: Examples,
@@ -330,7 +349,7 @@ def run_textperf(
         ckpt = out / "checkpoints" / f"deepperf_{system}_pretrain"
         base = pretrain(others, args, priority, ckpt, textperf_recipe(args))
     prefix = f"deepperf_{system}_{size}_textperf"
-    values, val_values = [], []
+    scores: dict[str, list[float]] = {key: [] for key in SCORES}
     first = args.textperf_first_rep
     for rep in range(first, first + args.textperf_reps):
         rows = training_rows(system, size, rep, len(examples), args.seed)
@@ -339,26 +358,30 @@ def run_textperf(
         # the word-form members' tokenizers differ: `--rescore` must never load one for the other
         words = "_words" if args.booleans == "words" else ""
         ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{recipe_tag(args)}{words}_{rep}"
-        draws, val_errors = [], []  # per member: test draws [N_test, 32], val relative errors
+        draws: list[np.ndarray] = []  # per member: test draws [N_test, 32]
+        val_errors = defaultdict(list)  # point estimate -> per member: val relative errors
         for i in range(args.ensemble):
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
             train, val = member_parts(sample, i, args, rep)
             predictor = textperf_fit(base, train, val, args, seed, member_ckpt, priority)
             draws.append(predictor.sample_texts(test.texts, 32, seed=rep + 1000 * i))
-            val_median = summarize(predictor.sample_texts(val.texts, 32, seed=rep))["median"]
-            val_errors.append(np.abs(val_median - val.targets) / np.abs(val.targets))
-        median = summarize(np.concatenate(draws, axis=1))["median"]
-        values.append(mre(test.targets, median))
-        # members on their own validation records (out of fold with --cross-fit): to choose with
-        val_values.append(float(np.mean(np.concatenate(val_errors)) * 100))
-        # three decimals: a mean of a few repetitions is set beside a published figure of two
-        print(f"{prefix}_rep{rep}_val_mre: {val_values[-1]:.3f}", flush=True)
-        print(f"{prefix}_rep{rep}_mre: {values[-1]:.3f}", flush=True)
-    if not values:  # --textperf-reps 0: the base's report only
+            val_draws = predictor.sample_texts(val.texts, 32, seed=rep)
+            for key, point in point_estimates(val_draws).items():
+                val_errors[key].append(np.abs(point - val.targets) / np.abs(val.targets))
+        for key, point in point_estimates(np.concatenate(draws, axis=1)).items():
+            scores[f"{key}mre"].append(mre(test.targets, point))
+            # members on their own validation records (out of fold with --cross-fit): to choose
+            # recipes and point estimates with
+            val_mre = float(np.mean(np.concatenate(val_errors[key])) * 100)
+            scores[f"{key}val_mre"].append(val_mre)
+            # three decimals: a mean of a few repetitions is set beside a published figure of two
+            print(f"{prefix}_rep{rep}_{key}val_mre: {val_mre:.3f}", flush=True)
+            print(f"{prefix}_rep{rep}_{key}mre: {scores[f'{key}mre'][-1]:.3f}", flush=True)
+    if not scores["mre"]:  # --textperf-reps 0: the base's report only
         return
-    print(f"{prefix}_val_mre: {np.mean(val_values):.3f}")
-    print(f"{prefix}_mre: {np.mean(values):.3f}")
+    for key in SCORES:
+        print(f"{prefix}_{key}: {np.mean(scores[key]):.3f}")
     emit_published(f"deepperf_{system}_{size}", system, k)
 
 
@@ -408,6 +431,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        help="with --recipe synthetic: pretrain exactly this many steps, not within the minutes",
+    )
+    parser.add_argument(
         "--fine-tune-steps",
         type=int,
         default=600,
@@ -445,6 +473,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.rescore and args.recipe != "scratch":
         parser.error("--rescore rebuilds from-scratch members only")
+    if args.pretrain_steps is not None and args.recipe != "synthetic":
+        parser.error("--pretrain-steps sets the synthetic prior's length (--recipe synthetic)")
     if args.booleans == "words" and args.recipe != "scratch":
         parser.error(
             "--booleans words rewrites the system's own records only, not a pretraining recipe's"

@@ -190,15 +190,19 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
 
 def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys) -> None:
     """`--recipe synthetic` pretrains one model on generated systems (a real, tiny fit) and
-    saves it; a second call, as from another system or process, loads the same weights."""
+    saves it under its length in steps; a second call, as from another system or process, loads
+    the same weights."""
     args = argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
-        pretrain_minutes=0.05, seed=0, booleans="digits",
+        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits",
     )  # fmt: skip
     priority = ("task", "config", "logs")
     first = deepperf_protocol.synthetic_base(args, tmp_path, priority)
     printed = capsys.readouterr().out
     assert "prior_records: " in printed
+    assert "pretrain_steps: 30\n" in printed  # exactly the steps asked, not the minutes' worth
+    saved = tmp_path / "checkpoints" / "deepperf_synthetic_words_3x20_tiny_30steps_seed0"
+    assert (saved / "bundle").is_dir()
     assert "prior_val_mre: " in printed
     assert "prior_level_mre: " in printed
     again = deepperf_protocol.synthetic_base(args, tmp_path, priority)

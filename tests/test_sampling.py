@@ -11,7 +11,7 @@ from regressor.config import CodecConfig, load_model_config
 from regressor.model import EncoderDecoder
 from regressor.numbers import NAN, NumberCodec
 from regressor.predictor import pad_batch
-from regressor.sampling import log_prob, sample, sample_ids, summarize
+from regressor.sampling import log_prob, relative_error_point, sample, sample_ids, summarize
 from regressor.vocab import InputTokenizer
 
 TINY = load_model_config("tiny")
@@ -205,3 +205,26 @@ def test_inverse_cdf_pick_follows_the_softmax_and_never_picks_a_masked_token() -
     expected = torch.softmax(logits[0].double(), dim=0)
     assert counts[1] == counts[3] == 0
     assert torch.allclose(counts, expected, atol=0.01)
+
+
+def test_relative_error_point_minimises_the_samples_relative_error() -> None:
+    rng = np.random.default_rng(0)
+    samples = np.exp(rng.normal(3.0, 0.6, size=(20, 64)))  # wide: the point leaves the median
+    point = relative_error_point(samples)
+
+    def expected_error(p: np.ndarray) -> np.ndarray:  # [B] for a candidate per input
+        return np.mean(np.abs(p[:, None] - samples) / samples, axis=1)
+
+    best = expected_error(point)
+    for candidate in np.linspace(samples.min(), samples.max(), 400):
+        assert np.all(best <= expected_error(np.full(20, candidate)) + 1e-12)
+    assert np.all(point < np.median(samples, axis=1))
+    # small values weigh most: the answer to [1, 2, 100] is 1, not the median 2
+    assert relative_error_point(np.array([[2.0, 100.0, 1.0]]))[0] == 1.0
+
+
+def test_relative_error_point_leaves_out_what_carries_no_weight() -> None:
+    samples = np.array([[np.nan, 4.0, np.inf, 4.0], [np.nan, np.nan, 0.0, np.inf]])
+    point = relative_error_point(samples)
+    assert point[0] == 4.0
+    assert np.isnan(point[1])
