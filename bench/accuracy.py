@@ -33,7 +33,7 @@ Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman
 spread vs absolute error; no conformal step here, so it equals uncertainty_spearman_samples),
 uncertainty_spearman_relative (both relative), the samples ablation `textperf_k<K>_<median|mean>_
 <spearman|mape>` (first member) and `textperf_mape_point_mape` (the point that minimises the
-expected percentage error under the samples, `mape_point`); writes
+expected percentage error under the samples, `regressor.sampling.relative_error_point`); writes
 predicted-vs-actual plots `<out>/plots/<dataset>_<peer>.png` and
 `<out>/plots/<dataset>_<model>_<M>min_seed<S>_textperf.png`, every model's test predictions to
 `<out>/<same name>_predictions.parquet`, each member's test and validation draws to
@@ -80,7 +80,7 @@ from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import generate_fleet
 from regressor.plots import predicted_vs_actual
 from regressor.predictor import Predictor
-from regressor.sampling import summarize
+from regressor.sampling import relative_error_point, summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
@@ -681,16 +681,6 @@ def train_members(
     return members
 
 
-def mape_point(samples: np.ndarray) -> np.ndarray:
-    """Per row of positive samples [N, K], the point minimising the expected absolute percentage
-    error under them: their median weighted by 1/sample (below the plain median when skewed)."""
-    ordered = np.sort(np.where(samples > 0, samples, np.nan), axis=1)
-    weights = np.nan_to_num(1.0 / ordered)
-    cumulative = np.cumsum(weights, axis=1)
-    first = (cumulative >= cumulative[:, -1:] / 2).argmax(axis=1)
-    return ordered[np.arange(len(ordered)), first]
-
-
 def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
     """The samples ablation on one model: K = 1, 2, 4 .. samples; median vs mean."""
     for k, scores in sweep(y, samples):
@@ -738,7 +728,8 @@ def run(args: argparse.Namespace) -> None:
     metrics = evaluate_predictions(y, summary)
     emit(f"{d}_textperf", metrics, POINT + UNCERTAINTY)
     print_sample_sweep(f"{d}_textperf", y, members[0].test)
-    print(f"{d}_textperf_mape_point_mape: {point_metrics(y, mape_point(samples))['mape']:.4f}")
+    point_mape = point_metrics(y, relative_error_point(samples))["mape"]
+    print(f"{d}_textperf_mape_point_mape: {point_mape:.4f}")
     save_plot(out, f"{run_name}_textperf", y, summary["median"], summary["q10"], summary["q90"])
     print(f"{d}_wall_s: {time.perf_counter() - started:.0f}")
     (out / f"{run_name}_textperf.json").write_text(json.dumps(metrics))

@@ -39,6 +39,7 @@ own validation records, to choose recipes with) and the published
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import re
 from collections import defaultdict
@@ -232,6 +233,8 @@ def textperf_fit(
 ) -> Predictor:
     """From scratch (`base` None) or `base` with every weight fine-tuned; `val` picks the
     checkpoint and stops training early."""
+    if args.rescore:
+        return saved_member(base, train, val, args, seed, ckpt, priority)
     if base is not None:  # the shots' last len(val) records validate: exactly `val`
         val_fraction = len(val) / (len(train) + len(val))
         shots = concat(train, val)
@@ -239,8 +242,6 @@ def textperf_fit(
         return fine_tuned(
             base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by, steps
         )[0]
-    if args.rescore:
-        return saved_member(train, val, args, seed, ckpt, priority)
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed, args.select_by)
@@ -248,6 +249,7 @@ def textperf_fit(
 
 
 def saved_member(
+    base: Predictor | None,
     train: Examples,
     val: Examples,
     args: argparse.Namespace,
@@ -255,13 +257,16 @@ def saved_member(
     ckpt: Path,
     priority: tuple[str, ...],
 ) -> Predictor:
-    """A finished from-scratch member rebuilt from its best checkpoint (`--rescore`): its
-    tokenizer and codec are functions of the same records and seed, so it draws what the run
-    drew."""
+    """A finished member rebuilt from its best checkpoint (`--rescore`), so it draws what the run
+    drew: a from-scratch member's tokenizer and codec are functions of the same records and seed,
+    a fine-tuned one's are its `base`'s."""
     best = ckpt / "best.ckpt"
     if not best.exists():
         raise SystemExit(f"{best}: no such checkpoint (run once without --rescore)")
-    predictor = member_predictor(textperf_recipe(args), train, val, priority, seed)
+    if base is None:
+        predictor = member_predictor(textperf_recipe(args), train, val, priority, seed)
+    else:
+        predictor = copy.deepcopy(base)
     load_checkpoint_weights(predictor.model, best)
     predictor.model.eval()
     return predictor
@@ -468,11 +473,11 @@ def parse_args() -> argparse.Namespace:
         "--rescore",
         action="store_true",
         help="re-sample each member from the best.ckpt a finished run of the same flags left "
-        "under --out instead of training it (scratch recipe only)",
+        "under --out instead of training it (scratch and synthetic recipes)",
     )
     args = parser.parse_args()
-    if args.rescore and args.recipe != "scratch":
-        parser.error("--rescore rebuilds from-scratch members only")
+    if args.rescore and args.recipe == "pretrain":
+        parser.error("--rescore needs a saved base: from-scratch or synthetic-prior members")
     if args.pretrain_steps is not None and args.recipe != "synthetic":
         parser.error("--pretrain-steps sets the synthetic prior's length (--recipe synthetic)")
     if args.booleans == "words" and args.recipe != "scratch":

@@ -174,21 +174,19 @@ def summarize(
 
 
 def relative_error_point(samples: np.ndarray) -> np.ndarray:
-    """Per input, the value that minimises the expected relative error |p - y| / |y| over the
-    samples [B, K] -> float64 [B]: their median weighted by 1 / |y|.
+    """Per input, the value that minimises the expected relative error |p - y| / y over its
+    positive samples [B, K] -> float64 [B]: their median weighted by 1 / y.
 
-    MRE (DeepPerf's metric) charges an over-estimate of a small value more than an under-estimate
-    of a large one, so its Bayes point sits below the median by about the squared relative spread
-    (a lognormal's exp(mu - sigma^2)); a sharp sample set leaves it at the median. Non-finite and
-    zero samples carry no weight; an input with none left gets NaN.
+    MAPE and MRE charge an over-estimate of a small value more than an under-estimate of a large
+    one, so their Bayes point sits below the median, by about the squared relative spread (a
+    lognormal's exp(mu - sigma^2)); a sharp sample set leaves it at the median. Samples that are
+    not positive (or not finite) carry no weight; an input with none left gets NaN.
     """
-    ordered = np.sort(np.where(np.isfinite(samples), samples, np.nan), axis=1)  # NaN last
-    magnitude = np.abs(ordered)
-    usable = np.isfinite(ordered) & (magnitude > 0)
-    weights = np.where(usable, 1.0 / np.where(usable, magnitude, 1.0), 0.0)  # [B, K]
+    ordered = np.sort(np.where(samples > 0, samples, np.nan), axis=1)  # [B, K], NaN last
+    weights = np.nan_to_num(1.0 / ordered, posinf=0.0)  # [B, K]; +inf samples weigh nothing
     cumulative = np.cumsum(weights, axis=1)
-    total = cumulative[:, -1:]  # [B, 1]
+    total = cumulative[:, -1]  # [B]
     # the first sample whose cumulative weight reaches half the total: a weighted median
-    first = np.argmax(cumulative >= 0.5 * total, axis=1)
+    first = np.argmax(cumulative >= total[:, None] / 2, axis=1)
     point = np.take_along_axis(ordered, first[:, None], axis=1)[:, 0]
-    return np.where(total[:, 0] > 0, point, np.nan)
+    return np.where(total > 0, point, np.nan)

@@ -21,25 +21,6 @@ import deepperf_protocol
 import pool
 
 
-def expected_ape(point: float, draws: np.ndarray) -> float:
-    return float(np.mean(np.abs(draws - point) / draws))
-
-
-def test_mape_point_minimises_the_expected_percentage_error_over_the_samples() -> None:
-    rng = np.random.default_rng(0)
-    samples = rng.lognormal(3.0, 0.6, size=(40, 31))
-    points = accuracy.mape_point(samples)
-    for row, point in zip(samples, points, strict=True):
-        best = min(expected_ape(candidate, row) for candidate in row)
-        assert expected_ape(point, row) <= best + 1e-12
-    assert (points <= np.median(samples, axis=1)).all()  # skewed right: the point sits lower
-
-
-def test_mape_point_ignores_samples_that_are_not_positive() -> None:
-    samples = np.array([[10.0, 20.0, 30.0, -1.0, np.nan], [5.0, 5.0, 5.0, 5.0, 0.0]])
-    assert accuracy.mape_point(samples).tolist() == [10.0, 5.0]
-
-
 def test_scientific_rewrites_numbers_only() -> None:
     assert accuracy.scientific("15150") == "1.515e4"
     assert accuracy.scientific("0.001") == "1e-3"
@@ -178,14 +159,22 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
     )
     priority = ("task", "config")
     trained = deepperf_protocol.textperf_fit(None, train, val, args, 3, tmp_path, priority)
-    rebuilt = deepperf_protocol.saved_member(train, val, args, 3, tmp_path, priority)
+    rebuilt = deepperf_protocol.saved_member(None, train, val, args, 3, tmp_path, priority)
     recipe, learnt = deepperf_protocol.textperf_recipe(args), sample.model_targets
     fresh = accuracy.new_predictor(recipe, train.texts, learnt, priority, 3)
     draws = [p.sample_texts(val.texts, 8, seed=1) for p in (trained, rebuilt, fresh)]
     np.testing.assert_array_equal(draws[0], draws[1])
     assert not np.array_equal(draws[0], draws[2], equal_nan=True)
     with pytest.raises(SystemExit, match="no such checkpoint"):
-        deepperf_protocol.saved_member(train, val, args, 3, tmp_path / "none", priority)
+        deepperf_protocol.saved_member(None, train, val, args, 3, tmp_path / "none", priority)
+    # a member fine-tuned from a base (as from the synthetic prior) is rebuilt from that base
+    tuned_args = argparse.Namespace(**vars(args), fine_tune_steps=150)
+    tuned_dir = tmp_path / "tuned"
+    tuned = deepperf_protocol.textperf_fit(trained, train, val, tuned_args, 4, tuned_dir, priority)
+    again = deepperf_protocol.saved_member(trained, train, val, tuned_args, 4, tuned_dir, priority)
+    tuned_draws = [p.sample_texts(val.texts, 8, seed=1) for p in (tuned, again)]
+    np.testing.assert_array_equal(tuned_draws[0], tuned_draws[1])
+    assert not np.array_equal(tuned_draws[0], draws[0], equal_nan=True)  # it did fine-tune
 
 
 def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys) -> None:
