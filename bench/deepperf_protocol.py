@@ -5,7 +5,8 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--textperf-reps 3] [--textperf-first-rep 0] [--minutes 1] [--ensemble 1] \
         [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
         [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore] \
-        [--recipe synthetic --prior-kind words --prior-systems 20 --prior-records 2000]
+        [--temperature 1] [--recipe synthetic --prior-kind words --prior-systems 20 \
+        --prior-records 2000 --pretrain-minutes 30 | --pretrain-steps 60000]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -370,8 +371,9 @@ def run_textperf(
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
             train, val = member_parts(sample, i, args, rep)
             predictor = textperf_fit(base, train, val, args, seed, member_ckpt, priority)
-            draws.append(predictor.sample_texts(test.texts, 32, seed=rep + 1000 * i))
-            val_draws = predictor.sample_texts(val.texts, 32, seed=rep)
+            t = args.temperature
+            draws.append(predictor.sample_texts(test.texts, 32, t, seed=rep + 1000 * i))
+            val_draws = predictor.sample_texts(val.texts, 32, t, seed=rep)
             for key, point in point_estimates(val_draws).items():
                 val_errors[key].append(np.abs(point - val.targets) / np.abs(val.targets))
         for key, point in point_estimates(np.concatenate(draws, axis=1)).items():
@@ -468,6 +470,12 @@ def parse_args() -> argparse.Namespace:
         default="digits",
         help="ablation: 0/1 options as written, or as on/off with merges kept within a line "
         "(one token per option state)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature of the scored draws (with --rescore: inference-only)",
     )
     parser.add_argument(
         "--rescore",
