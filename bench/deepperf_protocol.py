@@ -33,7 +33,8 @@ the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-rep
 `--textperf-first-rep` starts at a later repetition (more repetitions from another process), and
 `--rescore` re-samples a finished run's members from their best checkpoints instead of training.
 Prints `deepperf_<sys>_<size>_<model>_mre: value` lines (and `..._val_mre`, the members on their
-own validation records, to choose recipes with) and the published
+own validation records, to choose recipes with; `..._weighted_median_[val_]mre` score the
+samples' 1/y-weighted median, the MRE-optimal point, instead of their median) and the published
 `..._deepperf_published_mre` / `..._decart_published_mre` beside them.
 """
 
@@ -300,6 +301,8 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
     if (bundle / BUNDLE_FILE).exists():
         base = Predictor.load(bundle)
+    elif args.rescore:  # re-sampling must never start a pretraining of its own
+        raise SystemExit(f"{bundle}: no saved prior to rescore from (run once without --rescore)")
     else:
         print(f"prior_records: {len(records)}", flush=True)
         recipe = textperf_recipe(args)

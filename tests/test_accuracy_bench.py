@@ -183,9 +183,12 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
     the same weights."""
     args = argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
-        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits",
+        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=True,
     )  # fmt: skip
     priority = ("task", "config", "logs")
+    with pytest.raises(SystemExit, match="no saved prior to rescore"):
+        deepperf_protocol.synthetic_base(args, tmp_path, priority)
+    args.rescore = False
     first = deepperf_protocol.synthetic_base(args, tmp_path, priority)
     printed = capsys.readouterr().out
     assert "prior_records: " in printed
