@@ -330,14 +330,17 @@ def report_prior(
     print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
 
 
-# the sampled median's scores, then the MRE-optimal point's (`relative_error_point`)
-SCORES = ("val_mre", "mre", "weighted_median_val_mre", "weighted_median_mre")
+# The point estimates scored from draws [N, K], by the prefix of their lines: the median (the
+# project's), and the 1/y-weighted median, which minimises the expected MRE under the draws.
+POINTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "": lambda draws: summarize(draws)["median"],
+    "weighted_median_": relative_error_point,
+}
+SCORES = tuple(f"{point}{score}" for point in POINTS for score in ("val_mre", "mre"))
 
 
 def point_estimates(draws: np.ndarray) -> dict[str, np.ndarray]:
-    """The point estimates scored from draws [N, K]: the median (the project's), and the
-    1/y-weighted median, which minimises the expected MRE under the sampled distribution."""
-    return {"": summarize(draws)["median"], "weighted_median_": relative_error_point(draws)}
+    return {key: estimate(draws) for key, estimate in POINTS.items()}
 
 
 def run_textperf(

@@ -183,7 +183,7 @@ def relative_error_point(samples: np.ndarray) -> np.ndarray:
     not positive (or not finite) carry no weight; an input with none left gets NaN.
     """
     ordered = np.sort(np.where(samples > 0, samples, np.nan), axis=1)  # [B, K], NaN last
-    weights = np.nan_to_num(1.0 / ordered, posinf=0.0)  # [B, K]; +inf samples weigh nothing
+    weights = np.nan_to_num(1.0 / ordered)  # [B, K]; left-out (NaN) and +inf samples weigh 0
     cumulative = np.cumsum(weights, axis=1)
     total = cumulative[:, -1]  # [B]
     # the first sample whose cumulative weight reaches half the total: a weighted median
