@@ -10,10 +10,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+# Beyond this a barely trained model's draws (the codec spans every float64, up to ~1.8e308) can
+# make an axis whose span overflows to inf, and matplotlib's tick locator then raises: such points
+# are drawn at the bound instead of failing the run that logs the figure.
+PLOT_BOUND = 1e300
+
 
 def predicted_vs_actual(
     y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
 ) -> Figure:
+    median, low, high = (np.clip(v, -PLOT_BOUND, PLOT_BOUND) for v in (median, low, high))
     fig, ax = plt.subplots(figsize=(5, 5))
     yerr = np.vstack([np.clip(median - low, 0, None), np.clip(high - median, 0, None)])
     ax.errorbar(y_true, median, yerr=yerr, fmt="o", ms=3, alpha=0.5, elinewidth=0.5)
