@@ -440,7 +440,8 @@ def parse_args() -> argparse.Namespace:
         choices=PRIOR_KINDS,
         default="words",
         help="with --recipe synthetic: options' effects drawn per system, or from effects of "
-        "their names' words shared by all systems (regressor.configprior)",
+        "their names' words shared by all systems, or that with more numeric settings of "
+        "several effect shapes and graded interactions (regressor.configprior)",
     )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     parser.add_argument(

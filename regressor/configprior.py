@@ -15,6 +15,11 @@ than each system's level that way); `words` gives every vocabulary word one effe
 systems and an option the sum of its words' effects plus a small deviation of its own, so the
 reading itself is what there is to learn. Measured (README "Accuracy"): `mini` learns the reading
 from 20 `words` systems of 2,000 records in ~26,000 steps, not from hundreds of systems of ~100.
+`numeric` is `words` with numeric settings as real mixed systems have them (Dune: cells 50-55,
+pre- and post-smoothing steps 0-6): ~35% of options rather than ~10%, narrow grids as well as
+wide, effects of several shapes (log, linear, diminishing returns, a bowl) rather than log only,
+and interactions that grow with a setting's value rather than switch on with it (slow when both
+pre and post are 0).
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ NUMERIC_GRIDS = (
     (10, 20, 40, 80),
     (2, 3, 4, 5, 6, 7, 8),
 )
-PRIOR_KINDS = ("independent", "words")
+# The `numeric` prior also draws narrow and small-integer grids, as mixed real systems have.
+NUMERIC_KIND_GRIDS = (
+    *NUMERIC_GRIDS,
+    (50, 51, 52, 53, 54, 55),
+    (0, 1, 2, 3, 4, 5, 6),
+    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+    (100, 200, 300, 400, 500),
+)
+SHAPES = ("log", "linear", "diminishing", "bowl")
+PRIOR_KINDS = ("independent", "words", "numeric")
 COLUMNS = ("record_id", "source", "task", "period", "config_json", "logs_json", "target")
 
 
@@ -57,6 +71,14 @@ class Option:
     values: tuple[float, ...]
     effects: tuple[float, ...]  # same length as values
     group: int  # options of one one-hot group share a group id (exactly one of them is 1)
+    # How strongly each value takes part in interactions; empty: 0 at the first value, else 1.
+    strengths: tuple[float, ...] = ()
+
+    def interaction_strengths(self) -> np.ndarray:
+        """[len(values)] factor of this option in each interaction it is part of."""
+        if self.strengths:
+            return np.array(self.strengths)
+        return (np.arange(len(self.values)) > 0).astype(float)
 
 
 @dataclass(frozen=True)
@@ -100,22 +122,54 @@ def named_effect(name: str, words: dict[str, float], rng: np.random.Generator) -
     return sum(words[p.lower()] for p in parts) + float(rng.normal(0, 0.05))
 
 
+def shape_curve(grid: tuple[int, ...], shape: str, rng: np.random.Generator) -> np.ndarray:
+    """[len(grid)] a shape of effect over a numeric setting's values, scaled to [0, 1]."""
+    x = np.array(grid, dtype=float)
+    if shape == "log":
+        curve = np.log1p(x)
+    elif shape == "linear":
+        curve = x
+    elif shape == "diminishing":  # large steps first, then little: smoothing steps 0, 1, 2, ...
+        curve = -1.0 / (1.0 + x - x.min())
+    else:  # a bowl with its bottom somewhere inside the range
+        position = (x - x.min()) / (x.max() - x.min())
+        curve = (position - rng.uniform(0.2, 0.8)) ** 2
+    return (curve - curve.min()) / (curve.max() - curve.min())
+
+
+def numeric_option(rng: np.random.Generator, taken: set[str], group: int) -> Option:
+    """A numeric setting of the `numeric` prior: a shaped effect, and interactions that grow
+    with the effect's curve (or its reverse: strongest where the setting is smallest)."""
+    grid = NUMERIC_KIND_GRIDS[rng.integers(len(NUMERIC_KIND_GRIDS))]
+    curve = shape_curve(grid, SHAPES[rng.integers(len(SHAPES))], rng)
+    effects = tuple(float(v) for v in rng.normal(0, 0.5) * curve)
+    strengths = tuple(float(v) for v in (curve if rng.random() < 0.5 else 1.0 - curve))
+    values = tuple(map(float, grid))
+    return Option(option_name(rng, taken), values, effects, group, strengths)
+
+
 def system_options(
-    rng: np.random.Generator, n_options: int, words: dict[str, float] | None
+    rng: np.random.Generator,
+    n_options: int,
+    words: dict[str, float] | None,
+    numeric_share: float = 0.0,
 ) -> list[Option]:
+    """`numeric_share` > 0 (the `numeric` prior): that share of draws are `numeric_option`s."""
     taken: set[str] = set()
     options: list[Option] = []
     group = 0
     while len(options) < n_options:
         kind = rng.random()
-        if kind < 0.15:  # a one-hot group: `ref_1`, `ref_5`, `ref_9`
+        if kind < numeric_share:
+            options.append(numeric_option(rng, taken, group))
+        elif kind < 0.15 + numeric_share:  # a one-hot group: `ref_1`, `ref_5`, `ref_9`
             stem = option_name(rng, taken)
             levels = sorted(rng.choice(np.arange(1, 65), size=rng.integers(2, 5), replace=False))
             for level in levels:
                 taken.add(f"{stem}_{level}")
                 effect = float(rng.normal(0, 0.3))
                 options.append(Option(f"{stem}_{level}", (0.0, 1.0), (0.0, effect), group))
-        elif kind < 0.25:  # a numeric setting: its effect grows with the log of its value
+        elif kind < 0.25 and not numeric_share:  # numeric: its effect grows with log(value)
             grid = NUMERIC_GRIDS[rng.integers(len(NUMERIC_GRIDS))]
             slope = float(rng.normal(0, 0.5))
             position = np.log1p(np.array(grid, dtype=float))
@@ -133,16 +187,21 @@ def system_options(
 
 
 def sample_system(
-    rng: np.random.Generator, index: int, words: dict[str, float] | None = None
+    rng: np.random.Generator,
+    index: int,
+    words: dict[str, float] | None = None,
+    numeric_share: float = 0.0,
 ) -> SyntheticSystem:
     """System `index`; its flags' effects from `words` (the `words` prior) or drawn afresh."""
     n_options = int(rng.integers(6, 41))
-    options = system_options(rng, n_options, words)
+    options = system_options(rng, n_options, words, numeric_share)
     pairs = rng.poisson(len(options) / 4)
     interactions = tuple(
         (int(i), int(j), float(rng.normal(0, 0.25)))
         for i, j in (rng.choice(len(options), size=2, replace=False) for _ in range(pairs))
     )
+    if numeric_share:
+        interactions += numeric_pairs(rng, options)
     stem = "".join(w.capitalize() for w in rng.choice(WORDS, size=2, replace=False))
     return SyntheticSystem(
         task=f"{stem}{index}_AllNumeric",
@@ -150,6 +209,20 @@ def sample_system(
         base=float(rng.uniform(np.log(0.3), np.log(30000))),
         interactions=interactions,
         noise=float(rng.uniform(0.002, 0.03)),
+    )
+
+
+def numeric_pairs(
+    rng: np.random.Generator, options: list[Option]
+) -> tuple[tuple[int, int, float], ...]:
+    """A few interactions between two numeric settings (Dune's pre x post), beside the pairs
+    drawn among all options, which seldom land on two numeric ones."""
+    numeric = [k for k, o in enumerate(options) if len(o.values) > 2]
+    if len(numeric) < 2:
+        return ()
+    return tuple(
+        (int(i), int(j), float(rng.normal(0, 0.4)))
+        for i, j in (rng.choice(numeric, size=2, replace=False) for _ in range(rng.poisson(1.0)))
     )
 
 
@@ -179,8 +252,9 @@ def performance(
         [[o.effects[v] for o, v in zip(system.options, row, strict=True)] for row in levels]
     )
     log_y = system.base + effects.sum(axis=1)
+    strengths = [o.interaction_strengths() for o in system.options]
     for i, j, effect in system.interactions:
-        log_y += effect * (levels[:, i] > 0) * (levels[:, j] > 0)
+        log_y += effect * strengths[i][levels[:, i]] * strengths[j][levels[:, j]]
     return np.exp(log_y + rng.normal(0, system.noise, size=len(levels)))
 
 
@@ -215,9 +289,11 @@ def prior_records(
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind {kind!r}: expected one of {PRIOR_KINDS}")
     rng = np.random.default_rng(seed)
-    words = word_effects(rng) if kind == "words" else None
+    words = word_effects(rng) if kind in ("words", "numeric") else None
+    numeric_share = 0.35 if kind == "numeric" else 0.0
     rows: list[dict] = []
     for index in range(systems):
-        rows += system_records(rng, sample_system(rng, index, words), records_per_system)
+        system = sample_system(rng, index, words, numeric_share)
+        rows += system_records(rng, system, records_per_system)
     schema = dict.fromkeys(COLUMNS, pl.Utf8) | {"target": pl.Float64}
     return pl.DataFrame(rows, schema=schema)

@@ -85,3 +85,38 @@ def test_the_words_prior_shares_each_words_effect_across_systems() -> None:
     with pytest.raises(ValueError, match="prior kind 'other'"):
         prior_records(1, 5, kind="other")
     assert not prior_records(3, 20, kind="words").equals(prior_records(3, 20))
+
+
+def test_the_numeric_prior_has_shaped_settings_whose_interactions_grow_with_their_value() -> None:
+    rng = np.random.default_rng(7)
+    words = word_effects(rng)
+    systems = [sample_system(rng, i, words, numeric_share=0.35) for i in range(12)]
+    options = [o for s in systems for o in s.options]
+    numeric = [o for o in options if len(o.values) > 2]
+    assert 0.25 < len(numeric) / len(options) < 0.45  # ~10% in the `words` prior
+    assert any(0 < s < 1 for o in numeric for s in o.strengths)  # graded, not on/off
+    # A setting in an interaction with another setting: moving it from its first value to a
+    # middle one shifts log performance by its effect plus each interaction times its strength.
+    system, k = next(
+        (s, i)
+        for s in systems
+        for i, j, _ in s.interactions
+        if len(s.options[i].values) > 2 and len(s.options[j].values) > 2
+    )
+    system = dataclasses.replace(system, noise=0.0)
+    option = system.options[k]
+    middle = len(option.values) // 2
+    levels = sample_levels(rng, system, 40)
+    low, mid = levels.copy(), levels.copy()
+    low[:, k], mid[:, k] = 0, middle
+    shift = np.log(performance(rng, system, mid)) - np.log(performance(rng, system, low))
+    gain = option.strengths[middle] - option.strengths[0]
+    expected = np.full(len(levels), option.effects[middle] - option.effects[0])
+    for i, j, effect in system.interactions:
+        if k in (i, j):
+            partner = j if i == k else i
+            strengths = system.options[partner].interaction_strengths()
+            expected += effect * gain * strengths[levels[:, partner]]
+    np.testing.assert_allclose(shift, expected, atol=1e-9)
+    a, b = prior_records(3, 50, kind="numeric"), prior_records(3, 50, kind="words")
+    assert not a.equals(b)
