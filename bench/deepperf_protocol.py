@@ -35,7 +35,9 @@ the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-rep
 Prints `deepperf_<sys>_<size>_<model>_mre: value` lines (and `..._val_mre`, the members on their
 own validation records, to choose recipes with; `..._weighted_median_[val_]mre` score the
 samples' 1/y-weighted median, the MRE-optimal point, instead of their median) and the published
-`..._deepperf_published_mre` / `..._decart_published_mre` beside them.
+`..._deepperf_published_mre` / `..._decart_published_mre` beside them. Each repetition's members'
+draws go to `<out>/deepperf_<sys>_<size>_<recipe>_<rep>_samples.npz`: runs with the same seed and
+`--ensemble` pool with `bench/pool.py --dataset deepperf` (their folds are the same).
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ import polars as pl
 import torch
 from accuracy import (
     DEFAULT_OUT,
+    MemberSamples,
     Recipe,
     budget_config,
     concat,
     load_records,
     member_predictor,
+    save_member_samples,
     source_recipe,
     train_textperf,
 )
@@ -372,6 +376,7 @@ def run_textperf(
         ckpt = out / "checkpoints" / f"deepperf_{system}_{size}_{recipe_tag(args)}{words}_{rep}"
         draws: list[np.ndarray] = []  # per member: test draws [N_test, 32]
         val_errors = defaultdict(list)  # point estimate -> per member: val relative errors
+        members: list[MemberSamples] = []
         for i in range(args.ensemble):
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
@@ -380,8 +385,11 @@ def run_textperf(
             t = args.temperature
             draws.append(predictor.sample_texts(test.texts, 32, t, seed=rep + 1000 * i))
             val_draws = predictor.sample_texts(val.texts, 32, t, seed=rep)
+            members.append(MemberSamples(draws[-1], val_draws, val.record_ids))
             for key, point in point_estimates(val_draws).items():
                 val_errors[key].append(np.abs(point - val.targets) / np.abs(val.targets))
+        # runs whose members share folds (same seed and --ensemble) pool: bench/pool.py
+        save_member_samples(out / f"{ckpt.name}_samples.npz", test.record_ids, members)
         for key, point in point_estimates(np.concatenate(draws, axis=1)).items():
             scores[f"{key}mre"].append(mre(test.targets, point))
             # members on their own validation records (out of fold with --cross-fit): to choose

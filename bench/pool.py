@@ -3,7 +3,8 @@ and the pool on the validation part (to choose) and on the test part (to report)
 
     .venv/bin/python bench/pool.py --dataset c3o RUN_NAME [RUN_NAME ..]
 
-RUN_NAME is a run's name as in `<out>/<RUN_NAME>_samples.npz` (written by every accuracy run).
+RUN_NAME is a run's name as in `<out>/<RUN_NAME>_samples.npz` (written by every accuracy run, and
+by every repetition of `bench/deepperf_protocol.py`: `deepperf_<sys>_<size>_<recipe>_<rep>`).
 A run's members are grouped by the records they stopped early on: one group holding every member
 (members sharing the split's validation part), or with `--cross-fit` one group per fold, each
 member validating on its own fold. Runs pool when their groups validated on the same records
@@ -27,6 +28,7 @@ import polars as pl
 from accuracy import DEFAULT_OUT, POINT, emit, load_records
 
 from regressor.evaluation import point_metrics
+from regressor.sampling import summarize
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,16 @@ def score(prefix: str, run: Run, target: dict[str, float]) -> None:
     """Median of the pooled draws: on validation each fold's own members (out of fold), on test
     every member."""
     y_val = np.array([target[rid] for fold in run.folds for rid in fold.val_ids])
-    val = np.concatenate([np.median(np.concatenate(f.vals, 1), 1) for f in run.folds])
+    val = np.concatenate([median(f.vals) for f in run.folds])
     y_test = np.array([target[rid] for rid in run.test_ids])
     emit(f"{prefix}_val", point_metrics(y_val, val), POINT)
-    emit(f"{prefix}_test", point_metrics(y_test, np.median(np.concatenate(run.tests, 1), 1)), POINT)
+    emit(f"{prefix}_test", point_metrics(y_test, median(run.tests)), POINT)
+
+
+def median(members: list[np.ndarray]) -> np.ndarray:
+    """[N] the median of the members' pooled draws ([N, samples] each), as the predictor takes
+    it: a draw that decoded to no number is left out, not allowed to make the median NaN."""
+    return summarize(np.concatenate(members, axis=1))["median"]
 
 
 def run(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 
 import numpy as np
@@ -237,3 +238,45 @@ def test_log_peers_use_the_log_summary_columns() -> None:
     config_only = accuracy.peers_of("fleet")["lightgbm"](parts, 0)
     assert np.mean(np.abs(with_logs - y) / y) < 0.05
     assert np.mean(np.abs(config_only - y) / y) > 0.2
+
+
+def test_deepperf_runs_save_their_members_draws_for_pool_to_score_the_same(
+    tmp_path, capsys
+) -> None:
+    """A real tiny cross-fitted repetition on a made-up binary-numeric system: its members' draws
+    land where `bench/pool.py` reads them, one validation fold per member, and the pool's score
+    of that single run is the MRE the protocol printed."""
+    rng = np.random.default_rng(0)
+    n = 70
+    cells, pre = rng.integers(50, 56, size=n), rng.integers(0, 7, size=n)
+    config = zip(cells, pre, strict=True)
+    texts = [f"<task>\nDune_AllNumeric\n<config>\ncells={c}\npre={p}" for c, p in config]
+    targets = 1000.0 + 40.0 * (cells - 50) - 30.0 * pre
+    ids = [f"deepperf/Dune:{i}" for i in range(n)]
+    sample = Examples(ids, ["Dune"] * n, texts, targets, ["{}"] * n)
+    args = argparse.Namespace(
+        model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss",
+        rescore=False, recipe="scratch", textperf_size=1, textperf_reps=1, textperf_first_rep=0,
+        ensemble=2, cross_fit=True, seed=0, temperature=1.0,
+    )  # fmt: skip
+    deepperf_protocol.run_textperf("Dune", sample, None, args, tmp_path)
+    printed = capsys.readouterr().out
+    mre, val_mre = (
+        float(re.search(rf"deepperf_Dune_49_textperf_rep0_{key}: ([\d.]+)", printed).group(1))
+        for key in ("mre", "val_mre")
+    )
+    run = pool.load_run(tmp_path, "deepperf_Dune_49_scratch_0")
+    assert run.n_members == 2
+    assert len(run.folds) == 2
+    validated = sorted(rid for fold in run.folds for rid in fold.val_ids)
+    assert len(validated) == 49 == len(set(validated))  # the sample, each record once
+    assert len(run.test_ids) == n - 49
+    target = dict(zip(ids, targets, strict=True))
+    pool.score("deepperf_pool", run, target)
+    scored = capsys.readouterr().out
+    mape, val_mape = (
+        float(re.search(rf"deepperf_pool_{part}_mape: ([\d.]+)", scored).group(1))
+        for part in ("test", "val")
+    )
+    assert mape == pytest.approx(mre, abs=0.01)
+    assert val_mape == pytest.approx(val_mre, abs=0.01)  # one member per fold: its own error
