@@ -173,9 +173,7 @@ def system_options(
         elif kind < 0.25 and not numeric_share:  # numeric: its effect grows with log(value)
             grid = NUMERIC_GRIDS[rng.integers(len(NUMERIC_GRIDS))]
             slope = float(rng.normal(0, 0.5))
-            position = np.log1p(np.array(grid, dtype=float))
-            position = (position - position.min()) / (position.max() - position.min())
-            effects = tuple(float(v) for v in slope * position)
+            effects = tuple(float(v) for v in slope * shape_curve(grid, "log", rng))
             options.append(Option(option_name(rng, taken), tuple(map(float, grid)), effects, group))
         elif words is None:  # effect, then name: the draw order the README's runs used
             effect = flag_effect(rng)
