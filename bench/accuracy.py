@@ -672,9 +672,9 @@ def train_members(
         val_samples = predictor.sample_texts(
             val.texts, args.samples, seed=args.seed, scales=val.scales
         )
-        emit(f"{tag}_val", point_metrics(val.targets, np.median(val_samples, 1)), POINT)
+        emit(f"{tag}_val", point_metrics(val.targets, summarize(val_samples)["median"]), POINT)
         if args.ensemble > 1:
-            emit(tag, point_metrics(parts.test.targets, np.median(samples, 1)), POINT)
+            emit(tag, point_metrics(parts.test.targets, summarize(samples)["median"]), POINT)
         members.append(MemberSamples(samples, val_samples, val.record_ids))
     print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
     print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")

@@ -20,14 +20,17 @@ pre- and post-smoothing steps 0-6): ~35% of options rather than ~10%, narrow gri
 wide, effects of several shapes (log, linear, diminishing returns, a bowl) rather than log only,
 and interactions that grow with a setting's value rather than switch on with it (Dune is slow
 when pre or post is 0). Measured on Dune at 375 (README "Accuracy"): alone no better than
-`words` (MRE 7.50 vs 7.26), pooled with a `words` run 7.11.
+`words` (MRE 7.50 vs 7.26), pooled with a `words` run 7.11. `scaled` is `words` with each
+system's effects times a factor of its own: real systems' log performance spreads from ~0.05
+standard deviations (LLVM, SQL) to ~1.5 (BDBC), `words` systems' from 0.3 to 1.0, `scaled`
+systems' from 0.02 to 1.4.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -60,7 +63,10 @@ NUMERIC_KIND_GRIDS = (
     (100, 200, 300, 400, 500),
 )
 SHAPES = ("log", "linear", "diminishing", "bowl")
-PRIOR_KINDS = ("independent", "words", "numeric")
+PRIOR_KINDS = ("independent", "words", "numeric", "scaled")
+# The `scaled` prior's range of a system's effect scale (log-uniform): real systems' log
+# performance spreads from 0.05 (SQL, LLVM) to 1.5 (BDBC) standard deviations; `words` ~0.9.
+EFFECT_SCALES = (0.03, 2.0)
 COLUMNS = ("record_id", "source", "task", "period", "config_json", "logs_json", "target")
 
 
@@ -190,8 +196,10 @@ def sample_system(
     index: int,
     words: dict[str, float] | None = None,
     numeric_share: float = 0.0,
+    scaled_effects: bool = False,
 ) -> SyntheticSystem:
-    """System `index`; its flags' effects from `words` (the `words` prior) or drawn afresh."""
+    """System `index`; its flags' effects from `words` (the `words` prior) or drawn afresh;
+    `scaled_effects` (the `scaled` prior): all of them times a factor of the system's own."""
     n_options = int(rng.integers(6, 41))
     options = system_options(rng, n_options, words, numeric_share)
     pairs = rng.poisson(len(options) / 4)
@@ -202,13 +210,26 @@ def sample_system(
     if numeric_share:
         interactions += numeric_pairs(rng, options)
     stem = "".join(w.capitalize() for w in rng.choice(WORDS, size=2, replace=False))
-    return SyntheticSystem(
+    system = SyntheticSystem(
         task=f"{stem}{index}_AllNumeric",
         options=tuple(options),
         base=float(rng.uniform(np.log(0.3), np.log(30000))),
         interactions=interactions,
         noise=float(rng.uniform(0.002, 0.03)),
     )
+    return scaled(system, rng) if scaled_effects else system
+
+
+def scaled(system: SyntheticSystem, rng: np.random.Generator) -> SyntheticSystem:
+    """The `scaled` prior: every effect and interaction of `system` times one factor drawn
+    log-uniformly in EFFECT_SCALES, so that some systems are as flat as LLVM and some as steep
+    as BDBC (drawn last, so the other kinds' draws stay as they were)."""
+    factor = float(np.exp(rng.uniform(*np.log(EFFECT_SCALES))))
+    options = tuple(
+        replace(o, effects=tuple(e * factor for e in o.effects)) for o in system.options
+    )
+    interactions = tuple((i, j, effect * factor) for i, j, effect in system.interactions)
+    return replace(system, options=options, interactions=interactions)
 
 
 def numeric_pairs(
@@ -288,11 +309,11 @@ def prior_records(
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind {kind!r}: expected one of {PRIOR_KINDS}")
     rng = np.random.default_rng(seed)
-    words = word_effects(rng) if kind in ("words", "numeric") else None
+    words = word_effects(rng) if kind in ("words", "numeric", "scaled") else None
     numeric_share = 0.35 if kind == "numeric" else 0.0
     rows: list[dict] = []
     for index in range(systems):
-        system = sample_system(rng, index, words, numeric_share)
+        system = sample_system(rng, index, words, numeric_share, kind == "scaled")
         rows += system_records(rng, system, records_per_system)
     schema = dict.fromkeys(COLUMNS, pl.Utf8) | {"target": pl.Float64}
     return pl.DataFrame(rows, schema=schema)

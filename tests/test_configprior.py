@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from regressor.configprior import (
+    EFFECT_SCALES,
     named_effect,
     performance,
     prior_records,
@@ -120,3 +121,27 @@ def test_the_numeric_prior_has_shaped_settings_whose_interactions_grow_with_thei
     np.testing.assert_allclose(shift, expected, atol=1e-9)
     a, b = prior_records(3, 50, kind="numeric"), prior_records(3, 50, kind="words")
     assert not a.equals(b)
+
+
+def test_scaled_prior_multiplies_a_words_systems_effects_by_one_factor_of_its_own() -> None:
+    words = word_effects(np.random.default_rng(3))
+    factors = []
+    for seed in range(6):
+        plain = sample_system(np.random.default_rng(seed), 0, words)
+        steep_or_flat = sample_system(np.random.default_rng(seed), 0, words, scaled_effects=True)
+        assert [o.name for o in plain.options] == [o.name for o in steep_or_flat.options]
+        pairs = [
+            (a, b)
+            for p, s in zip(plain.options, steep_or_flat.options, strict=True)
+            for a, b in zip(p.effects, s.effects, strict=True)
+            if a != 0
+        ] + [
+            (p[2], s[2])
+            for p, s in zip(plain.interactions, steep_or_flat.interactions, strict=True)
+        ]
+        ratios = np.array([b / a for a, b in pairs])
+        np.testing.assert_allclose(ratios, ratios[0])
+        assert EFFECT_SCALES[0] <= ratios[0] <= EFFECT_SCALES[1]
+        factors.append(ratios[0])
+    assert max(factors) / min(factors) > 3  # systems differ in steepness, not only in effects
+    assert not prior_records(3, 50, kind="scaled").equals(prior_records(3, 50, kind="words"))
