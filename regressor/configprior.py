@@ -23,7 +23,8 @@ when pre or post is 0). Measured on Dune at 375 (README "Accuracy"): alone no be
 `words` (MRE 7.50 vs 7.26), pooled with a `words` run 7.11. `scaled` is `words` with each
 system's effects times a factor of its own: real systems' log performance spreads from ~0.05
 standard deviations (LLVM, SQL) to ~1.5 (BDBC), `words` systems' from 0.3 to 1.0, `scaled`
-systems' from 0.02 to 1.4.
+systems' from 0.02 to 1.4. Measured on LLVM at 3n (README "Accuracy"): alone worse than
+`words` (MRE 3.72 vs 3.43 over six repetitions), pooled with a `words` run 3.35.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ NUMERIC_KIND_GRIDS = (
 SHAPES = ("log", "linear", "diminishing", "bowl")
 PRIOR_KINDS = ("independent", "words", "numeric", "scaled")
 # The `scaled` prior's range of a system's effect scale (log-uniform): real systems' log
-# performance spreads from 0.05 (SQL, LLVM) to 1.5 (BDBC) standard deviations; `words` ~0.9.
+# performance spreads from 0.05 (SQL, LLVM) to 1.5 (BDBC) standard deviations, `words`' 0.3-1.0.
 EFFECT_SCALES = (0.03, 2.0)
 COLUMNS = ("record_id", "source", "task", "period", "config_json", "logs_json", "target")
 
