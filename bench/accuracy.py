@@ -80,7 +80,7 @@ from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import generate_fleet
 from regressor.plots import predicted_vs_actual
 from regressor.predictor import Predictor
-from regressor.sampling import relative_error_point, summarize
+from regressor.sampling import finite_median, relative_error_point, summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
@@ -672,9 +672,9 @@ def train_members(
         val_samples = predictor.sample_texts(
             val.texts, args.samples, seed=args.seed, scales=val.scales
         )
-        emit(f"{tag}_val", point_metrics(val.targets, summarize(val_samples)["median"]), POINT)
+        emit(f"{tag}_val", point_metrics(val.targets, finite_median(val_samples)), POINT)
         if args.ensemble > 1:
-            emit(tag, point_metrics(parts.test.targets, summarize(samples)["median"]), POINT)
+            emit(tag, point_metrics(parts.test.targets, finite_median(samples)), POINT)
         members.append(MemberSamples(samples, val_samples, val.record_ids))
     print(f"{d}_textperf_parameters: {predictor.model.num_parameters()}")
     print(f"{d}_textperf_mean_input_tokens: {mean_tokens(predictor, parts.test.texts):.0f}")

@@ -73,7 +73,7 @@ from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.predictor import BUNDLE_FILE, Predictor
-from regressor.sampling import relative_error_point, summarize
+from regressor.sampling import finite_median, relative_error_point
 from regressor.training import load_checkpoint_weights
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
@@ -329,7 +329,7 @@ def report_prior(
     level = train.group_by("task").agg(pl.col("target").median().alias("level"))
     val = val.join(level, on="task", how="left")
     sample = to_examples(val, priority, base.model_config.max_input_tokens)
-    median = summarize(base.sample_texts(sample.texts, 16, seed=0))["median"]
+    median = finite_median(base.sample_texts(sample.texts, 16, seed=0))
     print(f"prior_val_mre: {mre(sample.targets, median):.2f}")
     print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
 
@@ -337,7 +337,7 @@ def report_prior(
 # The point estimates scored from draws [N, K], by the prefix of their lines: the median (the
 # project's), and the 1/y-weighted median, which minimises the expected MRE under the draws.
 POINTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "": lambda draws: summarize(draws)["median"],
+    "": finite_median,
     "weighted_median_": relative_error_point,
 }
 SCORES = tuple(f"{point}{score}" for point in POINTS for score in ("val_mre", "mre"))

@@ -28,7 +28,7 @@ import polars as pl
 from accuracy import DEFAULT_OUT, POINT, emit, load_records
 
 from regressor.evaluation import point_metrics
-from regressor.sampling import summarize
+from regressor.sampling import finite_median
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def score(prefix: str, run: Run, target: dict[str, float]) -> None:
 def median(members: list[np.ndarray]) -> np.ndarray:
     """[N] the median of the members' pooled draws ([N, samples] each), as the predictor takes
     it: a draw that decoded to no number is left out, not allowed to make the median NaN."""
-    return summarize(np.concatenate(members, axis=1))["median"]
+    return finite_median(np.concatenate(members, axis=1))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -310,7 +310,7 @@ def prior_records(
     if kind not in PRIOR_KINDS:
         raise ValueError(f"prior kind {kind!r}: expected one of {PRIOR_KINDS}")
     rng = np.random.default_rng(seed)
-    words = word_effects(rng) if kind in ("words", "numeric", "scaled") else None
+    words = word_effects(rng) if kind != "independent" else None  # every later kind builds on it
     numeric_share = 0.35 if kind == "numeric" else 0.0
     rows: list[dict] = []
     for index in range(systems):

@@ -149,6 +149,15 @@ def log_prob(
     return logp.gather(2, target[:, :, None]).squeeze(2).sum(1).double().numpy()
 
 
+def finite_median(samples: np.ndarray) -> np.ndarray:
+    """Per input, the median of its finite samples [B, K] -> float64 [B] (NaN with none): the
+    point estimate users get, without the rest of `summarize`'s statistics."""
+    finite = np.where(np.isfinite(samples), samples, np.nan)
+    with warnings.catch_warnings():  # all-NaN rows are expected and documented: NaN out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(finite, axis=1)
+
+
 def summarize(
     samples: np.ndarray, quantiles: Sequence[float] = (0.1, 0.5, 0.9)
 ) -> dict[str, np.ndarray]:
@@ -163,7 +172,7 @@ def summarize(
     with warnings.catch_warnings():  # all-NaN rows are expected and documented: NaN out
         warnings.simplefilter("ignore", RuntimeWarning)
         out = {
-            "median": np.nanmedian(finite, axis=1),
+            "median": finite_median(samples),
             "mean": np.nanmean(finite, axis=1),
             "std": np.nanstd(finite, axis=1),
         }

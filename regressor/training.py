@@ -31,7 +31,7 @@ from regressor.dataset import Examples
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
-from regressor.sampling import sample, summarize
+from regressor.sampling import finite_median, sample
 from regressor.serialize import shuffle_section_lines
 
 
@@ -238,16 +238,16 @@ class RegressionLM(L.LightningModule):
 
     def median_error(self, batch: dict[str, torch.Tensor]) -> float:
         """Mean |median - y| / max(|median|, |y|) over the batch's records (and objectives): the
-        error of the point estimate users get (`summarize`'s median of the finite draws),
+        error of the point estimate users get (the median of the finite draws),
         bounded in [0, 2] and defined at y = 0; a record with no finite draw scores the worst, 2.
         The draws use a generator seeded the same at every validation, so checkpoints differ
         only in their weights."""
         generator = torch.Generator().manual_seed(self.train_cfg.seed)
         k = self.train_cfg.val_error_samples
         draws = sample(self.model, self.codec, batch["src"], batch["mask"], k, generator=generator)
-        if draws.ndim == 3:  # [B, K, M]: one column per objective, as summarize expects
+        if draws.ndim == 3:  # [B, K, M]: one column per objective, as finite_median expects
             draws = draws.transpose(0, 2, 1).reshape(-1, k)
-        median = summarize(draws)["median"]  # [B * M]
+        median = finite_median(draws)  # [B * M]
         actual = self.codec.decode(batch["tgt"]).reshape(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             error = np.abs(median - actual) / np.maximum(np.abs(median), np.abs(actual))
