@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,14 @@ from regressor.config import CodecConfig, load_model_config
 from regressor.model import EncoderDecoder
 from regressor.numbers import NAN, NumberCodec
 from regressor.predictor import pad_batch
-from regressor.sampling import log_prob, relative_error_point, sample, sample_ids, summarize
+from regressor.sampling import (
+    finite_median,
+    log_prob,
+    relative_error_point,
+    sample,
+    sample_ids,
+    summarize,
+)
 from regressor.vocab import InputTokenizer
 
 TINY = load_model_config("tiny")
@@ -177,6 +186,23 @@ def test_summarize_excludes_non_finite_samples() -> None:
     np.testing.assert_allclose(out["q10"][0], np.quantile([1, 2, 3, 4], 0.1))
     np.testing.assert_allclose(out["finite_fraction"], [4 / 6, 0.0, 1.0])
     assert all(np.isnan(out[key][1]) for key in out if key != "finite_fraction")
+
+
+def test_finite_median_ignores_non_finite_draws_per_objective() -> None:
+    """[B, K, M] draws: the median over K of each objective's finite draws, NaN (and no warning)
+    where an objective has none; a plain median would let one inf or NaN draw move or void it."""
+    draws = np.array(
+        [
+            [[1.0, np.nan], [2.0, np.nan], [np.inf, np.nan]],
+            [[-3.0, 7.0], [np.nan, 8.0], [-1.0, -np.inf]],
+        ]
+    )  # B = 2 inputs, K = 3 draws, M = 2 objectives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an all-NaN objective must not warn
+        median = finite_median(draws)
+    assert median.shape == (2, 2)
+    np.testing.assert_allclose(median, [[1.5, np.nan], [-2.0, 7.5]])
+    np.testing.assert_allclose(median, summarize(draws)["median"])
 
 
 @torch.no_grad()
