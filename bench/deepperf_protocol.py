@@ -72,6 +72,7 @@ from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
+from regressor.environment import numeric_environment
 from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import finite_median, relative_error_point
 from regressor.training import load_checkpoint_weights
@@ -311,6 +312,7 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
         print(f"prior_records: {len(records)}", flush=True)
         recipe = textperf_recipe(args)
         base = pretrain(records, args, priority, ckpt, recipe, args.pretrain_steps)
+        base.metadata["trained_with"] = numeric_environment()  # reproducible only where equal
         base.save(bundle)
     report_prior(base, records, args.seed, priority)
     return base
@@ -321,7 +323,8 @@ def report_prior(
 ) -> None:
     """Whether the pretrained model reads the options: its MRE on (up to 600 of) the prior's
     validation records beside that of each system's median training target, which knows the
-    system's level and nothing of its options."""
+    system's level and nothing of its options; first, what it was pretrained with
+    (`numeric_environment`): a prior pretrained again matches it only where those match."""
     sides = pretrain_sides(records, seed)
     train = records.filter(pl.Series(sides == "train"))
     val = records.filter(pl.Series(sides == "test"))
@@ -330,6 +333,8 @@ def report_prior(
     val = val.join(level, on="task", how="left")
     sample = to_examples(val, priority, base.model_config.max_input_tokens)
     median = finite_median(base.sample_texts(sample.texts, 16, seed=0))
+    for key, value in sorted(base.metadata.get("trained_with", {}).items()):
+        print(f"prior_{key}: {value}")  # sorted, as the saved bundle has them; older have none
     print(f"prior_val_mre: {mre(sample.targets, median):.2f}")
     print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
 

@@ -33,6 +33,7 @@ from regressor.config import (
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
+from regressor.environment import numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -162,7 +163,7 @@ def _log_params(
     per_member: int | None = None,
 ) -> None:
     """The run's configs and data; `n_parameters` counts all members of an ensemble, whose
-    `per_member` count is logged too."""
+    `per_member` count is logged too; `env.*` what else decides the weights to the bit."""
     model_cfg = load_model_config(app.model, conf_dir)
     train_cfg = load_train_config(app.train, conf_dir)
     params = {f"model.{k}": v for k, v in model_cfg.model_dump().items()}
@@ -178,6 +179,7 @@ def _log_params(
         "mixed_target_forms": data.mixed_target_forms,
     }
     params |= {f"n_{name}": len(ex) for name, ex in data.splits.items()}
+    params |= {f"env.{key}": value for key, value in numeric_environment().items()}
     mlflow.log_params(params)
 
 

@@ -51,6 +51,8 @@ def test_pipeline_trains_two_members_and_registers_one_pooled_model(tmp_path: Pa
     run = client.get_run(outcome.run_id)
     per_member = int(run.data.params["n_parameters_per_member"])
     assert int(run.data.params["n_parameters"]) == 2 * per_member == outcome.n_parameters
+    assert run.data.params["env.torch_threads"] == str(torch.get_num_threads())
+    assert run.data.params["env.torch_version"] == torch.__version__
     metrics = run.data.metrics
     member_steps = [metrics[f"member{i}_train_steps"] for i in (0, 1)]
     assert all(steps > 0 for steps in member_steps)
