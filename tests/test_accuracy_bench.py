@@ -218,7 +218,7 @@ def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weight
 ) -> None:
     """Pretraining is a function of its seed, data, configs and `numeric_environment`: a second
     pretraining in another directory, on the same threads and CPU, gives bit-identical weights
-    (on this machine one thread and two do not; the README's priors were compared on that)."""
+    (one thread and two do not: README, "Accuracy")."""
     args = argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=False,
