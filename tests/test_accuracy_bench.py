@@ -179,19 +179,33 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
     assert not np.array_equal(tuned_draws[0], draws[0], equal_nan=True)  # it did fine-tune
 
 
+PRIOR_PRIORITY = ("task", "config", "logs")
+
+
+def tiny_prior_args(rescore: bool) -> argparse.Namespace:
+    """`--recipe synthetic`'s prior at test size: 3 systems x 20 records, `tiny`, 30 steps."""
+    return argparse.Namespace(
+        prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
+        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
+    )  # fmt: skip
+
+
+def assert_same_weights(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    weights, others = model.state_dict(), other.state_dict()
+    assert weights.keys() == others.keys()
+    for name, value in weights.items():
+        assert torch.equal(value, others[name]), name
+
+
 def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys) -> None:
     """`--recipe synthetic` pretrains one model on generated systems (a real, tiny fit) and
     saves it under its length in steps; a second call, as from another system or process, loads
     the same weights."""
-    args = argparse.Namespace(
-        prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
-        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=True,
-    )  # fmt: skip
-    priority = ("task", "config", "logs")
+    args = tiny_prior_args(rescore=True)
     with pytest.raises(SystemExit, match="no saved prior to rescore"):
-        deepperf_protocol.synthetic_base(args, tmp_path, priority)
+        deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
     args.rescore = False
-    first = deepperf_protocol.synthetic_base(args, tmp_path, priority)
+    first = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
     printed = capsys.readouterr().out
     assert "prior_records: " in printed
     assert "pretrain_steps: 30\n" in printed  # exactly the steps asked, not the minutes' worth
@@ -201,14 +215,11 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
     assert "prior_level_mre: " in printed
     assert f"prior_torch_threads: {torch.get_num_threads()}\n" in printed
     assert first.metadata["trained_with"] == numeric_environment()  # saved in the bundle
-    again = deepperf_protocol.synthetic_base(args, tmp_path, priority)
+    again = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
     printed_again = capsys.readouterr().out
     assert "prior_records" not in printed_again  # loaded, not pretrained again
     assert printed_again.splitlines() == printed.splitlines()[-5:]  # the same report
-    weights, loaded = first.model.state_dict(), again.model.state_dict()
-    assert weights.keys() == loaded.keys()
-    for name, value in weights.items():
-        assert torch.equal(value, loaded[name]), name
+    assert_same_weights(first.model, again.model)
     text = ["<task>\nLLVM_AllNumeric\n<config>\ngvn=1"]
     assert first.encode_texts(text) == again.encode_texts(text)
 
@@ -219,19 +230,12 @@ def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weight
     """Pretraining is a function of its seed, data, configs and `numeric_environment`: a second
     pretraining in another directory, on the same threads and CPU, gives bit-identical weights
     (one thread and two do not: README, "Accuracy")."""
-    args = argparse.Namespace(
-        prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
-        pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=False,
-    )  # fmt: skip
-    priority = ("task", "config", "logs")
+    args = tiny_prior_args(rescore=False)
     first, second = (
-        deepperf_protocol.synthetic_base(args, tmp_path / out, priority) for out in ("a", "b")
+        deepperf_protocol.synthetic_base(args, tmp_path / out, PRIOR_PRIORITY) for out in ("a", "b")
     )
     assert first.metadata["trained_with"] == second.metadata["trained_with"]
-    weights, again = first.model.state_dict(), second.model.state_dict()
-    assert weights.keys() == again.keys()
-    for name, value in weights.items():
-        assert torch.equal(value, again[name]), name
+    assert_same_weights(first.model, second.model)
 
 
 def test_peers_read_the_logs_where_the_targets_depend_on_them() -> None:
