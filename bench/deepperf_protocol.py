@@ -6,7 +6,7 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
         [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore] \
         [--temperature 1] [--recipe synthetic --prior-kind words --prior-systems 20 \
-        --prior-records 2000 --pretrain-minutes 30 | --pretrain-steps 60000]
+        --prior-records 2000 --prior-seed 0 --pretrain-minutes 30 | --pretrain-steps 60000]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -284,10 +284,19 @@ def prior_shape(args: argparse.Namespace) -> str:
 
 
 def recipe_tag(args: argparse.Namespace) -> str:
-    """The recipe in member checkpoint names: members fine-tuned from different priors apart."""
+    """The recipe in member checkpoint names: members fine-tuned from different priors apart
+    (a `--prior-seed` other than `--seed` named too; the default keeps the older names)."""
     if args.recipe != "synthetic":
         return args.recipe
-    return f"synthetic_{prior_shape(args)}_{prior_length(args)}"
+    tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
+    return tag if prior_seed(args) == args.seed else f"{tag}_prior{prior_seed(args)}"
+
+
+def prior_seed(args: argparse.Namespace) -> int:
+    """The synthetic prior's seed (its systems, split and initial weights): `--prior-seed`, by
+    default `--seed`. Apart from it, priors of one kind are separate draws whose members pool
+    (`bench/pool.py`), since the fine-tuning folds follow `--seed` alone."""
+    return args.seed if args.prior_seed is None else args.prior_seed
 
 
 def prior_length(args: argparse.Namespace) -> str:
@@ -300,10 +309,11 @@ def prior_length(args: argparse.Namespace) -> str:
 def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...]) -> Predictor:
     """One model pretrained on `--prior-systems` synthetic systems (`regressor.configprior`),
     shared by every system and saved as a bundle, so later runs and other processes reuse it."""
+    seed = prior_seed(args)
     name = f"deepperf_synthetic_{prior_shape(args)}"
-    ckpt = out / "checkpoints" / f"{name}_{prior_length(args)}_seed{args.seed}"
+    ckpt = out / "checkpoints" / f"{name}_{prior_length(args)}_seed{seed}"
     bundle = ckpt / "bundle"
-    records = prior_records(args.prior_systems, args.prior_records, args.seed, args.prior_kind)
+    records = prior_records(args.prior_systems, args.prior_records, seed, args.prior_kind)
     if (bundle / BUNDLE_FILE).exists():
         base = Predictor.load(bundle)
     elif args.rescore:  # re-sampling must never start a pretraining of its own
@@ -311,10 +321,11 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     else:
         print(f"prior_records: {len(records)}", flush=True)
         recipe = textperf_recipe(args)
-        base = pretrain(records, args, priority, ckpt, recipe, args.pretrain_steps)
+        prior_args = argparse.Namespace(**(vars(args) | {"seed": seed}))
+        base = pretrain(records, prior_args, priority, ckpt, recipe, args.pretrain_steps)
         base.metadata["trained_with"] = numeric_environment()  # reproducible only where equal
         base.save(bundle)
-    report_prior(base, records, args.seed, priority)
+    report_prior(base, records, seed, priority)
     return base
 
 
@@ -456,6 +467,12 @@ def parse_args() -> argparse.Namespace:
         "their names' words shared by all systems, or that with more numeric settings of "
         "several effect shapes and graded interactions (regressor.configprior)",
     )
+    parser.add_argument(
+        "--prior-seed",
+        type=int,
+        help="with --recipe synthetic: the prior's seed (default --seed): another draw of the "
+        "same prior kind, whose members pool with --seed's (same folds)",
+    )
     parser.add_argument("--pretrain-minutes", type=float, default=3.0, help="per system")
     parser.add_argument(
         "--pretrain-steps",
@@ -508,6 +525,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--rescore needs a saved base: from-scratch or synthetic-prior members")
     if args.pretrain_steps is not None and args.recipe != "synthetic":
         parser.error("--pretrain-steps sets the synthetic prior's length (--recipe synthetic)")
+    if args.prior_seed is not None and args.recipe != "synthetic":
+        parser.error("--prior-seed seeds the synthetic prior (--recipe synthetic)")
     if args.booleans == "words" and args.recipe != "scratch":
         parser.error(
             "--booleans words rewrites the system's own records only, not a pretraining recipe's"

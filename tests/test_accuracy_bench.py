@@ -187,6 +187,7 @@ def tiny_prior_args(rescore: bool) -> argparse.Namespace:
     return argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
+        prior_seed=None, recipe="synthetic",
     )  # fmt: skip
 
 
@@ -236,6 +237,23 @@ def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weight
     )
     assert first.metadata["trained_with"] == second.metadata["trained_with"]
     assert_same_weights(first.model, second.model)
+
+
+def test_deepperf_prior_seed_draws_another_prior_of_the_same_kind(tmp_path) -> None:
+    """`--prior-seed` draws another prior (other systems, initial weights) saved beside the
+    first, and names its members apart; without it the prior follows `--seed` and the member
+    names stay as they were, so older runs' checkpoints and samples still load and pool."""
+    args = tiny_prior_args(rescore=False)
+    first = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
+    tag = deepperf_protocol.recipe_tag(args)
+    assert tag == "synthetic_words_3x20_tiny_30steps"
+    args.prior_seed = 1
+    other = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
+    assert (tmp_path / "checkpoints" / "deepperf_synthetic_words_3x20_tiny_30steps_seed1").is_dir()
+    assert deepperf_protocol.recipe_tag(args) == f"{tag}_prior1"
+    assert args.seed == 0  # the fine-tuning folds and seeds still follow --seed
+    weights, others = first.model.state_dict(), other.model.state_dict()
+    assert any(not torch.equal(value, others[name]) for name, value in weights.items())
 
 
 def test_peers_read_the_logs_where_the_targets_depend_on_them() -> None:
