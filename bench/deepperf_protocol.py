@@ -72,7 +72,7 @@ from regressor import baselines, tabular
 from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
-from regressor.environment import numeric_environment
+from regressor.environment import TRAINED_WITH
 from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import finite_median, relative_error_point
 from regressor.training import load_checkpoint_weights
@@ -323,7 +323,6 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
         recipe = textperf_recipe(args)
         prior_args = argparse.Namespace(**(vars(args) | {"seed": seed}))
         base = pretrain(records, prior_args, priority, ckpt, recipe, args.pretrain_steps)
-        base.metadata["trained_with"] = numeric_environment()  # reproducible only where equal
         base.save(bundle)
     report_prior(base, records, seed, priority)
     return base
@@ -344,7 +343,7 @@ def report_prior(
     val = val.join(level, on="task", how="left")
     sample = to_examples(val, priority, base.model_config.max_input_tokens)
     median = finite_median(base.sample_texts(sample.texts, 16, seed=0))
-    for key, value in sorted(base.metadata.get("trained_with", {}).items()):
+    for key, value in sorted(base.metadata.get(TRAINED_WITH, {}).items()):
         print(f"prior_{key}: {value}")  # sorted, as the saved bundle has them; older have none
     print(f"prior_val_mre: {mre(sample.targets, median):.2f}")
     print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)

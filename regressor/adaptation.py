@@ -19,6 +19,7 @@ from torch import nn
 from regressor.config import AdaptConfig, TrainConfig
 from regressor.dataset import Examples
 from regressor.ensemble import combine_fits, member_config, member_dir
+from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.lora import add_lora, merge_lora
 from regressor.model import EncoderDecoder
 from regressor.predictor import Predictor
@@ -117,6 +118,8 @@ def fine_tune(
         )
         for i in range(size)
     ]
+    # the members' views took the record (`fit`); the weights that ship were last trained here
+    adapted.metadata[TRAINED_WITH] = numeric_environment()
     return adapted, combine_fits(results)
 
 

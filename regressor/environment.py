@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# `Predictor.metadata` key: the `numeric_environment` its weights were last trained in
+TRAINED_WITH = "trained_with"
+
 
 def numeric_environment() -> dict[str, str]:
     """The torch build, its intra-op thread count and the CPU instruction set it picks kernels

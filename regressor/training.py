@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
+from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
@@ -402,7 +403,8 @@ def fit(
     logger: Logger | bool = False,
     resume: bool = True,
 ) -> FitResult:
-    """Train `predictor.model` in place; returns with the best validation checkpoint loaded.
+    """Train `predictor.model` in place; returns with the best validation checkpoint loaded and
+    `numeric_environment` in its metadata (`TRAINED_WITH`), which ships with its bundle.
 
     Stops at `max_steps`, at `max_minutes`, or when the validation score (`select_by`) stops
     improving for `early_stopping_patience` intervals (never before `min_steps`). With `resume`,
@@ -469,6 +471,7 @@ def fit(
     if best:
         load_checkpoint_weights(predictor.model, Path(best))
     predictor.model.eval()
+    predictor.metadata[TRAINED_WITH] = numeric_environment()  # bit-reproducible only where equal
     best_score = checkpoint.best_model_score
     return FitResult(
         steps=trainer.global_step,

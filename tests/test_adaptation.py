@@ -32,6 +32,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.dataset import Examples
+from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.lora import LoRALinear, add_lora, merge_lora
 from regressor.predictor import Predictor, pad_batch
 from regressor.tracking import configure_mlflow
@@ -87,9 +88,13 @@ def test_lora_changes_only_attention_and_mlp_linears(base, tmp_path: Path):
 
 def test_full_fine_tuning_leaves_the_base_untouched(base, tmp_path: Path):
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    changed = _changed(base, _adapt(base, tmp_path, method="full"))
+    adapted = _adapt(base, tmp_path, method="full")
+    changed = _changed(base, adapted)
     assert any(k.startswith("src_embed") for k in changed)
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    # the adapted weights carry where they were trained (a bundle keeps it); the base does not
+    assert adapted.metadata[TRAINED_WITH] == numeric_environment()
+    assert TRAINED_WITH not in base.metadata
 
 
 def test_fine_tuning_picks_its_checkpoint_by_the_train_configs_monitor(base, tmp_path: Path):

@@ -28,6 +28,7 @@ from test_reliability_training import (
 
 from regressor import ensemble, pipeline, registry
 from regressor.config import CONF_DIR, load_source_config
+from regressor.environment import TRAINED_WITH, numeric_environment
 
 TINY_PAIR = {**yaml.safe_load((CONF_DIR / "train" / "tiny.yaml").read_text()), "ensemble_size": 2}
 KILLABLE_PAIR = {**KILLABLE_TRAIN, "ensemble_size": 2}
@@ -62,6 +63,7 @@ def test_pipeline_trains_two_members_and_registers_one_pooled_model(tmp_path: Pa
 
     assert predictor.ensemble_size == 2
     assert predictor.model.num_parameters() == per_member
+    assert predictor.metadata[TRAINED_WITH] == numeric_environment()  # in the registered bundle
     assert not list(paths.checkpoints.glob("train-*"))  # removed once registered
     rows = pd.DataFrame({"text": data.splits["test"].texts[:3]})
     out = pyfunc.predict(rows, params={"num_samples": 5, "return_samples": True})
