@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
+from regressor.environment import TRAINED_WITH
 from regressor.predictor import Predictor, sha256_file
 from regressor.training import FitResult, fit_examples
 
@@ -78,7 +79,11 @@ def save_finished_member(directory: Path, member: Predictor, fitted: FitResult) 
     weights = directory / MEMBER_WEIGHTS
     torch.save(member.model.state_dict(), weights.with_suffix(".tmp"))
     os.replace(weights.with_suffix(".tmp"), weights)  # atomic: a kill leaves no half file
-    record = {"fit": asdict(fitted), "sha256": sha256_file(weights)}
+    record = {
+        "fit": asdict(fitted),
+        "sha256": sha256_file(weights),
+        TRAINED_WITH: member.metadata.get(TRAINED_WITH),  # what `fit` recorded, for the bundle
+    }
     tmp = directory / f"{MEMBER_FIT}.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, directory / MEMBER_FIT)
@@ -95,6 +100,8 @@ def load_finished_member(directory: Path, member: Predictor) -> FitResult | None
         return None
     member.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     member.model.eval()
+    if record.get(TRAINED_WITH):  # records written before it have none
+        member.metadata[TRAINED_WITH] = record[TRAINED_WITH]
     return FitResult(**record["fit"])
 
 

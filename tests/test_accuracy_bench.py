@@ -251,7 +251,7 @@ def test_deepperf_prior_seed_draws_another_prior_of_the_same_kind(tmp_path) -> N
     other = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
     assert (tmp_path / "checkpoints" / "deepperf_synthetic_words_3x20_tiny_30steps_seed1").is_dir()
     assert deepperf_protocol.recipe_tag(args) == f"{tag}_prior1"
-    assert args.seed == 0  # the fine-tuning folds and seeds still follow --seed
+    assert args.seed == 0  # pretrained on a copy: --seed, which the folds follow, is untouched
     weights, others = first.model.state_dict(), other.model.state_dict()
     assert any(not torch.equal(value, others[name]) for name, value in weights.items())
 

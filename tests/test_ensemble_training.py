@@ -139,4 +139,7 @@ def test_ensemble_retrain_killed_on_member_1_resumes_it_and_keeps_member_0(
     # The registered member 0 holds the weights the killed attempt saved.
     registered = predictor.members[0].state_dict()
     assert all(torch.equal(registered[k], v) for k, v in first.items())
+    # ... and where the killed attempt trained them (the bundle's metadata is member 0's)
+    trained_with = predictor.metadata[TRAINED_WITH]
+    assert trained_with["torch_version"] == numeric_environment()["torch_version"]
     assert not ckpt_dir.exists()
