@@ -269,7 +269,8 @@ def test_fine_tuning_an_ensemble_adapts_every_member(base_pair, tmp_path: Path, 
         assert all(torch.equal(before[j][k], v) for k, v in old.state_dict().items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["member0", "member1"]
     assert fitted.steps >= 2  # both members' steps, summed
-    assert adapted.metadata[TRAINED_WITH] == numeric_environment()  # the views' copies do not
+    # fine_tune sets it on the ensemble itself: the members' views only write their own copies
+    assert adapted.metadata[TRAINED_WITH] == numeric_environment()
     assert TRAINED_WITH not in base_pair.metadata
     assert adapted.sample_texts(_shots(3).texts, 5).shape == (3, 5)
 
