@@ -83,6 +83,7 @@ from regressor.predictor import Predictor
 from regressor.sampling import finite_median, relative_error_point, summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
+from regressor.sources.runs import EXTRA_PAIR_MARK
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
 from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
@@ -102,9 +103,15 @@ UNCERTAINTY = (
 PROBE_STEPS = (20, 60)
 
 
-def load_records(dataset: str, out: Path) -> pl.DataFrame:
-    """Ingest (idempotent: re-running adds nothing) and return the dataset's records."""
+def load_records(dataset: str, out: Path, pairs: str | None = None) -> pl.DataFrame:
+    """Ingest (idempotent: re-running adds nothing) and return the dataset's records; `pairs`
+    overrides a runs source's `reference.pairs` (the records are rebuilt on every ingest)."""
     source = load_source_config(SOURCES[dataset])
+    reference = getattr(source, "reference", None)
+    if pairs is not None and reference is not None:
+        source = source.model_copy(
+            update={"reference": reference.model_copy(update={"pairs": pairs})}
+        )
     raw = out / "raw"
     if dataset == "fleet" and not (raw / "demo_fleet").exists():
         generate_fleet(raw / "demo_fleet", FleetSimConfig())
@@ -134,6 +141,14 @@ def sides_of(dataset: str, records: pl.DataFrame, seed: int, out: Path) -> np.nd
     group_by = "workload" if dataset == "lumos" else "task+config"
     save_split(path, ids, sides, {"dataset": dataset, "seed": seed, "group_by": group_by})
     return sides
+
+
+def matched_test_only(records: pl.DataFrame, sides: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
+    """Drop the test part's extra reference pairings (`pairs: all`): every target run is scored
+    once, on its matched pair, as with `pairs: matched`; train and val keep every pairing."""
+    extra = records["record_id"].str.contains(EXTRA_PAIR_MARK, literal=True).to_numpy()
+    keep = ~(extra & (sides == "test"))
+    return records.filter(pl.Series(keep)), sides[keep]
 
 
 def codec_for(targets: np.ndarray) -> CodecConfig:
@@ -551,6 +566,7 @@ def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
     name += "_scientific" if args.number_format == "scientific" else ""
     name += f"_wd{args.weight_decay:g}" if args.weight_decay is not None else ""
     name += "_select-val_error" if args.select_by == "val_error" else ""
+    name += f"_{args.reference_pairs}-pairs" if args.reference_pairs else ""
     if args.pretrain_on:
         name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
@@ -595,13 +611,22 @@ def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples,
     """Each ensemble member's (train, val): the split's, or with `--cross-fit` train+val cut into
     K group folds (a configuration or workload never in two), member i validating on fold i and
     training on the rest. The ensemble then learns from all of train+val, as the tabular peers
-    do, while each member still stops early on groups it has not seen."""
+    do, while each member still stops early on groups it has not seen. Validation keeps only
+    matched reference pairs."""
     if not args.cross_fit:
-        return [(parts.train, parts.val)] * args.ensemble
+        return [(parts.train, matched_only(parts.val))] * args.ensemble
     pool = parts.fit_part()
     groups = groups_of(args.dataset, pool.tasks, pool.config_json)
     folds = GroupKFold(args.ensemble, shuffle=True, random_state=args.seed)
-    return [(pool.take(fit), pool.take(val)) for fit, val in folds.split(pool.texts, groups=groups)]
+    cuts = folds.split(pool.texts, groups=groups)
+    return [(pool.take(fit), matched_only(pool.take(val))) for fit, val in cuts]
+
+
+def matched_only(examples: Examples) -> Examples:
+    """A validation part without extra reference pairings (`pairs: all`): a member stops early on
+    what test scores, and decoding a part 3x as large each validation buys nothing."""
+    keep = [i for i, rid in enumerate(examples.record_ids) if EXTRA_PAIR_MARK not in rid]
+    return examples if len(keep) == len(examples) else examples.take(keep)
 
 
 @dataclass(frozen=True)
@@ -695,8 +720,8 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("--cross-fit needs --ensemble 2 or more (one fold per member)")
     out = Path(args.out)
     started = time.perf_counter()
-    records = load_records(args.dataset, out)
-    sides = sides_of(args.dataset, records, args.seed, out)
+    records = load_records(args.dataset, out, args.reference_pairs)
+    records, sides = matched_test_only(records, sides_of(args.dataset, records, args.seed, out))
     recipe = recipe_of(args)
     priority = priority_of(args)
     budget = recipe.model_config().max_input_tokens
@@ -834,6 +859,14 @@ def parse_args() -> argparse.Namespace:
         choices=("val_loss", "val_error"),
         default="val_loss",
         help="what picks each model's checkpoint and stops it early (TrainConfig.select_by)",
+    )
+    parser.add_argument(
+        "--reference-pairs",
+        choices=("matched", "all"),
+        default=None,
+        help="train/val records pair each run with its matched reference run only, or with every"
+        " reference run of its group (test keeps the matched pairs; the peers get the same"
+        " records; default: the source config's `reference.pairs`; use an --out of its own)",
     )
     ablation.add_argument(
         "--section-order",

@@ -472,6 +472,10 @@ class ReferenceConfig(Frozen):
     value: str  # e.g. m5.large
     match: tuple[str, ...] = Field(min_length=1)  # fields that define "the same workload"
     pair_on: str | None = None  # prefer the reference run with the same value (e.g. repetition)
+    # "matched": one record per run, with the reference run chosen above. "all": also one more
+    # record per other usable reference run of its group (training pairs x the group's repeats);
+    # those records' keys carry `EXTRA_PAIR_MARK` and the reference run's key.
+    pairs: Literal["matched", "all"] = "matched"
 
 
 class RunsSourceConfig(SourceText):

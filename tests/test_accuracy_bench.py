@@ -10,12 +10,14 @@ import re
 import sys
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from regressor.config import PROJECT_ROOT
 from regressor.dataset import Examples
 from regressor.environment import numeric_environment
+from regressor.sources.runs import EXTRA_PAIR_MARK
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
 import accuracy
@@ -60,6 +62,29 @@ def test_cross_fit_validates_each_record_once_and_keeps_configurations_whole() -
         assert not set(train.config_json) & set(val.config_json)
     plain = argparse.Namespace(cross_fit=False, ensemble=3)
     assert accuracy.member_parts(plain, parts) == [(parts.train, parts.val)] * 3
+
+
+def test_extra_reference_pairs_train_but_are_never_scored() -> None:
+    """`--reference-pairs all`: test and each member's validation keep the matched pairs only;
+    the training pool (the members' and the peers') keeps every pairing."""
+    ids = ["lumos/a/run_1", f"lumos/a/run_1{EXTRA_PAIR_MARK}ref_2", "lumos/b/run_1"]
+    records = pl.DataFrame({"record_id": ids * 2})
+    sides = np.array(["test"] * 3 + ["train"] * 3)
+    kept, kept_sides = accuracy.matched_test_only(records, sides)
+    assert kept["record_id"].to_list() == [ids[0], ids[2], *ids]
+    assert kept_sides.tolist() == ["test"] * 2 + ["train"] * 3
+    train = examples(60, "t")  # two of each configuration's three records are extra pairs
+    extra = [
+        f"{rid}{EXTRA_PAIR_MARK}ref" if i % 3 else rid for i, rid in enumerate(train.record_ids)
+    ]
+    paired = dataclasses.replace(train, record_ids=extra)
+    parts = accuracy.Parts(paired, examples(9, "v"), examples(6, "x"), {})
+    args = argparse.Namespace(cross_fit=True, ensemble=4, dataset="c3o", seed=0)
+    members = accuracy.member_parts(args, parts)
+    assert sum(len(val) for _, val in members) == 20 + 9  # matched training records + val
+    for fit, val in members:
+        assert not any(EXTRA_PAIR_MARK in rid for rid in val.record_ids)
+        assert any(EXTRA_PAIR_MARK in rid for rid in fit.record_ids)
 
 
 def recipe_args(**given) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import pytest
 from regressor.config import RunsSourceConfig
 from regressor.dataset import to_examples
 from regressor.sources.fleet import IngestReport
-from regressor.sources.runs import ingest_runs
+from regressor.sources.runs import ingest_runs, is_extra_pair
 from regressor.sources.series import read_series, summarize_frames
 from regressor.warehouse import Warehouse
 
@@ -213,3 +213,21 @@ def test_records_learn_their_ratio_to_the_reference_run(lab):
         key = record_id.removeprefix("lab/")
         assert scale == GOOD_RUNS[RECORDS[key]]
         assert ratio == pytest.approx(GOOD_RUNS[key] / GOOD_RUNS[RECORDS[key]])
+
+
+def test_every_pairing_adds_one_record_per_other_reference_run(tmp_path: Path, lab):
+    """`pairs: all`: each run keeps its matched record and gains one per other usable reference
+    run of its group, keyed apart; runs with one usable reference gain nothing."""
+    _, _, root = lab
+    every = source(root).reference.model_copy(update={"pairs": "all"})
+    with Warehouse(tmp_path / "all.duckdb") as wh:
+        ingest_runs(wh, source(root, reference=every), "r")
+        rows = wh.con.sql("SELECT record_key, config_json FROM row_records").fetchall()
+    refs = {key: json.loads(config)["reference"]["elapsed"] for key, config in rows}
+    extra = {key for key in refs if is_extra_pair(key)}
+    assert {key for key in refs if not is_extra_pair(key)} == set(RECORDS)
+    assert extra == {"big/sort_1#ref=ref/sort_2", "big/sort_2#ref=ref/sort_1"} | {
+        "big/sort_3#ref=ref/sort_2"
+    }
+    assert refs["big/sort_2#ref=ref/sort_1"] == GOOD_RUNS["ref/sort_1"]
+    assert refs["big/sort_2"] == GOOD_RUNS["ref/sort_2"]

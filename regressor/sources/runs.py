@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from regressor.config import RunsSourceConfig, data_root
+from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
 from regressor.sources.common import (
     FLOAT_RE,
     INT_RE,
@@ -360,6 +360,15 @@ def batches(runs: Iterator[Run], size: int) -> Iterator[list[Run]]:
 # -- records ---------------------------------------------------------------------------------
 
 
+# Joins a run's key and its reference run's key in the record key of an extra pair.
+EXTRA_PAIR_MARK = "#ref="
+
+
+def is_extra_pair(record_key: str) -> bool:
+    """A record pairing a run with another than its matched reference run (`pairs: all`)."""
+    return EXTRA_PAIR_MARK in record_key
+
+
 def pick_reference(
     run: dict[str, Any], refs: list[dict[str, Any]], pair_on: str | None
 ) -> dict[str, Any] | None:
@@ -369,6 +378,28 @@ def pick_reference(
         same = [r for r in usable if r["fields"].get(pair_on) == run["fields"].get(pair_on)]
         usable = same or usable
     return usable[0] if usable else None
+
+
+def paired_records(
+    run: dict[str, Any],
+    refs: list[dict[str, Any]],
+    ref: ReferenceConfig,
+    source: RunsSourceConfig,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """The run's record with its matched reference run, then (`pairs: all`) one per other usable
+    reference run of its group, keyed apart so the matched record keeps its own key."""
+    chosen = pick_reference(run, refs, ref.pair_on)
+    if chosen is None:
+        return []
+    out = [record(run, chosen, source, run_id)]
+    if ref.pairs == "all":
+        for other in refs:
+            if other is not chosen and other["logs_json"] is not None:
+                extra = record(run, other, source, run_id)
+                extra["record_key"] += EXTRA_PAIR_MARK + other["run_key"]
+                out.append(extra)
+    return out
 
 
 def build_records(runs: pl.DataFrame, source: RunsSourceConfig, run_id: str) -> pl.DataFrame:
@@ -386,9 +417,7 @@ def build_records(runs: pl.DataFrame, source: RunsSourceConfig, run_id: str) -> 
             if str(r["fields"].get(ref.field)) == ref.value:
                 continue  # a reference run has no reference of its own
             key = tuple(r["fields"].get(m) for m in ref.match)
-            chosen = pick_reference(r, groups.get(key, []), ref.pair_on)
-            if chosen is not None:
-                out.append(record(r, chosen, source, run_id))
+            out += paired_records(r, groups.get(key, []), ref, source, run_id)
     return pl.DataFrame(out, schema=RECORD_SCHEMA)
 
 
