@@ -27,6 +27,9 @@ Protocol:
    for lumos and the fleet also both with the logs' summary as columns (`..._logs`); for lumos
    on the log of target/reference runtime too, and the rule "reference runtime x median train
    ratio of the VM type". Nothing is tuned on the test part. `--peers-only` stops here.
+   `--reference-pairs all` (lumos) adds a record per other reference run of a target run's group
+   to train and val (so to every member and peer alike); test and each member's validation keep
+   the matched pairs only, so the scored records are the same as with `matched`.
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
 (%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
