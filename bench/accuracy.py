@@ -86,7 +86,7 @@ from regressor.predictor import Predictor
 from regressor.sampling import finite_median, relative_error_point, summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
-from regressor.sources.runs import EXTRA_PAIR_MARK
+from regressor.sources.runs import EXTRA_PAIR_MARK, is_extra_pair
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
 from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
@@ -628,7 +628,7 @@ def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples,
 def matched_only(examples: Examples) -> Examples:
     """A validation part without extra reference pairings (`pairs: all`): a member stops early on
     what test scores, and decoding a part 3x as large each validation buys nothing."""
-    keep = [i for i, rid in enumerate(examples.record_ids) if EXTRA_PAIR_MARK not in rid]
+    keep = [i for i, rid in enumerate(examples.record_ids) if not is_extra_pair(rid)]
     return examples if len(keep) == len(examples) else examples.take(keep)
 
 
