@@ -86,7 +86,7 @@ from regressor.predictor import Predictor
 from regressor.sampling import finite_median, relative_error_point, summarize
 from regressor.serialize import shuffle_section_lines
 from regressor.sources.dispatch import ingest_source
-from regressor.sources.runs import EXTRA_PAIR_MARK, is_extra_pair
+from regressor.sources.runs import is_extra_pair
 from regressor.splits import config_group, field_group, load_split, save_split, split_groups
 from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
@@ -149,7 +149,7 @@ def sides_of(dataset: str, records: pl.DataFrame, seed: int, out: Path) -> np.nd
 def matched_test_only(records: pl.DataFrame, sides: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
     """Drop the test part's extra reference pairings (`pairs: all`): every target run is scored
     once, on its matched pair, as with `pairs: matched`; train and val keep every pairing."""
-    extra = records["record_id"].str.contains(EXTRA_PAIR_MARK, literal=True).to_numpy()
+    extra = np.array([is_extra_pair(rid) for rid in records["record_id"]], dtype=bool)
     keep = ~(extra & (sides == "test"))
     return records.filter(pl.Series(keep)), sides[keep]
 
