@@ -6,7 +6,8 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--model small] [--seed 0] [--recipe scratch|pretrain] [--pretrain-minutes 3] \
         [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore] \
         [--temperature 1] [--recipe synthetic --prior-kind words --prior-systems 20 \
-        --prior-records 2000 --prior-seed 0 --pretrain-minutes 30 | --pretrain-steps 60000]
+        --prior-records 2000 --prior-seed 0 --pretrain-minutes 30 | --pretrain-steps 60000] \
+        [--fine-tune-steps 1500 --fine-tune-exact] [--store DIR|URL]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -26,7 +27,10 @@ and XGBoost on log target, on the option columns. textperf (small budget, `--min
 the error of the sampled median by default, `--select-by`; `--recipe pretrain` first pretrains
 one model per system on all the other systems' records for `--pretrain-minutes`, then
 fine-tunes every weight on each repetition's sample (`--recipe synthetic`: one model pretrained
-on generated systems, `regressor.configprior`, shared by every system and saved for reuse);
+on generated systems, `regressor.configprior`, shared by every system, saved for reuse and kept
+in MLflow, `--store`, whence another machine or a later run fetches it instead of pretraining a
+different one; `--fine-tune-exact` lets `--fine-tune-steps` alone, not the clock, end each
+fine-tuning);
 `--ensemble K` fits K such models with
 seeds 1000 apart and pools their samples, with `--cross-fit` each validating on its own fold of
 the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-reps` repetitions.
@@ -69,7 +73,8 @@ from c3o_fewshot import fine_tuned, pretrain, pretrain_sides
 from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
-from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
+from regressor.bundle_store import fetch_bundle, keep_bundle
+from regressor.config import PROJECT_ROOT, ResolvedPaths, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.environment import TRAINED_WITH
@@ -171,6 +176,9 @@ def textperf_recipe(args: argparse.Namespace) -> Recipe:
     return dataclasses.replace(recipe, split_lines=args.booleans == "words")
 
 
+# the time budget of a fine-tuning the clock must not end (`--fine-tune-exact`): none comes near
+A_WEEK_IN_MINUTES = 7 * 24 * 60.0
+
 Peer = Callable[[Examples, Examples, int], np.ndarray]
 
 
@@ -245,14 +253,23 @@ def textperf_fit(
     if base is not None:  # the shots' last len(val) records validate: exactly `val`
         val_fraction = len(val) / (len(train) + len(val))
         shots = concat(train, val)
-        steps = args.fine_tune_steps
-        return fine_tuned(
-            base, shots, args.minutes, seed, val_fraction, ckpt, args.select_by, steps
-        )[0]
+        # `--fine-tune-exact`: the step cap (or validation) ends it, not the clock
+        minutes = A_WEEK_IN_MINUTES if args.fine_tune_exact else args.minutes
+        tuned, fitted = fine_tuned(
+            base, shots, minutes, seed, val_fraction, ckpt, args.select_by, args.fine_tune_steps
+        )
+        print(f"{member_label(ckpt)}_fine_tune_steps: {fitted.steps}", flush=True)
+        return tuned
     # A fixed step plan (`--steps`) is not cut by the clock, so results do not follow the load.
     minutes = args.minutes if args.steps is None else 100 * args.minutes
     cfg = budget_config(minutes, seed, args.select_by)
     return train_textperf(textperf_recipe(args), train, val, cfg, ckpt, priority, args.steps)[0]
+
+
+def member_label(ckpt: Path) -> str:
+    """A member's name in printed lines: its repetition's checkpoint directory, plus `member<i>`
+    in an ensemble."""
+    return ckpt.name if ckpt.parent.name == "checkpoints" else f"{ckpt.parent.name}_{ckpt.name}"
 
 
 def saved_member(
@@ -314,23 +331,46 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     ckpt = out / "checkpoints" / f"{name}_{prior_length(args)}_seed{seed}"
     bundle = ckpt / "bundle"
     records = prior_records(args.prior_systems, args.prior_records, seed, args.prior_kind)
+    store = prior_store(args, out)
+    if not (bundle / BUNDLE_FILE).exists() and fetch_bundle(store, ckpt.name, bundle):
+        print(f"prior_fetched_from: {store.tracking_uri}", flush=True)
     if (bundle / BUNDLE_FILE).exists():
         base = Predictor.load(bundle)
-    elif args.rescore:  # re-sampling must never start a pretraining of its own
+        report_prior(base, records, seed, priority)
+        return base
+    if args.rescore:  # re-sampling must never start a pretraining of its own
         raise SystemExit(f"{bundle}: no saved prior to rescore from (run once without --rescore)")
-    else:
-        print(f"prior_records: {len(records)}", flush=True)
-        recipe = textperf_recipe(args)
-        prior_args = argparse.Namespace(**(vars(args) | {"seed": seed}))
-        base = pretrain(records, prior_args, priority, ckpt, recipe, args.pretrain_steps)
-        base.save(bundle)
-    report_prior(base, records, seed, priority)
+    print(f"prior_records: {len(records)}", flush=True)
+    recipe = textperf_recipe(args)
+    prior_args = argparse.Namespace(**(vars(args) | {"seed": seed}))
+    base = pretrain(records, prior_args, priority, ckpt, recipe, args.pretrain_steps)
+    base.save(bundle)
+    scores = report_prior(base, records, seed, priority)
+    made_with = {
+        "kind": args.prior_kind,
+        "systems": args.prior_systems,
+        "records": args.prior_records,
+        "seed": seed,
+        "model": args.model,
+        "length": prior_length(args),
+    }
+    keep_bundle(store, ckpt.name, bundle, made_with | base.metadata.get(TRAINED_WITH, {}), scores)
+    print(f"prior_kept_in: {store.tracking_uri}", flush=True)
     return base
+
+
+def prior_store(args: argparse.Namespace, out: Path) -> ResolvedPaths:
+    """Where priors are kept (`regressor.bundle_store`): `--store`, a tracking server's URL or a
+    directory holding a local MLflow store; by default `--out`'s own."""
+    store = args.store or str(out)
+    if store.startswith(("http://", "https://")):
+        return ResolvedPaths(var_dir=out, mlflow_server=store)
+    return ResolvedPaths(var_dir=Path(store).resolve())
 
 
 def report_prior(
     base: Predictor, records: pl.DataFrame, seed: int, priority: tuple[str, ...]
-) -> None:
+) -> dict[str, float]:
     """Whether the pretrained model reads the options: its MRE on (up to 600 of) the prior's
     validation records beside that of each system's median training target, which knows the
     system's level and nothing of its options; first, what it was pretrained with
@@ -345,8 +385,13 @@ def report_prior(
     median = finite_median(base.sample_texts(sample.texts, 16, seed=0))
     for key, value in sorted(base.metadata.get(TRAINED_WITH, {}).items()):
         print(f"prior_{key}: {value}")  # sorted, as the saved bundle has them; older have none
-    print(f"prior_val_mre: {mre(sample.targets, median):.2f}")
-    print(f"prior_level_mre: {mre(sample.targets, val['level'].to_numpy()):.2f}", flush=True)
+    scores = {
+        "prior_val_mre": mre(sample.targets, median),
+        "prior_level_mre": mre(sample.targets, val["level"].to_numpy()),
+    }
+    for key, value in scores.items():
+        print(f"{key}: {value:.2f}", flush=True)
+    return scores
 
 
 # The point estimates scored from draws [N, K], by the prefix of their lines: the median (the
@@ -482,7 +527,19 @@ def parse_args() -> argparse.Namespace:
         "--fine-tune-steps",
         type=int,
         default=600,
-        help="with --recipe pretrain: the step cap of each fine-tuning (within --minutes)",
+        help="with --recipe pretrain|synthetic: the step cap of each fine-tuning (within "
+        "--minutes unless --fine-tune-exact)",
+    )
+    parser.add_argument(
+        "--fine-tune-exact",
+        action="store_true",
+        help="fine-tunings stop at --fine-tune-steps or on validation, never on the clock, so "
+        "the members do not follow the machine's load or how many processes share it",
+    )
+    parser.add_argument(
+        "--store",
+        help="where synthetic priors are kept and looked up (regressor.bundle_store): an MLflow "
+        "tracking server's URL or a directory for a local store (default: --out)",
     )
     parser.add_argument(
         "--cross-fit",

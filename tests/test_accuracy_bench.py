@@ -9,12 +9,14 @@ import json
 import re
 import sys
 
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
-from regressor.config import PROJECT_ROOT
+from regressor import bundle_store
+from regressor.config import PROJECT_ROOT, ResolvedPaths
 from regressor.dataset import Examples
 from regressor.environment import numeric_environment
 from regressor.sources.runs import EXTRA_PAIR_MARK
@@ -195,7 +197,7 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
     with pytest.raises(SystemExit, match="no such checkpoint"):
         deepperf_protocol.saved_member(None, train, val, args, 3, tmp_path / "none", priority)
     # a member fine-tuned from a base (as from the synthetic prior) is rebuilt from that base
-    tuned_args = argparse.Namespace(**vars(args), fine_tune_steps=150)
+    tuned_args = argparse.Namespace(**vars(args), fine_tune_steps=150, fine_tune_exact=False)
     tuned_dir = tmp_path / "tuned"
     tuned = deepperf_protocol.textperf_fit(trained, train, val, tuned_args, 4, tuned_dir, priority)
     again = deepperf_protocol.saved_member(trained, train, val, tuned_args, 4, tuned_dir, priority)
@@ -212,8 +214,16 @@ def tiny_prior_args(rescore: bool) -> argparse.Namespace:
     return argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
-        prior_seed=None, recipe="synthetic",
+        prior_seed=None, recipe="synthetic", store=None,
     )  # fmt: skip
+
+
+def prior_report(printed: str) -> list[str]:
+    """The prior's report lines: what it was trained with and its two MREs, not where it came
+    from or went."""
+    provenance = ("prior_records:", "prior_kept_in:", "prior_fetched_from:")
+    lines = printed.splitlines()
+    return [line for line in lines if line.startswith("prior_") and not line.startswith(provenance)]
 
 
 def assert_same_weights(model: torch.nn.Module, other: torch.nn.Module) -> None:
@@ -244,10 +254,74 @@ def test_deepperf_synthetic_base_is_pretrained_once_then_loaded(tmp_path, capsys
     again = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
     printed_again = capsys.readouterr().out
     assert "prior_records" not in printed_again  # loaded, not pretrained again
-    assert printed_again.splitlines() == printed.splitlines()[-5:]  # the same report
+    assert printed_again.splitlines() == prior_report(printed)  # the same report, nothing else
     assert_same_weights(first.model, again.model)
     text = ["<task>\nLLVM_AllNumeric\n<config>\ngvn=1"]
     assert first.encode_texts(text) == again.encode_texts(text)
+
+
+def test_deepperf_prior_is_kept_in_mlflow_and_fetched_where_it_is_missing(tmp_path, capsys):
+    """A pretrained prior is logged to the MLflow store `--store` names (its bundle, what made
+    it, its scores); a run elsewhere whose own directory lacks it, even with `--rescore`, fetches
+    that prior instead of failing or pretraining another (a real tiny pretraining, a real store)."""
+    store = tmp_path / "store"
+    args = tiny_prior_args(rescore=False)
+    args.store = str(store)
+    first = deepperf_protocol.synthetic_base(args, tmp_path / "a", PRIOR_PRIORITY)
+    printed = capsys.readouterr().out
+    assert f"prior_kept_in: sqlite:///{store.resolve() / 'mlflow.db'}\n" in printed
+    name = "deepperf_synthetic_words_3x20_tiny_30steps_seed0"
+    paths = ResolvedPaths(var_dir=store.resolve())
+    run = mlflow.get_run(bundle_store.kept_run_id(paths, name))
+    assert run.data.params["kind"] == "words"
+    assert run.data.params["length"] == "30steps"
+    assert run.data.params["torch_threads"] == str(torch.get_num_threads())
+    reported = float(re.search(r"prior_val_mre: ([\d.]+)", printed)[1])
+    assert run.data.metrics["prior_val_mre"] == pytest.approx(reported, abs=0.005)
+    args.rescore = True  # elsewhere, nothing local: fetched, never pretrained
+    again = deepperf_protocol.synthetic_base(args, tmp_path / "b", PRIOR_PRIORITY)
+    printed_again = capsys.readouterr().out
+    assert "prior_fetched_from: " in printed_again
+    assert "prior_records" not in printed_again
+    assert prior_report(printed_again) == prior_report(printed)
+    assert_same_weights(first.model, again.model)
+    assert (tmp_path / "b" / "checkpoints" / name / "bundle" / "bundle.json").exists()
+    assert bundle_store.kept_run_id(paths, name.replace("seed0", "seed1")) is None
+
+
+def test_bundle_store_finds_nothing_in_an_empty_store_and_refuses_odd_names(tmp_path) -> None:
+    paths = ResolvedPaths(var_dir=tmp_path)
+    assert not bundle_store.fetch_bundle(paths, "prior_seed0", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+    with pytest.raises(ValueError, match="letters, digits"):
+        bundle_store.kept_run_id(paths, "x' or tags.y = 'z")
+
+
+def test_deepperf_exact_fine_tuning_is_not_cut_by_the_clock(tmp_path, capsys) -> None:
+    """`--fine-tune-exact`: a fine-tuning whose minutes ran out long ago still takes its
+    `--fine-tune-steps` (a real tiny prior, real fine-tunings), where without it the clock
+    stops it; each fine-tuning prints its step count."""
+    base = deepperf_protocol.synthetic_base(tiny_prior_args(False), tmp_path, PRIOR_PRIORITY)
+    rng = np.random.default_rng(0)
+    options = rng.integers(0, 2, size=(20, 2))
+    texts = [f"<task>\nS\n<config>\na={a}\nb={b}" for a, b in options]
+    sample = Examples(
+        [f"r{i}" for i in range(20)], ["S"] * 20, texts, 10.0 + options[:, 0], ["{}"] * 20
+    )
+    train, val = sample.take(range(16)), sample.take(range(16, 20))
+    steps = {}
+    for exact in (False, True):
+        args = argparse.Namespace(
+            model="tiny", booleans="digits", minutes=1e-4, select_by="val_loss", rescore=False,
+            fine_tune_steps=25, fine_tune_exact=exact,
+        )  # fmt: skip
+        capsys.readouterr()
+        ckpt = tmp_path / "checkpoints" / f"exact_{exact}"
+        deepperf_protocol.textperf_fit(base, train, val, args, 1, ckpt, PRIOR_PRIORITY)
+        printed = capsys.readouterr().out
+        steps[exact] = int(re.search(rf"exact_{exact}_fine_tune_steps: (\d+)", printed)[1])
+    assert steps[True] == 25
+    assert steps[False] < 25
 
 
 def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weights(

@@ -1,0 +1,80 @@
+"""Saved predictor bundles kept in MLflow, found again by name on any machine sharing the store.
+
+A benchmark's pretrained prior costs an hour or more on two cores and is bit-reproducible only
+on the same thread count and CPU (`regressor.environment`); a copy on one local disk is lost with
+that disk, and every figure fine-tuned from it with it. Logged as an MLflow run's artifacts
+(experiment `bundles`, tag `textperf.bundle` = its name), a bundle lives where the models do: the
+local SQLite store, or a team's tracking server, from which another machine or a later session
+fetches it instead of pretraining a different one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+
+from regressor.config import ResolvedPaths
+from regressor.tracking import configure_mlflow
+
+BUNDLE_EXPERIMENT = "bundles"
+NAME_TAG = "textperf.bundle"
+ARTIFACT_DIR = "bundle"
+# names go into a search filter: letters, digits and . _ - only, so no quoting can break it
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _checked(name: str) -> str:
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"bundle name {name!r}: use letters, digits and . _ - only")
+    return name
+
+
+def keep_bundle(
+    paths: ResolvedPaths,
+    name: str,
+    directory: Path,
+    params: Mapping[str, object],
+    metrics: Mapping[str, float],
+) -> str:
+    """Log `directory` (a saved `Predictor` bundle) as run artifacts under `name`, with the
+    params it was made with and the metrics it scored; returns the run id."""
+    configure_mlflow(paths, BUNDLE_EXPERIMENT)
+    with mlflow.start_run(run_name=_checked(name), tags={NAME_TAG: name}) as run:
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics(dict(metrics))
+        mlflow.log_artifacts(str(directory), artifact_path=ARTIFACT_DIR)
+    return run.info.run_id
+
+
+def kept_run_id(paths: ResolvedPaths, name: str) -> str | None:
+    """The latest finished run that kept a bundle named `name`, if any."""
+    experiment_id = configure_mlflow(paths, BUNDLE_EXPERIMENT)
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{NAME_TAG}` = '{_checked(name)}' and status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def fetch_bundle(paths: ResolvedPaths, name: str, destination: Path) -> bool:
+    """Download the bundle kept as `name` into `destination` (which must not exist); False if
+    the store has none. The download lands in a sibling temporary directory and is renamed into
+    place, so an interrupted fetch never leaves something that looks like a bundle."""
+    run_id = kept_run_id(paths, name)
+    if run_id is None:
+        return False
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=scratch
+        )
+        shutil.move(local, destination)
+    return True
