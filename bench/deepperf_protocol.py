@@ -74,12 +74,13 @@ from sklearn.model_selection import KFold
 
 from regressor import baselines, tabular
 from regressor.bundle_store import fetch_bundle, keep_bundle
-from regressor.config import PROJECT_ROOT, ResolvedPaths, load_model_config, load_source_config
+from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.environment import TRAINED_WITH
 from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import finite_median, relative_error_point
+from regressor.tracking import store_paths
 from regressor.training import load_checkpoint_weights
 
 DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "deepperf" / "Data"
@@ -331,7 +332,7 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     ckpt = out / "checkpoints" / f"{name}_{prior_length(args)}_seed{seed}"
     bundle = ckpt / "bundle"
     records = prior_records(args.prior_systems, args.prior_records, seed, args.prior_kind)
-    store = prior_store(args, out)
+    store = store_paths(args.store, out)  # where priors are kept: regressor.bundle_store
     if not (bundle / BUNDLE_FILE).exists() and fetch_bundle(store, ckpt.name, bundle):
         print(f"prior_fetched_from: {store.tracking_uri}", flush=True)
     if (bundle / BUNDLE_FILE).exists():
@@ -357,15 +358,6 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
     keep_bundle(store, ckpt.name, bundle, made_with | base.metadata.get(TRAINED_WITH, {}), scores)
     print(f"prior_kept_in: {store.tracking_uri}", flush=True)
     return base
-
-
-def prior_store(args: argparse.Namespace, out: Path) -> ResolvedPaths:
-    """Where priors are kept (`regressor.bundle_store`): `--store`, a tracking server's URL or a
-    directory holding a local MLflow store; by default `--out`'s own."""
-    store = args.store or str(out)
-    if store.startswith(("http://", "https://")):
-        return ResolvedPaths(var_dir=out, mlflow_server=store)
-    return ResolvedPaths(var_dir=Path(store).resolve())
 
 
 def report_prior(

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import mlflow
 
-from regressor.config import PROJECT_ROOT, ResolvedPaths
+from regressor.config import PROJECT_ROOT
 from regressor.registry import git_commit
-from regressor.tracking import configure_mlflow
+from regressor.tracking import configure_mlflow, store_paths
 
 FIGURE = re.compile(r"^([A-Za-z0-9_.\-/]+): (.+)$")
 # what a bench writes beside its checkpoints that is worth keeping with the run
@@ -114,16 +114,9 @@ def log_figures(figures: Figures) -> None:
         mlflow.set_tags({f"figure.{name}": value for name, value in figures.tags.items()})
 
 
-def store_paths(store: str | None) -> ResolvedPaths:
-    var = PROJECT_ROOT / "var"
-    if store and store.startswith(("http://", "https://")):
-        return ResolvedPaths(var_dir=var, mlflow_server=store)
-    return ResolvedPaths(var_dir=Path(store).resolve() if store else var)
-
-
 def tracked(args: argparse.Namespace) -> int:
     """Run the bench command inside an MLflow run; the command's exit code."""
-    configure_mlflow(store_paths(args.store), args.experiment)
+    configure_mlflow(store_paths(args.store, PROJECT_ROOT / "var"), args.experiment)
     started = time.time() - 1  # file mtimes are coarse on some filesystems
     tags = {"command": shlex.join(args.command)[:TAG_LIMIT], "git_commit": git_commit()}
     run = mlflow.start_run(run_name=args.run_name or Path(args.command[0]).stem, tags=tags)

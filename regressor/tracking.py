@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from regressor.config import ResolvedPaths
+
+
+def store_paths(store: str | None, default_dir: Path) -> ResolvedPaths:
+    """The MLflow store a bench's `--store` names: a tracking server's URL, or a directory
+    holding a local store (its `mlflow.db` and `mlartifacts/`); `default_dir`'s when None."""
+    if store and store.startswith(("http://", "https://")):
+        return ResolvedPaths(var_dir=default_dir, mlflow_server=store)
+    return ResolvedPaths(var_dir=Path(store or default_dir).resolve())
 
 
 def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:

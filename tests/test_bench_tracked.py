@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from regressor.config import PROJECT_ROOT
+from regressor.tracking import store_paths
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 import tracked
@@ -108,3 +109,11 @@ def test_parse_figure(line: str, figure) -> None:
 def test_the_command_is_required() -> None:
     with pytest.raises(SystemExit):
         tracked.parse_args(["--store", "x"])
+
+
+def test_store_is_a_server_url_or_a_local_directory(tmp_path: Path) -> None:
+    server = store_paths("http://mlflow:5000", tmp_path)
+    assert server.tracking_uri == "http://mlflow:5000"
+    local = store_paths(str(tmp_path / "s"), tmp_path)
+    assert local.tracking_uri == f"sqlite:///{(tmp_path / 's').resolve() / 'mlflow.db'}"
+    assert store_paths(None, tmp_path).var_dir == tmp_path.resolve()
