@@ -46,6 +46,7 @@ from regressor.adaptation import fine_tune
 from regressor.config import AdaptConfig, load_model_config, load_source_config
 from regressor.dataset import Examples, to_examples
 from regressor.evaluation import point_metrics
+from regressor.neighbours import with_neighbours
 from regressor.predictor import Predictor
 from regressor.splits import config_group, split_groups
 from regressor.training import FitResult
@@ -89,13 +90,21 @@ def pretrain(
     ckpt: Path,
     recipe: Recipe,
     steps: int | None = None,
+    neighbours: int = 0,
 ) -> Predictor:
     """`recipe` trained from scratch on `others` within `--pretrain-minutes`, or for exactly
-    `steps` steps (then the clock does not cut it, so the result does not follow the load)."""
+    `steps` steps (then the clock does not cut it, so the result does not follow the load);
+    with `neighbours` k, every text ends with its k nearest training records of its task
+    (`regressor.neighbours`)."""
     sides = pretrain_sides(others, args.seed)
     budget = load_model_config(args.model).max_input_tokens
     train = to_examples(others.filter(pl.Series(sides == "train")), priority, budget)
     val = to_examples(others.filter(pl.Series(sides == "test")), priority, budget)
+    if neighbours:
+        train, val = (
+            with_neighbours(train, train, neighbours),
+            with_neighbours(val, train, neighbours),
+        )
     minutes = args.pretrain_minutes if steps is None else 100 * args.pretrain_minutes
     cfg = budget_config(minutes, args.seed)
     predictor, fitted, _ = train_textperf(recipe, train, val, cfg, ckpt, priority, steps)

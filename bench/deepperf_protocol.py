@@ -78,6 +78,7 @@ from regressor.config import PROJECT_ROOT, load_model_config, load_source_config
 from regressor.configprior import PRIOR_KINDS, prior_records
 from regressor.dataset import Examples, to_examples
 from regressor.environment import TRAINED_WITH
+from regressor.neighbours import with_neighbours
 from regressor.predictor import BUNDLE_FILE, Predictor
 from regressor.sampling import finite_median, relative_error_point
 from regressor.tracking import store_paths
@@ -298,14 +299,20 @@ def saved_member(
 
 
 def prior_shape(args: argparse.Namespace) -> str:
-    return f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}_{args.model}"
+    """The prior's kind, size and model, and `_nb<k>` if its texts carry k neighbours."""
+    shape = f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}_{args.model}"
+    return shape + neighbours_tag(args)
+
+
+def neighbours_tag(args: argparse.Namespace) -> str:
+    return f"_nb{args.neighbours}" if args.neighbours else ""
 
 
 def recipe_tag(args: argparse.Namespace) -> str:
     """The recipe in member checkpoint names: members fine-tuned from different priors apart
     (a `--prior-seed` other than `--seed` named too; the default keeps the older names)."""
     if args.recipe != "synthetic":
-        return args.recipe
+        return args.recipe + neighbours_tag(args)
     tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
     return tag if prior_seed(args) == args.seed else f"{tag}_prior{prior_seed(args)}"
 
@@ -337,16 +344,18 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
         print(f"prior_fetched_from: {store.tracking_uri}", flush=True)
     if (bundle / BUNDLE_FILE).exists():
         base = Predictor.load(bundle)
-        report_prior(base, records, seed, priority)
+        report_prior(base, records, seed, priority, args.neighbours)
         return base
     if args.rescore:  # re-sampling must never start a pretraining of its own
         raise SystemExit(f"{bundle}: no saved prior to rescore from (run once without --rescore)")
     print(f"prior_records: {len(records)}", flush=True)
     recipe = textperf_recipe(args)
     prior_args = argparse.Namespace(**(vars(args) | {"seed": seed}))
-    base = pretrain(records, prior_args, priority, ckpt, recipe, args.pretrain_steps)
+    base = pretrain(
+        records, prior_args, priority, ckpt, recipe, args.pretrain_steps, args.neighbours
+    )
     base.save(bundle)
-    scores = report_prior(base, records, seed, priority)
+    scores = report_prior(base, records, seed, priority, args.neighbours)
     made_with = {
         "kind": args.prior_kind,
         "systems": args.prior_systems,
@@ -361,7 +370,11 @@ def synthetic_base(args: argparse.Namespace, out: Path, priority: tuple[str, ...
 
 
 def report_prior(
-    base: Predictor, records: pl.DataFrame, seed: int, priority: tuple[str, ...]
+    base: Predictor,
+    records: pl.DataFrame,
+    seed: int,
+    priority: tuple[str, ...],
+    neighbours: int = 0,
 ) -> dict[str, float]:
     """Whether the pretrained model reads the options: its MRE on (up to 600 of) the prior's
     validation records beside that of each system's median training target, which knows the
@@ -373,7 +386,10 @@ def report_prior(
     val = val.sample(min(600, len(val)), seed=0)
     level = train.group_by("task").agg(pl.col("target").median().alias("level"))
     val = val.join(level, on="task", how="left")
-    sample = to_examples(val, priority, base.model_config.max_input_tokens)
+    budget = base.model_config.max_input_tokens
+    sample = to_examples(val, priority, budget)
+    if neighbours:  # as pretrained: the nearest training records of the same system
+        sample = with_neighbours(sample, to_examples(train, priority, budget), neighbours)
     median = finite_median(base.sample_texts(sample.texts, 16, seed=0))
     for key, value in sorted(base.metadata.get(TRAINED_WITH, {}).items()):
         print(f"prior_{key}: {value}")  # sorted, as the saved bundle has them; older have none
@@ -433,9 +449,14 @@ def run_textperf(
             seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
             train, val = member_parts(sample, i, args, rep)
+            test_texts = test.texts
+            if args.neighbours:  # every text reads the member's own training records
+                nb = args.neighbours
+                test_texts = with_neighbours(test, train, nb).texts
+                train, val = with_neighbours(train, train, nb), with_neighbours(val, train, nb)
             predictor = textperf_fit(base, train, val, args, seed, member_ckpt, priority)
             t = args.temperature
-            draws.append(predictor.sample_texts(test.texts, 32, t, seed=rep + 1000 * i))
+            draws.append(predictor.sample_texts(test_texts, 32, t, seed=rep + 1000 * i))
             val_draws = predictor.sample_texts(val.texts, 32, t, seed=rep)
             members.append(MemberSamples(draws[-1], val_draws, val.record_ids))
             for key, point in point_estimates(val_draws).items():
@@ -532,6 +553,13 @@ def parse_args() -> argparse.Namespace:
         "--store",
         help="where synthetic priors are kept and looked up (regressor.bundle_store): an MLflow "
         "tracking server's URL or a directory for a local store (default: --out)",
+    )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="end every text with its k nearest training records of its system, their targets "
+        "and differing options (regressor.neighbours), in the prior and the members alike",
     )
     parser.add_argument(
         "--cross-fit",

@@ -214,7 +214,7 @@ def tiny_prior_args(rescore: bool) -> argparse.Namespace:
     return argparse.Namespace(
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
-        prior_seed=None, recipe="synthetic", store=None,
+        prior_seed=None, recipe="synthetic", store=None, neighbours=0,
     )  # fmt: skip
 
 
