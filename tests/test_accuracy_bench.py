@@ -324,6 +324,25 @@ def test_deepperf_exact_fine_tuning_is_not_cut_by_the_clock(tmp_path, capsys) ->
     assert steps[False] < 25
 
 
+def test_deepperf_prior_with_neighbours_reads_them_and_is_named_apart(tmp_path, capsys) -> None:
+    """`--neighbours k`: the prior pretrains (a real tiny fit) on texts that end with each
+    record's k nearest training records of its system, its report reads them too, and it and
+    its members are named apart from a prior without them."""
+    args = tiny_prior_args(rescore=False)
+    plain_tag = deepperf_protocol.recipe_tag(args)
+    args.neighbours = 2
+    base = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
+    assert "prior_val_mre: " in capsys.readouterr().out
+    name = "deepperf_synthetic_words_3x20_tiny_nb2_30steps_seed0"
+    assert (tmp_path / "checkpoints" / name / "bundle").is_dir()
+    assert deepperf_protocol.recipe_tag(args) == plain_tag.replace("_tiny_", "_tiny_nb2_")
+    args.neighbours = 0  # the same seed, records and steps without them
+    plain = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
+    # its tokenizer learnt from texts with the section: its header costs fewer tokens
+    header = "<neighbours>"
+    assert base.tokenizer.count_tokens(header) < plain.tokenizer.count_tokens(header)
+
+
 def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weights(
     tmp_path,
 ) -> None:
