@@ -421,7 +421,7 @@ def test_deepperf_runs_save_their_members_draws_for_pool_to_score_the_same(
     args = argparse.Namespace(
         model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss",
         rescore=False, recipe="scratch", textperf_size=1, textperf_reps=1, textperf_first_rep=0,
-        ensemble=2, cross_fit=True, seed=0, temperature=1.0,
+        ensemble=2, cross_fit=True, seed=0, temperature=1.0, neighbours=0,
     )  # fmt: skip
     deepperf_protocol.run_textperf("Dune", sample, None, args, tmp_path)
     printed = capsys.readouterr().out
