@@ -7,7 +7,7 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--steps 1500] [--select-by val_error] [--booleans digits|words] [--rescore] \
         [--temperature 1] [--recipe synthetic --prior-kind words --prior-systems 20 \
         --prior-records 2000 --prior-seed 0 --pretrain-minutes 30 | --pretrain-steps 60000] \
-        [--fine-tune-steps 1500 --fine-tune-exact] [--store DIR|URL]
+        [--fine-tune-steps 1500 --fine-tune-exact] [--store DIR|URL] [--neighbours 3]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -601,6 +601,11 @@ def parse_args() -> argparse.Namespace:
         parser.error("--rescore needs a saved base: from-scratch or synthetic-prior members")
     if args.pretrain_steps is not None and args.recipe != "synthetic":
         parser.error("--pretrain-steps sets the synthetic prior's length (--recipe synthetic)")
+    if args.neighbours and args.recipe == "pretrain":
+        parser.error(
+            "--neighbours: the synthetic prior and from-scratch members read them, not "
+            "--recipe pretrain's per-system base"
+        )
     if args.prior_seed is not None and args.recipe != "synthetic":
         parser.error("--prior-seed seeds the synthetic prior (--recipe synthetic)")
     if args.booleans == "words" and args.recipe != "scratch":
