@@ -23,10 +23,9 @@ from regressor.dataset import Examples
 HEADER = "<neighbours>"
 
 
-def option_matrix(config_json: Sequence[str], keys: Sequence[str]) -> np.ndarray:
+def option_matrix(configs: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
     """float64 [N, len(keys)]: each configuration's option values (NaN where absent or not a
     number), in `keys`' order."""
-    configs = [json.loads(c) for c in config_json]
     return np.array(
         [[_number(config.get(key)) for key in keys] for config in configs], dtype=np.float64
     ).reshape(len(configs), len(keys))
@@ -39,6 +38,11 @@ def _number(value: object) -> float:
         return float("nan")
 
 
+def differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Where option values differ, broadcast: two missing values (NaN) are the same value."""
+    return (a != b) & ~(np.isnan(a) & np.isnan(b))
+
+
 def nearest(
     query: np.ndarray, reference: np.ndarray, k: int, excluded: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -49,9 +53,7 @@ def nearest(
     M), ties broken by reference order so the result is deterministic; an excluded row that had
     to be taken counts inf.
     """
-    differ = (query[:, None, :] != reference[None, :, :]) & ~(  # [N, M, O]
-        np.isnan(query[:, None, :]) & np.isnan(reference[None, :, :])
-    )
+    differ = differing(query[:, None, :], reference[None, :, :])  # [N, M, O]
     distance = differ.sum(axis=2).astype(np.float64)  # [N, M]
     rows = np.flatnonzero(excluded >= 0)
     distance[rows, excluded[rows]] = np.inf
@@ -70,11 +72,7 @@ def neighbour_lines(
     from the query's, as `key=value` in `keys`' order (an identical neighbour lists none)."""
     lines = []
     for row, target in zip(rows, targets, strict=True):
-        differs = [
-            f"{key}={_value(row[j])}"
-            for j, key in enumerate(keys)
-            if query_row[j] != row[j] and not (np.isnan(query_row[j]) and np.isnan(row[j]))
-        ]
+        differs = [f"{keys[j]}={_value(row[j])}" for j in np.flatnonzero(differing(query_row, row))]
         lines.append(" ".join([f"{target:.4g}", "|", *differs]).rstrip())
     return lines
 
@@ -90,12 +88,11 @@ def with_neighbours(examples: Examples, reference: Examples, k: int) -> Examples
     for task in set(examples.tasks):
         query_idx = [i for i, t in enumerate(examples.tasks) if t == task]
         ref_idx = by_task.get(task, [])
-        keys = sorted(
-            {key for i in query_idx for key in json.loads(examples.config_json[i])}
-            | {key for j in ref_idx for key in json.loads(reference.config_json[j])}
-        )
-        query = option_matrix([examples.config_json[i] for i in query_idx], keys)
-        ref = option_matrix([reference.config_json[j] for j in ref_idx], keys)
+        query_configs = [json.loads(examples.config_json[i]) for i in query_idx]
+        ref_configs = [json.loads(reference.config_json[j]) for j in ref_idx]
+        keys = sorted({key for config in query_configs + ref_configs for key in config})
+        query = option_matrix(query_configs, keys)
+        ref = option_matrix(ref_configs, keys)
         position = {reference.record_ids[j]: p for p, j in enumerate(ref_idx)}
         excluded = np.array([position.get(examples.record_ids[i], -1) for i in query_idx])
         order, distance = nearest(query, ref, k, excluded)
