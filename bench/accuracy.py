@@ -154,12 +154,14 @@ def matched_test_only(records: pl.DataFrame, sides: np.ndarray) -> tuple[pl.Data
     return records.filter(pl.Series(keep)), sides[keep]
 
 
-def codec_for(targets: np.ndarray) -> CodecConfig:
+def codec_for(targets: np.ndarray, exponent_first: bool = False) -> CodecConfig:
     """Exponents spanning the training targets with a decade of room on each side."""
     positive = targets[targets > 0]
     low = math.floor(math.log10(positive.min())) - 1
     high = math.ceil(math.log10(positive.max())) + 1
-    return CodecConfig(mantissa_digits=4, exponent_min=low, exponent_max=high)
+    return CodecConfig(
+        mantissa_digits=4, exponent_min=low, exponent_max=high, exponent_first=exponent_first
+    )
 
 
 def budget_config(
@@ -226,6 +228,7 @@ class Recipe:
     mixed_target_forms: bool = False  # odd ensemble members learn the target itself
     shuffle_fields: bool = False  # augment: fields in a new order at every draw
     split_lines: bool = False  # the tokenizer never merges across a line break
+    exponent_first: bool = False  # the decoder writes a number's exponent before its digits
 
     def model_config(self) -> ModelConfig:
         overrides = {
@@ -244,6 +247,7 @@ class Recipe:
         suffix += "_mixed" if self.mixed_target_forms else ""
         suffix += "_shuffled" if self.shuffle_fields else ""
         suffix += "_lines" if self.split_lines else ""
+        suffix += "_exponent_first" if self.exponent_first else ""
         suffix += f"_dropout{self.dropout:g}" if self.dropout is not None else ""
         if self.attention_dropout is not None:
             suffix += f"_attn{self.attention_dropout:g}"
@@ -269,7 +273,7 @@ def new_predictor(
     tokenizer = InputTokenizer.train(
         corpus, model_cfg.input_vocab_size, recipe.split_digits, recipe.split_lines
     )
-    codec = codec_for(targets)
+    codec = codec_for(targets, recipe.exponent_first)
     return Predictor.create(
         model_cfg,
         codec,
@@ -551,8 +555,20 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
         relative_to=relative_to,
         mixed_target_forms=mixed and relative_to is not None,
         shuffle_fields=args.shuffle_fields,
+        exponent_first=args.number_order == "exponent-first",
         dropout=args.dropout,
         attention_dropout=args.attention_dropout,
+    )
+
+
+def add_number_order(parser: argparse._ActionsContainer) -> None:
+    """`--number-order`: the token order in which the decoder writes a number (`CodecConfig`)."""
+    parser.add_argument(
+        "--number-order",
+        choices=("mantissa-first", "exponent-first"),
+        default="mantissa-first",
+        help="the decoder writes sign, digits, exponent (the paper's order) or sign, exponent,"
+        " digits: the decade before the digits",
     )
 
 
@@ -822,6 +838,7 @@ def parse_args() -> argparse.Namespace:
         help="one token per digit, or digit runs kept whole so a frequent number can become one"
         " token (default: the source config's `whole_numbers`)",
     )
+    add_number_order(ablation)
     ablation.add_argument(
         "--number-format",
         choices=("plain", "scientific"),

@@ -8,6 +8,7 @@ r"""DeepPerf's protocol on the SPL Conqueror systems: MRE over repetitions, besi
         [--temperature 1] [--recipe synthetic --prior-kind words --prior-systems 20 \
         --prior-records 2000 --prior-seed 0 --pretrain-minutes 30 | --pretrain-steps 60000] \
         [--fine-tune-steps 1500 --fine-tune-exact] [--store DIR|URL] [--neighbours 3]
+        [--number-order exponent-first]
 
 Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
 - binary systems (Apache, x264, LLVM, BDBC, BDBJ, SQL): sample sizes n, 2n, 3n, 4n, 5n with n the
@@ -61,6 +62,7 @@ from accuracy import (
     DEFAULT_OUT,
     MemberSamples,
     Recipe,
+    add_number_order,
     budget_config,
     concat,
     load_records,
@@ -175,7 +177,11 @@ def booleans_as_words(examples: Examples) -> Examples:
 
 def textperf_recipe(args: argparse.Namespace) -> Recipe:
     recipe = source_recipe(args.model, "deepperf")
-    return dataclasses.replace(recipe, split_lines=args.booleans == "words")
+    return dataclasses.replace(
+        recipe,
+        split_lines=args.booleans == "words",
+        exponent_first=args.number_order == "exponent-first",
+    )
 
 
 # the time budget of a fine-tuning the clock must not end (`--fine-tune-exact`): none comes near
@@ -299,20 +305,23 @@ def saved_member(
 
 
 def prior_shape(args: argparse.Namespace) -> str:
-    """The prior's kind, size and model, and `_nb<k>` if its texts carry k neighbours."""
+    """The prior's kind, size and model, and `_nb<k>` if its texts carry k neighbours (`_ef` if
+    it writes numbers exponent first: a prior's members keep its codec)."""
     shape = f"{args.prior_kind}_{args.prior_systems}x{args.prior_records}_{args.model}"
-    return shape + neighbours_tag(args)
+    return shape + input_output_tag(args)
 
 
-def neighbours_tag(args: argparse.Namespace) -> str:
-    return f"_nb{args.neighbours}" if args.neighbours else ""
+def input_output_tag(args: argparse.Namespace) -> str:
+    """What the texts carry beyond the options, and how the decoder writes a number."""
+    tag = f"_nb{args.neighbours}" if args.neighbours else ""
+    return tag + ("_ef" if args.number_order == "exponent-first" else "")
 
 
 def recipe_tag(args: argparse.Namespace) -> str:
     """The recipe in member checkpoint names: members fine-tuned from different priors apart
     (a `--prior-seed` other than `--seed` named too; the default keeps the older names)."""
     if args.recipe != "synthetic":
-        return args.recipe + neighbours_tag(args)
+        return args.recipe + input_output_tag(args)
     tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
     return tag if prior_seed(args) == args.seed else f"{tag}_prior{prior_seed(args)}"
 
@@ -561,6 +570,7 @@ def parse_args() -> argparse.Namespace:
         help="end every text with its k nearest training records of its system, their targets "
         "and differing options (regressor.neighbours), in the prior and the members alike",
     )
+    add_number_order(parser)
     parser.add_argument(
         "--cross-fit",
         action="store_true",

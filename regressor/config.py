@@ -113,6 +113,9 @@ class CodecConfig(Frozen):
     exponent_max: int = 308
     # Values per record (several objectives): the decoder writes one number after the other.
     num_objectives: int = Field(1, ge=1, le=64)
+    # Token order of a number: `[sign][d1..dD][exponent]` (the paper's, RegressLM's) or, when
+    # set, `[sign][exponent][d1..dD]`: the decade is decided before the digits (coarse to fine).
+    exponent_first: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> CodecConfig:

@@ -9,6 +9,11 @@ A number is always `number_len = D + 2` tokens: `[sign][d1]...[dD][exponent]`, r
     0.0      -> + 0 0 0 0 E<emin>   (canonical zero: the only sequence whose d1 is 0; -0.0 too)
     nan      -> <nan> <pad> ... <pad>  (likewise <+inf> and <-inf>: the sign slot says it all)
 
+With `CodecConfig.exponent_first` the exponent comes right after the sign, `[sign][exponent]
+[d1]...[dD]` (123.456 -> + E2 1 2 3 5): the decoder then picks the decade before the digits, coarse
+to fine. Internally every number is handled in the first layout; `encode`, `decode` and
+`allowed_mask` translate at the edges, so the two orders write the same language.
+
 Range (`CodecConfig.exponent_min .. exponent_max`, by default every finite float64):
 - overflow: a value whose rounded exponent is above `exponent_max` clamps to the largest
   representable magnitude `9.99..9 * 10**exponent_max` with its sign;
@@ -51,6 +56,11 @@ class NumberCodec:
         self.exponent_max = cfg.exponent_max
         self.num_objectives = cfg.num_objectives
         self.number_len = self.digits + 2  # tokens of one number
+        self.exponent_first = cfg.exponent_first
+        # emitted[i] = canonical[_emitted[i]], canonical = [sign, d1..dD, exponent]
+        last = self.number_len - 1
+        self._emitted = [0, last, *range(1, last)] if self.exponent_first else list(range(last + 1))
+        self._canonical = list(np.argsort(self._emitted))
         self.seq_len = self.num_objectives * self.number_len  # tokens of one record's values
         self.vocab_size = EXPONENT0 + cfg.exponent_max - cfg.exponent_min + 1
         self.bos_id = BOS
@@ -77,7 +87,8 @@ class NumberCodec:
             raise ValueError(f"expected {self.num_objectives} values per record")
         rows = [self._encode_one(float(x)) for x in flat]
         n = len(flat) // self.num_objectives
-        return torch.tensor(rows, dtype=torch.long).reshape(n, self.seq_len)
+        ids = torch.tensor(rows, dtype=torch.long).reshape(-1, self.number_len)
+        return ids[:, self._emitted].reshape(n, self.seq_len)
 
     def _encode_one(self, x: float) -> list[int]:
         filler = [PAD] * (self.number_len - 1)
@@ -122,7 +133,7 @@ class NumberCodec:
         """
         ids = torch.as_tensor(ids).detach().cpu().long()
         batch_shape = (*ids.shape[:-1], *self.value_shape)
-        ids = ids.reshape(-1, self.number_len).numpy()  # [N * M, number_len]
+        ids = ids.reshape(-1, self.number_len).numpy()[:, self._canonical]  # [N * M, number_len]
         sign, digits, exp_id = ids[:, 0], ids[:, 1:-1] - DIGIT0, ids[:, -1] - EXPONENT0
         mantissa = (digits * 10 ** np.arange(self.digits - 1, -1, -1)).sum(1)  # int64 [N]
         value = np.where(sign == MINUS, -1.0, 1.0) * self._scale(mantissa, exp_id)
@@ -201,6 +212,8 @@ class NumberCodec:
         if t == 0:
             return m["first"].to(prev.device).expand(batch, -1)
         special = _isin(prev[:, 0], SPECIALS)[:, None]  # [B, 1]
+        if self.exponent_first:
+            return torch.where(special, m["pad"], self._exponent_first_mask(prev)).to(prev.device)
         if t == 1:
             negative = (prev[:, 0] == MINUS)[:, None]
             normal = torch.where(negative, m["nonzero"], m["digits"])
@@ -212,6 +225,19 @@ class NumberCodec:
             )
             normal = torch.where(is_zero, forced, free)
         return torch.where(special, m["pad"], normal).to(prev.device)
+
+    def _exponent_first_mask(self, prev: torch.Tensor) -> torch.Tensor:
+        """The same grammar as `[sign][exponent][d1..dD]`, prefix [B, t >= 1] -> [B, vocab]:
+        any exponent; then a leading 0 only after `+` and the smallest exponent (zero's form),
+        which forces the remaining digits to 0."""
+        m = self._masks
+        t = prev.shape[1]
+        if t == 1:
+            return m["exponents"].expand(len(prev), -1)
+        if t == 2:
+            zero_allowed = ((prev[:, 0] == PLUS) & (prev[:, 1] == self.zero_exponent_id))[:, None]
+            return torch.where(zero_allowed, m["digits"], m["nonzero"])
+        return torch.where((prev[:, 2] == DIGIT0)[:, None], m["zero"], m["digits"])
 
     def describe(self, ids: torch.Tensor) -> list[str]:
         """Readable tokens of each row of ids [N, seq_len], for debugging; numbers joined by |."""

@@ -100,6 +100,7 @@ def recipe_args(**given) -> argparse.Namespace:
         "shuffle_fields": False,
         "dropout": None,
         "attention_dropout": None,
+        "number_order": "mantissa-first",
     }
     return argparse.Namespace(**(defaults | given))
 
@@ -113,6 +114,8 @@ def test_target_forms_come_from_the_source_or_the_command_line() -> None:
     assert accuracy.recipe_of(recipe_args(target="absolute")).relative_to is None
     per_mb = accuracy.recipe_of(recipe_args(dataset="c3o", target="mixed", relative_to="size"))
     assert (per_mb.relative_to, per_mb.mixed_target_forms) == ("size", True)
+    ordered = accuracy.recipe_of(recipe_args(number_order="exponent-first"))
+    assert ordered.exponent_first and ordered.run_suffix().endswith("_exponent_first")
 
 
 def member_draws(seed: int, val_ids: list[str]) -> accuracy.MemberSamples:
@@ -169,7 +172,7 @@ def test_deepperf_booleans_as_words_rewrites_only_zero_one_options() -> None:
     sample = dataclasses.replace(examples(1, "s"), texts=[text])
     words = deepperf_protocol.booleans_as_words(sample).texts[0]
     assert words.splitlines()[3:] == ["no_cabac=on", "ref_1=off", "rc_lookahead=10", "scale=0.5"]
-    args = argparse.Namespace(model="mini", booleans="words")
+    args = argparse.Namespace(model="mini", booleans="words", number_order="mantissa-first")
     assert deepperf_protocol.textperf_recipe(args).split_lines
 
 
@@ -184,8 +187,9 @@ def test_deepperf_rescore_rebuilds_a_member_that_draws_what_it_drew(tmp_path) ->
     train, val = sample.take(range(18)), sample.take(range(18, 24))
     # past the EMA's start (step 100), so the checkpoint holds trained weights
     args = argparse.Namespace(
-        model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss", rescore=False
-    )
+        model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss",
+        rescore=False, number_order="mantissa-first",
+    )  # fmt: skip
     priority = ("task", "config")
     trained = deepperf_protocol.textperf_fit(None, train, val, args, 3, tmp_path, priority)
     rebuilt = deepperf_protocol.saved_member(None, train, val, args, 3, tmp_path, priority)
@@ -215,6 +219,7 @@ def tiny_prior_args(rescore: bool) -> argparse.Namespace:
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
         prior_seed=None, recipe="synthetic", store=None, neighbours=0,
+        number_order="mantissa-first",
     )  # fmt: skip
 
 
@@ -343,6 +348,23 @@ def test_deepperf_prior_with_neighbours_reads_them_and_is_named_apart(tmp_path, 
     assert base.tokenizer.count_tokens(header) < plain.tokenizer.count_tokens(header)
 
 
+def test_deepperf_prior_writing_exponents_first_is_named_apart_and_kept_so(tmp_path) -> None:
+    """`--number-order exponent-first`: the prior (a real tiny fit) writes `[sign][exponent]
+    [digits]`, is saved and named apart from the usual order, and loads back with its codec, so
+    the members fine-tuned from it write numbers the same way."""
+    args = tiny_prior_args(rescore=False)
+    plain_tag = deepperf_protocol.recipe_tag(args)
+    args.number_order = "exponent-first"
+    base = deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY)
+    name = "deepperf_synthetic_words_3x20_tiny_ef_30steps_seed0"
+    assert (tmp_path / "checkpoints" / name / "bundle").is_dir()
+    assert deepperf_protocol.recipe_tag(args) == plain_tag.replace("_tiny_", "_tiny_ef_")
+    assert base.codec.exponent_first
+    assert base.codec.describe(base.codec.encode([12.5]))[0].startswith("+ E1 1 2 5")
+    args.rescore = True  # loads the saved prior, never pretrains another
+    assert deepperf_protocol.synthetic_base(args, tmp_path, PRIOR_PRIORITY).codec.exponent_first
+
+
 def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weights(
     tmp_path,
 ) -> None:
@@ -422,6 +444,7 @@ def test_deepperf_runs_save_their_members_draws_for_pool_to_score_the_same(
         model="tiny", booleans="digits", minutes=1.0, steps=300, select_by="val_loss",
         rescore=False, recipe="scratch", textperf_size=1, textperf_reps=1, textperf_first_rep=0,
         ensemble=2, cross_fit=True, seed=0, temperature=1.0, neighbours=0,
+        number_order="mantissa-first",
     )  # fmt: skip
     deepperf_protocol.run_textperf("Dune", sample, None, args, tmp_path)
     printed = capsys.readouterr().out

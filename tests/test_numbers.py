@@ -117,9 +117,10 @@ def test_grammar_rules() -> None:
 @given(
     x=st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True),
     digits=st.integers(1, 8),
+    exponent_first=st.booleans(),
 )
-def test_round_trip_within_rounding_error(x: float, digits: int) -> None:
-    codec = NumberCodec(CodecConfig(mantissa_digits=digits))
+def test_round_trip_within_rounding_error(x: float, digits: int, exponent_first: bool) -> None:
+    codec = NumberCodec(CodecConfig(mantissa_digits=digits, exponent_first=exponent_first))
     y = float(codec.decode(codec.encode([x]))[0])
     bound = 0.5 * 10.0 ** (1 - digits) * abs(x) * (1 + 1e-12) + SUBNORMAL_ULP
     assert abs(y - x) <= bound
@@ -127,11 +128,12 @@ def test_round_trip_within_rounding_error(x: float, digits: int) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(allow_subnormal=True), min_size=1, max_size=20))
-def test_encoded_values_follow_the_grammar(values: list[float]) -> None:
-    ids = CODEC.encode(values)
-    for t in range(CODEC.seq_len):
-        allowed = CODEC.allowed_mask(ids[:, :t])
+@given(st.lists(st.floats(allow_subnormal=True), min_size=1, max_size=20), st.booleans())
+def test_encoded_values_follow_the_grammar(values: list[float], exponent_first: bool) -> None:
+    codec = NumberCodec(CodecConfig(mantissa_digits=4, exponent_first=exponent_first))
+    ids = codec.encode(values)
+    for t in range(codec.seq_len):
+        allowed = codec.allowed_mask(ids[:, :t])
         assert allowed.gather(1, ids[:, t : t + 1]).all()
 
 
@@ -152,9 +154,14 @@ def test_sampling_under_grammar_always_decodes(seed: int, digits: int) -> None:
     assert (np.abs(values[finite]) < 1e6).all()
 
 
-def test_decode_accepts_exactly_what_the_grammar_allows() -> None:
+@pytest.mark.parametrize("exponent_first", [False, True])
+def test_decode_accepts_exactly_what_the_grammar_allows(exponent_first: bool) -> None:
     """Exhaustive over every id sequence of a tiny codec (20 tokens, 3 slots)."""
-    codec = NumberCodec(CodecConfig(mantissa_digits=1, exponent_min=-1, exponent_max=1))
+    codec = NumberCodec(
+        CodecConfig(
+            mantissa_digits=1, exponent_min=-1, exponent_max=1, exponent_first=exponent_first
+        )
+    )
     ids = torch.cartesian_prod(*[torch.arange(codec.vocab_size)] * codec.seq_len)  # [8000, 3]
     allowed = torch.ones(len(ids), dtype=torch.bool)
     for t in range(codec.seq_len):
@@ -219,3 +226,46 @@ def test_several_objectives_layout() -> None:
     bad[0, 1] = 7  # leading zero in the first number only: that number is NaN, not the second
     assert np.isnan(codec.decode(bad)[0, 0])
     assert codec.decode(bad)[0, 1] == -0.25
+
+
+# ---- exponent first ------------------------------------------------------------------------------
+
+EXPONENT_FIRST = NumberCodec(CodecConfig(mantissa_digits=4, exponent_first=True))
+
+
+@pytest.mark.parametrize(
+    ("x", "expected"),
+    [
+        (123.456, "+ E2 1 2 3 5"),
+        (9.9996, "+ E1 1 0 0 0"),  # the carry still moves into the exponent
+        (-0.5, "- E-1 5 0 0 0"),
+        (0.0, "+ E-324 0 0 0 0"),
+        (float("nan"), "<nan> <pad> <pad> <pad> <pad> <pad>"),
+    ],
+)
+def test_exponent_first_layout(x: float, expected: str) -> None:
+    assert tokens(EXPONENT_FIRST, x) == expected
+    assert EXPONENT_FIRST.decode(EXPONENT_FIRST.encode([x]))[0] == pytest.approx(
+        CODEC.decode(CODEC.encode([x]))[0], nan_ok=True
+    )
+
+
+def test_exponent_first_grammar() -> None:
+    """The decade is free; a leading 0 only after `+` and the smallest exponent (zero), and then
+    only zeros; several objectives restart the grammar at every number."""
+    plus, minus, e0 = 2, 3, EXPONENT_FIRST.token_strings.index("E0")
+    zero_e = EXPONENT_FIRST.zero_exponent_id
+    after_sign = EXPONENT_FIRST.allowed_mask(torch.tensor([[plus], [minus], [NAN]]))
+    assert after_sign[0].nonzero().min() == after_sign[1].nonzero().min() == zero_e
+    assert after_sign[2].nonzero().flatten().tolist() == [PAD]
+    first_digit = EXPONENT_FIRST.allowed_mask(
+        torch.tensor([[plus, e0], [plus, zero_e], [minus, zero_e]])
+    )
+    assert [bool(first_digit[i, 7]) for i in range(3)] == [False, True, False]
+    assert first_digit[:, 8:17].all()
+    rest = EXPONENT_FIRST.allowed_mask(torch.tensor([[plus, zero_e, 7], [plus, zero_e, 8]]))
+    assert rest[0].nonzero().flatten().tolist() == [7]
+    assert rest[1, 7:17].all()
+    two = NumberCodec(CodecConfig(mantissa_digits=2, num_objectives=2, exponent_first=True))
+    assert two.describe(two.encode([[1.5, -0.25]])) == ["+ E0 1 5 | - E-1 2 5"]
+    assert two.decode(two.encode([[1.5, -0.25]])).tolist() == [[1.5, -0.25]]
