@@ -555,7 +555,7 @@ def recipe_of(args: argparse.Namespace) -> Recipe:
         relative_to=relative_to,
         mixed_target_forms=mixed and relative_to is not None,
         shuffle_fields=args.shuffle_fields,
-        exponent_first=args.number_order == "exponent-first",
+        exponent_first=exponent_first(args),
         dropout=args.dropout,
         attention_dropout=args.attention_dropout,
     )
@@ -570,6 +570,11 @@ def add_number_order(parser: argparse._ActionsContainer) -> None:
         help="the decoder writes sign, digits, exponent (the paper's order) or sign, exponent,"
         " digits: the decade before the digits",
     )
+
+
+def exponent_first(args: argparse.Namespace) -> bool:
+    """Whether `--number-order` asks for the exponent before the digits."""
+    return args.number_order == "exponent-first"
 
 
 def priority_of(args: argparse.Namespace) -> tuple[str, ...]:

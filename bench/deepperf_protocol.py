@@ -65,6 +65,7 @@ from accuracy import (
     add_number_order,
     budget_config,
     concat,
+    exponent_first,
     load_records,
     member_predictor,
     save_member_samples,
@@ -180,7 +181,7 @@ def textperf_recipe(args: argparse.Namespace) -> Recipe:
     return dataclasses.replace(
         recipe,
         split_lines=args.booleans == "words",
-        exponent_first=args.number_order == "exponent-first",
+        exponent_first=exponent_first(args),
     )
 
 
@@ -314,7 +315,7 @@ def prior_shape(args: argparse.Namespace) -> str:
 def input_output_tag(args: argparse.Namespace) -> str:
     """What the texts carry beyond the options, and how the decoder writes a number."""
     tag = f"_nb{args.neighbours}" if args.neighbours else ""
-    return tag + ("_ef" if args.number_order == "exponent-first" else "")
+    return tag + ("_ef" if exponent_first(args) else "")
 
 
 def recipe_tag(args: argparse.Namespace) -> str:

@@ -227,9 +227,9 @@ class NumberCodec:
         return torch.where(special, m["pad"], normal).to(prev.device)
 
     def _exponent_first_mask(self, prev: torch.Tensor) -> torch.Tensor:
-        """The same grammar as `[sign][exponent][d1..dD]`, prefix [B, t >= 1] -> [B, vocab]:
-        any exponent; then a leading 0 only after `+` and the smallest exponent (zero's form),
-        which forces the remaining digits to 0."""
+        """The grammar above in the order `[sign][exponent][d1..dD]`, prefix [B, t >= 1] ->
+        [B, vocab]: any exponent; then a leading 0 only after `+` and the smallest exponent
+        (zero's form), which forces the remaining digits to 0."""
         m = self._masks
         t = prev.shape[1]
         if t == 1:

@@ -115,7 +115,8 @@ def test_target_forms_come_from_the_source_or_the_command_line() -> None:
     per_mb = accuracy.recipe_of(recipe_args(dataset="c3o", target="mixed", relative_to="size"))
     assert (per_mb.relative_to, per_mb.mixed_target_forms) == ("size", True)
     ordered = accuracy.recipe_of(recipe_args(number_order="exponent-first"))
-    assert ordered.exponent_first and ordered.run_suffix().endswith("_exponent_first")
+    assert ordered.exponent_first
+    assert ordered.run_suffix().endswith("_exponent_first")
 
 
 def member_draws(seed: int, val_ids: list[str]) -> accuracy.MemberSamples:
