@@ -13,8 +13,10 @@ is then out of fold, measured on records none of its members of that group train
 is chosen over its runs only if it wins there. Members may differ in anything else, the model
 and the target form included (runtime vs runtime per MB): samples are in the target's own units.
 
-Prints `<dataset>_<label>_{val,test}_<metric>: value` for each run (label `run<i>`) and for
-`pool`, with metric in spearman, kendall, mape, mse_log.
+Prints `<dataset>_<label>_{val,test,members_test}_<metric>: value` for each run (label `run<i>`)
+and for `pool`, with metric in spearman, kendall, mape, mse_log; `members_test` is the members'
+own test scores averaged (with `--cross-fit` the validation score is one member's per record, so
+it estimates this, not the pool's test score).
 """
 
 from __future__ import annotations
@@ -91,12 +93,21 @@ def targets_by_id(records: pl.DataFrame) -> dict[str, float]:
 
 def score(prefix: str, run: Run, target: dict[str, float]) -> None:
     """Median of the pooled draws: on validation each fold's own members (out of fold), on test
-    every member."""
+    every member; and `members_test`, the members' own test scores averaged, which is what the
+    validation score estimates when each validation record has one member (`--cross-fit`)."""
     y_val = np.array([target[rid] for fold in run.folds for rid in fold.val_ids])
     val = np.concatenate([median(f.vals) for f in run.folds])
     y_test = np.array([target[rid] for rid in run.test_ids])
     emit(f"{prefix}_val", point_metrics(y_val, val), POINT)
     emit(f"{prefix}_test", point_metrics(y_test, median(run.tests)), POINT)
+    emit(f"{prefix}_members_test", members_mean_metrics(y_test, run.tests), POINT)
+
+
+def members_mean_metrics(y: np.ndarray, members: list[np.ndarray]) -> dict[str, float]:
+    """Each member's metrics on its own draws' median, averaged over the members. Against the
+    pool's, it shows how much pooling buys: a member that mis-levels a record is outvoted."""
+    each = [point_metrics(y, median([draws])) for draws in members]
+    return {key: float(np.mean([m[key] for m in each])) for key in each[0]}
 
 
 def median(members: list[np.ndarray]) -> np.ndarray:

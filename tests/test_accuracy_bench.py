@@ -19,6 +19,7 @@ from regressor import bundle_store
 from regressor.config import PROJECT_ROOT, ResolvedPaths
 from regressor.dataset import Examples
 from regressor.environment import numeric_environment
+from regressor.evaluation import point_metrics
 from regressor.sources.runs import EXTRA_PAIR_MARK
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each other flat
@@ -147,6 +148,18 @@ def test_member_samples_round_trip_and_group_by_validation_fold(tmp_path) -> Non
     both = pool.pooled([crossed, pool.load_run(tmp_path, "c")])
     assert both.n_members == 4
     np.testing.assert_array_equal(both.folds[1].vals[1], again[1].val)  # fold 1: b's, then c's
+
+
+def test_members_mean_metrics_score_each_member_alone_so_an_outvoted_member_counts() -> None:
+    """Two members on the truth and one at ten times it: alone they average 300% MAPE, pooled the
+    median is the truth. The validation score of cross-fitted members estimates the first."""
+    y = np.array([1.0, 2.0, 3.0])
+    exact = np.repeat(y[:, None], 4, axis=1)  # [N, draws]
+    members = [exact, exact.copy(), exact * 10]
+    alone = pool.members_mean_metrics(y, members)
+    assert alone["mape"] == pytest.approx(300.0)
+    assert alone["spearman"] == pytest.approx(1.0)
+    assert point_metrics(y, pool.median(members))["mape"] == pytest.approx(0.0)
 
 
 def test_patience_is_half_the_plan_in_validation_intervals() -> None:
