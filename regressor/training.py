@@ -52,6 +52,9 @@ warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and i
 class EncodedExamples(Dataset):
     """Token ids of each input text and the codec tokens of its target."""
 
+    # Whether items are drawn anew each epoch: the sampler then hands out (index, epoch) keys.
+    keyed_by_epoch = False
+
     def __init__(self, input_ids: list[list[int]], target_ids: torch.Tensor) -> None:
         assert len(input_ids) == len(target_ids)
         self.input_ids = input_ids
@@ -67,12 +70,16 @@ class EncodedExamples(Dataset):
 
 class ShuffledFields(EncodedExamples):
     """Training examples whose text is re-serialized with its section lines in a new random
-    order at every draw (`TrainConfig.shuffle_fields`), then tokenized afresh.
+    order at every epoch (`TrainConfig.shuffle_fields`), then tokenized afresh.
 
-    The n-th draw of example i uses the generator seeded (seed, i, n), so a run is repeatable.
+    Example i in epoch e uses the generator seeded (seed, i, e): the order is a function of where
+    training stands, not of how many draws came before, so a resumed run replays it (and a
+    loader worker's copy of the dataset needs no shared counter).
     Batches are bucketed by the canonical order's length: BPE merges across line breaks make a
     new order somewhat longer (a guide, not a bound; the collator pads to the real length).
     """
+
+    keyed_by_epoch = True
 
     def __init__(
         self, texts: Sequence[str], target_ids: torch.Tensor, predictor: Predictor, seed: int
@@ -81,11 +88,10 @@ class ShuffledFields(EncodedExamples):
         self.texts = list(texts)
         self.encode = predictor.encode_texts
         self.seed = seed
-        self.draws = np.zeros(len(self.texts), dtype=np.int64)
 
-    def __getitem__(self, i: int) -> tuple[list[int], torch.Tensor]:
-        rng = np.random.default_rng((self.seed, i, int(self.draws[i])))
-        self.draws[i] += 1
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[int], torch.Tensor]:
+        i, epoch = key
+        rng = np.random.default_rng((self.seed, i, epoch))
         return self.encode([shuffle_section_lines(self.texts[i], rng)])[0], self.target_ids[i]
 
 
@@ -106,8 +112,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         pool_batches: int = 50,
         rank_and_world: tuple[int, int] | None = None,
+        keyed_by_epoch: bool = False,
     ) -> None:
         self.lengths = lengths
+        self.keyed_by_epoch = keyed_by_epoch  # yield (index, epoch) keys: see `ShuffledFields`
         self.batch_size = batch_size
         self.seed = seed
         self.pool = batch_size * pool_batches
@@ -136,12 +144,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Continue a killed run: the next `__iter__` replays that epoch's order past `consumed`."""
         self.epoch, self._skip = state["epoch"], state["consumed"]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng(self.seed + self.epoch)
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
         self.epoch += 1
         skip, self._skip = self._skip, 0
         self.consumed = skip
-        yield from self._epoch_batches(rng)[skip:]
+        batches = self._epoch_batches(np.random.default_rng(self.seed + epoch))[skip:]
+        if self.keyed_by_epoch:
+            batches = [[(i, epoch) for i in batch] for batch in batches]
+        yield from batches
 
     def _epoch_batches(self, rng: np.random.Generator) -> list[list[int]]:
         order = rng.permutation(len(self.lengths))
@@ -309,7 +320,12 @@ def make_loader(
     data: EncodedExamples, codec: NumberCodec, pad_id: int, cfg: TrainConfig, shuffle: bool
 ) -> DataLoader:
     collate = Collator(pad_id, codec.bos_id)
-    sampler = BucketBatchSampler(data.lengths, cfg.batch_size, cfg.seed if shuffle else 0)
+    sampler = BucketBatchSampler(
+        data.lengths,
+        cfg.batch_size,
+        cfg.seed if shuffle else 0,
+        keyed_by_epoch=data.keyed_by_epoch,
+    )
     if not shuffle:
         order = np.argsort(data.lengths, kind="stable")
         batches = [
@@ -347,6 +363,22 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             # Lightning skips any save at a step already saved: keep `best` possible at this
             # step's validation, which runs right after this hook.
             self._last_global_step_saved = saved_at
+
+
+class StepSeededRandomness(Callback):
+    """Seeds torch's generator before each training step from (seed, step, rank), so the step's
+    random draws (dropout) are a function of where training stands. Lightning's checkpoints do
+    not carry the generator's state: without this, a run resumed after a kill drew other dropout
+    masks than an unbroken one and ended with another model. Each rank draws its own masks."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        key = [self.seed, trainer.global_step, trainer.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0]))
 
 
 def _averaging(cfg: TrainConfig) -> list[Callback]:
@@ -445,6 +477,7 @@ def fit(
         check_val_every_n_epoch=None,
         callbacks=[
             checkpoint,
+            StepSeededRandomness(cfg.seed),
             *_averaging(cfg),
             # Past the clock with a `min_steps` floor still ahead, a verbose Timer would log
             # "Time limit reached" at every step; Lightning says once that training continues.

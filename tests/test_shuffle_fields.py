@@ -27,17 +27,17 @@ def shuffled(seed: int) -> ShuffledFields:
     return ShuffledFields(TEXTS, p.codec.encode(np.arange(1, 65.0)), p, seed)
 
 
-def test_each_draw_shows_the_same_tokens_in_a_new_order_repeatably():
+def test_each_epoch_shows_the_same_tokens_in_a_new_order_repeatably():
     data = shuffled(seed=0)
-    draws = [data[5][0] for _ in range(8)]
+    draws = [data[5, epoch][0] for epoch in range(8)]
     assert len({tuple(ids) for ids in draws}) > 1  # the order changes between draws
     # BPE learnt merges across the line breaks of the one order it saw, so a new order costs
     # more tokens, but within a small factor (the bucketing lengths stay a fair guide).
     assert all(len(ids) <= 2 * len(data.input_ids[5]) for ids in draws)
-    again = shuffled(seed=0)
-    assert [again[5][0] for _ in range(8)] == draws
-    assert [shuffled(seed=1)[5][0] for _ in range(8)] != draws
-    assert torch.equal(data[5][1], data.target_ids[5])
+    assert [data[5, epoch][0] for epoch in range(8)] == draws  # a key draws the same again
+    assert [shuffled(seed=0)[5, epoch][0] for epoch in range(8)] == draws
+    assert [shuffled(seed=1)[5, epoch][0] for epoch in range(8)] != draws
+    assert torch.equal(data[5, 0][1], data.target_ids[5])
 
 
 def test_a_fit_with_shuffled_fields_learns(tmp_path: Path):

@@ -1,5 +1,6 @@
 """Resume after a kill: `fit` in a subprocess is SIGKILLed once `last.ckpt` exists; a rerun with
-`resume=True` carries on from the saved global step instead of starting again at 0."""
+`resume=True` carries on from the saved global step instead of starting again at 0, and ends
+with the very weights of a run that was never interrupted."""
 
 from __future__ import annotations
 
@@ -32,14 +33,15 @@ def toy_data() -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarra
     return (texts[:400], targets[:400]), (texts[400:], targets[400:])
 
 
-def toy_predictor() -> Predictor:
+def toy_predictor(dropout: float = 0.0) -> Predictor:
     torch.manual_seed(0)
     (texts, _), _ = toy_data()
     tokenizer = InputTokenizer.train(texts, vocab_size=300)
-    return Predictor.create(load_model_config("tiny"), CodecConfig(mantissa_digits=3), tokenizer)
+    model_cfg = load_model_config("tiny").model_copy(update={"dropout": dropout})
+    return Predictor.create(model_cfg, CodecConfig(mantissa_digits=3), tokenizer)
 
 
-def train_config(max_steps: int) -> TrainConfig:
+def train_config(max_steps: int, shuffle_fields: bool = False) -> TrainConfig:
     return TrainConfig(
         batch_size=8,
         max_steps=max_steps,
@@ -49,12 +51,16 @@ def train_config(max_steps: int) -> TrainConfig:
         early_stopping_patience=1000,  # never stop early: the kill must come first
         checkpoint_every_steps=5,
         progress_bar=False,
+        shuffle_fields=shuffle_fields,
     )
 
 
-def run_fit(checkpoint_dir: str, max_steps: int) -> None:
-    """The subprocess' job: a long fit that will be killed mid-way."""
-    fit(toy_predictor(), *toy_data(), train_config(max_steps), Path(checkpoint_dir), resume=False)
+def run_fit(checkpoint_dir: str, max_steps: int, randomized: bool = False) -> None:
+    """The subprocess' job: a long fit that will be killed mid-way. `randomized` turns on the
+    training's own randomness (dropout, shuffled fields), which a resume must replay."""
+    predictor = toy_predictor(dropout=0.2 if randomized else 0.0)
+    cfg = train_config(max_steps, shuffle_fields=randomized)
+    fit(predictor, *toy_data(), cfg, Path(checkpoint_dir), resume=False)
 
 
 def saved_step(path: Path) -> int:
@@ -77,23 +83,29 @@ def wait_for_progress(path: Path, process: subprocess.Popen, min_step: int, time
     raise TimeoutError("no last.ckpt in time")
 
 
-def test_fit_resumes_from_the_saved_step_after_sigkill(tmp_path: Path) -> None:
-    ckpt_dir = tmp_path / "ckpt"
+def kill_mid_fit(ckpt_dir: Path, max_steps: int, min_step: int, randomized: bool = False) -> int:
+    """Start `run_fit` in a subprocess, SIGKILL it once `last.ckpt` holds `min_step` steps;
+    returns the step that `last.ckpt` was left at."""
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(PROJECT_ROOT / "tests")!r})
         from test_training_resume import run_fit
-        run_fit({str(ckpt_dir)!r}, 100_000)
+        run_fit({str(ckpt_dir)!r}, {max_steps}, {randomized})
     """)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env)
     try:
-        wait_for_progress(ckpt_dir / "last.ckpt", process, min_step=20, timeout=300)
+        wait_for_progress(ckpt_dir / "last.ckpt", process, min_step=min_step, timeout=300)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    killed_at = saved_step(ckpt_dir / "last.ckpt")
+    return saved_step(ckpt_dir / "last.ckpt")
+
+
+def test_fit_resumes_from_the_saved_step_after_sigkill(tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+    killed_at = kill_mid_fit(ckpt_dir, 100_000, min_step=20)
     assert killed_at >= 20
 
     logger = CSVLogger(tmp_path / "logs", name="resume")
@@ -105,6 +117,25 @@ def test_fit_resumes_from_the_saved_step_after_sigkill(tmp_path: Path) -> None:
     steps = logged.filter(pl.col("train_loss").is_not_null())["step"]
     assert len(steps) > 0
     assert steps.min() >= killed_at
+
+
+def test_a_killed_and_resumed_fit_ends_with_the_weights_of_an_unbroken_one(tmp_path: Path) -> None:
+    """Dropout and shuffled fields draw at every step: a resume replays those draws, not new
+    ones, so being killed does not change the model a seed gives."""
+    max_steps = 400  # long enough that the kill lands mid-way, on any machine
+    killed_at = kill_mid_fit(tmp_path / "resumed", max_steps, min_step=20, randomized=True)
+    assert 20 <= killed_at < max_steps
+    cfg = train_config(max_steps, shuffle_fields=True)
+    fit(toy_predictor(dropout=0.2), *toy_data(), cfg, tmp_path / "resumed", resume=True)
+    fit(toy_predictor(dropout=0.2), *toy_data(), cfg, tmp_path / "unbroken", resume=False)
+
+    resumed, unbroken = (
+        torch.load(tmp_path / run / "last.ckpt", map_location="cpu", weights_only=False)
+        for run in ("resumed", "unbroken")
+    )
+    assert resumed["global_step"] == unbroken["global_step"] == max_steps
+    for name, value in unbroken["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0)
 
 
 def test_ema_weights_are_validated_checkpointed_and_returned(tmp_path: Path) -> None:
