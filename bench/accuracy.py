@@ -874,7 +874,7 @@ def parse_args() -> argparse.Namespace:
     ablation.add_argument(
         "--shuffle-fields",
         action="store_true",
-        help="augment: each draw of a training record shows its fields in a new order",
+        help="augment: each epoch shows a training record's fields in a new order",
     )
     ablation.add_argument(
         "--weight-decay", type=float, default=None, help="instead of conf/train/demo.yaml's"

@@ -195,8 +195,9 @@ class TrainConfig(Frozen):
     # Exponential moving average of the weights (Lightning's EMAWeightAveraging), from the end of
     # warmup: validation, checkpoints and the returned model use the average. null: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    # Augmentation: each time a training record is drawn, the field lines of each of its text's
-    # sections come in a new random order (`serialize.shuffle_section_lines`).
+    # Augmentation: in each epoch, the field lines of each section of a training record's text
+    # come in a new random order (`serialize.shuffle_section_lines`), seeded by (seed, record,
+    # epoch) so that a resumed run replays it.
     shuffle_fields: bool = False
     # K models that differ only in their training seed (seed, seed + 1000, ..), their samples
     # pooled before the median: on small data one model's error is mostly variance, and pooling

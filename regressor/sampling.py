@@ -177,7 +177,10 @@ def summarize(
             "std": np.nanstd(finite, axis=1),
         }
         for q in quantiles:
-            out[f"q{q * 100:g}"] = np.nanquantile(finite, q, axis=1)
+            # The 50% quantile is the median itself: interpolating between the two middle
+            # samples can land one ulp off their mean, and users read p50 == median.
+            point = out["median"] if q == 0.5 else np.nanquantile(finite, q, axis=1)
+            out[f"q{q * 100:g}"] = point
     out["finite_fraction"] = np.isfinite(samples).mean(axis=1)
     return out
 

@@ -188,6 +188,14 @@ def test_summarize_excludes_non_finite_samples() -> None:
     assert all(np.isnan(out[key][1]) for key in out if key != "finite_fraction")
 
 
+def test_the_50_percent_quantile_is_the_median_to_the_last_bit() -> None:
+    # Four draws whose interpolated 50% quantile is one ulp off the mean of the middle two.
+    samples = np.array([[-4716.803289, -3757.167235, 1706.244147, 1471.895116]])
+    assert np.nanquantile(samples, 0.5) != np.nanmedian(samples)  # the case this guards
+    out = summarize(samples, quantiles=(0.5,))
+    assert out["q50"][0] == out["median"][0] == np.nanmedian(samples)
+
+
 def test_finite_median_ignores_non_finite_draws_per_objective() -> None:
     """[B, K, M] draws: the median over K of each objective's finite draws, NaN (and no warning)
     where an objective has none; a plain median would let one inf or NaN draw move or void it."""
