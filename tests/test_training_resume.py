@@ -55,11 +55,16 @@ def train_config(max_steps: int, shuffle_fields: bool = False) -> TrainConfig:
     )
 
 
-def run_fit(checkpoint_dir: str, max_steps: int, randomized: bool = False) -> None:
-    """The subprocess' job: a long fit that will be killed mid-way. `randomized` turns on the
-    training's own randomness (dropout, shuffled fields), which a resume must replay."""
+def toy_setup(max_steps: int, randomized: bool) -> tuple[Predictor, TrainConfig]:
+    """`randomized` turns on the training's own randomness (dropout, shuffled fields), which a
+    resume must replay; the killed, resumed and unbroken runs all take their setup from here."""
     predictor = toy_predictor(dropout=0.2 if randomized else 0.0)
-    cfg = train_config(max_steps, shuffle_fields=randomized)
+    return predictor, train_config(max_steps, shuffle_fields=randomized)
+
+
+def run_fit(checkpoint_dir: str, max_steps: int, randomized: bool = False) -> None:
+    """The subprocess' job: a long fit that will be killed mid-way."""
+    predictor, cfg = toy_setup(max_steps, randomized)
     fit(predictor, *toy_data(), cfg, Path(checkpoint_dir), resume=False)
 
 
@@ -125,9 +130,9 @@ def test_a_killed_and_resumed_fit_ends_with_the_weights_of_an_unbroken_one(tmp_p
     max_steps = 400  # long enough that the kill lands mid-way, on any machine
     killed_at = kill_mid_fit(tmp_path / "resumed", max_steps, min_step=20, randomized=True)
     assert 20 <= killed_at < max_steps
-    cfg = train_config(max_steps, shuffle_fields=True)
-    fit(toy_predictor(dropout=0.2), *toy_data(), cfg, tmp_path / "resumed", resume=True)
-    fit(toy_predictor(dropout=0.2), *toy_data(), cfg, tmp_path / "unbroken", resume=False)
+    for run, resume in (("resumed", True), ("unbroken", False)):
+        predictor, cfg = toy_setup(max_steps, randomized=True)
+        fit(predictor, *toy_data(), cfg, tmp_path / run, resume=resume)
 
     resumed, unbroken = (
         torch.load(tmp_path / run / "last.ckpt", map_location="cpu", weights_only=False)
