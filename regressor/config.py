@@ -176,7 +176,9 @@ class TrainConfig(Frozen):
     max_steps: int = Field(2000, ge=1)
     max_minutes: float = Field(5.0, gt=0)
     grad_clip: float = Field(1.0, gt=0)
-    precision: Literal["bf16-mixed", "32-true", "16-mixed"] = "bf16-mixed"
+    # auto: bf16-mixed where the CPU has bf16 in hardware, else 32-true, where emulated bf16 is
+    # several times slower than fp32 (`environment.resolve_precision`).
+    precision: Literal["auto", "bf16-mixed", "32-true", "16-mixed"] = "auto"
     val_every_steps: int = Field(200, ge=1)
     # Validations every `val_every_steps` steps (across epochs, however few the records) without
     # improvement before the run stops: patience x val_every_steps steps.

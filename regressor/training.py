@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
-from regressor.environment import TRAINED_WITH, numeric_environment
+from regressor.environment import TRAINED_WITH, numeric_environment, resolve_precision
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
@@ -465,7 +465,7 @@ def fit(
         num_nodes=cfg.num_nodes,
         # Our length-bucketed batch sampler shards itself by rank (Lightning cannot wrap it).
         use_distributed_sampler=False,
-        precision=cfg.precision,
+        precision=resolve_precision(cfg.precision),
         max_steps=cfg.max_steps,
         gradient_clip_val=cfg.grad_clip,
         min_steps=cfg.min_steps or None,
