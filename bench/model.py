@@ -7,8 +7,11 @@ Prints `name: value` lines:
   padded to the maximum input length (`--pad-to`, default the config's `max_input_tokens` capped at
   1024: the way regress-lm pads every input to full length, without an 8192-token base run);
 - `mfu`: model FLOPs/s of the bucketed training steps (forward + backward = 3x the forward's
-  matmul FLOPs, counted analytically on the executed shapes) over the bf16 matmul peak that this
-  script measures first on a large square matmul loop;
+  matmul FLOPs, counted analytically on the executed shapes) over the matmul peak, in the
+  precision training uses here, that this script measures first on a large square matmul loop;
+- `bf16_over_fp32_matmul`: the bf16 matmul peak over the fp32 one. Training and sampling run in
+  bf16 only where the CPU has it in hardware (`bf16_in_hardware`, `environment.has_fast_bf16`):
+  elsewhere emulated bf16 is the slow path and they run in fp32;
 - `predict_over_encode`: time to draw K=64 samples per input (encoder + KV-cached constrained
   decoding) over one encoder forward of the same inputs;
 - `train_tokens_per_s` (bucketed) and `predictions_per_s` (inputs predicted with K=64 each).
@@ -34,6 +37,7 @@ import torch
 
 from regressor.config import ModelConfig, SplitConfig, TrainConfig, load_model_config
 from regressor.dataset import examples_by_split
+from regressor.environment import has_fast_bf16
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import pad_batch
@@ -71,9 +75,9 @@ def generated_records():
             return wh.query("records")
 
 
-def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
-    """bf16 FLOPs/s of a large square matmul loop: the best of three timed rounds."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """FLOPs/s of a large square matmul loop in `dtype`: the best of three timed rounds."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up: thread pool and kernel selection
     best = 0.0
     for _ in range(3):
@@ -118,16 +122,16 @@ def make_batch(
     }
 
 
-def train_steps(module: RegressionLM, *runs: list[Batch]) -> list[float]:
-    """Seconds of one optimiser step per batch of each run (bf16 autocast, clipping, training's
-    own AdamW). The runs' steps alternate, so a change in the machine's load (other processes on
-    the same cores) hits every run alike and their ratio stays fair."""
+def train_steps(module: RegressionLM, bf16: bool, *runs: list[Batch]) -> list[float]:
+    """Seconds of one optimiser step per batch of each run (bf16 autocast if `bf16`, clipping,
+    training's own AdamW). The runs' steps alternate, so a change in the machine's load (other
+    processes on the same cores) hits every run alike and their ratio stays fair."""
     optimizer = module.configure_optimizers()["optimizer"]
     module.model.train()
 
     def step(batch: Batch) -> float:
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = module.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
@@ -171,8 +175,13 @@ def main() -> None:
     cfg = load_model_config(args.config)
     codec = NumberCodec()
     report("config", args.config)
-    peak = matmul_peak()
-    report("bf16_matmul_peak_gflops", f"{peak / 1e9:.1f}")
+    bf16 = has_fast_bf16()  # what training and sampling run in here (`precision: auto`)
+    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    report("bf16_in_hardware", bf16)
+    report("bf16_matmul_peak_gflops", f"{bf16_peak / 1e9:.1f}")
+    report("fp32_matmul_peak_gflops", f"{fp32_peak / 1e9:.1f}")
+    report("bf16_over_fp32_matmul", f"{bf16_peak / fp32_peak:.3f}")
+    peak = bf16_peak if bf16 else fp32_peak
     texts, targets = demo_texts()
     tokenizer = InputTokenizer.train(texts, cfg.input_vocab_size)
     ids = tokenizer.encode_batch(texts, cfg.max_input_tokens)
@@ -198,7 +207,7 @@ def main() -> None:
     flops = 3 * sum(
         forward_flops(cfg, *b["src"].shape, b["tgt"].shape[1], codec.vocab_size) for b in bucketed
     )
-    t_bucket, t_pad = train_steps(module, bucketed, padded)
+    t_bucket, t_pad = train_steps(module, bf16, bucketed, padded)
     report("train_tokens_per_s", f"{tokens / t_bucket:.1f}")
     report("train_tokens_per_s_padded", f"{tokens / t_pad:.1f}")
     report("bucketing_speedup", f"{t_pad / t_bucket:.2f}")
@@ -207,7 +216,7 @@ def main() -> None:
 
     src, mask = pad_batch([ids[i] for i in order[0][: args.inputs]], pad)
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t_encode, t_predict = median_seconds(
             lambda: model.encode(src, mask),
             lambda: sample_ids(model, codec, src, mask, args.samples),
