@@ -1,8 +1,9 @@
 """KV-cached sampling against re-running the whole prefix each step, side by side in one run.
 
 Same model (random weights: speed does not depend on them), same inputs, same number of samples,
-bf16 autocast as in serving. The baseline is how regress-lm decodes: the encoder runs once, its
-output is repeated for the K samples, and every step re-runs the decoder over the full prefix.
+in the precision serving uses here (bf16 autocast where the CPU has bf16 in hardware, else
+fp32). The baseline is how regress-lm decodes: the encoder runs once, its output is repeated
+for the K samples, and every step re-runs the decoder over the full prefix.
 
     .venv/bin/python bench/decode.py [--model small] [--inputs 8] [--tokens 512] [--samples 32]
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from regressor.config import load_model_config
+from regressor.environment import has_fast_bf16
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.sampling import sample_ids
@@ -68,7 +70,7 @@ def main() -> None:
     mask = torch.ones_like(src, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_fast_bf16()):
         cached = samples_per_second(
             lambda: sample_ids(model, codec, src, mask, args.samples, generator=gen), args.repeats
         )

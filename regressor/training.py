@@ -1,4 +1,5 @@
-"""Lightning training of the encoder-decoder: bucketed batches, bf16-mixed, AdamW + cosine."""
+"""Lightning training of the encoder-decoder: bucketed batches, bf16-mixed where the CPU has it
+in hardware (else fp32), AdamW + cosine."""
 
 from __future__ import annotations
 
