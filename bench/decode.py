@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from regressor.config import load_model_config
-from regressor.environment import has_fast_bf16
+from regressor.environment import fast_autocast
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.sampling import sample_ids
@@ -70,7 +70,7 @@ def main() -> None:
     mask = torch.ones_like(src, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_fast_bf16()):
+    with fast_autocast():
         cached = samples_per_second(
             lambda: sample_ids(model, codec, src, mask, args.samples, generator=gen), args.repeats
         )

@@ -37,7 +37,7 @@ import torch
 
 from regressor.config import ModelConfig, SplitConfig, TrainConfig, load_model_config
 from regressor.dataset import examples_by_split
-from regressor.environment import has_fast_bf16
+from regressor.environment import fast_autocast, has_fast_bf16
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import pad_batch
@@ -122,16 +122,16 @@ def make_batch(
     }
 
 
-def train_steps(module: RegressionLM, bf16: bool, *runs: list[Batch]) -> list[float]:
-    """Seconds of one optimiser step per batch of each run (bf16 autocast if `bf16`, clipping,
-    training's own AdamW). The runs' steps alternate, so a change in the machine's load (other
-    processes on the same cores) hits every run alike and their ratio stays fair."""
+def train_steps(module: RegressionLM, *runs: list[Batch]) -> list[float]:
+    """Seconds of one optimiser step per batch of each run (in `auto` precision's arithmetic,
+    clipping, training's own AdamW). The runs' steps alternate, so a change in the machine's
+    load (other processes on the same cores) hits every run alike and their ratio stays fair."""
     optimizer = module.configure_optimizers()["optimizer"]
     module.model.train()
 
     def step(batch: Batch) -> float:
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with fast_autocast():
             loss = module.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
@@ -207,7 +207,7 @@ def main() -> None:
     flops = 3 * sum(
         forward_flops(cfg, *b["src"].shape, b["tgt"].shape[1], codec.vocab_size) for b in bucketed
     )
-    t_bucket, t_pad = train_steps(module, bf16, bucketed, padded)
+    t_bucket, t_pad = train_steps(module, bucketed, padded)
     report("train_tokens_per_s", f"{tokens / t_bucket:.1f}")
     report("train_tokens_per_s_padded", f"{tokens / t_pad:.1f}")
     report("bucketing_speedup", f"{t_pad / t_bucket:.2f}")
@@ -216,7 +216,7 @@ def main() -> None:
 
     src, mask = pad_batch([ids[i] for i in order[0][: args.inputs]], pad)
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), fast_autocast():
         t_encode, t_predict = median_seconds(
             lambda: model.encode(src, mask),
             lambda: sample_ids(model, codec, src, mask, args.samples),

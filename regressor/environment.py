@@ -18,6 +18,12 @@ def has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def fast_autocast() -> torch.autocast:
+    """bf16 autocast where the CPU has bf16 in hardware, a no-op elsewhere: the arithmetic that
+    sampling runs in, and that `auto` training picks (`resolve_precision`)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_fast_bf16())
+
+
 def resolve_precision(precision: str, fast_bf16: bool | None = None) -> str:
     """The Lightning precision to train with: `auto` is bf16-mixed where the CPU has bf16 in
     hardware (~4x fp32's speed there), else 32-true; any other value is taken as given."""
