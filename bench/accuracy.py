@@ -15,7 +15,8 @@ Protocol:
 3. train textperf from scratch on train (tokenizer too) within `--minutes`, best checkpoint by
    validation loss; predict the test part with 32 samples (median). `--ensemble K` trains K such
    models (training seeds seed, seed+1000, ..) and pools their samples; with `--cross-fit` member
-   i stops early on group fold i of train+val and trains on the other folds. `--pretrain-on`
+   i stops early on group fold i of train+val and trains on the other folds; with `--refit`
+   each trains on all of train+val for exactly `--steps` and keeps its last step. `--pretrain-on`
    first trains one model on every record of other datasets, which each member then fine-tunes;
    where the source sets `target_relative_to` (lumos: the reference run's runtime) the decoder
    learns target / baseline and samples are scaled back (`--target absolute` is the ablation;
@@ -595,7 +596,7 @@ def run_name_of(args: argparse.Namespace, recipe: Recipe) -> str:
         name += f"_pretrain-{'-'.join(args.pretrain_on)}-{args.pretrain_minutes:g}min"
     name += f"_order-{args.section_order.replace(',', '-')}" if args.section_order else ""
     name += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
-    return name + ("_crossfit" if args.cross_fit else "")
+    return name + ("_crossfit" if args.cross_fit else "") + ("_refit" if args.refit else "")
 
 
 def examples_of(dataset: str, out: Path, budget: int) -> Examples:
@@ -636,7 +637,11 @@ def member_parts(args: argparse.Namespace, parts: Parts) -> list[tuple[Examples,
     K group folds (a configuration or workload never in two), member i validating on fold i and
     training on the rest. The ensemble then learns from all of train+val, as the tabular peers
     do, while each member still stops early on groups it has not seen. Validation keeps only
-    matched reference pairs."""
+    matched reference pairs. With `--refit` every member trains on all of train+val, to the step
+    plan, and validates on nothing (`training.fit` then keeps the last step's weights)."""
+    if args.refit:
+        everything = parts.fit_part()
+        return [(everything, everything.take([]))] * args.ensemble
     if not args.cross_fit:
         return [(parts.train, matched_only(parts.val))] * args.ensemble
     pool = parts.fit_part()
@@ -718,10 +723,12 @@ def train_members(
         print(f"{tag}_best_{fitted.monitor}: {fitted.best_val_score:.4f}", flush=True)
         # Validation loss is not comparable across target forms (absolute vs relative): the
         # validation part's own point metrics are, and choosing on them leaves test untouched.
-        val_samples = predictor.sample_texts(
-            val.texts, args.samples, seed=args.seed, scales=val.scales
-        )
-        emit(f"{tag}_val", point_metrics(val.targets, finite_median(val_samples)), POINT)
+        val_samples = np.empty((0, args.samples))  # a refit member validates on nothing
+        if len(val):
+            val_samples = predictor.sample_texts(
+                val.texts, args.samples, seed=args.seed, scales=val.scales
+            )
+            emit(f"{tag}_val", point_metrics(val.targets, finite_median(val_samples)), POINT)
         if args.ensemble > 1:
             emit(tag, point_metrics(parts.test.targets, finite_median(samples)), POINT)
         members.append(MemberSamples(samples, val_samples, val.record_ids))
@@ -737,11 +744,21 @@ def print_sample_sweep(prefix: str, y: np.ndarray, samples: np.ndarray) -> None:
             print(f"{prefix}_k{k}_{key}: {value:.4f}", flush=True)
 
 
+def check_member_plan(args: argparse.Namespace) -> None:
+    """Refuses member plans that cannot run: cross-fitting needs a fold per member, and a refit
+    has no validation to stop it or time a plan by, so it needs a fixed `--steps`."""
+    if args.cross_fit and args.ensemble < 2:
+        raise SystemExit("--cross-fit needs --ensemble 2 or more (one fold per member)")
+    if args.refit and args.cross_fit:
+        raise SystemExit("--refit and --cross-fit exclude each other: a refit validates on nothing")
+    if args.refit and args.steps is None:
+        raise SystemExit("--refit trains to a fixed plan: give --steps")
+
+
 def run(args: argparse.Namespace) -> None:
     if args.dataset in args.pretrain_on:
         raise SystemExit("--pretrain-on must name other datasets than --dataset")
-    if args.cross_fit and args.ensemble < 2:
-        raise SystemExit("--cross-fit needs --ensemble 2 or more (one fold per member)")
+    check_member_plan(args)
     out = Path(args.out)
     started = time.perf_counter()
     records = load_records(args.dataset, out, args.reference_pairs)
@@ -812,6 +829,12 @@ def parse_args() -> argparse.Namespace:
         "--cross-fit",
         action="store_true",
         help="members train on K-1 of K group folds of train+val and stop early on the last",
+    )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="members train on all of train+val for exactly --steps steps, validate on nothing"
+        " and keep the last step's weights (as the tabular peers see train+val)",
     )
     parser.add_argument(
         "--pretrain-on",

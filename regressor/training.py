@@ -351,6 +351,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def __init__(self, last_every_n_steps: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.last_every_n_steps = last_every_n_steps
+        self._last_written_at = -1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
@@ -361,9 +362,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         ):
             saved_at = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_written_at = trainer.global_step
             # Lightning skips any save at a step already saved: keep `best` possible at this
             # step's validation, which runs right after this hook.
             self._last_global_step_saved = saved_at
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """`last` at the final step too, wherever the plan, the clock or early stopping ended
+        it (Lightning's own end-of-training save is skipped once any `last` was written)."""
+        super().on_train_end(trainer, pl_module)
+        if self._last_written_at != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_written_at = trainer.global_step
 
 
 class StepSeededRandomness(Callback):
@@ -442,6 +452,9 @@ def fit(
     Stops at `max_steps`, at `max_minutes`, or when the validation score (`select_by`) stops
     improving for `early_stopping_patience` intervals (never before `min_steps`). With `resume`,
     a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
+
+    An empty `val` trains on everything to the plan: no validation, no early stopping, and the
+    weights of the last step (a refit at a step count chosen elsewhere, e.g. by cross-fitting).
     """
     if predictor.ensemble_size > 1:  # it would train member 0 only, silently
         raise ValueError("fit trains one model: fit each `predictor.member(j)` of an ensemble")
@@ -449,16 +462,17 @@ def fit(
     train_data = encode_examples(predictor, *train)
     if cfg.shuffle_fields:
         train_data = ShuffledFields(train[0], train_data.target_ids, predictor, cfg.seed)
-    val_data = encode_examples(predictor, *val)
+    validating = len(val[0]) > 0
     module = RegressionLM(predictor.model, cfg, predictor.codec)
     checkpoint = BestAndLastCheckpoint(
         last_every_n_steps=cfg.checkpoint_every_steps,
         dirpath=checkpoint_dir,
-        monitor=cfg.select_by,
+        monitor=cfg.select_by if validating else None,
         save_last=True,
-        save_top_k=1,
+        save_top_k=1 if validating else 0,
         filename="best",
     )
+    stopping = [EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience)]
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         strategy=cfg.strategy,
@@ -483,7 +497,7 @@ def fit(
             # Past the clock with a `min_steps` floor still ahead, a verbose Timer would log
             # "Time limit reached" at every step; Lightning says once that training continues.
             Timer(timedelta(minutes=cfg.max_minutes), interval="step", verbose=not cfg.min_steps),
-            EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience),
+            *(stopping if validating else []),
         ],
         logger=logger,
         enable_progress_bar=cfg.progress_bar,
@@ -494,14 +508,22 @@ def fit(
     predictor.model.train()  # a loaded or sampled model may have been left in eval mode
     last = checkpoint_dir / "last.ckpt"
     started = time.perf_counter()
+    val_loader = None
+    if validating:
+        val_data = encode_examples(predictor, *val)
+        val_loader = make_loader(
+            val_data, predictor.codec, predictor.tokenizer.pad_id, cfg, shuffle=False
+        )
     trainer.fit(
         module,
         make_loader(train_data, predictor.codec, predictor.tokenizer.pad_id, cfg, shuffle=True),
-        make_loader(val_data, predictor.codec, predictor.tokenizer.pad_id, cfg, shuffle=False),
+        val_loader,
         ckpt_path=str(last) if resume and last.exists() else None,
     )
     seconds = time.perf_counter() - started
-    best = checkpoint.best_model_path
+    # Without validation the last step's weights are the result: those saved in `last.ckpt` (with
+    # EMA, the average), so a finished run resumed returns the same model as the unbroken one.
+    best = checkpoint.best_model_path if validating else checkpoint.last_model_path
     if best:
         load_checkpoint_weights(predictor.model, Path(best))
     predictor.model.eval()
@@ -512,5 +534,5 @@ def fit(
         seconds=seconds,
         best_val_score=float(best_score) if best_score is not None else float("nan"),
         best_checkpoint=best,
-        monitor=cfg.select_by,
+        monitor=cfg.select_by if validating else "last",
     )

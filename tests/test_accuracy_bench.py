@@ -54,7 +54,7 @@ def examples(n: int, prefix: str) -> Examples:
 
 def test_cross_fit_validates_each_record_once_and_keeps_configurations_whole() -> None:
     parts = accuracy.Parts(examples(60, "t"), examples(9, "v"), examples(6, "x"), {})
-    args = argparse.Namespace(cross_fit=True, ensemble=4, dataset="c3o", seed=0)
+    args = argparse.Namespace(cross_fit=True, refit=False, ensemble=4, dataset="c3o", seed=0)
     members = accuracy.member_parts(args, parts)
     pool = parts.fit_part()
     assert len(members) == 4
@@ -63,8 +63,23 @@ def test_cross_fit_validates_each_record_once_and_keeps_configurations_whole() -
     for train, val in members:
         assert len(train) + len(val) == len(pool)
         assert not set(train.config_json) & set(val.config_json)
-    plain = argparse.Namespace(cross_fit=False, ensemble=3)
+    plain = argparse.Namespace(cross_fit=False, ensemble=3, refit=False)
     assert accuracy.member_parts(plain, parts) == [(parts.train, parts.val)] * 3
+
+
+def test_refit_members_train_on_all_of_train_and_val_and_validate_on_nothing() -> None:
+    parts = accuracy.Parts(examples(60, "t"), examples(9, "v"), examples(6, "x"), {})
+    args = argparse.Namespace(cross_fit=False, ensemble=3, refit=True)
+    members = accuracy.member_parts(args, parts)
+    assert len(members) == 3
+    for train, val in members:
+        assert sorted(train.record_ids) == sorted(parts.fit_part().record_ids)
+        assert len(val) == 0
+    crossed = argparse.Namespace(cross_fit=True, refit=True, ensemble=3, steps=10)
+    with pytest.raises(SystemExit, match="--refit"):
+        accuracy.check_member_plan(crossed)
+    with pytest.raises(SystemExit, match="--steps"):
+        accuracy.check_member_plan(argparse.Namespace(cross_fit=False, refit=True, steps=None))
 
 
 def test_extra_reference_pairs_train_but_are_never_scored() -> None:
@@ -82,7 +97,7 @@ def test_extra_reference_pairs_train_but_are_never_scored() -> None:
     ]
     paired = dataclasses.replace(train, record_ids=extra)
     parts = accuracy.Parts(paired, examples(9, "v"), examples(6, "x"), {})
-    args = argparse.Namespace(cross_fit=True, ensemble=4, dataset="c3o", seed=0)
+    args = argparse.Namespace(cross_fit=True, refit=False, ensemble=4, dataset="c3o", seed=0)
     members = accuracy.member_parts(args, parts)
     assert sum(len(val) for _, val in members) == 20 + 9  # matched training records + val
     for fit, val in members:

@@ -110,3 +110,39 @@ def test_val_error_needs_the_codec() -> None:
     predictor = toy_predictor(toy_data(8)[0])
     with pytest.raises(ValueError, match="codec"):
         RegressionLM(predictor.model, TrainConfig(select_by="val_error"))
+
+
+def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
+    tmp_path: Path,
+) -> None:
+    """An empty validation part (a refit on everything): no early stopping and no best-checkpoint
+    ranking; the model is the last step's (with EMA the average, as `last.ckpt` saved it), and a
+    finished run resumed returns that same model."""
+    texts, targets = toy_data(64)
+    cfg = TrainConfig(
+        batch_size=8,
+        warmup_steps=0,
+        max_steps=30,
+        val_every_steps=4,
+        early_stopping_patience=1,
+        checkpoint_every_steps=7,  # the plan's end is not a multiple: the last step still saved
+        ema_decay=0.9,
+        precision="32-true",
+        progress_bar=False,
+    )
+    predictor = toy_predictor(texts)
+    result = fit(predictor, (texts, targets), ([], np.array([])), cfg, tmp_path, resume=False)
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert result.steps == 30
+    assert saved["global_step"] == 30
+    assert result.monitor == "last"
+    assert Path(result.best_checkpoint).name == "last.ckpt"
+    assert not (tmp_path / "best.ckpt").exists()
+    weights = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    for key, value in weights.items():
+        assert torch.equal(saved["state_dict"][f"model.{key}"], value)
+
+    again = toy_predictor(texts)
+    fit(again, (texts, targets), ([], np.array([])), cfg, tmp_path, resume=True)
+    for key, value in again.model.state_dict().items():
+        assert torch.equal(value, weights[key])
