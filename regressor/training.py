@@ -437,6 +437,22 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
 
 
+def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, validating: bool) -> str:
+    """The checkpoint whose weights `fit` returns: the best validation's, or without validation
+    the last step's as `last.ckpt` saved them (with EMA, the average), so a finished run resumed
+    returns the same model as the unbroken one.
+
+    Read from `checkpoint_dir`, not only from the callback's memory: resumed from a directory
+    that was copied or moved, Lightning restores no paths ("dirpath has changed") and the model
+    would keep the raw, non-averaged weights of a run whose plan ended on a save step.
+    """
+    if validating:
+        found = checkpoint_dir / "best.ckpt"
+        return checkpoint.best_model_path or (str(found) if found.exists() else "")
+    last = checkpoint_dir / "last.ckpt"
+    return str(last) if last.exists() else checkpoint.last_model_path
+
+
 def fit(
     predictor: Predictor,
     train: tuple[Sequence[str], np.ndarray],
@@ -521,9 +537,7 @@ def fit(
         ckpt_path=str(last) if resume and last.exists() else None,
     )
     seconds = time.perf_counter() - started
-    # Without validation the last step's weights are the result: those saved in `last.ckpt` (with
-    # EMA, the average), so a finished run resumed returns the same model as the unbroken one.
-    best = checkpoint.best_model_path if validating else checkpoint.last_model_path
+    best = _result_checkpoint(checkpoint, checkpoint_dir, validating)
     if best:
         load_checkpoint_weights(predictor.model, Path(best))
     predictor.model.eval()

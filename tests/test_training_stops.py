@@ -5,6 +5,7 @@ checkpoint by its sampled median (real fits of the tiny model)."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,12 +113,15 @@ def test_val_error_needs_the_codec() -> None:
         RegressionLM(predictor.model, TrainConfig(select_by="val_error"))
 
 
+@pytest.mark.parametrize("save_every", [7, 10])
 def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
-    tmp_path: Path,
+    tmp_path: Path, save_every: int
 ) -> None:
     """An empty validation part (a refit on everything): no early stopping and no best-checkpoint
     ranking; the model is the last step's (with EMA the average, as `last.ckpt` saved it), and a
-    finished run resumed returns that same model."""
+    finished run resumed returns that same model, also from a copy of its directory. A plan that
+    ends on a save step (10) once left a copied run's model with the raw, non-averaged weights:
+    Lightning restores no checkpoint paths from a directory that moved."""
     texts, targets = toy_data(64)
     cfg = TrainConfig(
         batch_size=8,
@@ -125,24 +129,33 @@ def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
         max_steps=30,
         val_every_steps=4,
         early_stopping_patience=1,
-        checkpoint_every_steps=7,  # the plan's end is not a multiple: the last step still saved
+        checkpoint_every_steps=save_every,  # 7: the end is not a multiple, yet still saved
         ema_decay=0.9,
         precision="32-true",
         progress_bar=False,
     )
+    run = tmp_path / "run"
     predictor = toy_predictor(texts)
-    result = fit(predictor, (texts, targets), ([], np.array([])), cfg, tmp_path, resume=False)
-    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    result = fit(predictor, (texts, targets), ([], np.array([])), cfg, run, resume=False)
+    saved = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
     assert result.steps == 30
     assert saved["global_step"] == 30
     assert result.monitor == "last"
     assert Path(result.best_checkpoint).name == "last.ckpt"
-    assert not (tmp_path / "best.ckpt").exists()
+    assert not (run / "best.ckpt").exists()
     weights = {k: v.clone() for k, v in predictor.model.state_dict().items()}
     for key, value in weights.items():
         assert torch.equal(saved["state_dict"][f"model.{key}"], value)
+    # Saved on a step, the raw weights (those a resume restores first) are not the average
+    raw_differs = any(
+        not torch.equal(saved["current_model_state"][f"model.{key}"], value)
+        for key, value in weights.items()
+    )
+    assert raw_differs == (cfg.max_steps % save_every == 0)
 
-    again = toy_predictor(texts)
-    fit(again, (texts, targets), ([], np.array([])), cfg, tmp_path, resume=True)
-    for key, value in again.model.state_dict().items():
-        assert torch.equal(value, weights[key])
+    shutil.copytree(run, tmp_path / "copy")
+    for resumed_in in (run, tmp_path / "copy"):
+        again = toy_predictor(texts)
+        fit(again, (texts, targets), ([], np.array([])), cfg, resumed_in, resume=True)
+        for key, value in again.model.state_dict().items():
+            assert torch.equal(value, weights[key]), resumed_in.name
