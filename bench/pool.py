@@ -16,7 +16,9 @@ and the target form included (runtime vs runtime per MB): samples are in the tar
 Prints `<dataset>_<label>_{val,test,members_test}_<metric>: value` for each run (label `run<i>`)
 and for `pool`, with metric in spearman, kendall, mape, mse_log; `members_test` is the members'
 own test scores averaged (with `--cross-fit` the validation score is one member's per record, so
-it estimates this, not the pool's test score).
+it estimates this, not the pool's test score). Runs of `--refit` members validated on nothing:
+they pool like any other run, but only their test scores print, so validation cannot choose
+between them and their pool; that choice has to be a rule fixed before the runs.
 """
 
 from __future__ import annotations
@@ -96,9 +98,10 @@ def score(prefix: str, run: Run, target: dict[str, float]) -> None:
     every member; and `members_test`, the members' own test scores averaged, which is what the
     validation score estimates when each validation record has one member (`--cross-fit`)."""
     y_val = np.array([target[rid] for fold in run.folds for rid in fold.val_ids])
-    val = np.concatenate([median(f.vals) for f in run.folds])
+    if len(y_val):  # a refit's members (`--refit`) validated on nothing: no score to choose by
+        val = np.concatenate([median(f.vals) for f in run.folds])
+        emit(f"{prefix}_val", point_metrics(y_val, val), POINT)
     y_test = np.array([target[rid] for rid in run.test_ids])
-    emit(f"{prefix}_val", point_metrics(y_val, val), POINT)
     emit(f"{prefix}_test", point_metrics(y_test, median(run.tests)), POINT)
     emit(f"{prefix}_members_test", members_mean_metrics(y_test, run.tests), POINT)
 

@@ -165,6 +165,24 @@ def test_member_samples_round_trip_and_group_by_validation_fold(tmp_path) -> Non
     np.testing.assert_array_equal(both.folds[1].vals[1], again[1].val)  # fold 1: b's, then c's
 
 
+def test_refit_runs_pool_and_score_on_test_only(tmp_path, capsys) -> None:
+    """Refit members validated on nothing (`--refit` saves empty draws): two such runs pool, and
+    the scores print for test only, never a NaN validation score to choose by."""
+    for name, seed in (("r1", 0), ("r2", 1)):
+        rng = np.random.default_rng(seed)
+        refit = [accuracy.MemberSamples(1 + rng.random((3, 4)), np.empty((0, 4)), [])] * 2
+        accuracy.save_member_samples(tmp_path / f"{name}_samples.npz", ["t1", "t2", "t3"], refit)
+    both = pool.pooled([pool.load_run(tmp_path, "r1"), pool.load_run(tmp_path, "r2")])
+    assert both.n_members == 4
+    assert [len(fold.val_ids) for fold in both.folds] == [0]
+    y = np.array([1.5, 1.2, 1.8])
+    pool.score("lumos_pool", both, dict(zip(["t1", "t2", "t3"], y, strict=True)))
+    printed = capsys.readouterr().out
+    assert "_val_" not in printed
+    expected = point_metrics(y, pool.median(both.tests))["mape"]
+    assert f"lumos_pool_test_mape: {expected:.4f}" in printed
+
+
 def test_members_mean_metrics_score_each_member_alone_so_an_outvoted_member_counts() -> None:
     """Two members on the truth and one at ten times it: alone they average 300% MAPE, pooled the
     median is the truth. The validation score of cross-fitted members estimates the first."""
