@@ -444,7 +444,9 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
 
     Read from `checkpoint_dir`, not only from the callback's memory: resumed from a directory
     that was copied or moved, Lightning restores no paths ("dirpath has changed") and the model
-    would keep the raw, non-averaged weights of a run whose plan ended on a save step.
+    would keep the raw, non-averaged weights of a run whose plan ended on a save step. (Such a
+    validating run does not know its old best's score either: a best found after the move is
+    saved beside it, e.g. `best-v1.ckpt`, and returned.)
     """
     if validating:
         found = checkpoint_dir / "best.ckpt"
