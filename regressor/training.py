@@ -442,17 +442,16 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     the last step's as `last.ckpt` saved them (with EMA, the average), so a finished run resumed
     returns the same model as the unbroken one.
 
-    Read from `checkpoint_dir`, not only from the callback's memory: resumed from a directory
-    that was copied or moved, Lightning restores no paths ("dirpath has changed") and the model
-    would keep the raw, non-averaged weights of a run whose plan ended on a save step. (Such a
-    validating run does not know its old best's score either: a best found after the move is
-    saved beside it, e.g. `best-v1.ckpt`, and returned.)
+    The callback's path first (a fresh run beside a stale `last.ckpt` writes `last-v1.ckpt`),
+    else the file in `checkpoint_dir`: resumed from a directory that was copied or moved,
+    Lightning restores no paths ("dirpath has changed") and the model would keep the raw,
+    non-averaged weights of a run whose plan ended on a save step. (Such a validating run does
+    not know its old best's score either: a best found after the move is saved beside it, e.g.
+    `best-v1.ckpt`, and returned.)
     """
-    if validating:
-        found = checkpoint_dir / "best.ckpt"
-        return checkpoint.best_model_path or (str(found) if found.exists() else "")
-    last = checkpoint_dir / "last.ckpt"
-    return str(last) if last.exists() else checkpoint.last_model_path
+    known = checkpoint.best_model_path if validating else checkpoint.last_model_path
+    found = checkpoint_dir / ("best.ckpt" if validating else "last.ckpt")
+    return known or (str(found) if found.exists() else "")
 
 
 def fit(

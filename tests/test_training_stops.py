@@ -159,3 +159,11 @@ def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
         fit(again, (texts, targets), ([], np.array([])), cfg, resumed_in, resume=True)
         for key, value in again.model.state_dict().items():
             assert torch.equal(value, weights[key]), resumed_in.name
+
+    # A fresh run beside that stale `last.ckpt` keeps its own last step, not the stale one
+    fresh = toy_predictor(texts)
+    shorter = cfg.model_copy(update={"max_steps": 20})
+    again = fit(fresh, (texts, targets), ([], np.array([])), shorter, run, resume=False)
+    assert Path(again.best_checkpoint) != run / "last.ckpt"
+    assert torch.load(again.best_checkpoint, weights_only=True)["global_step"] == 20
+    assert any(not torch.equal(v, weights[k]) for k, v in fresh.model.state_dict().items())
