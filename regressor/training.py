@@ -443,15 +443,17 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     returns the same model as the unbroken one.
 
     The callback's path first (a fresh run beside a stale `last.ckpt` writes `last-v1.ckpt`),
-    else the file in `checkpoint_dir`: resumed from a directory that was copied or moved,
-    Lightning restores no paths ("dirpath has changed") and the model would keep the raw,
-    non-averaged weights of a run whose plan ended on a save step. (Such a validating run does
-    not know its old best's score either: a best found after the move is saved beside it, e.g.
-    `best-v1.ckpt`, and returned.)
+    else the file in `checkpoint_dir`. Resumed from a directory that was copied or moved,
+    Lightning restores no `last_model_path` ("dirpath has changed"), so the model would keep the
+    raw, non-averaged weights of a run whose plan ended on a save step, and `best_model_path`
+    still names the old directory, gone once moved. (Such a validating run does not know its old
+    best's score either: a best found after the move is saved beside it as `best-v1.ckpt`.)
     """
     known = checkpoint.best_model_path if validating else checkpoint.last_model_path
+    if known and Path(known).exists():
+        return known
     found = checkpoint_dir / ("best.ckpt" if validating else "last.ckpt")
-    return known or (str(found) if found.exists() else "")
+    return str(found) if found.exists() else ""
 
 
 def fit(

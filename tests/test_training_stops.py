@@ -107,6 +107,25 @@ def test_select_by_val_error_keeps_the_checkpoint_with_the_best_median(tmp_path:
     assert result.best_val_score == pytest.approx(logged["val_error"].min(), rel=1e-6)
 
 
+def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(tmp_path: Path) -> None:
+    """Lightning reloads `best_model_path` from the checkpoint as it was: in the old directory.
+    Moved, the run still returns the weights of the `best.ckpt` it carries."""
+    texts, targets = toy_data(72)
+    cfg = TrainConfig(
+        batch_size=8, warmup_steps=0, max_steps=16, val_every_steps=4, precision="32-true"
+    ).model_copy(update={"progress_bar": False})
+    train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
+    fit(toy_predictor(texts), train, val, cfg, tmp_path / "run", resume=False)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    best = torch.load(tmp_path / "moved" / "best.ckpt", map_location="cpu", weights_only=True)
+
+    again = toy_predictor(texts)
+    result = fit(again, train, val, cfg, tmp_path / "moved", resume=True)
+    assert Path(result.best_checkpoint) == tmp_path / "moved" / "best.ckpt"
+    for key, value in again.model.state_dict().items():
+        assert torch.equal(value, best["state_dict"][f"model.{key}"])
+
+
 def test_val_error_needs_the_codec() -> None:
     predictor = toy_predictor(toy_data(8)[0])
     with pytest.raises(ValueError, match="codec"):
@@ -121,7 +140,7 @@ def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
     ranking; the model is the last step's (with EMA the average, as `last.ckpt` saved it), and a
     finished run resumed returns that same model, also from a copy of its directory. A plan that
     ends on a save step (10) once left a copied run's model with the raw, non-averaged weights:
-    Lightning restores no checkpoint paths from a directory that moved."""
+    Lightning restores no `last_model_path` from a directory that moved."""
     texts, targets = toy_data(64)
     cfg = TrainConfig(
         batch_size=8,
