@@ -266,7 +266,6 @@ def new_predictor(
     """A tokenizer trained on `texts`, a codec spanning `targets`, a randomly initialised model
     (learning the target itself if `absolute`, else in the recipe's form)."""
     model_cfg = recipe.model_config()
-    torch.manual_seed(seed)
     corpus = list(texts)
     if recipe.shuffle_fields:  # merges across line breaks must not favour one field order
         rng = np.random.default_rng(seed)
@@ -282,6 +281,7 @@ def new_predictor(
         priority,
         recipe.relative_to,
         absolute_members=(0,) if absolute else (),
+        seed=seed,
     )
 
 

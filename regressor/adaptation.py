@@ -13,7 +13,6 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from regressor.config import AdaptConfig, TrainConfig
@@ -159,7 +158,6 @@ def train_from_scratch(
     members, results = [], []
     for i in range(size):
         member_cfg = member_config(cfg, i)
-        torch.manual_seed(member_cfg.seed)  # the initial weights, reproducibly
         scratch = Predictor.create(
             base.model_config,
             base.codec_config,
@@ -167,6 +165,7 @@ def train_from_scratch(
             base.priority,
             base.relative_to,
             absolute_members=base.member(i).absolute_members,  # member i's own target form
+            seed=member_cfg.seed,
         )
         results.append(
             fit_examples(

@@ -139,7 +139,6 @@ def train_member(
     form): loaded if an earlier attempt finished it, else trained with `fit` (resuming its own
     `last.ckpt` if an attempt was killed while training it)."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)  # its initial weights: its own, and the same on a rerun
     member = Predictor.create(
         template.model_config,
         template.codec_config,
@@ -147,6 +146,7 @@ def train_member(
         template.priority,
         template.relative_to,
         absolute_members=(0,) if absolute else (),
+        seed=cfg.seed,  # its initial weights: its own, and the same on a rerun
     )
     fitted = load_finished_member(directory, member)
     if fitted is None:

@@ -287,7 +287,9 @@ def _train_and_register(
     tokenizer = resumable_tokenizer(
         ckpt_dir, train.texts, model_cfg.input_vocab_size, not data.whole_numbers
     )
-    predictor = Predictor.create(model_cfg, app.codec, tokenizer, relative_to=data.relative_to)
+    predictor = Predictor.create(
+        model_cfg, app.codec, tokenizer, relative_to=data.relative_to, seed=train_cfg.seed
+    )
     size = train_cfg.ensemble_size
     per_member = predictor.model.num_parameters()
     n_parameters = size * per_member

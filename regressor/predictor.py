@@ -161,8 +161,13 @@ class Predictor:
         relative_to: str | None = None,
         ensemble_size: int = 1,
         absolute_members: Sequence[int] = (),
+        seed: int | None = None,
     ) -> Predictor:
-        """Freshly initialised members (from torch's global generator: seed it first)."""
+        """Freshly initialised members, drawn from torch's global generator, which `seed` seeds
+        first: a process starts it from a random seed, so without one a retrain on the same data
+        starts from other weights."""
+        if seed is not None:
+            torch.manual_seed(seed)
         codec = NumberCodec(codec_config)
         members = [
             build_model(model_config, tokenizer.vocab_size, codec.vocab_size)

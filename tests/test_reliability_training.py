@@ -206,6 +206,26 @@ def _tokenizer_str(text: str) -> str:
     return Tokenizer.from_str(text).to_str()
 
 
+def test_two_retrains_of_one_snapshot_register_the_same_weights(tmp_path: Path) -> None:
+    """Each process starts torch's generator from a random seed; the initial weights come from
+    `train.seed`, so retraining the same data in another process registers the same model (it
+    once drew them from whatever state the generator was in)."""
+    conf = conf_dir_with(tmp_path, "short", {**KILLABLE_TRAIN, "max_steps": 6})
+    registered = []
+    for run, generator_state in enumerate((11, 12)):
+        app = tiny_app(tmp_path / f"var{run}", train="short")
+        paths, data = prepare(app)
+        torch.manual_seed(generator_state)  # as another process would find it
+        try:
+            pipeline.train_and_register(app, paths, data, conf)
+            mlflow.set_registry_uri(paths.tracking_uri)
+            registered.append(registry.load_predictor("models:/textperf/1").model.state_dict())
+        finally:
+            mlflow.set_tracking_uri(None)
+    for key, value in registered[0].items():
+        assert torch.equal(value, registered[1][key]), key
+
+
 def test_two_runs_with_the_same_key_never_share_a_checkpoint_dir(tmp_path: Path) -> None:
     paths = ResolvedPaths(var_dir=tmp_path)
     with pipeline.training_dir(paths, "k") as first, pipeline.training_dir(paths, "k") as second:
