@@ -446,11 +446,12 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     else the file in `checkpoint_dir`. Resumed from a directory that was copied or moved,
     Lightning restores no `last_model_path` ("dirpath has changed"), so the model would keep the
     raw, non-averaged weights of a run whose plan ended on a save step, and `best_model_path`
-    still names the old directory, gone once moved. (Such a validating run does not know its old
-    best's score either: a best found after the move is saved beside it as `best-v1.ckpt`.)
+    still names the old directory: gone once moved, or reused by another run since the copy.
+    (Such a validating run does not know its old best's score either: a best found after the
+    move is saved beside it as `best-v1.ckpt`.)
     """
     known = checkpoint.best_model_path if validating else checkpoint.last_model_path
-    if known and Path(known).exists():
+    if known and Path(known).resolve().parent == checkpoint_dir.resolve():
         return known
     found = checkpoint_dir / ("best.ckpt" if validating else "last.ckpt")
     return str(found) if found.exists() else ""

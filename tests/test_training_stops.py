@@ -107,16 +107,25 @@ def test_select_by_val_error_keeps_the_checkpoint_with_the_best_median(tmp_path:
     assert result.best_val_score == pytest.approx(logged["val_error"].min(), rel=1e-6)
 
 
-def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["moved", "copied, the original reused"])
+def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(
+    tmp_path: Path, how: str
+) -> None:
     """Lightning reloads `best_model_path` from the checkpoint as it was: in the old directory.
-    Moved, the run still returns the weights of the `best.ckpt` it carries."""
+    Moved, or copied while another run reuses the original, the run still returns the weights
+    of the `best.ckpt` it carries."""
     texts, targets = toy_data(72)
     cfg = TrainConfig(
         batch_size=8, warmup_steps=0, max_steps=16, val_every_steps=4, precision="32-true"
     ).model_copy(update={"progress_bar": False})
     train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
     fit(toy_predictor(texts), train, val, cfg, tmp_path / "run", resume=False)
-    shutil.move(tmp_path / "run", tmp_path / "moved")
+    if how == "moved":
+        shutil.move(tmp_path / "run", tmp_path / "moved")
+    else:
+        shutil.copytree(tmp_path / "run", tmp_path / "moved")
+        other = cfg.model_copy(update={"seed": 1, "lr": 0.01})
+        fit(toy_predictor(texts), train, val, other, tmp_path / "run", resume=False)
     best = torch.load(tmp_path / "moved" / "best.ckpt", map_location="cpu", weights_only=True)
 
     again = toy_predictor(texts)
