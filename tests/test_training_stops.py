@@ -116,8 +116,13 @@ def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(
     of the `best.ckpt` it carries."""
     texts, targets = toy_data(72)
     cfg = TrainConfig(
-        batch_size=8, warmup_steps=0, max_steps=16, val_every_steps=4, precision="32-true"
-    ).model_copy(update={"progress_bar": False})
+        batch_size=8,
+        warmup_steps=0,
+        max_steps=16,
+        val_every_steps=4,
+        precision="32-true",
+        progress_bar=False,
+    )
     train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
     fit(toy_predictor(texts), train, val, cfg, tmp_path / "run", resume=False)
     if how == "moved":
