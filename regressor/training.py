@@ -367,6 +367,15 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             # step's validation, which runs right after this hook.
             self._last_global_step_saved = saved_at
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning forgets the best score of a run resumed in another directory ("dirpath has
+        changed"), so its next validation, however worse, became a new best (`best-v1.ckpt`)
+        and the model `fit` returned. A directory moved or copied whole carries its files: the
+        saved paths are read as those files here."""
+        if self.dirpath:
+            state_dict = _rebased(state_dict, Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """`last` at the final step too, wherever the plan, the clock or early stopping ended
         it (Lightning's own end-of-training save is skipped once any `last` was written)."""
@@ -374,6 +383,31 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if self._last_written_at != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_written_at = trainer.global_step
+
+
+def _rebased(state: dict[str, Any], dirpath: Path) -> dict[str, Any]:
+    """A checkpoint callback's saved state with its file paths moved into `dirpath`, when it was
+    saved in another directory and every file it names is in `dirpath` by the same name (else
+    as saved: Lightning then keeps only `best_model_path`, which `fit` does not trust)."""
+    saved = state.get("dirpath")
+    if not saved or Path(saved) == dirpath:
+        return state
+
+    def moved(path: str) -> str:
+        return str(dirpath / Path(path).name) if path else path
+
+    best_k = state.get("best_k_models", {})
+    paths = [state["best_model_path"], state.get("last_model_path", ""), *best_k]
+    if not all(Path(moved(p)).exists() for p in paths if p):
+        return state
+    return {
+        **state,
+        "dirpath": str(dirpath),
+        "best_model_path": moved(state["best_model_path"]),
+        "kth_best_model_path": moved(state.get("kth_best_model_path", "")),
+        "last_model_path": moved(state.get("last_model_path", "")),
+        "best_k_models": {moved(p): score for p, score in best_k.items()},
+    }
 
 
 class StepSeededRandomness(Callback):
@@ -443,12 +477,11 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     returns the same model as the unbroken one.
 
     The callback's path first (a fresh run beside a stale `last.ckpt` writes `last-v1.ckpt`),
-    else the file in `checkpoint_dir`. Resumed from a directory that was copied or moved,
-    Lightning restores no `last_model_path` ("dirpath has changed"), so the model would keep the
-    raw, non-averaged weights of a run whose plan ended on a save step, and `best_model_path`
-    still names the old directory: gone once moved, or reused by another run since the copy.
-    (Such a validating run does not know its old best's score either: a best found after the
-    move is saved beside it as `best-v1.ckpt`.)
+    if it lies in `checkpoint_dir`, else the file there. A run resumed from a directory moved or
+    copied whole has its paths rebased (`_rebased`); one copied in part (say `last.ckpt` alone)
+    keeps Lightning's view: no `last_model_path`, so the model would keep the raw, non-averaged
+    weights of a run whose plan ended on a save step, and a `best_model_path` in the old
+    directory, gone once moved or reused by another run since the copy.
     """
     known = checkpoint.best_model_path if validating else checkpoint.last_model_path
     if known and Path(known).resolve().parent == checkpoint_dir.resolve():

@@ -140,6 +140,42 @@ def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(
         assert torch.equal(value, best["state_dict"][f"model.{key}"])
 
 
+def test_a_run_moved_midway_still_ranks_against_its_old_best(tmp_path: Path) -> None:
+    """Resumed in a directory it was moved to, a run keeps its best checkpoint's score: a later,
+    worse validation is not saved as a new best (`best-v1.ckpt`) nor returned."""
+    texts, targets = toy_data(72)
+    cfg = TrainConfig(
+        batch_size=8,
+        warmup_steps=0,
+        max_steps=40,
+        val_every_steps=4,
+        early_stopping_patience=20,
+        precision="32-true",
+        progress_bar=False,
+    )
+    train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
+    first = fit(toy_predictor(texts), train, val, cfg, tmp_path / "run")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+
+    # Validated after the move on targets a thousand times off: every new score is worse
+    longer = cfg.model_copy(update={"max_steps": 48})
+    logger = CSVLogger(tmp_path, name="", version="")
+    off = (val[0], val[1] * 1000)
+    again = toy_predictor(texts)
+    result = fit(again, train, off, longer, tmp_path / "moved", logger=logger)
+    after_move = pl.read_csv(tmp_path / "metrics.csv").drop_nulls("val_loss")["val_loss"]
+    assert result.steps == 48
+    assert after_move.len() == 2
+    assert after_move.min() > first.best_val_score
+    assert result.best_val_score == pytest.approx(first.best_val_score)
+    assert Path(result.best_checkpoint) == tmp_path / "moved" / "best.ckpt"
+    assert sorted(p.name for p in (tmp_path / "moved").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert best["global_step"] <= 40
+    for key, value in again.model.state_dict().items():
+        assert torch.equal(value, best["state_dict"][f"model.{key}"])
+
+
 def test_val_error_needs_the_codec() -> None:
     predictor = toy_predictor(toy_data(8)[0])
     with pytest.raises(ValueError, match="codec"):
