@@ -31,6 +31,25 @@ def toy_predictor(texts: list[str]) -> Predictor:
     return Predictor.create(load_model_config("tiny"), CodecConfig(mantissa_digits=3), tokenizer)
 
 
+def validated_config(max_steps: int, **update: object) -> TrainConfig:
+    """A tiny fit that validates every 4 steps."""
+    return TrainConfig(
+        batch_size=8,
+        warmup_steps=0,
+        max_steps=max_steps,
+        val_every_steps=4,
+        precision="32-true",
+        progress_bar=False,
+        **update,
+    )
+
+
+def assert_weights_of(model: torch.nn.Module, checkpoint: Path | str) -> None:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[f"model.{key}"]), key
+
+
 def fit_steps(
     tmp_path: Path, n_train: int, logger: CSVLogger | None = None, **update: object
 ) -> int:
@@ -87,16 +106,7 @@ def test_select_by_val_error_keeps_the_checkpoint_with_the_best_median(tmp_path:
     """With `select_by: val_error` the checkpoint and early stopping follow the error of the
     sampled median (logged beside val_loss), and the fit reports that score."""
     texts, targets = toy_data(72)
-    cfg = TrainConfig(
-        batch_size=8,
-        warmup_steps=0,
-        max_steps=24,
-        val_every_steps=4,
-        precision="32-true",
-        progress_bar=False,
-        select_by="val_error",
-        val_error_samples=4,
-    )
+    cfg = validated_config(24, select_by="val_error", val_error_samples=4)
     logger = CSVLogger(tmp_path, name="", version="")
     train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
     result = fit(toy_predictor(texts), train, val, cfg, tmp_path, logger=logger, resume=False)
@@ -115,14 +125,7 @@ def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(
     Moved, or copied while another run reuses the original, the run still returns the weights
     of the `best.ckpt` it carries."""
     texts, targets = toy_data(72)
-    cfg = TrainConfig(
-        batch_size=8,
-        warmup_steps=0,
-        max_steps=16,
-        val_every_steps=4,
-        precision="32-true",
-        progress_bar=False,
-    )
+    cfg = validated_config(16)
     train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
     fit(toy_predictor(texts), train, val, cfg, tmp_path / "run", resume=False)
     if how == "moved":
@@ -131,28 +134,18 @@ def test_a_finished_run_moved_elsewhere_resumes_to_its_best_checkpoint(
         shutil.copytree(tmp_path / "run", tmp_path / "moved")
         other = cfg.model_copy(update={"seed": 1, "lr": 0.01})
         fit(toy_predictor(texts), train, val, other, tmp_path / "run", resume=False)
-    best = torch.load(tmp_path / "moved" / "best.ckpt", map_location="cpu", weights_only=True)
 
     again = toy_predictor(texts)
     result = fit(again, train, val, cfg, tmp_path / "moved", resume=True)
     assert Path(result.best_checkpoint) == tmp_path / "moved" / "best.ckpt"
-    for key, value in again.model.state_dict().items():
-        assert torch.equal(value, best["state_dict"][f"model.{key}"])
+    assert_weights_of(again.model, result.best_checkpoint)
 
 
 def test_a_run_moved_midway_still_ranks_against_its_old_best(tmp_path: Path) -> None:
     """Resumed in a directory it was moved to, a run keeps its best checkpoint's score: a later,
     worse validation is not saved as a new best (`best-v1.ckpt`) nor returned."""
     texts, targets = toy_data(72)
-    cfg = TrainConfig(
-        batch_size=8,
-        warmup_steps=0,
-        max_steps=40,
-        val_every_steps=4,
-        early_stopping_patience=20,
-        precision="32-true",
-        progress_bar=False,
-    )
+    cfg = validated_config(40, early_stopping_patience=20)
     train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
     first = fit(toy_predictor(texts), train, val, cfg, tmp_path / "run")
     shutil.move(tmp_path / "run", tmp_path / "moved")
@@ -170,10 +163,8 @@ def test_a_run_moved_midway_still_ranks_against_its_old_best(tmp_path: Path) -> 
     assert result.best_val_score == pytest.approx(first.best_val_score)
     assert Path(result.best_checkpoint) == tmp_path / "moved" / "best.ckpt"
     assert sorted(p.name for p in (tmp_path / "moved").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
-    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-    assert best["global_step"] <= 40
-    for key, value in again.model.state_dict().items():
-        assert torch.equal(value, best["state_dict"][f"model.{key}"])
+    assert torch.load(result.best_checkpoint, weights_only=True)["global_step"] <= 40
+    assert_weights_of(again.model, result.best_checkpoint)
 
 
 def test_val_error_needs_the_codec() -> None:
