@@ -86,6 +86,10 @@ def main() -> None:
     report("adapted_over_base_within_cell", f"{rho / within:.3f}" if within else "nan")
     margin = rho - adapted.from_scratch["spearman"]
     report("adapted_minus_from_scratch", f"{margin:.3f}")
+    # The registry's gate decided on the shots kept out of training, never on the days above.
+    report("gate_promoted", int(adapted.promoted))
+    for name in ("zero_shot", "adapted"):
+        report(f"gate_{name}_spearman", f"{adapted.validation[name]['spearman']:.3f}")
     report("wall_s", f"{time.perf_counter() - started:.0f}")
 
 

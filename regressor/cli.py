@@ -286,6 +286,8 @@ def adapt(
     for kind in pipeline.SCORES:
         metrics = getattr(outcome, kind)
         typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")
+    verdict = "promoted" if outcome.promoted else "refused"
+    typer.echo(f"gate: {verdict} ({outcome.reason}); predict {outcome.task} with {outcome.use_uri}")
 
 
 if __name__ == "__main__":

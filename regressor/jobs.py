@@ -125,4 +125,5 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
     if getattr(outcome, "from_scratch", None):
         rows["from scratch"] = outcome.from_scratch
     table = report.metrics_table(rows)
-    return f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n"
+    gate = report.adaptation_gate(outcome)
+    return f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n\n{gate}\n"

@@ -20,7 +20,7 @@ import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger
 
 from regressor import baselines, registry
-from regressor.adaptation import fine_tune, latest_shots, train_from_scratch
+from regressor.adaptation import fine_tune, latest_shots, split_shots, train_from_scratch
 from regressor.config import (
     CONF_DIR,
     AppConfig,
@@ -382,6 +382,11 @@ class AdaptOutcome:
     fit: FitResult
     from_scratch: dict[str, float]
     method: str
+    # The gate: zero-shot and adapted on the shots kept out of training, and its decision.
+    validation: dict[str, dict[str, float]]
+    promoted: bool
+    reason: str
+    use_uri: str  # what to predict the task with now: the variant's champion, else the base
 
     @property
     def uri(self) -> str:
@@ -440,13 +445,15 @@ def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list
 def adapt_version(
     app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str
 ) -> AdaptOutcome:
-    """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register it.
+    """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register and
+    gate it (`registry.gate_variant`, on the shots kept out of training, never the test records).
 
     Scores on the task's test records: the base zero-shot, the adapted model, and the same
     architecture (and tokenizer) trained from scratch on the same shots.
     """
     configure_mlflow(paths, app.registry.experiment)
     name, task = app.registry.model_name, data.holdout_task
+    variant = f"{name}-{task}"
     base_uri = registry.model_uri(name, base_version)  # a fixed version, never an alias
     base = registry.load_predictor(base_uri)
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
@@ -468,18 +475,32 @@ def adapt_version(
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
+        validation = _validation_scores(base, adapted, shots, app)
         _log_scores(scores)
+        _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
         log_figures(target.targets, summary, f"adapted_{task}")
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
         tags["data_hash"] = data.data_hash
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(
-                bundle, f"{name}-{task}", registry.input_example(data.example_record), tags
+                bundle, variant, registry.input_example(data.example_record), tags
             )
+        decision = registry.gate_variant(
+            variant,
+            version,
+            base_uri,
+            validation["adapted"],
+            validation["zero_shot"],
+            app.registry.promotion,
+            app.registry.champion_alias,
+            app.registry.challenger_alias,
+        )
+        mlflow.log_dict({"promoted": decision.promoted, "reason": decision.reason}, "gate.json")
+    has_champion = registry.alias_version(variant, app.registry.champion_alias) is not None
     return AdaptOutcome(
         task,
-        f"{name}-{task}",
+        variant,
         str(version.version),
         base_uri,
         len(shots),
@@ -488,4 +509,23 @@ def adapt_version(
         fitted,
         scores["from_scratch"],
         app.adapt.method,
+        validation,
+        decision.promoted,
+        decision.reason,
+        registry.model_uri(variant, app.registry.champion_alias) if has_champion else base_uri,
     )
+
+
+def _validation_scores(
+    base: Predictor, adapted: Predictor, shots: Examples, app: AppConfig
+) -> dict[str, dict[str, float]]:
+    """Zero-shot and adapted on the latest shots, the ones `fine_tune` kept out of training.
+
+    They also chose the adapted checkpoint, which leans the gate slightly towards adapting; the
+    test records stay untouched for the scores reported beside it.
+    """
+    _, held = split_shots(shots, app.adapt.val_fraction)
+    return {
+        "zero_shot": evaluate_model(base, held, app.eval)[0],
+        "adapted": evaluate_model(adapted, held, app.eval)[0],
+    }

@@ -170,16 +170,19 @@ class GateDecision:
 
 
 def beats(
-    challenger: Mapping[str, float], champion: Mapping[str, float], rule: PromotionRule
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float],
+    rule: PromotionRule,
+    against: str = "champion",
 ) -> tuple[bool, str]:
-    """Not worse on every metric of the rule (NaN counts as worse)."""
+    """Not worse on every metric of the rule (NaN counts as worse); `against` names the other."""
     for metric in rule.higher_is_better:
         if not challenger[metric] >= champion[metric]:
-            return False, f"{metric} {challenger[metric]:.4g} < champion's {champion[metric]:.4g}"
+            return False, f"{metric} {challenger[metric]:.4g} < {against}'s {champion[metric]:.4g}"
     for metric in rule.lower_is_better:
         if not challenger[metric] <= champion[metric]:
-            return False, f"{metric} {challenger[metric]:.4g} > champion's {champion[metric]:.4g}"
-    return True, "not worse than the champion on " + ", ".join(
+            return False, f"{metric} {challenger[metric]:.4g} > {against}'s {champion[metric]:.4g}"
+    return True, f"not worse than the {against} on " + ", ".join(
         rule.higher_is_better + rule.lower_is_better
     )
 
@@ -203,14 +206,59 @@ def gate(
     if promoted:
         # A single alias write: readers see the old champion or the new one, never neither.
         client.set_registered_model_alias(name, champion_alias, version.version)
+    return _record_decision(name, version, promoted, reason, challenger_metrics, champion_metrics)
+
+
+def gate_variant(
+    name: str,
+    version: ModelVersion,
+    base_uri: str,
+    adapted: Mapping[str, float],
+    zero_shot: Mapping[str, float],
+    rule: PromotionRule,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+) -> GateDecision:
+    """An adapted variant `name` becomes `challenger`; it takes `champion` (the model to use for
+    its task) only when not worse than its base `base_uri` zero-shot, both scored on shots kept
+    out of training.
+
+    Refused, it leaves a champion adapted from the same base in place (that one passed against
+    this base) and retires one adapted from another base: it was never compared with this base,
+    so the task falls back to the base itself.
+    """
+    client = MlflowClient()
+    client.set_registered_model_alias(name, challenger_alias, version.version)
+    promoted, reason = beats(adapted, zero_shot, rule, against="base zero-shot")
+    if promoted:
+        client.set_registered_model_alias(name, champion_alias, version.version)
+    else:
+        holder = alias_version(name, champion_alias)
+        if holder is not None and holder.tags.get("base_model") != base_uri:
+            client.delete_registered_model_alias(name, champion_alias)
+            reason += f"; retired @{champion_alias} from v{holder.version} (another base)"
+    return _record_decision(name, version, promoted, reason, adapted, zero_shot)
+
+
+def _record_decision(
+    name: str,
+    version: ModelVersion,
+    promoted: bool,
+    reason: str,
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+) -> GateDecision:
+    """Tag the decision on the version, so the registry alone explains every alias move."""
     decision = {
         "promoted": promoted,
         "reason": reason,
-        "challenger": dict(challenger_metrics),
-        "champion": dict(champion_metrics) if champion_metrics else None,
+        "challenger": dict(challenger),
+        "champion": dict(champion) if champion else None,
     }
-    client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
-    return GateDecision(promoted, reason, dict(challenger_metrics), champion_metrics)
+    MlflowClient().set_model_version_tag(
+        name, version.version, "gate_decision", json.dumps(decision)
+    )
+    return GateDecision(promoted, reason, dict(challenger), champion)
 
 
 def promote(

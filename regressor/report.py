@@ -63,6 +63,23 @@ def render_ingest(ingested) -> str:
     return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
 
 
+def adaptation_gate(outcome) -> str:
+    """The variant's gate (a `pipeline.AdaptOutcome`): the scores it compared and the verdict."""
+    verdict = "Promoted" if outcome.promoted else "Refused"
+    return "\n\n".join(
+        [
+            "Gate, on the latest shots kept out of training (not the test records above):",
+            metrics_table(
+                {
+                    "base, zero-shot": outcome.validation["zero_shot"],
+                    "adapted": outcome.validation["adapted"],
+                }
+            ),
+            f"{verdict}: {outcome.reason}. Predict `{outcome.task}` with `{outcome.use_uri}`.",
+        ]
+    )
+
+
 def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str, float]) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
@@ -93,6 +110,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
                 }
             ),
             f"Registered `{outcome.uri}` from `{outcome.base_uri}`.",
+            adaptation_gate(outcome),
         ]
     if not adapted:
         parts.append("No adaptation due: every variant is adapted from the current champion.")
@@ -103,7 +121,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
         bullet_list(
             {
                 "champion": f"`{champion_uri}`",
-                "adapted": ", ".join(f"`{a.uri}`" for a in adapted) or "-",
+                **{f"`{a.task}`": f"`{a.use_uri}`" for a in adapted},
                 "MLflow UI": f"`mlflow ui --backend-store-uri {paths.tracking_uri}`",
                 "predict": f"`textperf predict --model {champion_uri} RECORD.json`",
             }

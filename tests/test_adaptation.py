@@ -173,6 +173,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         outcome = pipeline.adapt_version(app, paths, data, "1")
         tags = MlflowClient().get_model_version("textperf-cell-z", outcome.version).tags
         loaded = mlflow.pyfunc.load_model(outcome.uri)
+        champion = registry.alias_version("textperf-cell-z", "champion")
     finally:
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
@@ -182,6 +183,22 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
     out = loaded.predict(pd.DataFrame({"text": shots.texts[:2]}), params={"num_samples": 3})
     assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
+    # The gate compared the two on the 3 latest shots (val_fraction 0.2 of 12), not the test.
+    verdict = registry.beats(
+        outcome.validation["adapted"],
+        outcome.validation["zero_shot"],
+        app.registry.promotion,
+        "base zero-shot",
+    )
+    assert (outcome.promoted, outcome.reason) == (verdict[0], verdict[1])
+    assert json.loads(tags["gate_decision"])["promoted"] == outcome.promoted
+    assert outcome.validation["adapted"]["n"] <= 3
+    if outcome.promoted:
+        assert str(champion.version) == outcome.version
+        assert outcome.use_uri == "models:/textperf-cell-z@champion"
+    else:
+        assert champion is None
+        assert outcome.use_uri == "models:/textperf/1"
 
 
 def test_fine_tuning_drops_the_step_floor_and_the_scratch_baseline_keeps_it() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -160,6 +161,26 @@ def test_adapt_flow_registers_a_variant_of_the_given_version(trained):
     client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
     version = client.search_model_versions(f"name='{name}'")[0]
     assert version.tags["base_model"] == "models:/textperf/1"
+    assert "gate_decision" in version.tags
+
+
+def test_cli_adapt_prints_the_gate_and_the_model_to_predict_the_task_with(trained):
+    from typer.testing import CliRunner
+
+    from regressor import cli
+
+    config, var = trained
+    args = ["adapt", "--base", "1", "--shots", "12", "--config", str(config), "--var-dir", str(var)]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    gate = re.search(r"gate: (promoted|refused) \(.+\); predict (\S+) with (\S+)", result.output)
+    assert gate, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
+    variant = f"textperf-{gate.group(2)}"
+    newest = max(client.search_model_versions(f"name='{variant}'"), key=lambda v: int(v.version))
+    assert (gate.group(1) == "promoted") == json.loads(newest.tags["gate_decision"])["promoted"]
+    if gate.group(1) == "promoted":
+        assert gate.group(3) == f"models:/{variant}@champion"
 
 
 def test_dask_task_runner_runs_mapped_tasks(prefect_harness):

@@ -179,3 +179,60 @@ def test_variants_due_are_missing_or_adapted_from_an_older_champion(store, tmp_p
     assert registry.variants_due("textperf", "1", ["cell-b"]) == ["cell-b"]
     assert registry.variants_due("textperf", "2", ["cell-b"]) == ["cell-a", "cell-b"]
     assert registry.variants_due("textperf", "1") == []
+
+
+GOOD, WORSE = {"spearman": 0.8, "mape": 10.0}, {"spearman": 0.7, "mape": 9.0}
+
+
+def _variant(tmp_path: Path, base: str):
+    """A version of the adapted variant `textperf-cell-a`, adapted from `base`."""
+    client = MlflowClient()
+    if not client.search_registered_models("name='textperf-cell-a'"):
+        client.create_registered_model("textperf-cell-a")
+    return client.create_model_version(
+        "textperf-cell-a",
+        source=(tmp_path / "weights").as_uri(),
+        tags={"task": "cell-a", "base_model": base},
+    )
+
+
+def _champion_of_variant() -> str | None:
+    holder = registry.alias_version("textperf-cell-a", "champion")
+    return None if holder is None else str(holder.version)
+
+
+def test_an_adapted_variant_not_worse_than_its_base_takes_the_tasks_champion(store, tmp_path):
+    v1 = _variant(tmp_path, "models:/textperf/1")
+    decision = registry.gate_variant(
+        "textperf-cell-a", v1, "models:/textperf/1", GOOD, GOOD, PromotionRule()
+    )
+    assert decision.promoted
+    assert _champion_of_variant() == str(v1.version)
+    assert str(registry.alias_version("textperf-cell-a", "challenger").version) == str(v1.version)
+    logged = json.loads(registry.resolve("textperf-cell-a/1").tags["gate_decision"])
+    assert (logged["challenger"], logged["champion"]) == (GOOD, GOOD)
+
+
+def test_a_refused_variant_keeps_a_champion_adapted_from_the_same_base(store, tmp_path):
+    base = "models:/textperf/1"
+    v1, v2 = _variant(tmp_path, base), _variant(tmp_path, base)
+    registry.gate_variant("textperf-cell-a", v1, base, GOOD, GOOD, PromotionRule())
+    decision = registry.gate_variant("textperf-cell-a", v2, base, WORSE, GOOD, PromotionRule())
+    assert not decision.promoted
+    assert decision.reason == "spearman 0.7 < base zero-shot's 0.8"
+    assert _champion_of_variant() == str(v1.version)
+    assert str(registry.alias_version("textperf-cell-a", "challenger").version) == str(v2.version)
+
+
+def test_a_refused_variant_retires_a_champion_adapted_from_an_older_base(store, tmp_path):
+    """The old variant never faced the new base: the task falls back to the base itself."""
+    v1 = _variant(tmp_path, "models:/textperf/1")
+    registry.gate_variant("textperf-cell-a", v1, "models:/textperf/1", GOOD, GOOD, PromotionRule())
+    v2 = _variant(tmp_path, "models:/textperf/2")
+    rule = PromotionRule()
+    decision = registry.gate_variant("textperf-cell-a", v2, "models:/textperf/2", WORSE, GOOD, rule)
+    assert not decision.promoted
+    assert "retired @champion from v1" in decision.reason
+    assert _champion_of_variant() is None
+    logged = json.loads(registry.resolve("textperf-cell-a/2").tags["gate_decision"])
+    assert logged["promoted"] is False

@@ -60,6 +60,7 @@ def test_report_names_every_step_and_the_uris(demo_run):
         "mean",
         "textperf",
         "Few-shot adaptation",
+        "Gate, on the latest shots kept out of training",
         "models:/textperf@champion",
     ):
         assert needle in report
@@ -86,6 +87,10 @@ def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
     version = client.search_model_versions(f"name='{adapted[0].name}'")[0]
     assert version.tags["base_model"].startswith("models:/textperf/")
     assert int(version.tags["n_shots"]) == 12
+    decision = json.loads(version.tags["gate_decision"])  # gated against its base zero-shot
+    assert set(decision["champion"]) == set(decision["challenger"]) >= {"spearman", "mape"}
+    challenger = client.get_model_version_by_alias(adapted[0].name, "challenger")
+    assert challenger.version == version.version
 
 
 def test_second_run_adds_no_duplicate_records_and_a_new_challenger(demo_run):
