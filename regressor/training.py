@@ -471,17 +471,27 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
 
 
+def _discard_checkpoints(checkpoint_dir: Path) -> None:
+    """A fresh start clears what an earlier run saved here: kept, its files would push this run's
+    to `best-v1.ckpt` / `last-v1.ckpt`, and a kill then a `resume=True` would carry on from the
+    earlier run's `last.ckpt`. Every rank of a DDP run clears before `trainer.fit`, whose setup
+    waits for all of them before any step, so none deletes what another has saved."""
+    for pattern in ("best*.ckpt", "last*.ckpt"):
+        for stale in checkpoint_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, validating: bool) -> str:
     """The checkpoint whose weights `fit` returns: the best validation's, or without validation
     the last step's as `last.ckpt` saved them (with EMA, the average), so a finished run resumed
     returns the same model as the unbroken one.
 
-    The callback's path first (a fresh run beside a stale `last.ckpt` writes `last-v1.ckpt`),
-    if it lies in `checkpoint_dir`, else the file there. A run resumed from a directory moved or
-    copied whole has its paths rebased (`_rebased`); one copied in part (say `last.ckpt` alone)
-    keeps Lightning's view: no `last_model_path`, so the model would keep the raw, non-averaged
-    weights of a run whose plan ended on a save step, and a `best_model_path` in the old
-    directory, gone once moved or reused by another run since the copy.
+    The callback's path first, if it lies in `checkpoint_dir`, else the file there. A run
+    resumed from a directory moved or copied whole has its paths rebased (`_rebased`); one
+    copied in part (say `last.ckpt` alone) keeps Lightning's view: no `last_model_path`, so the
+    model would keep the raw, non-averaged weights of a run whose plan ended on a save step,
+    and a `best_model_path` in the old directory, gone once moved or reused by another run
+    since the copy.
     """
     known = checkpoint.best_model_path if validating else checkpoint.last_model_path
     if known and Path(known).resolve().parent == checkpoint_dir.resolve():
@@ -504,7 +514,8 @@ def fit(
 
     Stops at `max_steps`, at `max_minutes`, or when the validation score (`select_by`) stops
     improving for `early_stopping_patience` intervals (never before `min_steps`). With `resume`,
-    a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped.
+    a `last.ckpt` left in `checkpoint_dir` by a killed run is picked up where it stopped; without,
+    the checkpoints an earlier run left there are deleted first.
 
     An empty `val` trains on everything to the plan: no validation, no early stopping, and the
     weights of the last step (a refit at a step count chosen elsewhere, e.g. by cross-fitting).
@@ -560,6 +571,8 @@ def fit(
     )
     predictor.model.train()  # a loaded or sampled model may have been left in eval mode
     last = checkpoint_dir / "last.ckpt"
+    if not resume:
+        _discard_checkpoints(checkpoint_dir)
     started = time.perf_counter()
     val_loader = None
     if validating:

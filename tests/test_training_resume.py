@@ -157,3 +157,15 @@ def test_ema_weights_are_validated_checkpointed_and_returned(tmp_path: Path) -> 
         torch.testing.assert_close(returned[name], value)
     raw = saved["current_model_state"]
     assert any(not torch.equal(raw[k], v) for k, v in saved["state_dict"].items())
+
+
+def test_a_fresh_fit_clears_the_checkpoints_an_earlier_run_left(tmp_path: Path) -> None:
+    """`resume=False` beside an earlier run's files: before, this run saved `last-v1.ckpt` and
+    left the earlier `last.ckpt`, which a kill then `resume=True` would have carried on from."""
+    predictor, cfg = toy_setup(12, randomized=False)
+    fit(predictor, *toy_data(), cfg, tmp_path, resume=False)
+    assert saved_step(tmp_path / "last.ckpt") == 12
+    predictor, cfg = toy_setup(7, randomized=False)
+    fit(predictor, *toy_data(), cfg, tmp_path, resume=False)
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]
+    assert saved_step(tmp_path / "last.ckpt") == 7

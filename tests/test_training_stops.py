@@ -220,10 +220,11 @@ def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
         for key, value in again.model.state_dict().items():
             assert torch.equal(value, weights[key]), resumed_in.name
 
-    # A fresh run beside that stale `last.ckpt` keeps its own last step, not the stale one
+    # A fresh run in that directory replaces the stale `last.ckpt` with its own last step
     fresh = toy_predictor(texts)
     shorter = cfg.model_copy(update={"max_steps": 20})
     again = fit(fresh, (texts, targets), ([], np.array([])), shorter, run, resume=False)
-    assert Path(again.best_checkpoint) != run / "last.ckpt"
+    assert Path(again.best_checkpoint) == run / "last.ckpt"
+    assert [p.name for p in run.glob("*.ckpt")] == ["last.ckpt"]
     assert torch.load(again.best_checkpoint, weights_only=True)["global_step"] == 20
     assert any(not torch.equal(v, weights[k]) for k, v in fresh.model.state_dict().items())
