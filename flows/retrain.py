@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.common import default_task_runner
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
-from regressor.config import load_app_config, load_source_config
+from regressor.config import CONF_DIR, load_app_config, load_source_config
 
 
 class RetrainParams(BaseModel):
@@ -32,6 +32,8 @@ class RetrainParams(BaseModel):
     adapt: bool = True
     model: str | None = None  # override the config's model size (conf/model/<name>.yaml)
     train: str | None = None  # override the config's optimisation (conf/train/<name>.yaml)
+    # Train even when a registered version was trained from the same data and configs.
+    force_train: bool = False
 
 
 # Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
@@ -73,7 +75,16 @@ def retrain(params: RetrainParams | None = None) -> str:
         timed(seconds, "generate fleet", generate_task, paths, app, source)
     ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
     data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
-    trained = timed(seconds, "train + evaluate + register", train_task, app, paths, data)
+    trained = timed(
+        seconds,
+        "train + evaluate + register",
+        train_task,
+        app,
+        paths,
+        data,
+        CONF_DIR,
+        params.force_train,
+    )
     due = due_task(app, paths, data) if params.adapt else []
     adapted = [
         timed(seconds, f"adapt {task_name}", adapt_task, app, paths, source, task_name)

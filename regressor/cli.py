@@ -49,6 +49,13 @@ def retrain(
     train: Annotated[
         str | None, typer.Option(help="Optimisation instead of the config's (conf/train/).")
     ] = None,
+    force_train: Annotated[
+        bool,
+        typer.Option(
+            help="Train even when a registered version was trained from the same data snapshot "
+            "and configs (by default that version is reported and nothing is retrained)."
+        ),
+    ] = False,
 ) -> None:
     """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
     from flows.retrain import RetrainParams
@@ -61,6 +68,7 @@ def retrain(
         adapt=adapt,
         model=model,
         train=train,
+        force_train=force_train,
     )
     retrain_flow(params)
 

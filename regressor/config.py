@@ -263,7 +263,8 @@ class PromotionRule(Frozen):
 
 
 class RegistryConfig(Frozen):
-    model_name: str = "textperf"
+    # A plain name: registry searches quote it inside their filter strings.
+    model_name: str = Field("textperf", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
     experiment: str = "textperf"

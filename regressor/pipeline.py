@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
 from regressor.adaptation import fine_tune, latest_shots, split_shots, train_from_scratch
@@ -149,6 +151,9 @@ class TrainOutcome:
     metrics: dict[str, dict[str, float]]
     fit: FitResult  # an ensemble's: its members' summed up (`regressor.ensemble.combine_fits`)
     n_parameters: int  # all members' together
+    # True when nothing was trained: `version` was already trained from the same data snapshot
+    # and configs (its run, metrics and gate decision are the ones reported).
+    reused: bool = False
 
     @property
     def uri(self) -> str:
@@ -183,6 +188,9 @@ def _log_params(
     mlflow.log_params(params)
 
 
+TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by a training run
+
+
 def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> str:
     """What makes two trainings the same: data snapshot, configs, codec, split and source."""
     parts = {
@@ -196,6 +204,19 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "relative_to": data.relative_to,
         # Only when set, so the keys (checkpoint directories) of existing trainings stay.
         **({"mixed_target_forms": True} if data.mixed_target_forms else {}),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def registration_key(app: AppConfig, training: str) -> str:
+    """What makes two registered versions the same: the training (`training_key`), how the
+    model is calibrated, evaluated and gated, and the code that did it all."""
+    parts = {
+        "training": training,
+        "eval": app.eval.model_dump(mode="json"),
+        "promotion": app.registry.promotion.model_dump(mode="json"),
+        "code": registry.git_commit(),
+        "textperf": importlib.metadata.version("textperf"),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -264,25 +285,70 @@ def _note_resume(directory: Path, run_id: str) -> None:
 
 
 def train_and_register(
-    app: AppConfig, paths: ResolvedPaths, data: Dataset, conf_dir: Path = CONF_DIR
+    app: AppConfig,
+    paths: ResolvedPaths,
+    data: Dataset,
+    conf_dir: Path = CONF_DIR,
+    force: bool = False,
 ) -> TrainOutcome:
     """Train (resuming a killed attempt on the same data and configs), evaluate against the
     baselines and the champion, register, gate. Checkpoints are removed once registered.
 
+    A version already trained and gated under the same `registration_key` (data snapshot,
+    configs, code) is reported instead of training it again, unless `force`: a nightly run on
+    unchanged data costs seconds and adds no duplicate version.
+
     With `ensemble_size` K > 1 in the train config, K members are trained
     (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
-    with training_dir(paths, training_key(app, data, conf_dir)) as ckpt_dir:
-        outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir)
+    key = training_key(app, data, conf_dir)
+    keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: registration_key(app, key)}
+    configure_mlflow(paths, app.registry.experiment)
+    with training_dir(paths, key) as ckpt_dir:
+        name = app.registry.model_name
+        earlier = None if force else registry.trained_version(name, keys[registry.REGISTRATION_KEY])
+        if earlier is None:
+            outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir, keys)
+        else:
+            outcome = reused_outcome(earlier)
+        # Also what a run killed after registering left behind.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return outcome
 
 
+def reused_outcome(version: ModelVersion) -> TrainOutcome:
+    """The outcome of the run that trained and gated `version`, as it recorded it."""
+    run = mlflow.MlflowClient().get_run(version.run_id)
+    decision = json.loads(version.tags["gate_decision"])
+    metrics = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{TEST_METRICS}")
+    fit = FitResult(
+        steps=int(run.data.metrics.get("train_steps", 0)),
+        seconds=run.data.metrics.get("train_seconds", float("nan")),
+        best_val_score=float("nan"),
+        best_checkpoint="",
+    )
+    return TrainOutcome(
+        version.run_id,
+        version.name,
+        str(version.version),
+        decision["promoted"],
+        decision["reason"],
+        metrics,
+        fit,
+        int(run.data.params["n_parameters"]),
+        reused=True,
+    )
+
+
 def _train_and_register(
-    app: AppConfig, paths: ResolvedPaths, data: Dataset, ckpt_dir: Path, conf_dir: Path
+    app: AppConfig,
+    paths: ResolvedPaths,
+    data: Dataset,
+    ckpt_dir: Path,
+    conf_dir: Path,
+    keys: dict[str, str],
 ) -> TrainOutcome:
     model_cfg = load_model_config(app.model, conf_dir)
     train_cfg = load_train_config(app.train, conf_dir)
-    configure_mlflow(paths, app.registry.experiment)
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
     tokenizer = resumable_tokenizer(
         ckpt_dir, train.texts, model_cfg.input_vocab_size, not data.whole_numbers
@@ -335,6 +401,7 @@ def _train_and_register(
             uri = registry.model_uri(app.registry.model_name, champion.version)
             champion_metrics = score_registered(uri, test, app.eval)
             metrics["champion"] = champion_metrics
+        mlflow.log_dict(metrics, TEST_METRICS)  # the report's table, for a run that reuses this
         with tempfile.TemporaryDirectory() as tmp:
             bundle = predictor.save(Path(tmp) / "bundle")
             tags = {
@@ -342,6 +409,7 @@ def _train_and_register(
                 "model_config": json.dumps(model_cfg.model_dump()),
                 "train_config": json.dumps(train_cfg.model_dump()),
                 "test_metrics": json.dumps(model_metrics),
+                **keys,
             }
             version = registry.log_and_register(
                 bundle, app.registry.model_name, registry.input_example(data.example_record), tags

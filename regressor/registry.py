@@ -147,6 +147,22 @@ def latest_variant_bases(name: str) -> dict[str, str]:
     return bases
 
 
+# Version tags: what a version was trained from (data snapshot and configs; it names the
+# checkpoint directory), and that plus how it was calibrated, evaluated and gated, by which code.
+TRAINING_KEY = "training_key"
+REGISTRATION_KEY = "registration_key"
+
+
+def trained_version(name: str, registration_key: str) -> ModelVersion | None:
+    """The newest version of `name` registered under `registration_key` whose gate has run, None
+    when there is none: training it again would register the same model again."""
+    versions = MlflowClient().search_model_versions(
+        f"name='{name}' and tags.{REGISTRATION_KEY}='{registration_key}'"
+    )
+    gated = [v for v in versions if "gate_decision" in v.tags]
+    return max(gated, key=lambda v: int(v.version), default=None)
+
+
 def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:
     """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion."""
     current = model_uri(name, champion_version)

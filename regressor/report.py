@@ -80,6 +80,24 @@ def adaptation_gate(outcome) -> str:
     )
 
 
+def training_summary(trained) -> dict[str, str]:
+    """The trained (or reused) model, the gate's decision and the run that trained it."""
+    model = (
+        f"`{trained.uri}` ({trained.n_parameters:,} parameters, "
+        f"{trained.fit.steps} steps in {trained.fit.seconds:.0f} s)"
+    )
+    decision = f"{'promoted' if trained.promoted else 'kept'}: {trained.reason}"
+    if not trained.reused:
+        return {"model": model, "champion": decision, "MLflow run": trained.run_id}
+    return {
+        "model": f"{model}, **not retrained**: it was trained from this data snapshot with "
+        "these configs (the table above is its run's); `textperf retrain --force-train` "
+        "trains again",
+        "champion": f"{decision} (when it was registered)",
+        "MLflow run": f"{trained.run_id} (the run that trained it)",
+    }
+
+
 def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str, float]) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
@@ -89,14 +107,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
         ingest_summary(ingested),
         "## Held-out later days",
         metrics_table(trained.metrics),
-        bullet_list(
-            {
-                "model": f"`{trained.uri}` ({trained.n_parameters:,} parameters, "
-                f"{trained.fit.steps} steps in {trained.fit.seconds:.0f} s)",
-                "champion": f"{'promoted' if trained.promoted else 'kept'}: {trained.reason}",
-                "MLflow run": trained.run_id,
-            }
-        ),
+        bullet_list(training_summary(trained)),
     ]
     for outcome in adapted:
         parts += [

@@ -59,3 +59,10 @@ def test_paths_resolve_under_var(tmp_path: Path):
     paths = load_app_config().paths.model_copy(update={"var_dir": tmp_path}).resolve()
     assert paths.warehouse == tmp_path / "warehouse.duckdb"
     assert paths.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_model_name_that_would_break_a_registry_filter_is_refused(tmp_path: Path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text("registry:\n  model_name: \"x' or name LIKE '%\"\n")
+    with pytest.raises(ConfigError, match=r"(?s)quoted\.yaml.*model_name"):
+        load_app_config(path)

@@ -33,13 +33,32 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
     var = root / "var"
     first = retrain(RetrainParams(config=config, var_dir=var))
     rows_after_first = _record_count(var)
-    second = retrain(RetrainParams(config=config, var_dir=var))
+    # What a run killed after registering, before removing its checkpoints, leaves behind.
+    key = _client(var).get_model_version("textperf", "1").tags["training_key"]
+    left = var / "checkpoints" / f"train-{key}"
+    left.mkdir(parents=True)
+    (left / "last.ckpt").write_bytes(b"left by a killed run")
+    second = retrain(RetrainParams(config=config, var_dir=var))  # nothing changed
+    after_second = {
+        "versions": len(_client(var).search_model_versions("name='textperf'")),
+        "runs": _train_runs(var),
+        "checkpoint_dirs": list((var / "checkpoints").glob("train-*")),
+    }
+    third = retrain(RetrainParams(config=config, var_dir=var, force_train=True))
     return {
         "var": var,
         "config": config,
-        "reports": (first, second),
+        "reports": (first, second, third),
         "rows_after_first": rows_after_first,
+        "after_second": after_second,
     }
+
+
+def _train_runs(var: Path) -> list[str]:
+    client = _client(var)
+    experiment = client.get_experiment_by_name("textperf").experiment_id
+    runs = client.search_runs([experiment], "attributes.run_name LIKE 'train-%'")
+    return sorted(r.info.run_id for r in runs)
 
 
 def _record_count(var: Path) -> int:
@@ -93,10 +112,29 @@ def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
     assert challenger.version == version.version
 
 
-def test_second_run_adds_no_duplicate_records_and_a_new_challenger(demo_run):
+def test_a_rerun_on_unchanged_data_trains_nothing_and_reports_the_earlier_version(demo_run):
     var = demo_run["var"]
     assert _record_count(var) == demo_run["rows_after_first"] > 0
+    after = demo_run["after_second"]
+    assert after["versions"] == 1  # no duplicate version of the same training
+    (run_id,) = after["runs"]  # the second run started no training run
+    assert after["checkpoint_dirs"] == []
+    first, second, _ = demo_run["reports"]
+    assert "**not retrained**" in second
+    assert "**not retrained**" not in first
+    assert f"{run_id} (the run that trained it)" in second
+    assert "models:/textperf/1" in second
+    # the earlier run's table, its baselines included
+    assert (
+        first.split("## Held-out later days")[1].split("- **model**")[0]
+        == second.split("## Held-out later days")[1].split("- **model**")[0]
+    )
+
+
+def test_a_forced_run_on_unchanged_data_registers_a_new_challenger(demo_run):
+    var = demo_run["var"]
     client = _client(var)
+    assert len(_train_runs(var)) == 2
     assert len(client.search_model_versions("name='textperf'")) == 2
     assert str(client.get_model_version_by_alias("textperf", "challenger").version) == "2"
     decision = json.loads(client.get_model_version("textperf", "2").tags["gate_decision"])

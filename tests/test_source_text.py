@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from regressor import pipeline
-from regressor.config import AppConfig, load_source_config
+from regressor.config import AppConfig, PromotionRule, load_source_config
 
 TEXTS = ["<config>\ninstance_count=12 data_size_MB=15150"] * 40
 
@@ -34,3 +34,19 @@ def test_resumable_tokenizer_keeps_digit_runs_whole_when_asked(tmp_path: Path) -
 def test_number_tokenization_is_part_of_the_training_key() -> None:
     app = AppConfig()
     assert pipeline.training_key(app, dataset(True)) != pipeline.training_key(app, dataset(False))
+
+
+def test_the_registration_key_adds_evaluation_and_the_gate_to_the_training_key() -> None:
+    app = AppConfig()
+    key = pipeline.registration_key(app, "t1")
+    assert key == pipeline.registration_key(AppConfig(), "t1")
+    assert key != pipeline.registration_key(app, "t2")
+    for update in (
+        {"eval": app.eval.model_copy(update={"conformal": not app.eval.conformal})},
+        {
+            "registry": app.registry.model_copy(
+                update={"promotion": PromotionRule(lower_is_better=())}
+            )
+        },
+    ):
+        assert pipeline.registration_key(app.model_copy(update=update), "t1") != key
