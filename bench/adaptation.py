@@ -63,7 +63,8 @@ def main() -> None:
     data = pipeline.load_dataset(paths, app, source)
     report("records", sum(len(ex) for ex in data.splits.values()))
     report("holdout_cell", data.holdout_task)
-    trained = pipeline.train_and_register(app, paths, data)
+    # force: a rerun in the same --out measures its own training, not the earlier run's
+    trained = pipeline.train_and_register(app, paths, data, force=True)
     report("base_train_steps", trained.fit.steps)
     test = data.splits["test"]
     base = registry.load_predictor(trained.uri)
