@@ -3,7 +3,12 @@ which arithmetic this CPU runs fast."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
+
+LIBRARY_ROOT = Path(__file__).parent  # regressor/
 
 # `Predictor.metadata` key: the `numeric_environment` its weights were last trained in
 TRAINED_WITH = "trained_with"
@@ -45,3 +50,14 @@ def numeric_environment() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_in_hardware": str(has_fast_bf16()),
     }
+
+
+def code_digest(root: Path = LIBRARY_ROOT) -> str:
+    """sha256 of the library's source (`regressor/**/*.py`), the code that trains, calibrates and
+    evaluates. Unlike the git commit it exists in an image built without `.git`, and commits
+    that change no code (docs, benchmarks) leave it alone."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        name, body = str(path.relative_to(root)).encode(), path.read_bytes()
+        digest.update(b"%d:%s%d:" % (len(name), name, len(body)) + body)
+    return digest.hexdigest()[:16]

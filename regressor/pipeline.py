@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from regressor.config import (
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
-from regressor.environment import numeric_environment
+from regressor.environment import code_digest, numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -215,8 +214,7 @@ def registration_key(app: AppConfig, training: str) -> str:
         "training": training,
         "eval": app.eval.model_dump(mode="json"),
         "promotion": app.registry.promotion.model_dump(mode="json"),
-        "code": registry.git_commit(),
-        "textperf": importlib.metadata.version("textperf"),
+        "code": code_digest(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -148,7 +148,7 @@ def latest_variant_bases(name: str) -> dict[str, str]:
 
 
 # Version tags: what a version was trained from (data snapshot and configs; it names the
-# checkpoint directory), and that plus how it was calibrated, evaluated and gated, by which code.
+# checkpoint directory), and that plus how it was calibrated, evaluated and gated, by what code.
 TRAINING_KEY = "training_key"
 REGISTRATION_KEY = "registration_key"
 

@@ -1,10 +1,17 @@
 """Which precision `auto` trains in, and the hardware probe it rests on."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from regressor.environment import has_fast_bf16, numeric_environment, resolve_precision
+from regressor.environment import (
+    LIBRARY_ROOT,
+    code_digest,
+    has_fast_bf16,
+    numeric_environment,
+    resolve_precision,
+)
 
 
 @pytest.mark.parametrize("given", ["bf16-mixed", "32-true", "16-mixed"])
@@ -28,3 +35,14 @@ def test_the_probe_agrees_with_the_kernels_cpu_flags():
     )
     assert has_fast_bf16() == bool({"avx512_bf16", "amx_tile"} & set(flags))
     assert numeric_environment()["bf16_in_hardware"] == str(has_fast_bf16())
+
+
+def test_the_code_digest_follows_the_library_source_and_nothing_else(tmp_path: Path):
+    copy = tmp_path / "regressor"
+    shutil.copytree(LIBRARY_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_digest(copy) == code_digest()
+    (copy / "notes.md").write_text("not code")
+    assert code_digest(copy) == code_digest()
+    model = copy / "model.py"
+    model.write_text(model.read_text() + "\n# an edit\n")
+    assert code_digest(copy) != code_digest()
