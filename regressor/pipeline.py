@@ -150,8 +150,8 @@ class TrainOutcome:
     metrics: dict[str, dict[str, float]]
     fit: FitResult  # an ensemble's: its members' summed up (`regressor.ensemble.combine_fits`)
     n_parameters: int  # all members' together
-    # True when nothing was trained: `version` was already trained from the same data snapshot
-    # and configs (its run, metrics and gate decision are the ones reported).
+    # True when nothing was trained: `version` was registered under the same registration key
+    # (data snapshot, configs, code); its run, metrics and gate decision are the ones reported.
     reused: bool = False
 
     @property
