@@ -16,7 +16,8 @@ RSS of this process plus its live children seen so far, sampled every 50 ms), th
 
 - `rss_growth_ratio`: rss_gb of the last cycle / of the second (the first warms caches up);
 - `warehouse_mb_per_record_growth`: (MB per record) last cycle / first cycle;
-- `checkpoint_dirs_left`: training checkpoint directories left behind (0: each was removed);
+- `checkpoint_dirs_left`: training and adaptation checkpoint directories left behind (0: each
+  was removed);
 - `registered_versions`: one per cycle.
 """
 
@@ -138,7 +139,7 @@ def main() -> None:
         "warehouse_mb_per_record_growth": (
             f"{(rows[-1][1] / rows[-1][0]) / (rows[0][1] / rows[0][0]):.3f}"
         ),
-        "checkpoint_dirs_left": len(list((var / "checkpoints").glob("train-*"))),
+        "checkpoint_dirs_left": len(list((var / "checkpoints").glob("*"))),
         "registered_versions": len({r[3] for r in rows}),
         "var_dir": var,
     }

@@ -536,8 +536,13 @@ def adapt_version(
             | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
         )
         ckpt = paths.checkpoints / run.info.run_id
-        adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
-        scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")
+        try:
+            adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
+            scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")
+        finally:
+            # Named by this run, so never resumed: once the models are in memory, keep nothing
+            # (every nightly adaptation once left its checkpoints here, growing without bound).
+            shutil.rmtree(ckpt, ignore_errors=True)
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]

@@ -131,6 +131,11 @@ def test_a_rerun_on_unchanged_data_trains_nothing_and_reports_the_earlier_versio
     )
 
 
+def test_no_checkpoint_outlives_its_run(demo_run):
+    """Trainings and adaptations (three runs, at least one adaptation) leave nothing behind."""
+    assert list((demo_run["var"] / "checkpoints").iterdir()) == []
+
+
 def test_a_forced_run_on_unchanged_data_registers_a_new_challenger(demo_run):
     var = demo_run["var"]
     client = _client(var)
