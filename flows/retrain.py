@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.common import default_task_runner
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
-from regressor.config import CONF_DIR, load_app_config, load_source_config
+from regressor.config import load_app_config, load_source_config
 
 
 class RetrainParams(BaseModel):
@@ -56,9 +56,9 @@ due_task = task(
 adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE, retries=1)
 
 
-def timed(seconds: dict[str, float], step: str, fn, *args: Any) -> Any:
+def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -> Any:
     started = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     seconds[step] = time.perf_counter() - started
     return result
 
@@ -82,8 +82,7 @@ def retrain(params: RetrainParams | None = None) -> str:
         app,
         paths,
         data,
-        CONF_DIR,
-        params.force_train,
+        force=params.force_train,
     )
     due = due_task(app, paths, data) if params.adapt else []
     adapted = [

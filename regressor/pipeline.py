@@ -299,12 +299,12 @@ def train_and_register(
     With `ensemble_size` K > 1 in the train config, K members are trained
     (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
     key = training_key(app, data, conf_dir)
-    keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: registration_key(app, key)}
+    reg_key = registration_key(app, key)
     configure_mlflow(paths, app.registry.experiment)
     with training_dir(paths, key) as ckpt_dir:
-        name = app.registry.model_name
-        earlier = None if force else registry.trained_version(name, keys[registry.REGISTRATION_KEY])
+        earlier = None if force else registry.trained_version(app.registry.model_name, reg_key)
         if earlier is None:
+            keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}
             outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir, keys)
         else:
             outcome = reused_outcome(earlier)
