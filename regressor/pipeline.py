@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -45,6 +47,8 @@ from regressor.tracking import configure_mlflow
 from regressor.training import FitResult, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -220,22 +224,50 @@ def registration_key(app: AppConfig, training: str) -> str:
 
 
 @contextmanager
-def training_dir(paths: ResolvedPaths, key: str) -> Iterator[Path]:
+def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[Path]:
     """`checkpoints/train-<key>`, held with an exclusive lock for the whole training.
 
     A run killed at any point leaves its `last.ckpt` and tokenizer there and the next run with
     the same key resumes from them (the kernel drops the lock of a killed process). A second
-    live run with the same key gets a private directory instead of sharing checkpoints.
+    live run with the same key waits for the first, then finds its registered version or
+    resumes what it left; with `wait=False` it gets a private directory at once instead.
     """
     directory = paths.checkpoints / f"train-{key}"
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".lock").open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            directory = paths.checkpoints / f"train-{key}-{new_run_id()}"
-            directory.mkdir(parents=True)
-        yield directory
+    while True:
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / ".lock").open("a") as lock:
+            if not _take_lock(lock, wait, directory):
+                private = paths.checkpoints / f"train-{key}-{new_run_id()}"
+                private.mkdir(parents=True)
+                yield private
+                return
+            # The holder we waited for may have removed the directory, lock file and all, on
+            # finishing: a lock on that unlinked file guards nothing, so lock the new one.
+            if _is_same_file(lock.fileno(), directory / ".lock"):
+                yield directory
+                return
+
+
+def _take_lock(lock: IO[str], wait: bool, directory: Path) -> bool:
+    """Lock `lock` exclusively; False when another run holds it and `wait` is off."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if not wait:
+            return False
+    logger.warning("another run is training the same snapshot in %s: waiting for it", directory)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return True
+
+
+def _is_same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
 def resumable_tokenizer(
@@ -294,14 +326,16 @@ def train_and_register(
 
     A version already trained and gated under the same `registration_key` (data snapshot,
     configs, code) is reported instead of training it again, unless `force`: a nightly run on
-    unchanged data costs seconds and adds no duplicate version.
+    unchanged data costs seconds and adds no duplicate version. A run that starts while another
+    trains the same key waits for it, so it too reports that version rather than a duplicate.
 
     With `ensemble_size` K > 1 in the train config, K members are trained
     (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
     key = training_key(app, data, conf_dir)
     reg_key = registration_key(app, key)
     configure_mlflow(paths, app.registry.experiment)
-    with training_dir(paths, key) as ckpt_dir:
+    # Unforced, a run beside another on the same key waits for it, then reuses its version.
+    with training_dir(paths, key, wait=not force) as ckpt_dir:
         earlier = None if force else registry.trained_version(app.registry.model_name, reg_key)
         if earlier is None:
             keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}

@@ -2,8 +2,9 @@
 `predict` calls on one loaded pyfunc.
 
 Both retrains (e.g. the nightly run and an ad-hoc one) finish: DuckDB's one-writer lock makes
-the second ingest wait, the checkpoint directory lock gives the second training a private
-directory, and each registers its own version. Parallel predictions equal sequential ones.
+the second ingest wait. On the same snapshot, the checkpoint directory lock makes the second
+training wait for the first and report its version; forced, it gets a private directory and
+registers its own. Parallel predictions equal sequential ones.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from regressor.tracking import configure_mlflow
 from regressor.warehouse import Warehouse
 
 
-def child_retrain(var: str, run_id: str) -> None:
+def child_retrain(var: str, run_id: str, force: bool) -> None:
     """One retrain's steps after the fleet exists: ingest, dataset, train, register, gate."""
     torch.set_num_threads(1)
     app = tiny_app(Path(var))
@@ -33,40 +34,67 @@ def child_retrain(var: str, run_id: str) -> None:
     source = load_source_config(app.source)
     pipeline.ingest(paths, source, run_id)
     data = pipeline.load_dataset(paths, app, source)
-    # force: the second must train beside the first, not report the first's version, were
-    # that one registered before the second looks (the reuse is tested in test_retrain_flow).
-    outcome = pipeline.train_and_register(app, paths, data, force=True)
-    print(f"registered {outcome.version}", flush=True)
+    outcome = pipeline.train_and_register(app, paths, data, force=force)
+    print(f"registered {outcome.version} reused={outcome.reused}", flush=True)
 
 
-def test_two_retrains_at_once_on_one_warehouse_and_registry_both_finish(tmp_path: Path) -> None:
-    var = tmp_path / "var"
-    app = tiny_app(var)
-    paths, _ = prepare(app, "first")  # the fleet exists and was ingested once already
-    configure_mlflow(paths, app.registry.experiment)
-    mlflow.set_tracking_uri(None)
-    with Warehouse(paths.warehouse, read_only=True) as wh:
-        records_before = wh.query("records").height
+def retrain_twice_at_once(var: Path, force: bool) -> list[tuple[int, bool]]:
+    """Run two `child_retrain`s side by side; each one's (version, reused)."""
     assert child_env()["OMP_NUM_THREADS"] == "1"
     procs = [
         start_child(
             "from test_concurrency import child_retrain\n"
-            f"        child_retrain({str(var)!r}, {name!r})"
+            f"        child_retrain({str(var)!r}, {name!r}, {force!r})"
         )
         for name in ("nightly", "ad-hoc")
     ]
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-4000:]
-    versions = sorted(int(out.split("registered ")[-1].split()[0]) for out in outputs)
-    assert versions == [1, 2]
+    results = [out.split("registered ")[-1].split() for out in outputs]
+    return sorted((int(version), reused == "reused=True") for version, reused in results)
+
+
+def _records(paths: ResolvedPaths) -> int:
+    with Warehouse(paths.warehouse, read_only=True) as wh:
+        return wh.query("records").height
+
+
+def _runs(paths: ResolvedPaths) -> list[str]:
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("textperf").experiment_id])
+    return sorted(r.info.status for r in runs)
+
+
+def _prepared(tmp_path: Path) -> tuple[Path, ResolvedPaths]:
+    """A var dir whose fleet exists and was ingested once, and whose experiment exists."""
+    var = tmp_path / "var"
+    app = tiny_app(var)
+    paths, _ = prepare(app, "first")
+    configure_mlflow(paths, app.registry.experiment)
+    mlflow.set_tracking_uri(None)
+    return var, paths
+
+
+def test_two_retrains_at_once_on_one_warehouse_and_registry_both_finish(tmp_path: Path) -> None:
+    var, paths = _prepared(tmp_path)
+    records_before = _records(paths)
+    # force: the second must train beside the first, in a directory of its own.
+    assert retrain_twice_at_once(var, force=True) == [(1, False), (2, False)]
     client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
     assert str(client.get_model_version_by_alias("textperf", "champion").version) in {"1", "2"}
-    runs = client.search_runs([client.get_experiment_by_name("textperf").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
-    with Warehouse(paths.warehouse, read_only=True) as wh:
-        assert wh.query("records").height == records_before  # nothing ingested twice
+    assert _runs(paths) == ["FINISHED", "FINISHED"]
+    assert _records(paths) == records_before  # nothing ingested twice
     assert list(paths.checkpoints.glob("train-*/last.ckpt")) == []  # both cleaned up
+
+
+def test_the_second_of_two_unforced_retrains_waits_and_reuses_the_first(tmp_path: Path) -> None:
+    """The nightly run and an ad-hoc one on the same snapshot: one trains, the other waits on
+    the checkpoint lock, then reports the version the first registered. One model, one run."""
+    var, paths = _prepared(tmp_path)
+    assert retrain_twice_at_once(var, force=False) == [(1, False), (1, True)]
+    assert _runs(paths) == ["FINISHED"]
+    assert [p.name for p in paths.checkpoints.iterdir()] == []
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ The helpers here (`tiny_app`, `prepare`, `conf_dir_with`) are shared by the othe
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -228,8 +230,54 @@ def test_two_retrains_of_one_snapshot_register_the_same_weights(tmp_path: Path) 
 
 def test_two_runs_with_the_same_key_never_share_a_checkpoint_dir(tmp_path: Path) -> None:
     paths = ResolvedPaths(var_dir=tmp_path)
-    with pipeline.training_dir(paths, "k") as first, pipeline.training_dir(paths, "k") as second:
+    with (
+        pipeline.training_dir(paths, "k") as first,
+        pipeline.training_dir(paths, "k", wait=False) as second,
+    ):
         assert first.name == "train-k"
         assert second.name.startswith("train-k-")
     with pipeline.training_dir(paths, "k") as again:  # the lock was released: shared again
         assert again == first
+
+
+class _Flag(logging.Handler):
+    """Sets `event` when a record is logged: here, once a run starts waiting for the lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
+
+
+def test_a_run_on_a_busy_key_waits_then_locks_the_directory_the_first_left(tmp_path: Path) -> None:
+    """The first run finishes while the second waits on its lock file, removing the directory
+    (lock file included) as `train_and_register` does: the second must lock a new directory,
+    not the unlinked file, or a third run could take the same key beside it."""
+    paths = ResolvedPaths(var_dir=tmp_path)
+    waiting = _Flag()
+    logging.getLogger(pipeline.__name__).addHandler(waiting)
+    held, events = threading.Event(), []
+
+    def first_run() -> None:
+        with pipeline.training_dir(paths, "k") as directory:
+            held.set()
+            assert waiting.event.wait(30)  # the second run is waiting for this lock
+            events.append("first finished")
+            shutil.rmtree(directory)
+
+    thread = threading.Thread(target=first_run)
+    try:
+        thread.start()
+        assert held.wait(30)
+        with pipeline.training_dir(paths, "k") as second:
+            events.append("second started")
+            assert second.name == "train-k"
+            assert (second / ".lock").is_file()
+            with pipeline.training_dir(paths, "k", wait=False) as third:
+                assert third != second  # the second holds the lock of the new directory
+    finally:
+        thread.join(30)
+        logging.getLogger(pipeline.__name__).removeHandler(waiting)
+    assert events == ["first finished", "second started"]
