@@ -75,7 +75,7 @@ def main() -> None:
     report("base_spearman_within_cell", f"{within:.3f}")
     report("lightgbm_spearman_pooled", f"{trained.metrics['lightgbm']['spearman']:.3f}")
 
-    adapted = pipeline.adapt_version(app, paths, data, trained.version)
+    adapted = pipeline.adapt_version(app, paths, data, trained.version, force=True)
     report("n_shots", adapted.n_shots)
     report("n_test_days", len(data.splits["adapt_test"]))
     for name in ("zero_shot", "adapted", "from_scratch"):

@@ -22,6 +22,8 @@ class AdaptParams(BaseModel):
     source: str | None = None  # default: the app config's source
     task: str | None = None  # default: the config's holdout task
     version: str | None = None  # a version of the registered model; default: the champion
+    # Adapt even when a variant was adapted from the same base, data and configs.
+    force: bool = False
 
 
 # Reads the warehouse and writes MLflow only; the tracking server can blip, so retry.
@@ -40,7 +42,7 @@ def adapt(params: AdaptParams | None = None) -> str:
     app = load_app_config(params.config, params.var_dir)
     paths = app.paths.resolve()
     source = load_source_config(params.source or app.source)
-    outcome = adapt_task(app, paths, source, params.task, params.version)
+    outcome = adapt_task(app, paths, source, params.task, params.version, params.force)
     text = jobs.render_adapt(outcome, paths.tracking_uri)
     create_markdown_artifact(text, key="adapt-report", description=f"adaptation to {outcome.task}")
     print(text)

@@ -270,6 +270,10 @@ def adapt(
     base_version: Annotated[
         str | None, typer.Option("--base", help="Base version of the model; default: champion.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Adapt even if this base was adapted on this data with these configs."),
+    ] = False,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
@@ -287,10 +291,12 @@ def adapt(
     paths = cfg.paths.resolve()
     data = pipeline.load_dataset(paths, cfg, load_source_config(cfg.source))
     if base_version is None:
-        outcome = pipeline.adapt_champion(cfg, paths, data)
+        outcome = pipeline.adapt_champion(cfg, paths, data, force)
     else:
-        outcome = pipeline.adapt_version(cfg, paths, data, base_version)
-    typer.echo(f"registered {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")
+        outcome = pipeline.adapt_version(cfg, paths, data, base_version, force)
+    # Reused: an identical adaptation was registered earlier; nothing was trained now.
+    done = "already adapted (--force adapts again):" if outcome.reused else "registered"
+    typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")
     for kind in pipeline.SCORES:
         metrics = getattr(outcome, kind)
         typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")

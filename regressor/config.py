@@ -68,6 +68,10 @@ class ResolvedPaths(Frozen):
         return self.var_dir / "checkpoints"
 
     @property
+    def locks(self) -> Path:
+        return self.var_dir / "locks"
+
+    @property
     def prefect_home(self) -> Path:
         return self.var_dir / "prefect"
 

@@ -30,13 +30,15 @@ def adapt(
     source: SourceConfig,
     task: str | None = None,
     version: str | None = None,
+    force: bool = False,
 ) -> pipeline.AdaptOutcome:
-    """Adapt registered `version` (default: the champion) to `task` (default: the holdout)."""
+    """Adapt registered `version` (default: the champion) to `task` (default: the holdout);
+    an identical earlier adaptation is reported instead unless `force`."""
     app = with_holdout_task(app, task)
     data = pipeline.load_dataset(paths, app, source)
     if version is None:
-        return pipeline.adapt_champion(app, paths, data)
-    return pipeline.adapt_version(app, paths, data, version)
+        return pipeline.adapt_champion(app, paths, data, force)
+    return pipeline.adapt_version(app, paths, data, version, force)
 
 
 @dataclass(frozen=True)
@@ -126,4 +128,7 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
         rows["from scratch"] = outcome.from_scratch
     table = report.metrics_table(rows)
     gate = report.adaptation_gate(outcome)
-    return f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n\n{gate}\n"
+    lineage = report.adaptation_lineage(outcome)
+    return (
+        f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n\n{lineage}\n\n{gate}\n"
+    )

@@ -236,7 +236,7 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
     while True:
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / ".lock").open("a") as lock:
-            if not _take_lock(lock, wait, directory):
+            if not _take_lock(lock, wait, f"training the same snapshot in {directory}"):
                 private = paths.checkpoints / f"train-{key}-{new_run_id()}"
                 private.mkdir(parents=True)
                 yield private
@@ -248,7 +248,7 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
                 return
 
 
-def _take_lock(lock: IO[str], wait: bool, directory: Path) -> bool:
+def _take_lock(lock: IO[str], wait: bool, doing: str) -> bool:
     """Lock `lock` exclusively; False when another run holds it and `wait` is off."""
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -256,9 +256,22 @@ def _take_lock(lock: IO[str], wait: bool, directory: Path) -> bool:
     except BlockingIOError:
         if not wait:
             return False
-    logger.warning("another run is training the same snapshot in %s: waiting for it", directory)
+    logger.warning("another run is %s: waiting for it", doing)
     fcntl.flock(lock, fcntl.LOCK_EX)
     return True
+
+
+@contextmanager
+def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
+    """An exclusive lock per variant, so a run beside another adapting it waits, then finds
+    that run's version rather than registering the same adaptation twice, and the two gates
+    never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
+    removing it would race with a run about to lock it."""
+    paths.locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(variant.encode()).hexdigest()[:16]  # any task name, a safe file name
+    with (paths.locks / f"adapt-{name}.lock").open("a") as lock:
+        _take_lock(lock, True, f"adapting {variant}")
+        yield
 
 
 def _is_same_file(fd: int, path: Path) -> bool:
@@ -487,6 +500,9 @@ class AdaptOutcome:
     promoted: bool
     reason: str
     use_uri: str  # what to predict the task with now: the variant's champion, else the base
+    # Adapted and gated earlier from the same base, data and configs (`adaptation_key`):
+    # reported as that run recorded it, nothing adapted now.
+    reused: bool = False
 
     @property
     def uri(self) -> str:
@@ -496,14 +512,17 @@ class AdaptOutcome:
 SCORES = ("zero_shot", "adapted", "from_scratch")
 
 
-def adapt_champion(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> AdaptOutcome:
-    """Fine-tune the champion on the holdout task's latest records; register `<name>-<task>`."""
+def adapt_champion(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, force: bool = False
+) -> AdaptOutcome:
+    """Fine-tune the champion on the holdout task's latest records; register `<name>-<task>`
+    (`adapt_version`, which reports an earlier identical adaptation unless `force`)."""
     configure_mlflow(paths, app.registry.experiment)
     name = app.registry.model_name
     champion = registry.alias_version(name, app.registry.champion_alias)
     if champion is None:
         raise LookupError(f"no {name}@{app.registry.champion_alias} to adapt; train one first")
-    return adapt_version(app, paths, data, str(champion.version))
+    return adapt_version(app, paths, data, str(champion.version), force)
 
 
 def _adaptation_tags(
@@ -542,19 +561,90 @@ def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list
     return registry.variants_due(name, str(champion.version), [data.holdout_task])
 
 
+def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
+    """What makes two adapted variants the same: the base version, the data snapshot and task,
+    the adaptation, training, split, eval and promotion configs, and the code."""
+    parts = {
+        "base": base_uri,
+        "data_hash": data.data_hash,
+        "task": data.holdout_task,
+        "adapt": app.adapt.model_dump(mode="json"),
+        "train": load_train_config(app.train).model_dump(mode="json"),
+        "split": app.split.model_dump(mode="json"),
+        "eval": app.eval.model_dump(mode="json"),
+        "promotion": app.registry.promotion.model_dump(mode="json"),
+        "code": code_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def adapt_version(
-    app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, base_version: str, force: bool = False
 ) -> AdaptOutcome:
     """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register and
     gate it (`registry.gate_variant`, on the shots kept out of training, never the test records).
 
     Scores on the task's test records: the base zero-shot, the adapted model, and the same
     architecture (and tokenizer) trained from scratch on the same shots.
+
+    A variant already adapted and gated under the same `adaptation_key` is reported instead of
+    adapting again, unless `force`. A run beside another adapting the same variant waits for
+    it first (`adaptation_lock`), so the two never register the same adaptation twice.
     """
     configure_mlflow(paths, app.registry.experiment)
-    name, task = app.registry.model_name, data.holdout_task
-    variant = f"{name}-{task}"
-    base_uri = registry.model_uri(name, base_version)  # a fixed version, never an alias
+    variant = f"{app.registry.model_name}-{data.holdout_task}"
+    base_uri = registry.model_uri(app.registry.model_name, base_version)  # fixed, not an alias
+    key = adaptation_key(app, data, base_uri)
+    with adaptation_lock(paths, variant):
+        earlier = None if force else registry.gated_version(variant, registry.ADAPTATION_KEY, key)
+        if earlier is not None:
+            return reused_adaptation(earlier, app)
+        return _adapt_and_register(app, paths, data, base_uri, key)
+
+
+def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
+    """The outcome of the run that adapted and gated `version`, as its tags recorded it."""
+    tags = version.tags
+    decision = json.loads(tags["gate_decision"])
+    metrics = mlflow.MlflowClient().get_run(version.run_id).data.metrics
+    fit = FitResult(
+        steps=int(metrics.get("adapt_steps", 0)),
+        seconds=metrics.get("adapt_seconds", float("nan")),
+        best_val_score=float("nan"),
+        best_checkpoint="",
+    )
+    scores = {kind: json.loads(tags[f"{kind}_metrics"]) for kind in SCORES}
+    return AdaptOutcome(
+        tags["task"],
+        version.name,
+        str(version.version),
+        tags["base_model"],
+        int(tags["n_shots"]),
+        scores["zero_shot"],
+        scores["adapted"],
+        fit,
+        scores["from_scratch"],
+        tags["method"],
+        {"zero_shot": decision["champion"], "adapted": decision["challenger"]},
+        decision["promoted"],
+        decision["reason"],
+        _use_uri(version.name, tags["base_model"], app),
+        reused=True,
+    )
+
+
+def _use_uri(variant: str, base_uri: str, app: AppConfig) -> str:
+    """What to predict the variant's task with now: its champion if it has one, else the base."""
+    if registry.alias_version(variant, app.registry.champion_alias) is None:
+        return base_uri
+    return registry.model_uri(variant, app.registry.champion_alias)
+
+
+def _adapt_and_register(
+    app: AppConfig, paths: ResolvedPaths, data: Dataset, base_uri: str, key: str
+) -> AdaptOutcome:
+    task = data.holdout_task
+    variant = f"{app.registry.model_name}-{task}"
     base = registry.load_predictor(base_uri)
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
     target = data.splits["adapt_test"]
@@ -577,6 +667,7 @@ def adapt_version(
             # Named by this run, so never resumed: once the models are in memory, keep nothing
             # (every nightly adaptation once left its checkpoints here, growing without bound).
             shutil.rmtree(ckpt, ignore_errors=True)
+        mlflow.log_metrics({"adapt_steps": fitted.steps, "adapt_seconds": fitted.seconds})
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
@@ -585,7 +676,7 @@ def adapt_version(
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
         log_figures(target.targets, summary, f"adapted_{task}")
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
-        tags["data_hash"] = data.data_hash
+        tags |= {"data_hash": data.data_hash, registry.ADAPTATION_KEY: key}
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(
@@ -602,7 +693,6 @@ def adapt_version(
             app.registry.challenger_alias,
         )
         mlflow.log_dict({"promoted": decision.promoted, "reason": decision.reason}, "gate.json")
-    has_champion = registry.alias_version(variant, app.registry.champion_alias) is not None
     return AdaptOutcome(
         task,
         variant,
@@ -617,7 +707,7 @@ def adapt_version(
         validation,
         decision.promoted,
         decision.reason,
-        registry.model_uri(variant, app.registry.champion_alias) if has_champion else base_uri,
+        _use_uri(variant, base_uri, app),
     )
 
 

@@ -151,16 +151,20 @@ def latest_variant_bases(name: str) -> dict[str, str]:
 # checkpoint directory), and that plus how it was calibrated, evaluated and gated, by what code.
 TRAINING_KEY = "training_key"
 REGISTRATION_KEY = "registration_key"
+# An adapted variant's counterpart of the registration key: base version, shots, configs, code.
+ADAPTATION_KEY = "adaptation_key"
+
+
+def gated_version(name: str, key_tag: str, key: str) -> ModelVersion | None:
+    """The newest version of `name` tagged `key_tag=key` whose gate has run, None when there is
+    none: making it again would register the same model again."""
+    versions = MlflowClient().search_model_versions(f"name='{name}' and tags.{key_tag}='{key}'")
+    gated = [v for v in versions if "gate_decision" in v.tags]
+    return max(gated, key=lambda v: int(v.version), default=None)
 
 
 def trained_version(name: str, registration_key: str) -> ModelVersion | None:
-    """The newest version of `name` registered under `registration_key` whose gate has run, None
-    when there is none: training it again would register the same model again."""
-    versions = MlflowClient().search_model_versions(
-        f"name='{name}' and tags.{REGISTRATION_KEY}='{registration_key}'"
-    )
-    gated = [v for v in versions if "gate_decision" in v.tags]
-    return max(gated, key=lambda v: int(v.version), default=None)
+    return gated_version(name, REGISTRATION_KEY, registration_key)
 
 
 def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:

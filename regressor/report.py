@@ -80,6 +80,18 @@ def adaptation_gate(outcome) -> str:
     )
 
 
+def adaptation_lineage(outcome) -> str:
+    """Which variant, from which base; for a reused one (`pipeline.AdaptOutcome.reused`), that
+    nothing was adapted now and the scores are the earlier run's."""
+    if not outcome.reused:
+        return f"Registered `{outcome.uri}` from `{outcome.base_uri}`."
+    return (
+        f"`{outcome.uri}`, **not adapted again**: it was adapted from `{outcome.base_uri}` on "
+        "this data snapshot with these configs, and the scores and gate are its run's; "
+        "`textperf adapt --force` adapts again."
+    )
+
+
 def training_summary(trained) -> dict[str, str]:
     """The trained (or reused) model, the gate's decision and the run that trained it."""
     model = (
@@ -120,7 +132,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
                     "from scratch on the same shots": outcome.from_scratch,
                 }
             ),
-            f"Registered `{outcome.uri}` from `{outcome.base_uri}`.",
+            adaptation_lineage(outcome),
             adaptation_gate(outcome),
         ]
     if not adapted:

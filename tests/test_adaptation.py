@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from regressor import pipeline, registry
+from regressor import pipeline, registry, report
 from regressor.adaptation import (
     adaptation_train_config,
     fine_tune,
@@ -147,8 +148,9 @@ def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_pat
     assert (len(train), len(val)) == (12, 4)
 
 
-def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
-    """End to end on a temp store: LoRA-adapt version 1, register `textperf-cell-z`, load it."""
+def _registered_base(base: Predictor, tmp_path: Path) -> tuple[ResolvedPaths, pipeline.Dataset]:
+    """`textperf` version 1 (= `base`) in a temp store that is left current, and a dataset
+    whose holdout task `cell-z` has 16 adaptation shots and 8 test records."""
     paths = ResolvedPaths(var_dir=tmp_path)
     configure_mlflow(paths, "adapt-test")
     example = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
@@ -163,13 +165,23 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         "hash-1",
         example,
     )
-    app = AppConfig(
-        model="tiny",
-        train="tiny",
-        eval=EvalConfig(num_samples=4),
-        adapt=AdaptConfig(n_shots=12, max_steps=4, method="lora", lora_rank=2),
-    )
+    return paths, data
+
+
+LORA_APP = AppConfig(
+    model="tiny",
+    train="tiny",
+    eval=EvalConfig(num_samples=4),
+    adapt=AdaptConfig(n_shots=12, max_steps=4, method="lora", lora_rank=2),
+)
+
+
+def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
+    """End to end on a temp store: LoRA-adapt version 1, register `textperf-cell-z`, load it."""
+    app = LORA_APP
     try:
+        paths, data = _registered_base(base, tmp_path)
+        shots = _shots(24)
         outcome = pipeline.adapt_version(app, paths, data, "1")
         tags = MlflowClient().get_model_version("textperf-cell-z", outcome.version).tags
         loaded = mlflow.pyfunc.load_model(outcome.uri)
@@ -199,6 +211,65 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     else:
         assert champion is None
         assert outcome.use_uri == "models:/textperf/1"
+
+
+def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base, tmp_path):
+    """A second adaptation with the same base, data and configs trains and registers nothing:
+    it reports the first (scores, gate) and names it; `force` adapts again; another base or
+    another adaptation config is a new adaptation."""
+    try:
+        paths, data = _registered_base(base, tmp_path)
+        first = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        runs_after_first = len(mlflow.search_runs(search_all_experiments=True))
+        again = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        runs_after_again = len(mlflow.search_runs(search_all_experiments=True))
+        forced = pipeline.adapt_version(LORA_APP, paths, data, "1", force=True)
+        other = LORA_APP.model_copy(
+            update={"adapt": LORA_APP.adapt.model_copy(update={"lora_rank": 3})}
+        )
+        other_config = pipeline.adapt_version(other, paths, data, "1")
+        versions = MlflowClient().search_model_versions("name='textperf-cell-z'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (first.reused, again.reused, forced.reused, other_config.reused) == (
+        False,
+        True,
+        False,
+        False,
+    )
+    assert runs_after_again == runs_after_first  # no run started, nothing trained
+    assert again.version == first.version
+    for kind in (*pipeline.SCORES, "validation"):  # as JSON: NaN (n/a) equals NaN there
+        assert json.dumps(getattr(again, kind)) == json.dumps(getattr(first, kind)), kind
+    assert (again.promoted, again.reason, again.n_shots) == (
+        first.promoted,
+        first.reason,
+        first.n_shots,
+    )
+    assert (again.method, again.base_uri, again.task) == ("lora", first.base_uri, "cell-z")
+    assert again.fit.steps == first.fit.steps
+    assert again.use_uri == first.use_uri  # nothing moved the aliases in between
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    assert {forced.version, other_config.version} == {"2", "3"}
+    text = report.adaptation_lineage(again)
+    assert "not adapted again" in text
+    assert "--force" in text
+
+
+def test_two_adaptations_of_one_variant_at_once_register_it_once(base, tmp_path):
+    """Two runs adapting the same base to the same task at once (the nightly run and an ad-hoc
+    one): the lock on the variant makes one wait, then report the other's version."""
+    try:
+        paths, data = _registered_base(base, tmp_path)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [pool.submit(pipeline.adapt_version, LORA_APP, paths, data, "1") for _ in "ab"]
+            outcomes = [run.result(timeout=300) for run in runs]
+        versions = MlflowClient().search_model_versions("name='textperf-cell-z'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(o.reused for o in outcomes) == [False, True]
+    assert [o.version for o in outcomes] == ["1", "1"]
+    assert len(versions) == 1
 
 
 def test_fine_tuning_drops_the_step_floor_and_the_scratch_baseline_keeps_it() -> None:
