@@ -21,13 +21,12 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
 
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
 from regressor.environment import TRAINED_WITH
 from regressor.predictor import Predictor, sha256_file
-from regressor.training import FitResult, fit_examples
+from regressor.training import FitResult, RunLogger, fit_examples
 
 SEED_STRIDE = 1000
 
@@ -105,24 +104,20 @@ def load_finished_member(directory: Path, member: Predictor) -> FitResult | None
     return FitResult(**record["fit"])
 
 
-class MemberLogger(MLFlowLogger):
+class MemberLogger(RunLogger):
     """An ensemble member's curves in the pipeline's run, as `member<i>/train_loss` .. (the
     MLflow UI groups keys by their `/` prefix).
 
     Its hyperparameters are not logged: Lightning would log each member's train config as the
     run's params, and MLflow refuses a param logged again with another value (the seed);
     `pipeline._log_params` logs the config (`train.*`) and `train_ensemble` each member's seed.
-    Nor does the end of a member's fit end the run (Lightning's `finalize` marks it FINISHED):
-    the next members still train in it, and a kill must leave it RUNNING for the pipeline's
-    `_note_resume` to see.
+    Nor does the end of a member's fit end the run (`RunLogger`): the next members still
+    train in it, and a kill must leave it RUNNING for the pipeline's `_note_resume` to see.
     """
 
     LOGGER_JOIN_CHAR = "/"
 
     def log_hyperparams(self, params: Any) -> None:
-        pass
-
-    def finalize(self, status: str = "success") -> None:
         pass
 
 

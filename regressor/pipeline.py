@@ -19,7 +19,6 @@ from typing import IO
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
@@ -44,7 +43,7 @@ from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
 from regressor.sources.fleet import IngestReport
 from regressor.tracking import configure_mlflow
-from regressor.training import FitResult, fit_examples
+from regressor.training import FitResult, RunLogger, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
@@ -349,7 +348,7 @@ def train_and_register(
     configure_mlflow(paths, app.registry.experiment)
     # Unforced, a run beside another on the same key waits for it, then reuses its version.
     with training_dir(paths, key, wait=not force) as ckpt_dir:
-        earlier = None if force else registry.trained_version(app.registry.model_name, reg_key)
+        earlier = None if force else _gated_version(app, reg_key, ckpt_dir, data.splits["test"])
         if earlier is None:
             keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}
             outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir, keys)
@@ -358,6 +357,61 @@ def train_and_register(
         # Also what a run killed after registering left behind.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return outcome
+
+
+def _gated_version(
+    app: AppConfig, reg_key: str, ckpt_dir: Path, test: Examples
+) -> ModelVersion | None:
+    """The version registered and gated under `reg_key`, None when there is none. A version
+    whose run registered it and stopped before its gate (killed, or the registry unreachable
+    then) is gated now, rather than trained and registered again."""
+    name = app.registry.model_name
+    stopped = registry.gated_version(name, registry.REGISTRATION_KEY, reg_key, gated=False)
+    if stopped is not None and registry.trained_version(name, reg_key) is None:
+        finish_gate(app, stopped, test, ckpt_dir)
+    return registry.trained_version(name, reg_key)
+
+
+def finish_gate(app: AppConfig, version: ModelVersion, test: Examples, ckpt_dir: Path) -> None:
+    """Gate `version` as the run that registered it would have: its test metrics (tagged)
+    against the champion's, scored now on the same test records (same registration key, same
+    data). The caller holds `ckpt_dir`'s lock, so a run that trained there is not alive."""
+    _close_stopped_run(ckpt_dir, version.run_id)
+    name, alias = app.registry.model_name, app.registry.champion_alias
+    metrics = json.loads(version.tags["test_metrics"])
+    champion = registry.alias_version(name, alias)
+    champion_metrics = None
+    if champion is not None and str(champion.version) == str(version.version):
+        champion_metrics = metrics  # killed after taking the alias: it keeps it
+    elif champion is not None:
+        champion_uri = registry.model_uri(name, champion.version)
+        champion_metrics = score_registered(champion_uri, test, app.eval)
+    decision = registry.gate(
+        name,
+        version,
+        metrics,
+        champion_metrics,
+        app.registry.promotion,
+        alias,
+        app.registry.challenger_alias,
+        note="; gated by a later run: the run that registered it stopped before its gate",
+    )
+    mlflow.MlflowClient().log_dict(
+        version.run_id,
+        {"promoted": decision.promoted, "reason": decision.reason},
+        "gate_decision.json",
+    )
+
+
+def _close_stopped_run(ckpt_dir: Path, run_id: str) -> None:
+    """Mark `run_id` KILLED if it trained in `ckpt_dir` (whose lock the caller holds, so it is
+    dead) and still reads RUNNING; a run that failed already says so."""
+    record = ckpt_dir / "mlflow_run.json"
+    if not record.is_file() or json.loads(record.read_text())["run_id"] != run_id:
+        return
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
 
 
 def reused_outcome(version: ModelVersion) -> TrainOutcome:
@@ -408,7 +462,7 @@ def _train_and_register(
         _note_resume(ckpt_dir, run.info.run_id)
         _log_params(app, data, n_parameters, conf_dir, per_member if size > 1 else None)
         if size == 1:
-            logger = MLFlowLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
+            logger = RunLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
             fitted = fit_examples(
                 predictor, train, val, train_cfg, ckpt_dir, logger=logger, resume=True
             )

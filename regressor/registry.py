@@ -155,12 +155,13 @@ REGISTRATION_KEY = "registration_key"
 ADAPTATION_KEY = "adaptation_key"
 
 
-def gated_version(name: str, key_tag: str, key: str) -> ModelVersion | None:
+def gated_version(name: str, key_tag: str, key: str, gated: bool = True) -> ModelVersion | None:
     """The newest version of `name` tagged `key_tag=key` whose gate has run, None when there is
-    none: making it again would register the same model again."""
+    none: making it again would register the same model again. With `gated=False`, the newest
+    whose gate has not run: its run stopped between registering it and gating it."""
     versions = MlflowClient().search_model_versions(f"name='{name}' and tags.{key_tag}='{key}'")
-    gated = [v for v in versions if "gate_decision" in v.tags]
-    return max(gated, key=lambda v: int(v.version), default=None)
+    found = [v for v in versions if ("gate_decision" in v.tags) == gated]
+    return max(found, key=lambda v: int(v.version), default=None)
 
 
 def trained_version(name: str, registration_key: str) -> ModelVersion | None:
@@ -215,14 +216,17 @@ def gate(
     rule: PromotionRule,
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
+    note: str = "",
 ) -> GateDecision:
-    """The new version becomes `challenger`; it takes `champion` only if it beats the champion."""
+    """The new version becomes `challenger`; it takes `champion` only if it beats the champion.
+    `note` is appended to the recorded reason."""
     client = MlflowClient()
     client.set_registered_model_alias(name, challenger_alias, version.version)
     if champion_metrics is None:
         promoted, reason = True, "no champion yet"
     else:
         promoted, reason = beats(challenger_metrics, champion_metrics, rule)
+    reason += note
     if promoted:
         # A single alias write: readers see the old champion or the new one, never neither.
         client.set_registered_model_alias(name, champion_alias, version.version)

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     Timer,
 )
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, MLFlowLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
@@ -431,6 +431,18 @@ def _averaging(cfg: TrainConfig) -> list[Callback]:
     if cfg.ema_decay is None:
         return []
     return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's curves in an MLflow run the caller started and ends.
+
+    Lightning's `finalize` marks the run FINISHED when `fit` returns, while the caller still
+    evaluates and registers in it: a kill then left a run reading FINISHED that never finished,
+    and a later run could not tell it was killed. The caller's `mlflow.start_run` block ends it.
+    """
+
+    def finalize(self, status: str = "success") -> None:
+        pass
 
 
 def fit_examples(

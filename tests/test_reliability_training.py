@@ -11,6 +11,7 @@ The helpers here (`tiny_app`, `prepare`, `conf_dir_with`) are shared by the othe
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,10 +28,18 @@ import mlflow
 import pandas as pd
 import torch
 import yaml
+from conftest_data import register_tiny_version
 from mlflow import MlflowClient
 
 from regressor import pipeline, registry
-from regressor.config import CONF_DIR, AppConfig, ResolvedPaths, load_source_config
+from regressor.config import (
+    CONF_DIR,
+    AppConfig,
+    PromotionRule,
+    ResolvedPaths,
+    load_source_config,
+)
+from regressor.tracking import configure_mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -200,6 +209,78 @@ def test_retrain_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path)
     example = pd.DataFrame([{"text": t} for t in data.splits["test"].texts[:3]])
     medians = predictor.predict_texts(list(example["text"]), num_samples=4)["median"]
     assert all(math.isfinite(v) for v in medians)
+
+
+def child_train_until_the_gate(var: str) -> None:
+    """The child's job: one retrain's steps up to registration, then it stops for good where
+    the gate would start (the parent kills it there)."""
+    torch.set_num_threads(1)
+
+    def stop_here(*args: object, **kwargs: object) -> None:
+        print("registered, gate next", flush=True)
+        time.sleep(600)
+
+    registry.gate = stop_here
+    app = tiny_app(Path(var))
+    paths = local_paths(app)
+    data = pipeline.load_dataset(paths, app, load_source_config(app.source))
+    pipeline.train_and_register(app, paths, data)
+
+
+def wait_for_line(proc: subprocess.Popen, marker: str) -> None:
+    for line in proc.stdout:  # the child blocks at the marker: the loop cannot hang past it
+        if line.startswith(marker):
+            return
+    raise AssertionError(f"the child ended before {marker!r}")
+
+
+def test_retrain_killed_between_registering_and_gating_is_gated_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """The next run gates the version the killed run registered (against the champion, scored
+    on the same test records), trains and registers nothing, and closes the killed run."""
+    var = tmp_path / "var"
+    app = tiny_app(var)
+    paths, _ = prepare(app)
+    configure_mlflow(paths, app.registry.experiment)
+    try:
+        champion = register_tiny_version(tmp_path, "older")
+        registry.gate("textperf", champion, {"spearman": 0.5, "mape": 1.0}, None, PromotionRule())
+    finally:
+        mlflow.set_tracking_uri(None)
+    proc = start_child(
+        "from test_reliability_training import child_train_until_the_gate\n"
+        f"        child_train_until_the_gate({str(var)!r})"
+    )
+    try:
+        wait_for_line(proc, "registered, gate next")
+    finally:
+        sigkill(proc)
+    client = client_of(paths)
+    experiment = client.get_experiment_by_name("textperf").experiment_id
+    (killed_run,) = client.search_runs([experiment], "attributes.run_name LIKE 'train-%'")
+    assert killed_run.info.status == "RUNNING"
+    assert "gate_decision" not in client.get_model_version("textperf", "2").tags
+
+    data = pipeline.load_dataset(paths, app, load_source_config(app.source))
+    try:
+        outcome = pipeline.train_and_register(app, paths, data)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    assert (outcome.version, outcome.reused, outcome.run_id) == ("2", True, killed_run.info.run_id)
+    assert [str(v.version) for v in client.search_model_versions("name='textperf'")] == ["2", "1"]
+    assert len(client.search_runs([experiment], "attributes.run_name LIKE 'train-%'")) == 1
+    decision = json.loads(client.get_model_version("textperf", "2").tags["gate_decision"])
+    assert decision["champion"] is not None  # compared with version 1, scored just now
+    assert decision["reason"].endswith("stopped before its gate")
+    verdict = registry.beats(decision["challenger"], decision["champion"], PromotionRule())
+    assert decision["promoted"] == verdict[0] == outcome.promoted
+    holder = client.get_model_version_by_alias("textperf", "champion").version
+    assert str(holder) == ("2" if outcome.promoted else "1")
+    assert str(client.get_model_version_by_alias("textperf", "challenger").version) == "2"
+    assert client.get_run(killed_run.info.run_id).info.status == "KILLED"
+    assert list(paths.checkpoints.iterdir()) == []  # the killed run's checkpoints too
 
 
 def _tokenizer_str(text: str) -> str:
