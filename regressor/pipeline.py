@@ -28,6 +28,7 @@ from regressor.config import (
     AppConfig,
     EvalConfig,
     FleetSourceConfig,
+    PromotionRule,
     ResolvedPaths,
     SourceConfig,
     load_model_config,
@@ -190,6 +191,8 @@ def _log_params(
     mlflow.log_params(params)
 
 
+# Appended to the gate reason of a version gated by a run other than the one that registered it.
+STOPPED_BEFORE_GATE = "; gated by a later run: the run that registered it stopped before its gate"
 TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by a training run
 
 
@@ -394,7 +397,7 @@ def finish_gate(app: AppConfig, version: ModelVersion, test: Examples, ckpt_dir:
         app.registry.promotion,
         alias,
         app.registry.challenger_alias,
-        note="; gated by a later run: the run that registered it stopped before its gate",
+        note=STOPPED_BEFORE_GATE,
     )
     mlflow.MlflowClient().log_dict(
         version.run_id,
@@ -650,10 +653,61 @@ def adapt_version(
     base_uri = registry.model_uri(app.registry.model_name, base_version)  # fixed, not an alias
     key = adaptation_key(app, data, base_uri)
     with adaptation_lock(paths, variant):
-        earlier = None if force else registry.gated_version(variant, registry.ADAPTATION_KEY, key)
+        earlier = None if force else _gated_variant(app, variant, key)
         if earlier is not None:
             return reused_adaptation(earlier, app)
         return _adapt_and_register(app, paths, data, base_uri, key)
+
+
+def _gated_variant(app: AppConfig, variant: str, key: str) -> ModelVersion | None:
+    """The variant adapted and gated under `key`, None when there is none. One whose run
+    registered it and stopped before its gate is gated now, rather than adapted again."""
+    stopped = registry.gated_version(variant, registry.ADAPTATION_KEY, key, gated=False)
+    if (
+        stopped is not None
+        and registry.gated_version(variant, registry.ADAPTATION_KEY, key) is None
+    ):
+        finish_variant_gate(app, stopped)
+    return registry.gated_version(variant, registry.ADAPTATION_KEY, key)
+
+
+def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
+    """Gate the variant `version` on the validation scores its run logged before it stopped.
+
+    The caller holds the variant's `adaptation_lock`, which every adaptation takes, so the run
+    that registered it is not alive: a run still reading RUNNING was killed."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(version.run_id)
+    if run.info.status == "RUNNING":
+        client.set_terminated(version.run_id, "KILLED")
+    rule = app.registry.promotion
+    validation = {
+        kind: _logged_scores(run.data.metrics, f"validation_{kind}_", rule)
+        for kind in ("zero_shot", "adapted")
+    }
+    decision = registry.gate_variant(
+        version.name,
+        version,
+        version.tags["base_model"],
+        validation["adapted"],
+        validation["zero_shot"],
+        rule,
+        app.registry.champion_alias,
+        app.registry.challenger_alias,
+        note=STOPPED_BEFORE_GATE,
+    )
+    client.log_dict(
+        version.run_id, {"promoted": decision.promoted, "reason": decision.reason}, "gate.json"
+    )
+
+
+def _logged_scores(metrics: dict[str, float], prefix: str, rule: PromotionRule) -> dict[str, float]:
+    """The scores `_log_scores` logged under `prefix`; the rule's metrics it skipped (NaN, not
+    logged) are NaN again, which the gate counts as worse."""
+    scores = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    for metric in (*rule.higher_is_better, *rule.lower_is_better):
+        scores.setdefault(metric, float("nan"))
+    return scores
 
 
 def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:

@@ -242,10 +242,11 @@ def gate_variant(
     rule: PromotionRule,
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
+    note: str = "",
 ) -> GateDecision:
     """An adapted variant `name` becomes `challenger`; it takes `champion` (the model to use for
     its task) only when not worse than its base `base_uri` zero-shot, both scored on shots kept
-    out of training.
+    out of training. `note` is appended to the recorded reason.
 
     Refused, it leaves a champion adapted from the same base in place (that one passed against
     this base) and retires one adapted from another base: it was never compared with this base,
@@ -254,6 +255,7 @@ def gate_variant(
     client = MlflowClient()
     client.set_registered_model_alias(name, challenger_alias, version.version)
     promoted, reason = beats(adapted, zero_shot, rule, against="base zero-shot")
+    reason += note
     if promoted:
         client.set_registered_model_alias(name, champion_alias, version.version)
     else:

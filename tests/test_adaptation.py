@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from test_reliability_training import sigkill, start_child, wait_for_line
 
 from regressor import pipeline, registry, report
 from regressor.adaptation import (
@@ -27,6 +29,7 @@ from regressor.config import (
     AppConfig,
     CodecConfig,
     EvalConfig,
+    PromotionRule,
     ResolvedPaths,
     TrainConfig,
     load_model_config,
@@ -46,8 +49,7 @@ def _shots(n: int = 16) -> Examples:
     return Examples([str(i) for i in range(n)], ["cell-z"] * n, texts, targets, ["{}"] * n)
 
 
-@pytest.fixture(scope="module")
-def base() -> Predictor:
+def untrained_base() -> Predictor:
     shots = _shots()
     torch.manual_seed(0)
     predictor = Predictor.create(
@@ -57,6 +59,11 @@ def base() -> Predictor:
     )
     predictor.model.eval()
     return predictor
+
+
+@pytest.fixture(scope="module")
+def base() -> Predictor:
+    return untrained_base()
 
 
 def _adapt(base: Predictor, tmp_path: Path, **update) -> Predictor:
@@ -148,24 +155,29 @@ def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_pat
     assert (len(train), len(val)) == (12, 4)
 
 
+EXAMPLE = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
+
+
 def _registered_base(base: Predictor, tmp_path: Path) -> tuple[ResolvedPaths, pipeline.Dataset]:
-    """`textperf` version 1 (= `base`) in a temp store that is left current, and a dataset
-    whose holdout task `cell-z` has 16 adaptation shots and 8 test records."""
+    """`textperf` version 1 (= `base`) in a temp store that is left current, and `_cell_z`."""
     paths = ResolvedPaths(var_dir=tmp_path)
     configure_mlflow(paths, "adapt-test")
-    example = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
     with mlflow.start_run():
         registry.log_and_register(
-            base.save(tmp_path / "bundle"), "textperf", registry.input_example(example), {}
+            base.save(tmp_path / "bundle"), "textperf", registry.input_example(EXAMPLE), {}
         )
+    return paths, _cell_z()
+
+
+def _cell_z() -> pipeline.Dataset:
+    """A dataset whose holdout task `cell-z` has 16 adaptation shots and 8 test records."""
     shots = _shots(24)
-    data = pipeline.Dataset(
+    return pipeline.Dataset(
         {"adapt_pool": shots.take(range(16)), "adapt_test": shots.take(range(16, 24))},
         "cell-z",
         "hash-1",
-        example,
+        EXAMPLE,
     )
-    return paths, data
 
 
 LORA_APP = AppConfig(
@@ -270,6 +282,65 @@ def test_two_adaptations_of_one_variant_at_once_register_it_once(base, tmp_path)
     assert sorted(o.reused for o in outcomes) == [False, True]
     assert [o.version for o in outcomes] == ["1", "1"]
     assert len(versions) == 1
+
+
+def child_adapt_until_the_gate(var: str) -> None:
+    """Register the base, adapt it, and stop for good where the variant's gate would start
+    (the parent kills it there)."""
+    torch.set_num_threads(1)
+
+    def stop_here(*args: object, **kwargs: object) -> None:
+        print("registered, gate next", flush=True)
+        time.sleep(600)
+
+    registry.gate_variant = stop_here
+    paths, data = _registered_base(untrained_base(), Path(var))
+    pipeline.adapt_version(LORA_APP, paths, data, "1")
+
+
+def test_an_adaptation_killed_before_its_gate_is_gated_by_the_next(tmp_path: Path):
+    """The next adaptation with the same key gates the variant the killed run registered (on
+    the validation scores that run logged), adapts and registers nothing, and closes the run."""
+    var = tmp_path / "var"
+    proc = start_child(
+        "from test_adaptation import child_adapt_until_the_gate\n"
+        f"        child_adapt_until_the_gate({str(var)!r})"
+    )
+    try:
+        wait_for_line(proc, "registered, gate next")
+    finally:
+        sigkill(proc)
+    paths = ResolvedPaths(var_dir=var)
+    try:
+        configure_mlflow(paths, "adapt-test")
+        client = MlflowClient()
+        (stopped,) = client.search_model_versions("name='textperf-cell-z'")
+        assert "gate_decision" not in stopped.tags
+        outcome = pipeline.adapt_version(LORA_APP, paths, _cell_z(), "1")
+        versions = client.search_model_versions("name='textperf-cell-z'")
+        run = client.get_run(stopped.run_id)
+        adapt_runs = mlflow.search_runs(
+            search_all_experiments=True, filter_string="attributes.run_name LIKE 'adapt-%'"
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (outcome.version, outcome.reused) == ("1", True)
+    assert len(versions) == 1
+    assert len(adapt_runs) == 1  # nothing adapted again
+    assert run.info.status == "KILLED"
+    decision = json.loads(versions[0].tags["gate_decision"])
+    assert decision["reason"].endswith("stopped before its gate")
+    for kind, side in (("zero_shot", "champion"), ("adapted", "challenger")):
+        prefix = f"validation_{kind}_"  # the killed run logged the finite ones
+        logged = {
+            k.removeprefix(prefix): v for k, v in run.data.metrics.items() if k.startswith(prefix)
+        }
+        assert logged
+        assert {k: decision[side][k] for k in logged} == logged
+        for metric in ("spearman", "mape"):  # the rule's; NaN (worse) where none was logged
+            assert metric in logged or np.isnan(decision[side][metric])
+    verdict = registry.beats(decision["challenger"], decision["champion"], PromotionRule())
+    assert outcome.promoted == decision["promoted"] == verdict[0]
 
 
 def test_fine_tuning_drops_the_step_floor_and_the_scratch_baseline_keeps_it() -> None:
