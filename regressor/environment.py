@@ -1,9 +1,10 @@
-"""What decides a trained model's weights to the bit besides its data, configs and seed, and
-which arithmetic this CPU runs fast."""
+"""What decides a trained model's weights to the bit besides its data, configs and seed, which
+arithmetic this CPU runs fast, and which rank of a distributed launch this process is."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -61,3 +62,9 @@ def code_digest(root: Path = LIBRARY_ROOT) -> str:
         name, body = str(path.relative_to(root)).encode(), path.read_bytes()
         digest.update(b"%d:%s%d:" % (len(name), name, len(body)) + body)
     return digest.hexdigest()[:16]
+
+
+def secondary_rank() -> bool:
+    """This process is a rank other than 0 of a distributed launch: Lightning's DDP launcher
+    re-runs the command with LOCAL_RANK >= 1, torchrun sets RANK (and LOCAL_RANK) on every rank."""
+    return any(int(os.environ.get(name) or 0) > 0 for name in ("RANK", "LOCAL_RANK"))

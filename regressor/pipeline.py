@@ -36,7 +36,7 @@ from regressor.config import (
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
-from regressor.environment import code_digest, numeric_environment
+from regressor.environment import code_digest, numeric_environment, secondary_rank
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -233,7 +233,9 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
     the same key resumes from them (the kernel drops the lock of a killed process). A second
     live run with the same key waits for the first, then finds its registered version or
     resumes what it left; with `wait=False` it gets a private directory at once instead.
+    A secondary DDP rank never waits: its rank 0 holds the lock, waiting for it to join.
     """
+    wait = wait and not secondary_rank()
     directory = paths.checkpoints / f"train-{key}"
     while True:
         directory.mkdir(parents=True, exist_ok=True)
