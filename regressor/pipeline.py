@@ -270,7 +270,11 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     """An exclusive lock per variant, so a run beside another adapting it waits, then finds
     that run's version rather than registering the same adaptation twice, and the two gates
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
-    removing it would race with a run about to lock it."""
+    removing it would race with a run about to lock it. A secondary DDP rank takes none: its
+    rank 0 holds it while fine-tuning waits for that rank to join."""
+    if secondary_rank():
+        yield
+        return
     paths.locks.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(variant.encode()).hexdigest()[:16]  # any task name, a safe file name
     with (paths.locks / f"adapt-{name}.lock").open("a") as lock:

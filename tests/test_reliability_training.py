@@ -223,15 +223,18 @@ def test_a_secondary_ddp_rank_never_waits_for_the_lock_its_rank_0_holds(
     def rank_1() -> None:
         with pipeline.training_dir(paths, "k") as directory:
             got.append(directory)
+        with pipeline.adaptation_lock(paths, "textperf-cell-a"):  # fine-tuning under DDP
+            got.append(paths.locks)
 
-    with pipeline.training_dir(paths, "k"):
+    with pipeline.training_dir(paths, "k"), pipeline.adaptation_lock(paths, "textperf-cell-a"):
         monkeypatch.setenv("LOCAL_RANK", "1")  # as the launcher sets it in rank 1's process
         thread = threading.Thread(target=rank_1, daemon=True)
         thread.start()
         thread.join(60)
         monkeypatch.delenv("LOCAL_RANK")
-        assert not thread.is_alive(), "rank 1 waited for the lock rank 0 holds"
+        assert not thread.is_alive(), "rank 1 waited for a lock rank 0 holds"
     assert got[0].name.startswith("train-k-")  # its own directory, as before the lock waited
+    assert got[1] == paths.locks
 
 
 def child_train_until_the_gate(var: str) -> None:
