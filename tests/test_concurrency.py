@@ -38,8 +38,8 @@ def child_retrain(var: str, run_id: str, force: bool) -> None:
     print(f"registered {outcome.version} reused={outcome.reused}", flush=True)
 
 
-def retrain_twice_at_once(var: Path, force: bool) -> list[tuple[int, bool]]:
-    """Run two `child_retrain`s side by side; each one's (version, reused)."""
+def retrain_twice_at_once(var: Path, force: bool) -> tuple[list[tuple[int, bool]], list[str]]:
+    """Run two `child_retrain`s side by side; each one's (version, reused), and their output."""
     assert child_env()["OMP_NUM_THREADS"] == "1"
     procs = [
         start_child(
@@ -52,7 +52,7 @@ def retrain_twice_at_once(var: Path, force: bool) -> list[tuple[int, bool]]:
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-4000:]
     results = [out.split("registered ")[-1].split() for out in outputs]
-    return sorted((int(version), reused == "reused=True") for version, reused in results)
+    return sorted((int(version), reused == "reused=True") for version, reused in results), outputs
 
 
 def _records(paths: ResolvedPaths) -> int:
@@ -80,7 +80,7 @@ def test_two_retrains_at_once_on_one_warehouse_and_registry_both_finish(tmp_path
     var, paths = _prepared(tmp_path)
     records_before = _records(paths)
     # force: the second must train beside the first, in a directory of its own.
-    assert retrain_twice_at_once(var, force=True) == [(1, False), (2, False)]
+    assert retrain_twice_at_once(var, force=True)[0] == [(1, False), (2, False)]
     client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
     assert str(client.get_model_version_by_alias("textperf", "champion").version) in {"1", "2"}
     assert _runs(paths) == ["FINISHED", "FINISHED"]
@@ -92,7 +92,10 @@ def test_the_second_of_two_unforced_retrains_waits_and_reuses_the_first(tmp_path
     """The nightly run and an ad-hoc one on the same snapshot: one trains, the other waits on
     the checkpoint lock, then reports the version the first registered. One model, one run."""
     var, paths = _prepared(tmp_path)
-    assert retrain_twice_at_once(var, force=False) == [(1, False), (1, True)]
+    outcomes, outputs = retrain_twice_at_once(var, force=False)
+    assert outcomes == [(1, False), (1, True)]
+    # It waited (the training takes seconds): not merely started after the first had finished.
+    assert sum("another run is training the same snapshot" in out for out in outputs) == 1
     assert _runs(paths) == ["FINISHED"]
     assert [p.name for p in paths.checkpoints.iterdir()] == []
 
