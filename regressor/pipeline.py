@@ -630,10 +630,10 @@ def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
     parts = {
         "base": base_uri,
         "data_hash": data.data_hash,
-        "task": data.holdout_task,
         "adapt": app.adapt.model_dump(mode="json"),
         "train": load_train_config(app.train).model_dump(mode="json"),
-        "split": app.split.model_dump(mode="json"),
+        # The task as resolved: the nightly flow names it, `textperf adapt` may leave it None.
+        "split": app.split.model_dump(mode="json") | {"holdout_task": data.holdout_task},
         "eval": app.eval.model_dump(mode="json"),
         "promotion": app.registry.promotion.model_dump(mode="json"),
         "code": code_digest(),

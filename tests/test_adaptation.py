@@ -234,6 +234,11 @@ def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base
         first = pipeline.adapt_version(LORA_APP, paths, data, "1")
         runs_after_first = len(mlflow.search_runs(search_all_experiments=True))
         again = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        # The nightly flow names the task the config leaves to the data (None): the same key.
+        split = LORA_APP.split.model_copy(update={"holdout_task": "cell-z"})
+        named = pipeline.adapt_version(
+            LORA_APP.model_copy(update={"split": split}), paths, data, "1"
+        )
         runs_after_again = len(mlflow.search_runs(search_all_experiments=True))
         forced = pipeline.adapt_version(LORA_APP, paths, data, "1", force=True)
         other = LORA_APP.model_copy(
@@ -250,7 +255,8 @@ def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base
         False,
     )
     assert runs_after_again == runs_after_first  # no run started, nothing trained
-    assert again.version == first.version
+    assert again.version == named.version == first.version
+    assert named.reused
     for kind in (*pipeline.SCORES, "validation"):  # as JSON: NaN (n/a) equals NaN there
         assert json.dumps(getattr(again, kind)) == json.dumps(getattr(first, kind)), kind
     assert (again.promoted, again.reason, again.n_shots) == (
