@@ -6,6 +6,7 @@ Kept out of `regressor/` on purpose: the library never imports Prefect.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -15,9 +16,10 @@ from typing import Any
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
+from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from regressor import pipeline
@@ -35,6 +37,25 @@ from regressor.sources.common import safe_files
 # Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
 WRITER_LEASE_SECONDS = 600.0
 HASH_LIMIT_BYTES = 8 << 20
+
+
+class _InARun(logging.Filter):
+    """Only records logged inside a flow or task run: the API handler has no run to file others
+    under (and would warn about each)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def forward_library_logs(name: str = "regressor") -> None:
+    """Show the library's warnings (a run waiting on another's lock, a file refused) in the flow
+    run's log in the Prefect UI, not only on the console: Prefect forwards its own loggers only,
+    and the library never imports Prefect. Idempotent; the logger keeps its level (WARNING)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
+        handler = APILogHandler()
+        handler.addFilter(_InARun())
+        logger.addHandler(handler)
 
 
 def ensure_writer_limit(name: str) -> None:

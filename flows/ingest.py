@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
+from flows.common import forward_library_logs
 from flows.tasks import ingest_task
 from regressor import pipeline, report
 from regressor.config import load_app_config, load_source_config
@@ -25,6 +26,7 @@ class IngestParams(BaseModel):
 @flow(name="ingest", log_prints=True)
 def ingest(params: IngestParams | None = None) -> IngestReport:
     params = params or IngestParams()
+    forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
     source = load_source_config(params.source)
     # Cached on the input files' hashes, and holding the single warehouse-writer slot.

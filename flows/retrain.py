@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import default_task_runner
+from flows.common import default_task_runner, forward_library_logs
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
 from regressor.config import load_app_config, load_source_config
@@ -66,6 +66,7 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -
 @flow(name="retrain", log_prints=True, task_runner=default_task_runner())
 def retrain(params: RetrainParams | None = None) -> str:
     params = params or RetrainParams()
+    forward_library_logs()
     app = load_app_config(params.config, params.var_dir, model=params.model, train=params.train)
     paths = app.paths.resolve()
     source = load_source_config(app.source)

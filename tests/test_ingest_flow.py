@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
+
 from flows.ingest import IngestParams, ingest
 from regressor.warehouse import Warehouse
 
@@ -34,3 +38,28 @@ def test_ingest_flow_accounts_for_every_file(prefect_harness, tmp_path: Path, ti
 
     again = ingest(IngestParams(var_dir=var))
     assert again.records_added == 0
+
+
+def test_library_warnings_reach_the_flow_runs_log(prefect_harness, tmp_path: Path, tiny_fleet):
+    """A file the fleet adapter refuses (a symlink out of the source folder) is logged by
+    `regressor.sources.common` at WARNING; the flow run's log on the server holds it, where the
+    Prefect UI shows it, and the refusal is in the report too."""
+    raw_dir, _ = tiny_fleet
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("machines: 4\n")
+    (raw_dir / "demo_fleet" / "cells" / "cell-zy.yaml").symlink_to(outside)
+
+    state = ingest(IngestParams(var_dir=raw_dir.parent), return_state=True)
+    result = state.result()
+    APILogHandler().flush()  # the handler sends in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    refused = [log for log in logs if "resolves outside the source folder" in log.message]
+    # Besides the printed report (prefect.flow_runs): the library's own record(s), one per look
+    # at the folder (the ingest cache key reads it too).
+    from_library = [log for log in refused if log.name == "regressor.sources.common"]
+    assert from_library
+    assert all("cell-zy.yaml" in log.message and log.level == 30 for log in from_library)
+    assert any("cell-zy.yaml" in file for file, _ in result.quarantined)
