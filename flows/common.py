@@ -50,7 +50,8 @@ class _InARun(logging.Filter):
 def forward_library_logs(name: str = "regressor") -> None:
     """Show the library's warnings (a run waiting on another's lock, a file refused) in the flow
     run's log in the Prefect UI, not only on the console: Prefect forwards its own loggers only,
-    and the library never imports Prefect. Idempotent; the logger keeps its level (WARNING)."""
+    and the library never imports Prefect. Idempotent. The logger's level is left alone: under
+    Prefect's root config, WARNING and above pass, as on the console."""
     logger = logging.getLogger(name)
     if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
         handler = APILogHandler()
