@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +196,11 @@ STOPPED_BEFORE_GATE = "; gated by a later run: the run that registered it stoppe
 TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by a training run
 
 
+def _digest(parts: dict) -> str:
+    """The short hash every key here is: of `parts` as canonical JSON."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> str:
     """What makes two trainings the same: data snapshot, configs, codec, split and source."""
     parts = {
@@ -210,7 +215,7 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         # Only when set, so the keys (checkpoint directories) of existing trainings stay.
         **({"mixed_target_forms": True} if data.mixed_target_forms else {}),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(parts)
 
 
 def registration_key(app: AppConfig, training: str) -> str:
@@ -222,7 +227,7 @@ def registration_key(app: AppConfig, training: str) -> str:
         "promotion": app.registry.promotion.model_dump(mode="json"),
         "code": code_digest(),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(parts)
 
 
 @contextmanager
@@ -326,9 +331,7 @@ def _note_resume(directory: Path, run_id: str) -> None:
     record = directory / "mlflow_run.json"
     if record.is_file() and _attempt_left(directory):
         previous = json.loads(record.read_text())["run_id"]
-        client = mlflow.MlflowClient()
-        if client.get_run(previous).info.status == "RUNNING":
-            client.set_terminated(previous, "KILLED")
+        _mark_killed(previous)
         mlflow.set_tag("resumed_from_run", previous)
     tmp = directory / "mlflow_run.json.tmp"
     tmp.write_text(json.dumps({"run_id": run_id}))
@@ -357,7 +360,14 @@ def train_and_register(
     configure_mlflow(paths, app.registry.experiment)
     # Unforced, a run beside another on the same key waits for it, then reuses its version.
     with training_dir(paths, key, wait=not force) as ckpt_dir:
-        earlier = None if force else _gated_version(app, reg_key, ckpt_dir, data.splits["test"])
+        earlier = None
+        if not force:
+            earlier = _gated_or_stopped(
+                app.registry.model_name,
+                registry.REGISTRATION_KEY,
+                reg_key,
+                lambda stopped: finish_gate(app, stopped, data.splits["test"], ckpt_dir),
+            )
         if earlier is None:
             keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}
             outcome = _train_and_register(app, paths, data, ckpt_dir, conf_dir, keys)
@@ -368,17 +378,17 @@ def train_and_register(
     return outcome
 
 
-def _gated_version(
-    app: AppConfig, reg_key: str, ckpt_dir: Path, test: Examples
+def _gated_or_stopped(
+    name: str, key_tag: str, key: str, finish_gate: Callable[[ModelVersion], None]
 ) -> ModelVersion | None:
-    """The version registered and gated under `reg_key`, None when there is none. A version
-    whose run registered it and stopped before its gate (killed, or the registry unreachable
-    then) is gated now, rather than trained and registered again."""
-    name = app.registry.model_name
-    stopped = registry.gated_version(name, registry.REGISTRATION_KEY, reg_key, gated=False)
-    if stopped is not None and registry.trained_version(name, reg_key) is None:
-        finish_gate(app, stopped, test, ckpt_dir)
-    return registry.trained_version(name, reg_key)
+    """The version of `name` registered and gated under `key_tag=key`, None when there is none.
+    One whose run registered it and stopped before its gate (killed, or the registry unreachable
+    then) is gated now by `finish_gate`, rather than made and registered again."""
+    gated, stopped = registry.keyed_versions(name, key_tag, key)
+    if gated is not None or stopped is None:
+        return gated
+    finish_gate(stopped)
+    return mlflow.MlflowClient().get_model_version(name, stopped.version)  # with its decision
 
 
 def finish_gate(app: AppConfig, version: ModelVersion, test: Examples, ckpt_dir: Path) -> None:
@@ -416,11 +426,26 @@ def _close_stopped_run(ckpt_dir: Path, run_id: str) -> None:
     """Mark `run_id` KILLED if it trained in `ckpt_dir` (whose lock the caller holds, so it is
     dead) and still reads RUNNING; a run that failed already says so."""
     record = ckpt_dir / "mlflow_run.json"
-    if not record.is_file() or json.loads(record.read_text())["run_id"] != run_id:
-        return
+    if record.is_file() and json.loads(record.read_text())["run_id"] == run_id:
+        _mark_killed(run_id)
+
+
+def _mark_killed(run_id: str) -> None:
+    """A run known dead that still reads RUNNING was killed; one that failed already says so."""
     client = mlflow.MlflowClient()
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, "KILLED")
+
+
+def _recorded_fit(metrics: dict[str, float], prefix: str) -> FitResult:
+    """A finished run's fit as it logged it (`<prefix>_steps`, `<prefix>_seconds`); what it did
+    not log (the checkpoints are gone) is NaN or empty."""
+    return FitResult(
+        steps=int(metrics.get(f"{prefix}_steps", 0)),
+        seconds=metrics.get(f"{prefix}_seconds", float("nan")),
+        best_val_score=float("nan"),
+        best_checkpoint="",
+    )
 
 
 def reused_outcome(version: ModelVersion) -> TrainOutcome:
@@ -428,12 +453,7 @@ def reused_outcome(version: ModelVersion) -> TrainOutcome:
     run = mlflow.MlflowClient().get_run(version.run_id)
     decision = json.loads(version.tags["gate_decision"])
     metrics = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{TEST_METRICS}")
-    fit = FitResult(
-        steps=int(run.data.metrics.get("train_steps", 0)),
-        seconds=run.data.metrics.get("train_seconds", float("nan")),
-        best_val_score=float("nan"),
-        best_checkpoint="",
-    )
+    fit = _recorded_fit(run.data.metrics, "train")
     return TrainOutcome(
         version.run_id,
         version.name,
@@ -638,7 +658,7 @@ def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
         "promotion": app.registry.promotion.model_dump(mode="json"),
         "code": code_digest(),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(parts)
 
 
 def adapt_version(
@@ -659,22 +679,17 @@ def adapt_version(
     base_uri = registry.model_uri(app.registry.model_name, base_version)  # fixed, not an alias
     key = adaptation_key(app, data, base_uri)
     with adaptation_lock(paths, variant):
-        earlier = None if force else _gated_variant(app, variant, key)
+        earlier = None
+        if not force:
+            earlier = _gated_or_stopped(
+                variant,
+                registry.ADAPTATION_KEY,
+                key,
+                lambda stopped: finish_variant_gate(app, stopped),
+            )
         if earlier is not None:
             return reused_adaptation(earlier, app)
         return _adapt_and_register(app, paths, data, base_uri, key)
-
-
-def _gated_variant(app: AppConfig, variant: str, key: str) -> ModelVersion | None:
-    """The variant adapted and gated under `key`, None when there is none. One whose run
-    registered it and stopped before its gate is gated now, rather than adapted again."""
-    stopped = registry.gated_version(variant, registry.ADAPTATION_KEY, key, gated=False)
-    if (
-        stopped is not None
-        and registry.gated_version(variant, registry.ADAPTATION_KEY, key) is None
-    ):
-        finish_variant_gate(app, stopped)
-    return registry.gated_version(variant, registry.ADAPTATION_KEY, key)
 
 
 def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
@@ -682,10 +697,9 @@ def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
 
     The caller holds the variant's `adaptation_lock`, which every adaptation takes, so the run
     that registered it is not alive: a run still reading RUNNING was killed."""
+    _mark_killed(version.run_id)
     client = mlflow.MlflowClient()
     run = client.get_run(version.run_id)
-    if run.info.status == "RUNNING":
-        client.set_terminated(version.run_id, "KILLED")
     rule = app.registry.promotion
     validation = {
         kind: _logged_scores(run.data.metrics, f"validation_{kind}_", rule)
@@ -721,12 +735,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
     tags = version.tags
     decision = json.loads(tags["gate_decision"])
     metrics = mlflow.MlflowClient().get_run(version.run_id).data.metrics
-    fit = FitResult(
-        steps=int(metrics.get("adapt_steps", 0)),
-        seconds=metrics.get("adapt_seconds", float("nan")),
-        best_val_score=float("nan"),
-        best_checkpoint="",
-    )
+    fit = _recorded_fit(metrics, "adapt")
     scores = {kind: json.loads(tags[f"{kind}_metrics"]) for kind in SCORES}
     return AdaptOutcome(
         tags["task"],

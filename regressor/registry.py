@@ -155,13 +155,23 @@ REGISTRATION_KEY = "registration_key"
 ADAPTATION_KEY = "adaptation_key"
 
 
-def gated_version(name: str, key_tag: str, key: str, gated: bool = True) -> ModelVersion | None:
-    """The newest version of `name` tagged `key_tag=key` whose gate has run, None when there is
-    none: making it again would register the same model again. With `gated=False`, the newest
-    whose gate has not run: its run stopped between registering it and gating it."""
+def keyed_versions(
+    name: str, key_tag: str, key: str
+) -> tuple[ModelVersion | None, ModelVersion | None]:
+    """The newest version of `name` tagged `key_tag=key` whose gate has run (making it again
+    would register the same model again), and the newest whose gate has not (its run stopped
+    between registering it and gating it); None where there is none. One registry search."""
     versions = MlflowClient().search_model_versions(f"name='{name}' and tags.{key_tag}='{key}'")
-    found = [v for v in versions if ("gate_decision" in v.tags) == gated]
-    return max(found, key=lambda v: int(v.version), default=None)
+
+    def newest(found: list[ModelVersion]) -> ModelVersion | None:
+        return max(found, key=lambda v: int(v.version), default=None)
+
+    gated = [v for v in versions if "gate_decision" in v.tags]
+    return newest(gated), newest([v for v in versions if "gate_decision" not in v.tags])
+
+
+def gated_version(name: str, key_tag: str, key: str) -> ModelVersion | None:
+    return keyed_versions(name, key_tag, key)[0]
 
 
 def trained_version(name: str, registration_key: str) -> ModelVersion | None:
