@@ -379,15 +379,15 @@ def train_and_register(
 
 
 def _gated_or_stopped(
-    name: str, key_tag: str, key: str, finish_gate: Callable[[ModelVersion], None]
+    name: str, key_tag: str, key: str, gate_now: Callable[[ModelVersion], None]
 ) -> ModelVersion | None:
     """The version of `name` registered and gated under `key_tag=key`, None when there is none.
     One whose run registered it and stopped before its gate (killed, or the registry unreachable
-    then) is gated now by `finish_gate`, rather than made and registered again."""
+    then) is gated now by `gate_now`, rather than made and registered again."""
     gated, stopped = registry.keyed_versions(name, key_tag, key)
     if gated is not None or stopped is None:
         return gated
-    finish_gate(stopped)
+    gate_now(stopped)
     return mlflow.MlflowClient().get_model_version(name, stopped.version)  # with its decision
 
 
