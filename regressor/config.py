@@ -214,8 +214,8 @@ class TrainConfig(Frozen):
     progress_bar: bool = True
     # last.ckpt is refreshed this often (train steps), so a killed run loses at most this many.
     checkpoint_every_steps: int = Field(50, ge=1)
-    # Scale-out by configuration (passed to `L.Trainer`): e.g. `ddp` on 2 devices, or
-    # `num_nodes: 4` under SLURM/torchrun. CPU DDP uses the gloo backend.
+    # Scale-out by configuration (passed to `L.Trainer`): e.g. `ddp` on 2 devices; CPU DDP
+    # uses gloo. A fit that launches processes runs in its own (`regressor.fit_worker`).
     accelerator: str = "cpu"
     strategy: str = "auto"
     devices: int | Literal["auto"] = Field(1)

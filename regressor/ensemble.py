@@ -64,6 +64,7 @@ def combine_fits(results: Sequence[FitResult]) -> FitResult:
         best_val_score=sum(scores) / len(scores) if scores else float("nan"),
         best_checkpoint=results[0].best_checkpoint,
         monitor=results[0].monitor,
+        processes=max(r.processes for r in results),
     )
 
 

@@ -64,7 +64,13 @@ def code_digest(root: Path = LIBRARY_ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def secondary_rank() -> bool:
-    """This process is a rank other than 0 of a distributed launch: Lightning's DDP launcher
-    re-runs the command with LOCAL_RANK >= 1, torchrun sets RANK (and LOCAL_RANK) on every rank."""
-    return any(int(os.environ.get(name) or 0) > 0 for name in ("RANK", "LOCAL_RANK"))
+# Set in every process a distributed launcher (torchrun, Lightning's DDP launcher) starts.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def launched_rank() -> str | None:
+    """How this process was started as one rank of a distributed launch (e.g. "LOCAL_RANK=1"),
+    None when it was not: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE on every rank, Lightning's
+    launcher LOCAL_RANK on the ranks it re-executes."""
+    found = [f"{name}={os.environ[name]}" for name in LAUNCHER_VARIABLES if os.environ.get(name)]
+    return ", ".join(found) or None

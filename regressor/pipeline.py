@@ -36,7 +36,7 @@ from regressor.config import (
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
-from regressor.environment import code_digest, numeric_environment, secondary_rank
+from regressor.environment import code_digest, launched_rank, numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet
 from regressor.plots import calibration, predicted_vs_actual
@@ -238,9 +238,7 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
     the same key resumes from them (the kernel drops the lock of a killed process). A second
     live run with the same key waits for the first, then finds its registered version or
     resumes what it left; with `wait=False` it gets a private directory at once instead.
-    A secondary DDP rank never waits: its rank 0 holds the lock, waiting for it to join.
     """
-    wait = wait and not secondary_rank()
     directory = paths.checkpoints / f"train-{key}"
     while True:
         directory.mkdir(parents=True, exist_ok=True)
@@ -275,16 +273,25 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     """An exclusive lock per variant, so a run beside another adapting it waits, then finds
     that run's version rather than registering the same adaptation twice, and the two gates
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
-    removing it would race with a run about to lock it. A secondary DDP rank takes none: its
-    rank 0 holds it while fine-tuning waits for that rank to join."""
-    if secondary_rank():
-        yield
-        return
+    removing it would race with a run about to lock it."""
     paths.locks.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(variant.encode()).hexdigest()[:16]  # any task name, a safe file name
     with (paths.locks / f"adapt-{name}.lock").open("a") as lock:
         _take_lock(lock, True, f"adapting {variant}")
         yield
+
+
+def run_once_check() -> None:
+    """Refuse to run a pipeline step as one rank of a distributed launch: every rank would
+    register its own version and move the aliases. The pipeline runs once and `training.fit`
+    launches the training ranks itself (`regressor.fit_worker`)."""
+    if (launched := launched_rank()) is not None:
+        raise RuntimeError(
+            f"this process was started as a rank of a distributed launch ({launched}), but "
+            "textperf's pipeline must run once: start it plainly (not under torchrun or srun) "
+            "and set strategy/devices/num_nodes in conf/train, the training then launches one "
+            "process per device"
+        )
 
 
 def _is_same_file(fd: int, path: Path) -> bool:
@@ -355,6 +362,7 @@ def train_and_register(
 
     With `ensemble_size` K > 1 in the train config, K members are trained
     (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
+    run_once_check()
     key = training_key(app, data, conf_dir)
     reg_key = registration_key(app, key)
     configure_mlflow(paths, app.registry.experiment)
@@ -437,14 +445,24 @@ def _mark_killed(run_id: str) -> None:
         client.set_terminated(run_id, "KILLED")
 
 
+def _fit_metrics(fitted: FitResult, prefix: str) -> dict[str, float]:
+    """What a run logs of its fit, and `_recorded_fit` reads back."""
+    return {
+        f"{prefix}_steps": fitted.steps,
+        f"{prefix}_seconds": fitted.seconds,
+        f"{prefix}_processes": fitted.processes,
+    }
+
+
 def _recorded_fit(metrics: dict[str, float], prefix: str) -> FitResult:
-    """A finished run's fit as it logged it (`<prefix>_steps`, `<prefix>_seconds`); what it did
-    not log (the checkpoints are gone) is NaN or empty."""
+    """A finished run's fit as it logged it (`_fit_metrics`); what it did not log (the
+    checkpoints are gone; runs before `<prefix>_processes`) is NaN, empty or one process."""
     return FitResult(
         steps=int(metrics.get(f"{prefix}_steps", 0)),
         seconds=metrics.get(f"{prefix}_seconds", float("nan")),
         best_val_score=float("nan"),
         best_checkpoint="",
+        processes=int(metrics.get(f"{prefix}_processes", 1)),
     )
 
 
@@ -521,7 +539,7 @@ def _train_and_register(
         metrics = {"textperf": model_metrics, **baseline_metrics(train, test, train_cfg.seed)}
         for name, values in metrics.items():
             mlflow.log_metrics({f"test_{name}_{k}": v for k, v in values.items() if np.isfinite(v)})
-        mlflow.log_metrics({"train_seconds": fitted.seconds, "train_steps": fitted.steps})
+        mlflow.log_metrics(_fit_metrics(fitted, "train"))
         log_figures(test.targets, summary, "test")
         champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
         champion_metrics = None
@@ -674,6 +692,7 @@ def adapt_version(
     adapting again, unless `force`. A run beside another adapting the same variant waits for
     it first (`adaptation_lock`), so the two never register the same adaptation twice.
     """
+    run_once_check()
     configure_mlflow(paths, app.registry.experiment)
     variant = f"{app.registry.model_name}-{data.holdout_task}"
     base_uri = registry.model_uri(app.registry.model_name, base_version)  # fixed, not an alias
@@ -790,7 +809,7 @@ def _adapt_and_register(
             # Named by this run, so never resumed: once the models are in memory, keep nothing
             # (every nightly adaptation once left its checkpoints here, growing without bound).
             shutil.rmtree(ckpt, ignore_errors=True)
-        mlflow.log_metrics({"adapt_steps": fitted.steps, "adapt_seconds": fitted.seconds})
+        mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]

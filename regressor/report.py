@@ -94,9 +94,11 @@ def adaptation_lineage(outcome) -> str:
 
 def training_summary(trained) -> dict[str, str]:
     """The trained (or reused) model, the gate's decision and the run that trained it."""
+    fit = trained.fit
+    on = f" on {fit.processes} processes" if fit.processes > 1 else ""
     model = (
         f"`{trained.uri}` ({trained.n_parameters:,} parameters, "
-        f"{trained.fit.steps} steps in {trained.fit.seconds:.0f} s)"
+        f"{fit.steps} steps in {fit.seconds:.0f} s{on})"
     )
     decision = f"{'promoted' if trained.promoted else 'kept'}: {trained.reason}"
     if not trained.reused:

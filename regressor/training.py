@@ -29,7 +29,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
 from regressor.dataset import Examples
-from regressor.environment import TRAINED_WITH, numeric_environment, resolve_precision
+from regressor.environment import (
+    TRAINED_WITH,
+    launched_rank,
+    numeric_environment,
+    resolve_precision,
+)
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
@@ -245,9 +250,12 @@ class RegressionLM(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
         n = len(batch["src"])
-        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=n)
+        # Under DDP every rank validates on all of `val`; the mean over ranks (a no-op on one)
+        # is what each rank's checkpointing and early stopping then agree on.
+        self.log("val_loss", self.loss(batch), prog_bar=True, batch_size=n, sync_dist=True)
         if self.train_cfg.select_by == "val_error":
-            self.log("val_error", self.median_error(batch), prog_bar=True, batch_size=n)
+            error = self.median_error(batch)  # sampled: each rank draws its own
+            self.log("val_error", error, prog_bar=True, batch_size=n, sync_dist=True)
 
     def median_error(self, batch: dict[str, torch.Tensor]) -> float:
         """Mean |median - y| / max(|median|, |y|) over the batch's records (and objectives): the
@@ -474,6 +482,7 @@ class FitResult:
     best_val_score: float  # the best value of `monitor`, which picked `best_checkpoint`
     best_checkpoint: str
     monitor: str = "val_loss"  # TrainConfig.select_by
+    processes: int = 1  # that trained it together: the DDP world size
 
 
 def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -512,6 +521,12 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     return str(found) if found.exists() else ""
 
 
+def launches_processes(cfg: TrainConfig) -> bool:
+    """Whether Lightning would launch a process per device for `cfg`: a strategy other than
+    one device's, on more than one device or node."""
+    return cfg.strategy not in ("auto", "single_device") and (cfg.devices != 1 or cfg.num_nodes > 1)
+
+
 def fit(
     predictor: Predictor,
     train: tuple[Sequence[str], np.ndarray],
@@ -531,9 +546,31 @@ def fit(
 
     An empty `val` trains on everything to the plan: no validation, no early stopping, and the
     weights of the last step (a refit at a step count chosen elsewhere, e.g. by cross-fitting).
+
+    A config that launches a process per device (`launches_processes`, e.g. `strategy: ddp`,
+    `devices: 2`) trains in a process group of its own (`regressor.fit_worker`), so the
+    launcher re-executes that and not the caller's command; in a process a launcher started
+    (torchrun), Lightning uses the ranks already there.
     """
     if predictor.ensemble_size > 1:  # it would train member 0 only, silently
         raise ValueError("fit trains one model: fit each `predictor.member(j)` of an ensemble")
+    if launches_processes(cfg) and launched_rank() is None:
+        from regressor.fit_worker import fit_in_worker  # it imports this module
+
+        return fit_in_worker(predictor, train, val, cfg, checkpoint_dir, logger, resume)
+    return fit_here(predictor, train, val, cfg, checkpoint_dir, logger, resume)[0]
+
+
+def fit_here(
+    predictor: Predictor,
+    train: tuple[Sequence[str], np.ndarray],
+    val: tuple[Sequence[str], np.ndarray],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    logger: Logger | bool = False,
+    resume: bool = True,
+) -> tuple[FitResult, bool]:
+    """`fit` in this process, whatever the strategy; also whether this is global rank 0."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_data = encode_examples(predictor, *train)
     if cfg.shuffle_fields:
@@ -605,10 +642,12 @@ def fit(
     predictor.model.eval()
     predictor.metadata[TRAINED_WITH] = numeric_environment()  # bit-reproducible only where equal
     best_score = checkpoint.best_model_score
-    return FitResult(
+    result = FitResult(
         steps=trainer.global_step,
         seconds=seconds,
         best_val_score=float(best_score) if best_score is not None else float("nan"),
         best_checkpoint=best,
         monitor=cfg.select_by if validating else "last",
+        processes=trainer.world_size,
     )
+    return result, trainer.is_global_zero

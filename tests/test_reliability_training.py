@@ -26,7 +26,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pytest
 import torch
 import yaml
 from conftest_data import register_tiny_version
@@ -210,31 +209,6 @@ def test_retrain_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path)
     example = pd.DataFrame([{"text": t} for t in data.splits["test"].texts[:3]])
     medians = predictor.predict_texts(list(example["text"]), num_samples=4)["median"]
     assert all(math.isfinite(v) for v in medians)
-
-
-def test_a_secondary_ddp_rank_never_waits_for_the_lock_its_rank_0_holds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Lightning's DDP launcher re-runs the command as rank 1 while rank 0 holds the checkpoint
-    lock and waits for rank 1 to join: waiting there would deadlock both."""
-    paths = ResolvedPaths(var_dir=tmp_path)
-    got: list[Path] = []
-
-    def rank_1() -> None:
-        with pipeline.training_dir(paths, "k") as directory:
-            got.append(directory)
-        with pipeline.adaptation_lock(paths, "textperf-cell-a"):  # fine-tuning under DDP
-            got.append(paths.locks)
-
-    with pipeline.training_dir(paths, "k"), pipeline.adaptation_lock(paths, "textperf-cell-a"):
-        monkeypatch.setenv("LOCAL_RANK", "1")  # as the launcher sets it in rank 1's process
-        thread = threading.Thread(target=rank_1, daemon=True)
-        thread.start()
-        thread.join(60)
-        monkeypatch.delenv("LOCAL_RANK")
-        assert not thread.is_alive(), "rank 1 waited for a lock rank 0 holds"
-    assert got[0].name.startswith("train-k-")  # its own directory, as before the lock waited
-    assert got[1] == paths.locks
 
 
 def child_train_until_the_gate(var: str) -> None:

@@ -2,85 +2,70 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from regressor import pipeline
 from regressor.cli import app as cli
-from regressor.config import TrainConfig, load_app_config, load_source_config
+from regressor.config import (
+    CodecConfig,
+    TrainConfig,
+    load_app_config,
+    load_model_config,
+    load_source_config,
+    load_train_config,
+)
+from regressor.environment import TRAINED_WITH
+from regressor.fit_worker import TrainingWorkerError
+from regressor.predictor import Predictor
 from regressor.shards import read_records, shards_for_rank
+from regressor.training import FitResult, fit
+from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
-# Run as a script: Lightning's `ddp` launcher re-executes it once per extra local rank.
-FIT_SCRIPT = """
-import json, sys
-from pathlib import Path
-import numpy as np
-from regressor.config import CodecConfig, TrainConfig, load_model_config
-from regressor.predictor import Predictor
-from regressor.training import fit
-from regressor.vocab import InputTokenizer
-
-strategy, devices, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-rng = np.random.default_rng(0)
-texts = [f"<task>\\ncell-{i % 5}\\n<config>\\nload={i}" for i in range(48)]
-targets = rng.uniform(0.2, 0.9, len(texts))
-predictor = Predictor.create(
-    load_model_config("tiny"), CodecConfig(exponent_min=-4, exponent_max=4),
-    InputTokenizer.train(texts, 300),
-)
-cfg = TrainConfig(
-    batch_size=8, max_steps=4, warmup_steps=1, val_every_steps=2, precision="32-true",
-    progress_bar=False, strategy=strategy, devices=devices,
-)
-result = fit(predictor, (texts[:40], targets[:40]), (texts[40:], targets[40:]), cfg,
-             out / "ckpt", resume=False)
-import torch.distributed as dist
-if not dist.is_initialized() or dist.get_rank() == 0:
-    summary = predictor.predict_texts(texts[:3], 4, 1.0, (0.1, 0.5, 0.9))
-    shapes = {k: list(np.shape(v)) for k, v in summary.items()}
-    (out / "result.json").write_text(json.dumps(
-        {"steps": result.steps, "fields": sorted(vars(result)), "shapes": shapes,
-         "world": dist.get_world_size() if dist.is_initialized() else 1}
-    ))
-"""
+TEXTS = [f"<task>\ncell-{i % 5}\n<config>\nload={i}" for i in range(48)]
 
 
-def _fit(tmp_path: Path, strategy: str, devices: int) -> dict:
-    out = tmp_path / f"{strategy}-{devices}"
-    out.mkdir()
-    script = tmp_path / "fit_script.py"
-    script.write_text(FIT_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    done = subprocess.run(
-        [sys.executable, str(script), strategy, str(devices), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        check=False,
+def _fit(tmp_path: Path, train: str) -> tuple[FitResult, Predictor, dict[str, torch.Tensor]]:
+    targets = np.random.default_rng(0).uniform(0.2, 0.9, len(TEXTS))
+    predictor = Predictor.create(
+        load_model_config("tiny"),
+        CodecConfig(exponent_min=-4, exponent_max=4),
+        InputTokenizer.train(TEXTS, 300),
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / "result.json").read_text())
+    initial = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    data = (TEXTS[:40], targets[:40]), (TEXTS[40:], targets[40:])
+    result = fit(predictor, *data, load_train_config(train), tmp_path / train, resume=False)
+    return result, predictor, initial
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_gives_the_same_result_shape(tmp_path: Path):
-    single = _fit(tmp_path, "auto", 1)
-    ddp = _fit(tmp_path, "ddp", 2)
-    assert ddp["world"] == 2
-    assert single["world"] == 1
-    assert ddp["fields"] == single["fields"]
-    assert ddp["shapes"] == single["shapes"]
-    assert ddp["steps"] == single["steps"] == 4
+def test_ddp_fit_from_a_process_that_cannot_be_re_executed(tmp_path: Path):
+    """pytest cannot be re-run per rank: `fit` under DDP launches its own process group
+    (`regressor.fit_worker`) and hands the trained weights back to the caller's predictor."""
+    single, _, _ = _fit(tmp_path, "tiny")
+    ddp, predictor, initial = _fit(tmp_path, "tiny_ddp")
+    assert (single.processes, ddp.processes) == (1, 2)
+    assert ddp.steps == single.steps == 6
+    assert set(vars(ddp)) == set(vars(single))
+    trained = predictor.model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+    assert not predictor.model.training
+    assert TRAINED_WITH in predictor.metadata
+    summary = predictor.predict_texts(TEXTS[:3], 4, 1.0, (0.1, 0.5, 0.9))
+    assert np.isfinite(summary["median"]).all()
+    # The worker's checkpoints stay where a resume finds them; its hand-off directory goes.
+    assert sorted(p.name for p in (tmp_path / "tiny_ddp").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_train_config_scale_out_defaults_keep_one_local_device():
@@ -131,3 +116,132 @@ def test_export_writes_shards_that_ranks_split_without_overlap(warehouse, tmp_pa
     both = pl.concat(parts).sort(["task", "period", "source"])
     assert both.columns == records.columns
     assert both.equals(records)
+
+
+DDP_APP = {
+    "fleet": {"seed": 3, "n_cells": 4, "n_days": 12, "samples_per_day": 4, "jobs_per_day": 3},
+    "split": {"test_days": 3},
+    "model": "tiny",
+    "train": "tiny_ddp",
+    "eval": {"num_samples": 6},
+    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
+}
+
+
+@pytest.mark.slow
+def test_the_nightly_flow_under_ddp_trains_and_registers_once(tmp_path: Path, prefect_harness):
+    """Lightning's launcher re-executes the command line per extra rank: from the flow's own
+    process, rank 1 would have run the whole flow again (ingest, evaluate, register). Each fit
+    (training; fine-tuning and the from-scratch reference) runs in its own process group."""
+    from flows.retrain import RetrainParams, retrain
+
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(DDP_APP))
+    var = tmp_path / "var"
+    report = retrain(RetrainParams(config=config, var_dir=var))
+    uri = f"sqlite:///{var / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    names = sorted(m.name for m in client.search_registered_models())
+    assert len(names) == 2  # the model and its adapted variant
+    assert names[0] == "textperf"
+    for name in names:
+        assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    runs = client.search_runs([client.get_experiment_by_name("textperf").experiment_id])
+    kinds = sorted(r.info.run_name.split("-")[0] for r in runs)
+    assert kinds == ["adapt", "train"]
+    train_run = next(r for r in runs if r.info.run_name.startswith("train"))
+    adapt_run = next(r for r in runs if r.info.run_name.startswith("adapt"))
+    assert train_run.data.metrics["train_processes"] == 2
+    assert adapt_run.data.metrics["adapt_processes"] == 2
+    # Rank 0 of the worker logged the curves into the flow's run.
+    assert client.get_metric_history(train_run.info.run_id, "train_loss")
+    assert "on 2 processes" in report
+    assert not list((var / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("variable", ["RANK", "LOCAL_RANK"])
+def test_the_pipeline_refuses_to_run_as_one_rank_of_a_launch(
+    warehouse, variable: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Under torchrun every rank would register its own version and move the aliases."""
+    config, var, _ = warehouse
+    app = load_app_config(config, var)
+    paths = app.paths.resolve()
+    data = pipeline.load_dataset(paths, app, load_source_config(app.source))
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(RuntimeError, match=f"rank of a distributed launch \\({variable}=1\\)"):
+        pipeline.train_and_register(app, paths, data)
+    with pytest.raises(RuntimeError, match="not under torchrun"):
+        pipeline.adapt_version(app, paths, data, "1")
+    assert not paths.checkpoints.exists()
+    assert not paths.locks.exists()
+
+
+# A fit under DDP that would train for minutes: the test kills the process that started it.
+LONG_DDP_FIT = """
+import sys
+from pathlib import Path
+import numpy as np
+from regressor.config import CodecConfig, TrainConfig, load_model_config
+from regressor.predictor import Predictor
+from regressor.training import fit
+from regressor.vocab import InputTokenizer
+
+texts = [f"<task>\\\\ncell-{i % 5}\\\\n<config>\\\\nload={i}" for i in range(48)]
+predictor = Predictor.create(
+    load_model_config("tiny"), CodecConfig(exponent_min=-4, exponent_max=4),
+    InputTokenizer.train(texts, 300),
+)
+cfg = TrainConfig(batch_size=8, max_steps=10**6, max_minutes=5.0, warmup_steps=1,
+                  progress_bar=False, precision="32-true", strategy="ddp", devices=2)
+fit(predictor, (texts, np.linspace(0.2, 0.9, 48)), ([], np.array([])), cfg, Path(sys.argv[1]))
+"""
+
+
+def _workers(under: Path) -> list[int]:
+    """Pids of the `regressor.fit_worker` processes whose hand-off lies under `under`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"regressor.fit_worker" in command and str(under).encode() in b" ".join(command):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_caller_kills_its_training_processes(tmp_path: Path):
+    """The pipeline holds the checkpoint lock: training processes outliving it would write into
+    the directory the next run resumes from."""
+    script = tmp_path / "fit.py"
+    script.write_text(LONG_DDP_FIT)
+    caller = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt")])
+    try:
+        deadline = time.monotonic() + 180
+        while len(_workers(tmp_path)) < 2:  # rank 0 and the rank 1 it launched
+            assert caller.poll() is None, "the caller ended before its workers started"
+            assert time.monotonic() < deadline, "the two training processes never started"
+            time.sleep(0.5)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 60
+    while _workers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _workers(tmp_path)
+
+
+def test_a_failed_training_process_group_is_an_error_naming_its_config(tmp_path: Path):
+    predictor = Predictor.create(
+        load_model_config("tiny"),
+        CodecConfig(exponent_min=-4, exponent_max=4),
+        InputTokenizer.train(TEXTS, 300),
+    )
+    cfg = TrainConfig(accelerator="gpu", strategy="ddp", devices=2, progress_bar=False)
+    targets = np.linspace(0.2, 0.9, len(TEXTS))
+    with pytest.raises(TrainingWorkerError, match=r"strategy 'ddp', devices 2.*exited with code 1"):
+        fit(predictor, (TEXTS, targets), ([], targets[:0]), cfg, tmp_path / "ckpt")
+    assert not list((tmp_path / "ckpt").glob("fit-worker-*"))  # the hand-off is removed

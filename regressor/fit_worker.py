@@ -1,0 +1,126 @@
+"""One `training.fit` in a process group of its own, for strategies that launch a process per
+device (DDP and kin).
+
+Lightning's DDP launcher re-executes the command line once per extra local rank. From the
+pipeline's process that would re-run the whole `textperf retrain` (a second Prefect flow run, a
+second ingest, a second registered version), and a second `fit` in the same process (an
+ensemble's next member, fine-tuning then the from-scratch reference) would re-launch a rank that
+starts over. Here the command re-executed is this module, which only fits:
+
+    python -m regressor.fit_worker DIR
+
+`fit_in_worker` writes the call's arguments to DIR, runs the module and loads what global rank 0
+wrote back (the fit's result and the fitted weights) into the caller's predictor. Checkpoints
+land in the caller's `checkpoint_dir` as in-process, so a killed run resumes either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger
+
+import regressor
+from regressor.config import TrainConfig
+from regressor.predictor import Predictor
+from regressor.training import FitResult, fit_here
+
+CALL = "call.pt"  # the arguments of `fit`, pickled by the caller
+RESULT = "result.pt"  # FitResult, weights and metadata, from global rank 0
+PROJECT_ROOT = Path(regressor.__file__).resolve().parent.parent
+PARENT_PID = "TEXTPERF_FIT_PARENT_PID"  # the process a worker dies with (`_die_with_parent`)
+
+
+class TrainingWorkerError(RuntimeError):
+    """The training process group exited with an error (its output is above, on the console)."""
+
+
+def fit_in_worker(
+    predictor: Predictor,
+    train: tuple[Sequence[str], np.ndarray],
+    val: tuple[Sequence[str], np.ndarray],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    logger: Logger | bool,
+    resume: bool,
+) -> FitResult:
+    """`training.fit` run by `python -m regressor.fit_worker`; `predictor` ends as it would."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix="fit-worker-") as tmp:
+        handoff = Path(tmp)
+        call = {
+            "predictor": predictor,
+            "train": train,
+            "val": val,
+            "cfg": cfg,
+            "checkpoint_dir": checkpoint_dir,
+            "logger": logger,
+            "resume": resume,
+        }
+        torch.save(call, handoff / CALL)
+        _run_worker(handoff, cfg)
+        back = torch.load(handoff / RESULT, map_location="cpu", weights_only=False)
+    predictor.model.load_state_dict(back["weights"])
+    predictor.model.eval()
+    predictor.metadata.update(back["metadata"])
+    return back["result"]
+
+
+def _run_worker(handoff: Path, cfg: TrainConfig) -> None:
+    # Run from a source checkout, the workers import the same checkout, whatever the working
+    # directory; an installed package (the image) is found on the path as it is.
+    checkout = str(PROJECT_ROOT) if (PROJECT_ROOT / "pyproject.toml").is_file() else None
+    path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "regressor.fit_worker", str(handoff)]
+    env = {**os.environ, "PYTHONPATH": path, PARENT_PID: str(os.getpid())}
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0 or not (handoff / RESULT).is_file():
+        raise TrainingWorkerError(
+            f"the training processes (strategy {cfg.strategy!r}, devices {cfg.devices}, "
+            f"num_nodes {cfg.num_nodes}) exited with code {done.returncode}; their output is "
+            "above; checkpoints saved so far are kept for the next run to resume"
+        )
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies: the pipeline holds the checkpoint
+    lock, and a rank training on after a kill would write where the next run resumes (rank 1,
+    its rank 0 gone, would wait in the rendezvous for half an hour).
+
+    A parent that died before this ran (say while torch was imported) is caught by its pid,
+    which the parent put in the environment: an orphan's parent is another process."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(os.environ.get(PARENT_PID, os.getppid())):
+        os._exit(1)
+    os.environ[PARENT_PID] = str(os.getpid())  # for the ranks Lightning launches from here
+
+
+def main(handoff: Path) -> None:
+    _die_with_parent()
+    call = torch.load(handoff / CALL, map_location="cpu", weights_only=False)
+    predictor: Predictor = call["predictor"]
+    result, global_zero = fit_here(**call)
+    if global_zero:  # every rank ends with the same weights; one writes them
+        back = {
+            "result": result,
+            "weights": predictor.model.state_dict(),
+            "metadata": predictor.metadata,
+        }
+        torch.save(back, handoff / f"{RESULT}.tmp")
+        os.replace(handoff / f"{RESULT}.tmp", handoff / RESULT)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
