@@ -17,6 +17,8 @@ land in the caller's `checkpoint_dir` as in-process, so a killed run resumes eit
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -68,11 +70,11 @@ def fit_in_worker(
         }
         torch.save(call, handoff / CALL)
         _run_worker(handoff, cfg)
-        back = torch.load(handoff / RESULT, map_location="cpu", weights_only=False)
+        back = torch.load(handoff / RESULT, map_location="cpu", weights_only=True)
     predictor.model.load_state_dict(back["weights"])
     predictor.model.eval()
     predictor.metadata.update(back["metadata"])
-    return back["result"]
+    return FitResult(**back["result"])
 
 
 def _run_worker(handoff: Path, cfg: TrainConfig) -> None:
@@ -109,14 +111,17 @@ def _die_with_parent() -> None:
 
 def main(handoff: Path) -> None:
     _die_with_parent()
+    # Objects, not only tensors: the caller wrote them a moment ago into its own hand-off
+    # directory, which `TemporaryDirectory` made readable and writable by this user alone.
     call = torch.load(handoff / CALL, map_location="cpu", weights_only=False)
     predictor: Predictor = call["predictor"]
     result, global_zero = fit_here(**call)
     if global_zero:  # every rank ends with the same weights; one writes them
-        back = {
-            "result": result,
+        back = {  # tensors and plain values, which the caller loads `weights_only`
+            "result": dataclasses.asdict(result),
             "weights": predictor.model.state_dict(),
-            "metadata": predictor.metadata,
+            # as the bundle stores it: JSON (torch's version string is a class of its own)
+            "metadata": json.loads(json.dumps(predictor.metadata)),
         }
         torch.save(back, handoff / f"{RESULT}.tmp")
         os.replace(handoff / f"{RESULT}.tmp", handoff / RESULT)

@@ -16,6 +16,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests use their own stores: a developer's exported team server must never receive test runs.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +26,10 @@ CODE = sorted(
 # SQL is checked in the library and the flows; bench/ scripts query files they generate.
 LIBRARY = [p for p in CODE if p.relative_to(PROJECT_ROOT).parts[0] in {"regressor", "flows"}]
 # torch.load without weights_only=True, allowed only where the file is one this process's own
-# Lightning trainer just wrote under var/checkpoints (never a downloaded or registered artifact).
-OWN_CHECKPOINT_LOADS = {"regressor/training.py"}
+# Lightning trainer just wrote under var/checkpoints, or the call a pipeline process just wrote
+# for its training worker into a hand-off directory only its user can open (`fit_worker`); never
+# a downloaded or registered artifact.
+OWN_CHECKPOINT_LOADS = {"regressor/training.py", "regressor/fit_worker.py"}
 SAFE_LOADERS = {"YAML_LOADER", "UniqueKeyLoader", "SafeLoader", "CSafeLoader"}
 # f-strings that reach SQL, each with its validation: a table name from code, a checked size.
 VALIDATED_SQL_FSTRINGS = {
@@ -170,8 +175,27 @@ def files_holding(folder: Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
+@pytest.fixture
+def prefect_console_restored() -> Iterator[None]:
+    """After a flow ran under `capfd`, Prefect's console log handler can be left writing to that
+    test's captured stream, closed at its end: every later flow run in the session then failed
+    on its first log line. Set up before `capfd`, this is torn down after it, and points such a
+    handler back at the session's stderr."""
+    yield
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and handler.stream.closed:
+            handler.stream = sys.stderr  # not setStream: it flushes the closed one
+            handler.console.file = sys.stderr
+
+
 def test_secrets_in_the_environment_reach_no_log_param_or_artifact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, prefect_harness
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_console_restored: None,
+    capfd: pytest.CaptureFixture,
+    prefect_harness,
 ) -> None:
     from test_reliability_training import TINY_APP
 
