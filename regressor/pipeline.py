@@ -288,7 +288,7 @@ def run_once_check() -> None:
     if (launched := launched_rank()) is not None:
         raise RuntimeError(
             f"this process was started as a rank of a distributed launch ({launched}), but "
-            "textperf's pipeline must run once: start it plainly (not under torchrun or srun) "
+            "textperf's pipeline must run once: start it plainly (not under torchrun) "
             "and set strategy/devices/num_nodes in conf/train, the training then launches one "
             "process per device"
         )
