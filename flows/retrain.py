@@ -12,13 +12,21 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
 from flows.common import default_task_runner, forward_library_logs
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
-from regressor.config import load_app_config, load_source_config
+from regressor.config import (
+    AppConfig,
+    ResolvedPaths,
+    SourceConfig,
+    load_app_config,
+    load_source_config,
+)
 
 
 class RetrainParams(BaseModel):
@@ -53,7 +61,37 @@ train_task = task(
 due_task = task(
     pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE, **IO_RETRIES
 )
-adapt_task = task(jobs.adapt, name="adapt-champion", cache_policy=NO_CACHE, retries=1)
+
+
+@task(name="adapt-champion", cache_policy=NO_CACHE, retries=1)
+def adapt_task(
+    app: AppConfig, paths: ResolvedPaths, source: SourceConfig, task_name: str
+) -> pipeline.AdaptOutcome:
+    """`jobs.adapt`; the library's warnings reach the run's log from a Dask worker too."""
+    forward_library_logs()
+    return jobs.adapt(app, paths, source, task_name)
+
+
+def adapt_all(
+    due: list[str],
+    app: AppConfig,
+    paths: ResolvedPaths,
+    source: SourceConfig,
+    seconds: dict[str, float],
+) -> list[pipeline.AdaptOutcome]:
+    """One adaptation per due task (each a variant of its own, under its own lock): side by side
+    when the flow's task runner runs tasks in processes (Dask), one after another on threads,
+    where fits at once would share torch's global random state and the cores."""
+    context = FlowRunContext.get()
+    if context is None or isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return [
+            timed(seconds, f"adapt {name}", adapt_task, app, paths, source, name) for name in due
+        ]
+    started = time.perf_counter()
+    futures = [adapt_task.submit(app, paths, source, name) for name in due]
+    outcomes = [future.result() for future in futures]
+    seconds[f"adapt {len(due)} tasks side by side"] = time.perf_counter() - started
+    return outcomes
 
 
 def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -> Any:
@@ -86,10 +124,7 @@ def retrain(params: RetrainParams | None = None) -> str:
         force=params.force_train,
     )
     due = due_task(app, paths, data) if params.adapt else []
-    adapted = [
-        timed(seconds, f"adapt {task_name}", adapt_task, app, paths, source, task_name)
-        for task_name in due
-    ]
+    adapted = adapt_all(due, app, paths, source, seconds)
     text = report.render_retrain(app, paths, ingested, trained, adapted, seconds)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     print(text)
