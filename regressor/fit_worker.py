@@ -20,6 +20,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from regressor.config import TrainConfig
 from regressor.predictor import Predictor
 from regressor.training import FitResult, fit_here
 
+HANDOFF_PREFIX = "fit-worker-"  # the hand-off directories, inside the checkpoint directory
 CALL = "call.pt"  # the arguments of `fit`, pickled by the caller
 RESULT = "result.pt"  # FitResult, weights and metadata, from global rank 0
 PROJECT_ROOT = Path(regressor.__file__).resolve().parent.parent
@@ -57,7 +59,8 @@ def fit_in_worker(
 ) -> FitResult:
     """`training.fit` run by `python -m regressor.fit_worker`; `predictor` ends as it would."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix="fit-worker-") as tmp:
+    _remove_stale_handoffs(checkpoint_dir)
+    with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix=HANDOFF_PREFIX) as tmp:
         handoff = Path(tmp)
         call = {
             "predictor": predictor,
@@ -75,6 +78,14 @@ def fit_in_worker(
     predictor.model.eval()
     predictor.metadata.update(back["metadata"])
     return FitResult(**back["result"])
+
+
+def _remove_stale_handoffs(checkpoint_dir: Path) -> None:
+    """A caller killed mid-fit leaves its hand-off (the pickled call, the size of the training
+    data) beside the checkpoints it resumes from. A fit owns its checkpoint directory (the
+    pipeline holds its lock), so any hand-off there is such a leftover."""
+    for stale in checkpoint_dir.glob(f"{HANDOFF_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _run_worker(handoff: Path, cfg: TrainConfig) -> None:

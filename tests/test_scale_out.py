@@ -54,6 +54,9 @@ def test_ddp_fit_from_a_process_that_cannot_be_re_executed(tmp_path: Path):
     """pytest cannot be re-run per rank: `fit` under DDP launches its own process group
     (`regressor.fit_worker`) and hands the trained weights back to the caller's predictor."""
     single, _, _ = _fit(tmp_path, "tiny")
+    stale = tmp_path / "tiny_ddp" / "fit-worker-left-by-a-killed-run"
+    stale.mkdir(parents=True)
+    (stale / "call.pt").write_bytes(b"a killed caller's pickled call")
     ddp, predictor, initial = _fit(tmp_path, "tiny_ddp")
     assert (single.processes, ddp.processes) == (1, 2)
     assert ddp.steps == single.steps == 6
@@ -64,7 +67,8 @@ def test_ddp_fit_from_a_process_that_cannot_be_re_executed(tmp_path: Path):
     assert TRAINED_WITH in predictor.metadata
     summary = predictor.predict_texts(TEXTS[:3], 4, 1.0, (0.1, 0.5, 0.9))
     assert np.isfinite(summary["median"]).all()
-    # The worker's checkpoints stay where a resume finds them; its hand-off directory goes.
+    # The worker's checkpoints stay where a resume finds them; hand-offs (its own, and one a
+    # killed caller left) go.
     assert sorted(p.name for p in (tmp_path / "tiny_ddp").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
