@@ -275,10 +275,25 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
     removing it would race with a run about to lock it."""
     paths.locks.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(variant.encode()).hexdigest()[:16]  # any task name, a safe file name
-    with (paths.locks / f"adapt-{name}.lock").open("a") as lock:
+    with (paths.locks / f"adapt-{_variant_id(variant)}.lock").open("a") as lock:
         _take_lock(lock, True, f"adapting {variant}")
         yield
+
+
+def _variant_id(variant: str) -> str:
+    """Any task's variant name as a safe file name."""
+    return hashlib.sha256(variant.encode()).hexdigest()[:16]
+
+
+def adaptation_checkpoints(paths: ResolvedPaths, variant: str, run_id: str) -> Path:
+    """`checkpoints/adapt-<variant>-<run>`, for one adaptation's fits; never resumed.
+
+    The caller holds the variant's `adaptation_lock`, so the directories of the variant's other
+    adaptations are those of runs killed mid-fit (a run removes its own when it ends): they go.
+    """
+    for stale in paths.checkpoints.glob(f"adapt-{_variant_id(variant)}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return paths.checkpoints / f"adapt-{_variant_id(variant)}-{run_id}"
 
 
 def run_once_check() -> None:
@@ -801,7 +816,7 @@ def _adapt_and_register(
             }
             | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
         )
-        ckpt = paths.checkpoints / run.info.run_id
+        ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         try:
             adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
             scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")

@@ -194,6 +194,12 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     try:
         paths, data = _registered_base(base, tmp_path)
         shots = _shots(24)
+        # What adaptations killed mid-fit left: this variant's, and another variant's.
+        mine = pipeline.adaptation_checkpoints(paths, "textperf-cell-z", "killed") / "adapted"
+        other = pipeline.adaptation_checkpoints(paths, "textperf-cell-y", "killed") / "adapted"
+        for left in (mine, other):
+            left.mkdir(parents=True)
+            (left / "last.ckpt").write_bytes(b"weights of a killed adaptation")
         outcome = pipeline.adapt_version(app, paths, data, "1")
         tags = MlflowClient().get_model_version("textperf-cell-z", outcome.version).tags
         loaded = mlflow.pyfunc.load_model(outcome.uri)
@@ -202,6 +208,9 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
     assert (tags["n_shots"], tags["method"]) == ("12", "lora")
+    # Its own checkpoints gone, and the killed one's of the same variant; the other's stay,
+    # since another variant's adaptation may be alive.
+    assert list(paths.checkpoints.iterdir()) == [other.parent]
     for kind in pipeline.SCORES:
         assert f"{kind}_spearman" in tags
         assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
