@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from test_retrain_flow import TINY_APP
 from typer.testing import CliRunner
 
 from regressor import pipeline
@@ -122,14 +123,8 @@ def test_export_writes_shards_that_ranks_split_without_overlap(warehouse, tmp_pa
     assert both.equals(records)
 
 
-DDP_APP = {
-    "fleet": {"seed": 3, "n_cells": 4, "n_days": 12, "samples_per_day": 4, "jobs_per_day": 3},
-    "split": {"test_days": 3},
-    "model": "tiny",
-    "train": "tiny_ddp",
-    "eval": {"num_samples": 6},
-    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
-}
+# The retrain flow test's tiny app, trained on two CPU processes.
+DDP_APP = {**TINY_APP, "train": "tiny_ddp"}
 
 
 @pytest.mark.slow
