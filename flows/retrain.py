@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import Flow, flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -17,11 +17,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import default_task_runner, forward_library_logs
+from flows.common import default_task_runner, forward_library_logs, make_task_runner
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
 from regressor.config import (
     AppConfig,
+    OrchestrationConfig,
     ResolvedPaths,
     SourceConfig,
     load_app_config,
@@ -83,7 +84,8 @@ def adapt_all(
     when the flow's task runner runs tasks in processes (Dask), one after another on threads,
     where fits at once would share torch's global random state and the cores."""
     context = FlowRunContext.get()
-    if context is None or isinstance(context.task_runner, ThreadPoolTaskRunner):
+    threads = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
+    if threads or len(due) < 2:
         return [
             timed(seconds, f"adapt {name}", adapt_task, app, paths, source, name) for name in due
         ]
@@ -129,6 +131,13 @@ def retrain(params: RetrainParams | None = None) -> str:
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     print(text)
     return text
+
+
+def retrain_with_runner(orchestration: OrchestrationConfig) -> Flow:
+    """The flow with the task runner `orchestration` names. The decorator's runner is fixed from
+    `conf/default.yaml` when this module is imported (what deployments load); a run started
+    with another config file (`textperf retrain --config`) takes that file's runner instead."""
+    return retrain.with_options(task_runner=make_task_runner(orchestration))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from test_retrain_flow import TINY_APP
 from flows.adapt import AdaptParams, adapt
 from flows.common import ensure_writer_limit, make_task_runner
 from flows.evaluate import EvaluateParams, evaluate
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import RetrainParams, retrain, retrain_with_runner
 from flows.tasks import ingest_task
 from regressor import pipeline
 from regressor.config import (
@@ -198,3 +198,17 @@ def test_dask_task_runner_runs_mapped_tasks(prefect_harness):
         return sum(square.map(range(6)).result())
 
     assert squares() == 55
+
+
+def test_a_retrain_started_with_a_config_takes_that_configs_task_runner():
+    """The decorator's runner comes from conf/default.yaml (threads); `textperf retrain --config`
+    runs the flow with its own file's runner (`retrain_with_runner`)."""
+    pytest.importorskip("prefect_dask")
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(retrain.task_runner, ThreadPoolTaskRunner)
+    dask = retrain_with_runner(OrchestrationConfig(task_runner="dask", max_workers=3))
+    assert isinstance(dask.task_runner, DaskTaskRunner)
+    assert dask.task_runner.cluster_kwargs["n_workers"] == 3
+    assert dask.fn is retrain.fn  # the same flow, another runner
