@@ -291,9 +291,10 @@ def adaptation_checkpoints(paths: ResolvedPaths, variant: str, run_id: str) -> P
     The caller holds the variant's `adaptation_lock`, so the directories of the variant's other
     adaptations are those of runs killed mid-fit (a run removes its own when it ends): they go.
     """
-    for stale in paths.checkpoints.glob(f"adapt-{_variant_id(variant)}-*"):
+    prefix = f"adapt-{_variant_id(variant)}-"
+    for stale in paths.checkpoints.glob(f"{prefix}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    return paths.checkpoints / f"adapt-{_variant_id(variant)}-{run_id}"
+    return paths.checkpoints / f"{prefix}{run_id}"
 
 
 def run_once_check() -> None:

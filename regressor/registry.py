@@ -170,14 +170,6 @@ def keyed_versions(
     return newest(gated), newest([v for v in versions if "gate_decision" not in v.tags])
 
 
-def gated_version(name: str, key_tag: str, key: str) -> ModelVersion | None:
-    return keyed_versions(name, key_tag, key)[0]
-
-
-def trained_version(name: str, registration_key: str) -> ModelVersion | None:
-    return gated_version(name, REGISTRATION_KEY, registration_key)
-
-
 def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:
     """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion."""
     current = model_uri(name, champion_version)

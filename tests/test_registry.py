@@ -79,20 +79,26 @@ def test_version_tags_carry_data_hash_and_commit(store, tmp_path: Path):
     assert tags["git_commit"]
 
 
-def test_trained_version_is_the_newest_gated_one_under_the_key(store, tmp_path: Path):
+def test_keyed_versions_are_the_newest_gated_and_ungated_under_the_key(store, tmp_path: Path):
     rule, metrics = PromotionRule(), {"spearman": 0.8, "mape": 10.0}
     client = MlflowClient()
+
+    def trained(name: str, key: str):  # the newest version gated under the registration key
+        return registry.keyed_versions(name, registry.REGISTRATION_KEY, key)[0]
+
     versions = [register_tiny_version(tmp_path, str(i)) for i in range(4)]
     for version, key in zip(versions, ("k", "k", "other", "k"), strict=True):
         client.set_model_version_tag("textperf", version.version, registry.REGISTRATION_KEY, key)
-    assert registry.trained_version("textperf", "k") is None  # none gated yet
+    assert trained("textperf", "k") is None  # none gated yet
     for version in versions[:3]:
         registry.gate("textperf", version, metrics, None, rule)
     # v4 has the key but no gate decision: a run killed between registering and gating it
-    assert str(registry.trained_version("textperf", "k").version) == str(versions[1].version)
-    assert str(registry.trained_version("textperf", "other").version) == str(versions[2].version)
-    assert registry.trained_version("textperf", "nosuch") is None
-    assert registry.trained_version("nosuch-model", "k") is None
+    assert str(trained("textperf", "k").version) == str(versions[1].version)
+    stopped = registry.keyed_versions("textperf", registry.REGISTRATION_KEY, "k")[1]
+    assert str(stopped.version) == str(versions[3].version)
+    assert str(trained("textperf", "other").version) == str(versions[2].version)
+    assert trained("textperf", "nosuch") is None
+    assert trained("nosuch-model", "k") is None
 
 
 def test_nan_metric_never_wins():
