@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,6 @@ from regressor.config import (
     AppConfig,
     EvalConfig,
     FleetSourceConfig,
-    PromotionRule,
     ResolvedPaths,
     SourceConfig,
     load_model_config,
@@ -194,6 +193,11 @@ def _log_params(
 # Appended to the gate reason of a version gated by a run other than the one that registered it.
 STOPPED_BEFORE_GATE = "; gated by a later run: the run that registered it stopped before its gate"
 TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by a training run
+# Version tags from which a later run reports a version it reuses: the registry alone, since
+# the run that made it may be deleted and garbage-collected (`mlflow gc`) while it serves.
+TEST_REPORT_TAG = "test_report"  # the report's table: every model's held-out metrics
+FIT_TAG = "fit"  # steps, seconds, processes (`_fit_tag`)
+VALIDATION_TAG = "validation_metrics"  # an adaptation's gate scores, zero-shot and adapted
 
 
 def _digest(parts: dict) -> str:
@@ -439,11 +443,15 @@ def finish_gate(app: AppConfig, version: ModelVersion, test: Examples, ckpt_dir:
         app.registry.challenger_alias,
         note=STOPPED_BEFORE_GATE,
     )
-    mlflow.MlflowClient().log_dict(
-        version.run_id,
-        {"promoted": decision.promoted, "reason": decision.reason},
-        "gate_decision.json",
-    )
+    _log_late_decision(version.run_id, decision, "gate_decision.json")
+
+
+def _log_late_decision(run_id: str, decision: registry.GateDecision, artifact: str) -> None:
+    """Beside the tag on the version, the gate's verdict in the run that registered it, if the
+    store still has that run."""
+    if registry.existing_run(run_id) is not None:
+        verdict = {"promoted": decision.promoted, "reason": decision.reason}
+        mlflow.MlflowClient().log_dict(run_id, verdict, artifact)
 
 
 def _close_stopped_run(ckpt_dir: Path, run_id: str) -> None:
@@ -455,14 +463,15 @@ def _close_stopped_run(ckpt_dir: Path, run_id: str) -> None:
 
 
 def _mark_killed(run_id: str) -> None:
-    """A run known dead that still reads RUNNING was killed; one that failed already says so."""
-    client = mlflow.MlflowClient()
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, "KILLED")
+    """A run known dead that still reads RUNNING was killed; one that failed already says so
+    (and one deleted from the store says nothing)."""
+    run = registry.existing_run(run_id)
+    if run is not None and run.info.status == "RUNNING":
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
 
 
 def _fit_metrics(fitted: FitResult, prefix: str) -> dict[str, float]:
-    """What a run logs of its fit, and `_recorded_fit` reads back."""
+    """What a run logs of its fit."""
     return {
         f"{prefix}_steps": fitted.steps,
         f"{prefix}_seconds": fitted.seconds,
@@ -470,33 +479,34 @@ def _fit_metrics(fitted: FitResult, prefix: str) -> dict[str, float]:
     }
 
 
-def _recorded_fit(metrics: dict[str, float], prefix: str) -> FitResult:
-    """A finished run's fit as it logged it (`_fit_metrics`); what it did not log (the
-    checkpoints are gone; runs before `<prefix>_processes`) is NaN, empty or one process."""
-    return FitResult(
-        steps=int(metrics.get(f"{prefix}_steps", 0)),
-        seconds=metrics.get(f"{prefix}_seconds", float("nan")),
-        best_val_score=float("nan"),
-        best_checkpoint="",
-        processes=int(metrics.get(f"{prefix}_processes", 1)),
+def _fit_tag(fitted: FitResult) -> str:
+    """The fit as the version's `FIT_TAG`, which `_tagged_fit` reads back."""
+    return json.dumps(
+        {"steps": fitted.steps, "seconds": fitted.seconds, "processes": fitted.processes}
     )
 
 
+def _tagged_fit(tags: Mapping[str, str]) -> FitResult:
+    """A registered version's fit (`_fit_tag`); the checkpoint it picked is gone with its
+    checkpoints, so the best score and path are NaN and empty."""
+    fit = json.loads(tags[FIT_TAG])
+    return FitResult(fit["steps"], fit["seconds"], float("nan"), "", processes=fit["processes"])
+
+
 def reused_outcome(version: ModelVersion) -> TrainOutcome:
-    """The outcome of the run that trained and gated `version`, as it recorded it."""
-    run = mlflow.MlflowClient().get_run(version.run_id)
-    decision = json.loads(version.tags["gate_decision"])
-    metrics = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{TEST_METRICS}")
-    fit = _recorded_fit(run.data.metrics, "train")
+    """The outcome of the run that trained and gated `version`, as the version's tags recorded
+    it. The registration key holds the code's digest, so every version reused was tagged so."""
+    tags = version.tags
+    decision = json.loads(tags["gate_decision"])
     return TrainOutcome(
         version.run_id,
         version.name,
         str(version.version),
         decision["promoted"],
         decision["reason"],
-        metrics,
-        fit,
-        int(run.data.params["n_parameters"]),
+        json.loads(tags[TEST_REPORT_TAG]),
+        _tagged_fit(tags),
+        int(tags["n_parameters"]),
         reused=True,
     )
 
@@ -571,6 +581,9 @@ def _train_and_register(
                 "model_config": json.dumps(model_cfg.model_dump()),
                 "train_config": json.dumps(train_cfg.model_dump()),
                 "test_metrics": json.dumps(model_metrics),
+                TEST_REPORT_TAG: json.dumps(metrics),
+                FIT_TAG: _fit_tag(fitted),
+                "n_parameters": str(n_parameters),
                 **keys,
             }
             version = registry.log_and_register(
@@ -728,49 +741,31 @@ def adapt_version(
 
 
 def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
-    """Gate the variant `version` on the validation scores its run logged before it stopped.
+    """Gate the variant `version` on the validation scores tagged on it before its run stopped.
 
     The caller holds the variant's `adaptation_lock`, which every adaptation takes, so the run
     that registered it is not alive: a run still reading RUNNING was killed."""
     _mark_killed(version.run_id)
-    client = mlflow.MlflowClient()
-    run = client.get_run(version.run_id)
-    rule = app.registry.promotion
-    validation = {
-        kind: _logged_scores(run.data.metrics, f"validation_{kind}_", rule)
-        for kind in ("zero_shot", "adapted")
-    }
+    validation = json.loads(version.tags[VALIDATION_TAG])
     decision = registry.gate_variant(
         version.name,
         version,
         version.tags["base_model"],
         validation["adapted"],
         validation["zero_shot"],
-        rule,
+        app.registry.promotion,
         app.registry.champion_alias,
         app.registry.challenger_alias,
         note=STOPPED_BEFORE_GATE,
     )
-    client.log_dict(
-        version.run_id, {"promoted": decision.promoted, "reason": decision.reason}, "gate.json"
-    )
-
-
-def _logged_scores(metrics: dict[str, float], prefix: str, rule: PromotionRule) -> dict[str, float]:
-    """The scores `_log_scores` logged under `prefix`; the rule's metrics it skipped (NaN, not
-    logged) are NaN again, which the gate counts as worse."""
-    scores = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
-    for metric in (*rule.higher_is_better, *rule.lower_is_better):
-        scores.setdefault(metric, float("nan"))
-    return scores
+    _log_late_decision(version.run_id, decision, "gate.json")
 
 
 def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
     """The outcome of the run that adapted and gated `version`, as its tags recorded it."""
     tags = version.tags
     decision = json.loads(tags["gate_decision"])
-    metrics = mlflow.MlflowClient().get_run(version.run_id).data.metrics
-    fit = _recorded_fit(metrics, "adapt")
+    fit = _tagged_fit(tags)
     scores = {kind: json.loads(tags[f"{kind}_metrics"]) for kind in SCORES}
     return AdaptOutcome(
         tags["task"],
@@ -834,7 +829,12 @@ def _adapt_and_register(
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
         log_figures(target.targets, summary, f"adapted_{task}")
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
-        tags |= {"data_hash": data.data_hash, registry.ADAPTATION_KEY: key}
+        tags |= {
+            "data_hash": data.data_hash,
+            registry.ADAPTATION_KEY: key,
+            FIT_TAG: _fit_tag(fitted),
+            VALIDATION_TAG: json.dumps(validation),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(

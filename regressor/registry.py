@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -129,6 +130,17 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
     must never read as "no champion", which would promote a challenger unchecked)."""
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
+
+
+def existing_run(run_id: str) -> Run | None:
+    """The run, None when the store no longer has it (deleted, then `mlflow gc`): a registered
+    version outlives the run that logged it, and stays usable without it."""
+    try:
+        return MlflowClient().get_run(run_id)
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND:
             return None

@@ -315,7 +315,8 @@ def child_adapt_until_the_gate(var: str) -> None:
 
 def test_an_adaptation_killed_before_its_gate_is_gated_by_the_next(tmp_path: Path):
     """The next adaptation with the same key gates the variant the killed run registered (on
-    the validation scores that run logged), adapts and registers nothing, and closes the run."""
+    the validation scores tagged on it, which its run logged too), adapts and registers
+    nothing, and closes the run."""
     var = tmp_path / "var"
     proc = start_child(
         "from test_adaptation import child_adapt_until_the_gate\n"
