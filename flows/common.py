@@ -30,7 +30,6 @@ from regressor.config import (
     SourceConfig,
     TableSourceConfig,
     data_root,
-    load_app_config,
 )
 from regressor.sources.common import safe_files
 
@@ -144,10 +143,12 @@ def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
 
 
-def default_task_runner() -> TaskRunner:
-    """The runner named in conf/default.yaml, fixed when a flow module is imported.
+def side_by_side_runner(cfg: OrchestrationConfig, n_tasks: int) -> TaskRunner | None:
+    """The runner to spread `n_tasks` independent fits over, None to run them one by one.
 
-    Deployed and served runs load the flow from its entrypoint in a fresh process, so a runner
-    chosen later (`with_options`) would not reach them; configuration read at import does.
-    """
-    return make_task_runner(load_app_config().orchestration)
+    Chosen per run from the run's own config (a flow's decorator runner is fixed at import):
+    only a runner of processes, since fits at once in one process would share torch's global
+    random state and their results would depend on the interleaving."""
+    if cfg.task_runner == "threads" or n_tasks < 2:
+        return None
+    return make_task_runner(cfg)

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import default_task_runner, forward_library_logs
+from flows.common import forward_library_logs
 from regressor import jobs
 from regressor.config import load_app_config, load_source_config
 
@@ -34,7 +34,7 @@ evaluate_task = task(
 )
 
 
-@flow(name="evaluate", log_prints=True, task_runner=default_task_runner())
+@flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams | None = None) -> dict[str, float]:
     params = params or EvaluateParams()
     forward_library_logs()

@@ -9,20 +9,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow, flow, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import default_task_runner, forward_library_logs, make_task_runner
+from flows.common import forward_library_logs, side_by_side_runner
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
 from regressor.config import (
     AppConfig,
-    OrchestrationConfig,
     ResolvedPaths,
     SourceConfig,
     load_app_config,
@@ -81,17 +78,22 @@ def adapt_all(
     seconds: dict[str, float],
 ) -> list[pipeline.AdaptOutcome]:
     """One adaptation per due task (each a variant of its own, under its own lock): side by side
-    when the flow's task runner runs tasks in processes (Dask), one after another on threads,
-    where fits at once would share torch's global random state and the cores."""
-    context = FlowRunContext.get()
-    threads = context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
-    if threads or len(due) < 2:
+    on the task runner of `app.orchestration` when it runs tasks in processes (Dask), else one
+    after another in the flow's process (`side_by_side_runner`)."""
+    runner = side_by_side_runner(app.orchestration, len(due))
+    if runner is None:
         return [
             timed(seconds, f"adapt {name}", adapt_task, app, paths, source, name) for name in due
         ]
     started = time.perf_counter()
-    futures = [adapt_task.submit(app, paths, source, name) for name in due]
-    outcomes = [future.result() for future in futures]
+    with runner:  # a Dask cluster of the run's own config, closed with its adaptations
+        futures = [
+            runner.submit(
+                adapt_task, {"app": app, "paths": paths, "source": source, "task_name": name}
+            )
+            for name in due
+        ]
+        outcomes = [future.result() for future in futures]
     seconds[f"adapt {len(due)} tasks side by side"] = time.perf_counter() - started
     return outcomes
 
@@ -103,7 +105,7 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -
     return result
 
 
-@flow(name="retrain", log_prints=True, task_runner=default_task_runner())
+@flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams | None = None) -> str:
     params = params or RetrainParams()
     forward_library_logs()
@@ -131,13 +133,6 @@ def retrain(params: RetrainParams | None = None) -> str:
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     print(text)
     return text
-
-
-def retrain_with_runner(orchestration: OrchestrationConfig) -> Flow:
-    """The flow with the task runner `orchestration` names. The decorator's runner is fixed from
-    `conf/default.yaml` when this module is imported (what deployments load); a run started
-    with another config file (`textperf retrain --config`) takes that file's runner instead."""
-    return retrain.with_options(task_runner=make_task_runner(orchestration))
 
 
 if __name__ == "__main__":

@@ -58,9 +58,8 @@ def retrain(
     ] = False,
 ) -> None:
     """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
-    from flows.retrain import RetrainParams, retrain_with_runner
+    from flows.retrain import RetrainParams, retrain
 
-    orchestration = load_app_config(config, var_dir).orchestration  # this config's task runner
     params = RetrainParams(
         config=config,
         var_dir=var_dir,
@@ -70,7 +69,7 @@ def retrain(
         train=train,
         force_train=force_train,
     )
-    retrain_with_runner(orchestration)(params)
+    retrain(params)
 
 
 @app.command()

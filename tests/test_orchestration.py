@@ -17,9 +17,9 @@ from prefect import flow
 from test_retrain_flow import TINY_APP
 
 from flows.adapt import AdaptParams, adapt
-from flows.common import ensure_writer_limit, make_task_runner
+from flows.common import ensure_writer_limit, make_task_runner, side_by_side_runner
 from flows.evaluate import EvaluateParams, evaluate
-from flows.retrain import RetrainParams, retrain, retrain_with_runner
+from flows.retrain import RetrainParams, retrain
 from flows.tasks import ingest_task
 from regressor import pipeline
 from regressor.config import (
@@ -200,15 +200,16 @@ def test_dask_task_runner_runs_mapped_tasks(prefect_harness):
     assert squares() == 55
 
 
-def test_a_retrain_started_with_a_config_takes_that_configs_task_runner():
-    """The decorator's runner comes from conf/default.yaml (threads); `textperf retrain --config`
-    runs the flow with its own file's runner (`retrain_with_runner`)."""
+def test_each_run_spreads_its_fits_on_its_own_configs_runner():
+    """The runner comes from the run's config (`--config`, a deployment's `config` parameter),
+    not from whatever conf/default.yaml said when the flow module was imported; threads, or a
+    single task, never spread fits over one process."""
     pytest.importorskip("prefect_dask")
-    from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    assert isinstance(retrain.task_runner, ThreadPoolTaskRunner)
-    dask = retrain_with_runner(OrchestrationConfig(task_runner="dask", max_workers=3))
-    assert isinstance(dask.task_runner, DaskTaskRunner)
-    assert dask.task_runner.cluster_kwargs["n_workers"] == 3
-    assert dask.fn is retrain.fn  # the same flow, another runner
+    dask = OrchestrationConfig(task_runner="dask", max_workers=3)
+    runner = side_by_side_runner(dask, 2)
+    assert isinstance(runner, DaskTaskRunner)
+    assert runner.cluster_kwargs["n_workers"] == 3
+    assert side_by_side_runner(dask, 1) is None
+    assert side_by_side_runner(OrchestrationConfig(task_runner="threads"), 5) is None

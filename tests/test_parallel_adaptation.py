@@ -27,7 +27,8 @@ DASK = OrchestrationConfig(task_runner="dask", max_workers=2)
 @pytest.mark.slow
 def test_due_adaptations_run_side_by_side_on_the_dask_runner(tmp_path: Path, prefect_harness):
     config = tmp_path / "app.yaml"
-    config.write_text(yaml.safe_dump(TINY_APP))
+    # As a config file a user would pass (`--config`, a deployment's `config` parameter).
+    config.write_text(yaml.safe_dump({**TINY_APP, "orchestration": DASK.model_dump()}))
     var = tmp_path / "var"
     retrain(RetrainParams(config=config, var_dir=var, adapt=False))  # the champion, v1
     app = load_app_config(config, var)
@@ -37,7 +38,7 @@ def test_due_adaptations_run_side_by_side_on_the_dask_runner(tmp_path: Path, pre
     due = [data.holdout_task, *tasks]
     seconds: dict[str, float] = {}
 
-    @flow(task_runner=make_task_runner(DASK))
+    @flow  # Prefect's default runner: the run's config, not the flow's, spreads the fits
     def adapt_due() -> list[pipeline.AdaptOutcome]:
         return adapt_all(due, app, paths, source, seconds)
 
