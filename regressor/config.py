@@ -278,6 +278,9 @@ class RegistryConfig(Frozen):
 class ScheduleConfig(Frozen):
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"
+    # A variant is re-adapted when the champion changes; with N here, also once N records of
+    # its task arrived since its adaptation (its base still the champion). None: never for that.
+    readapt_new_records: int | None = Field(None, ge=1)
 
 
 class OrchestrationConfig(Frozen):

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -678,7 +679,8 @@ def _log_scores(scores: dict[str, dict[str, float]]) -> None:
 
 
 def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list[str]:
-    """Tasks whose adapted variant is missing or was adapted from an older champion.
+    """Tasks whose adapted variant is missing or was adapted from an older champion, and with
+    `schedule.readapt_new_records` N, whose task has gained N records since its adaptation.
 
     The holdout task always has a variant; any other `<name>-<task>` someone registered (e.g.
     with `textperf adapt --task`) is re-adapted whenever the champion changes.
@@ -687,8 +689,18 @@ def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list
     champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
     if champion is None:
         return []
-    name = app.registry.model_name
-    return registry.variants_due(name, str(champion.version), [data.holdout_task])
+    return registry.variants_due(
+        app.registry.model_name,
+        str(champion.version),
+        [data.holdout_task],
+        task_record_counts(data),
+        app.schedule.readapt_new_records,
+    )
+
+
+def task_record_counts(data: Dataset) -> dict[str, int]:
+    """Records per task in the snapshot, over every split (a variant's task may be any)."""
+    return dict(Counter(task for examples in data.splits.values() for task in examples.tasks))
 
 
 def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
@@ -834,6 +846,7 @@ def _adapt_and_register(
             registry.ADAPTATION_KEY: key,
             FIT_TAG: _fit_tag(fitted),
             VALIDATION_TAG: json.dumps(validation),
+            registry.TASK_RECORDS: str(task_record_counts(data).get(task, 0)),
         }
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")

@@ -147,16 +147,21 @@ def existing_run(run_id: str) -> Run | None:
         raise
 
 
-def latest_variant_bases(name: str) -> dict[str, str]:
-    """`{task: base_model}` of the newest version of every adapted variant `<name>-<task>`."""
+def latest_variants(name: str) -> dict[str, ModelVersion]:
+    """`{task: newest version}` of every adapted variant `<name>-<task>`."""
     client = MlflowClient()
-    bases = {}
+    newest_of = {}
     for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
         versions = client.search_model_versions(f"name='{model.name}'")
         newest = max(versions, key=lambda v: int(v.version), default=None)
         if newest is not None and "task" in newest.tags:
-            bases[newest.tags["task"]] = newest.tags.get("base_model", "")
-    return bases
+            newest_of[newest.tags["task"]] = newest
+    return newest_of
+
+
+def latest_variant_bases(name: str) -> dict[str, str]:
+    """`{task: base_model}` of the newest version of every adapted variant `<name>-<task>`."""
+    return {task: v.tags.get("base_model", "") for task, v in latest_variants(name).items()}
 
 
 # Version tags: what a version was trained from (data snapshot and configs; it names the
@@ -182,12 +187,39 @@ def keyed_versions(
     return newest(gated), newest([v for v in versions if "gate_decision" not in v.tags])
 
 
-def variants_due(name: str, champion_version: str, always: Iterable[str] = ()) -> list[str]:
-    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion."""
+# The number of records of its task in the data snapshot a variant was adapted on.
+TASK_RECORDS = "task_records"
+
+
+def variants_due(
+    name: str,
+    champion_version: str,
+    always: Iterable[str] = (),
+    task_records: Mapping[str, int] | None = None,
+    new_records: int | None = None,
+) -> list[str]:
+    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion;
+    with `new_records`, also every variant whose task has gained that many records (counts now
+    in `task_records`) since it was adapted."""
     current = model_uri(name, champion_version)
-    bases = latest_variant_bases(name)
-    tasks = set(bases) | set(always)
-    return sorted(task for task in tasks if bases.get(task) != current)
+    newest = latest_variants(name)
+    due = {task for task in {*newest, *always} if task not in newest}
+    for task, version in newest.items():
+        if version.tags.get("base_model") != current:
+            due.add(task)
+        elif new_records and task_records is not None and TASK_RECORDS in version.tags:
+            gained = task_records.get(task, 0) - int(version.tags[TASK_RECORDS])
+            if gained >= new_records:
+                logger.info(
+                    "%s v%s: %d new records of %s since its adaptation (>= %d): due",
+                    version.name,
+                    version.version,
+                    gained,
+                    task,
+                    new_records,
+                )
+                due.add(task)
+    return sorted(due)
 
 
 def model_uri(name: str, alias_or_version: str | int) -> str:

@@ -169,13 +169,17 @@ def _registered_base(base: Predictor, tmp_path: Path) -> tuple[ResolvedPaths, pi
     return paths, _cell_z()
 
 
-def _cell_z() -> pipeline.Dataset:
-    """A dataset whose holdout task `cell-z` has 16 adaptation shots and 8 test records."""
-    shots = _shots(24)
+def _cell_z(n_pool: int = 16) -> pipeline.Dataset:
+    """A dataset whose holdout task `cell-z` has `n_pool` adaptation shots and 8 test records
+    (its snapshot hash changes with them, as the warehouse's does)."""
+    shots = _shots(n_pool + 8)
     return pipeline.Dataset(
-        {"adapt_pool": shots.take(range(16)), "adapt_test": shots.take(range(16, 24))},
+        {
+            "adapt_pool": shots.take(range(n_pool)),
+            "adapt_test": shots.take(range(n_pool, n_pool + 8)),
+        },
         "cell-z",
-        "hash-1",
+        "hash-1" if n_pool == 16 else f"hash-{n_pool}",
         EXAMPLE,
     )
 
@@ -281,6 +285,46 @@ def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base
     text = report.adaptation_lineage(again)
     assert "not adapted again" in text
     assert "--force" in text
+
+
+def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tmp_path):
+    """By default a variant whose base is the champion is never due; with
+    `schedule.readapt_new_records` N it is once N records of its task arrived since it was
+    adapted, and the re-adaptation (a new snapshot, so a new key) resets the count."""
+
+    def due(threshold: int | None, data: pipeline.Dataset) -> list[str]:
+        schedule = LORA_APP.schedule.model_copy(update={"readapt_new_records": threshold})
+        return pipeline.adaptations_due(
+            LORA_APP.model_copy(update={"schedule": schedule}), paths, data
+        )
+
+    try:
+        paths, data = _registered_base(base, tmp_path)
+        MlflowClient().set_registered_model_alias("textperf", "champion", "1")
+        assert due(None, data) == ["cell-z"]  # no variant yet
+        first = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        grown = _cell_z(n_pool=22)  # six more records of cell-z
+        verdicts = {
+            "policy off": due(None, grown),
+            "six new, five wanted": due(5, grown),
+            "six new, seven wanted": due(7, grown),
+            "none new": due(1, data),
+        }
+        again = pipeline.adapt_version(LORA_APP, paths, grown, "1")
+        after = due(5, grown)
+        versions = MlflowClient().search_model_versions("name='textperf-cell-z'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert verdicts == {
+        "policy off": [],
+        "six new, five wanted": ["cell-z"],
+        "six new, seven wanted": [],
+        "none new": [],
+    }
+    assert (first.version, again.version, again.reused) == ("1", "2", False)
+    assert after == []
+    tagged = {v.version: v.tags[registry.TASK_RECORDS] for v in versions}
+    assert {str(k): v for k, v in tagged.items()} == {"1": "24", "2": "30"}
 
 
 def test_two_adaptations_of_one_variant_at_once_register_it_once(base, tmp_path):
