@@ -292,16 +292,22 @@ def gate_variant(
 ) -> GateDecision:
     """An adapted variant `name` becomes `challenger`; it takes `champion` (the model to use for
     its task) only when not worse than its base `base_uri` zero-shot, both scored on shots kept
-    out of training. `note` is appended to the recorded reason.
+    out of training, and when that base is its model's `champion` now. `note` is appended to
+    the recorded reason.
 
-    Refused, it leaves a champion adapted from the same base in place (that one passed against
-    this base) and retires one adapted from another base: it was never compared with this base,
-    so the task falls back to the base itself.
+    Refused on the scores, it leaves a champion adapted from the same base in place (that one
+    passed against this base) and retires one adapted from another base: it was never compared
+    with this base, so the task falls back to the base itself. Adapted from a base that is not
+    (or no longer) the champion, e.g. by hand from an older version, it leaves the variant's
+    aliases but `challenger` alone: the task keeps what the champion's lineage gave it.
     """
     client = MlflowClient()
     client.set_registered_model_alias(name, challenger_alias, version.version)
     promoted, reason = beats(adapted, zero_shot, rule, against="base zero-shot")
     reason += note
+    off_lineage = _not_the_champion(base_uri, champion_alias)
+    if off_lineage:
+        return _record_decision(name, version, False, reason + off_lineage, adapted, zero_shot)
     if promoted:
         client.set_registered_model_alias(name, champion_alias, version.version)
     else:
@@ -310,6 +316,19 @@ def gate_variant(
             client.delete_registered_model_alias(name, champion_alias)
             reason += f"; retired @{champion_alias} from v{holder.version} (another base)"
     return _record_decision(name, version, promoted, reason, adapted, zero_shot)
+
+
+def _not_the_champion(base_uri: str, champion_alias: str) -> str:
+    """Why a variant of `base_uri` may not take its task's champion alias; "" when it may (its
+    base holds the model's champion, or the model has none)."""
+    base_name, base_version = parse_ref(base_uri)
+    holder = alias_version(base_name, champion_alias)
+    if holder is None or str(holder.version) == str(base_version):
+        return ""
+    return (
+        f"; not promoted: its base {base_uri} is not @{champion_alias} "
+        f"(v{holder.version} is; `textperf models promote` to use it anyway)"
+    )
 
 
 def _record_decision(

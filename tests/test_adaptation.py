@@ -327,6 +327,38 @@ def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tm
     assert {str(k): v for k, v in tagged.items()} == {"1": "24", "2": "30"}
 
 
+def test_a_variant_adapted_from_a_base_that_is_not_the_champion_never_takes_champion(
+    base, tmp_path
+):
+    """Adapted by hand from an older version (v1) while v2 is the champion: whatever its
+    scores, the variant only becomes `challenger`; the task keeps the champion of v2's
+    lineage, and the recorded reason says why."""
+    try:
+        paths, data = _registered_base(base, tmp_path)
+        with mlflow.start_run():  # v2, the champion
+            registry.log_and_register(
+                base.save(tmp_path / "bundle2"), "textperf", registry.input_example(EXAMPLE), {}
+            )
+        client = MlflowClient()
+        client.set_registered_model_alias("textperf", "champion", "2")
+        from_champion = pipeline.adapt_version(LORA_APP, paths, data, "2")
+        client.set_registered_model_alias("textperf-cell-z", "champion", from_champion.version)
+        by_hand = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        holder = registry.alias_version("textperf-cell-z", "champion")
+        challenger = registry.alias_version("textperf-cell-z", "challenger")
+        decision = json.loads(
+            client.get_model_version("textperf-cell-z", "2").tags["gate_decision"]
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (from_champion.version, by_hand.version) == ("1", "2")
+    assert not by_hand.promoted
+    assert "its base models:/textperf/1 is not @champion (v2 is" in by_hand.reason
+    assert decision["reason"] == by_hand.reason
+    assert (str(holder.version), str(challenger.version)) == ("1", "2")
+    assert by_hand.use_uri == "models:/textperf-cell-z@champion"
+
+
 def test_two_adaptations_of_one_variant_at_once_register_it_once(base, tmp_path):
     """Two runs adapting the same base to the same task at once (the nightly run and an ad-hoc
     one): the lock on the variant makes one wait, then report the other's version."""
