@@ -198,6 +198,28 @@ def export(
     typer.echo(f"{result.rows} records in {result.shards} shards under {result.out_dir}")
 
 
+@app.command("join-fits")
+def join_fits(
+    max_fits: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many fits (default: never).")
+    ] = None,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """On node k > 0 of a multi-node config (`num_nodes`): join the pipeline's fits as node
+    NODE_RANK, watching the checkpoint directory shared with node 0 (MASTER_ADDR, MASTER_PORT)."""
+    from regressor.fit_worker import JoinError
+    from regressor.fit_worker import join_fits as join
+
+    paths = load_app_config(config, var_dir).paths.resolve()
+    try:
+        joined = join(paths.checkpoints, max_fits)
+    except JoinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"joined {joined} fits")
+
+
 @models_app.command("list")
 def models_list(
     name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,

@@ -12,6 +12,11 @@ starts over. Here the command re-executed is this module, which only fits:
 `fit_in_worker` writes the call's arguments to DIR, runs the module and loads what global rank 0
 wrote back (the fit's result and the fitted weights) into the caller's predictor. Checkpoints
 land in the caller's `checkpoint_dir` as in-process, so a killed run resumes either way.
+
+Across nodes (`num_nodes` > 1), the pipeline's machine is node 0, and every other node runs
+`join_fits` (`textperf join-fits`) on the same checkpoint directory, shared (NFS and kin): it
+runs the module on each hand-off that appears there, as node `NODE_RANK`, so each of the
+pipeline's fits spans the nodes while the rest of the pipeline runs once, on node 0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +77,9 @@ def fit_in_worker(
             "logger": logger,
             "resume": resume,
         }
-        torch.save(call, handoff / CALL)
+        # Whole or absent: a node joining from another machine may look at any moment.
+        torch.save(call, handoff / f"{CALL}.tmp")
+        os.replace(handoff / f"{CALL}.tmp", handoff / CALL)
         _run_worker(handoff, cfg)
         back = torch.load(handoff / RESULT, map_location="cpu", weights_only=True)
     predictor.model.load_state_dict(back["weights"])
@@ -88,14 +96,19 @@ def _remove_stale_handoffs(checkpoint_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _run_worker(handoff: Path, cfg: TrainConfig) -> None:
+def _worker(handoff: Path) -> subprocess.CompletedProcess:
+    """Run this module on `handoff` as a child that dies with this process."""
     # Run from a source checkout, the workers import the same checkout, whatever the working
     # directory; an installed package (the image) is found on the path as it is.
     checkout = str(PROJECT_ROOT) if (PROJECT_ROOT / "pyproject.toml").is_file() else None
     path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "regressor.fit_worker", str(handoff)]
     env = {**os.environ, "PYTHONPATH": path, PARENT_PID: str(os.getpid())}
-    done = subprocess.run(command, env=env, check=False)
+    return subprocess.run(command, env=env, check=False)
+
+
+def _run_worker(handoff: Path, cfg: TrainConfig) -> None:
+    done = _worker(handoff)
     if done.returncode != 0 or not (handoff / RESULT).is_file():
         raise TrainingWorkerError(
             f"the training processes (strategy {cfg.strategy!r}, devices {cfg.devices}, "
@@ -120,11 +133,57 @@ def _die_with_parent() -> None:
     os.environ[PARENT_PID] = str(os.getpid())  # for the ranks Lightning launches from here
 
 
+class JoinError(RuntimeError):
+    """This machine cannot join fits as another node (no `NODE_RANK` >= 1 to join as)."""
+
+
+def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: float = 1.0) -> int:
+    """Join, as node `NODE_RANK`, each fit whose hand-off appears under `checkpoints` (the
+    shared checkpoint directory) from now on, one at a time, until `max_fits` have run (None:
+    until interrupted); returns how many ran. Hand-offs there before the call are a killed
+    caller's (its node 0 is gone) and are never joined; a fit that fails on this node is
+    reported and the next one joined."""
+    node_rank = os.environ.get("NODE_RANK", "")
+    if not node_rank.isdigit() or int(node_rank) < 1:
+        raise JoinError(
+            f"NODE_RANK={node_rank!r}: set it to this machine's node rank (1 .. num_nodes-1; "
+            "node 0 runs the pipeline), with MASTER_ADDR and MASTER_PORT of node 0"
+        )
+    seen = set(_handoffs(checkpoints))
+    print(f"node {node_rank}: waiting for fits under {checkpoints} (Ctrl-C stops)", flush=True)
+    joined = 0
+    while max_fits is None or joined < max_fits:
+        fresh = [h for h in _handoffs(checkpoints) if h not in seen]
+        if not fresh:
+            time.sleep(poll_seconds)
+            continue
+        handoff = fresh[0]
+        seen.add(handoff)
+        print(f"node {node_rank}: joining the fit in {handoff.parent}", flush=True)
+        code = _worker(handoff).returncode
+        print(f"node {node_rank}: the fit in {handoff.parent} ended, exit code {code}", flush=True)
+        joined += 1
+    return joined
+
+
+def _handoffs(checkpoints: Path) -> list[Path]:
+    """The hand-off directories under `checkpoints` whose call is written, oldest first."""
+    found = []
+    for call in checkpoints.glob(f"**/{HANDOFF_PREFIX}*/{CALL}"):
+        try:
+            found.append((call.stat().st_mtime, call.parent))
+        except FileNotFoundError:  # that fit ended and its hand-off went meanwhile
+            continue
+    return [handoff for _, handoff in sorted(found)]
+
+
 def main(handoff: Path) -> None:
     _die_with_parent()
     # Objects, not only tensors: the caller wrote them a moment ago into its own hand-off
     # directory, which `TemporaryDirectory` made readable and writable by this user alone.
     call = torch.load(handoff / CALL, map_location="cpu", weights_only=False)
+    # The caller's checkpoint directory, as this node mounts it (the hand-off lies inside).
+    call["checkpoint_dir"] = handoff.parent
     predictor: Predictor = call["predictor"]
     result, global_zero = fit_here(**call)
     if global_zero:  # every rank ends with the same weights; one writes them

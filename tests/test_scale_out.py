@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from test_retrain_flow import TINY_APP
+from test_server_stack import free_port
 from typer.testing import CliRunner
 
 from regressor import pipeline
@@ -34,10 +36,15 @@ from regressor.training import FitResult, fit
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
+TEXTPERF = Path(sys.executable).with_name("textperf")
 TEXTS = [f"<task>\ncell-{i % 5}\n<config>\nload={i}" for i in range(48)]
 
 
-def _fit(tmp_path: Path, train: str) -> tuple[FitResult, Predictor, dict[str, torch.Tensor]]:
+def _fit(
+    tmp_path: Path, train: str, name: str | None = None, **update: object
+) -> tuple[FitResult, Predictor, dict[str, torch.Tensor]]:
+    """Fit `tiny` with conf/train/<train>.yaml (`update` applied) in `tmp_path / (name or
+    train)`; the result, the fitted predictor and its initial weights."""
     targets = np.random.default_rng(0).uniform(0.2, 0.9, len(TEXTS))
     predictor = Predictor.create(
         load_model_config("tiny"),
@@ -46,7 +53,8 @@ def _fit(tmp_path: Path, train: str) -> tuple[FitResult, Predictor, dict[str, to
     )
     initial = {k: v.clone() for k, v in predictor.model.state_dict().items()}
     data = (TEXTS[:40], targets[:40]), (TEXTS[40:], targets[40:])
-    result = fit(predictor, *data, load_train_config(train), tmp_path / train, resume=False)
+    cfg = load_train_config(train).model_copy(update=update)
+    result = fit(predictor, *data, cfg, tmp_path / (name or train), resume=False)
     return result, predictor, initial
 
 
@@ -231,6 +239,69 @@ def test_killing_the_caller_kills_its_training_processes(tmp_path: Path):
     while _workers(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _workers(tmp_path)
+
+
+def _wait_for_line(log: Path, text: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        assert proc.poll() is None, f"ended before {text!r}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in {seconds} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)  # a node that never joins would hold the rendezvous for 30 minutes
+def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypatch):
+    """Node 0 (this process, as the pipeline) fits with `num_nodes: 2`; `textperf join-fits`
+    as node 1 (another process here, another machine on a cluster) joins that fit through the
+    shared checkpoint directory: one process group of 2 ranks, and one fit joined. A hand-off
+    left before the node started (a killed caller's) is never joined."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    var = tmp_path / "var"
+    stale = var / "checkpoints" / "killed-run" / "fit-worker-stale"
+    stale.mkdir(parents=True)
+    (stale / "call.pt").write_bytes(b"a killed caller's pickled call")
+    log = tmp_path / "node1.log"
+    with log.open("w") as out:
+        node1 = subprocess.Popen(
+            [TEXTPERF, "join-fits", "--var-dir", str(var), "--max-fits", "1"],
+            env={**os.environ, "NODE_RANK": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_line(log, "waiting for fits", node1)
+        result, predictor, initial = _fit(
+            var / "checkpoints", "tiny_ddp", devices=1, num_nodes=2, name="run"
+        )
+        node1.wait(timeout=120)
+    finally:
+        node1.kill()
+        node1.wait()
+    text = log.read_text()
+    assert node1.returncode == 0, text[-3000:]
+    assert result.processes == 2
+    assert result.steps == 6
+    trained = predictor.model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+    assert f"joining the fit in {var / 'checkpoints' / 'run'}" in text
+    assert "exit code 0" in text
+    assert "killed-run" not in text
+    assert "joined 1 fits" in text
+
+
+def test_join_fits_refuses_without_a_node_rank(tmp_path: Path):
+    done = subprocess.run(
+        [TEXTPERF, "join-fits", "--var-dir", str(tmp_path), "--max-fits", "1"],
+        env={k: v for k, v in os.environ.items() if k != "NODE_RANK"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "NODE_RANK=''" in done.stderr
 
 
 def test_a_failed_training_process_group_is_an_error_naming_its_config(tmp_path: Path):
