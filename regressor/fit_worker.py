@@ -45,6 +45,7 @@ from regressor.training import FitResult, fit_here
 
 HANDOFF_PREFIX = "fit-worker-"  # the hand-off directories, inside the checkpoint directory
 CALL = "call.pt"  # the arguments of `fit`, pickled by the caller
+SPAN = "span.json"  # how many nodes the fit spans, plain JSON, for a joining node to check
 RESULT = "result.pt"  # FitResult, weights and metadata, from global rank 0
 PROJECT_ROOT = Path(regressor.__file__).resolve().parent.parent
 PARENT_PID = "TEXTPERF_FIT_PARENT_PID"  # the process a worker dies with (`_die_with_parent`)
@@ -77,6 +78,7 @@ def fit_in_worker(
             "logger": logger,
             "resume": resume,
         }
+        (handoff / SPAN).write_text(json.dumps({"num_nodes": cfg.num_nodes}))
         # Whole or absent: a node joining from another machine may look at any moment.
         torch.save(call, handoff / f"{CALL}.tmp")
         os.replace(handoff / f"{CALL}.tmp", handoff / CALL)
@@ -159,11 +161,24 @@ def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: floa
             continue
         handoff = fresh[0]
         seen.add(handoff)
+        if _span(handoff) <= int(node_rank):  # a one-machine DDP fit (a bench's, say)
+            print(
+                f"node {node_rank}: the fit in {handoff.parent} has no node {node_rank}", flush=True
+            )
+            continue
         print(f"node {node_rank}: joining the fit in {handoff.parent}", flush=True)
         code = _worker(handoff).returncode
         print(f"node {node_rank}: the fit in {handoff.parent} ended, exit code {code}", flush=True)
         joined += 1
     return joined
+
+
+def _span(handoff: Path) -> int:
+    """The number of nodes the fit handed off in `handoff` spans (0 if it is gone)."""
+    try:
+        return int(json.loads((handoff / SPAN).read_text())["num_nodes"])
+    except FileNotFoundError:
+        return 0
 
 
 def _handoffs(checkpoints: Path) -> list[Path]:

@@ -255,13 +255,14 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
     """Node 0 (this process, as the pipeline) fits with `num_nodes: 2`; `textperf join-fits`
     as node 1 (another process here, another machine on a cluster) joins that fit through the
     shared checkpoint directory: one process group of 2 ranks, and one fit joined. A hand-off
-    left before the node started (a killed caller's) is never joined."""
+    left before the node started (a killed caller's), and a fit on node 0 alone, are not."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     var = tmp_path / "var"
     stale = var / "checkpoints" / "killed-run" / "fit-worker-stale"
     stale.mkdir(parents=True)
     (stale / "call.pt").write_bytes(b"a killed caller's pickled call")
+    (stale / "span.json").write_text('{"num_nodes": 2}')
     log = tmp_path / "node1.log"
     with log.open("w") as out:
         node1 = subprocess.Popen(
@@ -272,6 +273,8 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
         )
     try:
         _wait_for_line(log, "waiting for fits", node1)
+        # A fit on this machine alone (two local ranks) is not node 1's to join.
+        _fit(var / "checkpoints", "tiny_ddp", name="one-machine")
         result, predictor, initial = _fit(
             var / "checkpoints", "tiny_ddp", devices=1, num_nodes=2, name="run"
         )
@@ -288,6 +291,7 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
     assert f"joining the fit in {var / 'checkpoints' / 'run'}" in text
     assert "exit code 0" in text
     assert "killed-run" not in text
+    assert "one-machine has no node 1" in text
     assert "joined 1 fits" in text
 
 
