@@ -145,12 +145,7 @@ def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: floa
     until interrupted); returns how many ran. Hand-offs there before the call are a killed
     caller's (its node 0 is gone) and are never joined; a fit that fails on this node is
     reported and the next one joined."""
-    node_rank = os.environ.get("NODE_RANK", "")
-    if not node_rank.isdigit() or int(node_rank) < 1:
-        raise JoinError(
-            f"NODE_RANK={node_rank!r}: set it to this machine's node rank (1 .. num_nodes-1; "
-            "node 0 runs the pipeline), with MASTER_ADDR and MASTER_PORT of node 0"
-        )
+    node_rank = _joining_node_rank()
     seen = set(_handoffs(checkpoints))
     print(f"node {node_rank}: waiting for fits under {checkpoints} (Ctrl-C stops)", flush=True)
     joined = 0
@@ -159,18 +154,32 @@ def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: floa
         if not fresh:
             time.sleep(poll_seconds)
             continue
-        handoff = fresh[0]
-        seen.add(handoff)
-        if _span(handoff) <= int(node_rank):  # a one-machine DDP fit (a bench's, say)
-            print(
-                f"node {node_rank}: the fit in {handoff.parent} has no node {node_rank}", flush=True
-            )
-            continue
-        print(f"node {node_rank}: joining the fit in {handoff.parent}", flush=True)
-        code = _worker(handoff).returncode
-        print(f"node {node_rank}: the fit in {handoff.parent} ended, exit code {code}", flush=True)
-        joined += 1
+        seen.add(fresh[0])
+        joined += _join(fresh[0], node_rank)
     return joined
+
+
+def _joining_node_rank() -> int:
+    node_rank = os.environ.get("NODE_RANK", "")
+    if not node_rank.isdigit() or int(node_rank) < 1:
+        raise JoinError(
+            f"NODE_RANK={node_rank!r}: set it to this machine's node rank (1 .. num_nodes-1; "
+            "node 0 runs the pipeline), with MASTER_ADDR and MASTER_PORT of node 0"
+        )
+    return int(node_rank)
+
+
+def _join(handoff: Path, node_rank: int) -> bool:
+    """Run the fit handed off in `handoff` as node `node_rank`; False if it has no such node
+    (a one-machine DDP fit: a benchmark's, say)."""
+    fit_dir = handoff.parent
+    if _span(handoff) <= node_rank:
+        print(f"node {node_rank}: the fit in {fit_dir} has no node {node_rank}", flush=True)
+        return False
+    print(f"node {node_rank}: joining the fit in {fit_dir}", flush=True)
+    code = _worker(handoff).returncode
+    print(f"node {node_rank}: the fit in {fit_dir} ended, exit code {code}", flush=True)
+    return True
 
 
 def _span(handoff: Path) -> int:
