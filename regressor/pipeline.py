@@ -157,6 +157,7 @@ class TrainOutcome:
     # True when nothing was trained: `version` was registered under the same registration key
     # (data snapshot, configs, code); its run, metrics and gate decision are the ones reported.
     reused: bool = False
+    run_deleted: bool = False  # reused, and its run since removed from the store (`mlflow gc`)
 
     @property
     def uri(self) -> str:
@@ -509,6 +510,7 @@ def reused_outcome(version: ModelVersion) -> TrainOutcome:
         _tagged_fit(tags),
         int(tags["n_parameters"]),
         reused=True,
+        run_deleted=registry.existing_run(version.run_id) is None,
     )
 
 

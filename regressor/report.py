@@ -108,7 +108,8 @@ def training_summary(trained) -> dict[str, str]:
         "these configs (the table above is its run's); `textperf retrain --force-train` "
         "trains again",
         "champion": f"{decision} (when it was registered)",
-        "MLflow run": f"{trained.run_id} (the run that trained it)",
+        "MLflow run": f"{trained.run_id} (the run that trained it"
+        + (", since deleted from the tracking store)" if trained.run_deleted else ")"),
     }
 
 
