@@ -18,19 +18,21 @@ from pathlib import Path
 
 import mlflow
 
-from regressor.config import ResolvedPaths
+from regressor.config import SAFE_NAME, ResolvedPaths
 from regressor.tracking import configure_mlflow
 
 BUNDLE_EXPERIMENT = "bundles"
 NAME_TAG = "textperf.bundle"
 ARTIFACT_DIR = "bundle"
-# names go into a search filter: letters, digits and . _ - only, so no quoting can break it
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_SAFE_NAME = re.compile(SAFE_NAME)
 
 
 def _checked(name: str) -> str:
     if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"bundle name {name!r}: use letters, digits and . _ - only")
+        raise ValueError(
+            f"bundle name {name!r}: use letters, digits and . _ - only, starting with a "
+            "letter or digit"
+        )
     return name
 
 

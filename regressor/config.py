@@ -23,6 +23,9 @@ from pydantic import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
+# A name that goes quoted into an MLflow search filter (a registered model's, a kept bundle's):
+# letters, digits and . _ - only, so no quoting can break the filter.
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 class Frozen(BaseModel):
@@ -267,8 +270,7 @@ class PromotionRule(Frozen):
 
 
 class RegistryConfig(Frozen):
-    # A plain name: registry searches quote it inside their filter strings.
-    model_name: str = Field("textperf", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model_name: str = Field("textperf", pattern=rf"^{SAFE_NAME}$")
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
     experiment: str = "textperf"
