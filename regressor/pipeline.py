@@ -243,22 +243,55 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
     A run killed at any point leaves its `last.ckpt` and tokenizer there and the next run with
     the same key resumes from them (the kernel drops the lock of a killed process). A second
     live run with the same key waits for the first, then finds its registered version or
-    resumes what it left; with `wait=False` it gets a private directory at once instead.
+    resumes what it left; with `wait=False` it gets a private directory at once instead
+    (`checkpoints/train-<key>-<id>`, never resumed, locked for that run's life). Holding the
+    shared directory, a run also waits for the live private ones of its key, then finds their
+    versions, and removes those that killed runs left (`_settle_private_dirs`).
     """
     directory = paths.checkpoints / f"train-{key}"
     while True:
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / ".lock").open("a") as lock:
             if not _take_lock(lock, wait, f"training the same snapshot in {directory}"):
-                private = paths.checkpoints / f"train-{key}-{new_run_id()}"
-                private.mkdir(parents=True)
-                yield private
+                with _private_dir(paths.checkpoints / f"train-{key}-{new_run_id()}") as private:
+                    yield private
                 return
             # The holder we waited for may have removed the directory, lock file and all, on
             # finishing: a lock on that unlinked file guards nothing, so lock the new one.
             if _is_same_file(lock.fileno(), directory / ".lock"):
+                _settle_private_dirs(paths.checkpoints, key)
                 yield directory
                 return
+
+
+@contextmanager
+def _private_dir(directory: Path) -> Iterator[Path]:
+    """A forced run's own training directory, locked while it lives: a run on the shared
+    directory then tells a live one (wait for its version) from a killed one's leftovers. It
+    appears under its name already locked (made under a hidden one, then renamed)."""
+    making = directory.with_name(f".making-{directory.name}")
+    making.mkdir(parents=True)
+    with (making / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        making.rename(directory)
+        yield directory
+
+
+def _settle_private_dirs(checkpoints: Path, key: str) -> None:
+    """Wait for every forced run training `key` in a private directory (it registers and
+    gates its own version, which the caller then finds instead of training it again, or
+    gating it at the same moment); remove the directories killed ones left."""
+    # `.making-*`: a private directory not yet renamed into place, or a run killed meanwhile.
+    leftovers = [*checkpoints.glob(f"train-{key}-*"), *checkpoints.glob(f".making-train-{key}-*")]
+    for private in sorted(leftovers):
+        try:
+            lock = (private / ".lock").open("r")
+        except FileNotFoundError:  # gone meanwhile, or left by a version without the lock
+            shutil.rmtree(private, ignore_errors=True)
+            continue
+        with lock:
+            _take_lock(lock, True, f"training the same snapshot in {private} (forced)")
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _take_lock(lock: IO[str], wait: bool, doing: str) -> bool:

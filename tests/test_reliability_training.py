@@ -362,3 +362,55 @@ def test_a_run_on_a_busy_key_waits_then_locks_the_directory_the_first_left(tmp_p
         thread.join(30)
         logging.getLogger(pipeline.__name__).removeHandler(waiting)
     assert events == ["first finished", "second started"]
+
+
+def test_a_run_on_the_shared_directory_removes_what_killed_forced_runs_left(
+    tmp_path: Path,
+) -> None:
+    """Private directories nobody holds are killed forced runs' (never resumed): they go, the
+    one of an older version without a lock file too; another key's stay."""
+    paths = ResolvedPaths(var_dir=tmp_path)
+    killed = paths.checkpoints / "train-k-killed"
+    older = paths.checkpoints / "train-k-older"
+    other_key = paths.checkpoints / "train-j-killed"
+    for left in (killed, older, other_key):
+        left.mkdir(parents=True)
+        (left / "last.ckpt").write_bytes(b"weights")
+    (killed / ".lock").touch()
+    with pipeline.training_dir(paths, "k") as directory:
+        assert directory.name == "train-k"
+        assert not killed.exists()
+        assert not older.exists()
+    assert other_key.exists()
+
+
+def test_a_run_on_the_shared_directory_waits_for_a_live_forced_run(tmp_path: Path) -> None:
+    """A forced run trains in a private directory; a run on the shared one waits until it
+    has registered and gated (its directory is released), then finds its version, rather than
+    training the same snapshot again or gating the forced run's version beside it."""
+    paths = ResolvedPaths(var_dir=tmp_path)
+    waiting = _Flag()
+    logging.getLogger(pipeline.__name__).addHandler(waiting)
+    forced_in, events = threading.Event(), []
+
+    def forced_run() -> None:
+        with pipeline.training_dir(paths, "k", wait=False) as private:
+            assert private.name.startswith("train-k-")
+            forced_in.set()
+            assert waiting.event.wait(30)  # the unforced run is waiting for this directory
+            events.append("forced run gated")
+            shutil.rmtree(private)  # as `train_and_register` does once gated
+
+    try:
+        with pipeline.training_dir(paths, "k"):  # what made the forced run go private
+            thread = threading.Thread(target=forced_run)
+            thread.start()
+            assert forced_in.wait(30)
+        with pipeline.training_dir(paths, "k") as shared:
+            events.append("unforced run started")
+            assert shared.name == "train-k"
+            assert [p.name for p in paths.checkpoints.iterdir()] == ["train-k"]
+    finally:
+        thread.join(30)
+        logging.getLogger(pipeline.__name__).removeHandler(waiting)
+    assert events == ["forced run gated", "unforced run started"]
