@@ -242,6 +242,33 @@ def models_list(
         typer.echo(f"  v{row.version}{aliases}  run {row.run_id}  {extra}".rstrip())
 
 
+@models_app.command("prune")
+def models_prune(
+    keep: Annotated[
+        int, typer.Option(min=1, help="Versions kept per model, newest first, besides aliased.")
+    ] = 30,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Delete old versions of the model and its variants (never one holding an alias, nor a
+    base a kept variant came from) and their weights; `mlflow gc` then reclaims the space."""
+    from regressor.retention import prune
+
+    cfg = load_app_config(config, var_dir)
+    _use_tracking(cfg)
+    doomed = prune(cfg.registry.model_name, keep, dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for version in doomed:
+        typer.echo(f"{verb} {version.name}/{version.version}")
+    typer.echo(f"{verb} {len(doomed)} versions; kept the newest {keep} of each model and aliases")
+    if doomed and not dry_run:
+        import mlflow
+
+        store = mlflow.get_tracking_uri()  # a server's: run gc against its backend store
+        typer.echo(f"reclaim their space: mlflow gc --backend-store-uri {store}")
+
+
 @models_app.command("show")
 def models_show(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],

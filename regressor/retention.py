@@ -1,0 +1,65 @@
+"""Retention: delete the registered versions nobody uses any more, so the store stops growing.
+
+A nightly run on new data registers a version a night, and an adapted variant a few more; each
+holds a copy of the weights. MLflow keeps them all. `prune` deletes, for the model and each of
+its variants `<name>-<task>`, the versions beyond the newest `keep` that hold no alias, and
+their logged models (the weights); `mlflow gc` then reclaims the space. Never deleted: a version
+holding an alias, and a version of the model that a kept variant version was adapted from (a
+task with no variant champion predicts with that base). Runs are left alone: their curves and
+plots are small, and a version outlives its run anyway (`pipeline.reused_outcome`).
+"""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from regressor.registry import model_uri
+
+
+def prunable(name: str, keep: int) -> list[ModelVersion]:
+    """The versions of `name` and of its variants that `prune` would delete, oldest first."""
+    client = MlflowClient()
+    variants = client.search_registered_models(filter_string=f"name LIKE '{name}-%'")
+    doomed, bases_in_use = [], set()
+    for model in variants:
+        kept, dropped = _split(client, model.name, model.aliases or {}, keep)
+        doomed += dropped
+        bases_in_use |= {v.tags.get("base_model", "") for v in kept}
+    main = client.get_registered_model(name)
+    _, dropped = _split(client, name, main.aliases or {}, keep)
+    doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
+    return sorted(doomed, key=lambda v: (v.name, int(v.version)))
+
+
+def _split(
+    client: MlflowClient, name: str, aliases: dict[str, str], keep: int
+) -> tuple[list[ModelVersion], list[ModelVersion]]:
+    """(kept, the rest): the newest `keep` versions of `name` and those holding an alias."""
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
+    held = {str(v) for v in aliases.values()}
+    kept = [v for i, v in enumerate(versions) if i < keep or str(v.version) in held]
+    return kept, [v for v in versions if v not in kept]
+
+
+def prune(name: str, keep: int, dry_run: bool = False) -> list[ModelVersion]:
+    """Delete `prunable(name, keep)`: each version, then its logged model (the weights, which
+    `mlflow gc` removes for good); returns them."""
+    client = MlflowClient()
+    doomed = prunable(name, keep)
+    if not dry_run:
+        for version in doomed:
+            client.delete_model_version(version.name, version.version)
+            weights = logged_model_id(version)
+            if weights is not None:
+                client.delete_logged_model(weights)
+    return doomed
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The logged model holding the version's weights; the SQLite registry leaves `model_id`
+    empty, and its source names it (`models:/m-<id>`)."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None

@@ -1,0 +1,84 @@
+"""Retention (`textperf models prune`) on a real MLflow store, reclaimed by the real `mlflow gc`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pytest
+from conftest_data import RECORD, register_tiny_version
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from regressor import cli, registry, retention
+from regressor.config import ResolvedPaths
+from regressor.tracking import configure_mlflow
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ResolvedPaths:
+    """`textperf` v1-v5 (champion v2, challenger v5) and its variant `textperf-cell-a` v1-v3,
+    adapted from textperf v1, v2 and v3 (champion v1)."""
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    configure_mlflow(paths, "retention-test")
+    client = MlflowClient()
+    for i in range(1, 6):
+        register_tiny_version(tmp_path, f"v{i}")
+    client.set_registered_model_alias("textperf", "champion", "2")
+    client.set_registered_model_alias("textperf", "challenger", "5")
+    bundle = registry.load_predictor("models:/textperf/1").save(tmp_path / "variant")
+    for base in (1, 2, 3):
+        tags = {"task": "cell-a", "base_model": f"models:/textperf/{base}"}
+        with mlflow.start_run():
+            registry.log_and_register(
+                bundle, "textperf-cell-a", registry.input_example(RECORD), tags
+            )
+    client.set_registered_model_alias("textperf-cell-a", "champion", "1")
+    yield paths
+    mlflow.set_tracking_uri(None)
+
+
+def _versions(name: str) -> list[int]:
+    return sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
+
+
+def _weights_dir(version) -> Path:
+    location = MlflowClient().get_logged_model(retention.logged_model_id(version)).artifact_location
+    return Path(urlparse(location).path)
+
+
+def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: ResolvedPaths) -> None:
+    """With keep=1: the variant keeps v3 (newest) and v1 (champion) and loses v2; the model
+    keeps v5 (newest, challenger), v2 (champion), v1 and v3 (bases of kept variant versions)
+    and loses v4. A dry run deletes nothing; the real one deletes the versions and their
+    weights (gone for good after `mlflow gc`), and the rest still load."""
+    dry = CliRunner().invoke(
+        cli.app, ["models", "prune", "--keep", "1", "--dry-run", "--var-dir", str(store.var_dir)]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "would delete textperf/4\nwould delete textperf-cell-a/2\n" in dry.output
+    assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
+
+    doomed = retention.prunable("textperf", keep=1)
+    weights = [_weights_dir(v) for v in doomed]
+    assert all(path.is_dir() for path in weights)
+    deleted = retention.prune("textperf", keep=1)
+    assert [(v.name, v.version) for v in deleted] == [(v.name, v.version) for v in doomed]
+    assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store.tracking_uri],
+        check=True,
+        capture_output=True,
+    )
+    assert not any(path.exists() for path in weights)
+    for uri in ("models:/textperf@champion", "models:/textperf-cell-a@champion"):
+        assert registry.load_predictor(uri).model.num_parameters() > 0
+    assert retention.prunable("textperf", keep=1) == []
+
+
+def test_prune_with_room_for_every_version_deletes_nothing(store: ResolvedPaths) -> None:
+    assert retention.prune("textperf", keep=5) == []
+    assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
