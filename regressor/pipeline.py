@@ -834,10 +834,14 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
 
 
 def _use_uri(variant: str, base_uri: str, app: AppConfig) -> str:
-    """What to predict the variant's task with now: its champion if it has one, else the base."""
-    if registry.alias_version(variant, app.registry.champion_alias) is None:
-        return base_uri
-    return registry.model_uri(variant, app.registry.champion_alias)
+    """What to predict the variant's task with now: its champion if it has one, else the
+    model's champion (the base, unless the variant was adapted from another version), else
+    the base."""
+    alias = app.registry.champion_alias
+    if registry.alias_version(variant, alias) is not None:
+        return registry.model_uri(variant, alias)
+    champion = registry.alias_version(app.registry.model_name, alias)
+    return base_uri if champion is None else registry.model_uri(champion.name, champion.version)
 
 
 def _adapt_and_register(

@@ -342,8 +342,11 @@ def test_a_variant_adapted_from_a_base_that_is_not_the_champion_never_takes_cham
         client = MlflowClient()
         client.set_registered_model_alias("textperf", "champion", "2")
         from_champion = pipeline.adapt_version(LORA_APP, paths, data, "2")
+        # The untrained base scores NaN, which the gate counts as worse: no variant champion.
+        assert registry.alias_version("textperf-cell-z", "champion") is None
+        first_by_hand = pipeline.adapt_version(LORA_APP, paths, data, "1")
         client.set_registered_model_alias("textperf-cell-z", "champion", from_champion.version)
-        by_hand = pipeline.adapt_version(LORA_APP, paths, data, "1")
+        by_hand = pipeline.adapt_version(LORA_APP, paths, data, "1", force=True)
         holder = registry.alias_version("textperf-cell-z", "champion")
         challenger = registry.alias_version("textperf-cell-z", "challenger")
         decision = json.loads(
@@ -351,11 +354,12 @@ def test_a_variant_adapted_from_a_base_that_is_not_the_champion_never_takes_cham
         )
     finally:
         mlflow.set_tracking_uri(None)
-    assert (from_champion.version, by_hand.version) == ("1", "2")
+    assert (from_champion.version, first_by_hand.version, by_hand.version) == ("1", "2", "3")
+    assert first_by_hand.use_uri == "models:/textperf/2"  # the model's champion, not v1
     assert not by_hand.promoted
     assert "its base models:/textperf/1 is not @champion (v2 is" in by_hand.reason
     assert decision["reason"] == by_hand.reason
-    assert (str(holder.version), str(challenger.version)) == ("1", "2")
+    assert (str(holder.version), str(challenger.version)) == ("1", "3")
     assert by_hand.use_uri == "models:/textperf-cell-z@champion"
 
 
