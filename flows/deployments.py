@@ -1,7 +1,7 @@
 """The deployments, built from `conf/`: served by `textperf serve`, mirrored in `prefect.yaml`.
 
-`nightly-retrain` runs on the cron of `schedule.nightly_cron`; `ingest`, `adapt` and `evaluate`
-are ad-hoc (triggered from the UI, `prefect deployment run` or `run_deployment`).
+`nightly-retrain` runs on the cron of `schedule.nightly_cron`; `ingest`, `adapt`, `evaluate` and
+`prune` are ad-hoc (triggered from the UI, `prefect deployment run` or `run_deployment`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from prefect.schedules import Cron
 from flows.adapt import adapt
 from flows.evaluate import evaluate
 from flows.ingest import ingest
+from flows.prune import prune
 from flows.retrain import retrain
 from regressor.config import AppConfig
 
 NIGHTLY = "nightly-retrain"
-AD_HOC = ("ingest", "adapt", "evaluate")
+AD_HOC = ("ingest", "adapt", "evaluate", "prune")
 
 
 def _params(config: Path | None, var_dir: Path | None) -> dict:
@@ -40,6 +41,6 @@ def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = Non
     )
     ad_hoc: list[RunnerDeployment] = [
         flow.to_deployment(name=name, parameters=params, tags=["textperf", "ad-hoc"])
-        for name, flow in zip(AD_HOC, (ingest, adapt, evaluate), strict=True)
+        for name, flow in zip(AD_HOC, (ingest, adapt, evaluate, prune), strict=True)
     ]
     return [nightly, *ad_hoc]

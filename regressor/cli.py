@@ -253,20 +253,10 @@ def models_prune(
 ) -> None:
     """Delete old versions of the model and its variants (never one holding an alias, nor a
     base a kept variant came from) and their weights; `mlflow gc` then reclaims the space."""
-    from regressor.retention import prune
+    from regressor import jobs
 
     cfg = load_app_config(config, var_dir)
-    _use_tracking(cfg)
-    doomed = prune(cfg.registry.model_name, keep, dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    for version in doomed:
-        typer.echo(f"{verb} {version.name}/{version.version}")
-    typer.echo(f"{verb} {len(doomed)} versions; kept the newest {keep} of each model and aliases")
-    if doomed and not dry_run:
-        import mlflow
-
-        store = mlflow.get_tracking_uri()  # a server's: run gc against its backend store
-        typer.echo(f"reclaim their space: mlflow gc --backend-store-uri {store}")
+    typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
 
 
 @models_app.command("show")

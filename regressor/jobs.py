@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
-from regressor import pipeline, registry, report
+from regressor import pipeline, registry, report, retention
 from regressor.config import AppConfig, ResolvedPaths, SourceConfig
 from regressor.dataset import SPLITS
 from regressor.tracking import configure_mlflow
@@ -91,6 +91,22 @@ def evaluate(
     # Score the fixed version, so the numbers stay true after an alias moves.
     metrics = pipeline.score_registered(model.version_uri, examples, app.eval)
     return EvaluateOutcome(model, source.name, split, len(examples), metrics, paths.tracking_uri)
+
+
+def prune(app: AppConfig, paths: ResolvedPaths, keep: int, dry_run: bool = False) -> str:
+    """`retention.prune` of the app's model and its variants; the markdown report."""
+    configure_mlflow(paths, app.registry.experiment)
+    doomed = retention.prune(app.registry.model_name, keep, dry_run)
+    verb = "Would delete" if dry_run else "Deleted"
+    rows = "\n".join(f"- `{v.name}/{v.version}`" for v in doomed) or "- nothing"
+    text = (
+        f"# textperf retention of `{app.registry.model_name}`\n\n"
+        f"{verb} {len(doomed)} versions (kept the newest {keep} of each model, every version "
+        f"holding an alias, and the bases of kept variants):\n\n{rows}\n"
+    )
+    if doomed and not dry_run:
+        text += f"\nReclaim their space: `mlflow gc --backend-store-uri {paths.tracking_uri}`.\n"
+    return text
 
 
 def run_link(tracking_uri: str, run_id: str) -> str:

@@ -35,7 +35,7 @@ def test_prefect_yaml_entrypoints_load_and_use_the_configured_pool():
     for deployment in PREFECT_YAML["deployments"]:
         path, name = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        assert getattr(module, name).name in {"retrain", "ingest", "adapt", "evaluate"}
+        assert getattr(module, name).name in {"retrain", "ingest", "adapt", "evaluate", "prune"}
         assert deployment["work_pool"]["name"] == APP.orchestration.work_pool
 
 
@@ -44,7 +44,7 @@ def test_served_deployments_are_built_from_conf(tmp_path: Path):
     config.write_text(yaml.safe_dump({"schedule": {"nightly_cron": "30 3 * * *"}}))
     built = deployments.build(load_app_config(config), config=config)
     by_name = {d.name: d for d in built}
-    assert set(by_name) == {"nightly-retrain", "ingest", "adapt", "evaluate"}
+    assert set(by_name) == {"nightly-retrain", "ingest", "adapt", "evaluate", "prune"}
     (schedule,) = by_name["nightly-retrain"].schedules
     assert schedule.schedule.cron == "30 3 * * *"
     assert not by_name["evaluate"].schedules

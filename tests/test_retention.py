@@ -59,7 +59,8 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
         cli.app, ["models", "prune", "--keep", "1", "--dry-run", "--var-dir", str(store.var_dir)]
     )
     assert dry.exit_code == 0, dry.output
-    assert "would delete textperf/4\nwould delete textperf-cell-a/2\n" in dry.output
+    assert "Would delete 2 versions" in dry.output
+    assert "- `textperf/4`\n- `textperf-cell-a/2`\n" in dry.output
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
 
     doomed = retention.prunable("textperf", keep=1)
@@ -82,3 +83,20 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
 def test_prune_with_room_for_every_version_deletes_nothing(store: ResolvedPaths) -> None:
     assert retention.prune("textperf", keep=5) == []
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
+
+
+def test_the_prune_flow_deletes_and_reports_as_an_artifact(store, prefect_harness) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.prune import PruneParams, prune
+
+    text = prune(PruneParams(keep=1, var_dir=store.var_dir))
+    assert "Deleted 2 versions" in text
+    assert "mlflow gc --backend-store-uri" in text
+    assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prune-report"]))
+        )
+    assert found[0].data == text

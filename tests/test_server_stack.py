@@ -185,7 +185,7 @@ def test_nightly_retrain_through_the_api_registers_a_version_on_the_server(stack
 
 def test_textperf_serve_registers_the_deployments_with_the_conf_schedule(stack: Stack):
     # A cron of its own proves the schedule comes from this config, not from prefect.yaml.
-    expected = {"nightly-retrain", "ingest", "adapt", "evaluate"}
+    expected = {"nightly-retrain", "ingest", "adapt", "evaluate", "prune"}
     config = stack.root / "serve.yaml"
     config.write_text(yaml.safe_dump({**TINY_APP, "schedule": {"nightly_cron": "15 4 * * *"}}))
     env = {**stack.env, "PREFECT_HOME": str(stack.root / "serve-home")}
