@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.environments import LightningEnvironment
 
 import regressor
 from regressor.config import TrainConfig
@@ -209,7 +210,9 @@ def main(handoff: Path) -> None:
     # The caller's checkpoint directory, as this node mounts it (the hand-off lies inside).
     call["checkpoint_dir"] = handoff.parent
     predictor: Predictor = call["predictor"]
-    result, global_zero = fit_here(**call)
+    # This module launches its ranks (or joins as a node): in a SLURM job Lightning would
+    # otherwise read SLURM's variables as ranks SLURM started, and train on one process.
+    result, global_zero = fit_here(**call, environment=LightningEnvironment())
     if global_zero:  # every rank ends with the same weights; one writes them
         back = {  # tensors and plain values, which the caller loads `weights_only`
             "result": dataclasses.asdict(result),

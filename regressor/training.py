@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import (
     Timer,
 )
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.plugins.environments import ClusterEnvironment
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
@@ -569,8 +570,10 @@ def fit_here(
     checkpoint_dir: Path,
     logger: Logger | bool = False,
     resume: bool = True,
+    environment: ClusterEnvironment | None = None,
 ) -> tuple[FitResult, bool]:
-    """`fit` in this process, whatever the strategy; also whether this is global rank 0."""
+    """`fit` in this process, whatever the strategy; also whether this is global rank 0.
+    `environment`: the cluster environment, instead of the one Lightning detects."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_data = encode_examples(predictor, *train)
     if cfg.shuffle_fields:
@@ -613,6 +616,7 @@ def fit_here(
             *(stopping if validating else []),
         ],
         logger=logger,
+        plugins=[environment] if environment is not None else None,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

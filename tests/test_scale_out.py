@@ -81,6 +81,28 @@ def test_ddp_fit_from_a_process_that_cannot_be_re_executed(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "tiny_ddp").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_ddp_fit_inside_a_slurm_job_launches_its_own_ranks(tmp_path: Path, monkeypatch):
+    """The pipeline runs as one SLURM task (an sbatch job); its fit worker launches the ranks
+    itself, so SLURM's variables, which Lightning would read as "SLURM started the ranks",
+    must not decide the worker's cluster environment."""
+    for name, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "textperf-nightly",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result, predictor, initial = _fit(tmp_path, "tiny_ddp")
+    assert (result.processes, result.steps) == (2, 6)
+    trained = predictor.model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
 def test_train_config_scale_out_defaults_keep_one_local_device():
     cfg = TrainConfig()
     assert (cfg.strategy, cfg.devices, cfg.num_nodes, cfg.accelerator) == ("auto", 1, 1, "cpu")
