@@ -26,9 +26,9 @@ def prunable(name: str, keep: int) -> list[ModelVersion]:
         kept, dropped = _split(client, model.name, model.aliases or {}, keep)
         doomed += dropped
         bases_in_use |= {v.tags.get("base_model", "") for v in kept}
-    main = client.get_registered_model(name)
-    _, dropped = _split(client, name, main.aliases or {}, keep)
-    doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
+    for main in client.search_registered_models(filter_string=f"name = '{name}'"):  # 0 or 1
+        _, dropped = _split(client, name, main.aliases or {}, keep)
+        doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
     return sorted(doomed, key=lambda v: (v.name, int(v.version)))
 
 

@@ -80,6 +80,14 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
     assert retention.prunable("textperf", keep=1) == []
 
 
+def test_prune_of_a_store_without_the_model_deletes_nothing(tmp_path: Path) -> None:
+    configure_mlflow(ResolvedPaths(var_dir=tmp_path), "retention-test")
+    try:
+        assert retention.prune("textperf", keep=1) == []
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_prune_with_room_for_every_version_deletes_nothing(store: ResolvedPaths) -> None:
     assert retention.prune("textperf", keep=5) == []
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
