@@ -4,9 +4,10 @@ A nightly run on new data registers a version a night, and an adapted variant a 
 holds a copy of the weights. MLflow keeps them all. `prune` deletes, for the model and each of
 its variants `<name>-<task>`, the versions beyond the newest `keep` that hold no alias, and
 their logged models (the weights); `mlflow gc` then reclaims the space. Never deleted: a version
-holding an alias, and a version of the model that a kept variant version was adapted from (a
-task with no variant champion predicts with that base). Runs are left alone: their curves and
-plots are small, and a version outlives its run anyway (`pipeline.reused_outcome`).
+holding an alias, and a version of the model that a kept variant version was adapted from (its
+lineage names it, and with no champion of the model the task falls back to it). Runs are left
+alone: their curves and plots are small, and a version outlives its run anyway
+(`pipeline.reused_outcome`).
 """
 
 from __future__ import annotations
