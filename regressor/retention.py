@@ -21,23 +21,29 @@ from regressor.registry import model_uri
 def prunable(name: str, keep: int) -> list[ModelVersion]:
     """The versions of `name` and of its variants that `prune` would delete, oldest first."""
     client = MlflowClient()
-    variants = client.search_registered_models(filter_string=f"name LIKE '{name}-%'")
     doomed, bases_in_use = [], set()
-    for model in variants:
-        kept, dropped = _split(client, model.name, model.aliases or {}, keep)
+    for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
+        versions = _newest_first(client, model.name)
+        if not any("task" in v.tags for v in versions):  # another model sharing the prefix
+            continue
+        kept, dropped = _split(versions, model.aliases or {}, keep)
         doomed += dropped
         bases_in_use |= {v.tags.get("base_model", "") for v in kept}
     for main in client.search_registered_models(filter_string=f"name = '{name}'"):  # 0 or 1
-        _, dropped = _split(client, name, main.aliases or {}, keep)
+        _, dropped = _split(_newest_first(client, name), main.aliases or {}, keep)
         doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
     return sorted(doomed, key=lambda v: (v.name, int(v.version)))
 
 
+def _newest_first(client: MlflowClient, name: str) -> list[ModelVersion]:
+    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
+
+
 def _split(
-    client: MlflowClient, name: str, aliases: dict[str, str], keep: int
+    versions: list[ModelVersion], aliases: dict[str, str], keep: int
 ) -> tuple[list[ModelVersion], list[ModelVersion]]:
-    """(kept, the rest): the newest `keep` versions of `name` and those holding an alias."""
-    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
+    """(kept, the rest) of `versions` (newest first): the first `keep` and those holding an
+    alias."""
     held = {str(v) for v in aliases.values()}
     kept = [v for i, v in enumerate(versions) if i < keep or str(v.version) in held]
     return kept, [v for v in versions if v not in kept]

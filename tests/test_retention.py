@@ -20,8 +20,8 @@ from regressor.tracking import configure_mlflow
 
 @pytest.fixture
 def store(tmp_path: Path) -> ResolvedPaths:
-    """`textperf` v1-v5 (champion v2, challenger v5) and its variant `textperf-cell-a` v1-v3,
-    adapted from textperf v1, v2 and v3 (champion v1)."""
+    """`textperf` v1-v5 (champion v2, challenger v5), its variant `textperf-cell-a` v1-v3,
+    adapted from textperf v1, v2 and v3 (champion v1), and `textperf-experimental` v1-v2."""
     paths = ResolvedPaths(var_dir=tmp_path / "var")
     configure_mlflow(paths, "retention-test")
     client = MlflowClient()
@@ -37,6 +37,11 @@ def store(tmp_path: Path) -> ResolvedPaths:
                 bundle, "textperf-cell-a", registry.input_example(RECORD), tags
             )
     client.set_registered_model_alias("textperf-cell-a", "champion", "1")
+    for _ in range(2):  # a model of its own that only shares the prefix: never pruned here
+        with mlflow.start_run():
+            registry.log_and_register(
+                bundle, "textperf-experimental", registry.input_example(RECORD), {}
+            )
     yield paths
     mlflow.set_tracking_uri(None)
 
@@ -69,6 +74,7 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
     deleted = retention.prune("textperf", keep=1)
     assert [(v.name, v.version) for v in deleted] == [(v.name, v.version) for v in doomed]
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
+    assert _versions("textperf-experimental") == [1, 2]
     subprocess.run(
         [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store.tracking_uri],
         check=True,
