@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -147,21 +147,30 @@ def existing_run(run_id: str) -> Run | None:
         raise
 
 
+def versions_newest_first(name: str) -> list[ModelVersion]:
+    return sorted(
+        MlflowClient().search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)
+    )
+
+
+def variant_models(name: str) -> list[tuple[RegisteredModel, list[ModelVersion]]]:
+    """Every adapted variant `<name>-<task>` with its versions, newest first: a model sharing
+    only the name's prefix (no version tagged with a `task`) is not one."""
+    found = []
+    for model in MlflowClient().search_registered_models(filter_string=f"name LIKE '{name}-%'"):
+        versions = versions_newest_first(model.name)
+        if any("task" in v.tags for v in versions):
+            found.append((model, versions))
+    return found
+
+
 def latest_variants(name: str) -> dict[str, ModelVersion]:
     """`{task: newest version}` of every adapted variant `<name>-<task>`."""
-    client = MlflowClient()
-    newest_of = {}
-    for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
-        versions = client.search_model_versions(f"name='{model.name}'")
-        newest = max(versions, key=lambda v: int(v.version), default=None)
-        if newest is not None and "task" in newest.tags:
-            newest_of[newest.tags["task"]] = newest
-    return newest_of
-
-
-def latest_variant_bases(name: str) -> dict[str, str]:
-    """`{task: base_model}` of the newest version of every adapted variant `<name>-<task>`."""
-    return {task: v.tags.get("base_model", "") for task, v in latest_variants(name).items()}
+    return {
+        versions[0].tags["task"]: versions[0]
+        for _, versions in variant_models(name)
+        if "task" in versions[0].tags
+    }
 
 
 # Version tags: what a version was trained from (data snapshot and configs; it names the

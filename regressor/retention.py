@@ -15,28 +15,21 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from regressor.registry import model_uri
+from regressor.registry import model_uri, variant_models, versions_newest_first
 
 
 def prunable(name: str, keep: int) -> list[ModelVersion]:
     """The versions of `name` and of its variants that `prune` would delete, oldest first."""
-    client = MlflowClient()
     doomed, bases_in_use = [], set()
-    for model in client.search_registered_models(filter_string=f"name LIKE '{name}-%'"):
-        versions = _newest_first(client, model.name)
-        if not any("task" in v.tags for v in versions):  # another model sharing the prefix
-            continue
+    for model, versions in variant_models(name):
         kept, dropped = _split(versions, model.aliases or {}, keep)
         doomed += dropped
         bases_in_use |= {v.tags.get("base_model", "") for v in kept}
-    for main in client.search_registered_models(filter_string=f"name = '{name}'"):  # 0 or 1
-        _, dropped = _split(_newest_first(client, name), main.aliases or {}, keep)
+    filter_string = f"name = '{name}'"
+    for main in MlflowClient().search_registered_models(filter_string=filter_string):  # 0 or 1
+        _, dropped = _split(versions_newest_first(name), main.aliases or {}, keep)
         doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
     return sorted(doomed, key=lambda v: (v.name, int(v.version)))
-
-
-def _newest_first(client: MlflowClient, name: str) -> list[ModelVersion]:
-    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
 
 
 def _split(
