@@ -24,7 +24,8 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="App config YAML (default: conf/default.yaml)."),
 ]
 VarOpt = Annotated[
-    Path | None, typer.Option(help="Override paths.var_dir (where all state lands).")
+    Path | None,
+    typer.Option(envvar="TEXTPERF_VAR_DIR", help="Override paths.var_dir (where all state lands)."),
 ]
 
 
@@ -203,17 +204,22 @@ def join_fits(
     max_fits: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many fits (default: never).")
     ] = None,
+    until: Annotated[
+        Path | None,
+        typer.Option(help="Stop once this file exists (node 0 writes it when its run ends)."),
+    ] = None,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
     """On node k > 0 of a multi-node config (`num_nodes`): join the pipeline's fits as node
-    NODE_RANK, watching the checkpoint directory shared with node 0 (MASTER_ADDR, MASTER_PORT)."""
+    NODE_RANK (in a SLURM job step: SLURM_NODEID), watching the checkpoint directory shared with
+    node 0 (MASTER_ADDR, MASTER_PORT). `docker/slurm/` runs it on a SLURM allocation."""
     from regressor.fit_worker import JoinError
     from regressor.fit_worker import join_fits as join
 
     paths = load_app_config(config, var_dir).paths.resolve()
     try:
-        joined = join(paths.checkpoints, max_fits)
+        joined = join(paths.checkpoints, max_fits, until)
     except JoinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

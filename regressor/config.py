@@ -223,6 +223,10 @@ class TrainConfig(Frozen):
     strategy: str = "auto"
     devices: int | Literal["auto"] = Field(1)
     num_nodes: int = Field(1, ge=1)
+    # How long a rank of a process group waits for the others, at the rendezvous and at each
+    # collective: a node that never joins fails the fit after this long (Lightning's default
+    # is 30 minutes). Only for a strategy that takes a timeout (DDP and kin).
+    process_group_timeout_minutes: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _floor_below_cap(self) -> TrainConfig:

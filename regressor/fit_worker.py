@@ -99,14 +99,17 @@ def _remove_stale_handoffs(checkpoint_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _worker(handoff: Path) -> subprocess.CompletedProcess:
-    """Run this module on `handoff` as a child that dies with this process."""
+def _worker(handoff: Path, node_rank: int = 0) -> subprocess.CompletedProcess:
+    """Run this module on `handoff`, as node `node_rank`, in a child that dies with this
+    process."""
     # Run from a source checkout, the workers import the same checkout, whatever the working
     # directory; an installed package (the image) is found on the path as it is.
     checkout = str(PROJECT_ROOT) if (PROJECT_ROOT / "pyproject.toml").is_file() else None
     path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "regressor.fit_worker", str(handoff)]
     env = {**os.environ, "PYTHONPATH": path, PARENT_PID: str(os.getpid())}
+    if node_rank:  # a joining node's rank, wherever it came from, in Lightning's variable
+        env["NODE_RANK"] = str(node_rank)
     return subprocess.run(command, env=env, check=False)
 
 
@@ -116,8 +119,20 @@ def _run_worker(handoff: Path, cfg: TrainConfig) -> None:
         raise TrainingWorkerError(
             f"the training processes (strategy {cfg.strategy!r}, devices {cfg.devices}, "
             f"num_nodes {cfg.num_nodes}) exited with code {done.returncode}; their output is "
-            "above; checkpoints saved so far are kept for the next run to resume"
+            "above; checkpoints saved so far are kept for the next run to resume" + _nodes_hint(cfg)
         )
+
+
+def _nodes_hint(cfg: TrainConfig) -> str:
+    """What to check when a fit across nodes fails: most often a node that never joined."""
+    if cfg.num_nodes == 1:
+        return ""
+    return (
+        f"; a fit across {cfg.num_nodes} nodes needs `textperf join-fits` running on each other "
+        "node (NODE_RANK 1 .. num_nodes-1, the same MASTER_ADDR and MASTER_PORT, this var dir "
+        f"mounted); a node missing fails it after {cfg.process_group_timeout_minutes:g} minutes "
+        "(process_group_timeout_minutes)"
+    )
 
 
 def _die_with_parent() -> None:
@@ -140,18 +155,27 @@ class JoinError(RuntimeError):
     """This machine cannot join fits as another node (no `NODE_RANK` >= 1 to join as)."""
 
 
-def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: float = 1.0) -> int:
-    """Join, as node `NODE_RANK`, each fit whose hand-off appears under `checkpoints` (the
-    shared checkpoint directory) from now on, one at a time, until `max_fits` have run (None:
-    until interrupted); returns how many ran. Hand-offs there before the call are a killed
-    caller's (its node 0 is gone) and are never joined; a fit that fails on this node is
-    reported and the next one joined."""
+def join_fits(
+    checkpoints: Path,
+    max_fits: int | None = None,
+    until: Path | None = None,
+    poll_seconds: float = 1.0,
+) -> int:
+    """Join, as node `NODE_RANK` (or `SLURM_NODEID`), each fit whose hand-off appears under
+    `checkpoints` (the shared checkpoint directory) from now on, one at a time, until
+    `max_fits` have run or, between fits, the file `until` exists (None, None: until
+    interrupted); returns how many ran. Hand-offs there before the call are a killed caller's
+    (its node 0 is gone) and are never joined; a fit that fails on this node is reported and
+    the next one joined."""
     node_rank = _joining_node_rank()
     seen = set(_handoffs(checkpoints))
     print(f"node {node_rank}: waiting for fits under {checkpoints} (Ctrl-C stops)", flush=True)
     joined = 0
     while max_fits is None or joined < max_fits:
         fresh = [h for h in _handoffs(checkpoints) if h not in seen]
+        if not fresh and until is not None and until.exists():
+            print(f"node {node_rank}: {until} exists: node 0's run has ended", flush=True)
+            break
         if not fresh:
             time.sleep(poll_seconds)
             continue
@@ -161,7 +185,8 @@ def join_fits(checkpoints: Path, max_fits: int | None = None, poll_seconds: floa
 
 
 def _joining_node_rank() -> int:
-    node_rank = os.environ.get("NODE_RANK", "")
+    """NODE_RANK, Lightning's variable; else, in a SLURM job step, the node's index in it."""
+    node_rank = os.environ.get("NODE_RANK") or os.environ.get("SLURM_NODEID", "")
     if not node_rank.isdigit() or int(node_rank) < 1:
         raise JoinError(
             f"NODE_RANK={node_rank!r}: set it to this machine's node rank (1 .. num_nodes-1; "
@@ -178,7 +203,7 @@ def _join(handoff: Path, node_rank: int) -> bool:
         print(f"node {node_rank}: the fit in {fit_dir} has no node {node_rank}", flush=True)
         return False
     print(f"node {node_rank}: joining the fit in {fit_dir}", flush=True)
-    code = _worker(handoff).returncode
+    code = _worker(handoff, node_rank).returncode
     print(f"node {node_rank}: the fit in {fit_dir} ended, exit code {code}", flush=True)
     return True
 

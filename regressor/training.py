@@ -3,6 +3,7 @@ in hardware (else fp32), AdamW + cosine."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.plugins.environments import ClusterEnvironment
+from lightning.pytorch.strategies import Strategy, StrategyRegistry
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from regressor.config import TrainConfig
@@ -528,6 +530,18 @@ def launches_processes(cfg: TrainConfig) -> bool:
     return cfg.strategy not in ("auto", "single_device") and (cfg.devices != 1 or cfg.num_nodes > 1)
 
 
+def _strategy(cfg: TrainConfig) -> str | Strategy:
+    """`cfg.strategy`, built with `cfg.process_group_timeout_minutes` where it launches
+    processes and takes a timeout; otherwise the name, for Lightning to build."""
+    if not launches_processes(cfg) or cfg.strategy not in StrategyRegistry:
+        return cfg.strategy
+    entry = StrategyRegistry[cfg.strategy]
+    if "timeout" not in inspect.signature(entry["strategy"]).parameters:
+        return cfg.strategy
+    timeout = timedelta(minutes=cfg.process_group_timeout_minutes)
+    return entry["strategy"](**entry["init_params"], timeout=timeout)
+
+
 def fit(
     predictor: Predictor,
     train: tuple[Sequence[str], np.ndarray],
@@ -591,7 +605,7 @@ def fit_here(
     stopping = [EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience)]
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
-        strategy=cfg.strategy,
+        strategy=_strategy(cfg),
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         # Our length-bucketed batch sampler shards itself by rank (Lightning cannot wrap it).

@@ -317,10 +317,60 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
     assert "joined 1 fits" in text
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_node_that_never_joins_fails_the_fit_after_the_configured_timeout(
+    tmp_path: Path, monkeypatch
+):
+    """Without `textperf join-fits` on node 1, node 0's fit fails after
+    `process_group_timeout_minutes` (Lightning's default would hold it for 30 minutes), with an
+    error that says what a fit across nodes needs."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    started = time.monotonic()
+    with pytest.raises(TrainingWorkerError, match=r"`textperf join-fits` running on each other"):
+        _fit(tmp_path, "tiny_ddp", devices=1, num_nodes=2, process_group_timeout_minutes=0.1)
+    assert time.monotonic() - started < 240  # 6 s of rendezvous, and the worker's start
+
+
+def _slurm_task(node: int, *args: str, var: Path) -> subprocess.Popen:
+    """`docker/slurm/node.sh args` as SLURM starts it on node `node` of job 4242 (no SLURM
+    here: its variables, as a job step sets them)."""
+    env = {k: v for k, v in os.environ.items() if k != "NODE_RANK"}
+    env |= {"SLURM_NODEID": str(node), "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0"}
+    env |= {"TEXTPERF_VAR_DIR": str(var), "TEXTPERF": str(TEXTPERF)}
+    script = Path(__file__).resolve().parent.parent / "docker" / "slurm" / "node.sh"
+    return subprocess.Popen(
+        [script, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.timeout(300)
+def test_slurm_tasks_join_as_their_node_until_node_0s_command_ends(tmp_path: Path):
+    """node.sh on node 1 runs `join-fits` as node SLURM_NODEID (no NODE_RANK set) until node
+    0's command has ended; node 0's exit status is the command's, here a failing one."""
+    var = tmp_path / "var"
+    node1 = _slurm_task(1, var=var)
+    try:
+        time.sleep(3)  # node 1 waits whatever node 0 does
+        assert node1.poll() is None
+        node0 = _slurm_task(0, "ingest", "--source", "no-such-source", var=var)
+        node0_out, _ = node0.communicate(timeout=120)
+        node1_out, _ = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert node0.returncode != 0, node0_out
+    assert "no-such-source" in node0_out
+    assert node1.returncode == 0, node1_out
+    assert "node 1: waiting for fits" in node1_out
+    assert f"{var / 'slurm' / 'job-4242.0.ended'} exists" in node1_out
+    assert "joined 0 fits" in node1_out
+
+
 def test_join_fits_refuses_without_a_node_rank(tmp_path: Path):
     done = subprocess.run(
         [TEXTPERF, "join-fits", "--var-dir", str(tmp_path), "--max-fits", "1"],
-        env={k: v for k, v in os.environ.items() if k != "NODE_RANK"},
+        env={k: v for k, v in os.environ.items() if k not in ("NODE_RANK", "SLURM_NODEID")},
         check=False,
         capture_output=True,
         text=True,
