@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-from regressor.registry import model_uri, variant_models, versions_newest_first
+from regressor.registry import NOT_FOUND, model_uri, variant_models, versions_newest_first
 
 
 def prunable(name: str, keep: int) -> list[ModelVersion]:
@@ -43,17 +44,30 @@ def _split(
 
 
 def prune(name: str, keep: int, dry_run: bool = False) -> list[ModelVersion]:
-    """Delete `prunable(name, keep)`: each version, then its logged model (the weights, which
-    `mlflow gc` removes for good); returns them."""
+    """Delete `prunable(name, keep)`: each version's logged model (the weights, which
+    `mlflow gc` removes for good), then the version; returns them.
+
+    The version goes last: a prune stopped between the two (a store gone away, a kill) leaves
+    the version listed, so the next prune finds it and finishes, where the other order would
+    leave weights that no version names and no prune would ever find."""
     client = MlflowClient()
     doomed = prunable(name, keep)
     if not dry_run:
         for version in doomed:
-            client.delete_model_version(version.name, version.version)
             weights = logged_model_id(version)
             if weights is not None:
-                client.delete_logged_model(weights)
+                _delete_logged_model(client, weights)
+            client.delete_model_version(version.name, version.version)
     return doomed
+
+
+def _delete_logged_model(client: MlflowClient, model_id: str) -> None:
+    """Delete the logged model; one already deleted (by a prune stopped after it) is done."""
+    try:
+        client.delete_logged_model(model_id)
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND:
+            raise
 
 
 def logged_model_id(version: ModelVersion) -> str | None:
