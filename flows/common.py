@@ -24,12 +24,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from regressor import pipeline
 from regressor.config import (
+    AppConfig,
     FleetSourceConfig,
     OrchestrationConfig,
     ResolvedPaths,
     SourceConfig,
     TableSourceConfig,
     data_root,
+    load_train_config,
 )
 from regressor.sources.common import safe_files
 
@@ -143,12 +145,25 @@ def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
 
 
-def side_by_side_runner(cfg: OrchestrationConfig, n_tasks: int) -> TaskRunner | None:
-    """The runner to spread `n_tasks` independent fits over, None to run them one by one.
+def side_by_side_runner(app: AppConfig, n_tasks: int) -> TaskRunner | None:
+    """The runner to spread `n_tasks` independent fits of `app` over, None to run them one by
+    one.
 
     Chosen per run from the run's own config (a flow's decorator runner is fixed at import):
     only a runner of processes, since fits at once in one process would share torch's global
-    random state and their results would depend on the interleaving."""
+    random state and their results would depend on the interleaving; and never for fits across
+    nodes, which the other nodes join one at a time, all on one MASTER_PORT."""
+    cfg = app.orchestration
     if cfg.task_runner == "threads" or n_tasks < 2:
+        return None
+    num_nodes = load_train_config(app.train).num_nodes
+    if num_nodes > 1:
+        get_run_logger().info(
+            "%d fits one at a time, not on the %s task runner: each spans %d nodes, and the "
+            "other nodes join one fit at a time",
+            n_tasks,
+            cfg.task_runner,
+            num_nodes,
+        )
         return None
     return make_task_runner(cfg)

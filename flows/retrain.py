@@ -80,7 +80,7 @@ def adapt_all(
     """One adaptation per due task (each a variant of its own, under its own lock): side by side
     on the task runner of `app.orchestration` when it runs tasks in processes (Dask), else one
     after another in the flow's process (`side_by_side_runner`)."""
-    runner = side_by_side_runner(app.orchestration, len(due))
+    runner = side_by_side_runner(app, len(due))
     if runner is None:
         return [
             timed(seconds, f"adapt {name}", adapt_task, app, paths, source, name) for name in due

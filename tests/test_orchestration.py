@@ -23,6 +23,7 @@ from flows.retrain import RetrainParams, retrain
 from flows.tasks import ingest_task
 from regressor import pipeline
 from regressor.config import (
+    AppConfig,
     FleetSourceConfig,
     OrchestrationConfig,
     ResolvedPaths,
@@ -207,9 +208,35 @@ def test_each_run_spreads_its_fits_on_its_own_configs_runner():
     pytest.importorskip("prefect_dask")
     from prefect_dask import DaskTaskRunner
 
-    dask = OrchestrationConfig(task_runner="dask", max_workers=3)
+    dask = AppConfig(orchestration=OrchestrationConfig(task_runner="dask", max_workers=3))
     runner = side_by_side_runner(dask, 2)
     assert isinstance(runner, DaskTaskRunner)
     assert runner.cluster_kwargs["n_workers"] == 3
     assert side_by_side_runner(dask, 1) is None
-    assert side_by_side_runner(OrchestrationConfig(task_runner="threads"), 5) is None
+    threads = AppConfig(orchestration=OrchestrationConfig(task_runner="threads"))
+    assert side_by_side_runner(threads, 5) is None
+
+
+def test_fits_across_nodes_run_one_at_a_time_on_any_runner(prefect_harness):
+    """The other nodes join one fit at a time, on one MASTER_PORT: two adaptations at once on
+    Dask would collide there. The run's log says why they are not side by side."""
+    pytest.importorskip("prefect_dask")
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+
+    dask = OrchestrationConfig(task_runner="dask", max_workers=2)
+
+    @flow
+    def runner_for(train: str) -> tuple[str, str]:
+        runner = side_by_side_runner(AppConfig(orchestration=dask, train=train), 2)
+        return type(runner).__name__, str(get_run_context().flow_run.id)
+
+    assert runner_for("tiny")[0] == "DaskTaskRunner"
+    picked, run_id = runner_for("tiny_two_nodes")
+    assert picked == "NoneType"
+    APILogHandler().flush()  # the handler sends in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert [log for log in logs if "each spans 2 nodes" in log.message]
