@@ -208,6 +208,10 @@ def join_fits(
         Path | None,
         typer.Option(help="Stop once this file exists (node 0 writes it when its run ends)."),
     ] = None,
+    ready: Annotated[
+        Path | None,
+        typer.Option(help="Write this file once watching (for node 0 to wait on)."),
+    ] = None,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
@@ -219,7 +223,7 @@ def join_fits(
 
     paths = load_app_config(config, var_dir).paths.resolve()
     try:
-        joined = join(paths.checkpoints, max_fits, until)
+        joined = join(paths.checkpoints, max_fits, until, ready)
     except JoinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

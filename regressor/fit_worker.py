@@ -159,16 +159,21 @@ def join_fits(
     checkpoints: Path,
     max_fits: int | None = None,
     until: Path | None = None,
+    ready: Path | None = None,
     poll_seconds: float = 1.0,
 ) -> int:
     """Join, as node `NODE_RANK` (or `SLURM_NODEID`), each fit whose hand-off appears under
     `checkpoints` (the shared checkpoint directory) from now on, one at a time, until
     `max_fits` have run or, between fits, the file `until` exists (None, None: until
     interrupted); returns how many ran. Hand-offs there before the call are a killed caller's
-    (its node 0 is gone) and are never joined; a fit that fails on this node is reported and
-    the next one joined."""
+    (its node 0 is gone) and are never joined, so a node 0 started with the others waits for
+    the file `ready`, written once this node watches. A fit that fails on this node is
+    reported and the next one joined."""
     node_rank = _joining_node_rank()
     seen = set(_handoffs(checkpoints))
+    if ready is not None:
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.touch()
     print(f"node {node_rank}: waiting for fits under {checkpoints} (Ctrl-C stops)", flush=True)
     joined = 0
     while max_fits is None or joined < max_fits:

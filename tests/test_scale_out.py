@@ -333,12 +333,12 @@ def test_a_node_that_never_joins_fails_the_fit_after_the_configured_timeout(
     assert time.monotonic() - started < 240  # 6 s of rendezvous, and the worker's start
 
 
-def _slurm_task(node: int, *args: str, var: Path) -> subprocess.Popen:
-    """`docker/slurm/node.sh args` as SLURM starts it on node `node` of job 4242 (no SLURM
-    here: its variables, as a job step sets them)."""
-    env = {k: v for k, v in os.environ.items() if k != "NODE_RANK"}
-    env |= {"SLURM_NODEID": str(node), "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0"}
-    env |= {"TEXTPERF_VAR_DIR": str(var), "TEXTPERF": str(TEXTPERF)}
+def _slurm_task(node: int, *args: str, var: Path, **env: str) -> subprocess.Popen:
+    """`docker/slurm/node.sh args` as SLURM starts it on node `node` of a two-node job step
+    (no SLURM here: its variables, as a job step sets them), `env` added."""
+    env = {k: v for k, v in os.environ.items() if k != "NODE_RANK"} | env
+    env |= {"SLURM_NODEID": str(node), "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242"}
+    env |= {"SLURM_STEP_ID": "0", "TEXTPERF_VAR_DIR": str(var), "TEXTPERF": str(TEXTPERF)}
     script = Path(__file__).resolve().parent.parent / "docker" / "slurm" / "node.sh"
     return subprocess.Popen(
         [script, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -348,23 +348,40 @@ def _slurm_task(node: int, *args: str, var: Path) -> subprocess.Popen:
 @pytest.mark.timeout(300)
 def test_slurm_tasks_join_as_their_node_until_node_0s_command_ends(tmp_path: Path):
     """node.sh on node 1 runs `join-fits` as node SLURM_NODEID (no NODE_RANK set) until node
-    0's command has ended; node 0's exit status is the command's, here a failing one."""
+    0's command has ended. Node 0, started first (srun promises no order), runs its command
+    only once node 1 watches, since a fit handed off before would never be joined; its exit
+    status is the command's, here a failing one."""
     var = tmp_path / "var"
-    node1 = _slurm_task(1, var=var)
+    node0 = _slurm_task(0, "ingest", "--source", "no-such-source", var=var)
     try:
-        time.sleep(3)  # node 1 waits whatever node 0 does
-        assert node1.poll() is None
-        node0 = _slurm_task(0, "ingest", "--source", "no-such-source", var=var)
+        time.sleep(4)
+        node1 = _slurm_task(1, var=var)
         node0_out, _ = node0.communicate(timeout=120)
         node1_out, _ = node1.communicate(timeout=120)
     finally:
-        node1.kill()
+        node0.kill()
     assert node0.returncode != 0, node0_out
+    assert "waiting for 1 other node(s)" in node0_out
     assert "no-such-source" in node0_out
     assert node1.returncode == 0, node1_out
     assert "node 1: waiting for fits" in node1_out
-    assert f"{var / 'slurm' / 'job-4242.0.ended'} exists" in node1_out
+    marks = var / "slurm" / "job-4242.0"
+    assert f"{marks}.ended exists" in node1_out
     assert "joined 0 fits" in node1_out
+    ready, ended = Path(f"{marks}.node-1.ready"), Path(f"{marks}.ended")
+    assert ready.stat().st_mtime <= ended.stat().st_mtime
+
+
+def test_slurm_node_0_gives_up_on_nodes_that_never_watch(tmp_path: Path):
+    """Without node 1, node 0 does not run its command (its fits would hold it in the
+    rendezvous), fails after TEXTPERF_JOIN_WAIT_SECONDS, and still marks the step ended."""
+    var = tmp_path / "var"
+    node0 = _slurm_task(0, "retrain", var=var, TEXTPERF_JOIN_WAIT_SECONDS="2")
+    out, _ = node0.communicate(timeout=60)
+    assert node0.returncode == 1
+    assert "only 0 of 1 other node(s) watching after 2 s; not running: textperf retrain" in out
+    assert (var / "slurm" / "job-4242.0.ended").exists()
+    assert not (var / "mlflow.db").exists()
 
 
 def test_join_fits_refuses_without_a_node_rank(tmp_path: Path):

@@ -10,16 +10,36 @@
 set -euo pipefail
 : "${SLURM_NODEID:?run me as a task of a SLURM job step (srun)}"
 : "${SLURM_JOB_ID:?run me as a task of a SLURM job step (srun)}"
+: "${SLURM_NNODES:?run me as a task of a SLURM job step (srun)}"
 : "${TEXTPERF_VAR_DIR:?set it to the var dir every node mounts}"
 textperf=${TEXTPERF:-textperf}
-# Per job step, so a rerun of the job never sees an earlier step's mark.
-ended="$TEXTPERF_VAR_DIR/slurm/job-$SLURM_JOB_ID.${SLURM_STEP_ID:-0}.ended"
+join_wait=${TEXTPERF_JOIN_WAIT_SECONDS:-600}
+# Per job step, so a rerun of the job never sees an earlier step's marks.
+marks="$TEXTPERF_VAR_DIR/slurm/job-$SLURM_JOB_ID.${SLURM_STEP_ID:-0}"
 
-if [ "$SLURM_NODEID" = 0 ]; then
-    status=0
-    "$textperf" "$@" || status=$?
-    mkdir -p "$(dirname "$ended")"
-    touch "$ended"  # the other nodes stop joining, whether the run succeeded or not
-    exit "$status"
+if [ "$SLURM_NODEID" != 0 ]; then
+    exec "$textperf" join-fits --until "$marks.ended" --ready "$marks.node-$SLURM_NODEID.ready"
 fi
-exec "$textperf" join-fits --until "$ended"
+
+watching() { find "$(dirname "$marks")" -name "$(basename "$marks").node-*.ready" 2>/dev/null | wc -l; }
+
+# A fit handed off before a node watches is never joined by it: wait for every other node.
+status=0
+waited=0
+echo "node 0: waiting for $((SLURM_NNODES - 1)) other node(s) to watch for fits"
+until [ "$(watching)" -ge $((SLURM_NNODES - 1)) ]; do
+    if [ "$waited" -ge "$join_wait" ]; then
+        echo "node 0: only $(watching) of $((SLURM_NNODES - 1)) other node(s) watching after" \
+            "${join_wait} s; not running: textperf $*" >&2
+        status=1
+        break
+    fi
+    sleep 1
+    waited=$((waited + 1))
+done
+if [ "$status" = 0 ]; then
+    "$textperf" "$@" || status=$?
+fi
+mkdir -p "$(dirname "$marks")"
+touch "$marks.ended"  # the other nodes stop joining, whether the run succeeded or not
+exit "$status"
