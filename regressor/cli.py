@@ -322,15 +322,23 @@ def adapt(
         bool,
         typer.Option(help="Adapt even if this base was adapted on this data with these configs."),
     ] = False,
+    from_scratch: Annotated[
+        bool | None,
+        typer.Option(
+            "--from-scratch/--no-from-scratch",
+            help="Also train from scratch on the shots, to compare (default from conf).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
     """Fine-tune a registered model on a task's latest shots; register `<name>-<task>`."""
-    from regressor import pipeline
+    from regressor import pipeline, report
     from regressor.config import load_source_config
 
     cfg = load_app_config(config, var_dir)
     overrides = {"n_shots": shots, "method": method, "lora_rank": lora_rank}
+    overrides["from_scratch_reference"] = from_scratch
     adapt_cfg = cfg.adapt.model_validate(
         cfg.adapt.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     )
@@ -345,8 +353,7 @@ def adapt(
     # Reused: an identical adaptation was registered earlier; nothing was trained now.
     done = "already adapted (--force adapts again):" if outcome.reused else "registered"
     typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")
-    for kind in pipeline.SCORES:
-        metrics = getattr(outcome, kind)
+    for kind, metrics in report.adaptation_scores(outcome, "zero_shot", "from_scratch").items():
         typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")
     verdict = "promoted" if outcome.promoted else "refused"
     typer.echo(f"gate: {verdict} ({outcome.reason}); predict {outcome.task} with {outcome.use_uri}")

@@ -262,7 +262,11 @@ class AdaptConfig(Frozen):
     last_layers: int = Field(1, ge=1)
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float | None = Field(None, gt=0)  # None: alpha = rank (scale 1)
-    # The from-scratch reference trains at most this long (its recipe is the base train config).
+    # The from-scratch reference: the same architecture trained on the same shots, which shows
+    # what the base's pretraining is worth. It trains at most this long, but keeps the base
+    # recipe's step floor (`adaptation.scratch_train_config`), so it usually costs more than the
+    # fine-tuning itself; false skips it (the gate never reads it), e.g. for many tasks a night.
+    from_scratch_reference: bool = True
     scratch_max_minutes: float = Field(2.0, gt=0)
 
 

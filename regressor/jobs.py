@@ -138,11 +138,7 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
             "tracking": f"`{tracking_uri}`",
         }
     )
-    rows = {"zero-shot": outcome.zero_shot, "adapted": outcome.adapted}
-    # Newer outcomes also carry the from-scratch reference trained on the same shots.
-    if getattr(outcome, "from_scratch", None):
-        rows["from scratch"] = outcome.from_scratch
-    table = report.metrics_table(rows)
+    table = report.metrics_table(report.adaptation_scores(outcome, "zero-shot", "from scratch"))
     gate = report.adaptation_gate(outcome)
     lineage = report.adaptation_lineage(outcome)
     return (

@@ -659,7 +659,7 @@ class AdaptOutcome:
     zero_shot: dict[str, float]
     adapted: dict[str, float]
     fit: FitResult
-    from_scratch: dict[str, float]
+    from_scratch: dict[str, float]  # empty when `adapt.from_scratch_reference` is off
     method: str
     # The gate: zero-shot and adapted on the shots kept out of training, and its decision.
     validation: dict[str, dict[str, float]]
@@ -813,7 +813,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
     tags = version.tags
     decision = json.loads(tags["gate_decision"])
     fit = _tagged_fit(tags)
-    scores = {kind: json.loads(tags[f"{kind}_metrics"]) for kind in SCORES}
+    scores = {kind: json.loads(tags.get(f"{kind}_metrics", "{}")) for kind in SCORES}
     return AdaptOutcome(
         tags["task"],
         version.name,
@@ -866,7 +866,9 @@ def _adapt_and_register(
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         try:
             adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
-            scratch, _ = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")
+            scratch = None
+            if app.adapt.from_scratch_reference:
+                scratch = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")[0]
         finally:
             # Named by this run, so never resumed: once the models are in memory, keep nothing
             # (every nightly adaptation once left its checkpoints here, growing without bound).
@@ -874,7 +876,8 @@ def _adapt_and_register(
         mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
-        scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
+        if scratch is not None:
+            scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
         validation = _validation_scores(base, adapted, shots, app)
         _log_scores(scores)
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
@@ -912,7 +915,7 @@ def _adapt_and_register(
         scores["zero_shot"],
         scores["adapted"],
         fitted,
-        scores["from_scratch"],
+        scores.get("from_scratch", {}),
         app.adapt.method,
         validation,
         decision.promoted,

@@ -63,6 +63,13 @@ def render_ingest(ingested) -> str:
     return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
 
 
+def adaptation_scores(outcome, zero_shot: str, from_scratch: str) -> dict[str, dict[str, float]]:
+    """The variant's scores on the task's test records by row label, the from-scratch reference
+    only when it was trained (`adapt.from_scratch_reference`)."""
+    rows = {zero_shot: outcome.zero_shot, "adapted": outcome.adapted}
+    return rows | ({from_scratch: outcome.from_scratch} if outcome.from_scratch else {})
+
+
 def adaptation_gate(outcome) -> str:
     """The variant's gate (a `pipeline.AdaptOutcome`): the scores it compared and the verdict."""
     verdict = "Promoted" if outcome.promoted else "Refused"
@@ -129,11 +136,7 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
             f"## Few-shot adaptation to `{outcome.task}`",
             f"{outcome.n_shots} shots, method `{outcome.method}`.",
             metrics_table(
-                {
-                    "base, zero-shot": outcome.zero_shot,
-                    "adapted": outcome.adapted,
-                    "from scratch on the same shots": outcome.from_scratch,
-                }
+                adaptation_scores(outcome, "base, zero-shot", "from scratch on the same shots")
             ),
             adaptation_lineage(outcome),
             adaptation_gate(outcome),

@@ -15,7 +15,7 @@ import torch
 from mlflow import MlflowClient
 from test_reliability_training import sigkill, start_child, wait_for_line
 
-from regressor import pipeline, registry, report
+from regressor import jobs, pipeline, registry, report
 from regressor.adaptation import (
     adaptation_train_config,
     fine_tune,
@@ -285,6 +285,31 @@ def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base
     text = report.adaptation_lineage(again)
     assert "not adapted again" in text
     assert "--force" in text
+
+
+def test_without_the_from_scratch_reference_nothing_is_trained_from_scratch(base, tmp_path):
+    """`adapt.from_scratch_reference: false`: the adaptation is registered and gated as ever,
+    with no from-scratch fit, scores, tags or report row, fresh or reused."""
+    adapt = LORA_APP.adapt.model_copy(update={"from_scratch_reference": False})
+    app = LORA_APP.model_copy(update={"adapt": adapt})
+    try:
+        paths, data = _registered_base(base, tmp_path)
+        outcome = pipeline.adapt_version(app, paths, data, "1")
+        again = pipeline.adapt_version(app, paths, data, "1")
+        version = MlflowClient().get_model_version("textperf-cell-z", outcome.version)
+        metrics = MlflowClient().get_run(version.run_id).data.metrics
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (outcome.reused, again.reused) == (False, True)
+    assert outcome.from_scratch == again.from_scratch == {}
+    assert outcome.adapted["n"] > 0
+    assert {"zero_shot_spearman", "adapted_spearman", "adapt_steps"} <= set(metrics)
+    assert not [name for name in metrics if name.startswith("from_scratch")]
+    assert not [tag for tag in version.tags if tag.startswith("from_scratch")]
+    assert "gate_decision" in version.tags
+    for text in (jobs.render_adapt(outcome, "sqlite://"), jobs.render_adapt(again, "sqlite://")):
+        assert "| adapted |" in text
+        assert "from scratch" not in text
 
 
 def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tmp_path):

@@ -174,6 +174,12 @@ def test_cli_adapt_prints_the_gate_and_the_model_to_predict_the_task_with(traine
     args = ["adapt", "--base", "1", "--shots", "12", "--config", str(config), "--var-dir", str(var)]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
+    assert re.search(r"from_scratch +spearman", result.output), result.output
+    # Without the reference, nothing is trained or printed for it.
+    quick = CliRunner().invoke(cli.app, [*args, "--no-from-scratch", "--force"])
+    assert quick.exit_code == 0, quick.output
+    assert re.search(r"adapted +spearman", quick.output), quick.output
+    assert "from_scratch" not in quick.output
     gate = re.search(r"gate: (promoted|refused) \(.+\); predict (\S+) with (\S+)", result.output)
     assert gate, result.output
     client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
