@@ -33,7 +33,10 @@ def bench_config(args: argparse.Namespace) -> AppConfig:
     updates = {
         "fleet": app.fleet.model_copy(update={"n_days": args.days}),
         "split": app.split.model_copy(update={"test_days": args.test_days}),
-        "adapt": app.adapt.model_copy(update={"n_shots": args.shots}),
+        # The from-scratch reference is one of this bench's figures, whatever conf says.
+        "adapt": app.adapt.model_copy(
+            update={"n_shots": args.shots, "from_scratch_reference": True}
+        ),
         "model": args.model,
         "train": args.train,
     }
