@@ -1,7 +1,8 @@
 """The deployments, built from `conf/`: served by `textperf serve`, mirrored in `prefect.yaml`.
 
 `nightly-retrain` runs on the cron of `schedule.nightly_cron`; `ingest`, `adapt`, `evaluate` and
-`prune` are ad-hoc (triggered from the UI, `prefect deployment run` or `run_deployment`).
+`prune` are ad-hoc (triggered from the UI, `prefect deployment run` or `run_deployment`), and
+`prune` also runs on `schedule.prune_cron` when the team sets one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from flows.retrain import retrain
 from regressor.config import AppConfig
 
 NIGHTLY = "nightly-retrain"
-AD_HOC = ("ingest", "adapt", "evaluate", "prune")
+ALWAYS_AD_HOC = {"ingest": ingest, "adapt": adapt, "evaluate": evaluate}
+AD_HOC = (*ALWAYS_AD_HOC, "prune")  # prune: also on `schedule.prune_cron` when set
 
 
 def _params(config: Path | None, var_dir: Path | None) -> dict:
@@ -41,6 +43,18 @@ def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = Non
     )
     ad_hoc: list[RunnerDeployment] = [
         flow.to_deployment(name=name, parameters=params, tags=["textperf", "ad-hoc"])
-        for name, flow in zip(AD_HOC, (ingest, adapt, evaluate, prune), strict=True)
+        for name, flow in ALWAYS_AD_HOC.items()
     ]
-    return [nightly, *ad_hoc]
+    return [nightly, *ad_hoc, _prune_deployment(app, params)]
+
+
+def _prune_deployment(app: AppConfig, params: dict) -> RunnerDeployment:
+    """Ad hoc; with `schedule.prune_cron`, also on that cron, keeping `schedule.prune_keep`."""
+    if app.schedule.prune_cron is None:
+        return prune.to_deployment(name="prune", parameters=params, tags=["textperf", "ad-hoc"])
+    return prune.to_deployment(
+        name="prune",
+        schedules=[Cron(app.schedule.prune_cron, timezone=app.schedule.timezone)],
+        parameters={"params": params["params"] | {"keep": app.schedule.prune_keep}},
+        tags=["textperf", "retention"],
+    )
