@@ -337,8 +337,12 @@ def adapt(
     from regressor.config import load_source_config
 
     cfg = load_app_config(config, var_dir)
-    overrides = {"n_shots": shots, "method": method, "lora_rank": lora_rank}
-    overrides["from_scratch_reference"] = from_scratch
+    overrides = {
+        "n_shots": shots,
+        "method": method,
+        "lora_rank": lora_rank,
+        "from_scratch_reference": from_scratch,
+    }
     adapt_cfg = cfg.adapt.model_validate(
         cfg.adapt.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     )
