@@ -353,13 +353,16 @@ def test_slurm_tasks_join_as_their_node_until_node_0s_command_ends(tmp_path: Pat
     status is the command's, here a failing one."""
     var = tmp_path / "var"
     node0 = _slurm_task(0, "ingest", "--source", "no-such-source", var=var)
+    node1 = None
     try:
         time.sleep(4)
         node1 = _slurm_task(1, var=var)
         node0_out, _ = node0.communicate(timeout=120)
         node1_out, _ = node1.communicate(timeout=120)
-    finally:
-        node0.kill()
+    finally:  # never leave a joiner watching after a failure (it would wait for ever)
+        for task in (node0, node1):
+            if task is not None:
+                task.kill()
     assert node0.returncode != 0, node0_out
     assert "waiting for 1 other node(s)" in node0_out
     assert "no-such-source" in node0_out
