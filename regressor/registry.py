@@ -6,10 +6,11 @@ import getpass
 import json
 import logging
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
@@ -123,28 +124,30 @@ def load_predictor(uri: str):  # -> regressor.predictor.Predictor (imported lazi
 
 # What the store answers for a model or alias that does not exist (sqlite and REST stores).
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+T = TypeVar("T")
+
+
+def unless_missing(call: Callable[..., T], *args: Any) -> T | None:
+    """`call(*args)`, None when the store answers that its object does not exist; any other
+    failure (an unreachable store) raises."""
+    try:
+        return call(*args)
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 def alias_version(name: str, alias: str) -> ModelVersion | None:
     """The version holding `alias`, None when there is none; an unreachable store raises (it
     must never read as "no champion", which would promote a challenger unchecked)."""
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in NOT_FOUND:
-            return None
-        raise
+    return unless_missing(MlflowClient().get_model_version_by_alias, name, alias)
 
 
 def existing_run(run_id: str) -> Run | None:
     """The run, None when the store no longer has it (deleted, then `mlflow gc`): a registered
     version outlives the run that logged it, and stays usable without it."""
-    try:
-        return MlflowClient().get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in NOT_FOUND:
-            return None
-        raise
+    return unless_missing(MlflowClient().get_run, run_id)
 
 
 def versions_newest_first(name: str) -> list[ModelVersion]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
-from regressor.registry import NOT_FOUND, model_uri, variant_models, versions_newest_first
+from regressor.registry import model_uri, unless_missing, variant_models, versions_newest_first
 
 
 def prunable(name: str, keep: int) -> list[ModelVersion]:
@@ -55,19 +54,10 @@ def prune(name: str, keep: int, dry_run: bool = False) -> list[ModelVersion]:
     if not dry_run:
         for version in doomed:
             weights = logged_model_id(version)
-            if weights is not None:
-                _delete_logged_model(client, weights)
+            if weights is not None:  # gone already (a prune stopped after it, then gc): done
+                unless_missing(client.delete_logged_model, weights)
             client.delete_model_version(version.name, version.version)
     return doomed
-
-
-def _delete_logged_model(client: MlflowClient, model_id: str) -> None:
-    """Delete the logged model; one already deleted (by a prune stopped after it) is done."""
-    try:
-        client.delete_logged_model(model_id)
-    except MlflowException as exc:
-        if exc.error_code not in NOT_FOUND:
-            raise
 
 
 def logged_model_id(version: ModelVersion) -> str | None:

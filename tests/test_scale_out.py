@@ -297,9 +297,7 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
         _wait_for_line(log, "waiting for fits", node1)
         # A fit on this machine alone (two local ranks) is not node 1's to join.
         _fit(var / "checkpoints", "tiny_ddp", name="one-machine")
-        result, predictor, initial = _fit(
-            var / "checkpoints", "tiny_ddp", devices=1, num_nodes=2, name="run"
-        )
+        result, predictor, initial = _fit(var / "checkpoints", "tiny_two_nodes", name="run")
         node1.wait(timeout=120)
     finally:
         node1.kill()
@@ -329,7 +327,7 @@ def test_a_node_that_never_joins_fails_the_fit_after_the_configured_timeout(
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     started = time.monotonic()
     with pytest.raises(TrainingWorkerError, match=r"`textperf join-fits` running on each other"):
-        _fit(tmp_path, "tiny_ddp", devices=1, num_nodes=2, process_group_timeout_minutes=0.1)
+        _fit(tmp_path, "tiny_two_nodes", process_group_timeout_minutes=0.1)
     assert time.monotonic() - started < 240  # 6 s of rendezvous, and the worker's start
 
 
