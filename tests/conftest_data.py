@@ -6,6 +6,8 @@ conftest.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,10 @@ def register_tiny_version(tmp_path: Path, tag: str) -> object:
         return registry.log_and_register(
             bundle, "textperf", registry.input_example(RECORD), {"data_hash": tag}
         )
+
+
+def mlflow_gc(tracking_uri: str, *options: str) -> None:
+    """The real `mlflow gc` on the store, as an operator reclaiming space runs it: deleted runs
+    and logged models, and their artifacts, go for good."""
+    command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking_uri]
+    subprocess.run([*command, *options], check=True, capture_output=True)

@@ -10,11 +10,10 @@ call), delete the run, collect it with the real `mlflow gc`, and run again.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
+from conftest_data import mlflow_gc
 from mlflow import MlflowClient
 from test_adaptation import LORA_APP, _cell_z, _registered_base, untrained_base
 from test_reliability_training import prepare, tiny_app
@@ -34,20 +33,7 @@ def refuse(*args: object, **kwargs: object) -> None:
 def collect(paths: ResolvedPaths, run_id: str) -> None:
     """Delete the run and garbage-collect it, as an operator reclaiming space would."""
     MlflowClient().delete_run(run_id)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "gc",
-            "--backend-store-uri",
-            paths.tracking_uri,
-            "--run-ids",
-            run_id,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    mlflow_gc(paths.tracking_uri, "--run-ids", run_id)
     assert registry.existing_run(run_id) is None
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
 import pytest
-from conftest_data import RECORD, register_tiny_version
+from conftest_data import RECORD, mlflow_gc, register_tiny_version
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -75,7 +73,7 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
     assert [(v.name, v.version) for v in deleted] == [(v.name, v.version) for v in doomed]
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
     assert _versions("textperf-experimental") == [1, 2]
-    _collect_garbage(store)
+    mlflow_gc(store.tracking_uri)
     assert not any(path.exists() for path in weights)
     for uri in ("models:/textperf@champion", "models:/textperf-cell-a@champion"):
         assert registry.load_predictor(uri).model.num_parameters() > 0
@@ -92,22 +90,13 @@ def test_a_prune_stopped_between_weights_and_version_is_finished_by_the_next(
     (stopped,) = [v for v in retention.prunable("textperf", keep=1) if v.name == "textperf"]
     weights = _weights_dir(stopped)
     MlflowClient().delete_logged_model(retention.logged_model_id(stopped))
-    _collect_garbage(store)
+    mlflow_gc(store.tracking_uri)
     assert not weights.exists()
     assert _versions("textperf") == [1, 2, 3, 4, 5]
     deleted = retention.prune("textperf", keep=1)
     assert [(v.name, int(v.version)) for v in deleted] == [("textperf", 4), ("textperf-cell-a", 2)]
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
     assert retention.prunable("textperf", keep=1) == []
-
-
-def _collect_garbage(store: ResolvedPaths) -> None:
-    """The real `mlflow gc`: deleted runs and logged models, and their artifacts, for good."""
-    subprocess.run(
-        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store.tracking_uri],
-        check=True,
-        capture_output=True,
-    )
 
 
 def test_prune_of_a_store_without_the_model_deletes_nothing(tmp_path: Path) -> None:
