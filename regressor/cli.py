@@ -15,8 +15,13 @@ app = typer.Typer(
     help="textperf: predict performance metrics of large systems from their configs and logs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # a docstring's wrapped lines read as one paragraph
 )
-models_app = typer.Typer(help="Look up models in the MLflow registry.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Look up models in the MLflow registry.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(models_app, name="models")
 
 ConfigOpt = Annotated[
@@ -215,9 +220,11 @@ def join_fits(
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
-    """On node k > 0 of a multi-node config (`num_nodes`): join the pipeline's fits as node
-    NODE_RANK (in a SLURM job step: SLURM_NODEID), watching the checkpoint directory shared with
-    node 0 (MASTER_ADDR, MASTER_PORT). `docker/slurm/` runs it on a SLURM allocation."""
+    """On node k > 0 of a multi-node config (`num_nodes`): join node 0's fits.
+
+    Runs as node NODE_RANK (in a SLURM job step: SLURM_NODEID), watching the checkpoint directory
+    shared with node 0 (MASTER_ADDR, MASTER_PORT). `docker/slurm/` runs it on a SLURM allocation.
+    """
     from regressor.fit_worker import JoinError
     from regressor.fit_worker import join_fits as join
 
