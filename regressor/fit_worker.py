@@ -171,6 +171,13 @@ def join_fits(
     reported and the next one joined."""
     node_rank = _joining_node_rank()
     seen = set(_handoffs(checkpoints))
+    for handoff in sorted(seen):
+        print(
+            f"node {node_rank}: not joining the fit handed off before this node watched, in "
+            f"{handoff.parent} (a killed run's, or one that fails after its process group's "
+            "timeout; the fits after it are joined)",
+            flush=True,
+        )
     if ready is not None:
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.touch()
