@@ -8,6 +8,7 @@ outside the configured folder is read.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import time
@@ -377,3 +378,39 @@ def test_fleet_adapter_never_reads_through_symlinks_out_of_its_folder(tmp_path: 
     with Warehouse(tmp_path / "wh.duckdb", read_only=True) as wh:
         known = wh.query("known_files", source="demo_fleet")["path"].to_list()
     assert "cells/cell-zz.yaml" not in known
+
+
+def test_files_that_cannot_be_read_safely_are_quarantined_unread(tmp_path: Path) -> None:
+    """A name that is not UTF-8, a directory or a dangling symlink where a file is expected, and a
+    FIFO (reading it would block for ever) are refused unread: each is counted, lands in the
+    quarantine table with its reason (once, however many runs see it), and the good files of the
+    run are all ingested."""
+    raw = tmp_path / "raw"
+    root = raw / "demo_fleet"
+    generate_fleet(root, FleetSimConfig(seed=1, n_cells=2, n_days=2, samples_per_day=2))
+    with Warehouse(tmp_path / "clean.duckdb") as wh:
+        clean = ingest_fleet(wh, load_source_config("demo_fleet"), raw, "run-0")
+    cells = root / "cells"
+    (cells / os.fsdecode(b"caf\xe9.yaml")).write_text("cell: cafe\n")
+    (cells / "folder.yaml").mkdir()
+    (cells / "ghost.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    os.mkfifo(next((root / "logs").iterdir()) / "2026-01-09.log")
+    expected = {
+        "cells/caf\\xe9.yaml": "the file name is not valid UTF-8",
+        "cells/folder.yaml": "a directory, not a file",
+        "cells/ghost.yaml": "a symlink to nothing",
+        "2026-01-09.log": "not a regular file",
+    }
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        for run in ("run-1", "run-2"):
+            report = ingest_fleet(wh, load_source_config("demo_fleet"), raw, run)
+            rows = wh.con.sql("SELECT path, reason, ingest_run_id FROM quarantine").fetchall()
+            assert len(rows) == len(expected), rows
+            for path, reason in expected.items():
+                assert any(p.endswith(path) and reason in r and i == run for p, r, i in rows)
+        assert report.records == clean.records
+    assert report.files_seen == clean.files_seen + len(expected)
+    assert report.files_quarantined == len(expected)
+    assert report.files_seen == sum(
+        (report.files_ingested, report.files_quarantined, report.files_unchanged)
+    )

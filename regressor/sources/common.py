@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 import yaml
 
 from regressor.config import unsafe_pattern
 from regressor.warehouse import QuarantineRow, Warehouse
-
-if TYPE_CHECKING:  # a runtime import would be circular: fleet.py may import this module
-    from regressor.sources.fleet import BadInputError
 
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 INT_RE = r"^[-+]?\d{1,18}$"
@@ -30,6 +30,56 @@ FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
 # config has a few thousand; a "billion laughs" bomb has 10^9 from a few hundred bytes.
 MAX_YAML_NODES = 100_000
 logger = logging.getLogger(__name__)
+
+
+class BadInputError(ValueError):
+    """A file (or part of it) that cannot be used; `location` says where."""
+
+    def __init__(self, reason: str, location: str = "file") -> None:
+        super().__init__(reason)
+        self.location = location
+
+
+@dataclass
+class Tally:
+    """One ingest run's counts. `refused`: files turned away before reading, as (path relative
+    to the source root, file, reason); `build_report` puts them in the quarantine table."""
+
+    seen: int = 0
+    ingested: int = 0
+    quarantined: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def refuse(self, rel: str, file: str, reason: str) -> None:
+        """Count a file refused before reading as seen and quarantined, with `reason`."""
+        self.seen += 1
+        self.quarantined += 1
+        self.refused.append((rel, file, reason))
+        self.rejected.append((file, reason))
+
+
+@contextmanager
+def as_bad_input(path: Path) -> Iterator[None]:
+    """Whatever reading or parsing one file raises becomes a BadInputError naming the reason, so
+    the file is quarantined and the run goes on: an unreadable or vanished file (OSError), and
+    any failure a parser meets on hostile bytes that no rule foresaw (logged with its trace)."""
+    try:
+        yield
+    except BadInputError:
+        raise
+    except OSError as exc:
+        raise BadInputError(f"unreadable: {exc.strerror or exc}") from exc
+    except Exception as exc:  # one file's failure must not stop the run
+        logger.warning("%s: %s while parsing", shown_path(path), type(exc).__name__, exc_info=True)
+        detail = " ".join(str(exc).split())[:200]
+        raise BadInputError(f"could not be parsed ({type(exc).__name__}: {detail})") from exc
+
+
+def shown_path(path: Path) -> str:
+    """`path` as text that can always be stored: bytes of a name that is not UTF-8 escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def file_hash(path: Path, block: int = 1 << 20) -> str:
@@ -59,30 +109,45 @@ def inside(root: Path, path: Path) -> bool:
         return False
 
 
-def safe_files(
-    root: Path, patterns: str | Iterable[str], rejected: list[tuple[str, str]] | None = None
-) -> list[Path]:
-    """Files matched by `patterns` under `root` that really live under `root`, sorted.
+def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = None) -> list[Path]:
+    """Regular files matched by `patterns` under `root` that really live under `root`, sorted.
 
-    Patterns with `..` or absolute parts raise ValueError; a match that resolves outside `root`
-    (a symlink out of the source folder) is never read: it is logged and, when `rejected` is
-    given, appended to it as (file, reason) so the run's report shows it.
+    Patterns with `..` or absolute parts raise ValueError. A match that cannot be read safely is
+    never read: one that resolves outside `root` (a symlink out of the source folder), a name
+    that is not UTF-8, a directory, a dangling symlink or loop, a FIFO or device. It is logged
+    and, given the run's `tally`, refused there (the report and the quarantine table show it).
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     for pattern in patterns:
         if problem := unsafe_pattern(pattern):
             raise ValueError(f"glob {pattern!r} {problem}; globs must stay under {root}")
-    found = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    found = {p for pattern in patterns for p in root.glob(pattern)}
     kept = []
     for path in sorted(found):
-        if inside(root, path):
+        problem = unreadable_reason(root, path)
+        if problem is None:
             kept.append(path)
             continue
-        reason = f"{path}: resolves outside the source folder {root} (symlink?); not read"
+        reason = f"{shown_path(path)}: {problem}; not read"
         logger.warning(reason)
-        if rejected is not None:
-            rejected.append((str(path), reason))
+        if tally is not None:
+            tally.refuse(shown_path(path.relative_to(root)), shown_path(path), reason)
     return kept
+
+
+def unreadable_reason(root: Path, path: Path) -> str | None:
+    """Why `path`, a glob match under `root`, must not be read; None for a file to read."""
+    if shown_path(path) != str(path):
+        return "the file name is not valid UTF-8 (rename it)"
+    if path.is_symlink() and not path.exists():
+        return "a symlink to nothing (dangling, or a loop)"
+    if path.is_dir():
+        return "a directory, not a file"
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    if not inside(root, path):
+        return f"resolves outside the source folder {root} (symlink?)"
+    return None
 
 
 class YAMLBombError(yaml.YAMLError):

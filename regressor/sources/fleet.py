@@ -34,7 +34,13 @@ import zstandard
 from pydantic import BaseModel, ConfigDict
 
 from regressor.config import FleetSourceConfig
-from regressor.sources.common import inside, load_yaml_limited, safe_files
+from regressor.sources.common import (
+    BadInputError,
+    Tally,
+    inside,
+    load_yaml_limited,
+    safe_files,
+)
 from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
 from regressor.warehouse import QuarantineRow, Warehouse
 
@@ -68,14 +74,6 @@ class IngestReport(BaseModel):
     quarantined: list[tuple[str, str]]  # (file, reason), files and rows rejected by this run
 
 
-class BadInputError(ValueError):
-    """A file (or part of it) that cannot be used; `location` says where."""
-
-    def __init__(self, reason: str, location: str = "file") -> None:
-        super().__init__(reason)
-        self.location = location
-
-
 @dataclass
 class Staged:
     """One file read from disk; `row` is its table row when it parsed, else `problem` says why."""
@@ -90,15 +88,6 @@ class Staged:
     row: dict[str, Any] | None = None
     problem: BadInputError | None = None
     row_problems: list[BadInputError] = field(default_factory=list)
-
-
-@dataclass
-class Tally:
-    seen: int = 0
-    ingested: int = 0
-    quarantined: int = 0
-    unchanged: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 # -- decoding and parsing single files -------------------------------------------------------
@@ -566,7 +555,7 @@ def ingest_configs(
     A file is unchanged when its bytes, parser and resulting status match what is stored.
     """
     parser = f"config-{PARSER_VERSION}"
-    paths = safe_files(root, source.config_glob, tally.rejected)
+    paths = safe_files(root, source.config_glob, tally)
     configs = [stage(p, root, "config", parser) for p in paths]
     for s in configs:
         parse_config(s, source.name, run_id)
@@ -597,7 +586,7 @@ def ingest_logs(
 ) -> None:
     """Workers read, hash, check, summarise and compress batches; this process writes each
     batch in its own transaction, in order, while the workers parse the next ones."""
-    paths = safe_files(root, source.log_glob, tally.rejected)
+    paths = safe_files(root, source.log_glob, tally)
     parser = f"log-{PARSER_VERSION}.{SUMMARY_VERSION}"
     sizes = [p.stat().st_size for p in paths]
     jobs = []
@@ -644,10 +633,26 @@ def count_records(wh: Warehouse, source: str) -> int:
     return int(wh.query("source_record_count", source=source)["n"].item())
 
 
+def write_refused(
+    wh: Warehouse, source: str, refused: Sequence[tuple[str, str, str]], run_id: str
+) -> None:
+    """Quarantine rows for files refused unread, replacing those of an earlier run."""
+    if not refused:
+        return
+    rows = [QuarantineRow(source, rel, file, "file", reason, "") for rel, file, reason in refused]
+    paths = pl.DataFrame({"source": [source] * len(rows), "path": [r.path for r in rows]})
+    with wh.transaction():
+        with wh.registered("refused_files", paths):
+            wh.execute("delete_refused_quarantine")
+        wh.write_quarantine(rows, run_id)
+
+
 def build_report(
     wh: Warehouse, source: str, run_id: str, tally: Tally, before: int
 ) -> IngestReport:
-    """The run's counts; `records_added` is the net change in the source's records."""
+    """The run's counts, once the files it refused are in the quarantine table; `records_added`
+    is the net change in the source's records."""
+    write_refused(wh, source, tally.refused, run_id)
     records = count_records(wh, source)
     return IngestReport(
         source=source,

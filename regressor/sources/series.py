@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from regressor.sources.fleet import BadInputError
+from regressor.sources.common import BadInputError
 from regressor.sources.logs import round_sig
 
 SERIES_VERSION = 1

@@ -365,7 +365,7 @@ def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> Inges
     parser = f"table-{PARSER_VERSION}:{rules_hash(rules)}"
     known: Known = known_files(wh, source.name)
     before, tally = count_records(wh, source.name), Tally()
-    for path in safe_files(root, source.files, tally.rejected):
+    for path in safe_files(root, source.files, tally):
         tally.seen += 1
         stored = known.get(path.relative_to(root).as_posix())
         if stored and stored[:2] == (file_hash(path), parser):
