@@ -3,15 +3,20 @@
 Files are streamed in blocks (`BLOCK_BYTES` of text, `PARQUET_ROWS` rows), each block parsed with
 polars and written before the next is read, so memory is bounded by the block, not the file.
 A bad row (wrong field count, a line over `max_line_bytes`, a missing/non-numeric/absurd target,
-a missing task, a repeated key) is quarantined with its line; a bad file (non-UTF-8, empty,
-truncated, unreadable, missing columns) is quarantined whole and none of its rows are kept.
+a missing task, a repeated key - in this file or already stored from another -, a missing or
+zero baseline under `target_relative_to`, a Parquet binary cell that is not UTF-8) is quarantined
+with its line; a bad file (non-UTF-8, empty, truncated, unreadable or vanished, missing columns, a
+used Parquet column that cannot be read as text) is quarantined whole and none of its rows are kept.
 Quoted fields are unquoted but may not contain the separator or newlines (the block splitter is
 line-based for speed); such rows show up as wrong field counts, never as silently shifted values.
+A UTF-8 byte order mark before the header is dropped; a config cell that reads as a number too
+large for a float (`1e400`) is kept as the text it is, never stored as non-standard JSON Infinity.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +25,10 @@ import polars as pl
 
 from regressor.config import TableSourceConfig, data_root
 from regressor.sources.common import (
+    BadInputError,
     Known,
+    Tally,
+    as_bad_input,
     file_hash,
     file_row,
     known_files,
@@ -31,19 +39,30 @@ from regressor.sources.common import (
     target_problem,
     typed_columns,
 )
-from regressor.sources.fleet import BadInputError, IngestReport, Tally, build_report, count_records
+from regressor.sources.fleet import IngestReport, build_report, count_records
+from regressor.targets import MissingScaleError, scale_of
 from regressor.warehouse import Warehouse
 
-PARSER_VERSION = 1
+# 2: BOM dropped from the header; non-finite config numbers kept as text; baselines checked;
+# keys checked against other files; Parquet reads only the columns it uses.
+PARSER_VERSION = 2
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 100_000
+
+
+CELL = "cell:"  # prefix of a data column in a block: no internal column (`line`, ...) has it
+
+
+def cell(name: str) -> str:
+    """A header name's column in a block, apart from the internal ones whatever the name."""
+    return CELL + name
 
 
 @dataclass
 class Block:
     """Rows of one block as text cells, with their file line (CSV) or row number (Parquet)."""
 
-    frame: pl.DataFrame  # one String column per header name, plus `line`
+    frame: pl.DataFrame  # one String column `cell(name)` per header name, plus `line`
     problems: list[BadInputError] = field(default_factory=list)
 
 
@@ -126,7 +145,9 @@ def csv_blocks(
                 raise BadInputError(
                     f"header line of {lines[0][1:]} bytes exceeds the limit", "line 1"
                 )
-            state.header = [h.strip().strip('"') for h in lines[0].rstrip("\r").split(sep)]
+            # A byte order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+            text = lines[0].removeprefix("\ufeff").rstrip("\r")
+            state.header = [h.strip().strip('"') for h in text.split(sep)]
             lines, first = lines[1:], first + 1
         if last:
             ended_with_newline = path.stat().st_size == 0 or tail_byte(path) == b"\n"
@@ -170,14 +191,15 @@ def split_fields(lines: list[str], first: int, sep: str, header: list[str], cut:
         block.problems.append(BadInputError(reason, f"line {line}"))
     good = frame.filter(~pl.col("long") & (pl.col("n") == ncols))
     cells = [
-        pl.col("cells").list.get(i).str.strip_chars().str.strip_chars('"').alias(name)
+        pl.col("cells").list.get(i).str.strip_chars().str.strip_chars('"').alias(cell(name))
         for i, name in enumerate(header)
     ]
     block.frame = good.select(*cells, "line")
     return block
 
 
-def parquet_blocks(path: Path, state: FileState) -> Iterator[Block]:
+def parquet_blocks(path: Path, source: TableSourceConfig, state: FileState) -> Iterator[Block]:
+    """Blocks of a Parquet file, holding only the columns the records use (as text)."""
     try:
         schema = pl.read_parquet_schema(path)
         n_rows = pl.scan_parquet(path).select(pl.len()).collect().item()
@@ -186,21 +208,58 @@ def parquet_blocks(path: Path, state: FileState) -> Iterator[Block]:
     state.header = list(schema)
     if n_rows == 0:
         raise BadInputError("empty file (no rows)")
+    used = resolve_columns(state.header, source).used
+    for name in used:
+        if schema[name].is_nested():  # cast to text, a struct would lose its field names
+            raise BadInputError(f"column {name!r} holds {schema[name]} values, not plain values")
     for start in range(0, n_rows, PARQUET_ROWS):
         try:
-            chunk = pl.scan_parquet(path).slice(start, PARQUET_ROWS).collect()
+            chunk = pl.scan_parquet(path).select(used).slice(start, PARQUET_ROWS).collect()
         except pl.exceptions.PolarsError as exc:
             raise BadInputError(f"not a readable Parquet file: {exc}", f"row {start + 1}") from exc
-        frame = chunk.select(pl.all().cast(pl.String)).with_columns(
-            pl.int_range(start + 1, start + 1 + chunk.height, dtype=pl.Int64).alias("line")
-        )
-        yield Block(frame)
+        yield text_block(chunk, start + 1)
+
+
+def text_block(chunk: pl.DataFrame, first: int) -> Block:
+    """A Parquet chunk as text cells; a binary cell that is not UTF-8 text makes its row a problem
+    (the other rows stay), a type with no text form makes the file unusable."""
+    lines = pl.int_range(first, first + chunk.height, dtype=pl.Int64, eager=True).alias("line")
+    columns, bad_rows = [lines], set()
+    for name, dtype in chunk.schema.items():
+        if dtype == pl.Binary:
+            text, bad = binary_text(chunk[name])
+            bad_rows |= {(first + i, name) for i in bad}
+        else:
+            try:
+                text = chunk[name].cast(pl.String)
+            except pl.exceptions.PolarsError as exc:
+                raise BadInputError(f"column {name!r} holds {dtype} values, not text") from exc
+        columns.append(text.alias(cell(name)))
+    frame = pl.DataFrame(columns)
+    block = Block(frame.filter(~pl.col("line").is_in([line for line, _ in bad_rows])))
+    for line, name in sorted(bad_rows):
+        block.problems.append(BadInputError(f"column {name!r} is not valid UTF-8", f"line {line}"))
+    return block
+
+
+def binary_text(values: pl.Series) -> tuple[pl.Series, list[int]]:
+    """Binary cells decoded as UTF-8 (null where they are not), and the indices of those that
+    are not: polars refuses the whole column on one bad value, even cast non-strictly."""
+    texts: list[str | None] = []
+    bad = []
+    for i, raw in enumerate(values.to_list()):
+        try:
+            texts.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(None)
+            bad.append(i)
+    return pl.Series(values.name, texts, dtype=pl.String), bad
 
 
 def blocks(path: Path, source: TableSourceConfig, state: FileState) -> Iterator[Block]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return parquet_blocks(path, state)
+        return parquet_blocks(path, source, state)
     if suffix not in {".csv", ".tsv", ".txt"}:
         raise BadInputError(f"unsupported table format {suffix!r} (expected .csv, .tsv, .parquet)")
     sep = source.separator or ("\t" if suffix == ".tsv" else ",")
@@ -216,6 +275,12 @@ class Columns:
     config: list[str]
     task: str | None
     keys: list[str]
+
+    @property
+    def used(self) -> list[str]:
+        """Every header name a record reads, once each, in a stable order."""
+        task = [self.task] if self.task else []
+        return list(dict.fromkeys([self.target, *task, *self.keys, *self.config]))
 
 
 def resolve_columns(header: list[str], source: TableSourceConfig) -> Columns:
@@ -241,47 +306,51 @@ def resolve_columns(header: list[str], source: TableSourceConfig) -> Columns:
 
 
 def block_records(
-    block: Block, cols: Columns, source: TableSourceConfig, ctx: dict[str, str], state: FileState
+    wh: Warehouse,
+    block: Block,
+    cols: Columns,
+    source: TableSourceConfig,
+    ctx: dict[str, str],
+    state: FileState,
 ) -> pl.DataFrame:
     """Good rows of a block as `row_records` rows; bad ones are appended to `state.problems`."""
-    frame = block.frame
     value, problem = target_problem(
-        pl.col(cols.target), cols.target, source.target_min, source.target_max
+        pl.col(cell(cols.target)), cols.target, source.target_min, source.target_max
     )
     task = (
-        pl.col(cols.task).str.strip_chars()
+        pl.col(cell(cols.task)).str.strip_chars()
         if cols.task
         else pl.lit(source.task.replace("{stem}", ctx["stem"]))
     )
     problem = pl.when(task.is_null() | (task == "")).then(pl.lit("missing task")).otherwise(problem)
     key = (
-        pl.concat_str([pl.col(c).fill_null("") for c in cols.keys], separator=",")
+        pl.concat_str([pl.col(cell(c)).fill_null("") for c in cols.keys], separator=",")
         if cols.keys
         else pl.format(f"{ctx['rel']}:{{}}", pl.col("line"))
     )
-    checked = frame.with_columns(
+    checked = block.frame.with_columns(
         value.alias("target"), problem.alias("problem"), task.alias("task"), key.alias("key")
     )
-    for line, reason in (
-        checked.filter(pl.col("problem").is_not_null()).select("line", "problem").iter_rows()
-    ):
-        state.problems.append(BadInputError(reason, f"line {line}"))
-    good = dedupe(checked.filter(pl.col("problem").is_null()), cols, state)
-    configs = typed_columns(good, cols.config)
-    config_json = (
-        [
-            json.dumps(dict(zip(cols.config, values, strict=True)), ensure_ascii=False)
-            for values in zip(*configs, strict=True)
-        ]
-        if cols.config
-        else ["{}"] * good.height
+    valid = without_problems(checked, state)
+    configs = config_values(valid, cols)
+    record_ids = source.name + "/" + valid["task"] + "/" + valid["key"]  # as the build names them
+    baseline = [
+        baseline_problem(config, source.target_relative_to, record_id)
+        for config, record_id in zip(configs, record_ids, strict=True)
+    ]
+    # allow_nan=False: stored JSON stays standard (config_values keeps non-finite numbers as text)
+    config_json = [json.dumps(c, ensure_ascii=False, allow_nan=False) for c in configs]
+    valid = valid.with_columns(
+        pl.Series("problem", baseline, dtype=pl.String),
+        pl.Series("config_json", config_json, dtype=pl.String),
     )
+    good = dedupe(wh, without_problems(valid, state), cols, ctx, state)
     return good.select(
         pl.lit(source.name).alias("source"),
         (pl.col("task") + "/" + pl.col("key")).alias("record_key"),
         "task",
         pl.lit(None, pl.Date).alias("period"),
-        pl.Series("config_json", config_json, dtype=pl.String),
+        "config_json",
         pl.lit("{}").alias("logs_json"),
         "target",
         pl.lit(ctx["rel"]).alias("path"),
@@ -291,19 +360,73 @@ def block_records(
     )
 
 
-def dedupe(good: pl.DataFrame, cols: Columns, state: FileState) -> pl.DataFrame:
-    """With declared key columns, the first row of a key wins; later ones are quarantined."""
-    if not cols.keys:
+def without_problems(frame: pl.DataFrame, state: FileState) -> pl.DataFrame:
+    """The rows whose `problem` is null; the others go to `state.problems` with their line."""
+    bad = frame.filter(pl.col("problem").is_not_null()).select("line", "problem")
+    state.problems += [BadInputError(reason, f"line {line}") for line, reason in bad.iter_rows()]
+    return frame.filter(pl.col("problem").is_null())
+
+
+def config_values(frame: pl.DataFrame, cols: Columns) -> list[dict[str, object]]:
+    """Each row's config as typed JSON values keyed by header name. A cell that reads as a number
+    beyond a float's range (`1e400` -> inf) stays the text it is: JSON has no Infinity, and the
+    cell is a setting as written, not a measurement to refuse."""
+    if not cols.config:
+        return [{} for _ in range(frame.height)]
+    names = [cell(c) for c in cols.config]
+    columns = [
+        [
+            text if isinstance(v, float) and not math.isfinite(v) else v
+            for v, text in zip(values, frame[name].str.strip_chars(), strict=True)
+        ]
+        for name, values in zip(names, typed_columns(frame, names), strict=True)
+    ]
+    return [dict(zip(cols.config, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def baseline_problem(config: dict[str, object], relative_to: str | None, record: str) -> str | None:
+    """Why a record's target cannot be made relative to its baseline (the dataset build's own
+    rule, `regressor.targets.scale_of`), so such a row is quarantined now, not failing the build."""
+    if relative_to is None:
+        return None
+    try:
+        scale_of(config, relative_to, record)
+    except MissingScaleError as exc:
+        return f"no usable baseline: {exc}"
+    return None
+
+
+def dedupe(
+    wh: Warehouse, good: pl.DataFrame, cols: Columns, ctx: dict[str, str], state: FileState
+) -> pl.DataFrame:
+    """With declared key columns, the first row of a key wins, whether it is stored from another
+    file (read earlier) or earlier in this one; later ones are quarantined, naming the first."""
+    if not cols.keys or good.is_empty():
         return good
+    record_keys = good.select((pl.col("task") + "/" + pl.col("key")).alias("record_key"))
+    with wh.registered("candidate_keys", record_keys.unique()):
+        stored = wh.query("stored_row_keys", source=ctx["source"], path=ctx["rel"])
+    elsewhere = {k: (path, line) for k, path, line in stored.iter_rows()}
     keep = []
-    for line, task, key in good.select("line", "task", "key").iter_rows():
-        first = state.seen_keys.setdefault(f"{task}/{key}", line)
-        keep.append(first == line)
-        if first != line:
-            state.problems.append(
-                BadInputError(f"duplicate key ({key}) of line {first}", f"line {line}")
-            )
+    for line, record_key, key in zip(
+        good["line"], record_keys["record_key"], good["key"], strict=True
+    ):
+        if record_key in elsewhere:
+            path, first = elsewhere[record_key]
+            reason = f"duplicate key ({key}){STORED_ELSEWHERE}{path} line {first}"
+        elif (first := state.seen_keys.setdefault(record_key, line)) != line:
+            reason = f"duplicate key ({key}) of line {first}"
+        else:
+            keep.append(True)
+            continue
+        keep.append(False)
+        state.problems.append(BadInputError(reason, f"line {line}"))
     return good.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
+# Marks a row quarantined as the repeat of a key another file holds: when any file changes, files
+# with such rows are read again (the first holder may have dropped the key).
+STORED_ELSEWHERE = ": first stored from "
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -318,11 +441,43 @@ def load_file(
     for block in blocks(path, source, state):
         cols = cols or resolve_columns(state.header, source)
         state.problems += block.problems
-        rows = block_records(block, cols, source, ctx, state)
+        rows = block_records(wh, block, cols, source, ctx, state)
         state.rows += wh.insert_frame("row_records", rows)
     if cols is None:
         cols = resolve_columns(state.header, source)  # a header without rows still gets checked
     return state
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A file's size and sha256 as listed, or why it could not be read (hash and size empty)."""
+
+    content_hash: str
+    size: int
+    problem: BadInputError | None = None
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    try:
+        with as_bad_input(path):  # unreadable: "unreadable: Permission denied", ...
+            try:
+                return Fingerprint(file_hash(path), path.stat().st_size)
+            except FileNotFoundError as exc:
+                raise BadInputError("vanished since the folder was listed") from exc
+    except BadInputError as exc:
+        return Fingerprint("", 0, exc)
+
+
+def read_rows(
+    wh: Warehouse, source: TableSourceConfig, root: Path, path: Path, ctx: dict[str, str]
+) -> tuple[list[BadInputError], bool]:
+    """(problems, whether the file is usable): whatever reading or parsing it raises is its
+    problem, never the run's."""
+    try:
+        with as_bad_input(path):
+            return load_file(wh, source, root, path, ctx).problems, True
+    except BadInputError as exc:
+        return [exc], False
 
 
 def ingest_file(
@@ -333,19 +488,23 @@ def ingest_file(
     parser: str,
     run_id: str,
     tally: Tally,
+    seen: Fingerprint,
 ) -> None:
     """One file in one transaction: its rows and row problems, or (bad file) a single problem."""
-    rel, content_hash = path.relative_to(root).as_posix(), file_hash(path)
-    ctx = {"rel": rel, "hash": content_hash, "run_id": run_id, "stem": path.stem}
-    size = path.stat().st_size
+    rel, content_hash, size = path.relative_to(root).as_posix(), seen.content_hash, seen.size
+    ctx = {
+        "source": source.name,
+        "rel": rel,
+        "hash": content_hash,
+        "run_id": run_id,
+        "stem": path.stem,
+    }
     with wh.transaction():
         ok_row = file_row(source.name, rel, "table", content_hash, parser, True, size, run_id)
         replace_files(wh, source.name, [ok_row], [], run_id)
-        try:
-            problems = load_file(wh, source, root, path, ctx).problems
-            ok = True
-        except BadInputError as exc:
-            problems, ok = [exc], False
+        problems, ok = (
+            ([seen.problem], False) if seen.problem else read_rows(wh, source, root, path, ctx)
+        )
         quarantined = [quarantine_row(source.name, root, path, p, content_hash) for p in problems]
         row = file_row(source.name, rel, "table", content_hash, parser, ok, size, run_id)
         if not ok:  # drop whatever rows of this file were written before the problem showed
@@ -357,6 +516,23 @@ def ingest_file(
     tally.rejected += [(q.file, q.reason) for q in quarantined]
 
 
+def to_read(
+    wh: Warehouse, source: TableSourceConfig, known: Known, parser: str, listed: dict[str, Path]
+) -> dict[str, Fingerprint]:
+    """The listed files to read, changed ones first: new or changed bytes or parser, unreadable
+    now; then, when any is, unchanged ones holding the repeat of a key another file held."""
+    changed, same = {}, {}
+    for rel, path in listed.items():
+        seen = fingerprint(path)
+        stored = known.get(rel)
+        unchanged = stored and not seen.problem and stored[:2] == (seen.content_hash, parser)
+        (same if unchanged else changed)[rel] = seen
+    if changed and source.key_columns:
+        marked = wh.query("files_with_quarantine", source=source.name, reason=STORED_ELSEWHERE)
+        changed |= {rel: same[rel] for rel in marked["path"] if rel in same}
+    return changed
+
+
 def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> IngestReport:
     """Ingest every file matched by the source's globs; see the module docstring."""
     wh.migrate()
@@ -365,11 +541,10 @@ def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> Inges
     parser = f"table-{PARSER_VERSION}:{rules_hash(rules)}"
     known: Known = known_files(wh, source.name)
     before, tally = count_records(wh, source.name), Tally()
-    for path in safe_files(root, source.files, tally):
-        tally.seen += 1
-        stored = known.get(path.relative_to(root).as_posix())
-        if stored and stored[:2] == (file_hash(path), parser):
-            tally.unchanged += 1
-            continue
-        ingest_file(wh, source, root, path, parser, run_id, tally)
+    listed = {p.relative_to(root).as_posix(): p for p in safe_files(root, source.files, tally)}
+    tally.seen += len(listed)
+    reading = to_read(wh, source, known, parser, listed)
+    tally.unchanged += len(listed) - len(reading)
+    for rel, seen in reading.items():
+        ingest_file(wh, source, root, listed[rel], parser, run_id, tally, seen)
     return build_report(wh, source.name, run_id, tally, before)

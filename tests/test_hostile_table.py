@@ -1,0 +1,283 @@
+"""Hostile input through the `table` adapter: a file that cannot be read, Parquet columns with no
+text form, column names that look like the adapter's own, keys repeated across files, rows with
+no baseline for a relative target, a byte order mark, a config number too large for a float.
+
+Each bad file or row lands in the quarantine table with the file and the reason, the run goes on,
+every good record is stored, and files_seen == ingested + quarantined + unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from regressor.config import TableSourceConfig
+from regressor.dataset import to_examples
+from regressor.sources.fleet import IngestReport
+from regressor.sources.table import ingest_table
+from regressor.warehouse import Warehouse
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def source(root: Path, **overrides: Any) -> TableSourceConfig:
+    cfg = {
+        "name": "t",
+        "adapter": "table",
+        "root": root,
+        "files": ["*.csv", "*.tsv", "*.parquet"],
+        "target_columns": ["y"],
+    }
+    return TableSourceConfig.model_validate(cfg | overrides)
+
+
+def ingest(wh: Warehouse, cfg: TableSourceConfig, run_id: str = "run-1") -> IngestReport:
+    report = ingest_table(wh, cfg, run_id)
+    done = report.files_ingested + report.files_quarantined + report.files_unchanged
+    assert report.files_seen == done, report
+    return report
+
+
+def records(wh: Warehouse) -> dict[str, tuple[float, dict[str, Any]]]:
+    """record_id -> (target, config); stored config JSON must be standard JSON."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name} in a stored config")
+
+    rows = wh.query("records").select("record_id", "target", "config_json").rows()
+    return {rid: (y, json.loads(text, parse_constant=refuse)) for rid, y, text in rows}
+
+
+def quarantine(wh: Warehouse) -> list[tuple[str, str, str]]:
+    """(file name, location, reason) of every quarantine row."""
+    rows = wh.query("quarantine_report").select("file", "location", "reason").rows()
+    return sorted((Path(file).name, location, reason) for file, location, reason in rows)
+
+
+# -- unreadable files ------------------------------------------------------------------------
+
+
+def ingest_without_read_override(cfg: TableSourceConfig, db: Path) -> dict[str, Any]:
+    """`ingest_table` in a child process that permissions bind: as root, one without the
+    capabilities that let root read any file (setpriv), otherwise an ordinary one."""
+    cmd = [sys.executable, "-c", CHILD, cfg.model_dump_json(), str(db)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot bind")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    done = subprocess.run(
+        cmd, cwd=PROJECT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from regressor.config import TableSourceConfig
+from regressor.sources.table import ingest_table
+from regressor.warehouse import Warehouse
+cfg = TableSourceConfig.model_validate_json(sys.argv[1])
+with Warehouse(Path(sys.argv[2])) as wh:
+    print(ingest_table(wh, cfg, "run-1").model_dump_json())
+"""
+
+
+def test_an_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A file the ingest may not read (mode 000, read by a process that permissions bind) is
+    quarantined as unreadable, with its name; the files around it are ingested; once readable
+    again it is ingested on the next run."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name, y in (("a", 1), ("b", 2), ("c", 3)):
+        (root / f"{name}.csv").write_text(f"k,y\n{name},{y}\n")
+    (root / "b.csv").chmod(0)
+    report = ingest_without_read_override(source(root), tmp_path / "w.duckdb")
+    counts = [report[f"files_{n}"] for n in ("seen", "ingested", "quarantined", "unchanged")]
+    assert counts == [3, 2, 1, 0]
+    [(file, reason)] = report["quarantined"]
+    assert file == str(root / "b.csv")
+    assert reason == f"{root / 'b.csv'}: unreadable: Permission denied"
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        assert set(records(wh)) == {"t/a/a.csv:2", "t/c/c.csv:2"}
+        assert quarantine(wh) == [("b.csv", "file", reason)]
+        (root / "b.csv").chmod(0o644)
+        again = ingest(wh, source(root), "run-2")
+        assert (again.files_ingested, again.files_unchanged) == (1, 2)
+        assert set(records(wh)) == {"t/a/a.csv:2", "t/b/b.csv:2", "t/c/c.csv:2"}
+        assert quarantine(wh) == []
+
+
+# -- Parquet columns that are not text -------------------------------------------------------
+
+
+def test_parquet_columns_with_no_text_form_are_quarantined_not_fatal(tmp_path: Path) -> None:
+    """A used List or Duration column quarantines its file with the column and type named; a
+    Binary cell that is not UTF-8 quarantines only its row; an unused List column is ignored."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "good.csv").write_text("cfg,y\nplain,1.5\n")
+    pl.DataFrame({"cfg": [[1, 2], [3]], "y": [1.0, 2.0]}).write_parquet(root / "lists.parquet")
+    took = [timedelta(seconds=1), timedelta(seconds=2)]
+    pl.DataFrame({"took": took, "y": [1.0, 2.0]}).write_parquet(root / "durations.parquet")
+    pl.DataFrame({"cfg": [b"\xff\xfe", b"ok"], "y": [3.0, 4.0]}).write_parquet(root / "bin.parquet")
+    pl.DataFrame({"cfg": ["a"], "tags": [[1]], "y": [5.0]}).write_parquet(root / "unused.parquet")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, exclude_columns=["tags"]))
+        assert (report.files_seen, report.files_quarantined) == (5, 2)
+        assert records(wh) == {
+            "t/good/good.csv:2": (1.5, {"cfg": "plain"}),
+            "t/bin/bin.parquet:2": (4.0, {"cfg": "ok"}),
+            "t/unused/unused.parquet:1": (5.0, {"cfg": "a"}),
+        }
+        got = quarantine(wh)
+    assert [(name, location) for name, location, _ in got] == [
+        ("bin.parquet", "line 1"),
+        ("durations.parquet", "file"),
+        ("lists.parquet", "file"),
+    ]
+    reasons = [reason for _, _, reason in got]
+    assert reasons[0] == f"{root / 'bin.parquet'}: column 'cfg' is not valid UTF-8"
+    assert reasons[1].startswith(f"{root / 'durations.parquet'}: column 'took' holds Duration")
+    assert reasons[2].startswith(f"{root / 'lists.parquet'}: column 'cfg' holds List(Int64)")
+
+
+# -- column names the adapter uses itself ----------------------------------------------------
+
+
+def test_a_csv_column_named_line_is_config_like_any_other(tmp_path: Path) -> None:
+    """A CSV column named `line` (the adapter's own name for a row's line number) is stored as
+    written, and the file's other rows and files are unaffected."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "good.csv").write_text("k,y\n1,2.0\n")
+    (root / "m.csv").write_text("k,line,y\n1,5,1.0\n2,6,3.0\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root))
+        assert (report.files_ingested, report.records) == (2, 3)
+        assert records(wh) == {
+            "t/good/good.csv:2": (2.0, {"k": 1}),
+            "t/m/m.csv:2": (1.0, {"k": 1, "line": 5}),
+            "t/m/m.csv:3": (3.0, {"k": 2, "line": 6}),
+        }
+        assert quarantine(wh) == []
+
+
+def test_columns_named_like_the_adapters_own_keep_their_values(tmp_path: Path) -> None:
+    """Columns named `key`, `problem`, `target` or `task` (with the task from the file stem), and
+    a Parquet column named `line`, are config like any other: their values are stored as written,
+    never replaced by the adapter's key, target, task or row number."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "m.csv").write_text("k,key,problem,target,task,y\n1,K1,P1,T1,mytask,1.0\n")
+    pl.DataFrame({"line": [77, 88], "y": [1.0, 2.0]}).write_parquet(root / "p.parquet")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root))
+        assert (report.files_ingested, report.records) == (2, 3)
+        config = {"k": 1, "key": "K1", "problem": "P1", "target": "T1", "task": "mytask"}
+        assert records(wh) == {
+            "t/m/m.csv:2": (1.0, config),
+            "t/p/p.parquet:1": (1.0, {"line": 77}),
+            "t/p/p.parquet:2": (2.0, {"line": 88}),
+        }
+        assert quarantine(wh) == []
+
+
+# -- keys repeated across files --------------------------------------------------------------
+
+
+def test_a_key_already_stored_from_another_file_is_quarantined(tmp_path: Path) -> None:
+    """With key columns, a row repeating a key another file holds is quarantined naming that
+    file and line (one record per key); when the first file drops the key, the repeat's file is
+    read again and its row becomes the record."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.csv").write_text("k,y\n1,10\n2,20\n")
+    (root / "z.csv").write_text("k,y\n1,11\n3,30\n")
+    cfg = source(root, key_columns=["k"], task="bench")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, cfg)
+        first = {"t/bench/1": 10.0, "t/bench/2": 20.0, "t/bench/3": 30.0}
+        assert {rid: y for rid, (y, _) in records(wh).items()} == first
+        reason = f"{root / 'z.csv'}: duplicate key (1): first stored from a.csv line 2"
+        assert quarantine(wh) == [("z.csv", "line 2", reason)]
+        again = ingest(wh, cfg, "run-2")
+        assert (again.files_unchanged, again.records_added) == (2, 0)
+        (root / "a.csv").write_text("k,y\n2,20\n")
+        third = ingest(wh, cfg, "run-3")
+        assert (third.files_ingested, third.files_unchanged) == (2, 0)
+        last = {"t/bench/1": 11.0, "t/bench/2": 20.0, "t/bench/3": 30.0}
+        assert {rid: y for rid, (y, _) in records(wh).items()} == last
+        assert quarantine(wh) == []
+
+
+# -- relative targets ------------------------------------------------------------------------
+
+
+def test_rows_without_a_usable_baseline_are_quarantined_at_ingest(tmp_path: Path) -> None:
+    """With `target_relative_to`, a row whose baseline is 0, negative, missing or not a number is
+    quarantined by the dataset build's own rule, so the build of the rest cannot fail."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "job.tsv").write_text(
+        "n\tdata_size_MB\ty\n1\t100\t5\n2\t0\t6\n3\t\t7\n4\tbig\t8\n5\t-1\t9\n6\t2.5\t10\n"
+    )
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, target_relative_to="data_size_MB"))
+        assert (report.files_ingested, report.records) == (1, 2)
+        assert set(records(wh)) == {"t/job/job.tsv:2", "t/job/job.tsv:7"}
+        got = quarantine(wh)
+        examples = to_examples(wh.query("records"), relative_to="data_size_MB")
+    assert [location for _, location, _ in got] == ["line 3", "line 4", "line 5", "line 6"]
+    assert all("no usable baseline" in r and "data_size_MB" in r for _, _, r in got)
+    assert "'data_size_MB' is 0, not a positive finite number" in got[0][2]
+    assert "found None" in got[1][2]
+    assert "found 'big'" in got[2][2]
+    assert sorted(examples.scales) == [2.5, 100.0]
+
+
+# -- byte order mark, huge numbers -----------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path: Path) -> None:
+    """A CSV or TSV saved with a UTF-8 BOM (Excel's "CSV UTF-8") has the same column names as
+    without: a key column declared as the first column is found, config keys are clean."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "excel.csv").write_bytes(b"\xef\xbb\xbfk,x,y\r\n1,a,1.0\r\n")
+    (root / "excel.tsv").write_bytes(b"\xef\xbb\xbfk\tx\ty\n2\tb\t2.0\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, key_columns=["k"], task="bench"))
+        assert (report.files_ingested, report.files_quarantined) == (2, 0)
+        assert records(wh) == {
+            "t/bench/1": (1.0, {"k": 1, "x": "a"}),
+            "t/bench/2": (2.0, {"k": 2, "x": "b"}),
+        }
+        assert quarantine(wh) == []
+
+
+def test_a_config_number_beyond_float_range_is_kept_as_its_text(tmp_path: Path) -> None:
+    """`1e400` in a config cell would be Infinity, which JSON has not: the cell is stored as the
+    text it is (the record kept, its stored JSON standard), finite numbers stay numbers."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "m.csv").write_text("k,x,y\n1,1e400,1.0\n2,-1e999,2.0\n3,2.5e3,3.0\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root))
+        assert report.records == 3
+        assert {rid: c["x"] for rid, (_, c) in records(wh).items()} == {
+            "t/m/m.csv:2": "1e400",
+            "t/m/m.csv:3": "-1e999",
+            "t/m/m.csv:4": 2500.0,
+        }
+        assert quarantine(wh) == []
