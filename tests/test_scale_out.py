@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -31,7 +30,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.environment import TRAINED_WITH
-from regressor.fit_worker import CALL, HANDOFF_PREFIX, SPAN, TrainingWorkerError, join_fits
+from regressor.fit_worker import TrainingWorkerError
 from regressor.predictor import Predictor
 from regressor.shards import read_records, shards_for_rank
 from regressor.training import FitResult, fit
@@ -312,7 +311,8 @@ def test_a_fit_spans_two_nodes_when_a_second_node_joins(tmp_path: Path, monkeypa
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
     assert f"joining the fit in {var / 'checkpoints' / 'run'}" in text
     assert "exit code 0" in text
-    assert "killed-run" not in text
+    assert f"joining the fit in {var / 'checkpoints' / 'killed-run'}" not in text
+    assert f"not joining the fit handed off before this node watched, in {stale.parent}" in text
     assert "one-machine has no node 1" in text
     assert "joined 1 fits" in text
 
@@ -388,22 +388,6 @@ def test_slurm_node_0_gives_up_on_nodes_that_never_watch(tmp_path: Path):
     assert "only 0 of 1 other node(s) watching after 2 s; not running: textperf retrain" in out
     assert (var / "slurm" / "job-4242.0.ended").exists()
     assert not (var / "mlflow.db").exists()
-
-
-def test_join_fits_names_the_hand_offs_it_will_not_join(tmp_path: Path, monkeypatch, capsys):
-    """A fit handed off before the node watched (a killed run's, or a live one this node came
-    too late for) is never joined: the node says so, so a fit failing on node 0 is explained."""
-    before = tmp_path / "checkpoints" / "train" / f"{HANDOFF_PREFIX}old"
-    before.mkdir(parents=True)
-    (before / CALL).write_bytes(b"")
-    (before / SPAN).write_text(json.dumps({"num_nodes": 2}))
-    until = tmp_path / "ended"
-    until.touch()
-    monkeypatch.setenv("NODE_RANK", "1")
-    assert join_fits(tmp_path / "checkpoints", until=until, poll_seconds=0.1) == 0
-    out = capsys.readouterr().out
-    assert f"not joining the fit handed off before this node watched, in {before.parent}" in out
-    assert "joining the fit in" not in out
 
 
 def test_join_fits_refuses_without_a_node_rank(tmp_path: Path):
