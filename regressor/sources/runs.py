@@ -10,10 +10,14 @@ summary and target -- never its own log or anything derived from its own runtime
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -26,7 +30,10 @@ from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
 from regressor.sources.common import (
     FLOAT_RE,
     INT_RE,
+    BadInputError,
     Known,
+    Tally,
+    as_bad_input,
     file_hash,
     file_row,
     inside,
@@ -34,12 +41,12 @@ from regressor.sources.common import (
     quarantine_row,
     replace_files,
     rules_hash,
+    shown_path,
+    unreadable_reason,
 )
 from regressor.sources.fleet import (
     YAML_LOADER,
-    BadInputError,
     IngestReport,
-    Tally,
     build_report,
     count_lines,
     count_records,
@@ -47,20 +54,45 @@ from regressor.sources.fleet import (
     parse_yaml,
 )
 from regressor.sources.series import SERIES_VERSION, read_series, summarize_frames
+from regressor.targets import MissingScaleError, scale_of
 from regressor.warehouse import Warehouse
 
-PARSER_VERSION = 1
+# 2: booleans and strings such as "1_000" are no longer targets; a BOM or a YAML merge key no
+# longer quarantines a report; NaN and infinity are stored as text; keys that are not text too.
+PARSER_VERSION = 2
 BATCH_RUNS = 128
+MAX_DEPTH = 100  # nesting levels a report may have; a real one has a handful
+MERGE_TAG = "tag:yaml.org,2002:merge"
+logger = logging.getLogger(__name__)
 
 
 class UniqueKeyLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
-    """A safe YAML loader that refuses repeated mapping keys instead of keeping the last."""
+    """A safe YAML loader that refuses repeated mapping keys instead of keeping the last, merges
+    `<<: *anchor` keys (the mapping's own keys win, as YAML says), and reports a scalar its
+    constructor cannot build (a date `2026-02-30`, an integer of 5000 digits) with its line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # raised by a constructor, without a line
+            detail = str(exc).split(";")[0]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {str(node.value)[:40]!r}: {detail}", node.start_mark
+            ) from exc
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue  # merged by the base class, before the mapping's own keys
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError as exc:  # `? [a, b]`: a list or mapping as a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {str(key)[:40]}", key_node.start_mark
+                ) from exc
+            if repeated:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
@@ -76,19 +108,73 @@ def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def json_int(text: str) -> int:
+    """A JSON integer; one Python will not read (over 4300 digits) is an absurd value, said so."""
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise BadInputError(f"absurd value: an integer of {len(text)} digits") from exc
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=unique_pairs, parse_int=json_int)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
+    except RecursionError as exc:
+        raise BadInputError("refused: JSON nested too deeply") from exc
+
+
 def parse_report(text: str, suffix: str) -> dict[str, Any]:
-    """A report's text -> a mapping; malformed, non-mapping or duplicate-key input is refused."""
+    """A report's text -> a mapping of plain JSON values (`plain`); malformed, non-mapping or
+    duplicate-key input is refused. A leading BOM (Windows editors write one) is not content."""
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         raise BadInputError("empty file")
-    if suffix in {".yaml", ".yml"}:
-        value = parse_yaml(text, UniqueKeyLoader)
-    else:
-        try:
-            value = json.loads(text, object_pairs_hook=unique_pairs)
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
+    yaml_file = suffix in {".yaml", ".yml"}
+    value = parse_yaml(text, UniqueKeyLoader) if yaml_file else parse_json(text)
     if not isinstance(value, dict):
         raise BadInputError(f"expected a mapping at the top level, got {type(value).__name__}")
+    return plain(value)
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A parsed value as JSON holds it: mapping keys as text (a YAML date or bytes key would
+    stop `json.dumps`), values JSON has no type for (dates, bytes) as text, like
+    `json.dumps(default=str)`. Nesting past MAX_DEPTH and keys that clash as text are refused."""
+    if depth > MAX_DEPTH:
+        raise BadInputError(f"refused: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            text = key if isinstance(key, str) else key_text(key)
+            if text in out:
+                raise BadInputError(f"duplicate key {text!r} (keys are compared as text)")
+            out[text] = plain(item, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [plain(item, depth + 1) for item in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return str(value)
+
+
+def key_text(key: Any) -> str:
+    """A key as `json.dumps` writes it (1 -> "1", True -> "true"); others (dates) via str."""
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    return str(key)
+
+
+def nan_as_text(value: Any) -> Any:
+    """NaN and infinity as the text JSON writers use ("NaN", "Infinity"): standard JSON has no
+    such number, so they stay text, as `json_number` leaves "1e999" text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return {k: nan_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_as_text(v) for v in value]
     return value
 
 
@@ -97,19 +183,30 @@ def parse_report(text: str, suffix: str) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """One run folder as read from disk; `row` is its `runs` row when the report was usable."""
+    """One run folder as read from disk; `row` is its `runs` row when the report was usable.
+    `log` is where the log belongs; `log_found`: a log is there that may be read."""
 
     folder: Path
     rel: str
     report: Path | None
     log: Path
+    log_found: bool = False
     report_hash: str = ""
     log_hash: str | None = None
     row: dict[str, Any] | None = None
     log_text: str | None = None
     frame: pl.DataFrame | None = None
-    problems: dict[str, BadInputError] = field(default_factory=dict)  # file rel -> problem
-    log_outside: bool = False  # the log resolves outside the root: never read
+    problems: dict[str, BadInputError] = field(default_factory=dict)  # file kind -> problem
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """`as_bad_input` around one file's read and parse, naming a file deleted since listing."""
+    with as_bad_input(path):
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise BadInputError("vanished: deleted after the run folder was listed") from exc
 
 
 def run_fields(run: Run, source: RunsSourceConfig, report: dict[str, Any]) -> dict[str, Any]:
@@ -127,16 +224,21 @@ def run_fields(run: Run, source: RunsSourceConfig, report: dict[str, Any]) -> di
 
 
 def target_of(fields: dict[str, Any], source: RunsSourceConfig) -> float:
+    """The run's target: a number, or text that reads as one (FLOAT_RE, as the table adapter)."""
     name = source.target_field
     raw = fields.get(name)
-    if raw is None or raw == "":
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise BadInputError(f"missing target {name}")
+    if isinstance(raw, bool):  # JSON true, YAML yes: a bool is an int in Python, not a number
+        raise BadInputError(f"non-numeric target {name} {raw} (a boolean)")
+    if not isinstance(raw, int | float) and not (
+        isinstance(raw, str) and re.fullmatch(FLOAT_RE, raw.strip())
+    ):  # "1_000", "nan" and "0x10" are read by float(), not by the table adapter
+        raise BadInputError(f"non-numeric target {name} {str(raw)[:40]!r}")
     try:
         value = float(raw)
     except OverflowError as exc:  # an integer beyond float64 (10**400): absurd, not a crash
         raise BadInputError(f"absurd target {name} {str(raw)[:40]}... (beyond float64)") from exc
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(f"non-numeric target {name} {str(raw)[:40]!r}") from exc
     if not math.isfinite(value) or not source.target_min <= value <= source.target_max:
         raise BadInputError(
             f"absurd target {name} {raw} (allowed {source.target_min:g}..{source.target_max:g})"
@@ -162,97 +264,175 @@ def period_of(fields: dict[str, Any], source: RunsSourceConfig) -> date | None:
         return None  # a run date is a convenience, not a reason to drop the run
 
 
-def read_report(run: Run, source: RunsSourceConfig, run_id: str) -> None:
+def is_reference(fields: dict[str, Any], source: RunsSourceConfig) -> bool:
+    ref = source.reference
+    return ref is not None and str(fields.get(ref.field)) == ref.value
+
+
+def reference_part(target: float, source: RunsSourceConfig) -> dict[str, Any]:
+    """What a reference run adds to the config of each record paired with it."""
+    assert source.reference is not None
+    ref = source.reference
+    return {"reference": {ref.field: ref.value, source.target_field: target}}
+
+
+def check_baseline(
+    config: dict[str, Any], target: float, reference: bool, source: RunsSourceConfig
+) -> None:
+    """Refuse at ingest what `targets.scale_of` would refuse when the dataset is built: a record
+    without a positive baseline (`target_relative_to`). A reference run provides the part under
+    `reference.` (its target: a run of 0 s is no baseline) to the records paired with it; a run
+    with a record of its own provides the rest from its own config."""
+    path = source.target_relative_to
+    if path is None:
+        return
+    from_reference = source.reference is not None and path.split(".")[0] == "reference"
+    try:
+        if reference and from_reference:
+            scale_of(reference_part(target, source), path, "as a reference run")
+        elif not reference and not from_reference:
+            scale_of(config, path, "as a record")
+    except MissingScaleError as exc:
+        raise BadInputError(f"no usable baseline: {exc}") from exc
+
+
+def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any]:
+    """The run's `runs` row from its report (the log's columns come later), or BadInputError."""
     assert run.report is not None
     data = run.report.read_bytes()
-    try:
-        fields = run_fields(run, source, parse_report(decode(data), run.report.suffix.lower()))
-        task = fields.get(source.task_field)
-        if task is None or task == "":
-            raise BadInputError(f"missing task field {source.task_field}")
-        target = target_of(fields, source)
-    except BadInputError as exc:
-        run.problems["report"] = exc
-        return
+    run.report_hash = hashlib.sha256(data).hexdigest()  # of the bytes parsed, even if since changed
+    fields = run_fields(run, source, parse_report(decode(data), run.report.suffix.lower()))
+    task = fields.get(source.task_field)
+    if task is None or task == "":
+        raise BadInputError(f"missing task field {source.task_field}")
+    target = target_of(fields, source)
     config = {k: json_number(fields[k]) for k in source.config_fields if k in fields}
-    run.row = {
+    check_baseline(config, target, is_reference(fields, source), source)
+    return {
         "source": source.name,
         "run_key": run.rel,
         "task": str(task),
         "period": period_of(fields, source),
         "ingest_run_id": run_id,
-        "fields_json": json.dumps(fields, default=str, ensure_ascii=False),
-        "config_json": json.dumps(config, default=str, ensure_ascii=False),
+        "fields_json": json.dumps(nan_as_text(fields), ensure_ascii=False, allow_nan=False),
+        "config_json": json.dumps(nan_as_text(config), ensure_ascii=False, allow_nan=False),
         "target": target,
     }
 
 
-def read_log(run: Run, source: RunsSourceConfig) -> None:
-    if not has_log(run):
-        return
-    data = run.log.read_bytes()
+def read_report(run: Run, source: RunsSourceConfig, run_id: str) -> None:
+    assert run.report is not None
     try:
-        text = decode(data)
-        if not text.strip():
-            raise BadInputError("empty file")
-        if not text.endswith("\n"):
-            raise BadInputError(
-                "truncated: the last line has no newline", f"line {count_lines(text)}"
-            )
-        frame = read_series(text, source.log_columns)
+        with reading(run.report):
+            run.row = report_row(run, source, run_id)
+    except BadInputError as exc:
+        run.problems["report"] = exc
+
+
+def log_frame(run: Run, source: RunsSourceConfig) -> tuple[str, pl.DataFrame]:
+    data = run.log.read_bytes()
+    run.log_hash = hashlib.sha256(data).hexdigest()
+    text = decode(data)
+    if not text.strip():
+        raise BadInputError("empty file")
+    if not text.endswith("\n"):
+        raise BadInputError("truncated: the last line has no newline", f"line {count_lines(text)}")
+    return text, read_series(text, source.log_columns)
+
+
+def read_log(run: Run, source: RunsSourceConfig) -> None:
+    if not run.log_found or "log" in run.problems:
+        return
+    try:
+        with reading(run.log):
+            run.log_text, run.frame = log_frame(run, source)
     except BadInputError as exc:
         run.problems["log"] = exc
-        return
-    run.log_text, run.frame = text, frame
 
 
 # -- batches ---------------------------------------------------------------------------------
 
 
-def find_runs(
-    root: Path, source: RunsSourceConfig, rejected: list[tuple[str, str]]
-) -> Iterator[Run]:
-    """Run folders under `root`; a folder or file that resolves outside `root` is never read."""
-    for folder in sorted(p for p in root.glob(source.run_glob) if p.is_dir()):
-        if not inside(root, folder):
-            rejected.append(
-                (str(folder), f"{folder}: resolves outside {root} (symlink?); not read")
-            )
+def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Run]:
+    """Run folders under `root`. What cannot be read safely is refused unread, counted and
+    quarantined (`tally.refuse`): a folder whose name is not UTF-8, that resolves outside `root`
+    or cannot be listed; a report or log that is a symlink out of `root`, a directory or a FIFO;
+    a folder with neither report nor log."""
+    for folder in sorted(p for p in root.glob(source.run_glob) if maybe_dir(p)):
+        try:
+            run = folder_run(root, folder, source, tally)
+        except OSError as exc:  # a folder that cannot be listed or searched
+            problem = f"the run folder cannot be read ({exc.strerror or exc})"
+            refuse(tally, shown_path(folder.relative_to(root)), shown_path(folder), problem)
             continue
-        files = [folder / n for n in (*source.report_files, source.log_file)]
-        for path in files:
-            if path.is_file() and not inside(root, path):
-                rejected.append(
-                    (str(path), f"{path}: resolves outside {root} (symlink?); not read")
-                )
-        report = next((p for p in files[:-1] if p.is_file() and inside(root, p)), None)
-        run = Run(folder, folder.relative_to(root).as_posix(), report, files[-1])
-        run.log_outside = files[-1].is_file() and not inside(root, files[-1])
-        yield run
+        if run is not None:
+            yield run
+
+
+def maybe_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return True  # cannot tell: `folder_run` fails on it and the folder is refused
+
+
+def refuse(tally: Tally, rel: str, shown: str, problem: str) -> None:
+    reason = f"{shown}: {problem}; not read"
+    logger.warning(reason)
+    tally.refuse(rel, shown, reason)
+
+
+def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally) -> Run | None:
+    """The folder's run (its first usable report, its log), or None when nothing is readable."""
+    rel, shown = shown_path(folder.relative_to(root)), shown_path(folder)
+    if shown != str(folder):
+        refuse(tally, rel, shown, "the run folder's name is not valid UTF-8 (rename it)")
+        return None
+    if not inside(root, folder):
+        refuse(tally, rel, shown, f"resolves outside the source folder {root} (symlink?)")
+        return None
+    os.listdir(folder)  # raises when the folder cannot be read: refused whole by the caller
+    found: dict[str, Path] = {}
+    refused = False
+    for kind, name in [("report", n) for n in source.report_files] + [("log", source.log_file)]:
+        path = folder / name
+        if kind in found or not (path.is_symlink() or path.exists()):
+            continue
+        if problem := unreadable_reason(root, path):
+            refuse(tally, shown_path(path.relative_to(root)), str(path), problem)
+            refused = True
+        else:
+            found[kind] = path
+    if not found:
+        if not refused:
+            refuse(tally, rel, shown, "a run folder without report or log")
+        return None
+    log = found.get("log", folder / source.log_file)
+    return Run(
+        folder, folder.relative_to(root).as_posix(), found.get("report"), log, "log" in found
+    )
 
 
 def run_files(run: Run) -> list[tuple[str, Path]]:
     files = [("report", run.report)] if run.report else []
-    return files + ([("log", run.log)] if has_log(run) else [])
-
-
-def has_log(run: Run) -> bool:
-    return not run.log_outside and run.log.is_file()
+    return files + ([("log", run.log)] if run.log_found else [])
 
 
 def parse_batch(batch: Sequence[Run], source: RunsSourceConfig, run_id: str) -> None:
     for run in batch:
         if run.report is None:
-            run.problems["log"] = BadInputError(
-                f"no report ({', '.join(source.report_files)}) in the run folder"
-            )
-        else:
+            no_report = f"no report ({', '.join(source.report_files)}) in the run folder"
+            run.problems.setdefault("log", BadInputError(no_report))
+        elif "report" not in run.problems:  # (unreadable when hashed: not read again)
             read_report(run, source, run_id)
         if run.row is not None:
             read_log(run, source)
     # All of the batch's logs in one polars pass; a run whose log is bad keeps its config record.
     with_logs = [(r, r.row, r.frame) for r in batch if r.frame is not None and r.row is not None]
-    summaries = summarize_frames([frame for _, _, frame in with_logs], source.log_window_s)
+    try:
+        summaries = summarize_frames([frame for _, _, frame in with_logs], source.log_window_s)
+    except Exception:
+        with_logs, summaries = one_by_one(with_logs, source)
     for (run, row, _), summary in zip(with_logs, summaries, strict=True):
         row |= {
             "log_hash": run.log_hash,
@@ -260,6 +440,22 @@ def parse_batch(batch: Sequence[Run], source: RunsSourceConfig, run_id: str) -> 
             "raw_log": run.log_text,
             "logs_json": json.dumps(summary, ensure_ascii=False),
         }
+
+
+def one_by_one(
+    with_logs: list[tuple[Run, dict[str, Any], pl.DataFrame]], source: RunsSourceConfig
+) -> tuple[list[tuple[Run, dict[str, Any], pl.DataFrame]], list[dict[str, Any]]]:
+    """Each log summarised alone: one that fails is that log's problem, not the batch's."""
+    kept, summaries = [], []
+    for run, row, frame in with_logs:
+        try:
+            with as_bad_input(run.log):
+                summaries += summarize_frames([frame], source.log_window_s)
+        except BadInputError as exc:
+            run.problems["log"] = exc
+            continue
+        kept.append((run, row, frame))
+    return kept, summaries
 
 
 def write_runs(
@@ -277,7 +473,7 @@ def write_runs(
             problem = run.problems.get(kind)
             h = run.report_hash if kind == "report" else run.log_hash or ""
             rel = path.relative_to(root).as_posix()
-            size = path.stat().st_size
+            size = file_size(path)
             files.append(file_row(source.name, rel, kind, h, parser, problem is None, size, run_id))
             if problem is not None:
                 quarantined.append(quarantine_row(source.name, root, path, problem, h))
@@ -291,6 +487,13 @@ def write_runs(
             replace_files(wh, source.name, files, quarantined, run_id)
         wh.insert_frame("runs", runs_frame(rows))
     tally.rejected += [(q.file, q.reason) for q in quarantined]
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # vanished since it was read or hashed: its problem says so
+        return 0
 
 
 def rel_of(path: Path | None, root: Path) -> str:
@@ -324,26 +527,31 @@ def runs_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def changed_runs(
     runs: Iterator[Run], root: Path, parser: str, known: Known, tally: Tally
 ) -> Iterator[Run]:
-    """Runs with a new or changed file; every file is counted as seen here."""
+    """Runs with a new or changed file; every file is counted as seen here. A file that cannot
+    be hashed (unreadable, vanished) is never unchanged: its run goes on with that problem."""
     for run in runs:
         files = run_files(run)
         tally.seen += len(files)
-        hashes = {kind: file_hash(path) for kind, path in files}
+        hashes = {kind: hash_of(run, kind, path) for kind, path in files}
         run.report_hash, run.log_hash = hashes.get("report", ""), hashes.get("log")
         same = [
             (known.get(path.relative_to(root).as_posix()) or ("", "", ""))[:2]
             == (hashes[k], parser)
             for k, path in files
         ]
-        if files and all(same):
+        if all(same) and not run.problems:
             tally.unchanged += len(files)
             continue
-        if not files:
-            tally.rejected.append(
-                (str(run.folder), f"{run.folder}: run folder without report or log")
-            )
-            continue
         yield run
+
+
+def hash_of(run: Run, kind: str, path: Path) -> str:
+    try:
+        with reading(path):
+            return file_hash(path)
+    except BadInputError as exc:
+        run.problems[kind] = exc
+        return ""
 
 
 def batches(runs: Iterator[Run], size: int) -> Iterator[list[Run]]:
@@ -402,7 +610,10 @@ def paired_records(
     return out
 
 
-def build_records(runs: pl.DataFrame, source: RunsSourceConfig, run_id: str) -> pl.DataFrame:
+def build_records(
+    runs: pl.DataFrame, source: RunsSourceConfig, run_id: str
+) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
+    """The source's records, and (record path, reason) for each left out for want of a baseline."""
     rows = [r | {"fields": json.loads(r["fields_json"])} for r in runs.iter_rows(named=True)]
     ref = source.reference
     if ref is None:
@@ -410,15 +621,35 @@ def build_records(runs: pl.DataFrame, source: RunsSourceConfig, run_id: str) -> 
     else:
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for r in rows:
-            if str(r["fields"].get(ref.field)) == ref.value:
+            if is_reference(r["fields"], source):
                 groups.setdefault(tuple(r["fields"].get(m) for m in ref.match), []).append(r)
         out = []
         for r in rows:
-            if str(r["fields"].get(ref.field)) == ref.value:
+            if is_reference(r["fields"], source):
                 continue  # a reference run has no reference of its own
             key = tuple(r["fields"].get(m) for m in ref.match)
             out += paired_records(r, groups.get(key, []), ref, source, run_id)
-    return pl.DataFrame(out, schema=RECORD_SCHEMA)
+    kept, skipped = with_baselines(out, source.target_relative_to)
+    return pl.DataFrame(kept, schema=RECORD_SCHEMA), skipped
+
+
+def with_baselines(
+    records: list[dict[str, Any]], relative_to: str | None
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Records whose baseline `targets.scale_of` accepts, and the others' reasons. Ingest refuses
+    such runs already (`check_baseline`); this catches a pairing that changed since (the
+    `reference` rules do not re-parse stored runs), so the dataset build never meets one."""
+    if relative_to is None:
+        return records, []
+    kept, skipped = [], []
+    for rec in records:
+        try:
+            scale_of(json.loads(rec["config_json"]), relative_to, f"record {rec['record_key']}")
+        except MissingScaleError as exc:
+            skipped.append((rec["path"], f"{exc}; the record is left out"))
+            continue
+        kept.append(rec)
+    return kept, skipped
 
 
 RECORD_SCHEMA = {
@@ -443,10 +674,7 @@ def record(
     config = json.loads(run["config_json"])
     logs = run["logs_json"] if source.own_log and run["logs_json"] else "{}"
     if ref is not None and source.reference is not None:
-        config["reference"] = {
-            source.reference.field: source.reference.value,
-            source.target_field: ref["target"],
-        }
+        config |= reference_part(ref["target"], source)
         logs = ref["logs_json"]
     return {
         "source": source.name,
@@ -464,11 +692,17 @@ def record(
     }
 
 
-def rebuild_records(wh: Warehouse, source: RunsSourceConfig, run_id: str) -> None:
-    records = build_records(wh.query("run_fields", source=source.name), source, run_id)
+def rebuild_records(
+    wh: Warehouse, source: RunsSourceConfig, root: Path, run_id: str
+) -> list[tuple[str, str]]:
+    """Replace the source's records; returns (file, reason) for each record left out."""
+    records, skipped = build_records(wh.query("run_fields", source=source.name), source, run_id)
     with wh.transaction():
         wh.execute("delete_run_records", source=source.name)
         wh.insert_frame("row_records", records)
+    for path, reason in skipped:
+        logger.warning("%s: %s", root / path, reason)
+    return [(str(root / path), f"{root / path}: {reason}") for path, reason in skipped]
 
 
 def ingest_runs(
@@ -482,10 +716,9 @@ def ingest_runs(
     known, tally = known_files(wh, source.name), Tally()
     before = count_records(wh, source.name)
     for batch in batches(
-        changed_runs(find_runs(root, source, tally.rejected), root, parser, known, tally),
-        batch_size,
+        changed_runs(find_runs(root, source, tally), root, parser, known, tally), batch_size
     ):
         parse_batch(batch, source, run_id)
         write_runs(wh, batch, root, source, parser, run_id, tally)
-    rebuild_records(wh, source, run_id)
+    tally.rejected += rebuild_records(wh, source, root, run_id)
     return build_report(wh, source.name, run_id, tally, before)

@@ -20,6 +20,9 @@ from regressor.sources.logs import round_sig
 
 SERIES_VERSION = 1
 STATS = ("mean", "p50", "p95", "max", "trend")
+# The long frame's column-name and value columns: unlike "col" or "value", no log header
+# clashes with them (polars refuses an unpivot whose new columns repeat a name).
+COL, VALUE = "\0col", "\0value"
 
 
 def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
@@ -31,10 +34,15 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
     if frame.height == 0:
         raise BadInputError("no samples after the header")
     time_col, *rest = frame.columns
-    wanted = [c for c in (columns or rest) if c in rest]
-    numeric = frame.select(pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False))
-    numeric = numeric.select([c for c in numeric.columns if numeric[c].null_count() < frame.height])
-    return numeric.with_columns(elapsed_seconds(frame[time_col]).alias("t"))
+    wanted = [c for c in (columns or rest) if c in rest and c != "t"]  # `t` is ours
+    # `t` in the same select: a log without value columns still has its samples
+    numeric = frame.select(
+        pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False),
+        pl.lit(elapsed_seconds(frame[time_col])).alias("t"),
+    )
+    return numeric.select(
+        [c for c in numeric.columns if c == "t" or numeric[c].null_count() < frame.height]
+    )
 
 
 def elapsed_seconds(stamps: pl.Series) -> pl.Series:
@@ -45,11 +53,20 @@ def elapsed_seconds(stamps: pl.Series) -> pl.Series:
         secs = clock.cast(pl.Int64) / 1e9
         wraps = (secs.diff().fill_null(0) < 0).cum_sum() * 86400.0
         return secs + wraps - secs[0]
-    when = stamps.str.strip_chars().str.to_datetime(strict=False, time_unit="ms")
-    if when.null_count() == 0:
+    when = datetimes(stamps)
+    if when is not None and when.null_count() == 0:
         ms = when.dt.epoch("ms").cast(pl.Float64)
         return (ms - ms[0]) / 1e3
     return pl.Series(range(len(stamps)), dtype=pl.Float64)
+
+
+def datetimes(stamps: pl.Series) -> pl.Series | None:
+    """The stamps as datetimes in the one format polars infers from them, or None when no format
+    fits (`1`, `Average:`): polars raises then rather than giving nulls."""
+    try:
+        return stamps.str.strip_chars().str.to_datetime(strict=False, time_unit="ms")
+    except pl.exceptions.PolarsError:
+        return None
 
 
 def summarize_frames(
@@ -61,27 +78,29 @@ def summarize_frames(
         for f in frames
     ]
     long = [
-        f.unpivot(index=["t"], variable_name="col").with_columns(pl.lit(n, pl.UInt32).alias("file"))
+        f.unpivot(index=["t"], variable_name=COL, value_name=VALUE).with_columns(
+            pl.lit(n, pl.UInt32).alias("file")
+        )
         for n, f in enumerate(frames)
         if f.width > 1
     ]
     if not long:
         return summaries
     window = (pl.col("t") // window_s).cast(pl.Int64) if window_s else pl.lit(0, pl.Int64)
-    stats = aggregate(pl.concat(long).drop_nulls("value").with_columns(window.alias("w")))
-    for row in stats.sort("file", "w", "col").iter_rows(named=True):
+    stats = aggregate(pl.concat(long).drop_nulls(VALUE).with_columns(window.alias("w")))
+    for row in stats.sort("file", "w", COL).iter_rows(named=True):
         key = f"{row['w'] * window_s}s" if window_s else "all"
         cell = summaries[row["file"]]["windows"].setdefault(key, {})
-        cell[row["col"]] = {s: round_sig(row[s]) for s in STATS}
+        cell[row[COL]] = {s: round_sig(row[s]) for s in STATS}
     return summaries
 
 
 def aggregate(long: pl.DataFrame) -> pl.DataFrame:
     """Per (file, window, column): the stats; trend = cov(t, v) / var(t) in units per hour."""
-    t, v = pl.col("t") / 3600.0, pl.col("value")
+    t, v = pl.col("t") / 3600.0, pl.col(VALUE)
     var_t = (t * t).mean() - t.mean() ** 2
     slope = ((t * v).mean() - t.mean() * v.mean()) / var_t
-    return long.group_by("file", "w", "col").agg(
+    return long.group_by("file", "w", COL).agg(
         v.mean().alias("mean"),
         v.median().alias("p50"),
         v.quantile(0.95, "linear").alias("p95"),

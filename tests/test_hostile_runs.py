@@ -1,0 +1,502 @@
+"""Hostile input through the `runs` adapter: report values no parser rule foresaw, targets of the
+wrong type, baselines of zero, logs whose time column is not clock times, run folders that cannot
+be read safely, files that are unreadable or vanish while the ingest runs. Each bad file gets a
+reason naming it in the quarantine table, every good record is still there, and every file is
+counted: files_seen == ingested + quarantined + unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from regressor.config import RunsSourceConfig
+from regressor.dataset import to_examples
+from regressor.sources.fleet import IngestReport
+from regressor.sources.runs import ingest_runs
+from regressor.warehouse import Warehouse
+
+PROJECT = Path(__file__).resolve().parents[1]
+GOOD = {"a_good": 1.0, "z_good": 2.0}  # run folder -> target, in every test's root
+
+
+def source(root: Path, **overrides: object) -> RunsSourceConfig:
+    cfg = {
+        "name": "runs",
+        "adapter": "runs",
+        "root": root,
+        "run_glob": "*",
+        "report_files": ["report.json", "report.yaml"],
+        "target_field": "runtime",
+        "task_field": "app",
+        "config_fields": ["app", "note", "size"],
+    }
+    return RunsSourceConfig.model_validate(cfg | overrides)
+
+
+def put(root: Path, run: str, name: str, data: str | bytes) -> Path:
+    (root / run).mkdir(parents=True, exist_ok=True)
+    path = root / run / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def good_runs(root: Path) -> None:
+    for run, target in GOOD.items():
+        put(root, run, "report.json", json.dumps({"app": run, "runtime": target}))
+        put(root, run, "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7\n")
+
+
+def quarantine(wh: Warehouse) -> dict[str, tuple[str, str, str]]:
+    """Quarantine table: path under the root -> (location, reason, file)."""
+    rows = wh.con.sql("SELECT path, location, reason, file FROM quarantine").fetchall()
+    return {path: (location, reason, file) for path, location, reason, file in rows}
+
+
+def records(wh: Warehouse) -> dict[str, dict[str, object]]:
+    rows = wh.query("records").rows(named=True)
+    return {r["record_id"].removeprefix("runs/"): r for r in rows}
+
+
+def assert_accounted(
+    report: IngestReport, wh: Warehouse, bad: dict[str, str], good: dict[str, float] = GOOD
+) -> None:
+    """Every file counted; the quarantine table holds exactly `bad` (path -> reason fragment),
+    each reason naming its file; the report lists the same files; every good record is there."""
+    assert report.files_seen == (
+        report.files_ingested + report.files_quarantined + report.files_unchanged
+    )
+    rows = quarantine(wh)
+    assert rows.keys() == bad.keys(), rows
+    for path, fragment in bad.items():
+        _, reason, file = rows[path]
+        assert fragment in reason, (path, reason)
+        assert reason.startswith(f"{file}: ")  # the reason names the file
+        assert file.endswith(path)
+    assert sorted(f for f, _ in report.quarantined) == sorted(file for _, _, file in rows.values())
+    got = records(wh)
+    for run, target in good.items():
+        assert got[run]["target"] == target
+
+
+def ingest(tmp_path: Path, root: Path, **overrides: object) -> tuple[Warehouse, IngestReport]:
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    return wh, ingest_runs(wh, source(root, **overrides), "run-1")
+
+
+# -- report values that parsers raise on (findings 1, 2 and 15) ---------------------------------
+
+REFUSED = {  # case -> (report file, text, reason fragment, line of the quarantine location)
+    "impossible_date": ("report.yaml", "app: m\nruntime: 1\nwhen: 2026-02-30\n", "day is out", 3),
+    "json_integer_5000_digits": (
+        "report.json",
+        '{"app": "m", "runtime": 1, "size": ' + "9" * 5000 + "}",
+        "an integer of 5000 digits",
+        None,
+    ),
+    "yaml_integer_5000_digits": (
+        "report.yaml",
+        "app: m\nruntime: 1\nsize: " + "9" * 5000 + "\n",
+        "4300 digits",
+        3,
+    ),
+    "json_nested_100000_deep": (
+        "report.json",
+        '{"app": "m", "runtime": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "nested too deeply",
+        None,
+    ),
+    "unhashable_yaml_key": ("report.yaml", "app: m\nruntime: 1\n? [a, b]\n: 1\n", "unhashable", 3),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_report_values_a_parser_raises_on_are_quarantined_with_a_reason(
+    tmp_path: Path, case: str
+) -> None:
+    """PyYAML's date and int constructors, Python's 4300-digit limit and the JSON decoder's
+    recursion raise ValueError/TypeError/RecursionError: each is that report's reason (with its
+    line where the parser knows it), never a crash of the whole ingest."""
+    name, text, fragment, line = REFUSED[case]
+    root = tmp_path / "runs"
+    good_runs(root)
+    put(root, "m", name, text)
+    wh, report = ingest(tmp_path, root)
+    with wh:
+        assert_accounted(report, wh, {f"m/{name}": fragment})
+        assert quarantine(wh)[f"m/{name}"][0] == (f"line {line}" if line else "file")
+        assert "m" not in records(wh)
+
+
+ACCEPTED = {  # case -> (report file, content, the record's config)
+    "date_key": (
+        "report.yaml",
+        "app: m\nruntime: 3\nnote: x\n2026-01-01: maintenance\n",
+        {"app": "m", "note": "x"},
+    ),
+    "bytes_key": ("report.yaml", "app: m\nruntime: 3\n? !!binary aGVsbG8=\n: 1\n", {"app": "m"}),
+    "bom": (
+        "report.json",
+        b'\xef\xbb\xbf{"app": "m", "runtime": 3, "size": 5}',
+        {"app": "m", "size": 5},
+    ),
+    "merge_key": (
+        "report.yaml",
+        "defaults: &d {note: merged, size: 1}\n<<: *d\napp: m\nruntime: 3\nsize: 4\n",
+        {"app": "m", "note": "merged", "size": 4},  # the report's own key wins, as YAML says
+    ),
+    "nan_and_infinity": (
+        "report.json",
+        '{"app": "m", "runtime": 3, "size": NaN, "note": -Infinity}',
+        {"app": "m", "note": "-Infinity", "size": "NaN"},  # text, as json_number keeps "1e999"
+    ),
+}
+
+
+def strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_reports_with_odd_but_valid_content_are_ingested_as_standard_json(
+    tmp_path: Path, case: str
+) -> None:
+    """Mapping keys that are not text (a YAML date, bytes) are stored as text instead of
+    stopping json.dumps; a UTF-8 BOM is accepted as the fleet adapter accepts it; YAML merge keys
+    are supported; NaN/Infinity config values are stored as text, so config_json stays standard
+    JSON."""
+    name, text, config = ACCEPTED[case]
+    root = tmp_path / "runs"
+    good_runs(root)
+    put(root, "m", name, text)
+    wh, report = ingest(tmp_path, root)
+    with wh:
+        assert_accounted(report, wh, {})
+        record = records(wh)["m"]
+        assert record["target"] == 3.0
+        assert strict_json(str(record["config_json"])) == config
+        [(fields,)] = wh.con.sql("SELECT fields_json FROM runs WHERE run_key = 'm'").fetchall()
+        strict_json(fields)
+    if case == "date_key":
+        assert json.loads(fields)["2026-01-01"] == "maintenance"
+
+
+# -- targets of the wrong type (finding 13) ------------------------------------------------------
+
+WRONG_TARGETS = {  # case -> (report file, text, reason fragment): no target is a number
+    "json_true": ("report.json", '{"app": "m", "runtime": true}', "runtime True (a boolean)"),
+    "yaml_yes": ("report.yaml", "app: m\nruntime: yes\n", "runtime True (a boolean)"),
+    "underscored": ("report.json", '{"app": "m", "runtime": "1_000"}', "runtime '1_000'"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_TARGETS)
+def test_a_target_must_be_a_number_or_text_that_reads_as_one(tmp_path: Path, case: str) -> None:
+    """`true` / YAML `yes` are not 1.0 and "1_000" is not 1000 (float() reads both): the table
+    adapter's rule (FLOAT_RE) applies; a number written as text ("2.5") still counts."""
+    name, text, fragment = WRONG_TARGETS[case]
+    root = tmp_path / "runs"
+    good_runs(root)
+    put(root, "m", name, text)
+    put(root, "quoted", "report.json", '{"app": "q", "runtime": " 2.5 "}')
+    wh, report = ingest(tmp_path, root)
+    with wh:
+        assert_accounted(report, wh, {f"m/{name}": f"non-numeric target {fragment}"})
+        assert records(wh)["quoted"]["target"] == 2.5
+
+
+# -- baselines of zero (finding 12) --------------------------------------------------------------
+
+REFERENCE = {"field": "vm", "value": "ref", "match": ["job"], "pair_on": "run"}
+
+
+def put_pair_runs(root: Path, runtimes: dict[str, float]) -> None:
+    """Run folders `<vm>_<job>_<run>` with the given runtimes."""
+    for run, runtime in runtimes.items():
+        vm, job, n = run.split("_")
+        report = {"app": run, "vm": vm, "job": job, "run": n, "runtime": runtime}
+        put(root, run, "report.json", json.dumps(report))
+        put(root, run, "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7\n")
+
+
+def test_a_reference_run_of_zero_seconds_is_quarantined_not_a_baseline(tmp_path: Path) -> None:
+    """With `target_relative_to: reference.runtime`, a reference run that took 0 s would give its
+    paired records a ratio to zero, and the dataset build would stop with MissingScaleError.
+    Ingest quarantines it with regressor.targets' own rule; its runs pair with another reference
+    run instead, and the dataset builds."""
+    root = tmp_path / "runs"
+    put_pair_runs(root, {"ref_sort_1": 0, "ref_sort_2": 30, "big_sort_1": 10, "big_sort_2": 11})
+    relative = {"reference": REFERENCE, "target_relative_to": "reference.runtime"}
+    wh, report = ingest(tmp_path, root, target_min=0.0, **relative)
+    with wh:
+        bad = {"ref_sort_1/report.json": "'reference.runtime' is 0.0, not a positive"}
+        assert_accounted(report, wh, bad, good={"big_sort_1": 10.0, "big_sort_2": 11.0})
+        frame = wh.query("records").sort("record_id")
+        pairs = wh.con.sql("SELECT record_key, ref_path FROM row_records").fetchall()
+    assert sorted(pairs) == [
+        ("big_sort_1", "ref_sort_2/report.json"),
+        ("big_sort_2", "ref_sort_2/report.json"),
+    ]
+    examples = to_examples(frame, relative_to="reference.runtime")
+    assert list(examples.scale_values) == [30.0, 30.0]
+
+
+def test_a_record_without_its_own_baseline_is_quarantined(tmp_path: Path) -> None:
+    """Without a reference, `target_relative_to` names a field of the run's own config: a run
+    whose `size` is 0 is quarantined at ingest rather than failing the dataset build."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    for run, target in GOOD.items():
+        put(root, run, "report.json", json.dumps({"app": run, "runtime": target, "size": 2}))
+    put(root, "m", "report.json", '{"app": "m", "runtime": 4, "size": "0"}')
+    wh, report = ingest(tmp_path, root, target_relative_to="size")
+    with wh:
+        assert_accounted(report, wh, {"m/report.json": "'size' is 0, not a positive"})
+        to_examples(wh.query("records"), relative_to="size")
+
+
+def test_a_pairing_that_changed_since_ingest_is_left_out_with_a_reason(tmp_path: Path) -> None:
+    """The `reference` rules do not re-parse stored runs, so a run checked as an ordinary run can
+    become a reference: the records are rebuilt, and a pairing whose baseline is 0 is left out
+    with a reason in the report instead of failing the dataset build."""
+    root = tmp_path / "runs"
+    put_pair_runs(root, {"ref_sort_1": 30, "big_sort_1": 0, "small_sort_1": 12})
+    relative = {"target_relative_to": "reference.runtime", "target_min": 0.0}
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        ingest_runs(wh, source(root, reference=REFERENCE, **relative), "run-1")
+        big_ref = REFERENCE | {"value": "big"}
+        report = ingest_runs(wh, source(root, reference=big_ref, **relative), "run-2")
+        assert report.files_unchanged == report.files_seen
+        (reason,) = [r for f, r in report.quarantined if f == str(root / "ref_sort_1/report.json")]
+        assert "'reference.runtime' is 0.0" in reason
+        assert "small_sort_1" not in records(wh)
+        to_examples(wh.query("records"), relative_to="reference.runtime")
+
+
+# -- logs whose time column is not clock times on every row (finding 8) -----------------------
+
+ODD_CLOCKS = {  # run -> log; the time column is not clock times on every row
+    "sar_average_row": "time,cpu\n00:00:01,5\nAverage:,6\n",
+    "seconds": "time,cpu\n1,5\n2,6\n",
+    "no_value_column": "time\n1\n2\n",
+}
+
+
+def test_a_log_whose_times_are_not_clock_times_is_summarised_per_sample(tmp_path: Path) -> None:
+    """polars cannot infer a datetime format from `1` or `Average:` and raises; the module's
+    promise holds instead: time falls back to the sample index (one sample per second)."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    for run, log in ODD_CLOCKS.items():
+        put(root, run, "report.json", json.dumps({"app": run, "runtime": 9}))
+        put(root, run, "log.csv", log)
+    wh, report = ingest(tmp_path, root, own_log=True)
+    with wh:
+        assert_accounted(report, wh, {})
+        got = records(wh)
+    for run in ODD_CLOCKS:
+        logs = json.loads(str(got[run]["logs_json"]))
+        assert (logs["samples"], logs["span_h"]) == (2, round(1 / 3600, 7)), run
+    assert json.loads(str(got["seconds"]["logs_json"]))["windows"]["all"]["cpu"]["mean"] == 5.5
+
+
+def test_a_log_the_batch_summary_chokes_on_is_quarantined_alone(tmp_path: Path) -> None:
+    """A batch's logs are summarised in one polars pass. A log column named like the pass's own
+    columns (`value`) is summarised like any other; one the pass still cannot take (a header
+    holding NUL) is quarantined alone, its run keeps its record, and the batch's other logs keep
+    their summaries."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    logs = {
+        "named_value": "time,value\n00:00:01,1\n00:00:02,3\n",
+        "nul": "time,\0col\n00:00:01,2\n",
+    }
+    for run, log in logs.items():
+        put(root, run, "report.json", json.dumps({"app": run, "runtime": 9}))
+        put(root, run, "log.csv", log)
+    wh, report = ingest(tmp_path, root, own_log=True)
+    with wh:
+        assert_accounted(report, wh, {"nul/log.csv": "could not be parsed (DuplicateError"})
+        got = records(wh)
+    assert json.loads(str(got["named_value"]["logs_json"]))["windows"]["all"]["value"]["max"] == 3
+    assert json.loads(str(got["a_good"]["logs_json"]))["samples"] == 2
+    assert got["nul"]["logs_json"] == "{}"
+
+
+# -- run folders refused unread (findings 5 and 14) ---------------------------------------------
+
+
+def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_path: Path) -> None:
+    """A run folder whose name is not UTF-8, one without report or log, one that is a symlink out
+    of the root, a report that is a symlink out of it or a directory, a log that is a FIFO: each
+    is refused unread, counted, and in the quarantine table with its reason (replaced, not
+    repeated, by the next ingest); the good runs are all ingested."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    outside = tmp_path / "outside"
+    put(tmp_path, "outside", "report.json", '{"app": "TOP-SECRET", "runtime": 1}')
+    put(root, os.fsdecode(b"caf\xe9"), "report.json", '{"app": "cafe", "runtime": 1}')
+    (root / "empty").mkdir()
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "leaky").mkdir()
+    (root / "leaky" / "report.json").symlink_to(outside / "report.json")
+    (root / "dir_report" / "report.json").mkdir(parents=True)
+    put(root, "fifo_log", "report.json", '{"app": "f", "runtime": 4}')
+    os.mkfifo(root / "fifo_log" / "log.csv")
+    bad = {
+        "caf\\xe9": "name is not valid UTF-8",
+        "empty": "a run folder without report or log",
+        "linked": "resolves outside the source folder",
+        "leaky/report.json": "resolves outside the source folder",
+        "dir_report/report.json": "a directory, not a file",
+        "fifo_log/log.csv": "not a regular file",
+    }
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        for run_id in ("run-1", "run-2"):
+            report = ingest_runs(wh, source(root), run_id)
+            assert_accounted(report, wh, bad)
+            assert report.files_quarantined == len(bad)
+        assert records(wh)["fifo_log"]["target"] == 4.0  # its report is fine
+        assert "TOP-SECRET" not in str(wh.query("records")["config_json"].to_list())
+
+
+# -- unreadable and vanished files (findings 3 and 4) -------------------------------------------
+
+CHILD = """
+import json, sys
+from pathlib import Path
+from regressor.config import RunsSourceConfig
+from regressor.sources.runs import ingest_runs
+from regressor.warehouse import Warehouse
+root, db = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = dict(name="runs", adapter="runs", root=root, run_glob="*", target_field="runtime",
+           report_files=["report.json", "report.yaml"], task_field="app",
+           config_fields=["app", "note", "size"])
+with Warehouse(db) as wh:
+    print(ingest_runs(wh, RunsSourceConfig.model_validate(cfg), "run-1").model_dump_json())
+"""
+NO_DAC = ["--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def without_root_reads(cmd: list[str], probe: Path) -> list[str]:
+    """`cmd` run so that file modes bind (as root, through setpriv without the DAC override
+    capabilities); skips the test where that is not possible here."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root here, and no setpriv to drop the DAC override capabilities")
+    check = [setpriv, *NO_DAC, sys.executable, "-c", f"open({str(probe)!r}).read()"]
+    if subprocess.run(check, capture_output=True, check=False).returncode == 0:
+        pytest.skip("cannot make a chmod-000 file unreadable here")
+    return [setpriv, *NO_DAC, *cmd]
+
+
+def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
+    """chmod 000 on a report, a log and a run folder (read for real: the ingest runs in a child
+    process without root's DAC override). Each is quarantined as unreadable; the run with the
+    unreadable log keeps its record; the good runs are all there."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    locked = [
+        put(root, "bad_report", "report.json", '{"app": "r", "runtime": 3}'),
+        put(root, "bad_log", "log.csv", "time,cpu\n00:00:01,5\n"),
+        root / "bad_folder",
+    ]
+    put(root, "bad_log", "report.json", '{"app": "l", "runtime": 4}')
+    put(root, "bad_folder", "report.json", '{"app": "f", "runtime": 5}')
+    for path in locked:
+        path.chmod(0)
+    cmd = [sys.executable, "-c", CHILD, str(root), str(tmp_path / "wh.duckdb")]
+    try:
+        done = subprocess.run(
+            without_root_reads(cmd, locked[0]),
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        for path in locked:
+            path.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = IngestReport.model_validate_json(done.stdout.splitlines()[-1])
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        assert_accounted(
+            report,
+            wh,
+            {
+                "bad_report/report.json": "unreadable: Permission denied",
+                "bad_log/log.csv": "unreadable: Permission denied",
+                "bad_folder": "the run folder cannot be read (Permission denied)",
+            },
+        )
+        assert records(wh)["bad_log"]["target"] == 4.0
+
+
+class DeleteOnWarning(logging.Handler):
+    """Deletes a file when the adapter logs a warning naming `trigger`: a file vanishing at a
+    real, fixed point of the ingest (after its run folder was listed, before it is read)."""
+
+    def __init__(self, victims: dict[str, Path]) -> None:
+        super().__init__(logging.WARNING)
+        self.victims = victims
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for trigger, victim in self.victims.items():
+            if trigger in record.getMessage() and victim.exists():
+                victim.unlink()
+
+
+@pytest.fixture
+def deleting() -> Iterator[dict[str, Path]]:
+    victims: dict[str, Path] = {}
+    handler = DeleteOnWarning(victims)
+    logger = logging.getLogger("regressor.sources.runs")
+    logger.addHandler(handler)
+    try:
+        yield victims
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_files_that_vanish_while_the_ingest_runs_are_quarantined(
+    tmp_path: Path, deleting: dict[str, Path]
+) -> None:
+    """`b/report.json` is deleted after its folder was examined, before it is hashed (when the
+    FIFO beside it is refused); `c/log.csv` after it was hashed, before it is read (when the next
+    folder, a symlink out of the root, is refused). Both are quarantined as vanished; c keeps its
+    record; nothing stops the run."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    put(root, "b", "report.json", '{"app": "b", "runtime": 3}')
+    os.mkfifo(root / "b" / "log.csv")
+    put(root, "c", "report.json", '{"app": "c", "runtime": 4}')
+    put(root, "c", "log.csv", "time,cpu\n00:00:01,5\n")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "d").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    deleting |= {"b/log.csv": root / "b/report.json", f"{root / 'd'}:": root / "c/log.csv"}
+    wh, report = ingest(tmp_path, root)
+    with wh:
+        assert_accounted(
+            report,
+            wh,
+            {
+                "b/log.csv": "not a regular file",
+                "b/report.json": "vanished",
+                "c/log.csv": "vanished",
+                "d": "resolves outside the source folder",
+            },
+        )
+        assert records(wh)["c"]["target"] == 4.0
