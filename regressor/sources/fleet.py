@@ -3,7 +3,9 @@
 Idempotent: a file whose bytes (and parser version) are unchanged is skipped; a new or changed file
 replaces every row previously derived from it, within one transaction per batch. Bad input never
 stops the run: it becomes a `quarantine` row whose reason names the file, and the rest proceeds.
-Files that disappear keep their rows (ingest only adds and replaces).
+Files that disappear keep their rows (ingest only adds and replaces), and so do files that cannot
+be read this run (gone since they were listed, or no permission): those are quarantined unread.
+A task has one config and a (task, period) one log: a second file for either is quarantined.
 
 Large log sets are read, hashed, summarised and compressed in worker processes (`ingest_logs`)
 while this process, DuckDB's single writer, writes the finished batches in order. Raw logs are
@@ -12,20 +14,22 @@ kept zstd-compressed in `logs.raw_blob` (`raw_log_text` reads them back).
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
-import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
@@ -37,14 +41,15 @@ from regressor.config import FleetSourceConfig
 from regressor.sources.common import (
     BadInputError,
     Tally,
-    inside,
+    as_bad_input,
     load_yaml_limited,
     safe_files,
+    unreadable_reason,
 )
 from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
 from regressor.warehouse import QuarantineRow, Warehouse
 
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: duplicate keys, non-text keys and non-YYYY-MM-DD log names refused
 BATCH_FILES = 256
 BATCH_BYTES = 32_000_000  # a batch of logs also stops here: its frames take ~15x its bytes
 # Raw logs are stored zstd-compressed (~5x smaller): DuckDB writes the compressed BLOBs ~20x
@@ -56,6 +61,7 @@ POOL_MIN_BYTES = 64_000_000
 MAX_WORKERS = 4  # each holds one batch's frames (~0.5 GB at BATCH_BYTES)
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class IngestReport(BaseModel):
@@ -76,7 +82,8 @@ class IngestReport(BaseModel):
 
 @dataclass
 class Staged:
-    """One file read from disk; `row` is its table row when it parsed, else `problem` says why."""
+    """One file read from disk; `row` is its table row when it parsed, else `problem` says why.
+    `read` is False when the file could not be read at all (`problem` says why)."""
 
     path: Path
     rel: str
@@ -88,6 +95,7 @@ class Staged:
     row: dict[str, Any] | None = None
     problem: BadInputError | None = None
     row_problems: list[BadInputError] = field(default_factory=list)
+    read: bool = True
 
 
 # -- decoding and parsing single files -------------------------------------------------------
@@ -122,34 +130,90 @@ def parse_yaml(text: str, loader: type) -> Any:
         raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
 
 
+def brief(exc: BaseException) -> str:
+    """An exception's first line, minus Python's advice to programmers (set_int_max_str_digits)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].split("; use sys.set_int_max_str_digits")[0]
+
+
 def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
-    """A config file's text -> a JSON-compatible mapping, or BadInputError."""
+    """A config file's text -> a JSON-compatible mapping, or BadInputError: malformed, not a
+    mapping, a repeated key (refused as by the runs adapter, whose loader also reports a value
+    PyYAML cannot build, such as `2026-02-30`, with its line), or nested too deeply."""
+    # Imported here, not at the top: runs.py imports this module.
+    from regressor.sources.runs import UniqueKeyLoader, unique_pairs
+
     if not text.strip():
         raise BadInputError("empty file")
-    if suffix in {".yaml", ".yml"}:
-        value = parse_yaml(text, YAML_LOADER)
-    elif suffix == ".json":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
-    else:
-        raise BadInputError(f"unsupported config format {suffix!r} (expected .yaml, .yml or .json)")
+    kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(suffix)
+    try:
+        if kind == "YAML":
+            value = parse_yaml(text, UniqueKeyLoader)
+        elif kind == "JSON":
+            value = json.loads(text, object_pairs_hook=unique_pairs)
+        else:
+            raise BadInputError(
+                f"unsupported config format {suffix!r} (expected .yaml, .yml or .json)"
+            )
+    except BadInputError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
+    except RecursionError as exc:  # JSON nested 100,000 deep
+        raise BadInputError(f"not valid {kind}: nested too deeply") from exc
+    except (ValueError, TypeError) as exc:  # an integer of 5000 digits; an unhashable YAML key
+        raise BadInputError(f"not valid {kind}: {brief(exc)}") from exc
     if not isinstance(value, dict):
         raise BadInputError(f"expected a mapping at the top level, got {type(value).__name__}")
     return value
 
 
+def json_key(key: Any) -> str:
+    """`key` as JSON writes an object key, or BadInputError for one it cannot write (a date)."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    shown = str(key)[:40]
+    raise BadInputError(f"mapping key {shown!r} is a {type(key).__name__}, not text (quote it)")
+
+
+def check_keys(value: Any) -> None:
+    """Refuse mapping keys that JSON cannot hold as they are: a date or bytes key, or two keys
+    that JSON writes alike (`1` and `"1"`), which would silently become one."""
+    stack = [value]  # a loop, not recursion: the nesting depth is the input's to choose
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            names: dict[str, Any] = {}
+            for key, child in item.items():
+                name = json_key(key)
+                if name in names:
+                    raise BadInputError(f"keys {names[name]!r} and {key!r} are one key in JSON")
+                names[name] = key
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def config_json(config: dict[str, Any]) -> str:
-    """Canonical JSON; YAML dates become ISO strings, NaN/inf are refused (not valid JSON)."""
+    """Canonical JSON; YAML dates become ISO strings; NaN/inf and keys JSON cannot hold are
+    refused (see `check_keys`)."""
+    check_keys(config)
     try:
         return json.dumps(config, default=str, allow_nan=False, ensure_ascii=False)
     except ValueError as exc:
         raise BadInputError(f"config holds a value JSON cannot represent: {exc}") from exc
+    except RecursionError as exc:
+        raise BadInputError("config nested too deeply to store as JSON") from exc
 
 
 def parse_period(stem: str) -> date:
+    """A log's period from its file name, exactly YYYY-MM-DD: `date.fromisoformat` alone also
+    takes 20260101 and 2026-W01-4, which would give a day two logs under different names."""
     try:
+        if not ISO_DATE.fullmatch(stem):
+            raise ValueError(stem)
         return date.fromisoformat(stem)
     except ValueError as exc:
         raise BadInputError(f"log file name {stem!r} is not an ISO date (YYYY-MM-DD)") from exc
@@ -191,10 +255,35 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
 # -- staging ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """`as_bad_input` for reading `path`, which says so when the file vanished since listed."""
+    with as_bad_input(path):
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise BadInputError("vanished since the folder was listed") from exc
+
+
 def stage(path: Path, root: Path, kind: str, parser: str) -> Staged:
-    data = path.read_bytes()
+    """The file's bytes and hash; one that cannot be read (gone since it was listed, or no
+    permission) is staged unread, with the reason as its `problem`."""
     rel = path.relative_to(root).as_posix()
+    try:
+        with reading(path):
+            data = path.read_bytes()
+    except BadInputError as exc:
+        return Staged(path, rel, kind, b"", "", parser, problem=exc, read=False)
     return Staged(path, rel, kind, data, sha256(data), parser, len(data))
+
+
+def refuse_unread(staged: Sequence[Staged], tally: Tally) -> list[Staged]:
+    """The files that were read. The others are refused (quarantined without a `files` row), so
+    their rows from an earlier read are kept, as for a file that disappeared."""
+    for s in staged:
+        if not s.read:
+            tally.refuse(s.rel, str(s.path), f"{s.path}: {s.problem}")
+    return [s for s in staged if s.read]
 
 
 def provenance(s: Staged, source: str, run_id: str) -> dict[str, Any]:
@@ -208,8 +297,9 @@ def provenance(s: Staged, source: str, run_id: str) -> dict[str, Any]:
 
 def parse_config(s: Staged, source: str, run_id: str) -> None:
     try:
-        text = decode(s.data)
-        parsed = config_json(parse_config_text(text, s.path.suffix.lower()))
+        with as_bad_input(s.path):
+            text = decode(s.data)
+            parsed = config_json(parse_config_text(text, s.path.suffix.lower()))
     except BadInputError as exc:
         s.problem = exc
         return
@@ -233,17 +323,22 @@ def parse_logs(
     """
     good: list[tuple[Staged, str, date]] = []
     for s in batch:
+        if not s.read:
+            continue
         try:
-            period = parse_period(s.path.stem)
-            text = decode(s.data)
-            check_log_text(text)
+            with as_bad_input(s.path):
+                period = parse_period(s.path.stem)
+                text = decode(s.data)
+                check_log_text(text)
         except BadInputError as exc:
             s.problem = exc
             continue
         good.append((s, text, period))
-    summaries = summarize_logs([text for _, text, _ in good], cache=cache)
+    summaries = summaries_of(good, cache)
     compressor = zstandard.ZstdCompressor(level=RAW_LEVEL)
     for (s, text, period), summary in zip(good, summaries, strict=True):
+        if summary is None:
+            continue
         s.row = {
             **provenance(s, source, run_id),
             "task": s.path.parent.name,
@@ -256,6 +351,27 @@ def parse_logs(
         }
     for s in batch:
         s.data = b""
+
+
+def summaries_of(
+    good: Sequence[tuple[Staged, str, date]], cache: ShapeCache | None
+) -> list[dict[str, Any] | None]:
+    """The logs' summaries in one pass; should that fail on a text no check foresaw, each log
+    alone, so that only the logs that fail are quarantined (None), not their whole batch."""
+    try:
+        return list(summarize_logs([text for _, text, _ in good], cache=cache))
+    except Exception:  # one log's failure must not cost its batch: find it
+        return [summary_or_problem(s, text, cache) for s, text, _ in good]
+
+
+def summary_or_problem(s: Staged, text: str, cache: ShapeCache | None) -> dict[str, Any] | None:
+    """One log's summary, or None with `s.problem` set when summarising it fails."""
+    try:
+        with as_bad_input(s.path):
+            return summarize_logs([text], cache=cache)[0]
+    except BadInputError as exc:
+        s.problem = exc
+        return None
 
 
 def raw_log_text(row: dict[str, Any]) -> str:
@@ -279,9 +395,14 @@ def shape_cache() -> ShapeCache:
 def prepare_logs(
     paths: Sequence[Path], root: Path, parser: str, known: Known, source: str, run_id: str
 ) -> tuple[list[Staged], int]:
-    """Read, hash and parse one batch of logs (in a worker or here): (changed files, unchanged)."""
+    """Read, hash and parse one batch of logs (in a worker or here): (changed files, unchanged).
+    The changed files include those that could not be read (`read` False)."""
     staged = [stage(path, root, "log", parser) for path in paths]
-    changed = [s for s in staged if known.get(s.rel, ("", "", ""))[:2] != (s.content_hash, parser)]
+    changed = [
+        s
+        for s in staged
+        if not s.read or known.get(s.rel, ("", "", ""))[:2] != (s.content_hash, parser)
+    ]
     parse_logs(changed, source, run_id, shape_cache())
     return changed, len(staged) - len(changed)
 
@@ -346,26 +467,54 @@ def decoded_lines(data: bytes) -> tuple[list[tuple[int, str]], list[BadInputErro
     return good, bad
 
 
+def csv_fields(text: str) -> list[str]:
+    """One line's CSV fields. A quote left open is refused: its field would run on over the next
+    lines (a quoted line break, or a stray quote), and one bad row must not swallow the rest."""
+    if '"' not in text:
+        return text.split(",")
+    if text.count('"') % 2:
+        raise BadInputError("unclosed quote (a quoted field may not span lines)")
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise BadInputError(f"not valid CSV: {exc}") from exc
+
+
 def read_targets_frame(
     s: Staged, source: FleetSourceConfig
 ) -> tuple[pl.DataFrame, list[BadInputError]]:
-    """The CSV as strings plus its file line numbers; BadInputError when the file is unusable."""
+    """The wanted columns as strings plus each row's file line number, and the rows refused: one
+    that is not valid CSV on its own line, or has more fields than the header (an unquoted comma:
+    which field is the target?). A short row's missing fields are null. BadInputError when the
+    file as a whole is unusable."""
     lines, bad = decoded_lines(s.data)
     if not lines:
         raise BadInputError("empty file")
-    text = "\n".join(t for _, t in lines) + "\n"
+    number, text = lines[0]
     try:
-        frame = pl.read_csv(io.StringIO(text), infer_schema=False, truncate_ragged_lines=True)
-    except pl.exceptions.PolarsError as exc:
-        raise BadInputError(f"not a readable CSV: {exc}") from exc
+        header = csv_fields(text.removeprefix("\ufeff"))  # a byte order mark (Excel writes one)
+    except BadInputError as exc:
+        raise BadInputError(f"header: {exc}", f"line {number}") from exc
     wanted = [source.task_column, source.period_column, source.target_column]
-    missing = [c for c in wanted if c not in frame.columns]
+    missing = [c for c in wanted if c not in header]
     if missing:
-        raise BadInputError(f"missing column(s) {missing}; header is {frame.columns}", "line 1")
-    if frame.height != len(lines) - 1:  # quoted newlines would break the line mapping
-        raise BadInputError("rows do not map one-to-one onto lines (multi-line quoted fields?)")
-    line_numbers = pl.Series("line", [n for n, _ in lines[1:]], dtype=pl.Int32)
-    return frame.select(wanted).with_columns(line_numbers), bad
+        raise BadInputError(f"missing column(s) {missing}; header is {header}", f"line {number}")
+    index = {c: header.index(c) for c in wanted}
+    columns: dict[str, list[str | None]] = {c: [] for c in wanted}
+    numbers = []
+    for number, text in lines[1:]:
+        try:
+            fields = csv_fields(text)
+            if len(fields) > len(header):
+                raise BadInputError(f"{len(fields)} fields but the header has {len(header)}")
+        except BadInputError as exc:
+            bad.append(BadInputError(str(exc), f"line {number}"))
+            continue
+        numbers.append(number)
+        for name, values in columns.items():
+            values.append(fields[index[name]] if index[name] < len(fields) else None)
+    frame = pl.DataFrame(columns, schema=dict.fromkeys(columns, pl.String))
+    return frame.with_columns(pl.Series("line", numbers, dtype=pl.Int32)), bad
 
 
 def validate_targets(frame: pl.DataFrame, source: FleetSourceConfig) -> pl.DataFrame:
@@ -427,11 +576,13 @@ def flag_duplicates(rows: pl.DataFrame) -> pl.DataFrame:
 
 def parse_targets(s: Staged, source: FleetSourceConfig, run_id: str) -> pl.DataFrame:
     try:
-        frame, s.row_problems = read_targets_frame(s, source)
+        with as_bad_input(s.path):
+            frame, row_problems = read_targets_frame(s, source)
+            rows = flag_duplicates(validate_targets(frame, source))
     except BadInputError as exc:
         s.problem = exc
         return pl.DataFrame()
-    rows = flag_duplicates(validate_targets(frame, source))
+    s.row_problems = row_problems
     for line, problem in (
         rows.filter(pl.col("problem").is_not_null()).select("line", "problem").iter_rows()
     ):
@@ -518,10 +669,10 @@ def chunks(
 def changed(
     paths: Sequence[Path], root: Path, kind: str, parser: str, known: Known, tally: Tally
 ) -> list[Staged]:
-    """Read the files; count and drop those whose bytes and parser match what is stored."""
+    """Read the files; count and drop those whose bytes and parser match what is stored, and
+    refuse those that cannot be read."""
     staged = []
-    for path in paths:
-        s = stage(path, root, kind, parser)
+    for s in refuse_unread([stage(path, root, kind, parser) for path in paths], tally):
         tally.seen += 1
         if known.get(s.rel, ("", "", ""))[:2] == (s.content_hash, parser):
             tally.unchanged += 1
@@ -530,14 +681,31 @@ def changed(
     return staged
 
 
-def claim_tasks(configs: Sequence[Staged]) -> None:
-    """One config per task: among the files that parsed, the first by name wins (a.json, a.yaml)."""
-    owners: dict[str, Path] = {}
+def kept_files(known: Known, prefix: str, read: set[str]) -> list[str]:
+    """Stored files of a kind (their parser starts with `prefix`) whose rows stay although this
+    run does not read them (gone, or unreadable): they still hold their task or day."""
+    return sorted(
+        rel
+        for rel, (_, parser, status) in known.items()
+        if status == "ok" and parser.startswith(prefix) and rel not in read
+    )
+
+
+def kept_note(root: Path, rel: str) -> str:
+    return f"{root / rel} (not read this run; its stored rows are kept)"
+
+
+def claim_tasks(configs: Sequence[Staged], root: Path, known: Known) -> None:
+    """One config per task: among the files that parsed, the first by name wins (a.json, a.yaml),
+    unless a file not read this run holds the task with its kept rows (a task never has two)."""
+    owners: dict[str, str] = {}
+    for rel in kept_files(known, "config-", {s.rel for s in configs if s.read}):
+        owners.setdefault(PurePosixPath(rel).stem, kept_note(root, rel))
     for s in configs:
         if s.row is None:
             continue
-        owner = owners.setdefault(s.row["task"], s.path)
-        if owner != s.path:
+        owner = owners.setdefault(s.path.stem, str(s.path))
+        if owner != str(s.path):
             s.row, s.problem = None, BadInputError(f"duplicate config for task; using {owner}")
 
 
@@ -545,6 +713,7 @@ def ingest_configs(
     wh: Warehouse,
     source: FleetSourceConfig,
     root: Path,
+    paths: Sequence[Path],
     run_id: str,
     known: Known,
     tally: Tally,
@@ -555,11 +724,12 @@ def ingest_configs(
     A file is unchanged when its bytes, parser and resulting status match what is stored.
     """
     parser = f"config-{PARSER_VERSION}"
-    paths = safe_files(root, source.config_glob, tally)
     configs = [stage(p, root, "config", parser) for p in paths]
     for s in configs:
-        parse_config(s, source.name, run_id)
-    claim_tasks(configs)
+        if s.read:
+            parse_config(s, source.name, run_id)
+    claim_tasks(configs, root, known)
+    configs = refuse_unread(configs, tally)
     tally.seen += len(configs)
     pending = []
     for s in configs:
@@ -574,10 +744,78 @@ def ingest_configs(
         tally_batch(tally, batch, write_batch(wh, batch, "configs", rows, source.name, run_id))
 
 
+def log_sizes(paths: Sequence[Path], root: Path, tally: Tally) -> tuple[list[Path], list[int]]:
+    """The logs that are still there and their sizes (which bound each batch's bytes); a log
+    gone since it was listed is refused."""
+    found, sizes = [], []
+    for path in paths:
+        try:
+            with reading(path):
+                sizes.append(path.stat().st_size)
+        except BadInputError as exc:
+            tally.refuse(path.relative_to(root).as_posix(), str(path), f"{path}: {exc}")
+            continue
+        found.append(path)
+    return found, sizes
+
+
+def log_key(rel: str) -> tuple[str, date] | None:
+    """A log's (task, period) from its path; None when its name is not a date (quarantined)."""
+    path = PurePosixPath(rel)
+    try:
+        return path.parent.name, parse_period(path.stem)
+    except BadInputError:
+        return None
+
+
+def second_logs(paths: Sequence[Path], root: Path, known: Known) -> dict[Path, str]:
+    """Logs for a (task, period) that another log already holds -> that log. The first by name
+    holds the day, decided before reading (which file serves must not depend on its bytes),
+    unless a log not listed this run holds it with its kept rows."""
+    rels = {path: path.relative_to(root).as_posix() for path in paths}
+    firsts: dict[tuple[str, date], str] = {}
+    for rel in kept_files(known, "log-", set(rels.values())):
+        if key := log_key(rel):
+            firsts.setdefault(key, kept_note(root, rel))
+    seconds = {}
+    for path, rel in rels.items():
+        if key := log_key(rel):
+            first = firsts.setdefault(key, str(path))
+            if first != str(path):
+                seconds[path] = first
+    return seconds
+
+
+def quarantine_second_logs(
+    wh: Warehouse,
+    source: FleetSourceConfig,
+    root: Path,
+    seconds: dict[Path, str],
+    parser: str,
+    run_id: str,
+    known: Known,
+    tally: Tally,
+) -> None:
+    """A second log for a (task, period) is quarantined, not stored twice. Its parser names the
+    log that serves the day, so the file is looked at again when that changes."""
+    batch = []
+    for path, first in seconds.items():
+        tag = sha256(first.encode())[:12]
+        for s in changed([path], root, "log", f"{parser}:second-to:{tag}", known, tally):
+            period = parse_period(path.stem).isoformat()
+            reason = f"duplicate log for ({path.parent.name}, {period}); using {first}"
+            s.problem, s.data = BadInputError(reason), b""
+            batch.append(s)
+    if batch:
+        rows = pl.DataFrame()
+        tally_batch(tally, batch, write_batch(wh, batch, "logs", rows, source.name, run_id))
+
+
 def ingest_logs(
     wh: Warehouse,
     source: FleetSourceConfig,
     root: Path,
+    paths: Sequence[Path],
     run_id: str,
     known: Known,
     tally: Tally,
@@ -586,33 +824,38 @@ def ingest_logs(
 ) -> None:
     """Workers read, hash, check, summarise and compress batches; this process writes each
     batch in its own transaction, in order, while the workers parse the next ones."""
-    paths = safe_files(root, source.log_glob, tally)
     parser = f"log-{PARSER_VERSION}.{SUMMARY_VERSION}"
-    sizes = [p.stat().st_size for p in paths]
+    seconds = second_logs(paths, root, known)
+    paths, sizes = log_sizes([p for p in paths if p not in seconds], root, tally)
     jobs = []
     for batch_paths in chunks(paths, batch_size, sizes, BATCH_BYTES):
         rels = (p.relative_to(root).as_posix() for p in batch_paths)
         mine = {rel: known[rel] for rel in rels if rel in known}
         jobs.append((list(batch_paths), root, parser, mine, source.name, run_id))
     workers = pool_size(sum(sizes)) if workers is None else workers
-    for (batch, unchanged), job in zip(ordered_map(prepare_logs, jobs, workers), jobs, strict=True):
-        tally.seen += len(job[0])
+    for (staged, unchanged), job in zip(
+        ordered_map(prepare_logs, jobs, workers), jobs, strict=True
+    ):
+        batch = refuse_unread(staged, tally)
+        tally.seen += unchanged + len(batch)
         tally.unchanged += unchanged
         rows = pl.DataFrame([s.row for s in batch if s.row])
         replace = bool(job[3])  # the batch's files that `known` holds
         quarantined = write_batch(wh, batch, "logs", rows, source.name, run_id, replace)
         tally_batch(tally, batch, quarantined)
+    quarantine_second_logs(wh, source, root, seconds, parser, run_id, known, tally)
 
 
 def ingest_targets(
     wh: Warehouse, source: FleetSourceConfig, root: Path, run_id: str, known: Known, tally: Tally
 ) -> None:
     path = root / source.targets_file
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         tally.rejected.append((str(path), f"{path}: targets file not found"))
         return
-    if not inside(root, path):
-        tally.rejected.append((str(path), f"{path}: resolves outside {root} (symlink?); not read"))
+    if problem := unreadable_reason(root, path):  # a directory, a FIFO, outside the folder...
+        rel = path.relative_to(root).as_posix()
+        tally.refuse(rel, str(path), f"{path}: {problem}; not read")
         return
     # The validation rules are part of the parser: changing them re-validates unchanged bytes.
     rules = (
@@ -691,7 +934,9 @@ def ingest_fleet(
     }
     before = count_records(wh, source.name)
     tally = Tally()
-    ingest_configs(wh, source, root, run_id, known, tally, batch_size)
-    ingest_logs(wh, source, root, run_id, known, tally, batch_size, workers)
+    configs = safe_files(root, source.config_glob, tally)
+    ingest_configs(wh, source, root, configs, run_id, known, tally, batch_size)
+    logs = safe_files(root, source.log_glob, tally)
+    ingest_logs(wh, source, root, logs, run_id, known, tally, batch_size, workers)
     ingest_targets(wh, source, root, run_id, known, tally)
     return build_report(wh, source.name, run_id, tally, before)
