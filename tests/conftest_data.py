@@ -6,6 +6,8 @@ conftest.py.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,3 +86,19 @@ def mlflow_gc(tracking_uri: str, *options: str) -> None:
     and logged models, and their artifacts, go for good."""
     command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking_uri]
     subprocess.run([*command, *options], check=True, capture_output=True)
+
+
+# As root, file modes do not stop reads: these capabilities let root read anything.
+NO_READ_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def with_file_modes_binding(cmd: list[str]) -> list[str]:
+    """`cmd` run so that a `chmod 000` file really cannot be read: as is for a user; for root,
+    under setpriv without the capabilities that override file modes. Skips the test where that
+    cannot be done here (root without setpriv)."""
+    if os.geteuid() != 0:
+        return cmd
+    probe = subprocess.run([*NO_READ_OVERRIDE, "true"], capture_output=True, check=False)
+    if shutil.which("setpriv") is None or probe.returncode != 0:
+        pytest.skip("running as root without setpriv: file modes cannot stop reads here")
+    return [*NO_READ_OVERRIDE, *cmd]

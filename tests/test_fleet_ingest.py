@@ -214,7 +214,7 @@ def test_json_configs_duplicates_and_unknown_formats(tmp_path, tiny_fleet, fleet
             str(cells / n) for n in ("cell-a02.json", "cell-a03.txt", "cell-a03.yaml")
         }
         assert "not valid JSON" in reasons[str(cells / "cell-a02.json")]
-        assert "unsupported config format '.txt'" in reasons[str(cells / "cell-a03.txt")]
+        assert "unsupported format '.txt'" in reasons[str(cells / "cell-a03.txt")]
         assert "duplicate config" in reasons[str(cells / "cell-a03.yaml")]
         records = wh.query("records")
         assert records.height == ALL

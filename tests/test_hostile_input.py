@@ -36,7 +36,8 @@ from regressor.sources.common import (
     load_yaml_limited,
     safe_files,
 )
-from regressor.sources.fleet import YAML_LOADER, ingest_fleet
+from regressor.sources.fleet import ingest_fleet
+from regressor.sources.parsing import YAML_LOADER
 from regressor.sources.runs import ingest_runs, json_number
 from regressor.sources.table import ingest_table
 from regressor.warehouse import Warehouse
@@ -414,3 +415,34 @@ def test_files_that_cannot_be_read_safely_are_quarantined_unread(tmp_path: Path)
     assert report.files_seen == sum(
         (report.files_ingested, report.files_quarantined, report.files_unchanged)
     )
+
+
+def test_a_file_refused_unread_leaves_the_quarantine_once_it_can_be_read(tmp_path: Path) -> None:
+    """Each run writes the refusals it finds afresh: a dangling symlink mended and a directory
+    replaced by a file lose their rows (and are ingested), while another file's row-level
+    quarantine rows stay."""
+    raw = tmp_path / "raw"
+    root = raw / "demo_fleet"
+    generate_fleet(root, FleetSimConfig(seed=1, n_cells=2, n_days=2, samples_per_day=2))
+    cells = root / "cells"
+    (cells / "ghost.yaml").symlink_to(root / "spare.yaml")  # inside the folder, not there yet
+    (cells / "folder.yaml").mkdir()
+    with (root / "targets.csv").open("a") as targets:
+        targets.write("cell-a01,2026-01-09,-5\n")  # an absurd target: a row-level quarantine
+
+    def quarantined(wh: Warehouse) -> dict[str, str]:
+        return dict(wh.con.sql("SELECT path, reason FROM quarantine").fetchall())
+
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        ingest_fleet(wh, load_source_config("demo_fleet"), raw, "run-1")
+        assert set(quarantined(wh)) == {"cells/ghost.yaml", "cells/folder.yaml", "targets.csv"}
+        (root / "spare.yaml").write_text("cell: ghost\n")
+        (cells / "folder.yaml").rmdir()
+        (cells / "folder.yaml").write_text("cell: folder\n")
+        report = ingest_fleet(wh, load_source_config("demo_fleet"), raw, "run-2")
+        rows = quarantined(wh)
+        tasks = {t for (t,) in wh.con.sql("SELECT task FROM configs").fetchall()}
+    assert set(rows) == {"targets.csv"}
+    assert "absurd" in rows["targets.csv"]
+    assert {"ghost", "folder"} <= tasks
+    assert report.files_quarantined == 0

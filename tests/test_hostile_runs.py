@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest_data import with_file_modes_binding
 
 from regressor.config import RunsSourceConfig
 from regressor.dataset import to_examples
@@ -386,21 +386,6 @@ cfg = dict(name="runs", adapter="runs", root=root, run_glob="*", target_field="r
 with Warehouse(db) as wh:
     print(ingest_runs(wh, RunsSourceConfig.model_validate(cfg), "run-1").model_dump_json())
 """
-NO_DAC = ["--bounding-set=-dac_override,-dac_read_search", "--"]
-
-
-def without_root_reads(cmd: list[str], probe: Path) -> list[str]:
-    """`cmd` run so that file modes bind (as root, through setpriv without the DAC override
-    capabilities); skips the test where that is not possible here."""
-    if os.geteuid() != 0:
-        return cmd
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("root here, and no setpriv to drop the DAC override capabilities")
-    check = [setpriv, *NO_DAC, sys.executable, "-c", f"open({str(probe)!r}).read()"]
-    if subprocess.run(check, capture_output=True, check=False).returncode == 0:
-        pytest.skip("cannot make a chmod-000 file unreadable here")
-    return [setpriv, *NO_DAC, *cmd]
 
 
 def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -421,7 +406,7 @@ def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_pa
     cmd = [sys.executable, "-c", CHILD, str(root), str(tmp_path / "wh.duckdb")]
     try:
         done = subprocess.run(
-            without_root_reads(cmd, locked[0]),
+            with_file_modes_binding(cmd),
             cwd=PROJECT,
             capture_output=True,
             text=True,
@@ -463,7 +448,7 @@ class DeleteOnWarning(logging.Handler):
 def deleting() -> Iterator[dict[str, Path]]:
     victims: dict[str, Path] = {}
     handler = DeleteOnWarning(victims)
-    logger = logging.getLogger("regressor.sources.runs")
+    logger = logging.getLogger("regressor.sources.common")  # where `Tally.refuse` logs
     logger.addHandler(handler)
     try:
         yield victims

@@ -9,8 +9,6 @@ every good record is stored, and files_seen == ingested + quarantined + unchange
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pytest
+from conftest_data import with_file_modes_binding
 
 from regressor.config import TableSourceConfig
 from regressor.dataset import to_examples
@@ -69,11 +67,7 @@ def quarantine(wh: Warehouse) -> list[tuple[str, str, str]]:
 def ingest_without_read_override(cfg: TableSourceConfig, db: Path) -> dict[str, Any]:
     """`ingest_table` in a child process that permissions bind: as root, one without the
     capabilities that let root read any file (setpriv), otherwise an ordinary one."""
-    cmd = [sys.executable, "-c", CHILD, cfg.model_dump_json(), str(db)]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot bind")
-        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    cmd = with_file_modes_binding([sys.executable, "-c", CHILD, cfg.model_dump_json(), str(db)])
     done = subprocess.run(
         cmd, cwd=PROJECT, capture_output=True, text=True, timeout=120, check=False
     )

@@ -29,6 +29,10 @@ FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
 # A YAML document may expand to at most this many nodes once its aliases are followed: a real
 # config has a few thousand; a "billion laughs" bomb has 10^9 from a few hundred bytes.
 MAX_YAML_NODES = 100_000
+VANISHED = "vanished since the folder was listed"
+# Ends the reason of every file refused unread: each run replaces the source's rows so marked
+# (`build_report`), so a file readable again loses its row, and only its row.
+NOT_READ = "; not read"
 logger = logging.getLogger(__name__)
 
 
@@ -52,8 +56,10 @@ class Tally:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def refuse(self, rel: str, file: str, reason: str) -> None:
-        """Count a file refused before reading as seen and quarantined, with `reason`."""
+    def refuse(self, rel: str, file: str, problem: str) -> None:
+        """Count a file refused before reading as seen and quarantined, for `problem`; logged."""
+        reason = f"{file}: {problem}{NOT_READ}"
+        logger.warning(reason)
         self.seen += 1
         self.quarantined += 1
         self.refused.append((rel, file, reason))
@@ -63,12 +69,14 @@ class Tally:
 @contextmanager
 def as_bad_input(path: Path) -> Iterator[None]:
     """Whatever reading or parsing one file raises becomes a BadInputError naming the reason, so
-    the file is quarantined and the run goes on: an unreadable or vanished file (OSError), and
+    the file is quarantined and the run goes on: a vanished or unreadable file (OSError), and
     any failure a parser meets on hostile bytes that no rule foresaw (logged with its trace)."""
     try:
         yield
     except BadInputError:
         raise
+    except FileNotFoundError as exc:  # listed a moment ago: deleted or moved since
+        raise BadInputError(VANISHED) from exc
     except OSError as exc:
         raise BadInputError(f"unreadable: {exc.strerror or exc}") from exc
     except Exception as exc:  # one file's failure must not stop the run
@@ -128,10 +136,10 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         if problem is None:
             kept.append(path)
             continue
-        reason = f"{shown_path(path)}: {problem}; not read"
-        logger.warning(reason)
-        if tally is not None:
-            tally.refuse(shown_path(path.relative_to(root)), shown_path(path), reason)
+        if tally is None:
+            logger.warning("%s: %s%s", shown_path(path), problem, NOT_READ)
+        else:
+            tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
     return kept
 
 

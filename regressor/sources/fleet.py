@@ -26,30 +26,30 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
-import yaml
 import zstandard
 from pydantic import BaseModel, ConfigDict
 
 from regressor.config import FleetSourceConfig
 from regressor.sources.common import (
+    NOT_READ,
     BadInputError,
     Tally,
     as_bad_input,
-    load_yaml_limited,
     safe_files,
     unreadable_reason,
 )
 from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
+from regressor.sources.parsing import count_lines, decode, parse_mapping, standard_json
 from regressor.warehouse import QuarantineRow, Warehouse
 
-PARSER_VERSION = 2  # 2: duplicate keys, non-text keys and non-YYYY-MM-DD log names refused
+# 2: duplicate keys and non-YYYY-MM-DD log names refused; keys, NaN and infinity kept as text
+PARSER_VERSION = 2
 BATCH_FILES = 256
 BATCH_BYTES = 32_000_000  # a batch of logs also stops here: its frames take ~15x its bytes
 # Raw logs are stored zstd-compressed (~5x smaller): DuckDB writes the compressed BLOBs ~20x
@@ -60,7 +60,6 @@ RAW_CODEC, RAW_LEVEL = "zstd", 1
 POOL_MIN_BYTES = 64_000_000
 MAX_WORKERS = 4  # each holds one batch's frames (~0.5 GB at BATCH_BYTES)
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -105,107 +104,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode(data: bytes) -> str:
-    """UTF-8 text, or BadInputError naming the first bad byte and its line."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise BadInputError(
-            f"not valid UTF-8 ({exc.reason})", f"byte {exc.start} (line {line})"
-        ) from exc
-
-
-def count_lines(text: str) -> int:
-    return text.count("\n") + (0 if text.endswith("\n") else 1)
-
-
-def parse_yaml(text: str, loader: type) -> Any:
-    """YAML text through a safe `loader` (alias bombs refused), or BadInputError with the line."""
-    try:
-        return load_yaml_limited(text, loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "file"
-        raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
-
-
-def brief(exc: BaseException) -> str:
-    """An exception's first line, minus Python's advice to programmers (set_int_max_str_digits)."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].split("; use sys.set_int_max_str_digits")[0]
-
-
-def parse_config_text(text: str, suffix: str) -> dict[str, Any]:
-    """A config file's text -> a JSON-compatible mapping, or BadInputError: malformed, not a
-    mapping, a repeated key (refused as by the runs adapter, whose loader also reports a value
-    PyYAML cannot build, such as `2026-02-30`, with its line), or nested too deeply."""
-    # Imported here, not at the top: runs.py imports this module.
-    from regressor.sources.runs import UniqueKeyLoader, unique_pairs
-
-    if not text.strip():
-        raise BadInputError("empty file")
-    kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(suffix)
-    try:
-        if kind == "YAML":
-            value = parse_yaml(text, UniqueKeyLoader)
-        elif kind == "JSON":
-            value = json.loads(text, object_pairs_hook=unique_pairs)
-        else:
-            raise BadInputError(
-                f"unsupported config format {suffix!r} (expected .yaml, .yml or .json)"
-            )
-    except BadInputError:
-        raise
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
-    except RecursionError as exc:  # JSON nested 100,000 deep
-        raise BadInputError(f"not valid {kind}: nested too deeply") from exc
-    except (ValueError, TypeError) as exc:  # an integer of 5000 digits; an unhashable YAML key
-        raise BadInputError(f"not valid {kind}: {brief(exc)}") from exc
-    if not isinstance(value, dict):
-        raise BadInputError(f"expected a mapping at the top level, got {type(value).__name__}")
-    return value
-
-
-def json_key(key: Any) -> str:
-    """`key` as JSON writes an object key, or BadInputError for one it cannot write (a date)."""
-    if isinstance(key, str):
-        return key
-    if key is None or isinstance(key, bool | int | float):
-        return json.dumps(key)
-    shown = str(key)[:40]
-    raise BadInputError(f"mapping key {shown!r} is a {type(key).__name__}, not text (quote it)")
-
-
-def check_keys(value: Any) -> None:
-    """Refuse mapping keys that JSON cannot hold as they are: a date or bytes key, or two keys
-    that JSON writes alike (`1` and `"1"`), which would silently become one."""
-    stack = [value]  # a loop, not recursion: the nesting depth is the input's to choose
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            names: dict[str, Any] = {}
-            for key, child in item.items():
-                name = json_key(key)
-                if name in names:
-                    raise BadInputError(f"keys {names[name]!r} and {key!r} are one key in JSON")
-                names[name] = key
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def config_json(config: dict[str, Any]) -> str:
-    """Canonical JSON; YAML dates become ISO strings; NaN/inf and keys JSON cannot hold are
-    refused (see `check_keys`)."""
-    check_keys(config)
-    try:
-        return json.dumps(config, default=str, allow_nan=False, ensure_ascii=False)
-    except ValueError as exc:
-        raise BadInputError(f"config holds a value JSON cannot represent: {exc}") from exc
-    except RecursionError as exc:
-        raise BadInputError("config nested too deeply to store as JSON") from exc
+    """A parsed config as canonical JSON: keys as text, dates as ISO text, NaN and infinity as
+    text (`parsing.plain`, `parsing.standard_json`)."""
+    return standard_json(config)
 
 
 def parse_period(stem: str) -> date:
@@ -235,7 +137,7 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
     try:
         text = decode(config_path.read_bytes())
         # Through JSON and back: the same coercions as ingest (YAML dates become strings).
-        config = json.loads(config_json(parse_config_text(text, config_path.suffix.lower())))
+        config = json.loads(config_json(parse_mapping(text, config_path.suffix.lower())))
     except BadInputError as exc:
         raise ValueError(f"{config_path}: {exc.location}: {exc}") from exc
     try:
@@ -255,22 +157,12 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
 # -- staging ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """`as_bad_input` for reading `path`, which says so when the file vanished since listed."""
-    with as_bad_input(path):
-        try:
-            yield
-        except FileNotFoundError as exc:
-            raise BadInputError("vanished since the folder was listed") from exc
-
-
 def stage(path: Path, root: Path, kind: str, parser: str) -> Staged:
     """The file's bytes and hash; one that cannot be read (gone since it was listed, or no
     permission) is staged unread, with the reason as its `problem`."""
     rel = path.relative_to(root).as_posix()
     try:
-        with reading(path):
+        with as_bad_input(path):
             data = path.read_bytes()
     except BadInputError as exc:
         return Staged(path, rel, kind, b"", "", parser, problem=exc, read=False)
@@ -282,7 +174,7 @@ def refuse_unread(staged: Sequence[Staged], tally: Tally) -> list[Staged]:
     their rows from an earlier read are kept, as for a file that disappeared."""
     for s in staged:
         if not s.read:
-            tally.refuse(s.rel, str(s.path), f"{s.path}: {s.problem}")
+            tally.refuse(s.rel, str(s.path), str(s.problem))
     return [s for s in staged if s.read]
 
 
@@ -299,7 +191,7 @@ def parse_config(s: Staged, source: str, run_id: str) -> None:
     try:
         with as_bad_input(s.path):
             text = decode(s.data)
-            parsed = config_json(parse_config_text(text, s.path.suffix.lower()))
+            parsed = config_json(parse_mapping(text, s.path.suffix.lower()))
     except BadInputError as exc:
         s.problem = exc
         return
@@ -750,10 +642,10 @@ def log_sizes(paths: Sequence[Path], root: Path, tally: Tally) -> tuple[list[Pat
     found, sizes = [], []
     for path in paths:
         try:
-            with reading(path):
+            with as_bad_input(path):
                 sizes.append(path.stat().st_size)
         except BadInputError as exc:
-            tally.refuse(path.relative_to(root).as_posix(), str(path), f"{path}: {exc}")
+            tally.refuse(path.relative_to(root).as_posix(), str(path), str(exc))
             continue
         found.append(path)
     return found, sizes
@@ -855,7 +747,7 @@ def ingest_targets(
         return
     if problem := unreadable_reason(root, path):  # a directory, a FIFO, outside the folder...
         rel = path.relative_to(root).as_posix()
-        tally.refuse(rel, str(path), f"{path}: {problem}; not read")
+        tally.refuse(rel, str(path), problem)
         return
     # The validation rules are part of the parser: changing them re-validates unchanged bytes.
     rules = (
@@ -879,14 +771,11 @@ def count_records(wh: Warehouse, source: str) -> int:
 def write_refused(
     wh: Warehouse, source: str, refused: Sequence[tuple[str, str, str]], run_id: str
 ) -> None:
-    """Quarantine rows for files refused unread, replacing those of an earlier run."""
-    if not refused:
-        return
+    """The source's rows for files refused unread, as this run found them: an earlier run's go
+    (a file readable again is ingested or unchanged now), other rows of those files stay."""
     rows = [QuarantineRow(source, rel, file, "file", reason, "") for rel, file, reason in refused]
-    paths = pl.DataFrame({"source": [source] * len(rows), "path": [r.path for r in rows]})
     with wh.transaction():
-        with wh.registered("refused_files", paths):
-            wh.execute("delete_refused_quarantine")
+        wh.execute("delete_refused_quarantine", source=source, marker=NOT_READ)
         wh.write_quarantine(rows, run_id)
 
 

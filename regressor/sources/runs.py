@@ -17,14 +17,12 @@ import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
 from regressor.sources.common import (
@@ -44,15 +42,8 @@ from regressor.sources.common import (
     shown_path,
     unreadable_reason,
 )
-from regressor.sources.fleet import (
-    YAML_LOADER,
-    IngestReport,
-    build_report,
-    count_lines,
-    count_records,
-    decode,
-    parse_yaml,
-)
+from regressor.sources.fleet import IngestReport, build_report, count_records
+from regressor.sources.parsing import count_lines, decode, parse_mapping, standard_json
 from regressor.sources.series import SERIES_VERSION, read_series, summarize_frames
 from regressor.targets import MissingScaleError, scale_of
 from regressor.warehouse import Warehouse
@@ -61,121 +52,13 @@ from regressor.warehouse import Warehouse
 # longer quarantines a report; NaN and infinity are stored as text; keys that are not text too.
 PARSER_VERSION = 2
 BATCH_RUNS = 128
-MAX_DEPTH = 100  # nesting levels a report may have; a real one has a handful
-MERGE_TAG = "tag:yaml.org,2002:merge"
 logger = logging.getLogger(__name__)
 
 
-class UniqueKeyLoader(YAML_LOADER):  # type: ignore[misc, valid-type]
-    """A safe YAML loader that refuses repeated mapping keys instead of keeping the last, merges
-    `<<: *anchor` keys (the mapping's own keys win, as YAML says), and reports a scalar its
-    constructor cannot build (a date `2026-02-30`, an integer of 5000 digits) with its line."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:  # raised by a constructor, without a line
-            detail = str(exc).split(";")[0]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {str(node.value)[:40]!r}: {detail}", node.start_mark
-            ) from exc
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == MERGE_TAG:
-                continue  # merged by the base class, before the mapping's own keys
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                repeated = key in seen
-            except TypeError as exc:  # `? [a, b]`: a list or mapping as a key
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"unhashable key {str(key)[:40]}", key_node.start_mark
-                ) from exc
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise BadInputError(f"duplicate key {k!r} in a JSON object")
-    return dict(pairs)
-
-
-def json_int(text: str) -> int:
-    """A JSON integer; one Python will not read (over 4300 digits) is an absurd value, said so."""
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise BadInputError(f"absurd value: an integer of {len(text)} digits") from exc
-
-
-def parse_json(text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=unique_pairs, parse_int=json_int)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"not valid JSON: {exc.msg}", f"line {exc.lineno}") from exc
-    except RecursionError as exc:
-        raise BadInputError("refused: JSON nested too deeply") from exc
-
-
 def parse_report(text: str, suffix: str) -> dict[str, Any]:
-    """A report's text -> a mapping of plain JSON values (`plain`); malformed, non-mapping or
-    duplicate-key input is refused. A leading BOM (Windows editors write one) is not content."""
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
-        raise BadInputError("empty file")
-    yaml_file = suffix in {".yaml", ".yml"}
-    value = parse_yaml(text, UniqueKeyLoader) if yaml_file else parse_json(text)
-    if not isinstance(value, dict):
-        raise BadInputError(f"expected a mapping at the top level, got {type(value).__name__}")
-    return plain(value)
-
-
-def plain(value: Any, depth: int = 0) -> Any:
-    """A parsed value as JSON holds it: mapping keys as text (a YAML date or bytes key would
-    stop `json.dumps`), values JSON has no type for (dates, bytes) as text, like
-    `json.dumps(default=str)`. Nesting past MAX_DEPTH and keys that clash as text are refused."""
-    if depth > MAX_DEPTH:
-        raise BadInputError(f"refused: nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            text = key if isinstance(key, str) else key_text(key)
-            if text in out:
-                raise BadInputError(f"duplicate key {text!r} (keys are compared as text)")
-            out[text] = plain(item, depth + 1)
-        return out
-    if isinstance(value, list):
-        return [plain(item, depth + 1) for item in value]
-    if value is None or isinstance(value, str | int | float):
-        return value
-    return str(value)
-
-
-def key_text(key: Any) -> str:
-    """A key as `json.dumps` writes it (1 -> "1", True -> "true"); others (dates) via str."""
-    if key is None or isinstance(key, bool | int | float):
-        return json.dumps(key)
-    return str(key)
-
-
-def nan_as_text(value: Any) -> Any:
-    """NaN and infinity as the text JSON writers use ("NaN", "Infinity"): standard JSON has no
-    such number, so they stay text, as `json_number` leaves "1e999" text."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return {k: nan_as_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [nan_as_text(v) for v in value]
-    return value
+    """A report's text -> a mapping of plain JSON values; malformed, non-mapping or
+    duplicate-key input is refused. A report not named .yaml or .yml is read as JSON."""
+    return parse_mapping(text, suffix if suffix in {".yaml", ".yml"} else ".json")
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -197,16 +80,6 @@ class Run:
     log_text: str | None = None
     frame: pl.DataFrame | None = None
     problems: dict[str, BadInputError] = field(default_factory=dict)  # file kind -> problem
-
-
-@contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """`as_bad_input` around one file's read and parse, naming a file deleted since listing."""
-    with as_bad_input(path):
-        try:
-            yield
-        except FileNotFoundError as exc:
-            raise BadInputError("vanished: deleted after the run folder was listed") from exc
 
 
 def run_fields(run: Run, source: RunsSourceConfig, report: dict[str, Any]) -> dict[str, Any]:
@@ -314,8 +187,8 @@ def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any
         "task": str(task),
         "period": period_of(fields, source),
         "ingest_run_id": run_id,
-        "fields_json": json.dumps(nan_as_text(fields), ensure_ascii=False, allow_nan=False),
-        "config_json": json.dumps(nan_as_text(config), ensure_ascii=False, allow_nan=False),
+        "fields_json": standard_json(fields),
+        "config_json": standard_json(config),
         "target": target,
     }
 
@@ -323,7 +196,7 @@ def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any
 def read_report(run: Run, source: RunsSourceConfig, run_id: str) -> None:
     assert run.report is not None
     try:
-        with reading(run.report):
+        with as_bad_input(run.report):
             run.row = report_row(run, source, run_id)
     except BadInputError as exc:
         run.problems["report"] = exc
@@ -344,7 +217,7 @@ def read_log(run: Run, source: RunsSourceConfig) -> None:
     if not run.log_found or "log" in run.problems:
         return
     try:
-        with reading(run.log):
+        with as_bad_input(run.log):
             run.log_text, run.frame = log_frame(run, source)
     except BadInputError as exc:
         run.problems["log"] = exc
@@ -363,7 +236,7 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
             run = folder_run(root, folder, source, tally)
         except OSError as exc:  # a folder that cannot be listed or searched
             problem = f"the run folder cannot be read ({exc.strerror or exc})"
-            refuse(tally, shown_path(folder.relative_to(root)), shown_path(folder), problem)
+            tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
             continue
         if run is not None:
             yield run
@@ -376,20 +249,14 @@ def maybe_dir(path: Path) -> bool:
         return True  # cannot tell: `folder_run` fails on it and the folder is refused
 
 
-def refuse(tally: Tally, rel: str, shown: str, problem: str) -> None:
-    reason = f"{shown}: {problem}; not read"
-    logger.warning(reason)
-    tally.refuse(rel, shown, reason)
-
-
 def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally) -> Run | None:
     """The folder's run (its first usable report, its log), or None when nothing is readable."""
     rel, shown = shown_path(folder.relative_to(root)), shown_path(folder)
     if shown != str(folder):
-        refuse(tally, rel, shown, "the run folder's name is not valid UTF-8 (rename it)")
+        tally.refuse(rel, shown, "the run folder's name is not valid UTF-8 (rename it)")
         return None
     if not inside(root, folder):
-        refuse(tally, rel, shown, f"resolves outside the source folder {root} (symlink?)")
+        tally.refuse(rel, shown, f"resolves outside the source folder {root} (symlink?)")
         return None
     os.listdir(folder)  # raises when the folder cannot be read: refused whole by the caller
     found: dict[str, Path] = {}
@@ -399,13 +266,13 @@ def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally)
         if kind in found or not (path.is_symlink() or path.exists()):
             continue
         if problem := unreadable_reason(root, path):
-            refuse(tally, shown_path(path.relative_to(root)), str(path), problem)
+            tally.refuse(shown_path(path.relative_to(root)), str(path), problem)
             refused = True
         else:
             found[kind] = path
     if not found:
         if not refused:
-            refuse(tally, rel, shown, "a run folder without report or log")
+            tally.refuse(rel, shown, "a run folder without report or log")
         return None
     log = found.get("log", folder / source.log_file)
     return Run(
@@ -547,7 +414,7 @@ def changed_runs(
 
 def hash_of(run: Run, kind: str, path: Path) -> str:
     try:
-        with reading(path):
+        with as_bad_input(path):
             return file_hash(path)
     except BadInputError as exc:
         run.problems[kind] = exc

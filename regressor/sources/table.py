@@ -459,11 +459,8 @@ class Fingerprint:
 
 def fingerprint(path: Path) -> Fingerprint:
     try:
-        with as_bad_input(path):  # unreadable: "unreadable: Permission denied", ...
-            try:
-                return Fingerprint(file_hash(path), path.stat().st_size)
-            except FileNotFoundError as exc:
-                raise BadInputError("vanished since the folder was listed") from exc
+        with as_bad_input(path):  # "unreadable: Permission denied", "vanished since ..."
+            return Fingerprint(file_hash(path), path.stat().st_size)
     except BadInputError as exc:
         return Fingerprint("", 0, exc)
 

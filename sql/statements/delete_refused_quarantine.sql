@@ -1,4 +1,3 @@
--- Drop the quarantine rows of the files in `refused_files` (a registered frame with source and
--- path): a file refused unread again replaces its row from an earlier run.
-DELETE FROM quarantine WHERE EXISTS (
-    SELECT 1 FROM refused_files AS r WHERE r.source = quarantine.source AND r.path = quarantine.path);
+-- Drop the source's quarantine rows of files refused unread (their reason ends with $marker):
+-- each run writes afresh the refusals it finds, so a file readable again keeps no such row.
+DELETE FROM quarantine WHERE source = $source AND ends_with(reason, $marker);
