@@ -388,11 +388,30 @@ with Warehouse(db) as wh:
 """
 
 
+def ingest_locked(root: Path, db: Path, locked: list[Path]) -> IngestReport:
+    """Ingest in a child process that file modes bind, with `locked` at mode 000 meanwhile."""
+    for path in locked:
+        path.chmod(0)
+    cmd = [sys.executable, "-c", CHILD, str(root), str(db)]
+    try:
+        done = subprocess.run(
+            with_file_modes_binding(cmd), cwd=PROJECT, capture_output=True, text=True, check=False
+        )
+    finally:
+        for path in locked:
+            path.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return IngestReport.model_validate_json(done.stdout.splitlines()[-1])
+
+
 def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
     """chmod 000 on a report, a log and a run folder (read for real: the ingest runs in a child
-    process without root's DAC override). Each is quarantined as unreadable; the run with the
-    unreadable log keeps its record; the good runs are all there."""
+    process without root's DAC override). Each is quarantined as unreadable, and so is the file
+    beside an unreadable one: the run is left as stored. The good runs are all there; once
+    readable, every run is ingested and the quarantine empties; a stored run whose log turns
+    unreadable keeps its record."""
     root = tmp_path / "runs"
+    db = tmp_path / "wh.duckdb"
     good_runs(root)
     locked = [
         put(root, "bad_report", "report.json", '{"app": "r", "runtime": 3}'),
@@ -401,32 +420,25 @@ def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_pa
     ]
     put(root, "bad_log", "report.json", '{"app": "l", "runtime": 4}')
     put(root, "bad_folder", "report.json", '{"app": "f", "runtime": 5}')
-    for path in locked:
-        path.chmod(0)
-    cmd = [sys.executable, "-c", CHILD, str(root), str(tmp_path / "wh.duckdb")]
-    try:
-        done = subprocess.run(
-            with_file_modes_binding(cmd),
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    finally:
-        for path in locked:
-            path.chmod(0o755)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = IngestReport.model_validate_json(done.stdout.splitlines()[-1])
-    with Warehouse(tmp_path / "wh.duckdb") as wh:
+    report = ingest_locked(root, db, locked)
+    with Warehouse(db) as wh:
         assert_accounted(
             report,
             wh,
             {
                 "bad_report/report.json": "unreadable: Permission denied",
                 "bad_log/log.csv": "unreadable: Permission denied",
+                "bad_log/report.json": "left as stored: log.csv beside it is unreadable",
                 "bad_folder": "the run folder cannot be read (Permission denied)",
             },
         )
+        assert "bad_log" not in records(wh)
+        ingest_runs(wh, source(root), "run-2")
+        assert {"bad_report", "bad_log", "bad_folder"} <= set(records(wh))
+        assert quarantine(wh) == {}
+    again = ingest_locked(root, db, [root / "bad_log" / "log.csv"])
+    assert again.files_quarantined == 2
+    with Warehouse(db) as wh:
         assert records(wh)["bad_log"]["target"] == 4.0
 
 

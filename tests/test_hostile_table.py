@@ -90,7 +90,7 @@ with Warehouse(Path(sys.argv[2])) as wh:
 def test_an_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
     """A file the ingest may not read (mode 000, read by a process that permissions bind) is
     quarantined as unreadable, with its name; the files around it are ingested; once readable
-    again it is ingested on the next run."""
+    again it is ingested on the next run; stored, then unreadable, it keeps its record."""
     root = tmp_path / "data"
     root.mkdir()
     for name, y in (("a", 1), ("b", 2), ("c", 3)):
@@ -101,7 +101,7 @@ def test_an_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path: Path) -
     assert counts == [3, 2, 1, 0]
     [(file, reason)] = report["quarantined"]
     assert file == str(root / "b.csv")
-    assert reason == f"{root / 'b.csv'}: unreadable: Permission denied"
+    assert reason == f"{root / 'b.csv'}: unreadable: Permission denied; not read"
     with Warehouse(tmp_path / "w.duckdb") as wh:
         assert set(records(wh)) == {"t/a/a.csv:2", "t/c/c.csv:2"}
         assert quarantine(wh) == [("b.csv", "file", reason)]
@@ -110,6 +110,12 @@ def test_an_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path: Path) -
         assert (again.files_ingested, again.files_unchanged) == (1, 2)
         assert set(records(wh)) == {"t/a/a.csv:2", "t/b/b.csv:2", "t/c/c.csv:2"}
         assert quarantine(wh) == []
+    (root / "b.csv").chmod(0)  # a stored file turned unreadable keeps its record
+    report = ingest_without_read_override(source(root), tmp_path / "w.duckdb")
+    assert (report["files_quarantined"], report["files_unchanged"]) == (1, 2)
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        assert set(records(wh)) == {"t/a/a.csv:2", "t/b/b.csv:2", "t/c/c.csv:2"}
+    (root / "b.csv").chmod(0o644)
 
 
 # -- Parquet columns that are not text -------------------------------------------------------

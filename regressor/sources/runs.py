@@ -214,7 +214,7 @@ def log_frame(run: Run, source: RunsSourceConfig) -> tuple[str, pl.DataFrame]:
 
 
 def read_log(run: Run, source: RunsSourceConfig) -> None:
-    if not run.log_found or "log" in run.problems:
+    if not run.log_found:
         return
     try:
         with as_bad_input(run.log):
@@ -289,8 +289,8 @@ def parse_batch(batch: Sequence[Run], source: RunsSourceConfig, run_id: str) -> 
     for run in batch:
         if run.report is None:
             no_report = f"no report ({', '.join(source.report_files)}) in the run folder"
-            run.problems.setdefault("log", BadInputError(no_report))
-        elif "report" not in run.problems:  # (unreadable when hashed: not read again)
+            run.problems["log"] = BadInputError(no_report)
+        else:  # (a run with a file unreadable when hashed never gets here: left as stored)
             read_report(run, source, run_id)
         if run.row is not None:
             read_log(run, source)
@@ -394,12 +394,15 @@ def runs_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def changed_runs(
     runs: Iterator[Run], root: Path, parser: str, known: Known, tally: Tally
 ) -> Iterator[Run]:
-    """Runs with a new or changed file; every file is counted as seen here. A file that cannot
-    be hashed (unreadable, vanished) is never unchanged: its run goes on with that problem."""
+    """Runs with a new or changed file; every file is counted as seen here. A run with a file
+    that cannot be read (unreadable, vanished) is left as stored: its files are refused."""
     for run in runs:
         files = run_files(run)
-        tally.seen += len(files)
         hashes = {kind: hash_of(run, kind, path) for kind, path in files}
+        if run.problems:
+            leave_as_stored(run, files, root, tally)
+            continue
+        tally.seen += len(files)
         run.report_hash, run.log_hash = hashes.get("report", ""), hashes.get("log")
         same = [
             (known.get(path.relative_to(root).as_posix()) or ("", "", ""))[:2]
@@ -410,6 +413,15 @@ def changed_runs(
             tally.unchanged += len(files)
             continue
         yield run
+
+
+def leave_as_stored(run: Run, files: list[tuple[str, Path]], root: Path, tally: Tally) -> None:
+    """Refuse each file of a run one of whose files cannot be read, so the run's stored rows
+    stay (a transient fault does not drop a record) until every file reads again."""
+    for kind, path in files:
+        unreadable = next(path.name for k, path in files if k in run.problems)
+        problem = run.problems.get(kind) or f"left as stored: {unreadable} beside it is unreadable"
+        tally.refuse(path.relative_to(root).as_posix(), str(path), str(problem))
 
 
 def hash_of(run: Run, kind: str, path: Path) -> str:

@@ -5,8 +5,9 @@ polars and written before the next is read, so memory is bounded by the block, n
 A bad row (wrong field count, a line over `max_line_bytes`, a missing/non-numeric/absurd target,
 a missing task, a repeated key - in this file or already stored from another -, a missing or
 zero baseline under `target_relative_to`, a Parquet binary cell that is not UTF-8) is quarantined
-with its line; a bad file (non-UTF-8, empty, truncated, unreadable or vanished, missing columns, a
-used Parquet column that cannot be read as text) is quarantined whole and none of its rows are kept.
+with its line; a bad file (non-UTF-8, empty, truncated, missing columns, a used Parquet column that
+cannot be read as text) is quarantined whole and none of its rows are kept. A file that cannot be
+read at all (unreadable, vanished) is refused and keeps the rows stored from it until it reads.
 Quoted fields are unquoted but may not contain the separator or newlines (the block splitter is
 line-based for speed); such rows show up as wrong field counts, never as silently shifted values.
 A UTF-8 byte order mark before the header is dropped; a config cell that reads as a number too
@@ -487,7 +488,8 @@ def ingest_file(
     tally: Tally,
     seen: Fingerprint,
 ) -> None:
-    """One file in one transaction: its rows and row problems, or (bad file) a single problem."""
+    """One readable file in one transaction: its rows and row problems, or (bad file) a single
+    problem."""
     rel, content_hash, size = path.relative_to(root).as_posix(), seen.content_hash, seen.size
     ctx = {
         "source": source.name,
@@ -499,9 +501,7 @@ def ingest_file(
     with wh.transaction():
         ok_row = file_row(source.name, rel, "table", content_hash, parser, True, size, run_id)
         replace_files(wh, source.name, [ok_row], [], run_id)
-        problems, ok = (
-            ([seen.problem], False) if seen.problem else read_rows(wh, source, root, path, ctx)
-        )
+        problems, ok = read_rows(wh, source, root, path, ctx)
         quarantined = [quarantine_row(source.name, root, path, p, content_hash) for p in problems]
         row = file_row(source.name, rel, "table", content_hash, parser, ok, size, run_id)
         if not ok:  # drop whatever rows of this file were written before the problem showed
@@ -539,9 +539,13 @@ def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> Inges
     known: Known = known_files(wh, source.name)
     before, tally = count_records(wh, source.name), Tally()
     listed = {p.relative_to(root).as_posix(): p for p in safe_files(root, source.files, tally)}
-    tally.seen += len(listed)
     reading = to_read(wh, source, known, parser, listed)
+    tally.seen += len(listed)
     tally.unchanged += len(listed) - len(reading)
     for rel, seen in reading.items():
-        ingest_file(wh, source, root, listed[rel], parser, run_id, tally, seen)
+        if seen.problem:  # unreadable or vanished: its stored rows stay until it reads again
+            tally.seen -= 1  # `refuse` counts it
+            tally.refuse(rel, str(listed[rel]), str(seen.problem))
+        else:
+            ingest_file(wh, source, root, listed[rel], parser, run_id, tally, seen)
     return build_report(wh, source.name, run_id, tally, before)
