@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest_data import with_file_modes_binding
 
 import regressor
@@ -216,7 +217,8 @@ def test_log_names_must_be_exactly_yyyy_mm_dd(fleet: Fleet) -> None:
 
 def test_a_second_log_for_a_day_is_quarantined_not_stored_twice(fleet: Fleet) -> None:
     """With a glob that lets two files name one (cell, day), the first by name is the day's log
-    and the other is quarantined; still so once the first is gone (its rows are kept)."""
+    and the other is quarantined; once the first is gone, the other takes the day over (the gone
+    file's rows go, so the day is never held twice)."""
     source = SOURCE.model_copy(update={"log_glob": "logs/*/*.*"})
     _, clean, _ = fleet.ingest("clean.duckdb", "run-0", source)
     logs = fleet.root / "logs" / "cell-a01"
@@ -232,11 +234,31 @@ def test_a_second_log_for_a_day_is_quarantined_not_stored_twice(fleet: Fleet) ->
     assert again.files_unchanged == again.files_seen
     assert (stored, rows_again) == (clean, rows)
     (logs / "2026-01-01.log").unlink()
-    gone, stored, rows = fleet.ingest("wh.duckdb", "run-3", source)
-    assert balanced(gone)
+    taken, stored, rows = fleet.ingest("wh.duckdb", "run-3", source)
+    assert balanced(taken)
+    assert rows == []
+    assert [r[0] for r in stored] == [r[0] for r in clean]  # each record once
+    day = "demo_fleet/cell-a01/2026-01-01"
+    next_day = "demo_fleet/cell-a01/2026-01-02"
+    logs_of = {r[0]: r[2] for r in stored}
+    assert logs_of[day] == logs_of[next_day]  # the .txt (a copy of the next day's log) serves
+
+
+def test_a_renamed_config_takes_its_task_over(fleet: Fleet) -> None:
+    """A config renamed from YAML to JSON: the gone file's rows used to stay beside the new
+    file's, so every record of the cell was given twice. Now the new file takes the task over."""
+    _, clean, _ = fleet.ingest("wh.duckdb", "run-0", ANY_CONFIG)
+    old = fleet.root / "cells" / "cell-a01.yaml"
+    config = yaml.safe_load(old.read_text())
+    old.unlink()
+    (fleet.root / "cells" / "cell-a01.json").write_text(json.dumps(config, default=str))
+    report, stored, rows = fleet.ingest("wh.duckdb", "run-1", ANY_CONFIG)
+    assert balanced(report)
+    assert rows == []
     assert stored == clean
-    kept = f"using {first} (not read this run; its stored rows are kept)"
-    assert_only_quarantined(rows, fleet, {"logs/cell-a01/2026-01-01.txt": ("file", kept)})
+    with Warehouse(fleet.tmp / "wh.duckdb", read_only=True) as wh:
+        paths = wh.con.sql("SELECT path FROM configs WHERE task = 'cell-a01'").fetchall()
+    assert paths == [("cells/cell-a01.json",)]
 
 
 # -- targets ---------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Idempotent: a file whose bytes (and parser version) are unchanged is skipped; a new or changed file
 replaces every row previously derived from it, within one transaction per batch. Bad input never
 stops the run: it becomes a `quarantine` row whose reason names the file, and the rest proceeds.
-Files that disappear keep their rows (ingest only adds and replaces), and so do files that cannot
-be read this run (gone since they were listed, or no permission): those are quarantined unread.
-A task has one config and a (task, period) one log: a second file for either is quarantined.
+Files that disappear keep their rows (ingest only adds and replaces) until a listed file names
+their task or day (a renamed file), and so do files that cannot be read this run (gone since
+they were listed, or no permission): those are quarantined unread. A task has one config and a
+(task, period) one log: a second listed file for either is quarantined.
 
 Large log sets are read, hashed, summarised and compressed in worker processes (`ingest_logs`)
 while this process, DuckDB's single writer, writes the finished batches in order. Raw logs are
@@ -573,26 +574,48 @@ def changed(
     return staged
 
 
-def kept_files(known: Known, prefix: str, read: set[str]) -> list[str]:
-    """Stored files of a kind (their parser starts with `prefix`) whose rows stay although this
-    run does not read them (gone, or unreadable): they still hold their task or day."""
+def stored_files(known: Known, prefix: str) -> list[str]:
+    """Stored files of a kind (their parser starts with `prefix`) whose rows are in use."""
     return sorted(
-        rel
-        for rel, (_, parser, status) in known.items()
-        if status == "ok" and parser.startswith(prefix) and rel not in read
+        r
+        for r, (_, parser, status) in known.items()
+        if status == "ok" and parser.startswith(prefix)
     )
 
 
-def kept_note(root: Path, rel: str) -> str:
-    return f"{root / rel} (not read this run; its stored rows are kept)"
+def supersede_gone(
+    wh: Warehouse,
+    source: str,
+    known: Known,
+    prefix: str,
+    listed: set[str],
+    key_of: Callable[[str], object],
+) -> None:
+    """A stored file no longer listed (deleted, renamed) keeps its rows, unless a listed file now
+    names its key (a task; a task and day): that file takes the key over and the gone file's rows
+    are deleted, so no key is ever held twice (a renamed config used to give each record twice)."""
+    claimed = {key_of(rel) for rel in listed} - {None}
+    gone = [r for r in stored_files(known, prefix) if r not in listed and key_of(r) in claimed]
+    if not gone:
+        return
+    paths = pl.DataFrame({"source": [source] * len(gone), "path": gone})
+    with wh.transaction(), wh.registered("staged_files", paths):
+        wh.execute("delete_staged_files")
+
+
+def config_task(rel: str) -> str:
+    return PurePosixPath(rel).stem
 
 
 def claim_tasks(configs: Sequence[Staged], root: Path, known: Known) -> None:
     """One config per task: among the files that parsed, the first by name wins (a.json, a.yaml),
-    unless a file not read this run holds the task with its kept rows (a task never has two)."""
-    owners: dict[str, str] = {}
-    for rel in kept_files(known, "config-", {s.rel for s in configs if s.read}):
-        owners.setdefault(PurePosixPath(rel).stem, kept_note(root, rel))
+    unless a stored one that cannot be read this run holds the task (its rows are kept)."""
+    unread = {s.rel for s in configs if not s.read}
+    owners = {
+        config_task(rel): f"{root / rel} (unreadable this run; its stored rows are kept)"
+        for rel in stored_files(known, "config-")
+        if rel in unread
+    }
     for s in configs:
         if s.row is None:
             continue
@@ -621,6 +644,7 @@ def ingest_configs(
         if s.read:
             parse_config(s, source.name, run_id)
     claim_tasks(configs, root, known)
+    supersede_gone(wh, source.name, known, "config-", {s.rel for s in configs}, config_task)
     configs = refuse_unread(configs, tally)
     tally.seen += len(configs)
     pending = []
@@ -660,15 +684,11 @@ def log_key(rel: str) -> tuple[str, date] | None:
         return None
 
 
-def second_logs(paths: Sequence[Path], root: Path, known: Known) -> dict[Path, str]:
-    """Logs for a (task, period) that another log already holds -> that log. The first by name
-    holds the day, decided before reading (which file serves must not depend on its bytes),
-    unless a log not listed this run holds it with its kept rows."""
+def second_logs(paths: Sequence[Path], root: Path) -> dict[Path, str]:
+    """Logs for a (task, period) that another listed log already holds -> that log. The first by
+    name holds the day, decided before reading (which file serves must not depend on its bytes)."""
     rels = {path: path.relative_to(root).as_posix() for path in paths}
     firsts: dict[tuple[str, date], str] = {}
-    for rel in kept_files(known, "log-", set(rels.values())):
-        if key := log_key(rel):
-            firsts.setdefault(key, kept_note(root, rel))
     seconds = {}
     for path, rel in rels.items():
         if key := log_key(rel):
@@ -717,7 +737,9 @@ def ingest_logs(
     """Workers read, hash, check, summarise and compress batches; this process writes each
     batch in its own transaction, in order, while the workers parse the next ones."""
     parser = f"log-{PARSER_VERSION}.{SUMMARY_VERSION}"
-    seconds = second_logs(paths, root, known)
+    listed = {path.relative_to(root).as_posix() for path in paths}
+    supersede_gone(wh, source.name, known, "log-", listed, log_key)
+    seconds = second_logs(paths, root)
     paths, sizes = log_sizes([p for p in paths if p not in seconds], root, tally)
     jobs = []
     for batch_paths in chunks(paths, batch_size, sizes, BATCH_BYTES):
