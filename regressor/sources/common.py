@@ -136,8 +136,8 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         if problem is None:
             kept.append(path)
             continue
-        if tally is None:
-            logger.warning("%s: %s%s", shown_path(path), problem, NOT_READ)
+        if tally is None:  # a caller only listing (the ingest cache's key): ingest says it
+            logger.debug("%s: %s%s", shown_path(path), problem, NOT_READ)
         else:
             tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
     return kept
