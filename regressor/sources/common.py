@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import yaml
 
@@ -70,10 +71,11 @@ class Tally:
 def as_bad_input(path: Path) -> Iterator[None]:
     """Whatever reading or parsing one file raises becomes a BadInputError naming the reason, so
     the file is quarantined and the run goes on: a vanished or unreadable file (OSError), and
-    any failure a parser meets on hostile bytes that no rule foresaw (logged with its trace)."""
+    any failure a parser meets on hostile bytes that no rule foresaw (logged with its trace). A
+    warehouse error (disk full, lock lost) is not the file's: it stops the run."""
     try:
         yield
-    except BadInputError:
+    except (BadInputError, duckdb.Error):  # the warehouse failing is the run's problem
         raise
     except FileNotFoundError as exc:  # listed a moment ago: deleted or moved since
         raise BadInputError(VANISHED) from exc
