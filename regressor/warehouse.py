@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -186,8 +186,13 @@ class Warehouse:
         self.con.register(name, frame)
         try:
             yield
-        finally:
-            self.con.unregister(name)
+        except BaseException:
+            # A failed statement aborts the transaction, which then refuses even this: the
+            # statement's own error, not "transaction is aborted", must reach the caller.
+            with suppress(duckdb.Error):
+                self.con.unregister(name)
+            raise
+        self.con.unregister(name)
 
     def write_quarantine(self, rows: Sequence[QuarantineRow], run_id: str) -> int:
         frame = pl.DataFrame(

@@ -15,7 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
+import pytest
 from conftest_data import with_file_modes_binding
 
 from regressor.config import TableSourceConfig
@@ -280,4 +282,24 @@ def test_a_config_number_beyond_float_range_is_kept_as_its_text(tmp_path: Path) 
             "t/m/m.csv:3": "-1e999",
             "t/m/m.csv:4": 2500.0,
         }
+        assert quarantine(wh) == []
+
+
+# -- a warehouse fault is not a bad file -----------------------------------------------------
+
+
+def test_a_warehouse_error_stops_the_run_instead_of_quarantining_the_file(tmp_path: Path) -> None:
+    """Only what a file's bytes cause is that file's problem. A real DuckDB error while writing
+    its rows (here a NOT NULL column the rows cannot fill: a schema a migration broke) stops the
+    run; were it turned into a quarantine row, every file would be quarantined in turn."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.csv").write_text("k,y\na,1\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        wh.migrate()
+        wh.con.execute("ALTER TABLE row_records ADD COLUMN required VARCHAR DEFAULT 'x'")
+        wh.con.execute("ALTER TABLE row_records ALTER COLUMN required DROP DEFAULT")
+        wh.con.execute("ALTER TABLE row_records ALTER COLUMN required SET NOT NULL")
+        with pytest.raises(duckdb.ConstraintException):
+            ingest(wh, source(root))
         assert quarantine(wh) == []
