@@ -419,7 +419,7 @@ def leave_as_stored(run: Run, files: list[tuple[str, Path]], root: Path, tally: 
     """Refuse each file of a run one of whose files cannot be read, so the run's stored rows
     stay (a transient fault does not drop a record) until every file reads again."""
     for kind, path in files:
-        unreadable = next(path.name for k, path in files if k in run.problems)
+        unreadable = next(p.name for k, p in files if k in run.problems)
         problem = run.problems.get(kind) or f"left as stored: {unreadable} beside it is unreadable"
         tally.refuse(path.relative_to(root).as_posix(), str(path), str(problem))
 

@@ -540,12 +540,12 @@ def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> Inges
     before, tally = count_records(wh, source.name), Tally()
     listed = {p.relative_to(root).as_posix(): p for p in safe_files(root, source.files, tally)}
     reading = to_read(wh, source, known, parser, listed)
-    tally.seen += len(listed)
+    unreadable = {rel: seen.problem for rel, seen in reading.items() if seen.problem}
+    tally.seen += len(listed) - len(unreadable)  # `refuse` counts the others
     tally.unchanged += len(listed) - len(reading)
+    for rel, problem in unreadable.items():  # its stored rows stay until it reads again
+        tally.refuse(rel, str(listed[rel]), str(problem))
     for rel, seen in reading.items():
-        if seen.problem:  # unreadable or vanished: its stored rows stay until it reads again
-            tally.seen -= 1  # `refuse` counts it
-            tally.refuse(rel, str(listed[rel]), str(seen.problem))
-        else:
+        if rel not in unreadable:
             ingest_file(wh, source, root, listed[rel], parser, run_id, tally, seen)
     return build_report(wh, source.name, run_id, tally, before)
