@@ -115,6 +115,9 @@ REFUSED = {  # case -> (report file, text, reason fragment, line of the quaranti
         None,
     ),
     "unhashable_yaml_key": ("report.yaml", "app: m\nruntime: 1\n? [a, b]\n: 1\n", "unhashable", 3),
+    # stored as its Python text ("{'name': 'm'}") before: a task is a name
+    "mapping_task": ("report.json", '{"app": {"name": "m"}, "runtime": 1}', "is a dict", None),
+    "boolean_task": ("report.yaml", "app: yes\nruntime: 1\n", "is a bool, not a name", None),
 }
 
 

@@ -178,6 +178,9 @@ def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any
     task = fields.get(source.task_field)
     if task is None or task == "":
         raise BadInputError(f"missing task field {source.task_field}")
+    if isinstance(task, bool) or not isinstance(task, str | int | float):  # it names the task
+        kind = type(task).__name__
+        raise BadInputError(f"task field {source.task_field} is a {kind}, not a name")
     target = target_of(fields, source)
     config = {k: json_number(fields[k]) for k in source.config_fields if k in fields}
     check_baseline(config, target, is_reference(fields, source), source)
