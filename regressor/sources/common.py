@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
@@ -35,6 +35,8 @@ VANISHED = "vanished since the folder was listed"
 # (`build_report`), so a file readable again loses its row, and only its row.
 NOT_READ = "; not read"
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class BadInputError(ValueError):
@@ -87,9 +89,32 @@ def as_bad_input(path: Path) -> Iterator[None]:
         raise BadInputError(f"could not be parsed ({type(exc).__name__}: {detail})") from exc
 
 
+def each_or_problem(
+    items: Sequence[T], paths: Sequence[Path], summarize: Callable[[Sequence[T]], Sequence[R]]
+) -> list[R | BadInputError]:
+    """`summarize(items)` in one pass, as batches are; should that fail on an input no check
+    foresaw, each item alone, so that only the files whose item fails (`paths`, one per item)
+    get their problem instead of a result, not the whole batch."""
+    try:
+        return list(summarize(items))
+    except Exception:  # one file's failure must not cost its batch: find it
+        out: list[R | BadInputError] = []
+        for item, path in zip(items, paths, strict=True):
+            try:
+                with as_bad_input(path):
+                    out.append(summarize([item])[0])
+            except BadInputError as exc:
+                out.append(exc)
+        return out
+
+
 def shown_path(path: Path) -> str:
     """`path` as text that can always be stored: bytes of a name that is not UTF-8 escaped."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_hash(path: Path, block: int = 1 << 20) -> str:
@@ -228,6 +253,13 @@ def quarantine_row(
     )
 
 
+def forget_files(wh: Warehouse, files: pl.DataFrame) -> None:
+    """Drop every row derived from `files` (their `source` and `path`), in the caller's
+    transaction: records, raw rows, quarantine rows and `files` rows alike."""
+    with wh.registered("staged_files", files.select("source", "path")):
+        wh.execute("delete_staged_files")
+
+
 def replace_files(
     wh: Warehouse,
     source: str,
@@ -237,8 +269,7 @@ def replace_files(
 ) -> None:
     """Inside the caller's transaction: drop rows derived from `files`, record them afresh."""
     frame = pl.DataFrame(list(files))
-    with wh.registered("staged_files", frame.select("source", "path")):
-        wh.execute("delete_staged_files")
+    forget_files(wh, frame)
     wh.insert_frame("files", frame)
     wh.write_quarantine(quarantined, run_id)
 

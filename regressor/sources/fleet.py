@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import multiprocessing
 import os
@@ -40,9 +39,15 @@ from regressor.config import FleetSourceConfig
 from regressor.sources.common import (
     NOT_READ,
     BadInputError,
+    Known,
     Tally,
     as_bad_input,
+    each_or_problem,
+    forget_files,
+    known_files,
+    rules_hash,
     safe_files,
+    sha256,
     unreadable_reason,
 )
 from regressor.sources.logs import SUMMARY_VERSION, ShapeCache, summarize_logs
@@ -60,7 +65,6 @@ RAW_CODEC, RAW_LEVEL = "zstd", 1
 # least this many bytes to parse: below it, starting the workers costs more than they save.
 POOL_MIN_BYTES = 64_000_000
 MAX_WORKERS = 4  # each holds one batch's frames (~0.5 GB at BATCH_BYTES)
-Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -99,10 +103,6 @@ class Staged:
 
 
 # -- decoding and parsing single files -------------------------------------------------------
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config_json(config: dict[str, Any]) -> str:
@@ -227,10 +227,15 @@ def parse_logs(
             s.problem = exc
             continue
         good.append((s, text, period))
-    summaries = summaries_of(good, cache)
+    summaries = each_or_problem(
+        [text for _, text, _ in good],
+        [s.path for s, _, _ in good],
+        lambda texts: summarize_logs(texts, cache=cache),
+    )
     compressor = zstandard.ZstdCompressor(level=RAW_LEVEL)
     for (s, text, period), summary in zip(good, summaries, strict=True):
-        if summary is None:
+        if isinstance(summary, BadInputError):
+            s.problem = summary
             continue
         s.row = {
             **provenance(s, source, run_id),
@@ -244,27 +249,6 @@ def parse_logs(
         }
     for s in batch:
         s.data = b""
-
-
-def summaries_of(
-    good: Sequence[tuple[Staged, str, date]], cache: ShapeCache | None
-) -> list[dict[str, Any] | None]:
-    """The logs' summaries in one pass; should that fail on a text no check foresaw, each log
-    alone, so that only the logs that fail are quarantined (None), not their whole batch."""
-    try:
-        return list(summarize_logs([text for _, text, _ in good], cache=cache))
-    except Exception:  # one log's failure must not cost its batch: find it
-        return [summary_or_problem(s, text, cache) for s, text, _ in good]
-
-
-def summary_or_problem(s: Staged, text: str, cache: ShapeCache | None) -> dict[str, Any] | None:
-    """One log's summary, or None with `s.problem` set when summarising it fails."""
-    try:
-        with as_bad_input(s.path):
-            return summarize_logs([text], cache=cache)[0]
-    except BadInputError as exc:
-        s.problem = exc
-        return None
 
 
 def raw_log_text(row: dict[str, Any]) -> str:
@@ -524,8 +508,7 @@ def write_batch(
     quarantined = [q for s in batch for q in quarantine_rows(s, source)]
     with wh.transaction():
         if replace:
-            with wh.registered("staged_files", files.select("source", "path")):
-                wh.execute("delete_staged_files")
+            forget_files(wh, files)
         wh.insert_frame("files", files)
         wh.insert_frame(table, rows)
         wh.write_quarantine(quarantined, run_id)
@@ -598,9 +581,8 @@ def supersede_gone(
     gone = [r for r in stored_files(known, prefix) if r not in listed and key_of(r) in claimed]
     if not gone:
         return
-    paths = pl.DataFrame({"source": [source] * len(gone), "path": gone})
-    with wh.transaction(), wh.registered("staged_files", paths):
-        wh.execute("delete_staged_files")
+    with wh.transaction():
+        forget_files(wh, pl.DataFrame({"source": [source] * len(gone), "path": gone}))
 
 
 def config_task(rel: str) -> str:
@@ -779,7 +761,7 @@ def ingest_targets(
         source.target_min,
         source.target_max,
     )
-    parser = f"targets-{PARSER_VERSION}:{sha256(repr(rules).encode())[:12]}"
+    parser = f"targets-{PARSER_VERSION}:{rules_hash(rules)}"
     batch = changed([path], root, "targets", parser, known, tally)
     if batch:
         rows = parse_targets(batch[0], source, run_id)
@@ -837,12 +819,7 @@ def ingest_fleet(
     processes that parse logs (None: one per core for large inputs, else in this process)."""
     wh.migrate()
     root = source_root(source, raw_dir)
-    known: Known = {
-        path: (content_hash, parser, status)
-        for path, content_hash, parser, status in wh.query(
-            "known_files", source=source.name
-        ).iter_rows()
-    }
+    known = known_files(wh, source.name)
     before = count_records(wh, source.name)
     tally = Tally()
     configs = safe_files(root, source.config_glob, tally)

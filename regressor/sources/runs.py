@@ -10,7 +10,6 @@ summary and target -- never its own log or anything derived from its own runtime
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from regressor.sources.common import (
     Known,
     Tally,
     as_bad_input,
+    each_or_problem,
     file_hash,
     file_row,
     inside,
@@ -39,6 +39,7 @@ from regressor.sources.common import (
     quarantine_row,
     replace_files,
     rules_hash,
+    sha256,
     shown_path,
     unreadable_reason,
 )
@@ -173,7 +174,7 @@ def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any
     """The run's `runs` row from its report (the log's columns come later), or BadInputError."""
     assert run.report is not None
     data = run.report.read_bytes()
-    run.report_hash = hashlib.sha256(data).hexdigest()  # of the bytes parsed, even if since changed
+    run.report_hash = sha256(data)  # of the bytes parsed, even if since changed
     fields = run_fields(run, source, parse_report(decode(data), run.report.suffix.lower()))
     task = fields.get(source.task_field)
     if task is None or task == "":
@@ -207,7 +208,7 @@ def read_report(run: Run, source: RunsSourceConfig, run_id: str) -> None:
 
 def log_frame(run: Run, source: RunsSourceConfig) -> tuple[str, pl.DataFrame]:
     data = run.log.read_bytes()
-    run.log_hash = hashlib.sha256(data).hexdigest()
+    run.log_hash = sha256(data)
     text = decode(data)
     if not text.strip():
         raise BadInputError("empty file")
@@ -299,33 +300,21 @@ def parse_batch(batch: Sequence[Run], source: RunsSourceConfig, run_id: str) -> 
             read_log(run, source)
     # All of the batch's logs in one polars pass; a run whose log is bad keeps its config record.
     with_logs = [(r, r.row, r.frame) for r in batch if r.frame is not None and r.row is not None]
-    try:
-        summaries = summarize_frames([frame for _, _, frame in with_logs], source.log_window_s)
-    except Exception:
-        with_logs, summaries = one_by_one(with_logs, source)
+    summaries = each_or_problem(
+        [frame for _, _, frame in with_logs],
+        [run.log for run, _, _ in with_logs],
+        lambda frames: summarize_frames(frames, source.log_window_s),
+    )
     for (run, row, _), summary in zip(with_logs, summaries, strict=True):
+        if isinstance(summary, BadInputError):  # that log alone: the run keeps its config record
+            run.problems["log"] = summary
+            continue
         row |= {
             "log_hash": run.log_hash,
             "log_lines": count_lines(run.log_text or ""),
             "raw_log": run.log_text,
             "logs_json": json.dumps(summary, ensure_ascii=False),
         }
-
-
-def one_by_one(
-    with_logs: list[tuple[Run, dict[str, Any], pl.DataFrame]], source: RunsSourceConfig
-) -> tuple[list[tuple[Run, dict[str, Any], pl.DataFrame]], list[dict[str, Any]]]:
-    """Each log summarised alone: one that fails is that log's problem, not the batch's."""
-    kept, summaries = [], []
-    for run, row, frame in with_logs:
-        try:
-            with as_bad_input(run.log):
-                summaries += summarize_frames([frame], source.log_window_s)
-        except BadInputError as exc:
-            run.problems["log"] = exc
-            continue
-        kept.append((run, row, frame))
-    return kept, summaries
 
 
 def write_runs(
@@ -412,7 +401,7 @@ def changed_runs(
             == (hashes[k], parser)
             for k, path in files
         ]
-        if all(same) and not run.problems:
+        if all(same):
             tally.unchanged += len(files)
             continue
         yield run
@@ -421,8 +410,8 @@ def changed_runs(
 def leave_as_stored(run: Run, files: list[tuple[str, Path]], root: Path, tally: Tally) -> None:
     """Refuse each file of a run one of whose files cannot be read, so the run's stored rows
     stay (a transient fault does not drop a record) until every file reads again."""
+    unreadable = next(path.name for kind, path in files if kind in run.problems)
     for kind, path in files:
-        unreadable = next(p.name for k, p in files if k in run.problems)
         problem = run.problems.get(kind) or f"left as stored: {unreadable} beside it is unreadable"
         tally.refuse(path.relative_to(root).as_posix(), str(path), str(problem))
 
