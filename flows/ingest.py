@@ -21,6 +21,9 @@ class IngestParams(BaseModel):
     source: str = "demo_fleet"  # a name under conf/sources/ or a YAML path
     config: Path | None = None
     var_dir: Path | None = None
+    # Drop the rows of stored files that are gone for good (by default they keep their rows, so
+    # a source folder that is away for a night does not empty the training set).
+    forget_gone: bool = False
 
 
 @flow(name="ingest", log_prints=True)
@@ -30,7 +33,8 @@ def ingest(params: IngestParams | None = None) -> IngestReport:
     app = load_app_config(params.config, params.var_dir)
     source = load_source_config(params.source)
     # Cached on the input files' hashes, and holding the single warehouse-writer slot.
-    result = ingest_task(app.paths.resolve(), source, pipeline.new_run_id(), app.orchestration)
+    paths, run_id = app.paths.resolve(), pipeline.new_run_id()
+    result = ingest_task(paths, source, run_id, app.orchestration, forget_gone=params.forget_gone)
     text = report.render_ingest(result)
     create_markdown_artifact(text, key="ingest-report", description=f"ingest of {params.source}")
     print(text)

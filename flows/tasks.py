@@ -31,10 +31,11 @@ def cached_ingest(
     source: SourceConfig,
     run_id: str,
     orchestration: OrchestrationConfig | None = None,
+    forget_gone: bool = False,
 ) -> IngestReport:
     limit = (orchestration or OrchestrationConfig()).writer_limit
     with warehouse_writer(limit):
-        return pipeline.ingest(paths, source, run_id)
+        return pipeline.ingest(paths, source, run_id, forget_gone)
 
 
 def ingest_task(
@@ -43,14 +44,16 @@ def ingest_task(
     run_id: str,
     orchestration: OrchestrationConfig | None = None,
     return_state: bool = False,
+    forget_gone: bool = False,
 ) -> IngestReport | State:
-    """Run the cached ingest; a missing warehouse file forces a fresh one.
+    """Run the cached ingest; a missing warehouse file, or `forget_gone` (the cache key sees only
+    the files there are, so an earlier ingest of the same files would answer), forces a fresh one.
 
     Otherwise Prefect's setting decides (`PREFECT_TASKS_REFRESH_CACHE=true` re-parses everything).
     """
-    refresh = True if not paths.warehouse.exists() else None
+    refresh = True if forget_gone or not paths.warehouse.exists() else None
     task_ = cached_ingest.with_options(refresh_cache=refresh)
-    state = task_(paths, source, run_id, orchestration, return_state=True)
+    state = task_(paths, source, run_id, orchestration, forget_gone, return_state=True)
     if return_state:
         return state
     report: IngestReport = state.result()
@@ -69,5 +72,6 @@ def unchanged(report: IngestReport, run_id: str) -> IngestReport:
         "files_unchanged": report.files_seen,
         "records_added": 0,
         "quarantined": [],
+        "files_forgotten": [],
     }
     return report.model_copy(update=update)

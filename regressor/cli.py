@@ -83,6 +83,15 @@ def ingest(
     source: Annotated[
         str, typer.Option(help="Source name or YAML path (conf/sources/).")
     ] = "demo_fleet",
+    forget_gone: Annotated[
+        bool,
+        typer.Option(
+            "--forget-gone",
+            help="First drop the rows of stored files that are no longer there (deleted for "
+            "good). Without it they keep their rows, so a folder that is away for a night does "
+            "not empty the training set.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
@@ -91,7 +100,9 @@ def ingest(
     from regressor.config import load_source_config
 
     cfg = load_app_config(config, var_dir)
-    result = pipeline.ingest(cfg.paths.resolve(), load_source_config(source), pipeline.new_run_id())
+    result = pipeline.ingest(
+        cfg.paths.resolve(), load_source_config(source), pipeline.new_run_id(), forget_gone
+    )
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "
         f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "
@@ -99,6 +110,8 @@ def ingest(
     )
     for file, reason in result.quarantined:
         typer.echo(f"  quarantined {file}: {reason}", err=True)
+    for path in result.files_forgotten:
+        typer.echo(f"  forgot {path} (gone; its rows were dropped)")
 
 
 def _read_record(path: Path) -> dict:

@@ -63,10 +63,13 @@ def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) ->
     return generate_fleet(source_root(paths, source), app.fleet)
 
 
-def ingest(paths: ResolvedPaths, source: SourceConfig, run_id: str) -> IngestReport:
-    """Any adapter's source into the warehouse (`regressor.sources.dispatch`)."""
+def ingest(
+    paths: ResolvedPaths, source: SourceConfig, run_id: str, forget_gone: bool = False
+) -> IngestReport:
+    """Any adapter's source into the warehouse (`regressor.sources.dispatch`); `forget_gone`
+    first drops the rows of its files that are gone for good (`regressor.sources.forget`)."""
     with Warehouse(paths.warehouse, memory_limit=INGEST_MEMORY_LIMIT) as wh:
-        return ingest_source(wh, source, paths.raw_dir, run_id)
+        return ingest_source(wh, source, paths.raw_dir, run_id, forget=forget_gone)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,12 @@ def ingest_summary(ingested) -> str:
         }
     )
     quarantined = "\n".join(f"- `{file}`: {reason}" for file, reason in ingested.quarantined[:50])
-    return lines + ("\n\nQuarantined:\n\n" + quarantined if quarantined else "")
+    forgotten = "\n".join(f"- `{path}`" for path in ingested.files_forgotten[:50])
+    return (
+        lines
+        + ("\n\nQuarantined:\n\n" + quarantined if quarantined else "")
+        + ("\n\nForgotten (gone for good, rows dropped):\n\n" + forgotten if forgotten else "")
+    )
 
 
 def render_ingest(ingested) -> str:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from regressor.config import FleetSourceConfig, RunsSourceConfig, SourceConfig, TableSourceConfig
-from regressor.sources.fleet import IngestReport, ingest_fleet
+from regressor.config import (
+    FleetSourceConfig,
+    RunsSourceConfig,
+    SourceConfig,
+    TableSourceConfig,
+    data_root,
+)
+from regressor.sources.fleet import IngestReport, count_records, ingest_fleet, source_root
+from regressor.sources.forget import forget_gone
 from regressor.sources.runs import ingest_runs
 from regressor.sources.table import ingest_table
 from regressor.warehouse import Warehouse
@@ -15,9 +22,31 @@ from regressor.warehouse import Warehouse
 INGEST_MEMORY_LIMIT = "512MB"
 
 
-def ingest_source(wh: Warehouse, source: SourceConfig, raw_dir: Path, run_id: str) -> IngestReport:
-    """Ingest `source` into `wh`. Fleet roots are under `raw_dir` (the generated demo); table and
-    runs roots are data that already exists, resolved against the project root."""
+def ingest_source(
+    wh: Warehouse, source: SourceConfig, raw_dir: Path, run_id: str, forget: bool = False
+) -> IngestReport:
+    """Ingest `source` into `wh`; with `forget`, first drop the rows of its files that are gone
+    for good (`regressor.sources.forget`), so the adapter then reads what depended on them."""
+    if not forget:
+        return adapter_ingest(wh, source, raw_dir, run_id)
+    wh.migrate()
+    before = count_records(wh, source.name)
+    gone = forget_gone(wh, source.name, root_of(source, raw_dir))
+    report = adapter_ingest(wh, source, raw_dir, run_id)
+    return report.model_copy(
+        update={"files_forgotten": gone, "records_added": report.records - before}
+    )
+
+
+def root_of(source: SourceConfig, raw_dir: Path) -> Path:
+    """Fleet roots are under `raw_dir` (the generated demo); table and runs roots are data that
+    already exists, resolved against the project root."""
+    if isinstance(source, FleetSourceConfig):
+        return source_root(source, raw_dir)
+    return data_root(source.root)
+
+
+def adapter_ingest(wh: Warehouse, source: SourceConfig, raw_dir: Path, run_id: str) -> IngestReport:
     if isinstance(source, FleetSourceConfig):
         return ingest_fleet(wh, source, raw_dir, run_id)
     if isinstance(source, TableSourceConfig):

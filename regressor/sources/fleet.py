@@ -82,6 +82,7 @@ class IngestReport(BaseModel):
     records: int  # records of this source in the warehouse after the run
     records_added: int  # net change in that count (0 when nothing changed)
     quarantined: list[tuple[str, str]]  # (file, reason), files and rows rejected by this run
+    files_forgotten: list[str] = []  # gone files whose rows this run dropped (`--forget-gone`)
 
 
 @dataclass

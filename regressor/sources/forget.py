@@ -1,0 +1,65 @@
+"""Forgetting input files that are gone for good (`textperf ingest --forget-gone`).
+
+By default a stored file that is no longer there keeps its rows: a source folder on a network
+mount that is away for one night must not empty the training set. A team that deletes inputs on
+purpose asks for their rows to go; then a file counts as gone only when the file system says so
+(no such file), never when it cannot tell (a folder that cannot be searched), and a source folder
+that is not there at all stops the run instead of forgetting everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from regressor.sources.common import NOT_READ, forget_files
+from regressor.sources.table import STORED_ELSEWHERE
+from regressor.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+
+class SourceFolderMissingError(FileNotFoundError):
+    """The source folder itself is not there: forgetting would drop every stored file."""
+
+
+def is_gone(root: Path, rel: str) -> bool:
+    """True only when `root / rel` does not exist: no such file, or a path component that is no
+    longer a folder. Any other error (permissions, I/O) means "cannot tell": keep the rows."""
+    try:
+        (root / rel).lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def gone_files(wh: Warehouse, source: str, root: Path) -> list[str]:
+    """Paths (relative to `root`) the warehouse holds rows of for `source` that are gone."""
+    stored = wh.query("stored_paths", source=source, not_read=NOT_READ)["path"]
+    return [rel for rel in stored if is_gone(root, rel)]
+
+
+def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
+    """Delete every row derived from the source's gone files, in one transaction, and the stored
+    state of the files whose rows depend on them (the ingest that follows reads those again).
+    Returns the gone paths."""
+    if not root.is_dir():
+        raise SourceFolderMissingError(
+            f"{root}: the source folder of {source!r} is not there (not mounted?); "
+            "nothing was forgotten"
+        )
+    gone = gone_files(wh, source, root)
+    if not gone:
+        return []
+    frame = pl.DataFrame({"path": gone}, schema={"path": pl.String})
+    with wh.registered("gone_files", frame):
+        again = wh.query("gone_dependents", source=source, repeated=STORED_ELSEWHERE)["path"]
+    forget = sorted(set(gone) | set(again))
+    with wh.transaction():
+        forget_files(wh, pl.DataFrame({"source": [source] * len(forget), "path": forget}))
+    logger.info("%s: forgot %d gone file(s) under %s: %s", source, len(gone), root, gone[:20])
+    return gone
