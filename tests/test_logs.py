@@ -107,6 +107,16 @@ def test_rounding_and_json_safety():
     json.dumps(s, allow_nan=False)
 
 
+def test_a_value_beyond_float64_is_dropped_not_a_null_summary():
+    """`x=1e400` reads as infinity; kept, one such value made x's mean, p95, max and trend
+    null. Its summary now equals that of the log without those lines."""
+    values = ["5", "1e400", "7", "-1e400", "9"]
+    lines = [f"2026-01-01T00:00:0{i} INFO a x={v}\n" for i, v in enumerate(values)]
+    finite = [line for line, v in zip(lines, values, strict=True) if "e" not in v]
+    assert summarize_log("".join(lines))["values"] == summarize_log("".join(finite))["values"]
+    assert summarize_log("".join(lines))["values"]["x"]["max"] == 9.0
+
+
 def test_batch_equals_one_by_one_and_empty_is_fine():
     texts = ["a=1\nINFO b\n", "", "2026-01-01T00:00:00 ERROR c=2\n\n\n"]
     assert summarize_logs(texts) == [summarize_log(t) for t in texts]

@@ -202,6 +202,19 @@ def test_series_summary_per_window_with_clock_wrap():
     assert summary["windows"]["0s"]["mem"]["trend"] == 0.0
 
 
+def test_nan_and_numbers_beyond_float64_in_a_log_count_as_missing_samples():
+    """`NaN` or `1e400` (read as infinity) in a sar column used to turn that column's mean, p95,
+    max and trend into nulls; they are dropped like text, and a column of nothing else goes."""
+    rows = [("00:00:01", "5", "NaN"), ("00:00:02", "1e400", "inf"), ("00:00:03", "7", "-1e400")]
+    odd = "time,cpu,bad\n" + "".join(",".join(r) + "\n" for r in rows)
+    blank = "time,cpu,bad\n00:00:01,5,\n00:00:02,,\n00:00:03,7,\n"
+    [summary] = summarize_frames([read_series(odd, None)])
+    assert summary == summarize_frames([read_series(blank, None)])[0]
+    assert summary["windows"]["all"] == {
+        "cpu": {"mean": 6.0, "p50": 6.0, "p95": 6.9, "max": 7.0, "trend": 3600.0}
+    }
+
+
 def test_records_learn_their_ratio_to_the_reference_run(lab):
     """`target_relative_to: reference.elapsed`: each record's baseline is its paired reference
     run's target, and what the model learns is the ratio to it."""

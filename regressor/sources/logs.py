@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 SIGNIFICANT_DIGITS = 4
 
 _FRACTION_TZ = r"(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
@@ -180,7 +180,9 @@ def template_of(line: str) -> str:
 
 
 def field_values(lines: pl.DataFrame) -> pl.DataFrame:
-    """One row per numeric `key=value` occurrence: file, ts, key, value."""
+    """One row per numeric `key=value` occurrence: file, ts, key, value. A value beyond float64
+    (`x=1e400` reads as infinity) is dropped like a non-number: one such sample would turn the
+    key's mean, p95, max and trend into nulls."""
     pairs = (
         lines.filter(pl.col("text").str.contains("=", literal=True))
         .select("file", "ts", pl.col("text").str.extract_all(FIELD_RE).alias("pair"))
@@ -198,7 +200,7 @@ def field_values(lines: pl.DataFrame) -> pl.DataFrame:
         "ts",
         split.struct.field("field_0").alias("key"),
         number.cast(pl.Float64).alias("value"),
-    )
+    ).filter(pl.col("value").is_finite())
 
 
 def trend_expr(all_timed: bool = False) -> pl.Expr:

@@ -18,7 +18,7 @@ import polars as pl
 from regressor.sources.common import BadInputError
 from regressor.sources.logs import round_sig
 
-SERIES_VERSION = 1
+SERIES_VERSION = 2
 STATS = ("mean", "p50", "p95", "max", "trend")
 # The long frame's column-name and value columns: unlike "col" or "value", no log header
 # clashes with them (polars refuses an unpivot whose new columns repeat a name).
@@ -35,9 +35,12 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
         raise BadInputError("no samples after the header")
     time_col, *rest = frame.columns
     wanted = [c for c in (columns or rest) if c in rest and c != "t"]  # `t` is ours
-    # `t` in the same select: a log without value columns still has its samples
+    # `t` in the same select: a log without value columns still has its samples. NaN, and a
+    # number beyond float64 (`1e400` reads as infinity), count as missing like text does: one
+    # such sample would turn the column's mean, p95, max and trend into nulls.
+    numbers = pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False)
     numeric = frame.select(
-        pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False),
+        pl.when(numbers.is_finite()).then(numbers),
         pl.lit(elapsed_seconds(frame[time_col])).alias("t"),
     )
     return numeric.select(
