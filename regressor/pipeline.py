@@ -43,6 +43,7 @@ from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
 from regressor.sources.fleet import IngestReport
+from regressor.sources.fleet import source_root as fleet_root
 from regressor.tracking import configure_mlflow
 from regressor.training import FitResult, RunLogger, fit_examples
 from regressor.vocab import InputTokenizer
@@ -56,7 +57,7 @@ def new_run_id() -> str:
 
 
 def source_root(paths: ResolvedPaths, source: FleetSourceConfig) -> Path:
-    return source.root if source.root.is_absolute() else paths.raw_dir / source.root
+    return fleet_root(source, paths.raw_dir)
 
 
 def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> FleetSummary:
