@@ -17,7 +17,7 @@ from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.prune import prune
 from flows.retrain import retrain
-from regressor.config import AppConfig
+from regressor.config import AppConfig, ConfigError
 
 NIGHTLY = "nightly-retrain"
 ALWAYS_AD_HOC = {"ingest": ingest, "adapt": adapt, "evaluate": evaluate}
@@ -35,7 +35,7 @@ def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = Non
     params = _params(config, var_dir)
     nightly = retrain.to_deployment(
         name=NIGHTLY,
-        schedules=[Cron(app.schedule.nightly_cron, timezone=app.schedule.timezone)],
+        schedules=[cron(app, "nightly_cron", config)],
         parameters=params,
         # Two nightly runs never overlap; ad-hoc writers still queue on the warehouse slot.
         concurrency_limit=1,
@@ -45,16 +45,26 @@ def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = Non
         flow.to_deployment(name=name, parameters=params, tags=["textperf", "ad-hoc"])
         for name, flow in ALWAYS_AD_HOC.items()
     ]
-    return [nightly, *ad_hoc, _prune_deployment(app, params)]
+    return [nightly, *ad_hoc, _prune_deployment(app, params, config)]
 
 
-def _prune_deployment(app: AppConfig, params: dict) -> RunnerDeployment:
+def cron(app: AppConfig, field: str, config: Path | None) -> Cron:
+    """The schedule of `schedule.<field>`; a cron string Prefect refuses is a ConfigError that
+    names the file and the setting (Prefect's own message names neither)."""
+    try:
+        return Cron(getattr(app.schedule, field), timezone=app.schedule.timezone)
+    except ValueError as exc:
+        where = config or "conf/default.yaml"
+        raise ConfigError(f"{where}: schedule.{field}: {exc}") from exc
+
+
+def _prune_deployment(app: AppConfig, params: dict, config: Path | None) -> RunnerDeployment:
     """Ad hoc; with `schedule.prune_cron`, also on that cron, keeping `schedule.prune_keep`."""
     if app.schedule.prune_cron is None:
         return prune.to_deployment(name="prune", parameters=params, tags=["textperf", "ad-hoc"])
     return prune.to_deployment(
         name="prune",
-        schedules=[Cron(app.schedule.prune_cron, timezone=app.schedule.timezone)],
+        schedules=[cron(app, "prune_cron", config)],
         parameters={"params": params["params"] | {"keep": app.schedule.prune_keep}},
         tags=["textperf", "retention"],
     )

@@ -7,6 +7,9 @@ instead of silently falling back to a default.
 from __future__ import annotations
 
 import os
+import re
+import zoneinfo
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -26,10 +29,14 @@ CONF_DIR = PROJECT_ROOT / "conf"
 # A name that goes quoted into an MLflow search filter (a registered model's, a kept bundle's):
 # letters, digits and . _ - only, so no quoting can break the filter.
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+# A source's name keys its rows in the warehouse and starts its record ids (`name/task/key`).
+SOURCE_NAME = rf"^{SAFE_NAME}$"
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.nan` passes no bound (every comparison is false) and `.inf` passes
+    # any lower bound, so without it `lr: .inf` or `target_max: .nan` would be taken as given.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PathsConfig(Frozen):
@@ -92,11 +99,17 @@ class FleetSimConfig(Frozen):
     seed: int = 7
     n_cells: int = Field(24, ge=2)
     n_days: int = Field(150, ge=2)
-    start_date: str = "2026-01-01"
+    start_date: str = "2026-01-01"  # an ISO date: the first day of the generated logs
     # Utilisation samples per day in each log; more lines, longer logs.
     samples_per_day: int = Field(48, ge=1)
     jobs_per_day: int = Field(40, ge=1)
     noise: float = Field(0.02, ge=0)
+
+    @field_validator("start_date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        date.fromisoformat(value)  # ValueError: "Invalid isoformat string: ..."
+        return value
 
 
 class SplitConfig(Frozen):
@@ -110,14 +123,25 @@ class SplitConfig(Frozen):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _leaves_training_records(self) -> SplitConfig:
+        # A configuration's hash bucket below test_fraction + val_fraction is held out
+        # (`dataset.by_configuration`): at 1 or more, nothing is left to train on.
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction + val_fraction ({self.test_fraction} + {self.val_fraction}) "
+                "must be below 1, or no configuration is left for training"
+            )
+        return self
+
 
 class CodecConfig(Frozen):
     """Number codec: sign, rounded mantissa digits, exponent token."""
 
     mantissa_digits: int = Field(4, ge=1, le=12)
     # Default covers every finite float64 (subnormals round into the smallest exponent).
-    exponent_min: int = -324
-    exponent_max: int = 308
+    exponent_min: int = Field(-324, ge=-400)
+    exponent_max: int = Field(308, le=400)  # beyond float64's decades: only a bigger vocabulary
     # Values per record (several objectives): the decoder writes one number after the other.
     num_objectives: int = Field(1, ge=1, le=64)
     # Token order of a number: `[sign][d1..dD][exponent]` (the paper's, RegressLM's) or, when
@@ -177,7 +201,7 @@ class TrainConfig(Frozen):
 
     seed: int = 0
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1)  # AdamW; the shipped recipes use 1e-3 to 1e-2
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(2000, ge=1)
@@ -221,7 +245,7 @@ class TrainConfig(Frozen):
     # uses gloo. A fit that launches processes runs in its own (`regressor.fit_worker`).
     accelerator: str = "cpu"
     strategy: str = "auto"
-    devices: int | Literal["auto"] = Field(1)
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     # How long a rank of a process group waits for the others, at the rendezvous and at each
     # collective: a node that never joins fails the fit after this long (Lightning's default
@@ -238,7 +262,8 @@ class TrainConfig(Frozen):
 class EvalConfig(Frozen):
     num_samples: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    # Must hold 0.1 and 0.9: the metrics read the q10..q90 interval (`evaluate_predictions`).
+    quantiles: tuple[Annotated[float, Field(ge=0, le=1)], ...] = (0.1, 0.5, 0.9)
     # Split-conformal rescaling of the q10..q90 interval, fitted on the validation split and
     # shipped in the model bundle (regressor.calibration); false keeps the raw sampled quantiles.
     conformal: bool = True
@@ -247,13 +272,20 @@ class EvalConfig(Frozen):
     # noisy: they widened the gap between each cell's coverage and 80% (bench/spread.py, README).
     conformal_task_min_records: int | None = Field(30, ge=1)
 
+    @field_validator("quantiles")
+    @classmethod
+    def _has_the_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not {0.1, 0.9} <= set(value):
+            raise ValueError(f"must include 0.1 and 0.9 (the q10..q90 interval), got {value}")
+        return value
+
 
 class AdaptConfig(Frozen):
     """Few-shot adaptation of the champion to one new task."""
 
     n_shots: int = Field(500, ge=1)
     max_steps: int = Field(300, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, le=1)
     max_minutes: float = Field(2.0, gt=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     # full: every weight; last_layers: the last `last_layers` decoder blocks, final norm and head;
@@ -297,6 +329,14 @@ class ScheduleConfig(Frozen):
     prune_cron: str | None = None
     prune_keep: int = Field(30, ge=1)
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        # Prefect's Cron takes any string and the schedule then never fires as meant.
+        if value not in zoneinfo.available_timezones():
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. UTC, Europe/Paris)")
+        return value
+
 
 class OrchestrationConfig(Frozen):
     """How Prefect runs the flows: task runner, and the one-writer limit around DuckDB."""
@@ -315,8 +355,9 @@ class AppConfig(Frozen):
     fleet: FleetSimConfig = FleetSimConfig()
     source: str = "demo_fleet"
     split: SplitConfig = SplitConfig()
-    model: str = "small"
-    train: str = "demo"
+    # File names under conf/model/ and conf/train/ (without .yaml): no '/', so no '..' either.
+    model: str = Field("small", pattern=rf"^{SAFE_NAME}$")
+    train: str = Field("demo", pattern=rf"^{SAFE_NAME}$")
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()
     adapt: AdaptConfig = AdaptConfig()
@@ -332,18 +373,68 @@ class ConfigError(ValueError):
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+# A configuration file is a few KB; anything far bigger is the wrong file (a dataset, a device).
+MAX_CONFIG_BYTES = 4 << 20
+
+
+def read_config_text(path: Path) -> str:
+    """The UTF-8 text of a configuration file, or ConfigError saying why it cannot be read."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a configuration file")
+    if path.exists() and not path.is_file():  # a FIFO or /dev/zero would block or never end
+        raise ConfigError(f"{path}: not a regular file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # permission denied, I/O error
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a configuration file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}, line {line})") from exc
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A configuration file's top-level mapping. Refused, naming the file: an empty file (or only
+    comments: a truncated file would otherwise run on defaults), a repeated key (YAML keeps the
+    last one silently), an alias bomb or nesting too deep, anything but a mapping at the top."""
+    # Imported here: regressor.sources imports this module. Its loader is the one input files go
+    # through: repeated keys and alias bombs are refused, with the line.
+    from regressor.sources.common import load_yaml_limited
+    from regressor.sources.parsing import UniqueKeyLoader
+
+    text = read_config_text(path)
+    try:
+        data = load_yaml_limited(text, UniqueKeyLoader)
+    except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: empty (no settings; a truncated file?)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem: the field's dotted path, what is wrong, and the value given.
+
+    pydantic's own text starts with the model's name, which for a source config is the whole
+    tagged union (`tagged-union[function-after[...], ...]`), and adds a URL to every line."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        value = error["input"]
+        # A missing field has no value, and a rule over several fields gets the whole mapping.
+        got = (
+            "" if error["type"] == "missing" or isinstance(value, dict) else f" (got {value!r:.80})"
+        )
+        lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}{got}")
+    return f"{len(lines)} invalid setting(s):\n" + "\n".join(lines)
 
 
 def load_model(cls: type[M], path: Path, **overrides: Any) -> M:
@@ -352,7 +443,7 @@ def load_model(cls: type[M], path: Path, **overrides: Any) -> M:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {describe(exc)}") from exc
 
 
 def load_app_config(
@@ -364,12 +455,11 @@ def load_app_config(
 ) -> AppConfig:
     """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands,
     `model` and `train` pick other `conf/model/` and `conf/train/` files by name."""
-    if model is not None:
-        load_model_config(model, conf_dir)  # fail now, naming the file, not mid-flow
-    if train is not None:
-        load_train_config(train, conf_dir)
     picked = {key: name for key, name in (("model", model), ("train", train)) if name}
     app = load_model(AppConfig, path or conf_dir / "default.yaml", **picked)
+    # The files it names, picked or not: fail now, naming the file, not after ingest, mid-flow.
+    load_model_config(app.model, conf_dir)
+    load_train_config(app.train, conf_dir)
     if var_dir is not None:
         app = app.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
     return app
@@ -401,6 +491,15 @@ def checked_patterns(value: Any) -> Any:
         if isinstance(pattern, str) and (problem := unsafe_pattern(pattern)):
             raise ValueError(f"{pattern!r} {problem}; it must be relative to the source root")
     return value
+
+
+def ordered_targets(source: Any) -> Any:
+    """Every adapter quarantines targets outside [target_min, target_max]: an empty or reversed
+    range would quarantine every record."""
+    low, high = source.target_min, source.target_max
+    if low >= high:
+        raise ValueError(f"target_min ({low}) must be below target_max ({high})")
+    return source
 
 
 class SourceText(Frozen):
@@ -435,7 +534,7 @@ class FleetSourceConfig(SourceText):
     folder name; the period is the log file's stem (an ISO date).
     """
 
-    name: str
+    name: str = Field(pattern=SOURCE_NAME)
     adapter: Literal["fleet"] = "fleet"
     root: Path
     config_glob: str = "cells/*.yaml"
@@ -451,6 +550,7 @@ class FleetSourceConfig(SourceText):
     section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
 
     _relative = field_validator("config_glob", "log_glob", "targets_file")(checked_patterns)
+    _targets = model_validator(mode="after")(ordered_targets)
 
 
 def data_root(root: Path) -> Path:
@@ -470,7 +570,7 @@ class TableSourceConfig(SourceText):
     configuration are legitimate rows).
     """
 
-    name: str
+    name: str = Field(pattern=SOURCE_NAME)
     adapter: Literal["table"]
     root: Path
     files: tuple[str, ...] = Field(min_length=1)  # globs under root: *.csv, *.tsv, *.parquet
@@ -488,6 +588,7 @@ class TableSourceConfig(SourceText):
     section_priority: tuple[str, ...] = ("task", "config", "logs")
 
     _relative = field_validator("files")(checked_patterns)
+    _targets = model_validator(mode="after")(ordered_targets)
 
 
 class ReferenceConfig(Frozen):
@@ -517,11 +618,11 @@ class RunsSourceConfig(SourceText):
     keeps leaky ones (end times, throughput = size / runtime) out.
     """
 
-    name: str
+    name: str = Field(pattern=SOURCE_NAME)
     adapter: Literal["runs"]
     root: Path
     run_glob: str = "*/*"
-    report_files: tuple[str, ...] = ("report.json",)  # the first present is read
+    report_files: tuple[str, ...] = Field(("report.json",), min_length=1)  # first present is read
     log_file: str = "log.csv"
     path_pattern: str | None = None
     target_field: str
@@ -532,12 +633,23 @@ class RunsSourceConfig(SourceText):
     reference: ReferenceConfig | None = None
     own_log: bool = False  # put the run's own log summary in its record (off: leakage)
     log_columns: tuple[str, ...] | None = None  # numeric log columns to summarise (None: all)
-    log_window_s: int | None = None  # summary window in seconds (None: one window per run)
+    log_window_s: int | None = Field(None, ge=1)  # summary window (None: one per run)
     target_min: float = -1e300
     target_max: float = 1e300
     section_priority: tuple[str, ...] = ("task", "config", "logs")
 
     _relative = field_validator("run_glob", "report_files", "log_file")(checked_patterns)
+    _targets = model_validator(mode="after")(ordered_targets)
+
+    @field_validator("path_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:  # else a raw re.error at ingest, from the first run folder
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
 
 
 SourceConfig = Annotated[
@@ -555,4 +667,4 @@ def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> SourceCo
     try:
         return SOURCE_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {describe(exc)}") from exc

@@ -10,7 +10,7 @@ import yaml
 
 from flows import deployments
 from flows.common import make_task_runner
-from regressor.config import OrchestrationConfig, load_app_config
+from regressor.config import ConfigError, OrchestrationConfig, load_app_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
@@ -108,3 +108,12 @@ def test_dockerfile_cpu_torch_and_non_root():
     text = (PROJECT_ROOT / "docker" / "Dockerfile").read_text()
     assert "download.pytorch.org/whl/cpu" in text
     assert "\nUSER textperf" in text
+
+
+@pytest.mark.parametrize(("field", "cron"), [("nightly_cron", "0 25 * * *"), ("prune_cron", "x")])
+def test_a_cron_prefect_refuses_is_an_error_naming_the_file_and_setting(field: str, cron: str):
+    """Prefect's "Invalid cron string" names neither the file nor the setting it came from."""
+    schedule = APP.schedule.model_copy(update={field: cron})
+    app = APP.model_copy(update={"schedule": schedule})
+    with pytest.raises(ConfigError, match=rf"team\.yaml: schedule\.{field}: Invalid cron string"):
+        deployments.build(app, Path("team.yaml"))

@@ -1,0 +1,264 @@
+"""Hostile configuration files: each is refused early with a ConfigError naming the file (and
+the field, for an invalid setting) and saying what is wrong; never a raw traceback from yaml,
+pydantic or the OS, and never taken with an absurd value. Real files under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from regressor.config import (
+    CONF_DIR,
+    ConfigError,
+    load_app_config,
+    load_source_config,
+    load_train_config,
+)
+
+TABLE = {
+    "name": "t",
+    "adapter": "table",
+    "root": "data",
+    "files": ["*.csv"],
+    "target_columns": ["y"],
+}
+RUNS = {"name": "r", "adapter": "runs", "root": "data", "target_field": "y", "task_field": "app"}
+FLEET = {"name": "f", "adapter": "fleet", "root": "data"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def app_file(tmp_path: Path, data: dict) -> Path:
+    return write(tmp_path / "app.yaml", yaml.safe_dump(data))
+
+
+def source_file(tmp_path: Path, data: dict) -> str:
+    return str(write(tmp_path / "source.yaml", yaml.safe_dump(data)))
+
+
+def conf_with_train(tmp_path: Path, text: str) -> Path:
+    """A conf dir holding the shipped default, model and train files plus train/t.yaml."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf, ignore=shutil.ignore_patterns("sources"))
+    write(conf / "train" / "t.yaml", text)
+    return conf
+
+
+# --- The file itself -------------------------------------------------------------------------
+
+
+def test_a_directory_is_refused_naming_it(tmp_path: Path):
+    folder = tmp_path / "conf.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"conf\.yaml: is a directory"):
+        load_app_config(folder)
+    with pytest.raises(ConfigError, match=r"conf\.yaml: is a directory"):
+        load_source_config(str(folder))
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path: Path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"pipe\.yaml: not a regular file"):
+        load_app_config(fifo)
+
+
+def test_a_huge_file_is_refused_unparsed(tmp_path: Path):
+    path = write(tmp_path / "huge.yaml", "model: mini\n" + "# padding\n" * 500_000)
+    with pytest.raises(ConfigError, match=r"huge\.yaml: larger than"):
+        load_app_config(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n"])
+def test_an_empty_or_comment_only_file_is_refused(tmp_path: Path, text: str):
+    """A truncated file would otherwise run the whole pipeline on defaults."""
+    path = write(tmp_path / "truncated.yaml", text)
+    with pytest.raises(ConfigError, match=r"truncated\.yaml: empty"):
+        load_app_config(path)
+    conf = conf_with_train(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"train/t\.yaml: empty"):
+        load_train_config("t", conf)
+
+
+def test_non_utf8_bytes_are_refused_with_their_place(tmp_path: Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model: mini\nsource: d\xe9mo\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 21, line 2\)"):
+        load_app_config(path)
+
+
+# --- YAML that parses into something other than what was written ----------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "model: small\nmodel: tiny\n",  # the last one used to win silently
+        "split:\n  test_days: 3\n  test_days: 30\n",
+    ],
+)
+def test_a_repeated_key_is_refused_with_its_line(tmp_path: Path, text: str):
+    path = write(tmp_path / "dup.yaml", text)
+    with pytest.raises(ConfigError, match=r"(?s)dup\.yaml: not valid YAML: duplicate key.*line"):
+        load_app_config(path)
+
+
+def test_a_repeated_key_in_a_source_config_is_refused(tmp_path: Path):
+    path = write(tmp_path / "dup.yaml", yaml.safe_dump(TABLE) + "target_columns: [z]\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: not valid YAML: duplicate key"):
+        load_source_config(str(path))
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path):
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    path = write(tmp_path / "bomb.yaml", "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: .*YAML bomb"):
+        load_app_config(path)
+
+
+def test_nesting_too_deep_is_a_config_error_not_a_recursion_error(tmp_path: Path):
+    path = write(tmp_path / "deep.yaml", "paths: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML"):
+        load_app_config(path)
+
+
+# --- Absurd values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("adapt", "lr", ".inf"),
+        ("adapt", "max_minutes", ".inf"),
+        ("adapt", "lr", "1.0e+9"),
+        ("eval", "quantiles", "[.nan, 0.1, 0.9]"),
+        ("fleet", "start_date", "yesterday"),
+        ("codec", "exponent_max", "100000000"),
+    ],
+)
+def test_an_absurd_app_setting_is_refused_naming_the_field(
+    tmp_path: Path, section: str, field: str, value: str
+):
+    path = write(tmp_path / "absurd.yaml", f"{section}:\n  {field}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"(?s)absurd\.yaml: .*{section}\.{field}"):
+        load_app_config(path)
+
+
+@pytest.mark.parametrize(
+    "text", ["lr: .inf\n", "lr: 1.0e+9\n", "max_minutes: .inf\n", "grad_clip: .inf\n"]
+)
+def test_a_non_finite_or_absurd_train_setting_is_refused(tmp_path: Path, text: str):
+    conf = conf_with_train(tmp_path, text)
+    field = text.split(":", maxsplit=1)[0]
+    with pytest.raises(ConfigError, match=rf"(?s)train/t\.yaml: .*{field}"):
+        load_train_config("t", conf)
+
+
+@pytest.mark.parametrize("devices", [0, -3])
+def test_devices_must_be_positive_or_auto(tmp_path: Path, devices: int):
+    conf = conf_with_train(tmp_path, f"devices: {devices}\n")
+    with pytest.raises(ConfigError, match=r"(?s)train/t\.yaml: .*devices"):
+        load_train_config("t", conf)
+    assert load_train_config("tiny_ddp").devices == 2
+
+
+@pytest.mark.parametrize("quantiles", [[0.25, 0.75], [], [0.1, 0.9, 1.5]])
+def test_eval_quantiles_must_hold_the_q10_q90_interval(tmp_path: Path, quantiles: list):
+    """The metrics read q10 and q90: without them evaluation failed with KeyError after training."""
+    path = app_file(tmp_path, {"eval": {"quantiles": quantiles}})
+    with pytest.raises(ConfigError, match=r"(?s)app\.yaml: .*eval\.quantiles"):
+        load_app_config(path)
+    wider = app_file(tmp_path, {"eval": {"quantiles": [0.05, 0.1, 0.5, 0.9, 0.95]}})
+    assert load_app_config(wider).eval.quantiles == (0.05, 0.1, 0.5, 0.9, 0.95)
+
+
+def test_split_fractions_must_leave_configurations_to_train_on(tmp_path: Path):
+    path = app_file(tmp_path, {"split": {"test_fraction": 0.6, "val_fraction": 0.5}})
+    with pytest.raises(ConfigError, match=r"(?s)app\.yaml: .*split: test_fraction \+ val_fraction"):
+        load_app_config(path)
+
+
+def test_an_unknown_timezone_is_refused(tmp_path: Path):
+    """Prefect's Cron takes any timezone string; the schedule would then never fire as meant."""
+    path = app_file(tmp_path, {"schedule": {"timezone": "Mars/Olympus"}})
+    with pytest.raises(ConfigError, match=r"(?s)app\.yaml: .*schedule\.timezone"):
+        load_app_config(path)
+
+
+# --- Files the app config names ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "folder"), [("model", "model"), ("train", "train")])
+def test_a_model_or_train_file_the_config_names_must_exist(tmp_path: Path, key: str, folder: str):
+    """Checked when the config loads, not after ingest in the middle of the nightly flow."""
+    path = app_file(tmp_path, {key: "nosuch"})
+    with pytest.raises(ConfigError, match=rf"{folder}/nosuch\.yaml: no such configuration file"):
+        load_app_config(path)
+
+
+@pytest.mark.parametrize("name", ["../train/demo", "/etc/passwd", "..", "sub/dir"])
+def test_a_model_name_cannot_point_outside_conf(tmp_path: Path, name: str):
+    path = app_file(tmp_path, {"model": name})
+    with pytest.raises(ConfigError, match=r"(?s)app\.yaml: .*model: String should match"):
+        load_app_config(path)
+
+
+# --- Source configs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", [TABLE, RUNS, FLEET], ids=["table", "runs", "fleet"])
+@pytest.mark.parametrize(
+    "bounds", [{"target_min": 5.0, "target_max": 1.0}, {"target_min": 2.0, "target_max": 2.0}]
+)
+def test_a_reversed_or_empty_target_range_is_refused(tmp_path: Path, base: dict, bounds: dict):
+    """Every target would be quarantined as absurd."""
+    with pytest.raises(ConfigError, match=r"(?s)source\.yaml: .*target_min .* must be below"):
+        load_source_config(source_file(tmp_path, {**base, **bounds}))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_non_finite_target_bound_is_refused(tmp_path: Path, value: str):
+    path = write(tmp_path / "source.yaml", yaml.safe_dump(TABLE) + f"target_max: {value}\n")
+    with pytest.raises(ConfigError, match=r"(?s)source\.yaml: .*table\.target_max"):
+        load_source_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("path_pattern", "(unclosed"),
+        ("log_window_s", 0),
+        ("log_window_s", -5),
+        ("report_files", []),
+    ],
+)
+def test_an_absurd_runs_setting_is_refused(tmp_path: Path, field: str, value: object):
+    with pytest.raises(ConfigError, match=rf"(?s)source\.yaml: .*runs\.{field}"):
+        load_source_config(source_file(tmp_path, {**RUNS, field: value}))
+
+
+def test_a_source_error_names_the_field_without_pydantic_union_noise(tmp_path: Path):
+    with pytest.raises(ConfigError) as caught:
+        load_source_config(source_file(tmp_path, {**TABLE, "targt_min": 1}))
+    message = str(caught.value)
+    assert "table.targt_min: Extra inputs are not permitted" in message
+    assert "tagged-union" not in message
+    assert "errors.pydantic.dev" not in message
+
+
+@pytest.mark.parametrize("base", [TABLE, RUNS, FLEET], ids=["table", "runs", "fleet"])
+@pytest.mark.parametrize("name", ["", "../x", "a/b"])
+def test_a_source_name_must_be_a_plain_name(tmp_path: Path, base: dict, name: str):
+    """It keys the source's warehouse rows and starts its record ids (`name/task/key`)."""
+    adapter = base["adapter"]
+    with pytest.raises(ConfigError, match=rf"(?s)source\.yaml: .*{adapter}\.name"):
+        load_source_config(source_file(tmp_path, {**base, "name": name}))
