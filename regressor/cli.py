@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from regressor.config import AppConfig, load_app_config
+from regressor.config import AppConfig, ConfigError, load_app_config
 
 app = typer.Typer(
     help="textperf: predict performance metrics of large systems from their configs and logs.",
@@ -114,16 +114,54 @@ def ingest(
         typer.echo(f"  forgot {path} (gone; its rows were dropped)")
 
 
-def _read_record(path: Path) -> dict:
+# A record is one system's configs and log summaries: megabytes at most. A bigger file (or a
+# device such as /dev/zero) is refused after this many bytes instead of being read whole.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def _record_row(record: object) -> dict[str, str]:
+    """A parsed record -> the pyfunc's row (config and logs as JSON text, the rest as text), or a
+    ValueError saying why it is no record: checked here, by this code's rules, so the error names
+    the file whatever version of the pyfunc code the model was registered with."""
+    from regressor.pyfunc_model import json_kind, json_object
+
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, got {json_kind(record)}")
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"'text' must be a string, got {json_kind(text)}")
+    missing = [k for k in ("task", "config", "logs") if record.get(k) is None]
+    if text is None and missing:
+        raise ValueError(
+            f"a record needs 'text', or 'task', 'config' and 'logs'; missing {missing}"
+        )
+    row = {} if text is None else {"text": text}
+    for key in ("task", "period"):
+        value = record.get(key)
+        if isinstance(value, dict | list | bool):
+            raise ValueError(f"'{key}' must be a string, got {json_kind(value)}")
+        if value is not None:
+            row[key] = str(value)
+    for key in ("config", "logs"):
+        if record.get(key) is not None:
+            row[key] = json.dumps(json_object(record[key], f"'{key}'"))
+    return row
+
+
+def _read_record(path: Path) -> dict[str, str]:
+    """A record file -> the pyfunc's row; a BadParameter naming the file and the reason."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"larger than {MAX_RECORD_BYTES // 2**20} MiB")
+        return _record_row(json.loads(data.decode("utf-8")))
+    except RecursionError:
+        raise typer.BadParameter(f"{path}: the JSON is nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(f"{path}: cannot read a JSON record: {exc}") from exc
-    if not isinstance(record, dict) or not (
-        {"text"} <= record.keys() or {"task", "config", "logs"} <= record.keys()
-    ):
-        raise typer.BadParameter(f"{path}: a record needs 'text', or 'task', 'config' and 'logs'")
-    return record
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path}: {exc}") from exc
 
 
 def _model_uri(ref: str) -> str:
@@ -135,6 +173,42 @@ def _model_uri(ref: str) -> str:
 
 def _quantile_label(q: float) -> str:
     return f"p{q * 100:g}"
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit 1: a failure the user can act on, not a traceback."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _predict_params(
+    num_samples: int, temperature: float, quantiles: list[float] | None, samples: bool
+) -> dict:
+    """The pyfunc's params, checked before the model is loaded (the pyfunc's own rules)."""
+    from regressor.pyfunc_model import checked_params
+
+    try:
+        params = checked_params(
+            {
+                "num_samples": num_samples,
+                "temperature": temperature,
+                "quantiles": quantiles or [0.1, 0.9],
+                "return_samples": samples,
+            }
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return {**params, "quantiles": sorted(params["quantiles"])}  # the interval: first, last
+
+
+def _load_model(uri: str):  # -> mlflow.pyfunc.PyFuncModel (imported lazily)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError, ValueError) as exc:  # no such model, alias or artifact
+        _fail(f"cannot load model {uri!r}: {exc}")
 
 
 @app.command()
@@ -156,22 +230,20 @@ def predict(
     var_dir: VarOpt = None,
 ) -> None:
     """Predict each record: the median of sampled decodes and an interval between quantiles."""
-    import mlflow
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
+    params = _predict_params(num_samples, temperature, quantile, samples)
+    rows = [_read_record(path) for path in records]
     _use_tracking(load_app_config(config, var_dir))
-    rows = []
-    for path in records:
-        record = _read_record(path)
-        rows.append({k: json.dumps(v) if isinstance(v, dict) else v for k, v in record.items()})
-    quantiles = sorted(quantile or [0.1, 0.9])
-    params = {
-        "num_samples": num_samples,
-        "temperature": temperature,
-        "quantiles": quantiles,
-        "return_samples": samples,
-    }
-    out = mlflow.pyfunc.load_model(_model_uri(model)).predict(pd.DataFrame(rows), params=params)
+    uri = _model_uri(model)
+    loaded = _load_model(uri)
+    try:
+        out = loaded.predict(pd.DataFrame(rows), params=params)
+    except (MlflowException, ValueError) as exc:
+        bad = getattr(exc, "row", None)  # the pyfunc's InvalidInputError names the bad row
+        _fail(f"{records[bad] if bad is not None else uri}: {exc}")
+    quantiles = params["quantiles"]
     lo, hi = _quantile_label(quantiles[0]), _quantile_label(quantiles[-1])
     for path, row in zip(records, out.to_dict("records"), strict=True):
         line = (
@@ -383,5 +455,16 @@ def adapt(
     typer.echo(f"gate: {verdict} ({outcome.reason}); predict {outcome.task} with {outcome.use_uri}")
 
 
+def main() -> None:
+    """The `textperf` console script: a bad configuration file is one line naming the file and
+    the setting, exit 2 (click's usage-error code), not a traceback (`pretty_exceptions_enable`
+    is off so that other failures keep theirs)."""
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +88,18 @@ def sample_shares(num_samples: int, members: int) -> list[int]:
 def same_tokenizer(a: InputTokenizer, b: InputTokenizer) -> bool:
     """The same vocabulary and merges: equal token ids for every text."""
     return a is b or a._tokenizer.to_str() == b._tokenizer.to_str()
+
+
+def check_sampling(num_samples: int, temperature: float) -> None:
+    """Refuse what sampling cannot mean: no draws (every summary NaN), a negative count (numpy's
+    "negative dimensions"), a negative temperature (silently greedy) or a NaN or infinite one
+    (an index error deep in torch)."""
+    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or num_samples < 1:
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(
+            f"temperature must be finite and >= 0 (0 decodes greedily), got {temperature!r}"
+        )
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,8 +309,20 @@ class Predictor:
             return 1.0
         return scale_of(record.get("config") or {}, self.relative_to, name)
 
+    def input_char_budget(self) -> int:
+        """Characters of a text that can reach the model: no token covers more than
+        `max_token_chars` of them, so the first `max_input_tokens` tokens lie within half of
+        this many. Twice that, because BPE merges near a cut may differ from those of the whole
+        text: the budget's tokens stay far enough from it to come out the same."""
+        return 2 * self.model_config.max_input_tokens * self.tokenizer.max_token_chars
+
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer.encode_batch(list(texts), self.model_config.max_input_tokens)
+        """Token ids cut to the input budget. A text is cut to `input_char_budget` characters
+        first: tokenizing a 5 MB text whole took seconds and a GB, to keep its first few hundred
+        ids."""
+        budget = self.input_char_budget()
+        cut = [text[:budget] for text in texts]
+        return self.tokenizer.encode_batch(cut, self.model_config.max_input_tokens)
 
     def sample_texts(
         self,
@@ -322,6 +347,7 @@ class Predictor:
             raise ValueError(
                 f"this model predicts relative to {self.relative_to!r}: pass each text's scale"
             )
+        check_sampling(num_samples, temperature)
         ids = self.encode_texts(texts)
         order = np.argsort([len(row) for row in ids], kind="stable")
         shares = sample_shares(num_samples, self.ensemble_size)

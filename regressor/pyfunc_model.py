@@ -6,18 +6,25 @@ sampled decodes and one `p<percent>` column per requested quantile (default p10,
 `return_samples` also a `samples` column holding each row's list of decoded values. The interval
 and std are recalibrated by the conformal scale in the bundle: a row's `task`, when given, picks
 that task's own scale if validation fitted one.
+
+Bad input fails the whole call with an `InvalidInputError` naming the row (its position in the
+frame) and the reason, before any decoding: a batch never comes back part predicted, part NaN,
+since a NaN row would read as "the model does not know" rather than "this row is broken".
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.9)
@@ -28,6 +35,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "quantiles": list(DEFAULT_QUANTILES),
     "return_samples": False,
 }
+# 16x the most samples any accuracy study here found useful (README "Samples per prediction"):
+# a batch of 32 rows then decodes 32k sequences at once, within a server's memory for the demo
+# models; 10^7 would try to allocate tens of GB and take the server down instead.
+MAX_NUM_SAMPLES = 1024
+
+
+class InvalidInputError(MlflowException, ValueError):
+    """Bad rows or params. A ValueError for Python callers; an MlflowException with
+    INVALID_PARAMETER_VALUE so `mlflow models serve` answers 400 with this message (a plain
+    ValueError reaches its client as a generic "unexpected error" and a stack trace). `row` is
+    the frame position of the bad row, None for a bad param: the CLI names the file by it."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.row = row
 
 
 def quantile_column(q: float) -> str:
@@ -38,34 +60,78 @@ def quantile_column(q: float) -> str:
 OUTPUT_COLUMNS = ("median", "mean", "std", *map(quantile_column, DEFAULT_QUANTILES))
 
 
-def _as_mapping(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-def _record_of(row: dict) -> dict:
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    kinds = {
+        dict: "an object",
+        bool: "a boolean",
+        str: "a string",
+        list: "an array",
+        int: "a number",
+    }
+    return kinds.get(type(value), "a number" if isinstance(value, float) else type(value).__name__)
+
+
+def json_object(value: Any, name: str) -> Mapping:
+    """A record's `config` or `logs`: a mapping, or the JSON text of one; else a ValueError
+    saying why. Training only ever saw mappings, so a list, number or string would be serialized
+    into text the model cannot read."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ValueError(f"{name} is nested too deeply") from exc
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{name} must be a JSON object (a mapping of fields), got {json_kind(value)}"
+        )
+    return value
+
+
+def _mapping(value: Any, row: int, name: str) -> Mapping:
+    try:
+        return json_object(value, name)
+    except ValueError as exc:
+        raise InvalidInputError(f"row {row}: {exc}", row) from exc
+
+
+def _record_of(row: dict, i: int) -> dict:
     missing = [k for k in ("task", "config", "logs") if not _present(row.get(k))]
     if missing:
-        raise ValueError(
-            f"a record needs 'text' or the fields task, config, logs; missing {missing}"
+        raise InvalidInputError(
+            f"row {i}: a record needs 'text' or the fields task, config, logs; missing {missing}",
+            i,
         )
     return {
-        "task": row["task"],
+        "task": str(row["task"]),
         "period": str(row["period"]) if _present(row.get("period")) else "",
-        "config": _as_mapping(row["config"]),
-        "logs": _as_mapping(row["logs"]),
+        "config": _mapping(row["config"], i, "config"),
+        "logs": _mapping(row["logs"], i, "logs"),
     }
 
 
+def _text_of_row(row: dict, i: int, text_of: Callable[[dict], str]) -> str:
+    if _present(row.get("text")):
+        return str(row["text"])
+    record = _record_of(row, i)
+    try:
+        return text_of(record)
+    except RecursionError as exc:  # parsed, but too deep for the serializer's flattening
+        raise InvalidInputError(f"row {i}: config or logs is nested too deeply", i) from exc
+
+
 def texts_of(frame: pd.DataFrame, text_of: Callable[[dict], str]) -> list[str]:
-    """Per row: its ready `text` when given, else its raw fields serialized."""
-    return [
-        str(row["text"]) if _present(row.get("text")) else text_of(_record_of(row))
-        for row in frame.to_dict("records")
-    ]
+    """Per row: its ready `text` when given, else its raw fields serialized (`text_of`, which
+    truncates to the model's input budget)."""
+    return [_text_of_row(row, i, text_of) for i, row in enumerate(frame.to_dict("records"))]
 
 
 def scales_of(frame: pd.DataFrame, scale_of: Callable[[dict, str], float]) -> np.ndarray:
@@ -74,10 +140,14 @@ def scales_of(frame: pd.DataFrame, scale_of: Callable[[dict, str], float]) -> np
     scales = []
     for i, row in enumerate(frame.to_dict("records")):
         if not _present(row.get("config")):
-            raise ValueError(
-                f"row {i}: this model predicts relative to a config field: give config"
+            raise InvalidInputError(
+                f"row {i}: this model predicts relative to a config field: give config", i
             )
-        scales.append(scale_of({"config": _as_mapping(row["config"])}, f"row {i}"))
+        config = _mapping(row["config"], i, "config")
+        try:
+            scales.append(scale_of({"config": config}, f"row {i}"))
+        except ValueError as exc:  # no positive finite baseline: the message names the row
+            raise InvalidInputError(str(exc), i) from exc
     return np.asarray(scales, dtype=np.float64)
 
 
@@ -88,11 +158,53 @@ def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
     return [str(t) if _present(t) else None for t in frame["task"]]
 
 
-def checked_quantiles(values: Sequence[float]) -> tuple[float, ...]:
-    quantiles = tuple(float(q) for q in values)
-    if not all(0.0 <= q <= 1.0 for q in quantiles):
-        raise ValueError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
+def checked_quantiles(values: Any) -> tuple[float, ...]:
+    """The distinct quantiles in [0, 1], in the order asked (one output column each, named by
+    `quantile_column`: two that would share a name are refused, not silently merged)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
+        raise InvalidInputError(f"quantiles must be a list of numbers, got {values!r}")
+    try:
+        quantiles = tuple(dict.fromkeys(float(q) for q in values))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"quantiles must be numbers, got {list(values)!r}") from exc
+    if not all(0.0 <= q <= 1.0 for q in quantiles):  # NaN fails this too
+        raise InvalidInputError(f"quantiles must lie in [0, 1], got {list(values)}")
+    names = [quantile_column(q) for q in quantiles]
+    if len(set(names)) < len(names):
+        raise InvalidInputError(f"quantiles {list(quantiles)} give the same column twice")
     return quantiles
+
+
+def _whole(value: Any, name: str) -> int:
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not float(value).is_integer():  # 2.5, NaN and inf too
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def checked_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The defaults overridden by `params`, each checked: a bad one is refused with its name,
+    never passed on to fail deep in torch, decode silently greedy or give NaN."""
+    merged = {**DEFAULT_PARAMS, **(params or {})}
+    num_samples = _whole(merged["num_samples"], "num_samples")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise InvalidInputError(
+            f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}"
+        )
+    temperature = merged["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number):
+        raise InvalidInputError(f"temperature must be a number, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(
+            f"temperature must be finite and >= 0 (0 decodes greedily), got {temperature}"
+        )
+    return {
+        "num_samples": num_samples,
+        "temperature": float(temperature),
+        "seed": _whole(merged["seed"], "seed"),
+        "quantiles": checked_quantiles(merged["quantiles"]),
+        "return_samples": bool(merged["return_samples"]),
+    }
 
 
 def output_frame(
@@ -118,22 +230,24 @@ class TextperfModel(PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        params = {**DEFAULT_PARAMS, **(params or {})}
-        quantiles = checked_quantiles(params["quantiles"])
+        params = checked_params(params)
         frame = pd.DataFrame(model_input)
         texts = texts_of(frame, self.predictor.text_of)
+        scales = (
+            None
+            if self.predictor.relative_to is None
+            else scales_of(frame, self.predictor.scale_of)
+        )
         summary = self.predictor.predict_texts(
             texts,
-            num_samples=int(params["num_samples"]),
-            temperature=float(params["temperature"]),
-            quantiles=quantiles,
-            seed=int(params["seed"]),
+            num_samples=params["num_samples"],
+            temperature=params["temperature"],
+            quantiles=params["quantiles"],
+            seed=params["seed"],
             tasks=tasks_of(frame),
-            scales=None
-            if self.predictor.relative_to is None
-            else scales_of(frame, self.predictor.scale_of),
+            scales=scales,
         )
-        return output_frame(summary, quantiles, bool(params["return_samples"]))
+        return output_frame(summary, params["quantiles"], params["return_samples"])
 
 
 mlflow.models.set_model(TextperfModel())

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,3 +264,16 @@ def test_a_source_name_must_be_a_plain_name(tmp_path: Path, base: dict, name: st
     adapter = base["adapter"]
     with pytest.raises(ConfigError, match=rf"(?s)source\.yaml: .*{adapter}\.name"):
         load_source_config(source_file(tmp_path, {**base, "name": name}))
+
+
+# --- The command line ------------------------------------------------------------------------
+
+
+def test_the_cli_reports_a_bad_config_in_one_line_not_a_traceback(tmp_path: Path):
+    """`textperf` (regressor.cli:main) prints the ConfigError and exits 2, the usage-error code."""
+    path = write(tmp_path / "dup.yaml", "model: small\nmodel: tiny\n")
+    cmd = [sys.executable, "-m", "regressor.cli", "ingest", "--config", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"Error: {path}: not valid YAML: duplicate key")

@@ -1,0 +1,265 @@
+"""Hostile input to prediction, through the MLflow pyfunc, its scoring server's handler and
+`textperf predict`, on a real tiny model registered in a real MLflow store.
+
+The rule: a bad row or param fails the whole call with an error that names the row (or the file,
+or the param) and the reason: an `MlflowException` with INVALID_PARAMETER_VALUE (also a
+ValueError), which `mlflow models serve` answers with a 400 carrying that message. Never a raw
+error from deep inside json, torch or numpy, a silent NaN, a silently wrong answer, or a
+tokenizer run over megabytes it will throw away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest_data import RECORD, register_tiny_version
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
+from mlflow.pyfunc.scoring_server import invocations
+from typer.testing import CliRunner
+
+from regressor import cli, registry
+from regressor.config import ResolvedPaths
+from regressor.tracking import configure_mlflow
+
+GOOD_ROW = {
+    "task": RECORD["task"],
+    "period": RECORD["period"],
+    "config": json.dumps(RECORD["config"]),
+    "logs": json.dumps(RECORD["logs"]),
+}
+FAST = {"num_samples": 2}
+DEEP = "[" * 100_000 + "]" * 100_000  # parses only with a deeper stack than Python's
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One tiny `textperf` version, @champion, in a store of its own; its tracking URI."""
+    var = tmp_path_factory.mktemp("hostile-predict")
+    paths = ResolvedPaths(var_dir=var)
+    configure_mlflow(paths, "hostile-predict")
+    version = register_tiny_version(var, "hostile")
+    registry.promote("textperf", version.version, reason="hostile predict test")
+    yield paths.tracking_uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def model(store: str) -> PyFuncModel:
+    mlflow.set_tracking_uri(store)
+    return mlflow.pyfunc.load_model("models:/textperf@champion")
+
+
+def refused(model: PyFuncModel, frame: pd.DataFrame, params: dict | None = None) -> str:
+    """The message of the error `model.predict` refuses `frame` with: a 400 for the server."""
+    with pytest.raises(MlflowException) as caught:
+        model.predict(frame, params=params)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE", caught.value
+    assert isinstance(caught.value, ValueError)  # what Python callers caught before
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("config", "", "config is not valid JSON"),
+        ("config", '{"n": ', "config is not valid JSON"),
+        ("config", "hello", "config is not valid JSON"),
+        ("config", "[1, 2]", "config must be a JSON object .* got an array"),
+        ("config", "5", "config must be a JSON object .* got a number"),
+        ("config", "null", "config must be a JSON object .* got null"),
+        ("logs", '"hello"', "logs must be a JSON object .* got a string"),
+        ("logs", DEEP, "logs is nested too deeply"),
+        ("config", None, r"missing \['config'\]"),
+    ],
+)
+def test_a_bad_row_fails_the_call_naming_the_row_and_reason(
+    model: PyFuncModel, field: str, value: str | None, reason: str
+):
+    """Before: json's own error without a row (or RecursionError), and a list, number, string
+    or null config/logs was serialized into text the model never saw in training and predicted
+    as if it were fine."""
+    frame = pd.DataFrame([GOOD_ROW, {**GOOD_ROW, field: value}, GOOD_ROW])
+    message = refused(model, frame, FAST)
+    assert message.startswith("row 1: "), message
+    assert pd.Series([message]).str.contains(reason).all(), message
+
+
+def test_the_scoring_server_answers_400_with_the_row_and_reason(model: PyFuncModel):
+    """`mlflow models serve`'s handler itself. Before: a plain ValueError, which it reports as
+    "Encountered an unexpected error while evaluating the model" plus a stack trace."""
+    body = json.dumps(
+        {
+            "dataframe_records": [GOOD_ROW, {**GOOD_ROW, "config": "[1, 2]"}],
+            "params": FAST,
+        }
+    )
+    schema = model.metadata.get_input_schema()
+    with pytest.raises(MlflowException) as caught:
+        invocations(body, "application/json", model, schema)
+    assert caught.value.get_http_status_code() == 400
+    assert "row 1: config must be a JSON object" in caught.value.message
+    assert "unexpected error" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"num_samples": 0}, "num_samples must be between 1 and 1024, got 0"),
+        ({"num_samples": -1}, "num_samples must be between 1 and 1024, got -1"),
+        ({"num_samples": 10**7}, "num_samples must be between 1 and 1024, got 10000000"),
+        ({"temperature": -1.0}, "temperature must be finite and >= 0"),
+        ({"temperature": math.nan}, "temperature must be finite and >= 0"),
+        ({"temperature": math.inf}, "temperature must be finite and >= 0"),
+        ({"quantiles": [0.5, 1.5]}, r"quantiles must lie in \[0, 1\]"),
+        ({"quantiles": [math.nan]}, r"quantiles must lie in \[0, 1\]"),
+        ({"quantiles": [0.1, 0.1000001]}, "give the same column twice"),
+    ],
+)
+def test_params_out_of_range_are_refused_by_name(model: PyFuncModel, params: dict, reason: str):
+    """Before: num_samples 0 gave NaN everywhere (and RuntimeWarnings), -1 numpy's "negative
+    dimensions are not allowed", 10^7 tried to decode ten million sequences per row; a negative
+    temperature decoded greedily without a word, NaN or inf raised "index out of range in self"
+    from torch's embedding; two quantiles named alike silently shared one column; quantiles
+    outside [0, 1] raised a plain ValueError (a generic error through the server)."""
+    message = refused(model, pd.DataFrame([GOOD_ROW]), {**FAST, **params})
+    assert pd.Series([message]).str.contains(reason).all(), message
+
+
+def test_the_predictor_refuses_what_sampling_cannot_mean(model: PyFuncModel):
+    """The library check under the pyfunc, so versions registered with an older pyfunc file
+    (MLflow keeps the file of its day) are covered too. Before: NaN, IndexError."""
+    predictor = model.unwrap_python_model().predictor
+    with pytest.raises(ValueError, match="num_samples must be a whole number >= 1"):
+        predictor.predict_texts(["<task>\ncell-a"], num_samples=0)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        predictor.predict_texts(["<task>\ncell-a"], num_samples=2, temperature=math.nan)
+
+
+def test_a_huge_text_is_cut_to_the_input_budget_before_tokenizing(
+    model: PyFuncModel, monkeypatch: pytest.MonkeyPatch
+):
+    """A 5 MB `text` row: the real tokenizer sees at most twice the characters its input budget
+    can hold, and the answer is the one for the text cut by hand. Before: the whole 5 MB went
+    through the tokenizer (~5 s and ~1 GB here) to keep its first 256 ids."""
+    predictor = model.unwrap_python_model().predictor
+    tokenizer = predictor.tokenizer
+    longest: list[int] = []
+    encode = tokenizer.encode_batch
+
+    def measured(texts: list[str], max_tokens: int) -> list[list[int]]:
+        longest.append(max(map(len, texts)))
+        return encode(texts, max_tokens)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", measured)
+    bound = 2 * predictor.model_config.max_input_tokens * tokenizer.max_token_chars
+    huge = "".join(chr(33 + i % 90) for i in range(5_000_000))
+    out = model.predict(pd.DataFrame([{"text": huge}]), params={"num_samples": 4})
+    assert longest == [bound]
+    cut = model.predict(pd.DataFrame([{"text": huge[:bound]}]), params={"num_samples": 4})
+    pd.testing.assert_frame_equal(out, cut)
+
+
+@pytest.fixture
+def runner(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("TEXTPERF_VAR_DIR", str(tmp_path / "var"))
+    return CliRunner()
+
+
+def flat(output: str) -> str:
+    """Typer's boxed error as one line: box edges dropped, wrapped lines joined."""
+    return " ".join(" ".join(line.strip("│ ") for line in output.splitlines()).split())
+
+
+def predict_cli(runner: CliRunner, *args: str):
+    result = runner.invoke(cli.app, ["predict", "--num-samples", "2", *args])
+    # A clean exit (typer's usage error, or ours), never an exception escaping the command.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_cli_names_a_model_uri_that_does_not_exist(runner: CliRunner, tmp_path: Path):
+    """Before: MLflow's "Registered Model with name=nope not found" as a traceback."""
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(RECORD))
+    result = predict_cli(runner, "--model", "models:/nope@champion", str(record))
+    assert result.exit_code == 1
+    assert "cannot load model 'models:/nope@champion'" in result.output
+    assert "nope not found" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ({**RECORD, "config": "hello"}, "'config' is not valid JSON"),
+        ({**RECORD, "config": [1, 2]}, "'config' must be a JSON object"),
+        ({**RECORD, "logs": "5"}, "'logs' must be a JSON object"),
+        ({**RECORD, "config": None}, r"missing \['config'\]"),
+        ({"text": 5}, "'text' must be a string, got a number"),
+        ({**RECORD, "task": {"a": 1}}, "'task' must be a string, got an object"),
+        (DEEP, "the JSON is nested too deeply"),
+    ],
+)
+def test_cli_refuses_a_bad_record_naming_the_file(
+    runner: CliRunner, tmp_path: Path, content: object, reason: str
+):
+    """Before: tracebacks (json's, a RecursionError, MLflow's schema enforcement, the pyfunc's
+    ValueError) or, for a list config, a number."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(RECORD))
+    bad.write_text(content if isinstance(content, str) else json.dumps(content))
+    result = predict_cli(runner, str(good), str(bad))
+    assert result.exit_code == 2, result.output
+    assert "bad.json" in flat(result.output)
+    assert pd.Series([flat(result.output)]).str.contains(reason).all(), result.output
+
+
+def test_cli_accepts_numbers_as_task_and_period_and_a_json_text_config(
+    runner: CliRunner, tmp_path: Path
+):
+    """A JSON record may well hold `"period": 20260101`. Before: MLflow's schema enforcement
+    refused the int column with a traceback."""
+    record = tmp_path / "record.json"
+    content = {**RECORD, "task": 7, "period": 20260101, "config": json.dumps(RECORD["config"])}
+    record.write_text(json.dumps(content))
+    result = predict_cli(runner, str(record))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{record}: median ")
+
+
+def test_cli_refuses_a_record_file_beyond_64_mib_unread(runner: CliRunner, tmp_path: Path):
+    """Before: the whole file was read (from /dev/zero: forever, until memory ran out)."""
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(64 * 2**20 + 1)  # sparse: no disk written
+    result = predict_cli(runner, str(big))
+    assert result.exit_code == 2
+    assert "big.json: larger than 64 MiB" in flat(result.output), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--num-samples", "0"], "num_samples must be between 1 and 1024"),
+        (["--temperature", "nan"], "temperature must be finite"),
+        (["-q", "1.5"], "quantiles must lie in"),
+    ],
+)
+def test_cli_refuses_bad_params_before_loading_the_model(
+    runner: CliRunner, tmp_path: Path, args: list[str], reason: str
+):
+    """Before: `--num-samples 0` printed `median nan` with exit 0, the others tracebacks. The
+    model URI does not even exist: params are checked first."""
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(RECORD))
+    result = predict_cli(runner, "--model", "models:/nope@champion", *args, str(record))
+    assert result.exit_code == 2
+    assert reason in flat(result.output), result.output
