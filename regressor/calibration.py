@@ -51,30 +51,39 @@ class IntervalScale:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stretched (or shrunk) bounds, float64 [N] each: median -/+ scale * half."""
         median = np.asarray(median, dtype=float)
-        below = median - np.asarray(low, dtype=float)
-        above = np.asarray(high, dtype=float) - median
         scale = self.row_scales(len(median), tasks)
-        # A zero-width half stays zero (inf * 0 would be NaN); a huge scale may overflow to an
-        # infinite bound, which is the honest interval of a model that knows nothing.
-        with np.errstate(over="ignore", invalid="ignore"):
-            new_low = np.where(below == 0, median, median - scale * below)
-            new_high = np.where(above == 0, median, median + scale * above)
-        return new_low, new_high
+        return stretched(median, low, scale), stretched(median, high, scale)
 
     def apply_summary(
-        self,
-        summary: dict[str, np.ndarray],
-        tasks: Sequence[str | None] | None = None,
-        low_key: str = "q10",
-        high_key: str = "q90",
+        self, summary: dict[str, np.ndarray], tasks: Sequence[str | None] | None = None
     ) -> dict[str, np.ndarray]:
-        """A copy of a `sampling.summarize` dict with the interval's quantiles recalibrated and
-        `std` scaled by the same factor, so it stays the spread of the calibrated distribution
-        (median, mean and the raw samples are left as sampled)."""
-        low, high = self.apply(summary["median"], summary[low_key], summary[high_key], tasks)
+        """A copy of a `sampling.summarize` dict with every quantile (`q<percent>` keys) moved
+        from the median by the row's factor and `std` scaled by it: the summary of one rescaled
+        distribution, whichever quantiles were asked for. The factor is fitted for q10..q90,
+        whose coverage it guarantees; the other quantiles follow as that distribution's, which
+        holds as far as the sampled shape is right. (It once moved only q10 and q90, and std
+        only when both were asked for: p5 could then lie inside a widened p10, and std changed
+        with the quantiles requested.) Median, mean and the raw samples stay as sampled."""
+        median = np.asarray(summary["median"], dtype=float)
+        scale = self.row_scales(len(median), tasks)
+        out = {k: stretched(median, v, scale) if is_quantile(k) else v for k, v in summary.items()}
         with np.errstate(over="ignore", invalid="ignore"):
-            std = summary["std"] * self.row_scales(len(low), tasks)
-        return {**summary, low_key: low, high_key: high, "std": std}
+            out["std"] = summary["std"] * scale
+        return out
+
+
+def is_quantile(key: str) -> bool:
+    """`sampling.summarize`'s quantile keys: `q10`, `q2.5`, `q50`."""
+    return key.startswith("q") and key[1:].replace(".", "", 1).isdigit()
+
+
+def stretched(median: np.ndarray, value: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """`value` moved from `median` by `scale` times its distance, float64 [N]. A zero distance
+    stays zero (inf * 0 would be NaN); a huge scale may overflow to an infinite bound, which is
+    the honest interval of a model that knows nothing."""
+    distance = np.asarray(value, dtype=float) - median
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(distance == 0, median, median + scale * distance)
 
 
 def conformity_scores(

@@ -398,12 +398,13 @@ class Predictor:
         scales: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Sample summaries per text, in the target's unit (`scales`: see `sample_texts`); the
-        shipped conformal scale, if any, recalibrates q10/q90 and std (each text's task's own
-        scale when `tasks` names one it was fitted for)."""
+        shipped conformal scale, if any, recalibrates every quantile and std alike, whichever
+        quantiles are asked for (each text's task's own scale when `tasks` names one it was
+        fitted for; `IntervalScale.apply_summary`)."""
         samples = self.sample_texts(texts, num_samples, temperature, seed=seed, scales=scales)
         summary = summarize(samples, quantiles)
         scale = self.interval_scale()
-        if scale is not None and {"q10", "q90"} <= summary.keys():
+        if scale is not None:
             summary = scale.apply_summary(summary, tasks)
         summary["samples"] = samples
         return summary

@@ -188,3 +188,23 @@ def test_predictor_ships_per_task_scales_and_picks_them_by_task(tmp_path):
     want = np.array([scale.by_task["b"], scale.by_task["b"], scale.by_task["a"], scale.scale])
     np.testing.assert_allclose(out["median"] - out["q10"], want * (raw["median"] - raw["q10"]))
     np.testing.assert_allclose(out["std"], want * raw["std"])
+    # std is the calibrated distribution's whatever quantiles are asked for (it once stayed raw
+    # unless both q10 and q90 were)
+    asked = loaded.predict_texts(texts[:4], 16, quantiles=(0.25, 0.75), tasks=["b", "b", "a", None])
+    np.testing.assert_allclose(asked["std"], out["std"])
+
+
+def test_every_quantile_moves_alike_whichever_quantiles_are_asked() -> None:
+    """The summary is one rescaled distribution: p5 never lies inside a widened p10 (only q10
+    and q90 used to move), and p25 moves by the same factor as p10."""
+    scale = IntervalScale(scale=2.0, nominal=0.8, n_fit=100)
+    rng = np.random.default_rng(5)
+    samples = np.exp(rng.uniform(1, 5, (200, 1)) + 0.3 * rng.standard_normal((200, 64)))
+    raw = summarize(samples, (0.05, 0.1, 0.25, 0.5, 0.9, 0.95))
+    out = scale.apply_summary(raw)
+    ordered = np.stack([out[k] for k in ("q5", "q10", "q25", "q50", "q90", "q95")])
+    assert (np.diff(ordered, axis=0) >= 0).all()
+    for key in ("q5", "q10", "q25", "q90", "q95"):
+        np.testing.assert_allclose(out[key] - out["median"], 2.0 * (raw[key] - raw["median"]))
+    np.testing.assert_array_equal(out["q50"], raw["median"])
+    np.testing.assert_array_equal(out["std"], 2.0 * raw["std"])
