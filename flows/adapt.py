@@ -9,7 +9,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import forward_library_logs
+from flows.common import (
+    checked_paths,
+    failing_cleanly,
+    forward_library_logs,
+    retry_unless_user_error,
+)
 from regressor import jobs
 from regressor.config import load_app_config, load_source_config
 
@@ -32,16 +37,21 @@ adapt_task = task(
     name="adapt",
     retries=1,
     retry_delay_seconds=30,
+    retry_condition_fn=retry_unless_user_error,  # not a missing task, version or champion
     cache_policy=NO_CACHE,
 )
 
 
 @flow(name="adapt", log_prints=True)
 def adapt(params: AdaptParams | None = None) -> str:
-    params = params or AdaptParams()
+    # A user's mistake (no such task or version, too few records) fails the run with its message.
+    return failing_cleanly(_adapt, params or AdaptParams())
+
+
+def _adapt(params: AdaptParams) -> str:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
-    paths = app.paths.resolve()
+    paths = checked_paths(app)
     source = load_source_config(params.source or app.source)
     outcome = adapt_task(app, paths, source, params.task, params.version, params.force)
     text = jobs.render_adapt(outcome, paths.tracking_uri)

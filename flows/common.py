@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -20,9 +20,10 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogHandler
+from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from regressor import pipeline
+from regressor import pipeline, registry
 from regressor.config import (
     AppConfig,
     FleetSourceConfig,
@@ -58,6 +59,37 @@ def forward_library_logs(name: str = "regressor") -> None:
         handler = APILogHandler()
         handler.addFilter(_InARun())
         logger.addHandler(handler)
+
+
+# How long a flow waits for its MLflow tracking server to answer before it fails (a restart).
+STORE_WAIT_SECONDS = 60.0
+R = TypeVar("R")
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: State) -> bool:
+    """A task's `retry_condition_fn`: retry, unless it failed on a user's mistake
+    (`registry.UserError`: no data, no such model or version, no server), which trying again
+    cannot fix. Prefect then logs no traceback either: the flow reports the message."""
+    return not isinstance(state.data, registry.UserError)
+
+
+def failing_cleanly(body: Callable[..., R], *args: Any) -> R | State:
+    """`body(*args)` for a flow to return: on a user error, a Failed state with its message,
+    which ends the run Failed without the traceback Prefect logs for any exception a flow
+    raises (calling the flow still raises the error)."""
+    try:
+        return body(*args)
+    except registry.UserError as exc:
+        return Failed(message=str(exc), data=exc)
+
+
+def checked_paths(app: AppConfig) -> ResolvedPaths:
+    """The run's state paths, checked before any work: a `registry.UserError` when the state
+    directory is a file or the MLflow tracking server does not answer within
+    `STORE_WAIT_SECONDS` (MLflow's own retries would spend minutes on every call)."""
+    paths = registry.state_paths(app)
+    registry.require_reachable(paths.tracking_uri, STORE_WAIT_SECONDS)
+    return paths
 
 
 def ensure_writer_limit(name: str) -> None:

@@ -9,7 +9,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import forward_library_logs
+from flows.common import (
+    checked_paths,
+    failing_cleanly,
+    forward_library_logs,
+    retry_unless_user_error,
+)
 from regressor import jobs
 from regressor.config import load_app_config, load_source_config
 
@@ -30,16 +35,21 @@ evaluate_task = task(
     name="evaluate",
     retries=2,
     retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
 )
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams | None = None) -> dict[str, float]:
-    params = params or EvaluateParams()
+    # A user's mistake (no records, no server) fails the run with its message, no traceback.
+    return failing_cleanly(_evaluate, params or EvaluateParams())
+
+
+def _evaluate(params: EvaluateParams) -> dict[str, float]:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
-    paths = app.paths.resolve()
+    paths = checked_paths(app)
     source = load_source_config(params.source or app.source)
     outcome = evaluate_task(app, paths, source, params.model, params.split)
     text = jobs.render_evaluate(outcome)

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.common import forward_library_logs
+from flows.common import checked_paths, failing_cleanly, forward_library_logs
 from regressor import jobs
 from regressor.config import load_app_config
 
@@ -33,10 +33,14 @@ prune_task = task(
 
 @flow(name="prune", log_prints=True)
 def prune(params: PruneParams | None = None) -> str:
-    params = params or PruneParams()
+    # A state directory that is a file, or no server, fails the run with its message.
+    return failing_cleanly(_prune, params or PruneParams())
+
+
+def _prune(params: PruneParams) -> str:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
-    text = prune_task(app, app.paths.resolve(), params.keep, params.dry_run)
+    text = prune_task(app, checked_paths(app), params.keep, params.dry_run)
     create_markdown_artifact(text, key="prune-report", description="textperf registry retention")
     print(text)
     return text

@@ -15,7 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import forward_library_logs, side_by_side_runner
+from flows.common import (
+    checked_paths,
+    failing_cleanly,
+    forward_library_logs,
+    retry_unless_user_error,
+    side_by_side_runner,
+)
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
 from regressor.config import (
@@ -45,7 +51,12 @@ class RetrainParams(BaseModel):
 # Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
 generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
 # Reads of the warehouse and the registry can meet a lock or a restarting server: retry those.
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5)}
+# A user's mistake (no records, no such task) is not retried (`retry_unless_user_error`).
+IO_RETRIES = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_condition_fn": retry_unless_user_error,
+}
 dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE, **IO_RETRIES)
 # One retry after a minute: a registry that was unreachable at registration time may be back,
 # and the retry resumes from the finished training's checkpoint instead of training again.
@@ -55,13 +66,19 @@ train_task = task(
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=60,
+    retry_condition_fn=retry_unless_user_error,
 )
 due_task = task(
     pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE, **IO_RETRIES
 )
 
 
-@task(name="adapt-champion", cache_policy=NO_CACHE, retries=1)
+@task(
+    name="adapt-champion",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_condition_fn=retry_unless_user_error,
+)
 def adapt_task(
     app: AppConfig, paths: ResolvedPaths, source: SourceConfig, task_name: str
 ) -> pipeline.AdaptOutcome:
@@ -107,10 +124,14 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -
 
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams | None = None) -> str:
-    params = params or RetrainParams()
+    # A user's mistake (no records, too few) fails the run with its message, no traceback.
+    return failing_cleanly(_retrain, params or RetrainParams())
+
+
+def _retrain(params: RetrainParams) -> str:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir, model=params.model, train=params.train)
-    paths = app.paths.resolve()
+    paths = checked_paths(app)
     source = load_source_config(app.source)
     run_id = pipeline.new_run_id()
     seconds: dict[str, float] = {}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, get_args
 
 import typer
 
-from regressor.config import AppConfig, ConfigError, load_app_config
+from regressor.config import AdaptConfig, AppConfig, ConfigError, ResolvedPaths, load_app_config
 
 app = typer.Typer(
     help="textperf: predict performance metrics of large systems from their configs and logs.",
@@ -34,13 +36,61 @@ VarOpt = Annotated[
 ]
 
 
-def _use_tracking(cfg: AppConfig) -> None:
-    """MLFLOW_TRACKING_URI wins (a team server); else the local SQLite store under var/."""
+def _use_tracking(cfg: AppConfig) -> str:
+    """MLFLOW_TRACKING_URI wins (a team server); else the local SQLite store under var/. The
+    URI."""
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.paths.resolve().tracking_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+@contextmanager
+def _user_errors(*also: type[Exception]) -> Iterator[None]:
+    """A mistake the library names (`registry.UserError`: no data, no such model, version or
+    alias, no server; and `also`) -> its message as one line, exit 1, not a traceback."""
+    from regressor.registry import UserError
+
+    try:
+        yield
+    except (UserError, *also) as exc:
+        _fail(str(exc))
+
+
+def _state(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, ResolvedPaths]:
+    """The app config and its checked state paths (a `registry.UserError` if var_dir is a
+    file); call under `_user_errors`."""
+    from regressor import registry
+
+    cfg = load_app_config(config, var_dir)
+    return cfg, registry.state_paths(cfg)
+
+
+def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, str]:
+    """`_state`, then point MLflow at the store (`_use_tracking`) once it answers: MLflow's
+    client would spend about four minutes retrying a server that is not there, per call. Call
+    under `_user_errors`."""
+    from regressor import registry
+
+    cfg, _ = _state(config, var_dir)
+    uri = _use_tracking(cfg)
+    registry.require_reachable(uri)
+    return cfg, uri
+
+
+@contextmanager
+def _registry_errors(uri: str) -> Iterator[None]:
+    """`_user_errors`, and what else the store refuses (a bad name, no permission): one line
+    naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _user_errors():
+            yield
+    except MlflowException as exc:
+        _fail(f"the MLflow registry at {uri} refused: {exc.message}")
 
 
 @app.command()
@@ -65,7 +115,11 @@ def retrain(
 ) -> None:
     """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
     from flows.retrain import RetrainParams, retrain
+    from regressor import registry
 
+    with _user_errors():  # checked before Prefect starts: a clear line, not a failed run
+        cfg = load_app_config(config, var_dir, model=model, train=train)
+        registry.require_reachable(registry.state_paths(cfg).tracking_uri)
     params = RetrainParams(
         config=config,
         var_dir=var_dir,
@@ -75,7 +129,8 @@ def retrain(
         train=train,
         force_train=force_train,
     )
-    retrain(params)
+    with _user_errors():  # the flow fails on one with its message (`flows.common.fails_cleanly`)
+        retrain(params)
 
 
 @app.command()
@@ -269,23 +324,33 @@ def serve(
 
     from flows import deployments
 
-    cfg = load_app_config(config, var_dir)
+    with _user_errors():
+        cfg, _ = _state(config, var_dir)
     prefect_serve(*deployments.build(cfg, config, var_dir), limit=limit)
 
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option(help="Directory for the Parquet shards.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Directory for the Parquet shards: new, empty, or a previous export (replaced)."
+        ),
+    ],
     shard_rows: Annotated[int, typer.Option(min=1, help="Records per shard.")] = 10_000,
     source: Annotated[str | None, typer.Option(help="Only this source's records.")] = None,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
     """Export the warehouse's records as Parquet shards (`OUT/shard=<k>/`) for multi-node runs."""
-    from regressor.shards import export_shards
+    from regressor.shards import ExportError, export_shards
 
-    paths = load_app_config(config, var_dir).paths.resolve()
-    result = export_shards(paths.warehouse, out, shard_rows, source)
+    with _user_errors(ExportError):
+        paths = _state(config, var_dir)[1]
+        try:
+            result = export_shards(paths.warehouse, out, shard_rows, source)
+        except OSError as exc:  # --out under a file, a read-only or full file system
+            _fail(f"cannot write the shards to {out}: {exc.strerror or exc}")
     typer.echo(f"{result.rows} records in {result.shards} shards under {result.out_dir}")
 
 
@@ -313,7 +378,8 @@ def join_fits(
     from regressor.fit_worker import JoinError
     from regressor.fit_worker import join_fits as join
 
-    paths = load_app_config(config, var_dir).paths.resolve()
+    with _user_errors():
+        paths = _state(config, var_dir)[1]
     try:
         joined = join(paths.checkpoints, max_fits, until, ready)
     except JoinError as exc:
@@ -331,9 +397,16 @@ def models_list(
     """Registered models, their versions, aliases and lineage."""
     from regressor import registry
 
-    _use_tracking(load_app_config(config, var_dir))
+    with _user_errors():
+        _, uri = _registry_at(config, var_dir)
+    with _registry_errors(uri):
+        rows = registry.list_versions(name)
+    if not rows and name is not None:
+        _fail(f"no registered model {name!r} in {uri}; `textperf models list` lists them all")
+    if not rows:
+        typer.echo(f"no registered models in {uri} yet (`textperf retrain` makes one)", err=True)
     current = None
-    for row in registry.list_versions(name):
+    for row in rows:
         if row.name != current:
             current = row.name
             typer.echo(row.name)
@@ -357,8 +430,10 @@ def models_prune(
     base a kept variant came from) and their weights; `mlflow gc` then reclaims the space."""
     from regressor import jobs
 
-    cfg = load_app_config(config, var_dir)
-    typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
+    with _user_errors():
+        cfg, uri = _registry_at(config, var_dir)
+    with _registry_errors(uri):
+        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
 
 
 @models_app.command("show")
@@ -372,7 +447,8 @@ def models_show(
 
     from regressor import registry
 
-    _use_tracking(load_app_config(config, var_dir))
+    with _user_errors():
+        _registry_at(config, var_dir)
     try:
         version = registry.resolve(ref)
     except (LookupError, MlflowException) as exc:
@@ -392,9 +468,19 @@ def models_promote(
     """Point an alias (default champion) at a version by hand, bypassing the gate; logged."""
     from regressor import registry
 
-    _use_tracking(load_app_config(config, var_dir))
-    decision = registry.promote(name, version, alias, reason)
+    if alias.isdigit():  # `models:/NAME/2` is version 2, so an alias `2` could not be asked for
+        raise typer.BadParameter(
+            f"alias {alias!r} is a number: name it, e.g. champion", param_hint="--alias"
+        )
+    with _user_errors():
+        _, uri = _registry_at(config, var_dir)
+    with _registry_errors(uri):
+        registry.existing_version(name, version)  # names what is missing, MLflow's words do not
+        decision = registry.promote(name, version, alias, reason)
     typer.echo(f"{name}/{version} is now @{alias} (was {decision['previous']})")
+
+
+METHODS: tuple[str, ...] = get_args(AdaptConfig.model_fields["method"].annotation)
 
 
 @app.command()
@@ -402,11 +488,13 @@ def adapt(
     task: Annotated[
         str | None, typer.Option(help="Task to adapt to; default: the holdout.")
     ] = None,
-    shots: Annotated[int | None, typer.Option(help="Number of shots (default from conf).")] = None,
+    shots: Annotated[
+        int | None, typer.Option(min=2, help="Number of shots (default from conf).")
+    ] = None,
     method: Annotated[
         str | None, typer.Option(help="full | last_layers | lora (default from conf).")
     ] = None,
-    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_rank: Annotated[int | None, typer.Option(min=1, help="LoRA rank.")] = None,
     base_version: Annotated[
         str | None, typer.Option("--base", help="Base version of the model; default: champion.")
     ] = None,
@@ -425,10 +513,16 @@ def adapt(
     var_dir: VarOpt = None,
 ) -> None:
     """Fine-tune a registered model on a task's latest shots; register `<name>-<task>`."""
-    from regressor import pipeline, report
+    if base_version is not None and not base_version.isdigit():
+        raise typer.BadParameter(f"{base_version!r} is not a version number", param_hint="--base")
+    if method is not None and method not in METHODS:
+        raise typer.BadParameter(f"{method!r}: one of {', '.join(METHODS)}", param_hint="--method")
+    from regressor import pipeline, registry, report
     from regressor.config import load_source_config
 
-    cfg = load_app_config(config, var_dir)
+    with _user_errors():
+        cfg, paths = _state(config, var_dir)
+        registry.require_reachable(paths.tracking_uri)
     overrides = {
         "n_shots": shots,
         "method": method,
@@ -440,12 +534,12 @@ def adapt(
     )
     split = cfg.split.model_copy(update={"holdout_task": task or cfg.split.holdout_task})
     cfg = cfg.model_copy(update={"adapt": adapt_cfg, "split": split})
-    paths = cfg.paths.resolve()
-    data = pipeline.load_dataset(paths, cfg, load_source_config(cfg.source))
-    if base_version is None:
-        outcome = pipeline.adapt_champion(cfg, paths, data, force)
-    else:
-        outcome = pipeline.adapt_version(cfg, paths, data, base_version, force)
+    with _user_errors():
+        data = pipeline.load_dataset(paths, cfg, load_source_config(cfg.source))
+        if base_version is None:
+            outcome = pipeline.adapt_champion(cfg, paths, data, force)
+        else:
+            outcome = pipeline.adapt_version(cfg, paths, data, base_version, force)
     # Reused: an identical adaptation was registered earlier; nothing was trained now.
     done = "already adapted (--force adapts again):" if outcome.reused else "registered"
     typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")

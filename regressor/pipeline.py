@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import duckdb
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import polars as pl
 from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
@@ -56,6 +58,11 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class DataError(registry.UserError, ValueError):
+    """The warehouse lacks what a step needs (no warehouse yet, no records of the source, no
+    such task, too few records to split or adapt): the message says what to ingest or change."""
+
+
 def source_root(paths: ResolvedPaths, source: FleetSourceConfig) -> Path:
     return fleet_root(source, paths.raw_dir)
 
@@ -85,12 +92,16 @@ class Dataset:
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
-    with Warehouse(paths.warehouse, read_only=True) as wh:
-        records = wh.query("records").filter(source=source.name)
-        data_hash = wh.content_hash()
-    if records.is_empty():
-        raise ValueError(
-            f"the warehouse {paths.warehouse} has no records of source {source.name!r}"
+    """The source's records, serialized and split; a `DataError` saying what to ingest when the
+    warehouse is missing or has none, or naming the tasks there are when the holdout task (the
+    one to adapt to) is not among them."""
+    records, data_hash = _source_records(paths.warehouse, source.name)
+    holdout = app.split.holdout_task
+    tasks = sorted(set(records["task"]))
+    if holdout is not None and holdout not in tasks:
+        raise DataError(
+            f"task {holdout!r} (--task, or split.holdout_task) has no records of source "
+            f"{source.name!r} in {paths.warehouse}; its tasks: {_names(tasks)}"
         )
     budget = load_model_config(app.model).max_input_tokens
     relative_to = source.target_relative_to
@@ -103,6 +114,42 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         source.whole_numbers,
         relative_to,
         source.mixed_target_forms,
+    )
+
+
+def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:
+    """The warehouse's records of `source` and the snapshot's hash, or a `DataError`."""
+    ingest = f"ingest it first: `textperf ingest --source {source}`"
+    if not warehouse.is_file():  # read-only, DuckDB would fail on it with its own words
+        raise DataError(f"no warehouse at {warehouse} yet: {ingest}")
+    try:
+        with Warehouse(warehouse, read_only=True) as wh:
+            records = wh.query("records").filter(source=source)
+            data_hash = wh.content_hash()
+    except duckdb.CatalogException as exc:  # a DuckDB file that no ingest has set up
+        raise DataError(f"{warehouse} holds no records table: {ingest}") from exc
+    if records.is_empty():
+        raise DataError(f"the warehouse {warehouse} has no records of source {source!r}: {ingest}")
+    return records, data_hash
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    """A few names of a list for a message, and how many there are."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
+def require_splits(data: Dataset, needed: tuple[str, ...], doing: str) -> None:
+    """A `DataError` when a split `doing` needs is empty: it would fail later on an empty
+    array (LightGBM's baseline, a metric) after minutes of training, with its MLflow run open."""
+    sizes = {name: len(data.splits[name]) for name in needed}
+    if min(sizes.values()) > 0:
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in sizes.items())
+    raise DataError(
+        f"too few records {doing}: the split left {counts} records (each needs at least one); "
+        "ingest more, or hold out less (split.test_days, or split.test_fraction and "
+        "split.val_fraction for a source without periods)"
     )
 
 
@@ -422,6 +469,7 @@ def train_and_register(
     With `ensemble_size` K > 1 in the train config, K members are trained
     (`ensemble.train_ensemble`) and registered as one model whose samples pool theirs."""
     run_once_check()
+    require_splits(data, ("train", "val", "test"), "to train on")
     key = training_key(app, data, conf_dir)
     reg_key = registration_key(app, key)
     configure_mlflow(paths, app.registry.experiment)
@@ -691,7 +739,10 @@ def adapt_champion(
     name = app.registry.model_name
     champion = registry.alias_version(name, app.registry.champion_alias)
     if champion is None:
-        raise LookupError(f"no {name}@{app.registry.champion_alias} to adapt; train one first")
+        raise registry.NotRegisteredError(
+            f"no {name}@{app.registry.champion_alias} to adapt: train one first (`textperf "
+            f"retrain`), or adapt a version by number (`--base N`; `textperf models list {name}`)"
+        )
     return adapt_version(app, paths, data, str(champion.version), force)
 
 
@@ -773,7 +824,9 @@ def adapt_version(
     it first (`adaptation_lock`), so the two never register the same adaptation twice.
     """
     run_once_check()
+    require_shots(app, data)
     configure_mlflow(paths, app.registry.experiment)
+    registry.existing_version(app.registry.model_name, base_version)  # named, before any work
     variant = f"{app.registry.model_name}-{data.holdout_task}"
     base_uri = registry.model_uri(app.registry.model_name, base_version)  # fixed, not an alias
     key = adaptation_key(app, data, base_uri)
@@ -789,6 +842,21 @@ def adapt_version(
         if earlier is not None:
             return reused_adaptation(earlier, app)
         return _adapt_and_register(app, paths, data, base_uri, key)
+
+
+def require_shots(app: AppConfig, data: Dataset) -> None:
+    """A `DataError` unless the holdout task has at least 2 shots (the latest check the fine-
+    tuning, the rest train it) and a record in its test periods (to score it on), checked
+    before anything is loaded or trained."""
+    task, pool, test = data.holdout_task, data.splits["adapt_pool"], data.splits["adapt_test"]
+    if app.adapt.n_shots < 2 <= len(pool):
+        raise DataError(f"adapt.n_shots (--shots) is {app.adapt.n_shots}: at least 2 are needed")
+    if len(pool) < 2 or len(test) < 1:
+        raise DataError(
+            f"task {task!r} has too few records to adapt to: {len(pool)} before its test "
+            f"periods (at least 2 needed, as shots) and {len(test)} in them (at least 1, to "
+            "score the adaptation on); ingest more of its records, or adapt another task (--task)"
+        )
 
 
 def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:

@@ -6,6 +6,7 @@ import getpass
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -21,11 +23,71 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from regressor.config import PromotionRule
+from regressor.config import AppConfig, PromotionRule, ResolvedPaths
 from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 logger = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a model, version or alias that does not exist, a store that
+    cannot be reached, a warehouse without the data a step needs). The message says what is
+    wrong and what to do: the CLI prints it as one line, and a flow fails with it at once, not
+    retried (trying again cannot help)."""
+
+
+class NotRegisteredError(UserError, LookupError):
+    """No such registered model, version or alias."""
+
+
+class StoreUnreachableError(UserError, ConnectionError):
+    """No MLflow tracking server answers at the configured URI."""
+
+
+def state_paths(app: AppConfig) -> ResolvedPaths:
+    """`app.paths` resolved, for any command or flow; a `UserError` when the state directory
+    (the warehouse, the local store, checkpoints) is a file: every step would fail on a path
+    inside it with an OS error naming a file the user never named."""
+    paths = app.paths.resolve()
+    if paths.var_dir.exists() and not paths.var_dir.is_dir():
+        raise UserError(
+            f"the state directory {paths.var_dir} (--var-dir, TEXTPERF_VAR_DIR or "
+            "paths.var_dir) is a file: name a directory (it is made if missing)"
+        )
+    return paths
+
+
+def require_reachable(uri: str, wait_s: float = 10.0) -> None:
+    """Raise `StoreUnreachableError` unless the tracking server at `uri` (http or https) answers
+    within `wait_s` seconds; a local store is not checked.
+
+    MLflow's own client retries a refused connection with backoff for about four minutes
+    (`MLFLOW_HTTP_REQUEST_MAX_RETRIES` 7, backoff factor 2) before it fails, per call: a command
+    pointed at a server that is not there would hang that long and end in a traceback. This
+    probe tries for `wait_s` only (a restarting server gets that long). Any HTTP answer, even
+    an error status, or a TLS failure (MLflow has its own TLS settings), counts as reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    deadline, delay = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=max(1.0, min(5.0, wait_s)))
+            return
+        except requests.exceptions.SSLError:
+            return
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if time.monotonic() + delay > deadline:
+                refused = "refused" in str(exc).lower()
+                reason = "connection refused" if refused else type(exc).__name__
+                raise StoreUnreachableError(
+                    f"cannot reach the MLflow tracking server {uri} ({reason}, tried for "
+                    f"{wait_s:g} s): start it, or point MLFLOW_TRACKING_URI (or the config's "
+                    "paths.tracking_uri) at one that runs; with neither set, the local store "
+                    "under var/ is used"
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
 
 
 def signature() -> ModelSignature:
@@ -142,6 +204,27 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
     """The version holding `alias`, None when there is none; an unreachable store raises (it
     must never read as "no champion", which would promote a challenger unchecked)."""
     return unless_missing(MlflowClient().get_model_version_by_alias, name, alias)
+
+
+def existing_version(name: str, version: str | int) -> ModelVersion:
+    """Version `version` (a number) of registered model `name`; a `NotRegisteredError` naming what
+    is missing (the model, or that version of it) and where to look, or a `UserError` when
+    `version` is no number. An unreachable store raises as it does."""
+    if not str(version).isdigit():
+        raise UserError(
+            f"version {version!r} of {name!r} is not a version number; "
+            f"`textperf models list {name}` lists its versions"
+        )
+    found = unless_missing(MlflowClient().get_model_version, name, str(version))
+    if found is not None:
+        return found
+    if unless_missing(MlflowClient().get_registered_model, name) is None:
+        raise NotRegisteredError(
+            f"no registered model {name!r}; `textperf models list` lists the registered models"
+        )
+    raise NotRegisteredError(
+        f"{name!r} has no version {version}; `textperf models list {name}` lists its versions"
+    )
 
 
 def existing_run(run_id: str) -> Run | None:

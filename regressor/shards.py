@@ -6,12 +6,19 @@ directory, and let each rank read its own shards.
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 from regressor.warehouse import Warehouse, sql_text
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -24,21 +31,94 @@ class ExportReport:
 def export_shards(
     warehouse: Path, out_dir: Path, shard_rows: int, source: str | None = None
 ) -> ExportReport:
-    """Write `out_dir/shard=<k>/*.parquet`, `shard_rows` records each (the last may be short)."""
+    """Write `out_dir/shard=<k>/*.parquet`, `shard_rows` records each (the last may be short).
+
+    All or nothing: the shards are written to a hidden directory inside `out_dir` and moved
+    into place once complete, replacing a previous export's (a stale `shard=<k>` left beside a
+    shorter new export would be read by a rank as well, twice the records). A directory holding
+    anything else is refused, as is a file; a failed export leaves `out_dir` as it was.
+    """
     if shard_rows < 1:
         raise ValueError("shard_rows must be at least 1")
+    if not warehouse.is_file():
+        raise ExportError(
+            f"no warehouse at {warehouse} yet: ingest a source first (`textperf ingest`)"
+        )
+    out_dir = out_dir.absolute()
+    _check_target(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f"{STAGING}{uuid.uuid4().hex[:12]}"
+    try:
+        rows = _copy_shards(warehouse, staging, shard_rows, source)
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return ExportReport(out_dir, len({f.parent for f in shard_files(out_dir)}), rows)
+
+
+# Hidden working directories inside an export. A killed export's stay (another export may be
+# writing its own there now); readers see only `shard=<k>`, and a next export accepts them.
+STAGING, REPLACED = ".export-", ".replaced-"
+
+
+def _check_target(out_dir: Path) -> None:
+    """An `ExportError` unless `out_dir` is missing, empty, or a previous export."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file: name a directory for the shards")
+    if not out_dir.is_dir():
+        return
+    other = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.is_dir() and p.name.startswith(("shard=", STAGING, REPLACED)))
+    )
+    if other:
+        listed = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise ExportError(
+            f"--out {out_dir} holds other files than an export's shards ({listed}): name a new "
+            "or empty directory, or a previous export (it is replaced)"
+        )
+
+
+def _copy_shards(warehouse: Path, staging: Path, shard_rows: int, source: str | None) -> int:
+    """DuckDB's `COPY` of the records into `staging/shard=<k>/`; the number of records. An
+    `ExportError` when there are none (nothing to export)."""
     inner = sql_text("queries", "records_shards").strip().rstrip(";")
-    target = str(out_dir).replace("'", "''")  # COPY takes a literal path, not a parameter
+    target = str(staging).replace("'", "''")  # COPY takes a literal path, not a parameter
     copy = (
         f"COPY ({inner}) TO '{target}' "
         "(FORMAT parquet, PARTITION_BY (shard), OVERWRITE_OR_IGNORE true)"
     )
-    with Warehouse(warehouse, read_only=True) as wh:
-        wh.con.execute(copy, {"shard_rows": shard_rows, "source": source})
-    files = shard_files(out_dir)
-    rows = pl.scan_parquet(files).select(pl.len()).collect().item() if files else 0
-    return ExportReport(out_dir, len({f.parent for f in files}), rows)
+    ingest = "ingest a source first (`textperf ingest`)"
+    try:
+        with Warehouse(warehouse, read_only=True) as wh:
+            wh.con.execute(copy, {"shard_rows": shard_rows, "source": source})
+            sources = wh.query("record_sources")["source"].to_list()
+    except duckdb.CatalogException as exc:  # a DuckDB file that no ingest has set up
+        raise ExportError(f"{warehouse} holds no records table: {ingest}") from exc
+    files = shard_files(staging)
+    if not files:
+        which = "" if source is None else f" of source {source!r}"
+        there = f" (it has: {', '.join(sources)})" if sources else f": {ingest}"
+        raise ExportError(f"no records{which} in {warehouse} to export{there}")
+    return pl.scan_parquet(files).select(pl.len()).collect().item()
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace `out_dir`'s shards with `staging`'s: renames inside one directory (one file
+    system, even when `out_dir` is a mount), then drop the old ones."""
+    replaced = out_dir / f"{REPLACED}{staging.name.removeprefix(STAGING)}"
+    replaced.mkdir()
+    for shard in out_dir.glob("shard=*"):
+        shard.rename(replaced / shard.name)
+    for shard in staging.glob("shard=*"):
+        shard.rename(out_dir / shard.name)
+    shutil.rmtree(replaced, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def shard_files(out_dir: Path) -> list[Path]:

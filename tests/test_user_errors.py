@@ -1,0 +1,223 @@
+"""Ordinary mistakes with the `textperf` commands and flows: one clear line naming the thing and
+what to do, a non-zero exit, no traceback, and nothing half-done left behind. Real DuckDB
+files, a real MLflow store and a real Prefect server; no mocks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from conftest_data import register_tiny_version
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from regressor import cli, pipeline
+from regressor.config import load_app_config, load_source_config
+from regressor.tracking import configure_mlflow
+
+# The retrain flow test's tiny app: 4 cells x 24 days, the last 6 days held out.
+TINY_APP = {
+    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
+    "split": {"test_days": 6},
+    "model": "tiny",
+    "train": "tiny",
+    "eval": {"num_samples": 6},
+    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
+}
+# 5 days, 4 of them held out: no training day, and 1 day of the holdout task before its test.
+FEW_APP = {**TINY_APP, "fleet": {**TINY_APP["fleet"], "n_cells": 3, "n_days": 5}}
+FEW_APP["split"] = {"test_days": 4}
+
+
+def _ingested(root: Path, app: dict) -> tuple[Path, Path]:
+    """(config, var dir) with the app's demo fleet generated and ingested."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "app.yaml"
+    config.write_text(yaml.safe_dump(app))
+    cfg = load_app_config(config, root / "var")
+    paths, source = cfg.paths.resolve(), load_source_config(cfg.source)
+    pipeline.generate(paths, cfg, source)
+    pipeline.ingest(paths, source, "r1")
+    return config, root / "var"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(config, var): the tiny fleet ingested, and one untrained `textperf` v1 registered."""
+    root = tmp_path_factory.mktemp("fleet")
+    config, var = _ingested(root, TINY_APP)
+    configure_mlflow(load_app_config(config, var).paths.resolve(), "textperf")
+    register_tiny_version(root, "a")
+    return config, var
+
+
+@pytest.fixture(scope="module")
+def few(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _ingested(tmp_path_factory.mktemp("few"), FEW_APP)
+
+
+def invoke(*args: str | Path) -> object:
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def assert_clear_failure(result, *needles: str, code: int = 1) -> None:
+    """Exit `code`, each needle in the output, and no traceback (an exception other than the
+    exit itself would have been one)."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def test_adapt_and_export_before_any_ingest_say_to_ingest(tmp_path: Path):
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    var, out = tmp_path / "var", tmp_path / "shards"
+    adapted = invoke("adapt", "-c", config, "--var-dir", var)
+    assert_clear_failure(adapted, "no warehouse at", "textperf ingest")
+    exported = invoke("export", "--out", out, "-c", config, "--var-dir", var)
+    assert_clear_failure(exported, "no warehouse at", "textperf ingest")
+    assert not out.exists()  # nothing half-made
+
+
+def test_a_warehouse_without_records_or_without_the_source_exports_nothing(fleet, tmp_path):
+    config, var = fleet
+    blank = tmp_path / "blank" / "warehouse.duckdb"  # a DuckDB file no ingest has set up
+    blank.parent.mkdir()
+    duckdb.connect(str(blank)).close()
+    out = tmp_path / "shards"
+    exported = invoke("export", "--out", out, "-c", config, "--var-dir", blank.parent)
+    assert_clear_failure(exported, "holds no records table", "textperf ingest")
+    adapted = invoke("adapt", "-c", config, "--var-dir", blank.parent)
+    assert_clear_failure(adapted, "holds no records table", "textperf ingest")
+    unknown = invoke("export", "--out", out, "--source", "nope", "-c", config, "--var-dir", var)
+    assert_clear_failure(unknown, "no records of source 'nope'", "demo_fleet")
+    assert not out.exists()
+
+
+def test_export_refuses_a_file_a_place_under_a_file_and_a_foreign_directory(fleet, tmp_path):
+    config, var = fleet
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    common = ("-c", config, "--var-dir", var)
+    assert_clear_failure(invoke("export", "--out", a_file, *common), "is a file")
+    assert_clear_failure(
+        invoke("export", "--out", a_file / "shards", *common), "cannot write the shards"
+    )
+    assert_clear_failure(invoke("export", "--out", var, *common), "other files than")
+    assert a_file.read_text() == "mine"
+    assert not list(var.glob("shard=*"))
+
+
+def test_exporting_again_replaces_the_previous_shards_whole(fleet, tmp_path: Path):
+    """A stale `shard=<k>` of a longer earlier export would be read by a rank too."""
+    config, var = fleet
+    out = tmp_path / "shards"
+    common = ("--out", out, "-c", config, "--var-dir", var)
+    assert invoke("export", "--shard-rows", "10", *common).exit_code == 0
+    again = invoke("export", "--shard-rows", "50", *common)
+    assert again.exit_code == 0, again.output
+    assert "96 records in 2 shards" in again.output
+    assert sorted(p.name for p in out.iterdir()) == ["shard=0", "shard=1"]
+
+
+def test_adapt_to_a_task_that_does_not_exist_names_the_tasks_there_are(fleet):
+    config, var = fleet
+    result = invoke("adapt", "--task", "cell-zz", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, "task 'cell-zz'", "cell-a01, cell-a02")
+
+
+def test_adapt_to_a_task_with_too_few_records_stops_before_any_work(few):
+    config, var = few
+    result = invoke("adapt", "--task", "cell-a01", "--base", "1", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, "too few records to adapt", "'cell-a01'")
+
+
+def test_adapt_from_a_base_that_does_not_exist_or_is_no_number(fleet):
+    config, var = fleet
+    common = ("-c", config, "--var-dir", var)
+    missing = invoke("adapt", "--base", "7", *common)
+    assert_clear_failure(missing, "'textperf' has no version 7", "textperf models list")
+    assert_clear_failure(invoke("adapt", "--base", "abc", *common), "--base", code=2)
+
+
+def test_adapt_without_a_champion_says_to_train_one(fleet, tmp_path: Path):
+    config, var = fleet
+    empty_store = tmp_path / "store"
+    empty_store.mkdir()
+    (empty_store / "warehouse.duckdb").symlink_to(var / "warehouse.duckdb")
+    result = invoke("adapt", "-c", config, "--var-dir", empty_store)
+    assert_clear_failure(result, "no textperf@champion to adapt", "textperf retrain")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("textperf", "9"), ("'textperf' has no version 9",)),
+        (("textperf-cell-zz", "1"), ("no registered model 'textperf-cell-zz'",)),
+        (("textperf", "latest"), ("'latest'", "not a version number")),
+        (("textperf", "1", "--alias", "two words"), ("Invalid alias name",)),
+    ],
+)
+def test_promote_of_what_is_not_registered_names_it(fleet, args, needles):
+    config, var = fleet
+    result = invoke("models", "promote", *args, "-c", config, "--var-dir", var)
+    assert_clear_failure(result, *needles)
+
+
+def test_models_list_of_a_model_that_does_not_exist_fails(fleet):
+    config, var = fleet
+    result = invoke("models", "list", "textperf-cell-zz", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, "no registered model 'textperf-cell-zz'")
+
+
+@pytest.mark.parametrize("command", [("models", "list"), ("export", "--out", "shards"), ("adapt",)])
+def test_a_var_dir_that_is_a_file_is_named(fleet, tmp_path: Path, command):
+    config, _ = fleet
+    a_file = tmp_path / "var"
+    a_file.write_text("")
+    result = invoke(*command, "-c", config, "--var-dir", a_file)
+    assert_clear_failure(result, f"state directory {a_file}", "is a file")
+
+
+@pytest.mark.timeout(60)  # MLflow's own retries would take about four minutes
+def test_an_unreachable_tracking_server_fails_quickly_and_says_so(fleet, monkeypatch):
+    config, var = fleet
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.monotonic()
+    result = invoke("models", "list", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, "cannot reach the MLflow tracking server http://127.0.0.1:9")
+    assert time.monotonic() - started < 30
+
+
+def test_training_on_too_few_records_fails_before_a_run_is_opened(few):
+    config, var = few
+    app = load_app_config(config, var)
+    paths, source = app.paths.resolve(), load_source_config(app.source)
+    data = pipeline.load_dataset(paths, app, source)
+    with pytest.raises(ValueError, match=r"too few records to train on: .* train 0"):
+        pipeline.train_and_register(app, paths, data)
+    client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
+    experiment = client.get_experiment_by_name("textperf")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_the_retrain_flow_on_no_records_fails_at_once_with_the_message(
+    tmp_path: Path, prefect_harness
+):
+    """Not retried (no records stay no records), and the run's state says it, not a trace."""
+    from flows.retrain import RetrainParams, retrain
+
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    params = RetrainParams(config=config, var_dir=tmp_path / "var", generate_fleet=False)
+    started = time.monotonic()
+    state = retrain(params, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("the warehouse"), state.message
+    assert "has no records of source 'demo_fleet'" in state.message
+    assert time.monotonic() - started < 12  # the dataset task's retries waited 5 + 10 s
