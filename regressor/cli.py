@@ -153,11 +153,13 @@ def ingest(
     """Ingest a source (fleet, table or runs adapter) into the DuckDB warehouse."""
     from regressor import pipeline
     from regressor.config import load_source_config
+    from regressor.sources.forget import SourceFolderMissingError
 
-    cfg = load_app_config(config, var_dir)
-    result = pipeline.ingest(
-        cfg.paths.resolve(), load_source_config(source), pipeline.new_run_id(), forget_gone
-    )
+    with _user_errors(SourceFolderMissingError):  # nothing was forgotten: say so in one line
+        _, paths = _state(config, var_dir)
+        result = pipeline.ingest(
+            paths, load_source_config(source), pipeline.new_run_id(), forget_gone
+        )
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "
         f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "
@@ -290,7 +292,8 @@ def predict(
 
     params = _predict_params(num_samples, temperature, quantile, samples)
     rows = [_read_record(path) for path in records]
-    _use_tracking(load_app_config(config, var_dir))
+    with _user_errors():  # a var dir that is a file, a tracking server that does not answer
+        _registry_at(config, var_dir)
     uri = _model_uri(model)
     loaded = _load_model(uri)
     try:

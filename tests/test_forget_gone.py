@@ -278,3 +278,17 @@ def test_the_cli_names_each_forgotten_file(tmp_path: Path, tiny_fleet) -> None:
     done = cli.invoke(app, ["ingest", "--forget-gone", "--var-dir", str(var)])
     assert done.exit_code == 0, done.output
     assert f"forgot {log.relative_to(raw / 'demo_fleet').as_posix()} (gone" in done.output
+
+
+def test_the_cli_says_in_one_line_that_a_missing_source_folder_forgot_nothing(
+    tmp_path: Path, tiny_fleet
+) -> None:
+    raw, _ = tiny_fleet
+    var = raw.parent
+    cli = CliRunner()
+    assert cli.invoke(app, ["ingest", "--var-dir", str(var)]).exit_code == 0
+    (raw / "demo_fleet").rename(tmp_path / "elsewhere")
+    done = cli.invoke(app, ["ingest", "--forget-gone", "--var-dir", str(var)])
+    assert done.exit_code == 1, done.output
+    assert isinstance(done.exception, SystemExit)
+    assert "not mounted?); nothing was forgotten" in done.output
