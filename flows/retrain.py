@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -81,10 +81,17 @@ due_task = task(
 )
 def adapt_task(
     app: AppConfig, paths: ResolvedPaths, source: SourceConfig, task_name: str
-) -> pipeline.AdaptOutcome:
-    """`jobs.adapt`; the library's warnings reach the run's log from a Dask worker too."""
+) -> pipeline.AdaptOutcome | pipeline.AdaptSkipped:
+    """`jobs.adapt`; the library's warnings reach the run's log from a Dask worker too. A task
+    with too few records to adapt to is skipped, with the reason, rather than failing the
+    nightly run (and every run after it, until the task gains records) after its model was
+    registered."""
     forward_library_logs()
-    return jobs.adapt(app, paths, source, task_name)
+    try:
+        return jobs.adapt(app, paths, source, task_name)
+    except pipeline.DataError as exc:
+        get_run_logger().warning("adaptation to %s skipped: %s", task_name, exc)
+        return pipeline.AdaptSkipped(task_name, str(exc))
 
 
 def adapt_all(
@@ -93,7 +100,7 @@ def adapt_all(
     paths: ResolvedPaths,
     source: SourceConfig,
     seconds: dict[str, float],
-) -> list[pipeline.AdaptOutcome]:
+) -> list[pipeline.AdaptOutcome | pipeline.AdaptSkipped]:
     """One adaptation per due task (each a variant of its own, under its own lock): side by side
     on the task runner of `app.orchestration` when it runs tasks in processes (Dask), else one
     after another in the flow's process (`side_by_side_runner`)."""
@@ -149,8 +156,10 @@ def _retrain(params: RetrainParams) -> str:
         force=params.force_train,
     )
     due = due_task(app, paths, data) if params.adapt else []
-    adapted = adapt_all(due, app, paths, source, seconds)
-    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds)
+    outcomes = adapt_all(due, app, paths, source, seconds)
+    adapted = [o for o in outcomes if isinstance(o, pipeline.AdaptOutcome)]
+    skipped = [o for o in outcomes if isinstance(o, pipeline.AdaptSkipped)]
+    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     print(text)
     return text

@@ -702,6 +702,15 @@ def _train_and_register(
 
 
 @dataclass(frozen=True)
+class AdaptSkipped:
+    """A due adaptation the nightly run could not make (`DataError`: the task has too few
+    records): named in the report, while the run and the other tasks' adaptations go on."""
+
+    task: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class AdaptOutcome:
     task: str
     model_name: str

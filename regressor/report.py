@@ -125,8 +125,11 @@ def training_summary(trained) -> dict[str, str]:
     }
 
 
-def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str, float]) -> str:
-    """Markdown report of a retraining run (outcomes from `regressor.pipeline`)."""
+def render_retrain(
+    app, paths, ingested, trained, adapted, seconds: Mapping[str, float], skipped=()
+) -> str:
+    """Markdown report of a retraining run (outcomes from `regressor.pipeline`; `skipped`: the
+    due adaptations that could not be made, `pipeline.AdaptSkipped`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
     parts = [
         "# textperf retraining report",
@@ -146,7 +149,12 @@ def render_retrain(app, paths, ingested, trained, adapted, seconds: Mapping[str,
             adaptation_lineage(outcome),
             adaptation_gate(outcome),
         ]
-    if not adapted:
+    if skipped:
+        parts += [
+            "## Adaptations skipped",
+            "\n".join(f"- `{s.task}`: {s.reason}" for s in skipped),
+        ]
+    if not adapted and not skipped:
         parts.append("No adaptation due: every variant is adapted from the current champion.")
     parts += [
         "## Wall time",

@@ -238,3 +238,30 @@ def test_the_retrain_flow_on_no_records_fails_at_once_with_the_message(
         task_runs = client.read_task_runs(flow_run_filter=flow_run)
     loads = [run.run_count for run in task_runs if run.name.startswith("load-dataset")]
     assert loads == [1]
+
+
+def test_a_due_task_with_too_few_records_is_skipped_not_a_failed_nightly_run(
+    tmp_path: Path, prefect_harness
+):
+    """The holdout task keeps 1 day before its test days: too few shots. The nightly run
+    registers its model and reports the adaptation as skipped, with the reason; it used to fail
+    after registering, and so would every night until the task gained records."""
+    from flows.retrain import RetrainParams, retrain
+
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    app = load_app_config(config, tmp_path / "var")
+    paths, source = app.paths.resolve(), load_source_config(app.source)
+    pipeline.generate(paths, app, source)
+    logs = pipeline.source_root(paths, source) / "logs"
+    holdout = sorted(folder.name for folder in logs.iterdir())[-1]  # the last task in order
+    test_days = TINY_APP["split"]["test_days"]
+    for log in sorted((logs / holdout).iterdir())[1:-test_days]:
+        log.unlink()
+    params = RetrainParams(config=config, var_dir=tmp_path / "var", generate_fleet=False)
+    state = retrain(params, return_state=True)
+    assert state.is_completed(), state.message
+    text = state.result()
+    assert "## Adaptations skipped" in text
+    assert f"- `{holdout}`: task '{holdout}' has too few records to adapt to: 1 before" in text
+    assert str(MlflowClient().get_model_version_by_alias("textperf", "champion").version) == "1"
