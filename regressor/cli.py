@@ -129,7 +129,7 @@ def retrain(
         train=train,
         force_train=force_train,
     )
-    with _user_errors():  # the flow fails on one with its message (`flows.common.fails_cleanly`)
+    with _user_errors():  # the flow fails on one with its message (`flows.common.failing_cleanly`)
         retrain(params)
 
 
