@@ -327,10 +327,9 @@ def test_a_node_that_never_joins_fails_the_fit_after_the_configured_timeout(
     error that says what a fit across nodes needs."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    started = time.monotonic()
+    # The timeout mark is the hang guard: Lightning's default would have held the fit 30 min.
     with pytest.raises(TrainingWorkerError, match=r"`textperf join-fits` running on each other"):
         _fit(tmp_path, "tiny_two_nodes", process_group_timeout_minutes=0.1)
-    assert time.monotonic() - started < 240  # 6 s of rendezvous, and the worker's start
 
 
 def _slurm_task(node: int, *args: str, var: Path, **env: str) -> subprocess.Popen:
