@@ -23,7 +23,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from regressor import pipeline, registry
+from regressor import registry
 from regressor.config import (
     AppConfig,
     FleetSourceConfig,
@@ -31,10 +31,10 @@ from regressor.config import (
     ResolvedPaths,
     SourceConfig,
     TableSourceConfig,
-    data_root,
     load_train_config,
 )
 from regressor.sources.common import safe_files
+from regressor.sources.dispatch import root_of
 
 # Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
 WRITER_LEASE_SECONDS = 600.0
@@ -125,13 +125,13 @@ def warehouse_writer(name: str) -> Iterator[None]:
 
 def source_files(paths: ResolvedPaths, source: SourceConfig) -> tuple[Path, list[Path]]:
     """The root and every input file the source's adapter reads, in a stable order."""
+    root = root_of(source, paths.raw_dir)
     if isinstance(source, FleetSourceConfig):
-        root = pipeline.source_root(paths, source)
         globs: tuple[str, ...] = (source.config_glob, source.log_glob, source.targets_file)
     elif isinstance(source, TableSourceConfig):
-        root, globs = data_root(source.root), source.files
+        globs = source.files
     else:  # runs: everything inside each run folder
-        root, globs = data_root(source.root), (f"{source.run_glob}/**/*",)
+        globs = (f"{source.run_glob}/**/*",)
     # Only files that really live under the root: a symlink out of it is never read, even to hash.
     return root, safe_files(root, globs)
 

@@ -15,7 +15,6 @@ since a NaN row would read as "the model does not know" rather than "this row is
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,10 +193,12 @@ def checked_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     temperature = merged["temperature"]
     if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number):
         raise InvalidInputError(f"temperature must be a number, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidInputError(
-            f"temperature must be finite and >= 0 (0 decodes greedily), got {temperature}"
-        )
+    from regressor.predictor import check_sampling  # here: MLflow loads this file by path
+
+    try:  # the predictor's own rule (finite, >= 0), refused as a bad param
+        check_sampling(num_samples, float(temperature))
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
     return {
         "num_samples": num_samples,
         "temperature": float(temperature),

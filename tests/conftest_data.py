@@ -31,6 +31,16 @@ from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
 RECORD = {"task": "cell-a", "period": "2026-01-01", "config": {"n": 3}, "logs": {"lines": 10}}
+# The tiny app of the end-to-end flow tests: 4 cells x 24 days, the last 6 days held out; the
+# tiny model and recipe, a few samples, a few adaptation steps.
+TINY_APP = {
+    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
+    "split": {"test_days": 6},
+    "model": "tiny",
+    "train": "tiny",
+    "eval": {"num_samples": 6},
+    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
+}
 LOGHUB_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "loghub_2k"
 
 

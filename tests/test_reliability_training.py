@@ -28,7 +28,7 @@ import mlflow
 import pandas as pd
 import torch
 import yaml
-from conftest_data import register_tiny_version
+from conftest_data import TINY_APP, register_tiny_version
 from mlflow import MlflowClient
 
 from regressor import pipeline, registry
@@ -43,14 +43,6 @@ from regressor.tracking import configure_mlflow
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-TINY_APP = {
-    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
-    "split": {"test_days": 6},
-    "model": "tiny",
-    "train": "tiny",
-    "eval": {"num_samples": 6},
-    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
-}
 # Long enough to be killed mid-way, checkpointed often, never stopped early.
 KILLABLE_TRAIN = {
     "batch_size": 8,

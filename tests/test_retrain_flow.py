@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest_data import TINY_APP
 from mlflow import MlflowClient
 
 from flows.retrain import RetrainParams, retrain
 from regressor.warehouse import Warehouse
-
-TINY_APP = {
-    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
-    "split": {"test_days": 6},
-    "model": "tiny",
-    "train": "tiny",
-    "eval": {"num_samples": 6},
-    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
-}
 
 
 @pytest.fixture(scope="module")

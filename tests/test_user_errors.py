@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from conftest_data import register_tiny_version
+from conftest_data import TINY_APP, register_tiny_version
 from mlflow import MlflowClient
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -20,15 +20,6 @@ from regressor import cli, pipeline
 from regressor.config import load_app_config, load_source_config
 from regressor.tracking import configure_mlflow
 
-# The retrain flow test's tiny app: 4 cells x 24 days, the last 6 days held out.
-TINY_APP = {
-    "fleet": {"seed": 3, "n_cells": 4, "n_days": 24, "samples_per_day": 6, "jobs_per_day": 5},
-    "split": {"test_days": 6},
-    "model": "tiny",
-    "train": "tiny",
-    "eval": {"num_samples": 6},
-    "adapt": {"n_shots": 12, "max_steps": 4, "max_minutes": 1.0},
-}
 # 5 days, 4 of them held out: no training day, and 1 day of the holdout task before its test.
 FEW_APP = {**TINY_APP, "fleet": {**TINY_APP["fleet"], "n_cells": 3, "n_days": 5}}
 FEW_APP["split"] = {"test_days": 4}
