@@ -2,9 +2,13 @@
 
 Three methods choose what may change: `full` (every weight), `last_layers` (the last decoder
 block(s), the final norm and the output head) and `lora` (low-rank adapters on the attention and
-MLP linears, merged into the weights afterwards so the saved bundle is an ordinary one). The last
-`val_fraction` of the shots is held out for early stopping, and the same split trains the
-from-scratch reference, so the two differ only in where their weights start.
+MLP linears, merged into the weights afterwards so the saved bundle is an ordinary one).
+
+The shots are cut three ways, latest last: the pipeline first keeps the latest `gate_fraction`
+for the registry's gate alone (`hold_out_gate`); of the rest, the latest `val_fraction` stop the
+fine-tuning early and pick its checkpoint, and the earlier ones train it (`split_shots`). So the
+records that judge a variant never chose it. The same split trains the from-scratch reference,
+so the two differ only in where their weights start.
 """
 
 from __future__ import annotations
@@ -32,10 +36,32 @@ def latest_shots(pool: Examples, n_shots: int) -> Examples:
 
 def split_shots(shots: Examples, val_fraction: float) -> tuple[Examples, Examples]:
     """(train, val): the latest `val_fraction` of the shots stop training early."""
-    n_val = max(1, round(len(shots) * val_fraction))
-    if len(shots) - n_val < 1:
+    return _split_latest(shots, val_fraction)
+
+
+def hold_out_gate(shots: Examples, adapt: AdaptConfig) -> tuple[Examples, Examples]:
+    """(tuning, gate): the latest `adapt.gate_fraction` of the shots are kept for the gate
+    alone; fine-tuning trains on the rest and stops on their latest part (`split_shots`).
+    A ValueError unless each of the three parts gets a record."""
+    try:
+        tuning, gate = _split_latest(shots, adapt.gate_fraction)
+        split_shots(tuning, adapt.val_fraction)
+    except ValueError:
+        raise ValueError(
+            f"{len(shots)} shots are too few to train on, stop early on and gate "
+            f"(adapt.val_fraction {adapt.val_fraction}, adapt.gate_fraction "
+            f"{adapt.gate_fraction}): each of the three needs a record"
+        ) from None
+    return tuning, gate
+
+
+def _split_latest(shots: Examples, fraction: float) -> tuple[Examples, Examples]:
+    """(earlier, latest): the latest `fraction` of the records, at least one, and at least one
+    before them."""
+    n_latest = max(1, round(len(shots) * fraction))
+    if len(shots) - n_latest < 1:
         raise ValueError(f"need at least 2 shots to adapt, got {len(shots)}")
-    cut = len(shots) - n_val
+    cut = len(shots) - n_latest
     return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
 
 

@@ -492,7 +492,7 @@ def adapt(
         str | None, typer.Option(help="Task to adapt to; default: the holdout.")
     ] = None,
     shots: Annotated[
-        int | None, typer.Option(min=2, help="Number of shots (default from conf).")
+        int | None, typer.Option(min=3, help="Number of shots (default from conf).")
     ] = None,
     method: Annotated[
         str | None, typer.Option(help="full | last_layers | lora (default from conf).")
@@ -545,7 +545,7 @@ def adapt(
             outcome = pipeline.adapt_version(cfg, paths, data, base_version, force)
     # Reused: an identical adaptation was registered earlier; nothing was trained now.
     done = "already adapted (--force adapts again):" if outcome.reused else "registered"
-    typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({outcome.n_shots} shots)")
+    typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({report.shots_used(outcome)})")
     for kind, metrics in report.adaptation_scores(outcome, "zero_shot", "from_scratch").items():
         typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")
     verdict = "promoted" if outcome.promoted else "refused"

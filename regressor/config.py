@@ -287,6 +287,9 @@ class AdaptConfig(Frozen):
     max_steps: int = Field(300, ge=1)
     lr: float = Field(3e-4, gt=0, le=1)
     max_minutes: float = Field(2.0, gt=0)
+    # The latest `gate_fraction` of the shots are the gate's alone (`adaptation.hold_out_gate`);
+    # of the rest, the latest `val_fraction` stop fine-tuning early and pick its checkpoint.
+    gate_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     # full: every weight; last_layers: the last `last_layers` decoder blocks, final norm and head;
     # lora: low-rank adapters (rank `lora_rank`) on the attention and MLP linears, merged on save.

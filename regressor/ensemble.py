@@ -65,6 +65,8 @@ def combine_fits(results: Sequence[FitResult]) -> FitResult:
         best_checkpoint=results[0].best_checkpoint,
         monitor=results[0].monitor,
         processes=max(r.processes for r in results),
+        n_train=results[0].n_train,  # every member trains on the same records
+        n_val=results[0].n_val,
     )
 
 

@@ -134,7 +134,7 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
         {
             "base": f"`{outcome.base_uri}`",
             "adapted": f"`{outcome.uri}`",
-            "task": f"`{outcome.task}` ({outcome.n_shots} shots)",
+            "task": f"`{outcome.task}` ({report.shots_used(outcome)})",
             "tracking": f"`{tracking_uri}`",
         }
     )

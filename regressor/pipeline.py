@@ -25,7 +25,7 @@ import polars as pl
 from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
-from regressor.adaptation import fine_tune, latest_shots, split_shots, train_from_scratch
+from regressor.adaptation import fine_tune, hold_out_gate, latest_shots, train_from_scratch
 from regressor.config import (
     CONF_DIR,
     AppConfig,
@@ -569,7 +569,13 @@ def _fit_metrics(fitted: FitResult, prefix: str) -> dict[str, float]:
 def _fit_tag(fitted: FitResult) -> str:
     """The fit as the version's `FIT_TAG`, which `_tagged_fit` reads back."""
     return json.dumps(
-        {"steps": fitted.steps, "seconds": fitted.seconds, "processes": fitted.processes}
+        {
+            "steps": fitted.steps,
+            "seconds": fitted.seconds,
+            "processes": fitted.processes,
+            "n_train": fitted.n_train,
+            "n_val": fitted.n_val,
+        }
     )
 
 
@@ -577,7 +583,11 @@ def _tagged_fit(tags: Mapping[str, str]) -> FitResult:
     """A registered version's fit (`_fit_tag`); the checkpoint it picked is gone with its
     checkpoints, so the best score and path are NaN and empty."""
     fit = json.loads(tags[FIT_TAG])
-    return FitResult(fit["steps"], fit["seconds"], float("nan"), "", processes=fit["processes"])
+    # Fits tagged before the records were counted have none (0).
+    counts = {k: fit.get(k, 0) for k in ("n_train", "n_val")}
+    return FitResult(
+        fit["steps"], fit["seconds"], float("nan"), "", processes=fit["processes"], **counts
+    )
 
 
 def reused_outcome(version: ModelVersion) -> TrainOutcome:
@@ -854,17 +864,23 @@ def adapt_version(
 
 
 def require_shots(app: AppConfig, data: Dataset) -> None:
-    """A `DataError` unless the holdout task has at least 2 shots (the latest check the fine-
-    tuning, the rest train it) and a record in its test periods (to score it on), checked
-    before anything is loaded or trained."""
+    """A `DataError` unless the holdout task's shots can be cut three ways (training, early
+    stopping and the gate each get a record: `adaptation.hold_out_gate`) and it has a record in
+    its test periods (to score it on), checked before anything is loaded or trained."""
     task, pool, test = data.holdout_task, data.splits["adapt_pool"], data.splits["adapt_test"]
-    if app.adapt.n_shots < 2 <= len(pool):
-        raise DataError(f"adapt.n_shots (--shots) is {app.adapt.n_shots}: at least 2 are needed")
-    if len(pool) < 2 or len(test) < 1:
+    try:
+        hold_out_gate(latest_shots(pool, app.adapt.n_shots), app.adapt)
+        problem = ""
+    except ValueError as cut:
+        problem = str(cut)
+    if problem and app.adapt.n_shots < len(pool):
+        raise DataError(f"adapt.n_shots (--shots) is {app.adapt.n_shots}: {problem}")
+    if problem or len(test) < 1:
         raise DataError(
             f"task {task!r} has too few records to adapt to: {len(pool)} before its test "
-            f"periods (at least 2 needed, as shots) and {len(test)} in them (at least 1, to "
-            "score the adaptation on); ingest more of its records, or adapt another task (--task)"
+            f"periods ({problem or 'enough, as shots'}) and {len(test)} in them (at least 1, "
+            "to score the adaptation on); ingest more of its records, or adapt another task "
+            "(--task)"
         )
 
 
@@ -932,6 +948,8 @@ def _adapt_and_register(
     variant = f"{app.registry.model_name}-{task}"
     base = registry.load_predictor(base_uri)
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
+    # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
+    tuning, gate_shots = hold_out_gate(shots, app.adapt)
     target = data.splits["adapt_test"]
     train_cfg = load_train_config(app.train)
     with mlflow.start_run(run_name=f"adapt-{task}-{app.adapt.method}") as run:
@@ -940,16 +958,18 @@ def _adapt_and_register(
                 "base_model": base_uri,
                 "task": task,
                 "n_shots": len(shots),
+                "n_gate_shots": len(gate_shots),
                 "data_hash": data.data_hash,
             }
             | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
         )
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         try:
-            adapted, fitted = fine_tune(base, shots, app.adapt, train_cfg, ckpt / "adapted")
+            adapted, fitted = fine_tune(base, tuning, app.adapt, train_cfg, ckpt / "adapted")
             scratch = None
             if app.adapt.from_scratch_reference:
-                scratch = train_from_scratch(base, shots, app.adapt, train_cfg, ckpt / "scratch")[0]
+                scratch = train_from_scratch(base, tuning, app.adapt, train_cfg, ckpt / "scratch")
+                scratch = scratch[0]
         finally:
             # Named by this run, so never resumed: once the models are in memory, keep nothing
             # (every nightly adaptation once left its checkpoints here, growing without bound).
@@ -959,7 +979,7 @@ def _adapt_and_register(
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         if scratch is not None:
             scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
-        validation = _validation_scores(base, adapted, shots, app)
+        validation = _validation_scores(base, adapted, gate_shots, app)
         _log_scores(scores)
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
         log_figures(target.targets, summary, f"adapted_{task}")
@@ -1006,15 +1026,12 @@ def _adapt_and_register(
 
 
 def _validation_scores(
-    base: Predictor, adapted: Predictor, shots: Examples, app: AppConfig
+    base: Predictor, adapted: Predictor, gate_shots: Examples, app: AppConfig
 ) -> dict[str, dict[str, float]]:
-    """Zero-shot and adapted on the latest shots, the ones `fine_tune` kept out of training.
-
-    They also chose the adapted checkpoint, which leans the gate slightly towards adapting; the
-    test records stay untouched for the scores reported beside it.
-    """
-    _, held = split_shots(shots, app.adapt.val_fraction)
+    """Zero-shot and adapted on the gate's shots (`adaptation.hold_out_gate`), which neither
+    trained the fine-tuning nor chose its checkpoint; the test records stay untouched for the
+    scores reported beside them."""
     return {
-        "zero_shot": evaluate_model(base, held, app.eval)[0],
-        "adapted": evaluate_model(adapted, held, app.eval)[0],
+        "zero_shot": evaluate_model(base, gate_shots, app.eval)[0],
+        "adapted": evaluate_model(adapted, gate_shots, app.eval)[0],
     }

@@ -75,12 +75,26 @@ def adaptation_scores(outcome, zero_shot: str, from_scratch: str) -> dict[str, d
     return rows | ({from_scratch: outcome.from_scratch} if outcome.from_scratch else {})
 
 
+def shots_used(outcome) -> str:
+    """How the variant's shots were cut (`adaptation.hold_out_gate`), e.g. "120 shots: 77
+    trained, 19 stopped the fine-tuning, 24 for the gate"."""
+    fit = outcome.fit
+    if not fit.n_train:  # a fit recorded before the records were counted
+        return f"{outcome.n_shots} shots"
+    gate = outcome.n_shots - fit.n_train - fit.n_val
+    return (
+        f"{outcome.n_shots} shots: {fit.n_train} trained, {fit.n_val} stopped the fine-tuning, "
+        f"{gate} for the gate"
+    )
+
+
 def adaptation_gate(outcome) -> str:
     """The variant's gate (a `pipeline.AdaptOutcome`): the scores it compared and the verdict."""
     verdict = "Promoted" if outcome.promoted else "Refused"
     return "\n\n".join(
         [
-            "Gate, on the latest shots kept out of training (not the test records above):",
+            "Gate, on the latest shots, kept out of fine-tuning and of its early stopping (not "
+            "the test records above):",
             metrics_table(
                 {
                     "base, zero-shot": outcome.validation["zero_shot"],
@@ -142,7 +156,7 @@ def render_retrain(
     for outcome in adapted:
         parts += [
             f"## Few-shot adaptation to `{outcome.task}`",
-            f"{outcome.n_shots} shots, method `{outcome.method}`.",
+            f"{shots_used(outcome)}; method `{outcome.method}`.",
             metrics_table(
                 adaptation_scores(outcome, "base, zero-shot", "from scratch on the same shots")
             ),

@@ -486,6 +486,9 @@ class FitResult:
     best_checkpoint: str
     monitor: str = "val_loss"  # TrainConfig.select_by
     processes: int = 1  # that trained it together: the DDP world size
+    # Records it trained on and validated on (0: a result recorded before they were counted).
+    n_train: int = 0
+    n_val: int = 0
 
 
 def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -667,5 +670,7 @@ def fit_here(
         best_checkpoint=best,
         monitor=cfg.select_by if validating else "last",
         processes=trainer.world_size,
+        n_train=len(train[0]),
+        n_val=len(val[0]),
     )
     return result, trainer.is_global_zero

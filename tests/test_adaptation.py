@@ -20,6 +20,7 @@ from regressor.adaptation import (
     adaptation_train_config,
     fine_tune,
     freeze_for,
+    hold_out_gate,
     scratch_train_config,
     split_shots,
     train_from_scratch,
@@ -153,6 +154,24 @@ def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_pat
     assert result.steps > 0
     train, val = split_shots(_shots(), 0.25)
     assert (len(train), len(val)) == (12, 4)
+    assert (result.n_train, result.n_val) == (12, 4)
+
+
+def test_the_gate_shots_are_the_latest_and_nothing_else_sees_them():
+    """The gate's shots judge the variant only: fine-tuning trains and stops on the others."""
+    shots = _shots(20)
+    tuning, gate = hold_out_gate(shots, AdaptConfig(gate_fraction=0.2, val_fraction=0.25))
+    train, stop = split_shots(tuning, 0.25)
+    assert gate.record_ids == [str(i) for i in range(16, 20)]  # the latest
+    assert stop.record_ids == [str(i) for i in range(12, 16)]  # then the ones stopping it
+    assert train.record_ids + stop.record_ids + gate.record_ids == shots.record_ids
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_too_few_shots_to_cut_three_ways_are_refused(n: int):
+    with pytest.raises(ValueError, match=f"{n} shots are too few to train on, stop early on and"):
+        hold_out_gate(_shots(n), AdaptConfig())
+    assert len(hold_out_gate(_shots(3), AdaptConfig())[1]) == 1  # one each from 3 shots
 
 
 EXAMPLE = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
@@ -220,7 +239,15 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
     out = loaded.predict(pd.DataFrame({"text": shots.texts[:2]}), params={"num_samples": 3})
     assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
-    # The gate compared the two on the 3 latest shots (val_fraction 0.2 of 12), not the test.
+    # Of the 12 shots the latest 2 (gate_fraction 0.2) are the gate's; of the other 10, the
+    # latest 2 (val_fraction 0.2) stopped the fine-tuning and 8 trained it.
+    assert (outcome.fit.n_train, outcome.fit.n_val) == (8, 2)
+    assert json.loads(tags["fit"])["n_train"] == 8
+    assert (
+        report.shots_used(outcome)
+        == "12 shots: 8 trained, 2 stopped the fine-tuning, 2 for the gate"
+    )
+    # The gate compared the two on those 2 latest shots, not the test.
     verdict = registry.beats(
         outcome.validation["adapted"],
         outcome.validation["zero_shot"],
@@ -229,7 +256,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     )
     assert (outcome.promoted, outcome.reason) == (verdict[0], verdict[1])
     assert json.loads(tags["gate_decision"])["promoted"] == outcome.promoted
-    assert outcome.validation["adapted"]["n"] <= 3
+    assert outcome.validation["adapted"]["n"] <= 2
     if outcome.promoted:
         assert str(champion.version) == outcome.version
         assert outcome.use_uri == "models:/textperf-cell-z@champion"

@@ -71,7 +71,8 @@ def test_report_names_every_step_and_the_uris(demo_run):
         "mean",
         "textperf",
         "Few-shot adaptation",
-        "Gate, on the latest shots kept out of training",
+        "12 shots: 8 trained, 2 stopped the fine-tuning, 2 for the gate",
+        "Gate, on the latest shots, kept out of fine-tuning and of its early stopping",
         "models:/textperf@champion",
     ):
         assert needle in report
