@@ -17,6 +17,7 @@ from regressor.config import (
     CONF_DIR,
     ConfigError,
     load_app_config,
+    load_model_config,
     load_source_config,
     load_train_config,
 )
@@ -163,6 +164,25 @@ def test_a_non_finite_or_absurd_train_setting_is_refused(tmp_path: Path, text: s
     field = text.split(":", maxsplit=1)[0]
     with pytest.raises(ConfigError, match=rf"(?s)train/t\.yaml: .*{field}"):
         load_train_config("t", conf)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "field"),
+    [
+        ({"d_model": 10**9}, "d_model"),  # a typo that used to fail only when built
+        ({"d_ff": 10**7}, "d_ff"),
+        ({"input_vocab_size": 5 * 10**7}, "input_vocab_size"),
+        # each within its cap, together ~13e9 parameters
+        ({"d_model": 8192, "d_ff": 32768, "n_encoder_layers": 24}, "parameters"),
+    ],
+)
+def test_an_absurd_model_size_is_refused_at_load(tmp_path: Path, sizes: dict, field: str):
+    conf = conf_with_train(tmp_path, "")
+    base = yaml.safe_load((CONF_DIR / "model" / "base.yaml").read_text())
+    write(conf / "model" / "huge.yaml", yaml.safe_dump(base | sizes | {"name": "huge"}))
+    with pytest.raises(ConfigError, match=rf"(?s)model/huge\.yaml: .*{field}"):
+        load_model_config("huge", conf)
+    assert load_model_config("base", conf).approx_parameters < 6e7  # the paper's size loads
 
 
 @pytest.mark.parametrize("devices", [0, -3])
