@@ -8,9 +8,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
-from flows.common import forward_library_logs
+from flows.common import failing_cleanly, forward_library_logs
 from flows.tasks import ingest_task
-from regressor import pipeline, report
+from regressor import pipeline, registry, report
 from regressor.config import load_app_config, load_source_config
 from regressor.sources.fleet import IngestReport
 
@@ -28,12 +28,16 @@ class IngestParams(BaseModel):
 
 @flow(name="ingest", log_prints=True)
 def ingest(params: IngestParams | None = None) -> IngestReport:
-    params = params or IngestParams()
+    # A state directory that is a file fails the run with its message, not an OS traceback.
+    return failing_cleanly(_ingest, params or IngestParams())
+
+
+def _ingest(params: IngestParams) -> IngestReport:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
     source = load_source_config(params.source)
     # Cached on the input files' hashes, and holding the single warehouse-writer slot.
-    paths, run_id = app.paths.resolve(), pipeline.new_run_id()
+    paths, run_id = registry.state_paths(app), pipeline.new_run_id()
     result = ingest_task(paths, source, run_id, app.orchestration, forget_gone=params.forget_gone)
     text = report.render_ingest(result)
     create_markdown_artifact(text, key="ingest-report", description=f"ingest of {params.source}")

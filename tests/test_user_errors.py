@@ -189,6 +189,18 @@ def test_a_var_dir_that_is_a_file_is_named(fleet, tmp_path: Path, command):
     assert_clear_failure(result, f"state directory {a_file}", "is a file")
 
 
+def test_the_ingest_flow_names_a_var_dir_that_is_a_file(tmp_path: Path, prefect_harness):
+    """As the other flows do: the run fails at once with the message, nothing ingested."""
+    from flows.ingest import IngestParams, ingest
+
+    a_file = tmp_path / "var"
+    a_file.write_text("")
+    state = ingest(IngestParams(var_dir=a_file), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"the state directory {a_file}"), state.message
+    assert a_file.read_text() == ""
+
+
 # A hang guard, not a speed check: MLflow's own retries took about four minutes per call.
 @pytest.mark.timeout(150)
 def test_an_unreachable_tracking_server_fails_quickly_and_says_so(fleet, monkeypatch):
