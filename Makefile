@@ -33,6 +33,9 @@ test: install  ## ruff (lint + format check) and the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
+format: install  ## format the code (ruff format), nothing else
+	$(BIN)/ruff format .
+
 lint: install  ## fix what ruff can fix, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .

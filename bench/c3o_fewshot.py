@@ -7,7 +7,7 @@ Protocol, for each held-out job J (issue #5's c3o acceptance):
 1. pretrain textperf from scratch (tokenizer too) on the other four jobs, within
    `--pretrain-minutes`; 10% of their distinct configurations are validation for early stopping;
 2. shuffle J's distinct configurations (seeded); N shots (`--shots`, counted in runs, i.e.
-   records, as `textperf adapt --n-shots` counts them) are all the repeated runs of the first
+   records, as `textperf adapt --shots` counts them) are all the repeated runs of the first
    configurations until N runs are reached (whole configurations: ~5 runs each, so 50 shots are
    ~10 configurations), and the test part is every run of the configurations that are never
    shots (the same test set for every N; at least 20% of J's configurations, else N is skipped);

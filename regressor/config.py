@@ -82,10 +82,6 @@ class ResolvedPaths(Frozen):
         return self.var_dir / "locks"
 
     @property
-    def prefect_home(self) -> Path:
-        return self.var_dir / "prefect"
-
-    @property
     def tracking_uri(self) -> str:
         if self.mlflow_server:
             return self.mlflow_server
