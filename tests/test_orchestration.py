@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -21,7 +22,7 @@ from flows.common import ensure_writer_limit, make_task_runner, side_by_side_run
 from flows.evaluate import EvaluateParams, evaluate
 from flows.retrain import RetrainParams, retrain
 from flows.tasks import ingest_task
-from regressor import pipeline
+from regressor import pipeline, registry
 from regressor.config import (
     AppConfig,
     FleetSourceConfig,
@@ -180,14 +181,26 @@ def test_cli_adapt_prints_the_gate_and_the_model_to_predict_the_task_with(traine
     assert quick.exit_code == 0, quick.output
     assert re.search(r"adapted +spearman", quick.output), quick.output
     assert "from_scratch" not in quick.output
-    gate = re.search(r"gate: (promoted|refused) \(.+\); predict (\S+) with (\S+)", result.output)
-    assert gate, result.output
+    assert re.search(r"gate: (promoted|refused) \(.+\); predict \S+ with \S+", result.output)
+    # The newest version is the second command's: its line names what to predict with now.
+    gate = re.search(r"gate: (promoted|refused) \(.+\); predict (\S+) with (\S+)", quick.output)
+    assert gate, quick.output
     client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
     variant = f"textperf-{gate.group(2)}"
     newest = max(client.search_model_versions(f"name='{variant}'"), key=lambda v: int(v.version))
     assert (gate.group(1) == "promoted") == json.loads(newest.tags["gate_decision"])["promoted"]
-    if gate.group(1) == "promoted":
+    # The variant's champion if it has one (promoted now or earlier), else the model's.
+    mlflow.set_tracking_uri(f"sqlite:///{var / 'mlflow.db'}")
+    try:
+        held = registry.alias_version(variant, "champion")
+        main = registry.alias_version("textperf", "champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert held is not None or gate.group(1) == "refused"
+    if held is not None:
         assert gate.group(3) == f"models:/{variant}@champion"
+    else:
+        assert gate.group(3) == registry.model_uri("textperf", main.version)
 
 
 def test_dask_task_runner_runs_mapped_tasks(prefect_harness):

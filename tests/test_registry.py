@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -76,7 +78,15 @@ def test_version_tags_carry_data_hash_and_commit(store, tmp_path: Path):
     version = register_tiny_version(tmp_path, "abc")
     tags = MlflowClient().get_model_version("textperf", str(version.version)).tags
     assert tags["data_hash"] == "abc"
-    assert tags["git_commit"]
+    # The checkout's own commit ("unknown" only outside a git checkout, which tests never are).
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert tags["git_commit"] == head
 
 
 def test_keyed_versions_are_the_newest_gated_and_ungated_under_the_key(store, tmp_path: Path):
@@ -116,12 +126,14 @@ def test_model_uri_forms():
 def test_manual_promote_moves_champion_and_logs_who_and_what(store, tmp_path: Path):
     v1, v2 = register_tiny_version(tmp_path, "a"), register_tiny_version(tmp_path, "b")
     registry.gate("textperf", v1, {"spearman": 0.5, "mape": 12.0}, None, PromotionRule())
+    started = datetime.now(UTC).replace(microsecond=0)  # the tag keeps whole seconds
     decision = registry.promote("textperf", v2.version, reason="hotfix")
     assert decision["previous"] == str(v1.version)
     assert str(registry.resolve("textperf@champion").version) == str(v2.version)
     tag = json.loads(registry.resolve("textperf/2").tags["manual_champion"])
     assert tag["reason"] == "hotfix"
-    assert tag["by"]
+    assert tag["by"] == getpass.getuser()
+    assert started <= datetime.fromisoformat(tag["at"]) <= datetime.now(UTC)  # when, in UTC
     with pytest.raises(MlflowException):
         registry.promote("textperf", 99)
 

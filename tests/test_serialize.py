@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -54,7 +59,10 @@ def test_truncation_drops_least_important_section_first():
 
 def test_budget_respected_with_custom_counter():
     text = serialize(RECORD, budget_tokens=5, count_tokens=lambda t: len(t.split()))
-    assert len(text.split()) <= 5 or text.count("\n") <= 2
+    # By words, the task and period sections (4) fit and the config section (5 more) does not;
+    # the default counter (~4 characters a token) keeps the task alone.
+    assert text == "\n".join(serialize(RECORD).split("\n")[:4])
+    assert serialize(RECORD, budget_tokens=5) == "<task>\ncell-a01"
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
@@ -122,6 +130,30 @@ def test_truncation_keeps_the_longest_prefix_that_fits(n_logs, n_config, budget)
 
 def test_serialize_is_deterministic_for_equal_records():
     assert serialize(RECORD, budget_tokens=30) == serialize(dict(RECORD), budget_tokens=30)
+    # Keys in sorted order, whatever order they came in.
+    record = {"task": "t", "config": {"gamma": 3, "alpha": 1, "beta": 2}}
+    assert serialize(record) == "<task>\nt\n<config>\nalpha=1\nbeta=2\ngamma=3"
+
+
+def test_serialize_is_the_same_in_every_process():
+    """Training and serving processes must write the same text: nothing may depend on the
+    hash seed (set or hash order)."""
+    script = (
+        "import json, sys; from regressor.serialize import serialize; "
+        "print(json.dumps(serialize(json.loads(sys.argv[1]))))"
+    )
+    record = {**RECORD, "logs": {f"k{i}": {"x": i, "y": [i, f"v{i}"]} for i in range(40)}}
+    texts = {
+        subprocess.run(
+            [sys.executable, "-c", script, json.dumps(record)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert texts == {json.dumps(serialize(record)) + "\n"}
 
 
 @given(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -135,10 +134,12 @@ def test_content_hash_names_the_records(tmp_path, tiny_fleet, fleet_source, tiny
 
 
 HOLD_LOCK = """
-import sys, time, duckdb
+import pathlib, sys, time, duckdb
 con = duckdb.connect(sys.argv[1])
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
+pathlib.Path(sys.argv[1] + ".released").touch()  # before the lock goes
+con.close()
 """
 
 
@@ -156,13 +157,13 @@ def hold_lock(path: Path, seconds: float) -> subprocess.Popen:
 def test_a_locked_warehouse_is_waited_for(tmp_path, capsys):
     path = tmp_path / "w.duckdb"
     proc = hold_lock(path, 1.5)
-    started = time.monotonic()
     try:
         with Warehouse(path, lock_timeout_s=60) as wh:
+            # Opened only once the holder was letting go: it marks that before it closes.
+            assert Path(f"{path}.released").exists()
             assert wh.migrate()
     finally:
         proc.wait(timeout=30)
-    assert time.monotonic() - started > 0.5
     err = capsys.readouterr().err
     assert err.count("is locked by another writer; waiting...") == 1
     assert str(path) in err
