@@ -41,9 +41,9 @@ BUNDLE_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "weights.pt"
 CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)  # of a one-model bundle (`Predictor.bundle_files`)
-# Member j draws its samples with a generator seeded `seed + j * MEMBER_SEED_STRIDE`: member 0
-# with `seed` itself, so a single model samples exactly as before ensembles existed, and the
-# members of one call never share a stream.
+# Member j draws its samples with the seed `seed + j * MEMBER_SEED_STRIDE` (member 0 with `seed`
+# itself), so the members of one call never share a stream; each input then draws from its own
+# generator, seeded by that and its token ids (`input_seed`).
 MEMBER_SEED_STRIDE = 1_000_003
 
 
@@ -74,8 +74,17 @@ def weights_file(j: int) -> str:
 
 
 def member_seed(seed: int, j: int) -> int:
-    """The seed of member j's sampling generator for a call made with `seed`."""
+    """The seed of member j's sampling for a call made with `seed`."""
     return seed + MEMBER_SEED_STRIDE * j
+
+
+def input_seed(seed: int, ids: Sequence[int]) -> int:
+    """The seed of one input's draws: a hash of the call's (member's) seed and the input's
+    token ids, so the same input gets the same samples whatever else the call holds, alone or
+    in any batch."""
+    digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
+    digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1  # below 2**63
 
 
 def sample_shares(num_samples: int, members: int) -> list[int]:
@@ -374,16 +383,22 @@ class Predictor:
         seed: int,
     ) -> np.ndarray:
         """One model's `num_samples` decodes of every input [N, num_samples], batches taken in
-        `order`, with its own generator."""
+        `order`, each input with its own generator (`input_seed`)."""
         out = np.empty((len(ids), num_samples), dtype=np.float64)
-        generator = torch.Generator().manual_seed(seed)
+        seeds = [input_seed(seed, row) for row in ids]
         model.eval()
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             src, mask = pad_batch([ids[i] for i in chunk], self.tokenizer.pad_id)
             with fast_autocast():  # emulated bf16 decodes slower than fp32
                 out[chunk] = sample(
-                    model, self.codec, src, mask, num_samples, temperature, generator
+                    model,
+                    self.codec,
+                    src,
+                    mask,
+                    num_samples,
+                    temperature,
+                    row_seeds=[seeds[i] for i in chunk],
                 )
         return out
 

@@ -28,13 +28,18 @@ def sample(
     num_samples: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Draw K = num_samples values per input: src_ids [B, S], src_mask [B, S] -> float64 [B, K],
     or [B, K, M] when the codec has M > 1 objectives (one sample is one joint draw of all M).
 
-    temperature 0 decodes greedily (every sample then equals the argmax sequence).
+    temperature 0 decodes greedily (every sample then equals the argmax sequence). The random
+    numbers come from `generator`, or with `row_seeds` [B] from one generator per input, so an
+    input's draws do not depend on the other inputs of the batch.
     """
-    ids = sample_ids(model, codec, src_ids, src_mask, num_samples, temperature, generator)
+    ids = sample_ids(
+        model, codec, src_ids, src_mask, num_samples, temperature, generator, row_seeds
+    )
     return codec.decode(ids).reshape(src_ids.shape[0], num_samples, *codec.value_shape)
 
 
@@ -47,6 +52,7 @@ def sample_ids(
     num_samples: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Tensor:
     """Like `sample` but returns the token ids long [B*K, seq_len], input-major.
 
@@ -60,13 +66,17 @@ def sample_ids(
     out = torch.empty(b * k, codec.seq_len, dtype=torch.long)
     group_of = torch.arange(b).repeat_interleave(k)  # [B*K] sample -> its prefix group's row
     groups = torch.arange(b) * k  # [G] a sample of each group (its prefix is the group's)
+    uniforms = None  # [B*K, seq_len]: each input's own, drawn up front
+    if row_seeds is not None and temperature > 0:
+        uniforms = row_uniforms(row_seeds, k, codec.seq_len)
     with evaluating(model):
         cache = model.init_cache(model.encode(src_ids, src_mask), src_mask)
         logits = model.decode_step(torch.full((b,), codec.bos_id, dtype=torch.long), cache)
         for t in range(codec.seq_len):
             allowed = codec.allowed_mask(out[groups, :t])  # [G, V]
             logits = logits.float().masked_fill(~allowed, float("-inf"))
-            out[:, t] = _pick(logits[group_of], temperature, generator)
+            u = None if uniforms is None else uniforms[:, t : t + 1]
+            out[:, t] = _pick(logits[group_of], temperature, generator, u)
             if t + 1 < codec.seq_len:
                 group_of, groups, parents = _regroup(group_of, out[:, t], b, k)
                 cache.select_rows(parents)
@@ -109,8 +119,23 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """One token per row of logits [N, V] (disallowed tokens at -inf) -> long [N]."""
+def row_uniforms(row_seeds: Sequence[int], k: int, steps: int) -> Tensor:
+    """float32 [B*K, steps] uniforms, input-major: input b's K x steps from a generator seeded
+    `row_seeds[b]` alone."""
+    draws = [
+        torch.rand(k, steps, generator=torch.Generator().manual_seed(seed)) for seed in row_seeds
+    ]
+    return torch.cat(draws) if draws else torch.empty(0, steps)
+
+
+def _pick(
+    logits: Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    u: Tensor | None = None,
+) -> Tensor:
+    """One token per row of logits [N, V] (disallowed tokens at -inf) -> long [N]; `u` [N, 1]:
+    the rows' uniforms, else drawn from `generator`."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     # Inverse CDF: one uniform per row instead of `multinomial`'s one exponential per vocabulary
@@ -120,7 +145,8 @@ def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
     cdf = probs.cumsum(dim=-1)  # [N, V]
     total = cdf[:, -1:]  # [N, 1], ~1
-    u = torch.rand(total.shape, dtype=torch.float32, generator=generator)
+    if u is None:
+        u = torch.rand(total.shape, dtype=torch.float32, generator=generator)
     # Strictly below the total, so the search lands on a token with positive probability.
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)

@@ -265,3 +265,22 @@ def test_relative_error_point_leaves_out_samples_that_are_not_positive() -> None
     points = relative_error_point(samples)
     assert points[:3].tolist() == [10.0, 5.0, 4.0]
     assert np.isnan(points[3])
+
+
+def test_a_records_samples_do_not_depend_on_the_rest_of_the_call() -> None:
+    """Alone, in a batch, in another order, among other records or twice: the same samples
+    (each input draws from its own generator, `predictor.input_seed`). Before, one generator
+    served the call, so a record's interval moved with what else was predicted beside it."""
+    from regressor.predictor import Predictor
+
+    texts = [f"load={v}\nqueue={v % 7}" + "\nnoise=1" * (v % 4) for v in range(12)]
+    torch.manual_seed(0)
+    predictor = Predictor.create(TINY, CodecConfig(), InputTokenizer.train(texts, vocab_size=300))
+    batched = predictor.sample_texts(texts, 16, batch_size=5)
+    alone = np.stack([predictor.sample_texts([text], 16)[0] for text in texts])
+    np.testing.assert_array_equal(batched, alone)
+    mixed = predictor.sample_texts([texts[7], texts[2], texts[7]], 16, batch_size=2)
+    np.testing.assert_array_equal(mixed, batched[[7, 2, 7]])
+    assert not np.array_equal(batched[0], batched[1])  # each record its own draws
+    # The call's seed still chooses the draws.
+    assert not np.array_equal(predictor.sample_texts(texts[:1], 16, seed=1)[0], batched[0])
