@@ -239,15 +239,17 @@ def _fail(message: str) -> NoReturn:
 
 
 def _predict_params(
-    num_samples: int, temperature: float, quantiles: list[float] | None, samples: bool
+    num_samples: int | None, temperature: float, quantiles: list[float] | None, samples: bool
 ) -> dict:
-    """The pyfunc's params, checked before the model is loaded (the pyfunc's own rules)."""
+    """The pyfunc's params, checked before the model is loaded (the pyfunc's own rules); its
+    defaults for what is not given, so the command answers as the served model does."""
     from regressor.pyfunc_model import checked_params
 
+    given = {"num_samples": num_samples} if num_samples is not None else {}
     try:
         params = checked_params(
-            {
-                "num_samples": num_samples,
+            given
+            | {
                 "temperature": temperature,
                 "quantiles": quantiles or [0.1, 0.9],
                 "return_samples": samples,
@@ -277,7 +279,10 @@ def predict(
     model: Annotated[
         str, typer.Option(help="Model URI or NAME@ALIAS / NAME/VERSION.")
     ] = "models:/textperf@champion",
-    num_samples: Annotated[int, typer.Option(help="Sampled decodes per record.")] = 64,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(help="Sampled decodes per record [default: the model's, 32, as evaluated]."),
+    ] = None,
     temperature: float = 1.0,
     quantile: Annotated[
         list[float] | None, typer.Option("--quantile", "-q", help="Repeatable; default 0.1 0.9.")
@@ -303,6 +308,7 @@ def predict(
         _fail(f"{records[bad] if bad is not None else uri}: {exc}")
     quantiles = params["quantiles"]
     lo, hi = _quantile_label(quantiles[0]), _quantile_label(quantiles[-1])
+    typer.echo(f"{uri}: {params['num_samples']} samples per record", err=True)
     for path, row in zip(records, out.to_dict("records"), strict=True):
         line = (
             f"{path}: median {row['median']:.4g}  {lo[1:]}-{hi[1:]}% [{row[lo]:.4g}, {row[hi]:.4g}]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import math
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -489,10 +490,22 @@ def resolve(ref: str) -> ModelVersion:
         versions = client.search_model_versions(f"name='{name}'")
         if not versions:
             raise LookupError(f"no registered model {name!r}")
-        return max(versions, key=lambda v: int(v.version))
+        latest = max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, latest.version)  # a search leaves out aliases
     if which.isdigit():
         return client.get_model_version(name, which)
     return client.get_model_version_by_alias(name, which)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float, however deep, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -520,11 +533,13 @@ def list_versions(name: str | None = None) -> list[VersionRow]:
 
 
 def describe(version: ModelVersion) -> dict:
-    """A version as plain data for `textperf models show`: JSON-valued tags are decoded."""
+    """A version as plain data for `textperf models show`: JSON-valued tags are decoded, and a
+    metric that is NaN or infinite becomes null (strict JSON has no NaN: jq, JavaScript and Go
+    refuse it)."""
     tags = {}
     for key, value in sorted(version.tags.items()):
         try:
-            tags[key] = json.loads(value) if value[:1] in "{[" else value
+            tags[key] = finite_json(json.loads(value)) if value[:1] in "{[" else value
         except json.JSONDecodeError:
             tags[key] = value
     aliases = list(version.aliases or [])

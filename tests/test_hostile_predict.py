@@ -232,7 +232,7 @@ def test_cli_accepts_numbers_as_task_and_period_and_a_json_text_config(
     record.write_text(json.dumps(content))
     result = predict_cli(runner, str(record))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"{record}: median ")
+    assert result.stdout.startswith(f"{record}: median ")
 
 
 def test_cli_refuses_a_record_file_beyond_64_mib_unread(runner: CliRunner, tmp_path: Path):

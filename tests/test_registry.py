@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from regressor import cli, registry
 from regressor.config import PromotionRule, ResolvedPaths
+from regressor.pyfunc_model import DEFAULT_PARAMS
 from regressor.tracking import configure_mlflow
 
 
@@ -187,6 +188,14 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert described["tags"]["manual_champion"]["previous"] == str(v1.version)
     missing = runner.invoke(cli.app, ["models", "show", "textperf/42"])
     assert missing.exit_code != 0
+    # A bare name is its latest version, with its aliases; a NaN metric is null, not `NaN`.
+    nan_metrics = json.dumps({"spearman": float("nan"), "mape": 12.5})
+    MlflowClient().set_model_version_tag("textperf", str(v2.version), "test_metrics", nan_metrics)
+    bare = runner.invoke(cli.app, ["models", "show", "textperf"])
+    assert bare.exit_code == 0, bare.output
+    strict = json.loads(bare.output, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert (strict["version"], strict["aliases"]) == (str(v2.version), ["champion"])
+    assert strict["tags"]["test_metrics"] == {"spearman": None, "mape": 12.5}
     record = tmp_path / "record.json"
     record.write_text(json.dumps(RECORD))
     args = ["models", "predict", "--model", "textperf@champion", "--num-samples", "4"]
@@ -194,6 +203,13 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert predicted.exit_code == 0, predicted.output
     assert "median" in predicted.output
     assert "25-75%" in predicted.output
+    assert "models:/textperf@champion: 4 samples per record" in predicted.stderr
+    # Without --num-samples, the model's own default: what the served model and evaluation use.
+    default = runner.invoke(
+        cli.app, ["models", "predict", "--model", "textperf@champion", str(record)]
+    )
+    assert default.exit_code == 0, default.output
+    assert f"{DEFAULT_PARAMS['num_samples']} samples per record" in default.stderr
 
 
 def test_parse_ref_forms():
