@@ -339,6 +339,39 @@ def serve(
 
 
 @app.command()
+def record(
+    task: Annotated[str, typer.Argument(help="The task (cell, job, system) to take it from.")],
+    period: Annotated[
+        str | None, typer.Option(help="Its period, e.g. 2026-06-01 [default: the latest].")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Source name [default: the config's].")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write it here, not to stdout.")
+    ] = None,
+    config: ConfigOpt = None,
+    var_dir: VarOpt = None,
+) -> None:
+    """Write a stored record as the JSON `predict` reads: a template to edit, or a record to
+    predict and compare with its stored target (printed on stderr)."""
+    from regressor.config import load_source_config
+    from regressor.record_files import record_json, stored_record
+
+    with _user_errors():
+        cfg, paths = _state(config, var_dir)
+        name = load_source_config(source or cfg.source).name  # as the records store it
+        found, target = stored_record(paths.warehouse, name, task, period)
+    text = record_json(found)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(f"{found['task']} {found.get('period') or ''}: stored target {target:.6g}", err=True)
+
+
+@app.command()
 def export(
     out: Annotated[
         Path,

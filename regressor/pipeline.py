@@ -101,7 +101,7 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
     if holdout is not None and holdout not in tasks:
         raise DataError(
             f"task {holdout!r} (--task, or split.holdout_task) has no records of source "
-            f"{source.name!r} in {paths.warehouse}; its tasks: {_names(tasks)}"
+            f"{source.name!r} in {paths.warehouse}; its tasks: {names_of(tasks)}"
         )
     budget = load_model_config(app.model).max_input_tokens
     relative_to = source.target_relative_to
@@ -117,23 +117,37 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
     )
 
 
-def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:
-    """The warehouse's records of `source` and the snapshot's hash, or a `DataError`."""
-    ingest = f"ingest it first: `textperf ingest --source {source}`"
+def ingest_hint(source: str) -> str:
+    return f"ingest it first: `textperf ingest --source {source}`"
+
+
+@contextmanager
+def reading_warehouse(warehouse: Path, source: str) -> Iterator[Warehouse]:
+    """The warehouse, read-only; a `DataError` saying to ingest `source` when there is none yet
+    or no ingest has set it up."""
+    ingest = ingest_hint(source)
     if not warehouse.is_file():  # read-only, DuckDB would fail on it with its own words
         raise DataError(f"no warehouse at {warehouse} yet: {ingest}")
     try:
         with Warehouse(warehouse, read_only=True) as wh:
-            records = wh.query("records").filter(source=source)
-            data_hash = wh.content_hash()
+            yield wh
     except duckdb.CatalogException as exc:  # a DuckDB file that no ingest has set up
         raise DataError(f"{warehouse} holds no records table: {ingest}") from exc
+
+
+def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:
+    """The warehouse's records of `source` and the snapshot's hash, or a `DataError`."""
+    with reading_warehouse(warehouse, source) as wh:
+        records = wh.query("records").filter(source=source)
+        data_hash = wh.content_hash()
     if records.is_empty():
-        raise DataError(f"the warehouse {warehouse} has no records of source {source!r}: {ingest}")
+        raise DataError(
+            f"the warehouse {warehouse} has no records of source {source!r}: {ingest_hint(source)}"
+        )
     return records, data_hash
 
 
-def _names(names: list[str], most: int = 8) -> str:
+def names_of(names: list[str], most: int = 8) -> str:
     """A few names of a list for a message, and how many there are."""
     shown = ", ".join(names[:most])
     return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
