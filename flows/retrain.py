@@ -161,6 +161,7 @@ def _retrain(params: RetrainParams) -> str:
     skipped = [o for o in outcomes if isinstance(o, pipeline.AdaptSkipped)]
     text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
+    pipeline.log_report(paths, trained, text)
     print(text)
     return text
 

@@ -187,12 +187,17 @@ def baseline_metrics(train: Examples, test: Examples, seed: int = 0) -> dict[str
     return {"mean": point_metrics(test.targets, mean), "lightgbm": point_metrics(test.targets, gbm)}
 
 
-def log_figures(y_true: np.ndarray, summary: dict[str, np.ndarray], prefix: str) -> None:
+def log_figures(
+    y_true: np.ndarray, summary: dict[str, np.ndarray], prefix: str, scored: str
+) -> None:
+    """Predicted vs actual and the calibration, as `plots/<prefix>_*.png`; `scored` says whose
+    predictions of what, for the titles (which also give the number of records)."""
+    title = f"{scored} ({len(y_true)} records)"
     figures = {
         f"plots/{prefix}_predicted_vs_actual.png": predicted_vs_actual(
-            y_true, summary["median"], summary["q10"], summary["q90"], prefix
+            y_true, summary["median"], summary["q10"], summary["q90"], title
         ),
-        f"plots/{prefix}_calibration.png": calibration(y_true, summary["samples"], prefix),
+        f"plots/{prefix}_calibration.png": calibration(y_true, summary["samples"], title),
     }
     for path, figure in figures.items():
         mlflow.log_figure(figure, path)
@@ -243,6 +248,12 @@ def _log_params(
     params = {f"model.{k}": v for k, v in model_cfg.model_dump().items()}
     params |= {f"train.{k}": v for k, v in train_cfg.model_dump().items()}
     params |= {f"codec.{k}": v for k, v in app.codec.model_dump().items()}
+    # What else shapes the reported figures and the gate, and the code that ran.
+    params |= {f"split.{k}": v for k, v in app.split.model_dump().items()}
+    params |= {f"eval.{k}": v for k, v in app.eval.model_dump().items()}
+    params |= {f"promotion.{k}": v for k, v in app.registry.promotion.model_dump().items()}
+    params |= {"source": app.source, "code_digest": code_digest()}
+    params["git_commit"] = registry.git_commit()
     params |= {
         "data_hash": data.data_hash,
         "n_parameters": n_parameters,
@@ -604,6 +615,18 @@ def _tagged_fit(tags: Mapping[str, str]) -> FitResult:
     )
 
 
+REPORT_ARTIFACT = "report.md"
+
+
+def log_report(paths: ResolvedPaths, trained: TrainOutcome, text: str) -> None:
+    """The run's report (`report.render_retrain`) beside its training run's figures (the store
+    named outright: with a Dask task runner the training ran in another process). A reused
+    version's run keeps the report of the run that trained it (and may have been collected)."""
+    if not trained.reused:
+        client = mlflow.MlflowClient(tracking_uri=paths.tracking_uri)
+        client.log_text(trained.run_id, text, REPORT_ARTIFACT)
+
+
 def reused_outcome(version: ModelVersion) -> TrainOutcome:
     """The outcome of the run that trained and gated `version`, as the version's tags recorded
     it. The registration key holds the code's digest, so every version reused was tagged so."""
@@ -678,7 +701,7 @@ def _train_and_register(
         for name, values in metrics.items():
             mlflow.log_metrics({f"test_{name}_{k}": v for k, v in values.items() if np.isfinite(v)})
         mlflow.log_metrics(_fit_metrics(fitted, "train"))
-        log_figures(test.targets, summary, "test")
+        log_figures(test.targets, summary, "test", f"{model_cfg.name}, held-out test records")
         champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
         champion_metrics = None
         if champion is not None:
@@ -996,7 +1019,8 @@ def _adapt_and_register(
         validation = _validation_scores(base, adapted, gate_shots, app)
         _log_scores(scores)
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
-        log_figures(target.targets, summary, f"adapted_{task}")
+        scored = f"adapted to {task}, its test records"
+        log_figures(target.targets, summary, f"adapted_{task}", scored)
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
         tags |= {
             "data_hash": data.data_hash,

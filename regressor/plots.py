@@ -26,14 +26,15 @@ def predicted_vs_actual(
     lo = float(np.nanmin([y_true.min(), np.nanmin(median)]))
     hi = float(np.nanmax([y_true.max(), np.nanmax(median)]))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set(xlabel="actual", ylabel="predicted median (10-90% bars)", title=title)
+    ax.set(xlabel="actual target", ylabel="predicted median (bars: calibrated 10-90%)", title=title)
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
 
 
 def calibration(y_true: np.ndarray, samples: np.ndarray, title: str) -> Figure:
-    """Empirical vs nominal quantile level: a calibrated model lies on the diagonal."""
+    """Empirical vs nominal quantile level of the raw samples (before the conformal scale,
+    which moves only the reported quantiles): a calibrated model lies on the diagonal."""
     levels = np.linspace(0.05, 0.95, 19)
     finite = np.where(np.isfinite(samples), samples, np.nan)
     quantiles = np.nanquantile(finite, levels, axis=1)  # [L, N]
@@ -41,7 +42,11 @@ def calibration(y_true: np.ndarray, samples: np.ndarray, title: str) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(levels, empirical, "o-", label="model")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
-    ax.set(xlabel="nominal quantile level", ylabel="fraction of actuals below", title=title)
+    ax.set(
+        xlabel="nominal quantile level of the raw samples",
+        ylabel="fraction of actuals below",
+        title=title,
+    )
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig

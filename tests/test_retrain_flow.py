@@ -14,6 +14,9 @@ from conftest_data import TINY_APP
 from mlflow import MlflowClient
 
 from flows.retrain import RetrainParams, retrain
+from regressor import pipeline
+from regressor.config import load_app_config
+from regressor.environment import code_digest
 from regressor.warehouse import Warehouse
 
 
@@ -92,6 +95,22 @@ def test_report_saved_as_prefect_artifact(demo_run):
     for text in demo_run["reports"]:
         assert text in saved
     assert "Held-out later days" in demo_run["reports"][0]
+
+
+def test_the_training_run_records_its_settings_code_and_report(demo_run):
+    """Everything behind the run's figures is on the run: split, eval and gate settings, the
+    source, the code, and the report itself (`report.md`, the first run's)."""
+    client = _client(demo_run["var"])
+    version = client.get_model_version("textperf", "1")
+    params = client.get_run(version.run_id).data.params
+    app = load_app_config(demo_run["config"], demo_run["var"])
+    assert params["split.test_days"] == str(app.split.test_days)
+    assert params["eval.num_samples"] == str(app.eval.num_samples)
+    assert params["promotion.lower_is_better"] == str(app.registry.promotion.lower_is_better)
+    assert (params["source"], params["code_digest"]) == (app.source, code_digest())
+    assert params["git_commit"] == version.tags["git_commit"]
+    local = client.download_artifacts(version.run_id, pipeline.REPORT_ARTIFACT)
+    assert Path(local).read_text() == demo_run["reports"][0]
 
 
 def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
