@@ -267,7 +267,29 @@ def _load_model(uri: str):  # -> mlflow.pyfunc.PyFuncModel (imported lazily)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError, ValueError) as exc:  # no such model, alias or artifact
-        _fail(f"cannot load model {uri!r}: {exc}")
+        _fail(f"cannot load model {uri!r}: {exc}{_alias_hint(uri)}")
+
+
+def _alias_hint(uri: str) -> str:
+    """For a NAME@ALIAS that failed: the aliases NAME has, and why a variant may have none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from regressor.registry import parse_ref
+
+    if not uri.startswith("models:/") or "@" not in uri:
+        return ""
+    name, _ = parse_ref(uri)
+    try:
+        aliases = MlflowClient().get_registered_model(name).aliases or {}
+    except MlflowException:  # no such model: its own message says so
+        return ""
+    held = ", ".join(f"@{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+    return (
+        f" {name}'s aliases: {held}. An adapted variant the gate refused has no champion: "
+        f"its task is predicted with the base model (`textperf models show {name}` gives the "
+        "gate's reason)"
+    )
 
 
 @app.command()

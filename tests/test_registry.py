@@ -210,6 +210,12 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     )
     assert default.exit_code == 0, default.output
     assert f"{DEFAULT_PARAMS['num_samples']} samples per record" in default.stderr
+    # An alias the model lacks (a refused variant's champion, say): the aliases it has.
+    no_alias = runner.invoke(
+        cli.app, ["models", "predict", "--model", "textperf@best", str(record)]
+    )
+    assert no_alias.exit_code == 1
+    assert f"textperf's aliases: @champion (v{v2.version})" in no_alias.output
 
 
 def test_parse_ref_forms():
