@@ -275,6 +275,7 @@ TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by 
 # the run that made it may be deleted and garbage-collected (`mlflow gc`) while it serves.
 TEST_REPORT_TAG = "test_report"  # the report's table: every model's held-out metrics
 FIT_TAG = "fit"  # steps, seconds, processes (`_fit_tag`)
+SCRATCH_FIT_TAG = "scratch_fit"  # an adaptation's from-scratch reference: its steps and seconds
 VALIDATION_TAG = "validation_metrics"  # an adaptation's gate scores, zero-shot and adapted
 
 
@@ -604,10 +605,10 @@ def _fit_tag(fitted: FitResult) -> str:
     )
 
 
-def _tagged_fit(tags: Mapping[str, str]) -> FitResult:
-    """A registered version's fit (`_fit_tag`); the checkpoint it picked is gone with its
-    checkpoints, so the best score and path are NaN and empty."""
-    fit = json.loads(tags[FIT_TAG])
+def _tagged_fit(tags: Mapping[str, str], key: str = FIT_TAG) -> FitResult:
+    """A registered version's fit (`_fit_tag`, under `key`); the checkpoint it picked is gone
+    with its checkpoints, so the best score and path are NaN and empty."""
+    fit = json.loads(tags[key])
     # Fits tagged before the records were counted have none (0).
     counts = {k: fit.get(k, 0) for k in ("n_train", "n_val")}
     return FitResult(
@@ -777,6 +778,8 @@ class AdaptOutcome:
     # Adapted and gated earlier from the same base, data and configs (`adaptation_key`):
     # reported as that run recorded it, nothing adapted now.
     reused: bool = False
+    # What the from-scratch reference cost (None without one): often more than the adaptation.
+    scratch_fit: FitResult | None = None
 
     @property
     def uri(self) -> str:
@@ -947,6 +950,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
     tags = version.tags
     decision = json.loads(tags["gate_decision"])
     fit = _tagged_fit(tags)
+    scratch_fit = _tagged_fit(tags, SCRATCH_FIT_TAG) if SCRATCH_FIT_TAG in tags else None
     scores = {kind: json.loads(tags.get(f"{kind}_metrics", "{}")) for kind in SCORES}
     return AdaptOutcome(
         tags["task"],
@@ -964,6 +968,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
         decision["reason"],
         _use_uri(version.name, tags["base_model"], app),
         reused=True,
+        scratch_fit=scratch_fit,
     )
 
 
@@ -1003,15 +1008,18 @@ def _adapt_and_register(
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         try:
             adapted, fitted = fine_tune(base, tuning, app.adapt, train_cfg, ckpt / "adapted")
-            scratch = None
+            scratch, scratch_fit = None, None
             if app.adapt.from_scratch_reference:
-                scratch = train_from_scratch(base, tuning, app.adapt, train_cfg, ckpt / "scratch")
-                scratch = scratch[0]
+                scratch, scratch_fit = train_from_scratch(
+                    base, tuning, app.adapt, train_cfg, ckpt / "scratch"
+                )
         finally:
             # Named by this run, so never resumed: once the models are in memory, keep nothing
             # (every nightly adaptation once left its checkpoints here, growing without bound).
             shutil.rmtree(ckpt, ignore_errors=True)
         mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
+        if scratch_fit is not None:
+            mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))
         scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         if scratch is not None:
@@ -1029,6 +1037,8 @@ def _adapt_and_register(
             VALIDATION_TAG: json.dumps(validation),
             registry.TASK_RECORDS: str(task_record_counts(data).get(task, 0)),
         }
+        if scratch_fit is not None:
+            tags[SCRATCH_FIT_TAG] = _fit_tag(scratch_fit)
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(
@@ -1060,6 +1070,7 @@ def _adapt_and_register(
         decision.promoted,
         decision.reason,
         _use_uri(variant, base_uri, app),
+        scratch_fit=scratch_fit,
     )
 
 

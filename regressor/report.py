@@ -88,6 +88,17 @@ def shots_used(outcome) -> str:
     )
 
 
+def reference_cost(outcome) -> str:
+    """What the from-scratch reference cost, as a sentence; "" without one."""
+    fit = outcome.scratch_fit
+    if fit is None:
+        return ""
+    return (
+        f" The from-scratch reference trained {fit.steps} steps in {fit.seconds:.0f} s "
+        "(`adapt.from_scratch_reference: false` skips it; the gate never reads it)."
+    )
+
+
 def adaptation_gate(outcome) -> str:
     """The variant's gate (a `pipeline.AdaptOutcome`): the scores it compared and the verdict."""
     verdict = "Promoted" if outcome.promoted else "Refused"
@@ -156,7 +167,7 @@ def render_retrain(
     for outcome in adapted:
         parts += [
             f"## Few-shot adaptation to `{outcome.task}`",
-            f"{shots_used(outcome)}; method `{outcome.method}`.",
+            f"{shots_used(outcome)}; method `{outcome.method}`.{reference_cost(outcome)}",
             metrics_table(
                 adaptation_scores(outcome, "base, zero-shot", "from scratch on the same shots")
             ),

@@ -243,6 +243,12 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     # latest 2 (val_fraction 0.2) stopped the fine-tuning and 8 trained it.
     assert (outcome.fit.n_train, outcome.fit.n_val) == (8, 2)
     assert json.loads(tags["fit"])["n_train"] == 8
+    # The from-scratch reference's cost, on the same 8 and 2: tagged, and in the report's line.
+    scratch = outcome.scratch_fit
+    assert (scratch.n_train, scratch.n_val) == (8, 2)
+    assert json.loads(tags["scratch_fit"])["steps"] == scratch.steps > 0
+    cost = f"The from-scratch reference trained {scratch.steps} steps in {scratch.seconds:.0f} s"
+    assert cost in report.reference_cost(outcome)
     assert (
         report.shots_used(outcome)
         == "12 shots: 8 trained, 2 stopped the fine-tuning, 2 for the gate"
@@ -306,6 +312,7 @@ def test_adapting_the_same_base_on_unchanged_data_again_reports_the_variant(base
     )
     assert (again.method, again.base_uri, again.task) == ("lora", first.base_uri, "cell-z")
     assert again.fit.steps == first.fit.steps
+    assert again.scratch_fit.steps == first.scratch_fit.steps > 0  # the reference's cost too
     assert again.use_uri == first.use_uri  # nothing moved the aliases in between
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
     assert {forced.version, other_config.version} == {"2", "3"}
@@ -331,8 +338,10 @@ def test_without_the_from_scratch_reference_nothing_is_trained_from_scratch(base
     assert outcome.from_scratch == again.from_scratch == {}
     assert outcome.adapted["n"] > 0
     assert {"zero_shot_spearman", "adapted_spearman", "adapt_steps"} <= set(metrics)
-    assert not [name for name in metrics if name.startswith("from_scratch")]
-    assert not [tag for tag in version.tags if tag.startswith("from_scratch")]
+    assert not [name for name in metrics if name.startswith(("from_scratch", "scratch"))]
+    assert not [tag for tag in version.tags if tag.startswith(("from_scratch", "scratch"))]
+    assert outcome.scratch_fit is None
+    assert again.scratch_fit is None
     assert "gate_decision" in version.tags
     for text in (jobs.render_adapt(outcome, "sqlite://"), jobs.render_adapt(again, "sqlite://")):
         assert "| adapted |" in text
