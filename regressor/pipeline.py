@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import duckdb
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
@@ -49,7 +48,7 @@ from regressor.sources.fleet import source_root as fleet_root
 from regressor.tracking import configure_mlflow
 from regressor.training import FitResult, RunLogger, fit_examples
 from regressor.vocab import InputTokenizer
-from regressor.warehouse import Warehouse
+from regressor.warehouse import NoRecordsTableError, Warehouse, reading_records
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +122,13 @@ def ingest_hint(source: str) -> str:
 
 @contextmanager
 def reading_warehouse(warehouse: Path, source: str) -> Iterator[Warehouse]:
-    """The warehouse, read-only; a `DataError` saying to ingest `source` when there is none yet
-    or no ingest has set it up."""
-    ingest = ingest_hint(source)
-    if not warehouse.is_file():  # read-only, DuckDB would fail on it with its own words
-        raise DataError(f"no warehouse at {warehouse} yet: {ingest}")
+    """The warehouse, read-only (`warehouse.reading_records`); a `DataError` saying to ingest
+    `source` when there is none yet or no ingest has set it up."""
     try:
-        with Warehouse(warehouse, read_only=True) as wh:
+        with reading_records(warehouse) as wh:
             yield wh
-    except duckdb.CatalogException as exc:  # a DuckDB file that no ingest has set up
-        raise DataError(f"{warehouse} holds no records table: {ingest}") from exc
+    except NoRecordsTableError as exc:
+        raise DataError(f"{exc}: {ingest_hint(source)}") from exc
 
 
 def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:

@@ -11,10 +11,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
-from regressor.warehouse import Warehouse, sql_text
+from regressor.warehouse import NoRecordsTableError, reading_records, sql_text
+
+INGEST_FIRST = "ingest a source first (`textperf ingest`)"
 
 
 class ExportError(ValueError):
@@ -40,10 +41,8 @@ def export_shards(
     """
     if shard_rows < 1:
         raise ValueError("shard_rows must be at least 1")
-    if not warehouse.is_file():
-        raise ExportError(
-            f"no warehouse at {warehouse} yet: ingest a source first (`textperf ingest`)"
-        )
+    if not warehouse.is_file():  # before `out_dir` is made (`reading_records` checks it too late)
+        raise ExportError(f"no warehouse at {warehouse} yet: {INGEST_FIRST}")
     out_dir = out_dir.absolute()
     _check_target(out_dir)
     created = not out_dir.exists()
@@ -93,17 +92,16 @@ def _copy_shards(warehouse: Path, staging: Path, shard_rows: int, source: str | 
         f"COPY ({inner}) TO '{target}' "
         "(FORMAT parquet, PARTITION_BY (shard), OVERWRITE_OR_IGNORE true)"
     )
-    ingest = "ingest a source first (`textperf ingest`)"
     try:
-        with Warehouse(warehouse, read_only=True) as wh:
+        with reading_records(warehouse) as wh:
             wh.con.execute(copy, {"shard_rows": shard_rows, "source": source})
             sources = wh.query("record_sources")["source"].to_list()
-    except duckdb.CatalogException as exc:  # a DuckDB file that no ingest has set up
-        raise ExportError(f"{warehouse} holds no records table: {ingest}") from exc
+    except NoRecordsTableError as exc:
+        raise ExportError(f"{exc}: {INGEST_FIRST}") from exc
     files = shard_files(staging)
     if not files:
         which = "" if source is None else f" of source {source!r}"
-        there = f" (it has: {', '.join(sources)})" if sources else f": {ingest}"
+        there = f" (it has: {', '.join(sources)})" if sources else f": {INGEST_FIRST}"
         raise ExportError(f"no records{which} in {warehouse} to export{there}")
     return pl.scan_parquet(files).select(pl.len()).collect().item()
 

@@ -63,6 +63,25 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
             delay = min(delay * 2, 2.0)
 
 
+class NoRecordsTableError(LookupError):
+    """A warehouse to read that is not there yet, or that no ingest has set up; the message
+    names the file, and callers add what to ingest."""
+
+
+@contextmanager
+def reading_records(path: Path) -> Iterator[Warehouse]:
+    """The warehouse at `path`, read-only, for a block that reads its records: a
+    `NoRecordsTableError` when the file is missing (read-only, DuckDB would fail on it with its
+    own words) or holds no records table (a DuckDB file no ingest has set up)."""
+    if not path.is_file():
+        raise NoRecordsTableError(f"no warehouse at {path} yet")
+    try:
+        with Warehouse(path, read_only=True) as wh:
+            yield wh
+    except duckdb.CatalogException as exc:
+        raise NoRecordsTableError(f"{path} holds no records table") from exc
+
+
 def sql_text(kind: str, name: str, sql_dir: Path = SQL_DIR) -> str:
     path = sql_dir / kind / f"{name}.sql"
     if not path.is_file():
