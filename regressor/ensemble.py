@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -111,17 +110,13 @@ class MemberLogger(RunLogger):
     """An ensemble member's curves in the pipeline's run, as `member<i>/train_loss` .. (the
     MLflow UI groups keys by their `/` prefix).
 
-    Its hyperparameters are not logged: Lightning would log each member's train config as the
-    run's params, and MLflow refuses a param logged again with another value (the seed);
-    `pipeline._log_params` logs the config (`train.*`) and `train_ensemble` each member's seed.
-    Nor does the end of a member's fit end the run (`RunLogger`): the next members still
-    train in it, and a kill must leave it RUNNING for the pipeline's `_note_resume` to see.
+    As `RunLogger`, it logs no hyperparameters (MLflow would also refuse each member's seed as
+    a param logged again with another value: `train_ensemble` logs them) and does not end the
+    run: the next members still train in it, and a kill must leave it RUNNING for the
+    pipeline's `_note_resume` to see.
     """
 
     LOGGER_JOIN_CHAR = "/"
-
-    def log_hyperparams(self, params: Any) -> None:
-        pass
 
 
 def train_member(

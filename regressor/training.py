@@ -450,9 +450,16 @@ class RunLogger(MLFlowLogger):
     Lightning's `finalize` marks the run FINISHED when `fit` returns, while the caller still
     evaluates and registers in it: a kill then left a run reading FINISHED that never finished,
     and a later run could not tell it was killed. The caller's `mlflow.start_run` block ends it.
+
+    Nor does it log the module's hyperparameters: the caller logs the train config as
+    `train.*` params, and Lightning's copy under bare names (`lr`, `batch_size`, ...) put each
+    of them in the run twice.
     """
 
     def finalize(self, status: str = "success") -> None:
+        pass
+
+    def log_hyperparams(self, params: Any) -> None:
         pass
 
 
