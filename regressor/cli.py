@@ -458,8 +458,9 @@ def models_list(
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
-    """Registered models, their versions, aliases and lineage."""
-    from regressor import registry
+    """Registered models, their versions (registered when, UTC), aliases, held-out scores
+    (a variant's on its task), gate verdicts and lineage."""
+    from regressor import descriptions, registry
 
     with _user_errors():
         _, uri = _registry_at(config, var_dir)
@@ -475,10 +476,14 @@ def models_list(
             current = row.name
             typer.echo(row.name)
         aliases = "".join(f" @{a}" for a in row.aliases)
+        created = f"  {row.created:%Y-%m-%d %H:%M}" if row.created else ""
         extra = "  ".join(
             f"{k}={row.tags[k]}" for k in ("base_model", "method", "n_shots") if k in row.tags
         )
-        typer.echo(f"  v{row.version}{aliases}  run {row.run_id}  {extra}".rstrip())
+        typer.echo(
+            f"  v{row.version}{aliases}{created}  {descriptions.one_line(row.tags)}"
+            f"  run {row.run_id}  {extra}".rstrip()
+        )
 
 
 @models_app.command("prune")

@@ -576,6 +576,11 @@ class FleetSourceConfig(SourceText):
     _relative = field_validator("config_glob", "log_glob", "targets_file")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
 
+    @property
+    def target_name(self) -> str:
+        """What is predicted, as the source names it (the registry's descriptions say it)."""
+        return self.target_column
+
 
 def data_root(root: Path) -> Path:
     """A table/runs source's root: relative paths are against the project root, so a YAML file
@@ -613,6 +618,10 @@ class TableSourceConfig(SourceText):
 
     _relative = field_validator("files")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
+
+    @property
+    def target_name(self) -> str:
+        return " / ".join(self.target_columns)  # whichever a file has, first present first
 
 
 class ReferenceConfig(Frozen):
@@ -664,6 +673,10 @@ class RunsSourceConfig(SourceText):
 
     _relative = field_validator("run_glob", "report_files", "log_file")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
+
+    @property
+    def target_name(self) -> str:
+        return self.target_field
 
     @field_validator("path_pattern")
     @classmethod

@@ -139,8 +139,8 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
         }
     )
     table = report.metrics_table(report.adaptation_scores(outcome, "zero-shot", "from scratch"))
-    if cost := report.reference_cost(outcome).strip():
-        table += f"\n\n{cost}"
+    if notes := (report.reference_cost(outcome) + report.intervals_used(outcome)).strip():
+        table += f"\n\n{notes}"
     gate = report.adaptation_gate(outcome)
     lineage = report.adaptation_lineage(outcome)
     return (

@@ -20,11 +20,19 @@ from typing import IO
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 import polars as pl
 from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
-from regressor.adaptation import fine_tune, hold_out_gate, latest_shots, train_from_scratch
+from regressor.adaptation import (
+    fine_tune,
+    hold_out_gate,
+    latest_shots,
+    recalibrate,
+    train_from_scratch,
+)
+from regressor.calibration import is_quantile
 from regressor.config import (
     CONF_DIR,
     AppConfig,
@@ -88,6 +96,8 @@ class Dataset:
     whole_numbers: bool = False  # the source's tokenization of numbers (`SourceText`)
     relative_to: str | None = None  # the source's baseline of its target (`SourceText`)
     mixed_target_forms: bool = False  # an ensemble's odd members learn the target itself
+    source: str = ""  # the source's name and what it predicts, for the registry's descriptions
+    target: str = "target"
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -113,6 +123,8 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         source.whole_numbers,
         relative_to,
         source.mixed_target_forms,
+        source.name,
+        source.target_name,
     )
 
 
@@ -181,6 +193,30 @@ def baseline_metrics(train: Examples, test: Examples, seed: int = 0) -> dict[str
     mean = baselines.mean_baseline(train.targets, len(test))
     gbm = baselines.lightgbm_baseline(train.config_json, train.targets, test.config_json, seed)
     return {"mean": point_metrics(test.targets, mean), "lightgbm": point_metrics(test.targets, gbm)}
+
+
+def log_evaluation(
+    examples: Examples, summary: dict[str, np.ndarray], prefix: str, scored: str
+) -> None:
+    """The figures of a scored split and its per-record predictions, as the table
+    `predictions/<prefix>.json` (the MLflow UI shows it; `mlflow.load_table` reads it back):
+    what per-task error analysis starts from."""
+    log_figures(examples.targets, summary, prefix, scored)
+    mlflow.log_table(predictions_frame(examples, summary), f"predictions/{prefix}.json")
+
+
+def predictions_frame(examples: Examples, summary: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per record: its id, task and actual target, then the summary's median, mean,
+    std and quantiles (as served: conformally rescaled)."""
+    columns = ["median", "mean", "std", *sorted(k for k in summary if is_quantile(k))]
+    return pd.DataFrame(
+        {
+            "record_id": examples.record_ids,
+            "task": examples.tasks,
+            "actual": examples.targets,
+            **{c: np.asarray(summary[c], dtype=float) for c in columns if c in summary},
+        }
+    )
 
 
 def log_figures(
@@ -271,6 +307,7 @@ TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by 
 # the run that made it may be deleted and garbage-collected (`mlflow gc`) while it serves.
 TEST_REPORT_TAG = "test_report"  # the report's table: every model's held-out metrics
 FIT_TAG = "fit"  # steps, seconds, processes (`_fit_tag`)
+INTERVALS_TAG = "intervals"  # an adapted variant's: what its conformal scale was fitted on
 SCRATCH_FIT_TAG = "scratch_fit"  # an adaptation's from-scratch reference: its steps and seconds
 VALIDATION_TAG = "validation_metrics"  # an adaptation's gate scores, zero-shot and adapted
 
@@ -698,7 +735,7 @@ def _train_and_register(
         for name, values in metrics.items():
             mlflow.log_metrics({f"test_{name}_{k}": v for k, v in values.items() if np.isfinite(v)})
         mlflow.log_metrics(_fit_metrics(fitted, "train"))
-        log_figures(test.targets, summary, "test", f"{model_cfg.name}, held-out test records")
+        log_evaluation(test, summary, "test", f"{model_cfg.name}, held-out test records")
         champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
         champion_metrics = None
         if champion is not None:
@@ -710,6 +747,8 @@ def _train_and_register(
             bundle = predictor.save(Path(tmp) / "bundle")
             tags = {
                 "data_hash": data.data_hash,
+                "source": data.source,
+                "target": data.target,
                 "model_config": json.dumps(model_cfg.model_dump()),
                 "train_config": json.dumps(train_cfg.model_dump()),
                 "test_metrics": json.dumps(model_metrics),
@@ -776,6 +815,7 @@ class AdaptOutcome:
     reused: bool = False
     # What the from-scratch reference cost (None without one): often more than the adaptation.
     scratch_fit: FitResult | None = None
+    intervals: str = ""  # what the variant's intervals rest on (`adaptation.recalibrate`)
 
     @property
     def uri(self) -> str:
@@ -965,6 +1005,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
         _use_uri(version.name, tags["base_model"], app),
         reused=True,
         scratch_fit=scratch_fit,
+        intervals=tags.get(INTERVALS_TAG, ""),
     )
 
 
@@ -1014,20 +1055,27 @@ def _adapt_and_register(
             # (every nightly adaptation once left its checkpoints here, growing without bound).
             shutil.rmtree(ckpt, ignore_errors=True)
         mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
+        intervals = recalibrate(adapted, tuning, app.adapt, app.eval)
+        mlflow.set_tag(INTERVALS_TAG, intervals)
         if scratch_fit is not None:
             mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))
-        scores = {"zero_shot": evaluate_model(base, target, app.eval)[0]}
+            recalibrate(scratch, tuning, app.adapt, app.eval)  # compared like for like
+        scores = {}
+        scores["zero_shot"], zero_shot = evaluate_model(base, target, app.eval)
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         if scratch is not None:
             scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
         validation = _validation_scores(base, adapted, gate_shots, app)
         _log_scores(scores)
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
-        scored = f"adapted to {task}, its test records"
-        log_figures(target.targets, summary, f"adapted_{task}", scored)
+        log_evaluation(target, summary, f"adapted_{task}", f"adapted to {task}, its test records")
+        log_evaluation(target, zero_shot, f"zero_shot_{task}", f"base zero-shot on {task}")
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
         tags |= {
             "data_hash": data.data_hash,
+            "source": data.source,
+            "target": data.target,
+            INTERVALS_TAG: intervals,
             registry.ADAPTATION_KEY: key,
             FIT_TAG: _fit_tag(fitted),
             VALIDATION_TAG: json.dumps(validation),
@@ -1067,6 +1115,7 @@ def _adapt_and_register(
         decision.reason,
         _use_uri(variant, base_uri, app),
         scratch_fit=scratch_fit,
+        intervals=intervals,
     )
 
 

@@ -25,6 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from regressor.config import AppConfig, PromotionRule, ResolvedPaths
+from regressor.descriptions import model_description, version_description
 from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -372,7 +373,9 @@ def gate(
     if promoted:
         # A single alias write: readers see the old champion or the new one, never neither.
         client.set_registered_model_alias(name, champion_alias, version.version)
-    return _record_decision(name, version, promoted, reason, challenger_metrics, champion_metrics)
+    return _record_decision(
+        name, version, promoted, reason, challenger_metrics, champion_metrics, champion_alias
+    )
 
 
 def gate_variant(
@@ -403,7 +406,9 @@ def gate_variant(
     reason += note
     off_lineage = _not_the_champion(base_uri, champion_alias)
     if off_lineage:
-        return _record_decision(name, version, False, reason + off_lineage, adapted, zero_shot)
+        return _record_decision(
+            name, version, False, reason + off_lineage, adapted, zero_shot, champion_alias
+        )
     if promoted:
         client.set_registered_model_alias(name, champion_alias, version.version)
     else:
@@ -411,7 +416,7 @@ def gate_variant(
         if holder is not None and holder.tags.get("base_model") != base_uri:
             client.delete_registered_model_alias(name, champion_alias)
             reason += f"; retired @{champion_alias} from v{holder.version} (another base)"
-    return _record_decision(name, version, promoted, reason, adapted, zero_shot)
+    return _record_decision(name, version, promoted, reason, adapted, zero_shot, champion_alias)
 
 
 def _not_the_champion(base_uri: str, champion_alias: str) -> str:
@@ -434,18 +439,29 @@ def _record_decision(
     reason: str,
     challenger: Mapping[str, float],
     champion: Mapping[str, float] | None,
+    champion_alias: str,
 ) -> GateDecision:
-    """Tag the decision on the version, so the registry alone explains every alias move."""
+    """Tag the decision on the version, so the registry alone explains every alias move, and
+    describe the version and its model in words."""
     decision = {
         "promoted": promoted,
         "reason": reason,
         "challenger": dict(challenger),
         "champion": dict(champion) if champion else None,
     }
-    MlflowClient().set_model_version_tag(
-        name, version.version, "gate_decision", json.dumps(decision)
-    )
+    client = MlflowClient()
+    client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
+    describe_in_registry(name, str(version.version), champion_alias)
     return GateDecision(promoted, reason, dict(challenger), champion)
+
+
+def describe_in_registry(name: str, version: str, champion_alias: str = "champion") -> None:
+    """Write the version's and its model's descriptions from the version's tags (the registry
+    UI and `models show` print them): what it predicts, how to predict, its scores and verdict."""
+    client = MlflowClient()
+    tags = client.get_model_version(name, version).tags
+    client.update_model_version(name, version, description=version_description(tags))
+    client.update_registered_model(name, description=model_description(name, tags, champion_alias))
 
 
 def promote(
@@ -515,6 +531,7 @@ class VersionRow:
     aliases: tuple[str, ...]
     run_id: str | None
     tags: Mapping[str, str]
+    created: datetime | None = None  # when it was registered (UTC)
 
 
 def list_versions(name: str | None = None) -> list[VersionRow]:
@@ -528,7 +545,14 @@ def list_versions(name: str | None = None) -> list[VersionRow]:
         versions = client.search_model_versions(f"name='{model.name}'")
         for mv in sorted(versions, key=lambda v: int(v.version)):
             held = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
-            rows.append(VersionRow(model.name, str(mv.version), held, mv.run_id, dict(mv.tags)))
+            created = (
+                datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+                if mv.creation_timestamp
+                else None
+            )
+            rows.append(
+                VersionRow(model.name, str(mv.version), held, mv.run_id, dict(mv.tags), created)
+            )
     return rows
 
 
@@ -550,5 +574,6 @@ def describe(version: ModelVersion) -> dict:
         "aliases": aliases,
         "run_id": version.run_id,
         "source": version.source,
+        "description": version.description or "",
         "tags": tags,
     }

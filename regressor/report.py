@@ -13,24 +13,56 @@ METRICS = (
     "uncertainty_spearman",
     "uncertainty_spearman_relative",
     "uncertainty_spearman_samples",
+    "n",
 )
+# What a column means, for readers of the report rather than of the metric keys.
+HEADERS = {
+    "spearman": "Spearman",
+    "kendall": "Kendall",
+    "mape": "MAPE %",
+    "interval_coverage": "10-90% coverage (nominal 0.80)",
+    "uncertainty_spearman": "spread-error Spearman",
+    "uncertainty_spearman_relative": "relative spread-error Spearman",
+    "uncertainty_spearman_samples": "spread-error Spearman, raw samples",
+    "n": "records",
+}
 
 
-def _cell(value: float | None) -> str:
+def _cell(value: float | None, metric: str = "") -> str:
     if value is None or math.isnan(value):
         return "-"
-    return f"{value:.3f}"
+    return f"{value:.0f}" if metric == "n" else f"{value:.3f}"
 
 
 def metrics_table(
     rows: Mapping[str, Mapping[str, float]], metrics: tuple[str, ...] = METRICS
 ) -> str:
-    header = "| model | " + " | ".join(metrics) + " |"
-    rule = "|---" * (len(metrics) + 1) + "|"
+    """One row per model, one column per metric that says something here (`_informative`)."""
+    shown = [m for m in metrics if _informative(m, rows)]
+    header = "| model | " + " | ".join(HEADERS.get(m, m) for m in shown) + " |"
+    rule = "|---" * (len(shown) + 1) + "|"
     lines = [header, rule]
     for name, values in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(values.get(m)) for m in metrics) + " |")
+        cells = " | ".join(_cell(values.get(m), m) for m in shown)
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
+
+
+def _informative(metric: str, rows: Mapping[str, Mapping[str, float]]) -> bool:
+    """A column with a value in some row; the raw samples' spread-error Spearman only where it
+    differs from the served one (a pooled conformal scale stretches every spread alike, which
+    keeps their ranks: it would read as a second, independent check)."""
+    values = [v.get(metric) for v in rows.values()]
+    if all(v is None or math.isnan(v) for v in values):
+        return False
+    if metric != "uncertainty_spearman_samples":
+        return True
+    return any(_differ(v.get(metric), v.get("uncertainty_spearman")) for v in rows.values())
+
+
+def _differ(a: float | None, b: float | None) -> bool:
+    missing = [x is None or math.isnan(x) for x in (a, b)]
+    return missing[0] != missing[1] or (not any(missing) and a != b)
 
 
 def timings_table(seconds: Mapping[str, float]) -> str:
@@ -97,6 +129,12 @@ def reference_cost(outcome) -> str:
         f" The from-scratch reference trained {fit.steps} steps in {fit.seconds:.0f} s "
         "(`adapt.from_scratch_reference: false` skips it; the gate never reads it)."
     )
+
+
+def intervals_used(outcome) -> str:
+    """What the variant's 10-90% intervals rest on, as a sentence; "" when not recorded (a
+    variant adapted before `adaptation.recalibrate` existed)."""
+    return f" Its intervals: {outcome.intervals}." if outcome.intervals else ""
 
 
 def adaptation_gate(outcome) -> str:
@@ -167,7 +205,8 @@ def render_retrain(
     for outcome in adapted:
         parts += [
             f"## Few-shot adaptation to `{outcome.task}`",
-            f"{shots_used(outcome)}; method `{outcome.method}`.{reference_cost(outcome)}",
+            f"{shots_used(outcome)}; method `{outcome.method}`.{reference_cost(outcome)}"
+            + intervals_used(outcome),
             metrics_table(
                 adaptation_scores(outcome, "base, zero-shot", "from scratch on the same shots")
             ),

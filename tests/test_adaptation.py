@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -17,14 +18,17 @@ from test_reliability_training import sigkill, start_child, wait_for_line
 
 from regressor import jobs, pipeline, registry, report
 from regressor.adaptation import (
+    MIN_CALIBRATION_SHOTS,
     adaptation_train_config,
     fine_tune,
     freeze_for,
     hold_out_gate,
+    recalibrate,
     scratch_train_config,
     split_shots,
     train_from_scratch,
 )
+from regressor.calibration import IntervalScale, fit_interval_scale
 from regressor.config import (
     AdaptConfig,
     AppConfig,
@@ -157,6 +161,47 @@ def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_pat
     assert (result.n_train, result.n_val) == (12, 4)
 
 
+def _with_scale(base: Predictor, scale: float) -> Predictor:
+    """A view of `base` (its weights, a metadata copy) shipping a pooled conformal scale, as
+    a calibrated base does."""
+    copied = base.member(0)
+    copied.metadata["interval_scale"] = asdict(IntervalScale(scale, 0.8, 230))
+    return copied
+
+
+def test_a_variant_refits_its_interval_scale_on_the_shots_that_stopped_it(base):
+    """The base's scale was fitted on other tasks with other weights; the variant's comes from
+    the latest `val_fraction` of its tuning shots (not the earlier ones, not the gate's)."""
+    tuning = _shots(10)
+    variant = _with_scale(base, 7.0)
+    said = recalibrate(variant, tuning, AdaptConfig(val_fraction=0.5), EvalConfig(num_samples=8))
+    stop = tuning.take(range(5, 10))
+    raw = variant.predict_texts(stop.texts, 8, quantiles=(0.1, 0.5, 0.9))
+    expected = fit_interval_scale(stop.targets, raw["median"], raw["q10"], raw["q90"])
+    fitted = variant.interval_scale()
+    # An untrained model decodes some non-finite numbers: those records carry no distance.
+    assert (fitted.scale, fitted.n_fit) == (expected.scale, expected.n_fit)
+    assert fitted.scale != 7.0
+    assert 0 < fitted.n_fit <= 5
+    assert (
+        said
+        == f"a conformal scale of its own, {expected.scale:.3f}, fitted on its 5 stopping shots"
+    )
+
+
+def test_a_variant_with_too_few_stopping_shots_keeps_its_base_scale(base):
+    tuning = _shots(MIN_CALIBRATION_SHOTS + 1)  # val_fraction 0.5: fewer than the minimum stop
+    variant = _with_scale(base, 7.0)
+    said = recalibrate(variant, tuning, AdaptConfig(val_fraction=0.5), EvalConfig(num_samples=4))
+    assert variant.interval_scale().scale == 7.0
+    assert said.startswith("the base's conformal scale (")
+    off = recalibrate(variant, _shots(10), AdaptConfig(), EvalConfig(conformal=False))
+    assert (off, variant.interval_scale().scale) == (
+        "the raw sampled quantiles (eval.conformal is off)",
+        7.0,
+    )
+
+
 def test_the_gate_shots_are_the_latest_and_nothing_else_sees_them():
     """The gate's shots judge the variant only: fine-tuning trains and stops on the others."""
     shots = _shots(20)
@@ -227,6 +272,12 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         tags = MlflowClient().get_model_version("textperf-cell-z", outcome.version).tags
         loaded = mlflow.pyfunc.load_model(outcome.uri)
         champion = registry.alias_version("textperf-cell-z", "champion")
+        described = MlflowClient().get_model_version("textperf-cell-z", outcome.version)
+        tables = {
+            kind: mlflow.load_table(f"predictions/{kind}_cell-z.json", run_ids=[described.run_id])
+            for kind in ("adapted", "zero_shot")
+        }
+        model_text = MlflowClient().get_registered_model("textperf-cell-z").description
     finally:
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
@@ -263,6 +314,22 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     assert (outcome.promoted, outcome.reason) == (verdict[0], verdict[1])
     assert json.loads(tags["gate_decision"])["promoted"] == outcome.promoted
     assert outcome.validation["adapted"]["n"] <= 2
+    # Per-record predictions of both on the task's 8 test records, for error analysis.
+    for table in tables.values():
+        assert list(table["record_id"].astype(str)) == data.splits["adapt_test"].record_ids
+        assert {"task", "actual", "median", "q10", "q90", "std"} <= set(table.columns)
+    assert not tables["adapted"]["median"].equals(tables["zero_shot"]["median"])
+    # 2 stopping shots are too few for a scale of its own: said on the version and the report.
+    assert tags["intervals"] == outcome.intervals
+    assert outcome.intervals.startswith("the base's conformal scale (2 stopping shots")
+    assert f"Its intervals: {outcome.intervals}." in report.intervals_used(outcome)
+    assert "`models:/textperf/1` adapted to `cell-z` by `lora` fine-tuning on 12 shots (8 " in (
+        described.description
+    )
+    verdict = "promoted" if outcome.promoted else "refused"
+    assert f"Gate: {verdict} ({outcome.reason})." in described.description
+    assert "`textperf` fine-tuned on a few records of task `cell-z`" in model_text
+    assert "otherwise no adapted version beat its base" in model_text
     if outcome.promoted:
         assert str(champion.version) == outcome.version
         assert outcome.use_uri == "models:/textperf-cell-z@champion"

@@ -153,7 +153,7 @@ def test_evaluate_flow_scores_a_registered_uri_and_reports_links(trained):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluate-report"]))
         )
     assert "models:/textperf/1" in found[0].data
-    assert "| spearman |" in found[0].data.replace("| model | ", "| ")
+    assert "| model | Spearman | Kendall | MAPE % |" in found[0].data
 
 
 def test_adapt_flow_registers_a_variant_of_the_given_version(trained):

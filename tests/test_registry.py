@@ -218,6 +218,44 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert f"textperf's aliases: @champion (v{v2.version})" in no_alias.output
 
 
+def test_a_gated_version_and_its_model_are_described_and_listed_with_scores(
+    store, tmp_path: Path, monkeypatch
+):
+    """The gate writes what the registry UI shows first: what the model predicts and how to
+    ask it, and each version's data, scores and verdict; `models list` shows them in a line."""
+    v1 = register_tiny_version(tmp_path, "a" * 40)
+    client = MlflowClient()
+    test = {"spearman": 0.8912, "mape": 19.04, "interval_coverage": 0.855, "n": 690.0}
+    tags = {"source": "demo_fleet", "target": "efficiency", "test_metrics": json.dumps(test)}
+    for key, value in tags.items():
+        client.set_model_version_tag("textperf", str(v1.version), key, value)
+    registry.gate("textperf", v1, test, None, PromotionRule())
+    model = client.get_registered_model("textperf")
+    assert "Predicts `efficiency` of a `demo_fleet` record" in model.description
+    assert "textperf predict --model models:/textperf@champion RECORD.json" in model.description
+    version = client.get_model_version("textperf", str(v1.version))
+    assert f"on data `{'a' * 12}` at commit `{registry.git_commit()[:10]}`" in (version.description)
+    scores = "Spearman 0.891, MAPE 19.0%, 10-90% coverage 0.85 (n=690)"
+    assert f"Held-out test: {scores}." in version.description
+    assert "Gate: promoted (no champion yet)." in version.description
+    v2 = register_tiny_version(tmp_path, "b")
+    worse = {"spearman": 0.5, "mape": 30.0}
+    client.set_model_version_tag("textperf", str(v2.version), "test_metrics", json.dumps(worse))
+    registry.gate("textperf", v2, worse, test, PromotionRule())
+    assert "Gate: not promoted (spearman 0.5 < champion's 0.8912)." in (
+        client.get_model_version("textperf", str(v2.version)).description
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    listed = CliRunner().invoke(cli.app, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+    assert f"v{v1.version} @champion  {created:%Y-%m-%d %H:%M}  " in listed.output
+    assert f"  {scores}  gate: promoted  run {v1.run_id}" in listed.output
+    assert "Spearman 0.500, MAPE 30.0%  gate: not promoted" in listed.output
+    shown = CliRunner().invoke(cli.app, ["models", "show", "textperf@champion"])
+    assert json.loads(shown.output)["description"] == version.description
+
+
 def test_parse_ref_forms():
     assert registry.parse_ref("textperf@champion") == ("textperf", "champion")
     assert registry.parse_ref("models:/textperf-cell-b08/3") == ("textperf-cell-b08", "3")

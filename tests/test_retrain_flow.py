@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import yaml
 from conftest_data import TINY_APP
@@ -15,7 +17,7 @@ from mlflow import MlflowClient
 
 from flows.retrain import RetrainParams, retrain
 from regressor import pipeline
-from regressor.config import load_app_config
+from regressor.config import load_app_config, load_train_config
 from regressor.environment import code_digest
 from regressor.warehouse import Warehouse
 
@@ -109,6 +111,20 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
     assert params["promotion.lower_is_better"] == str(app.registry.promotion.lower_is_better)
     assert (params["source"], params["code_digest"]) == (app.source, code_digest())
     assert params["git_commit"] == version.tags["git_commit"]
+    # The train config once; Lightning's copy under bare names doubled each of its params.
+    assert params["train.lr"] == str(load_train_config(app.train).lr)
+    assert not {"lr", "batch_size", "max_steps"} & params.keys()
+    # Per-record predictions of the held-out split, as served (conformal 10-90%).
+    mlflow.set_tracking_uri(f"sqlite:///{demo_run['var'] / 'mlflow.db'}")
+    try:
+        table = mlflow.load_table("predictions/test.json", run_ids=[version.run_id])
+    finally:
+        mlflow.set_tracking_uri(None)
+    test = json.loads(version.tags["test_metrics"])
+    assert np.isfinite(table["median"]).sum() == test["n"]  # `n` counts finite medians
+    finite = table[np.isfinite(table[["median", "q10", "q90", "std"]]).all(axis=1)]
+    covered = (finite["q10"] <= finite["actual"]) & (finite["actual"] <= finite["q90"])
+    assert covered.mean() == pytest.approx(test["interval_coverage"])
     local = client.download_artifacts(version.run_id, pipeline.REPORT_ARTIFACT)
     assert Path(local).read_text() == demo_run["reports"][0]
 
