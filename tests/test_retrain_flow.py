@@ -129,6 +129,23 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
     assert Path(local).read_text() == demo_run["reports"][0]
 
 
+def test_each_mlflow_run_names_the_prefect_flow_run_that_started_it(demo_run):
+    """The run context provider (`flows/mlflow_context.py`, an entry point) tags the training
+    and adaptation runs with their flow run, which Prefect knows by the same id."""
+    from prefect import get_client
+
+    client = _client(demo_run["var"])
+    experiment = client.get_experiment_by_name("textperf").experiment_id
+    runs = client.search_runs([experiment])
+    assert {r.info.run_name.split("-")[0] for r in runs} >= {"train", "adapt"}
+    with get_client(sync_client=True) as prefect:
+        for run in runs:
+            tags = run.data.tags
+            flow_run = prefect.read_flow_run(tags["prefect.flow_run_id"])
+            assert tags["prefect.flow_run_name"] == flow_run.name
+            assert tags["prefect.flow_name"] == "retrain"
+
+
 def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
     client = _client(demo_run["var"])
     champion = client.get_model_version_by_alias("textperf", "champion")
