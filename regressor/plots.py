@@ -16,18 +16,32 @@ from matplotlib.figure import Figure
 PLOT_BOUND = 1e300
 
 
+# Beyond this many records, bars overlap into one blob (690 held-out days on the demo): each
+# point is then coloured by whether its interval covers the truth, and no bar is drawn.
+MAX_BARS = 100
+
+
 def predicted_vs_actual(
     y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
 ) -> Figure:
     median, low, high = (np.clip(v, -PLOT_BOUND, PLOT_BOUND) for v in (median, low, high))
     fig, ax = plt.subplots(figsize=(5, 5))
-    yerr = np.vstack([np.clip(median - low, 0, None), np.clip(high - median, 0, None)])
-    ax.errorbar(y_true, median, yerr=yerr, fmt="o", ms=3, alpha=0.5, elinewidth=0.5)
+    if len(y_true) <= MAX_BARS:
+        yerr = np.vstack([np.clip(median - low, 0, None), np.clip(high - median, 0, None)])
+        ax.errorbar(y_true, median, yerr=yerr, fmt="o", ms=3, alpha=0.5, elinewidth=0.5)
+        ylabel = "predicted median (bars: calibrated 10-90%)"
+    else:
+        covered = (low <= y_true) & (y_true <= high)
+        for inside, colour, where in ((True, "tab:blue", "inside"), (False, "tab:red", "outside")):
+            mask = covered == inside
+            label = f"truth {where} its 10-90% ({mask.sum()} of {len(y_true)})"
+            ax.plot(y_true[mask], median[mask], "o", ms=2.5, alpha=0.5, color=colour, label=label)
+        ylabel = "predicted median"
     lo = float(np.nanmin([y_true.min(), np.nanmin(median)]))
     hi = float(np.nanmax([y_true.max(), np.nanmax(median)]))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set(xlabel="actual target", ylabel="predicted median (bars: calibrated 10-90%)", title=title)
-    ax.legend(loc="upper left")
+    ax.set(xlabel="actual target", ylabel=ylabel, title=title)
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from regressor.plots import PLOT_BOUND, predicted_vs_actual
+from regressor.plots import MAX_BARS, PLOT_BOUND, predicted_vs_actual
 
 
 def test_predicted_vs_actual_draws_absurd_draws_at_the_bound_instead_of_failing() -> None:
@@ -26,4 +26,23 @@ def test_predicted_vs_actual_leaves_ordinary_values_as_they_are() -> None:
     fig = predicted_vs_actual(y, median, median - 1, median + 2, "ordinary")
     points = fig.axes[0].lines[0].get_xydata()  # the errorbar's markers
     np.testing.assert_array_equal(points, np.column_stack([y, median]))
+    plt.close(fig)
+
+
+def test_many_records_are_points_coloured_by_coverage_instead_of_overlapping_bars() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.1, 0.9, MAX_BARS + 1)
+    median = y + rng.normal(0, 0.05, len(y))
+    low, high = median - 0.05, median + 0.05
+    fig = predicted_vs_actual(y, median, low, high, "many")
+    ax = fig.axes[0]
+    assert not ax.containers  # no error bars
+    inside = int(((low <= y) & (y <= high)).sum())
+    labels = [line.get_label() for line in ax.lines]
+    assert labels[:2] == [
+        f"truth inside its 10-90% ({inside} of {len(y)})",
+        f"truth outside its 10-90% ({len(y) - inside} of {len(y)})",
+    ]
+    assert len(ax.lines[0].get_xdata()) + len(ax.lines[1].get_xdata()) == len(y)
+    fig.savefig("/dev/null", format="png")
     plt.close(fig)
