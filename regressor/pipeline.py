@@ -53,7 +53,7 @@ from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
 from regressor.sources.fleet import IngestReport
 from regressor.sources.fleet import source_root as fleet_root
-from regressor.tracking import configure_mlflow
+from regressor.tracking import configure_mlflow, log_splits
 from regressor.training import FitResult, RunLogger, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import NoRecordsTableError, Warehouse, reading_records
@@ -703,6 +703,9 @@ def _train_and_register(
     with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:
         _note_resume(ckpt_dir, run.info.run_id)
         _log_params(app, data, n_parameters, conf_dir, per_member if size > 1 else None)
+        log_splits(
+            {"train": train, "val": val, "test": test}, data.source, paths.warehouse, data.data_hash
+        )
         if size == 1:
             logger = RunLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id)
             fitted = fit_examples(
@@ -1042,6 +1045,8 @@ def _adapt_and_register(
             }
             | {f"adapt.{k}": v for k, v in app.adapt.model_dump().items()}
         )
+        splits = {"fine_tuning": tuning, "gate": gate_shots, "test": target}
+        log_splits(splits, data.source, paths.warehouse, data.data_hash)
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         try:
             adapted, fitted = fine_tune(base, tuning, app.adapt, train_cfg, ckpt / "adapted")

@@ -1,14 +1,19 @@
-"""MLflow setup: one place that points the client at the store and the experiment."""
+"""MLflow setup: one place that points the client at the store and the experiment, and logs
+what a run was trained and scored on."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from regressor.config import ResolvedPaths
+from regressor.dataset import Examples
 
 
 def store_paths(store: str | None, default_dir: Path) -> ResolvedPaths:
@@ -45,3 +50,22 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
             experiment_id = existing.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def log_splits(
+    splits: Mapping[str, Examples], source: str, warehouse: Path, data_hash: str
+) -> None:
+    """Each split as a dataset input of the active run, its context the split's name (the
+    run's Datasets tab): the records' ids, tasks and targets, not their texts, from the source
+    in the warehouse, tagged with the snapshot's `data_hash`."""
+    for context, examples in splits.items():
+        frame = pd.DataFrame(
+            {"record_id": examples.record_ids, "task": examples.tasks, "target": examples.targets}
+        )
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path is ambiguous.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            dataset = mlflow.data.from_pandas(
+                frame, source=str(warehouse), targets="target", name=f"{source}/{context}"
+            )
+        mlflow.log_input(dataset, context=context, tags={"data_hash": data_hash})

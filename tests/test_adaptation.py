@@ -278,6 +278,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
             for kind in ("adapted", "zero_shot")
         }
         model_text = MlflowClient().get_registered_model("textperf-cell-z").description
+        inputs = MlflowClient().get_run(described.run_id).inputs.dataset_inputs
     finally:
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
@@ -314,6 +315,14 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     assert (outcome.promoted, outcome.reason) == (verdict[0], verdict[1])
     assert json.loads(tags["gate_decision"])["promoted"] == outcome.promoted
     assert outcome.validation["adapted"]["n"] <= 2
+    # The run's datasets: the 10 tuning shots, the gate's 2 and the 8 test records.
+    rows = {
+        tag.value: json.loads(i.dataset.profile)["num_rows"]
+        for i in inputs
+        for tag in i.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert rows == {"fine_tuning": 10, "gate": 2, "test": 8}
     # Per-record predictions of both on the task's 8 test records, for error analysis.
     for table in tables.values():
         assert list(table["record_id"].astype(str)) == data.splits["adapt_test"].record_ids

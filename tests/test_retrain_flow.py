@@ -111,6 +111,14 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
     assert params["promotion.lower_is_better"] == str(app.registry.promotion.lower_is_better)
     assert (params["source"], params["code_digest"]) == (app.source, code_digest())
     assert params["git_commit"] == version.tags["git_commit"]
+    # What it trained and was scored on: the Datasets tab, one input per split.
+    inputs = client.get_run(version.run_id).inputs.dataset_inputs
+    contexts = {
+        tag.value: i.dataset for i in inputs for tag in i.tags if tag.key == "mlflow.data.context"
+    }
+    assert set(contexts) == {"train", "val", "test"}
+    test_split = contexts["test"]
+    assert test_split.name == f"{app.source}/test"
     # The train config once; Lightning's copy under bare names doubled each of its params.
     assert params["train.lr"] == str(load_train_config(app.train).lr)
     assert not {"lr", "batch_size", "max_steps"} & params.keys()
@@ -125,6 +133,7 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
     finite = table[np.isfinite(table[["median", "q10", "q90", "std"]]).all(axis=1)]
     covered = (finite["q10"] <= finite["actual"]) & (finite["actual"] <= finite["q90"])
     assert covered.mean() == pytest.approx(test["interval_coverage"])
+    assert json.loads(test_split.profile)["num_rows"] == len(table)
     local = client.download_artifacts(version.run_id, pipeline.REPORT_ARTIFACT)
     assert Path(local).read_text() == demo_run["reports"][0]
 
