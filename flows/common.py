@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,14 +113,19 @@ def warehouse_writer(name: str) -> Iterator[None]:
     """
     ensure_writer_limit(name)
     logger = get_run_logger()
-    logger.info("waiting for the warehouse writer slot at %.3f", time.time())
+    logger.info("waiting for the warehouse writer slot since %s", _now())
     with concurrency(name, occupy=1, lease_duration=WRITER_LEASE_SECONDS, strict=True):
-        # Epoch seconds in the log let an operator (and a test) see the writers take turns.
-        logger.info("warehouse writer slot acquired at %.3f", time.time())
+        # Times to the millisecond let an operator (and a test) see the writers take turns.
+        logger.info("warehouse writer slot acquired at %s", _now())
         try:
             yield
         finally:
-            logger.info("warehouse writer slot released at %.3f", time.time())
+            logger.info("warehouse writer slot released at %s", _now())
+
+
+def _now() -> str:
+    """UTC now as ISO 8601 to the millisecond (`2026-12-05T17:10:02.123+00:00`)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def source_files(paths: ResolvedPaths, source: SourceConfig) -> tuple[Path, list[Path]]:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -35,7 +36,7 @@ from regressor.sources.fleet import IngestReport
 from regressor.warehouse import Warehouse
 
 TEXTPERF = Path(sys.executable).with_name("textperf")
-SLOT = re.compile(r"warehouse writer slot (acquired|released) at ([0-9.]+)")
+SLOT = re.compile(r"warehouse writer slot (acquired|released) at (\S+)")
 
 
 def _tiny(root: Path) -> tuple[Path, Path]:
@@ -74,7 +75,7 @@ def test_ingest_is_cached_until_an_input_file_changes(tmp_path: Path, prefect_ha
 
 
 def _slot_times(output: str) -> tuple[float, float]:
-    found = {kind: float(t) for kind, t in SLOT.findall(output)}
+    found = {kind: datetime.fromisoformat(t).timestamp() for kind, t in SLOT.findall(output)}
     return found["acquired"], found["released"]
 
 
