@@ -5,13 +5,13 @@ block(s), the final norm and the output head) and `lora` (low-rank adapters on t
 MLP linears, merged into the weights afterwards so the saved bundle is an ordinary one).
 
 The shots are cut three ways, latest last: the pipeline first keeps the latest `gate_fraction`
-for the registry's gate alone (`hold_out_gate`); of the rest, the latest `val_fraction` stop the
-fine-tuning early and pick its checkpoint, and the earlier ones train it (`split_shots`). So the
-records that judge a variant never chose it. The same split trains the from-scratch reference,
-so the two differ only in where their weights start.
+for the registry's gate (`hold_out_gate`), which nothing trains on; of the rest, the latest
+`val_fraction` stop the fine-tuning early and pick its checkpoint, and the earlier ones train it
+(`split_shots`). So the records that judge a variant never chose it. The same split trains the
+from-scratch reference, so the two differ only in where their weights start.
 
-A fine-tuned variant's sampled intervals are not its base's: it gets its own conformal scale,
-fitted on the shots that stopped its fine-tuning (`recalibrate`), never on the gate's.
+A fine-tuned variant's sampled intervals are not its base's: once the gate has scored it, it
+gets a conformal scale of its own, fitted on the gate's shots (`recalibrate`).
 """
 
 from __future__ import annotations
@@ -110,28 +110,29 @@ def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) ->
 MIN_CALIBRATION_SHOTS = 4
 
 
-def recalibrate(
-    predictor: Predictor, tuning: Examples, adapt: AdaptConfig, eval_cfg: EvalConfig
-) -> str:
-    """Refit `predictor`'s conformal interval scale on the tuning shots' latest `val_fraction`
-    (those that stopped its fine-tuning), in place; returns what its intervals now rest on.
+def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig) -> str:
+    """Refit `predictor`'s conformal interval scale on the gate's shots, in place (once the gate
+    has scored it); returns what its intervals now rest on.
 
-    The base's scale was fitted on other tasks with other weights: adapted variants kept it and
-    covered 0.57-0.70 of their task's test records against the nominal 0.80. The gate's shots
-    stay out, so a promotion rule on coverage still judges on records the model never saw.
+    The base's scale was fitted on other tasks with other weights. Split conformal needs
+    records that neither trained the model nor chose it: of the shots, only the gate's (the
+    ones that stopped the fine-tuning picked its checkpoint), and they are the latest, nearest
+    the days ahead.
     """
     if not eval_cfg.conformal:
         return "the raw sampled quantiles (eval.conformal is off)"
-    stop = split_shots(tuning, adapt.val_fraction)[1]
-    if len(stop) < MIN_CALIBRATION_SHOTS:
+    n = len(gate_shots)
+    if n < MIN_CALIBRATION_SHOTS:
         return (
-            f"the base's conformal scale ({len(stop)} stopping shots, fewer than the "
+            f"the base's conformal scale ({n} gate shots, fewer than the "
             f"{MIN_CALIBRATION_SHOTS} a scale of its own needs)"
         )
-    scale = predictor.calibrate(stop.texts, stop.targets, eval_cfg.num_samples, scales=stop.scales)
+    scale = predictor.calibrate(
+        gate_shots.texts, gate_shots.targets, eval_cfg.num_samples, scales=gate_shots.scales
+    )
     if not np.isfinite(scale):
-        return f"the raw sampled quantiles (no finite prediction on its {len(stop)} stopping shots)"
-    return f"a conformal scale of its own, {scale:.3f}, fitted on its {len(stop)} stopping shots"
+        return f"the raw sampled quantiles (no finite prediction on its {n} gate shots)"
+    return f"a conformal scale of its own, {scale:.3f}, fitted on its {n} gate shots"
 
 
 def freeze_for(model: EncoderDecoder, adapt: AdaptConfig) -> list[str]:

@@ -1060,17 +1060,20 @@ def _adapt_and_register(
             # (every nightly adaptation once left its checkpoints here, growing without bound).
             shutil.rmtree(ckpt, ignore_errors=True)
         mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
-        intervals = recalibrate(adapted, tuning, app.adapt, app.eval)
-        mlflow.set_tag(INTERVALS_TAG, intervals)
         if scratch_fit is not None:
             mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))
-            recalibrate(scratch, tuning, app.adapt, app.eval)  # compared like for like
+        # The gate scores the variant as fine-tuned; then its intervals are calibrated on those
+        # same shots, the only ones that neither trained it nor picked its checkpoint.
+        validation = _validation_scores(base, adapted, gate_shots, app)
+        intervals = recalibrate(adapted, gate_shots, app.eval)
+        mlflow.set_tag(INTERVALS_TAG, intervals)
+        if scratch is not None:
+            recalibrate(scratch, gate_shots, app.eval)  # compared like for like
         scores = {}
         scores["zero_shot"], zero_shot = evaluate_model(base, target, app.eval)
         scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
         if scratch is not None:
             scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
-        validation = _validation_scores(base, adapted, gate_shots, app)
         _log_scores(scores)
         _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
         log_evaluation(target, summary, f"adapted_{task}", f"adapted to {task}, its test records")

@@ -169,33 +169,28 @@ def _with_scale(base: Predictor, scale: float) -> Predictor:
     return copied
 
 
-def test_a_variant_refits_its_interval_scale_on_the_shots_that_stopped_it(base):
+def test_a_variant_refits_its_interval_scale_on_the_gate_shots(base):
     """The base's scale was fitted on other tasks with other weights; the variant's comes from
-    the latest `val_fraction` of its tuning shots (not the earlier ones, not the gate's)."""
-    tuning = _shots(10)
+    the gate's shots, which neither trained it nor picked its checkpoint."""
+    gate = _shots(10).take(range(5, 10))
     variant = _with_scale(base, 7.0)
-    said = recalibrate(variant, tuning, AdaptConfig(val_fraction=0.5), EvalConfig(num_samples=8))
-    stop = tuning.take(range(5, 10))
-    raw = variant.predict_texts(stop.texts, 8, quantiles=(0.1, 0.5, 0.9))
-    expected = fit_interval_scale(stop.targets, raw["median"], raw["q10"], raw["q90"])
+    said = recalibrate(variant, gate, EvalConfig(num_samples=8))
+    raw = variant.predict_texts(gate.texts, 8, quantiles=(0.1, 0.5, 0.9))
+    expected = fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
     fitted = variant.interval_scale()
     # An untrained model decodes some non-finite numbers: those records carry no distance.
     assert (fitted.scale, fitted.n_fit) == (expected.scale, expected.n_fit)
     assert fitted.scale != 7.0
     assert 0 < fitted.n_fit <= 5
-    assert (
-        said
-        == f"a conformal scale of its own, {expected.scale:.3f}, fitted on its 5 stopping shots"
-    )
+    assert said == f"a conformal scale of its own, {expected.scale:.3f}, fitted on its 5 gate shots"
 
 
-def test_a_variant_with_too_few_stopping_shots_keeps_its_base_scale(base):
-    tuning = _shots(MIN_CALIBRATION_SHOTS + 1)  # val_fraction 0.5: fewer than the minimum stop
+def test_a_variant_with_too_few_gate_shots_keeps_its_base_scale(base):
     variant = _with_scale(base, 7.0)
-    said = recalibrate(variant, tuning, AdaptConfig(val_fraction=0.5), EvalConfig(num_samples=4))
+    said = recalibrate(variant, _shots(MIN_CALIBRATION_SHOTS - 1), EvalConfig(num_samples=4))
     assert variant.interval_scale().scale == 7.0
-    assert said.startswith("the base's conformal scale (")
-    off = recalibrate(variant, _shots(10), AdaptConfig(), EvalConfig(conformal=False))
+    assert said.startswith(f"the base's conformal scale ({MIN_CALIBRATION_SHOTS - 1} gate shots")
+    off = recalibrate(variant, _shots(10), EvalConfig(conformal=False))
     assert (off, variant.interval_scale().scale) == (
         "the raw sampled quantiles (eval.conformal is off)",
         7.0,
@@ -328,9 +323,9 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         assert list(table["record_id"].astype(str)) == data.splits["adapt_test"].record_ids
         assert {"task", "actual", "median", "q10", "q90", "std"} <= set(table.columns)
     assert not tables["adapted"]["median"].equals(tables["zero_shot"]["median"])
-    # 2 stopping shots are too few for a scale of its own: said on the version and the report.
+    # 2 gate shots are too few for a scale of its own: said on the version and the report.
     assert tags["intervals"] == outcome.intervals
-    assert outcome.intervals.startswith("the base's conformal scale (2 stopping shots")
+    assert outcome.intervals.startswith("the base's conformal scale (2 gate shots")
     assert f"Its intervals: {outcome.intervals}." in report.intervals_used(outcome)
     assert "`models:/textperf/1` adapted to `cell-z` by `lora` fine-tuning on 12 shots (8 " in (
         described.description
@@ -422,6 +417,26 @@ def test_without_the_from_scratch_reference_nothing_is_trained_from_scratch(base
     for text in (jobs.render_adapt(outcome, "sqlite://"), jobs.render_adapt(again, "sqlite://")):
         assert "| adapted |" in text
         assert "from scratch" not in text
+
+
+def test_an_adapted_variant_ships_the_scale_fitted_on_its_gate_shots(base, tmp_path):
+    """20 shots: 4 for the gate, enough for a scale of its own, which the registered bundle
+    carries (fitted on those 4) and which the reports and a reused outcome name."""
+    adapt = LORA_APP.adapt.model_copy(update={"n_shots": 20, "from_scratch_reference": False})
+    app = LORA_APP.model_copy(update={"adapt": adapt})
+    try:
+        paths, _ = _registered_base(base, tmp_path)
+        data = _cell_z(20)
+        outcome = pipeline.adapt_version(app, paths, data, "1")
+        again = pipeline.adapt_version(app, paths, data, "1")
+        shipped = registry.load_predictor(outcome.uri).interval_scale()
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert outcome.validation["adapted"]["n"] <= 4
+    assert shipped.n_fit <= 4  # finite gate predictions only
+    expected = f"a conformal scale of its own, {shipped.scale:.3f}, fitted on its 4 gate shots"
+    assert outcome.intervals == again.intervals == expected
+    assert f"Its intervals: {expected}." in jobs.render_adapt(again, "sqlite://")
 
 
 def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tmp_path):
