@@ -17,9 +17,11 @@ gets a conformal scale of its own, fitted on the gate's shots (`recalibrate`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from regressor.config import AdaptConfig, EvalConfig, TrainConfig
@@ -30,6 +32,16 @@ from regressor.lora import add_lora, merge_lora
 from regressor.model import EncoderDecoder
 from regressor.predictor import Predictor
 from regressor.training import FitResult, fit_examples
+
+# Given a prefix (`adapt`, `scratch/member1`), the logger of a fit's curves; None: no curves.
+CurveLoggers = Callable[[str], Logger] | None
+
+
+def _curves(loggers: CurveLoggers, name: str, i: int, size: int) -> Logger | bool:
+    """Member i's curve logger: `name`, or `name/member<i>` in an ensemble."""
+    if loggers is None:
+        return False
+    return loggers(name if size == 1 else f"{name}/member{i}")
 
 
 def latest_shots(pool: Examples, n_shots: int) -> Examples:
@@ -155,8 +167,10 @@ def fine_tune(
     adapt: AdaptConfig,
     train_cfg: TrainConfig,
     checkpoint_dir: Path,
+    loggers: CurveLoggers = None,
 ) -> tuple[Predictor, FitResult]:
-    """Fine-tune a copy of `base` by `adapt.method`; `base` itself is left untouched.
+    """Fine-tune a copy of `base` by `adapt.method`; `base` itself is left untouched. With
+    `loggers`, its curves go to `adapt/...` (`adapt/member<i>/...` in an ensemble).
 
     Every member of an ensemble base is fine-tuned (LoRA merged per member) and the result is
     an ensemble of as many; its FitResult sums the members' steps and seconds (`combine_fits`).
@@ -173,6 +187,7 @@ def fine_tune(
             adapt,
             member_config(cfg, i),
             member_dir(checkpoint_dir, i, size),
+            _curves(loggers, "adapt", i, size),
         )
         for i in range(size)
     ]
@@ -188,10 +203,11 @@ def _fine_tune_member(
     adapt: AdaptConfig,
     cfg: TrainConfig,
     checkpoint_dir: Path,
+    logger: Logger | bool = False,
 ) -> FitResult:
     """Fine-tune a one-model view in place (its module is the ensemble's member)."""
     freeze_for(member.model, adapt)
-    result = fit_examples(member, train, val, cfg, checkpoint_dir, resume=False)
+    result = fit_examples(member, train, val, cfg, checkpoint_dir, logger=logger, resume=False)
     merge_lora(member.model)  # a no-op unless LoRA: the bundle then holds plain weights
     member.model.requires_grad_(True)
     member.model.eval()
@@ -204,6 +220,7 @@ def train_from_scratch(
     adapt: AdaptConfig,
     train_cfg: TrainConfig,
     checkpoint_dir: Path,
+    loggers: CurveLoggers = None,
 ) -> tuple[Predictor, FitResult]:
     """The same architecture and tokenizer as `base`, freshly initialised, on the same split;
     as many members as `base`, member i initialised and trained with its own seed and in its
@@ -228,7 +245,13 @@ def train_from_scratch(
         )
         results.append(
             fit_examples(
-                scratch, train, val, member_cfg, member_dir(checkpoint_dir, i, size), resume=False
+                scratch,
+                train,
+                val,
+                member_cfg,
+                member_dir(checkpoint_dir, i, size),
+                logger=_curves(loggers, "scratch", i, size),
+                resume=False,
             )
         )
         members.append(scratch)

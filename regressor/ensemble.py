@@ -106,26 +106,13 @@ def load_finished_member(directory: Path, member: Predictor) -> FitResult | None
     return FitResult(**record["fit"])
 
 
-class MemberLogger(RunLogger):
-    """An ensemble member's curves in the pipeline's run, as `member<i>/train_loss` .. (the
-    MLflow UI groups keys by their `/` prefix).
-
-    As `RunLogger`, it logs no hyperparameters (MLflow would also refuse each member's seed as
-    a param logged again with another value: `train_ensemble` logs them) and does not end the
-    run: the next members still train in it, and a kill must leave it RUNNING for the
-    pipeline's `_note_resume` to see.
-    """
-
-    LOGGER_JOIN_CHAR = "/"
-
-
 def train_member(
     template: Predictor,
     train: Examples,
     val: Examples,
     cfg: TrainConfig,
     directory: Path,
-    logger: MemberLogger,
+    logger: RunLogger,
     absolute: bool = False,
 ) -> tuple[Predictor, FitResult]:
     """One ensemble member, learning the target itself if `absolute` (else the template's
@@ -169,7 +156,9 @@ def train_ensemble(
         mlflow.log_param("absolute_members", ",".join(map(str, absolute_members)))
     members, fits = [], []
     for i, member_cfg in enumerate(configs):
-        logger = MemberLogger(tracking_uri=tracking_uri, run_id=run_id, prefix=f"member{i}")
+        # Not ending the run when a member's fit returns (`RunLogger`): the next members still
+        # train in it, and a kill must leave it RUNNING for the pipeline's `_note_resume`.
+        logger = RunLogger(tracking_uri=tracking_uri, run_id=run_id, prefix=f"member{i}")
         directory = member_dir(ckpt_dir, i, size)
         absolute = i in absolute_members
         member, fitted = train_member(template, train, val, member_cfg, directory, logger, absolute)

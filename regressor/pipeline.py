@@ -1048,12 +1048,18 @@ def _adapt_and_register(
         splits = {"fine_tuning": tuning, "gate": gate_shots, "test": target}
         log_splits(splits, data.source, paths.warehouse, data.data_hash)
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
+
+        def curves(prefix: str) -> RunLogger:  # this run's `adapt/...`, `scratch/...` curves
+            return RunLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id, prefix=prefix)
+
         try:
-            adapted, fitted = fine_tune(base, tuning, app.adapt, train_cfg, ckpt / "adapted")
+            adapted, fitted = fine_tune(
+                base, tuning, app.adapt, train_cfg, ckpt / "adapted", curves
+            )
             scratch, scratch_fit = None, None
             if app.adapt.from_scratch_reference:
                 scratch, scratch_fit = train_from_scratch(
-                    base, tuning, app.adapt, train_cfg, ckpt / "scratch"
+                    base, tuning, app.adapt, train_cfg, ckpt / "scratch", curves
                 )
         finally:
             # Named by this run, so never resumed: once the models are in memory, keep nothing

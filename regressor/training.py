@@ -453,8 +453,15 @@ class RunLogger(MLFlowLogger):
 
     Nor does it log the module's hyperparameters: the caller logs the train config as
     `train.*` params, and Lightning's copy under bare names (`lr`, `batch_size`, ...) put each
-    of them in the run twice.
+    of them in the run twice (an ensemble's members would also clash on their seeds, which
+    MLflow refuses as a param logged again with another value).
+
+    With a `prefix`, the curves are `<prefix>/train_loss`, `<prefix>/val_loss` ...: several fits
+    in one run (ensemble members, an adaptation and its from-scratch reference), which the
+    MLflow UI groups by prefix.
     """
+
+    LOGGER_JOIN_CHAR = "/"
 
     def finalize(self, status: str = "success") -> None:
         pass

@@ -273,7 +273,8 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
             for kind in ("adapted", "zero_shot")
         }
         model_text = MlflowClient().get_registered_model("textperf-cell-z").description
-        inputs = MlflowClient().get_run(described.run_id).inputs.dataset_inputs
+        adapt_run = MlflowClient().get_run(described.run_id)
+        inputs = adapt_run.inputs.dataset_inputs
     finally:
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
@@ -310,6 +311,10 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     assert (outcome.promoted, outcome.reason) == (verdict[0], verdict[1])
     assert json.loads(tags["gate_decision"])["promoted"] == outcome.promoted
     assert outcome.validation["adapted"]["n"] <= 2
+    # Both fits' loss curves, side by side in the adaptation's run.
+    assert {"adapt/train_loss", "adapt/val_loss", "scratch/train_loss", "scratch/val_loss"} <= set(
+        adapt_run.data.metrics
+    )
     # The run's datasets: the 10 tuning shots, the gate's 2 and the 8 test records.
     rows = {
         tag.value: json.loads(i.dataset.profile)["num_rows"]
