@@ -260,6 +260,27 @@ def _predict_params(
     return {**params, "quantiles": sorted(params["quantiles"])}  # the interval: first, last
 
 
+def _pinned(uri: str) -> tuple[str, str]:
+    """A registry URI as the fixed version it names now, so an alias that moves meanwhile
+    cannot change the model mid-command, and a note saying which version and what it predicts
+    (" = models:/textperf/3, predicts `efficiency`"). Other URIs, and refs that do not resolve
+    (whose load then fails with its own message), as given."""
+    from mlflow.exceptions import MlflowException
+
+    from regressor import registry
+
+    if not uri.startswith("models:/"):
+        return uri, ""
+    try:
+        version = registry.resolve(uri)
+    except (LookupError, MlflowException):
+        return uri, ""
+    pinned = registry.model_uri(version.name, version.version)
+    target = version.tags.get("target")
+    what = f", predicts `{target}`" if target else ""
+    return pinned, ("" if pinned == uri else f" = {pinned}") + what
+
+
 def _load_model(uri: str):  # -> mlflow.pyfunc.PyFuncModel (imported lazily)
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -322,7 +343,8 @@ def predict(
     with _user_errors():  # a var dir that is a file, a tracking server that does not answer
         _registry_at(config, var_dir)
     uri = _model_uri(model)
-    loaded = _load_model(uri)
+    pinned, note = _pinned(uri)
+    loaded = _load_model(pinned)
     try:
         out = loaded.predict(pd.DataFrame(rows), params=params)
     except (MlflowException, ValueError) as exc:
@@ -330,7 +352,7 @@ def predict(
         _fail(f"{records[bad] if bad is not None else uri}: {exc}")
     quantiles = params["quantiles"]
     lo, hi = _quantile_label(quantiles[0]), _quantile_label(quantiles[-1])
-    typer.echo(f"{uri}: {params['num_samples']} samples per record", err=True)
+    typer.echo(f"{uri}{note}: {params['num_samples']} samples per record", err=True)
     for path, row in zip(records, out.to_dict("records"), strict=True):
         line = (
             f"{path}: median {row['median']:.4g}  {lo[1:]}-{hi[1:]}% [{row[lo]:.4g}, {row[hi]:.4g}]"

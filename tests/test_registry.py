@@ -198,12 +198,15 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert strict["tags"]["test_metrics"] == {"spearman": None, "mape": 12.5}
     record = tmp_path / "record.json"
     record.write_text(json.dumps(RECORD))
+    MlflowClient().set_model_version_tag("textperf", str(v2.version), "target", "efficiency")
     args = ["models", "predict", "--model", "textperf@champion", "--num-samples", "4"]
     predicted = runner.invoke(cli.app, [*args, "-q", "0.25", "-q", "0.75", str(record)])
     assert predicted.exit_code == 0, predicted.output
     assert "median" in predicted.output
     assert "25-75%" in predicted.output
-    assert "models:/textperf@champion: 4 samples per record" in predicted.stderr
+    # The alias is pinned to the version it names now, which the stderr line gives.
+    pinned = f"models:/textperf@champion = models:/textperf/{v2.version}"
+    assert f"{pinned}, predicts `efficiency`: 4 samples per record" in predicted.stderr
     # Without --num-samples, the model's own default: what the served model and evaluation use.
     default = runner.invoke(
         cli.app, ["models", "predict", "--model", "textperf@champion", str(record)]
