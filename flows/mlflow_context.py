@@ -27,15 +27,16 @@ class PrefectFlowRunContext(RunContextProvider):
 
     def tags(self) -> dict[str, str]:
         from prefect.runtime import flow_run
+        from prefect.settings import PREFECT_UI_URL
 
-        try:
-            found = {
-                "prefect.flow_run_id": flow_run.id,
+        found = {"prefect.flow_run_id": flow_run.id}  # from the run's context: no API call
+        try:  # the name and flow may need the API, which may not answer
+            found |= {
                 "prefect.flow_run_name": flow_run.name,
                 "prefect.flow_name": flow_run.flow_name,
-                "prefect.flow_run_url": flow_run.ui_url,
             }
+            if PREFECT_UI_URL.value():  # without it Prefect builds "None/flow-runs/..."
+                found["prefect.flow_run_url"] = flow_run.ui_url
         except Exception as exc:  # a tag is never worth failing the run it would describe
             logger.warning("could not read the Prefect flow run for MLflow tags: %s", exc)
-            return {}
         return {key: str(value) for key, value in found.items() if value is not None}

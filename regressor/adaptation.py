@@ -117,9 +117,10 @@ def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) ->
     )
 
 
-# Below this many records the conformal quantile would be the largest score (k = ceil((n+1)0.8)
-# exceeds n): the variant keeps its base's scale.
-MIN_CALIBRATION_SHOTS = 4
+# Records a variant's own scale needs: below 9 the conformal quantile (the k-th smallest score,
+# k = ceil((n + 1) 0.8)) is the largest, so one gate record with a collapsed interval (every
+# sample equal) that misses its truth sets a scale of ~1e299; from 9, k < n.
+MIN_CALIBRATION_SHOTS = 9
 
 
 def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig) -> str:
@@ -129,22 +130,34 @@ def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
     The base's scale was fitted on other tasks with other weights. Split conformal needs
     records that neither trained the model nor chose it: of the shots, only the gate's (the
     ones that stopped the fine-tuning picked its checkpoint), and they are the latest, nearest
-    the days ahead.
+    the days ahead. With fewer than `MIN_CALIBRATION_SHOTS` finite predictions among them, or
+    a scale that is not finite, the predictor keeps the scale it had.
     """
     if not eval_cfg.conformal:
         return "the raw sampled quantiles (eval.conformal is off)"
+    kept = predictor.metadata.get("interval_scale")
     n = len(gate_shots)
     if n < MIN_CALIBRATION_SHOTS:
-        return (
-            f"the base's conformal scale ({n} gate shots, fewer than the "
-            f"{MIN_CALIBRATION_SHOTS} a scale of its own needs)"
-        )
+        return _kept(kept, f"{n} gate shots; a scale of its own needs {MIN_CALIBRATION_SHOTS}")
     scale = predictor.calibrate(
         gate_shots.texts, gate_shots.targets, eval_cfg.num_samples, scales=gate_shots.scales
     )
-    if not np.isfinite(scale):
-        return f"the raw sampled quantiles (no finite prediction on its {n} gate shots)"
-    return f"a conformal scale of its own, {scale:.3f}, fitted on its {n} gate shots"
+    fitted = predictor.interval_scale()
+    n_fit = 0 if fitted is None else fitted.n_fit
+    if n_fit >= MIN_CALIBRATION_SHOTS and np.isfinite(scale):
+        return f"a conformal scale of its own, {scale:.4g}, fitted on {n_fit} of its {n} gate shots"
+    predictor.metadata.pop("interval_scale", None)  # what `calibrate` fitted, if anything
+    if kept is not None:
+        predictor.metadata["interval_scale"] = kept
+    if n_fit < MIN_CALIBRATION_SHOTS:
+        return _kept(kept, f"{n_fit} of its {n} gate shots have a finite prediction")
+    return _kept(kept, f"the scale fitted on its {n_fit} gate shots is not finite")
+
+
+def _kept(scale: dict | None, why: str) -> str:
+    """What a variant's intervals rest on when it keeps what it had, and why."""
+    kept = "the base's conformal scale" if scale is not None else "the raw sampled quantiles"
+    return f"{kept} ({why})"
 
 
 def freeze_for(model: EncoderDecoder, adapt: AdaptConfig) -> list[str]:

@@ -269,7 +269,9 @@ def _pinned(uri: str) -> tuple[str, str]:
 
     from regressor import registry
 
-    if not uri.startswith("models:/"):
+    # A bare `models:/NAME` is left as given: pinning would pick its latest version, maybe a
+    # challenger the gate refused.
+    if not uri.startswith("models:/") or registry.parse_ref(uri)[1] is None:
         return uri, ""
     try:
         version = registry.resolve(uri)

@@ -621,7 +621,7 @@ class TableSourceConfig(SourceText):
 
     @property
     def target_name(self) -> str:
-        return " / ".join(self.target_columns)  # whichever a file has, first present first
+        return " or ".join(self.target_columns)  # whichever a file has, first present first
 
 
 class ReferenceConfig(Frozen):

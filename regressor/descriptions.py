@@ -23,7 +23,7 @@ def model_description(name: str, tags: Mapping[str, str], champion_alias: str) -
         return (
             f"`{base_name}` fine-tuned on a few records of task `{task}` to predict {what}. "
             f"Predict `{task}` with `models:/{name}@{champion_alias}` when it exists; otherwise "
-            f"no adapted version beat its base on held-out shots, and "
+            f"(the gate refused the adapted versions, or their base is not the champion) "
             f"`models:/{base_name}@{champion_alias}` is the model for `{task}`."
         )
     return (
@@ -58,6 +58,10 @@ def version_description(tags: Mapping[str, str]) -> str:
     decision = _json(tags, "gate_decision")
     if decision:
         parts.append(f"Gate: {_verdict(tags)} ({decision.get('reason', '')}).")
+    for alias, moved in _manual_moves(tags).items():
+        parts.append(
+            f"Made @{alias} by hand by {moved.get('by', '?')} ({moved.get('reason', '')})."
+        )
     return "\n\n".join(parts)
 
 
@@ -65,7 +69,15 @@ def one_line(tags: Mapping[str, str]) -> str:
     """A version's scores and gate verdict for `textperf models list`: the held-out test scores
     (for a variant, the adapted scores on its task's test records), then "gate: ..."."""
     metrics = _json(tags, "adapted_metrics" if "base_model" in tags else "test_metrics")
-    return f"{scores(metrics)}  gate: {_verdict(tags)}"
+    by_hand = "".join(f", @{alias} by hand" for alias in _manual_moves(tags))
+    return f"{scores(metrics)}  gate: {_verdict(tags)}{by_hand}"
+
+
+def _manual_moves(tags: Mapping[str, str]) -> dict[str, dict]:
+    """The aliases moved onto the version by `textperf models promote` (`manual_<alias>`)."""
+    return {
+        k.removeprefix("manual_"): _json(tags, k) for k in sorted(tags) if k.startswith("manual_")
+    }
 
 
 def _verdict(tags: Mapping[str, str]) -> str:

@@ -24,6 +24,8 @@ MAX_BARS = 100
 def predicted_vs_actual(
     y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
 ) -> Figure:
+    # Counted as `interval_coverage` counts: over records whose values are all finite.
+    finite = np.isfinite(y_true) & np.isfinite(median) & np.isfinite(low) & np.isfinite(high)
     median, low, high = (np.clip(v, -PLOT_BOUND, PLOT_BOUND) for v in (median, low, high))
     fig, ax = plt.subplots(figsize=(5, 5))
     if len(y_true) <= MAX_BARS:
@@ -31,11 +33,9 @@ def predicted_vs_actual(
         ax.errorbar(y_true, median, yerr=yerr, fmt="o", ms=3, alpha=0.5, elinewidth=0.5)
         ylabel = "predicted median (bars: calibrated 10-90%)"
     else:
-        covered = (low <= y_true) & (y_true <= high)
-        for inside, colour, where in ((True, "tab:blue", "inside"), (False, "tab:red", "outside")):
-            mask = covered == inside
-            label = f"truth {where} its 10-90% ({mask.sum()} of {len(y_true)})"
-            ax.plot(y_true[mask], median[mask], "o", ms=2.5, alpha=0.5, color=colour, label=label)
+        _coverage_points(ax, y_true[finite], median[finite], low[finite], high[finite])
+        if missing := int((~finite).sum()):
+            ax.plot([], [], " ", label=f"{missing} more without a finite prediction")
         ylabel = "predicted median"
     lo = float(np.nanmin([y_true.min(), np.nanmin(median)]))
     hi = float(np.nanmax([y_true.max(), np.nanmax(median)]))
@@ -44,6 +44,15 @@ def predicted_vs_actual(
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def _coverage_points(ax, y_true, median, low, high) -> None:
+    """Each record a point, blue when its interval covers the truth, red when not."""
+    covered = (low <= y_true) & (y_true <= high)
+    for inside, colour, where in ((True, "tab:blue", "inside"), (False, "tab:red", "outside")):
+        mask = covered == inside
+        label = f"truth {where} its 10-90% ({mask.sum()} of {len(y_true)})"
+        ax.plot(y_true[mask], median[mask], "o", ms=2.5, alpha=0.5, color=colour, label=label)
 
 
 def calibration(y_true: np.ndarray, samples: np.ndarray, title: str) -> Figure:

@@ -456,12 +456,22 @@ def _record_decision(
 
 
 def describe_in_registry(name: str, version: str, champion_alias: str = "champion") -> None:
-    """Write the version's and its model's descriptions from the version's tags (the registry
-    UI and `models show` print them): what it predicts, how to predict, its scores and verdict."""
+    """Write the version's description from its tags, and the model's from its champion's (or
+    this version's, without one): what it predicts, how to predict, scores and verdict. The
+    registry UI and `models show` print them. A store that refuses them (a hiccup, a length
+    limit) gets a warning: the gate has decided and moved the aliases by then, and a
+    description is not worth failing it."""
     client = MlflowClient()
-    tags = client.get_model_version(name, version).tags
-    client.update_model_version(name, version, description=version_description(tags))
-    client.update_registered_model(name, description=model_description(name, tags, champion_alias))
+    try:
+        tags = client.get_model_version(name, version).tags
+        client.update_model_version(name, version, description=version_description(tags))
+        holder = alias_version(name, champion_alias)
+        about = holder.tags if holder is not None else tags
+        client.update_registered_model(
+            name, description=model_description(name, about, champion_alias)
+        )
+    except MlflowException as exc:
+        logger.warning("%s/%s: descriptions not written: %s", name, version, exc.message)
 
 
 def promote(
@@ -484,6 +494,7 @@ def promote(
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     client.set_model_version_tag(name, target.version, f"manual_{alias}", json.dumps(decision))
+    describe_in_registry(name, str(target.version))
     logger.info("%s/%s takes @%s (was %s): %s", name, target.version, alias, previous, reason)
     return decision
 

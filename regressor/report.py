@@ -143,7 +143,8 @@ def adaptation_gate(outcome) -> str:
     return "\n\n".join(
         [
             "Gate, on the latest shots, kept out of fine-tuning and of its early stopping (not "
-            "the test records above):",
+            "the test records above), the adapted model as fine-tuned: its intervals were "
+            "fitted on these shots afterwards.",
             metrics_table(
                 {
                     "base, zero-shot": outcome.validation["zero_shot"],

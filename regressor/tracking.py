@@ -15,6 +15,10 @@ from mlflow.exceptions import MlflowException
 from regressor.config import ResolvedPaths
 from regressor.dataset import Examples
 
+# MLflow registers its local-file dataset source twice, then warns that a path is ambiguous.
+# Set once here: `warnings.catch_warnings` around each call is not thread-safe.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+
 
 def store_paths(store: str | None, default_dir: Path) -> ResolvedPaths:
     """The MLflow store a bench's `--store` names: a tracking server's URL, or a directory
@@ -62,10 +66,7 @@ def log_splits(
         frame = pd.DataFrame(
             {"record_id": examples.record_ids, "task": examples.tasks, "target": examples.targets}
         )
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source twice and warns that a path is ambiguous.
-            warnings.filterwarnings("ignore", message="The specified dataset source can be")
-            dataset = mlflow.data.from_pandas(
-                frame, source=str(warehouse), targets="target", name=f"{source}/{context}"
-            )
+        dataset = mlflow.data.from_pandas(
+            frame, source=str(warehouse), targets="target", name=f"{source}/{context}"
+        )
         mlflow.log_input(dataset, context=context, tags={"data_hash": data_hash})

@@ -45,6 +45,7 @@ from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.lora import LoRALinear, add_lora, merge_lora
 from regressor.predictor import Predictor, pad_batch
 from regressor.tracking import configure_mlflow
+from regressor.training import fit_examples
 from regressor.vocab import InputTokenizer
 
 
@@ -161,36 +162,75 @@ def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_pat
     assert (result.n_train, result.n_val) == (12, 4)
 
 
-def _with_scale(base: Predictor, scale: float) -> Predictor:
+@pytest.fixture(scope="module")
+def half_trained(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    """The untrained base after 25 real steps (~1 s): finite medians with a spread, which the
+    untrained one lacks (it decodes NaN or collapses every sample onto one value)."""
+    predictor = untrained_base()
+    shots = _shots(48)
+    cfg = load_train_config("tiny").model_copy(update={"max_steps": 25, "min_steps": 0})
+    fit_examples(
+        predictor,
+        shots.take(range(36)),
+        shots.take(range(36, 48)),
+        cfg,
+        tmp_path_factory.mktemp("half-trained"),
+        resume=False,
+    )
+    return predictor
+
+
+def _with_scale(base: Predictor, scale: float | None) -> Predictor:
     """A view of `base` (its weights, a metadata copy) shipping a pooled conformal scale, as
-    a calibrated base does."""
+    a calibrated base does, or none."""
     copied = base.member(0)
-    copied.metadata["interval_scale"] = asdict(IntervalScale(scale, 0.8, 230))
+    copied.metadata.pop("interval_scale", None)
+    if scale is not None:
+        copied.metadata["interval_scale"] = asdict(IntervalScale(scale, 0.8, 230))
     return copied
 
 
-def test_a_variant_refits_its_interval_scale_on_the_gate_shots(base):
+def test_a_variant_refits_its_interval_scale_on_the_gate_shots(half_trained):
     """The base's scale was fitted on other tasks with other weights; the variant's comes from
-    the gate's shots, which neither trained it nor picked its checkpoint."""
-    gate = _shots(10).take(range(5, 10))
-    variant = _with_scale(base, 7.0)
+    the gate's shots, on its own raw intervals (not ones already stretched by the base's)."""
+    gate = _shots(60).take(range(48, 60))
+    variant = _with_scale(half_trained, 7.0)
     said = recalibrate(variant, gate, EvalConfig(num_samples=8))
-    raw = variant.predict_texts(gate.texts, 8, quantiles=(0.1, 0.5, 0.9))
+    raw = _with_scale(half_trained, None).predict_texts(gate.texts, 8, quantiles=(0.1, 0.5, 0.9))
     expected = fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
-    fitted = variant.interval_scale()
-    # An untrained model decodes some non-finite numbers: those records carry no distance.
-    assert (fitted.scale, fitted.n_fit) == (expected.scale, expected.n_fit)
-    assert fitted.scale != 7.0
-    assert 0 < fitted.n_fit <= 5
-    assert said == f"a conformal scale of its own, {expected.scale:.3f}, fitted on its 5 gate shots"
+    assert expected.n_fit >= MIN_CALIBRATION_SHOTS  # the fixture's premise
+    assert variant.interval_scale() == expected
+    assert said == (
+        f"a conformal scale of its own, {expected.scale:.4g}, fitted on {expected.n_fit} of "
+        "its 12 gate shots"
+    )
 
 
-def test_a_variant_with_too_few_gate_shots_keeps_its_base_scale(base):
+def test_a_variant_keeps_its_base_scale_without_enough_finite_gate_predictions(base):
+    """Below `MIN_CALIBRATION_SHOTS` records the conformal quantile is the largest score, and
+    one collapsed interval that misses makes it ~1e299: the variant keeps what it had."""
+    few = _shots(MIN_CALIBRATION_SHOTS - 1)
     variant = _with_scale(base, 7.0)
-    said = recalibrate(variant, _shots(MIN_CALIBRATION_SHOTS - 1), EvalConfig(num_samples=4))
+    said = recalibrate(variant, few, EvalConfig(num_samples=4))
     assert variant.interval_scale().scale == 7.0
-    assert said.startswith(f"the base's conformal scale ({MIN_CALIBRATION_SHOTS - 1} gate shots")
-    off = recalibrate(variant, _shots(10), EvalConfig(conformal=False))
+    assert said == (
+        f"the base's conformal scale ({MIN_CALIBRATION_SHOTS - 1} gate shots; a scale of its "
+        f"own needs {MIN_CALIBRATION_SHOTS})"
+    )
+    # Enough shots, but the untrained base decodes NaN for some: counted are the finite ones.
+    gate = _shots(24).take(range(12, 24))
+    raw = _with_scale(base, None).predict_texts(gate.texts, 4, quantiles=(0.1, 0.5, 0.9))
+    finite = int(np.isfinite(raw["median"]).sum())
+    assert finite < MIN_CALIBRATION_SHOTS  # the premise
+    said = recalibrate(variant, gate, EvalConfig(num_samples=4))
+    assert variant.interval_scale().scale == 7.0
+    assert f"({finite} of its 12 gate shots have a finite prediction)" in said
+    bare = _with_scale(base, None)
+    assert recalibrate(bare, gate, EvalConfig(num_samples=4)).startswith(
+        "the raw sampled quantiles ("
+    )
+    assert bare.interval_scale() is None
+    off = recalibrate(variant, gate, EvalConfig(conformal=False))
     assert (off, variant.interval_scale().scale) == (
         "the raw sampled quantiles (eval.conformal is off)",
         7.0,
@@ -330,7 +370,10 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     assert not tables["adapted"]["median"].equals(tables["zero_shot"]["median"])
     # 2 gate shots are too few for a scale of its own: said on the version and the report.
     assert tags["intervals"] == outcome.intervals
-    assert outcome.intervals.startswith("the base's conformal scale (2 gate shots")
+    # (the test's base ships no scale of its own: the raw quantiles it had)
+    assert (
+        outcome.intervals == "the raw sampled quantiles (2 gate shots; a scale of its own needs 9)"
+    )
     assert f"Its intervals: {outcome.intervals}." in report.intervals_used(outcome)
     assert "`models:/textperf/1` adapted to `cell-z` by `lora` fine-tuning on 12 shots (8 " in (
         described.description
@@ -338,7 +381,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     verdict = "promoted" if outcome.promoted else "refused"
     assert f"Gate: {verdict} ({outcome.reason})." in described.description
     assert "`textperf` fine-tuned on a few records of task `cell-z`" in model_text
-    assert "otherwise no adapted version beat its base" in model_text
+    assert "otherwise (the gate refused the adapted versions" in model_text
     if outcome.promoted:
         assert str(champion.version) == outcome.version
         assert outcome.use_uri == "models:/textperf-cell-z@champion"
@@ -424,22 +467,30 @@ def test_without_the_from_scratch_reference_nothing_is_trained_from_scratch(base
         assert "from scratch" not in text
 
 
-def test_an_adapted_variant_ships_the_scale_fitted_on_its_gate_shots(base, tmp_path):
-    """20 shots: 4 for the gate, enough for a scale of its own, which the registered bundle
-    carries (fitted on those 4) and which the reports and a reused outcome name."""
-    adapt = LORA_APP.adapt.model_copy(update={"n_shots": 20, "from_scratch_reference": False})
+def test_an_adapted_variant_ships_the_scale_fitted_on_its_gate_shots(half_trained, tmp_path):
+    """60 shots: the latest 12 gate the variant as fine-tuned, then fit the scale its bundle
+    ships (on its own raw intervals); the reports and a reused outcome say so."""
+    adapt = LORA_APP.adapt.model_copy(update={"n_shots": 60, "from_scratch_reference": False})
     app = LORA_APP.model_copy(update={"adapt": adapt})
+    data = _cell_z(60)
+    gate = data.splits["adapt_pool"].take(range(48, 60))
     try:
-        paths, _ = _registered_base(base, tmp_path)
-        data = _cell_z(20)
+        paths, _ = _registered_base(half_trained, tmp_path)
         outcome = pipeline.adapt_version(app, paths, data, "1")
         again = pipeline.adapt_version(app, paths, data, "1")
-        shipped = registry.load_predictor(outcome.uri).interval_scale()
+        shipped = registry.load_predictor(outcome.uri)
     finally:
         mlflow.set_tracking_uri(None)
-    assert outcome.validation["adapted"]["n"] <= 4
-    assert shipped.n_fit <= 4  # finite gate predictions only
-    expected = f"a conformal scale of its own, {shipped.scale:.3f}, fitted on its 4 gate shots"
+    scale = shipped.interval_scale()
+    as_tuned = _with_scale(shipped, None)
+    raw = as_tuned.predict_texts(gate.texts, app.eval.num_samples, quantiles=(0.1, 0.5, 0.9))
+    assert scale == fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
+    # The gate scored it before the refit: as fine-tuned, here with no scale (as its base).
+    assert outcome.validation["adapted"] == pipeline.evaluate_model(as_tuned, gate, app.eval)[0]
+    expected = (
+        f"a conformal scale of its own, {scale.scale:.4g}, fitted on {scale.n_fit} of its 12 "
+        "gate shots"
+    )
     assert outcome.intervals == again.intervals == expected
     assert f"Its intervals: {expected}." in jobs.render_adapt(again, "sqlite://")
 

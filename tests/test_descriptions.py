@@ -14,7 +14,7 @@ VARIANT = {
     "fit": json.dumps({"steps": 300, "seconds": 53.0, "processes": 1, "n_train": 77, "n_val": 19}),
     "adapted_metrics": json.dumps({"spearman": 0.733, "mape": 27.2, "n": 30.0}),
     "zero_shot_metrics": json.dumps({"spearman": 0.828, "mape": 23.1, "n": 30.0}),
-    "intervals": "a conformal scale of its own, 1.412, fitted on its 19 stopping shots",
+    "intervals": "a conformal scale of its own, 1.228, fitted on 24 of its 24 gate shots",
     "source": "demo_fleet",
     "target": "efficiency",
 }

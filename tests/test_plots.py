@@ -46,3 +46,10 @@ def test_many_records_are_points_coloured_by_coverage_instead_of_overlapping_bar
     assert len(ax.lines[0].get_xdata()) + len(ax.lines[1].get_xdata()) == len(y)
     fig.savefig("/dev/null", format="png")
     plt.close(fig)
+    # Counted over finite records, as `interval_coverage` is; the others are named apart.
+    median[:3] = np.nan
+    fig = predicted_vs_actual(y, median, low, high, "some NaN")
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert labels[0].endswith(f" of {len(y) - 3})")
+    assert "3 more without a finite prediction" in labels
+    plt.close(fig)

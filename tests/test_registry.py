@@ -200,7 +200,11 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     record.write_text(json.dumps(RECORD))
     MlflowClient().set_model_version_tag("textperf", str(v2.version), "target", "efficiency")
     args = ["models", "predict", "--model", "textperf@champion", "--num-samples", "4"]
+    loaded = []
+    load = cli._load_model
+    monkeypatch.setattr(cli, "_load_model", lambda uri: loaded.append(uri) or load(uri))
     predicted = runner.invoke(cli.app, [*args, "-q", "0.25", "-q", "0.75", str(record)])
+    assert loaded == [f"models:/textperf/{v2.version}"]  # pinned before loading
     assert predicted.exit_code == 0, predicted.output
     assert "median" in predicted.output
     assert "25-75%" in predicted.output
@@ -257,6 +261,12 @@ def test_a_gated_version_and_its_model_are_described_and_listed_with_scores(
     assert "Spearman 0.500, MAPE 30.0%  gate: not promoted" in listed.output
     shown = CliRunner().invoke(cli.app, ["models", "show", "textperf@champion"])
     assert json.loads(shown.output)["description"] == version.description
+    # Moved by hand, a version says so beside the gate's verdict.
+    registry.promote("textperf", v2.version, reason="the old one broke")
+    by_hand = client.get_model_version("textperf", str(v2.version)).description
+    assert f"Made @champion by hand by {getpass.getuser()} (the old one broke)." in by_hand
+    listed = CliRunner().invoke(cli.app, ["models", "list"])
+    assert "MAPE 30.0%  gate: not promoted, @champion by hand" in listed.output
 
 
 def test_parse_ref_forms():

@@ -153,6 +153,9 @@ def test_each_mlflow_run_names_the_prefect_flow_run_that_started_it(demo_run):
             flow_run = prefect.read_flow_run(tags["prefect.flow_run_id"])
             assert tags["prefect.flow_run_name"] == flow_run.name
             assert tags["prefect.flow_name"] == "retrain"
+            # A link only where Prefect knows its UI's address, never "None/flow-runs/...".
+            url = tags.get("prefect.flow_run_url")
+            assert url is None or url.startswith("http"), url
 
 
 def test_champion_and_adapted_variant_registered_with_lineage(demo_run):
