@@ -1033,7 +1033,6 @@ def _adapt_and_register(
     # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
     tuning, gate_shots = hold_out_gate(shots, app.adapt)
     target = data.splits["adapt_test"]
-    train_cfg = load_train_config(app.train)
     with mlflow.start_run(run_name=f"adapt-{task}-{app.adapt.method}") as run:
         mlflow.log_params(
             {
@@ -1048,42 +1047,11 @@ def _adapt_and_register(
         splits = {"fine_tuning": tuning, "gate": gate_shots, "test": target}
         log_splits(splits, data.source, paths.warehouse, data.data_hash)
         ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
-
-        def curves(prefix: str) -> RunLogger:  # this run's `adapt/...`, `scratch/...` curves
-            return RunLogger(tracking_uri=paths.tracking_uri, run_id=run.info.run_id, prefix=prefix)
-
-        try:
-            adapted, fitted = fine_tune(
-                base, tuning, app.adapt, train_cfg, ckpt / "adapted", curves
-            )
-            scratch, scratch_fit = None, None
-            if app.adapt.from_scratch_reference:
-                scratch, scratch_fit = train_from_scratch(
-                    base, tuning, app.adapt, train_cfg, ckpt / "scratch", curves
-                )
-        finally:
-            # Named by this run, so never resumed: once the models are in memory, keep nothing
-            # (every nightly adaptation once left its checkpoints here, growing without bound).
-            shutil.rmtree(ckpt, ignore_errors=True)
-        mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
-        if scratch_fit is not None:
-            mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))
-        # The gate scores the variant as fine-tuned; then its intervals are calibrated on those
-        # same shots, the only ones that neither trained it nor picked its checkpoint.
-        validation = _validation_scores(base, adapted, gate_shots, app)
-        intervals = recalibrate(adapted, gate_shots, app.eval)
-        mlflow.set_tag(INTERVALS_TAG, intervals)
-        if scratch is not None:
-            recalibrate(scratch, gate_shots, app.eval)  # compared like for like
-        scores = {}
-        scores["zero_shot"], zero_shot = evaluate_model(base, target, app.eval)
-        scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
-        if scratch is not None:
-            scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
-        _log_scores(scores)
-        _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
-        log_evaluation(target, summary, f"adapted_{task}", f"adapted to {task}, its test records")
-        log_evaluation(target, zero_shot, f"zero_shot_{task}", f"base zero-shot on {task}")
+        fits = _fit_variant(base, tuning, app, paths.tracking_uri, run.info.run_id, ckpt)
+        adapted, fitted, scratch, scratch_fit = fits
+        validation, intervals, scores = _score_variant(
+            base, adapted, scratch, gate_shots, target, task, app
+        )
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
         tags |= {
             "data_hash": data.data_hash,
@@ -1131,6 +1099,70 @@ def _adapt_and_register(
         scratch_fit=scratch_fit,
         intervals=intervals,
     )
+
+
+def _fit_variant(
+    base: Predictor,
+    tuning: Examples,
+    app: AppConfig,
+    tracking_uri: str,
+    run_id: str,
+    ckpt: Path,
+) -> tuple[Predictor, FitResult, Predictor | None, FitResult | None]:
+    """(adapted, its fit, from-scratch reference or None, its fit or None), their curves and
+    costs logged to the adaptation's run; their checkpoints removed whatever happens."""
+    train_cfg = load_train_config(app.train)
+
+    def curves(prefix: str) -> RunLogger:  # the run's `adapt/...`, `scratch/...` curves
+        return RunLogger(tracking_uri=tracking_uri, run_id=run_id, prefix=prefix)
+
+    try:
+        adapted, fitted = fine_tune(base, tuning, app.adapt, train_cfg, ckpt / "adapted", curves)
+        scratch, scratch_fit = None, None
+        if app.adapt.from_scratch_reference:
+            scratch, scratch_fit = train_from_scratch(
+                base, tuning, app.adapt, train_cfg, ckpt / "scratch", curves
+            )
+    finally:
+        # Named by this run, so never resumed: once the models are in memory, keep nothing
+        # (every nightly adaptation once left its checkpoints here, growing without bound).
+        shutil.rmtree(ckpt, ignore_errors=True)
+    mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
+    if scratch_fit is not None:
+        mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))
+    return adapted, fitted, scratch, scratch_fit
+
+
+def _score_variant(
+    base: Predictor,
+    adapted: Predictor,
+    scratch: Predictor | None,
+    gate_shots: Examples,
+    target: Examples,
+    task: str,
+    app: AppConfig,
+) -> tuple[dict[str, dict[str, float]], str, dict[str, dict[str, float]]]:
+    """(gate scores, what the variant's intervals rest on, test scores by model), logged with
+    the plots and per-record predictions of the task's test records.
+
+    The gate scores the variant as fine-tuned; then its intervals are calibrated on those same
+    shots, the only ones that neither trained it nor picked its checkpoint (`recalibrate`), and
+    the test records score what ships."""
+    validation = _validation_scores(base, adapted, gate_shots, app)
+    intervals = recalibrate(adapted, gate_shots, app.eval)
+    mlflow.set_tag(INTERVALS_TAG, intervals)
+    if scratch is not None:
+        recalibrate(scratch, gate_shots, app.eval)  # by the same rule as the variant
+    scores = {}
+    scores["zero_shot"], zero_shot = evaluate_model(base, target, app.eval)
+    scores["adapted"], summary = evaluate_model(adapted, target, app.eval)
+    if scratch is not None:
+        scores["from_scratch"] = evaluate_model(scratch, target, app.eval)[0]
+    _log_scores(scores)
+    _log_scores({f"validation_{kind}": m for kind, m in validation.items()})
+    log_evaluation(target, summary, f"adapted_{task}", f"adapted to {task}, its test records")
+    log_evaluation(target, zero_shot, f"zero_shot_{task}", f"base zero-shot on {task}")
+    return validation, intervals, scores
 
 
 def _validation_scores(
