@@ -634,6 +634,9 @@ def test_an_adaptation_killed_before_its_gate_is_gated_by_the_next(tmp_path: Pat
     assert run.info.status == "KILLED"
     decision = json.loads(versions[0].tags["gate_decision"])
     assert decision["reason"].endswith("stopped before its gate")
+    # The late gate describes the version from its tags, as the killed run would have.
+    assert f"({decision['reason']})." in versions[0].description
+    assert versions[0].description.startswith("`models:/textperf/1` adapted to `cell-z`")
     for kind, side in (("zero_shot", "champion"), ("adapted", "challenger")):
         prefix = f"validation_{kind}_"  # the killed run logged the finite ones
         logged = {

@@ -258,7 +258,11 @@ def tiny_train() -> TrainConfig:
 def test_fine_tuning_an_ensemble_adapts_every_member(base_pair, tmp_path: Path, method) -> None:
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in base_pair.members]
     cfg = AdaptConfig(n_shots=16, max_steps=4, lr=1e-2, val_fraction=0.25, method=method)
-    adapted, fitted = fine_tune(base_pair, _shots(), cfg, tiny_train(), tmp_path)
+    curves: list[str] = []  # the prefixes each member's curves would be logged under
+    adapted, fitted = fine_tune(
+        base_pair, _shots(), cfg, tiny_train(), tmp_path, lambda p: curves.append(p) or False
+    )
+    assert curves == ["adapt/member0", "adapt/member1"]
     assert adapted.ensemble_size == 2
     assert adapted.tokenizer is not base_pair.tokenizer  # a copy: the base stays untouched
     for j, (old, new) in enumerate(zip(base_pair.members, adapted.members, strict=True)):
