@@ -150,7 +150,7 @@ def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
     if kept is not None:
         predictor.metadata["interval_scale"] = kept
     if n_fit < MIN_CALIBRATION_SHOTS:
-        return _kept(kept, f"{n_fit} of its {n} gate shots have a finite prediction")
+        return _kept(kept, f"{n_fit} of its {n} gate shots have a finite prediction and target")
     return _kept(kept, f"the scale fitted on its {n_fit} gate shots is not finite")
 
 

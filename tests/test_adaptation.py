@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -206,26 +207,24 @@ def test_a_variant_refits_its_interval_scale_on_the_gate_shots(half_trained):
     )
 
 
-def test_a_variant_keeps_its_base_scale_without_enough_finite_gate_predictions(base):
+def test_a_variant_keeps_its_base_scale_without_enough_finite_gate_predictions(half_trained):
     """Below `MIN_CALIBRATION_SHOTS` records the conformal quantile is the largest score, and
     one collapsed interval that misses makes it ~1e299: the variant keeps what it had."""
     few = _shots(MIN_CALIBRATION_SHOTS - 1)
-    variant = _with_scale(base, 7.0)
+    variant = _with_scale(half_trained, 7.0)
     said = recalibrate(variant, few, EvalConfig(num_samples=4))
     assert variant.interval_scale().scale == 7.0
     assert said == (
         f"the base's conformal scale ({MIN_CALIBRATION_SHOTS - 1} gate shots; a scale of its "
         f"own needs {MIN_CALIBRATION_SHOTS})"
     )
-    # Enough shots, but the untrained base decodes NaN for some: counted are the finite ones.
-    gate = _shots(24).take(range(12, 24))
-    raw = _with_scale(base, None).predict_texts(gate.texts, 4, quantiles=(0.1, 0.5, 0.9))
-    finite = int(np.isfinite(raw["median"]).sum())
-    assert finite < MIN_CALIBRATION_SHOTS  # the premise
+    # Enough shots, but only the finite records count: 4 of these 12 have no target.
+    gate = _shots(60).take(range(48, 60))
+    gate = dataclasses.replace(gate, targets=np.where(np.arange(12) < 4, np.nan, gate.targets))
     said = recalibrate(variant, gate, EvalConfig(num_samples=4))
     assert variant.interval_scale().scale == 7.0
-    assert f"({finite} of its 12 gate shots have a finite prediction)" in said
-    bare = _with_scale(base, None)
+    assert "(8 of its 12 gate shots have a finite prediction and target)" in said
+    bare = _with_scale(half_trained, None)
     assert recalibrate(bare, gate, EvalConfig(num_samples=4)).startswith(
         "the raw sampled quantiles ("
     )
