@@ -85,6 +85,7 @@ def main() -> None:
         scores = getattr(adapted, name)
         report(f"{name}_spearman", f"{scores['spearman']:.3f}")
         report(f"{name}_mape", f"{scores['mape']:.2f}")
+        report(f"{name}_coverage", f"{scores['interval_coverage']:.3f}")  # q10..q90, nominal 0.8
     rho = adapted.adapted["spearman"]
     report("adapted_over_base_pooled", f"{rho / pooled:.3f}")
     report("adapted_over_base_within_cell", f"{rho / within:.3f}" if within else "nan")
@@ -92,6 +93,7 @@ def main() -> None:
     report("adapted_minus_from_scratch", f"{margin:.3f}")
     # The registry's gate decided on the shots kept out of training, never on the days above.
     report("gate_promoted", int(adapted.promoted))
+    report("adapted_intervals", adapted.intervals)  # what its served intervals rest on
     for name in ("zero_shot", "adapted"):
         report(f"gate_{name}_spearman", f"{adapted.validation[name]['spearman']:.3f}")
     report("wall_s", f"{time.perf_counter() - started:.0f}")
