@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import importlib.metadata
 import json
 import logging
 import math
@@ -155,7 +156,7 @@ def log_and_register(
         signature=signature(),
         input_example=example,
         # The pyfunc needs the project itself; `--env-manager local` serves from this environment.
-        pip_requirements=["textperf"],
+        pip_requirements=[project_requirement()],
         registered_model_name=name,
     )
     client = MlflowClient()
@@ -163,6 +164,16 @@ def log_and_register(
     for key, value in {**tags, "git_commit": git_commit()}.items():
         client.set_model_version_tag(name, version.version, key, str(value))
     return version
+
+
+def project_requirement() -> str:
+    """This project as the logged model's pip requirement, pinned to the installed version: a
+    bare `textperf` let pip (`mlflow models serve` with a virtualenv, `build-docker`) install
+    whatever an index calls textperf, at any version."""
+    try:
+        return f"textperf=={importlib.metadata.version('textperf')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "textperf"
 
 
 class ModelLoadError(RuntimeError):

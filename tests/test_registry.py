@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import importlib.metadata
 import json
 import math
 import os
@@ -160,6 +161,14 @@ def test_champion_by_alias_predicts_in_a_fresh_process_with_params(store, tmp_pa
     summary = [row["p5"], row["p50"], row["p95"]]
     assert all(map(math.isnan, summary)) or summary == sorted(summary)
     assert row["p50"] == row["median"] or math.isnan(row["median"])
+
+
+def test_a_logged_model_requires_this_project_at_its_installed_version(store, tmp_path: Path):
+    """Not a bare `textperf`, which pip could resolve to anything an index calls so."""
+    v1 = register_tiny_version(tmp_path, "a")
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/textperf/{v1.version}"))
+    pinned = f"textperf=={importlib.metadata.version('textperf')}"
+    assert pinned in requirements.read_text().splitlines()
 
 
 def test_signature_declares_list_quantiles_and_samples_switch():
