@@ -7,7 +7,9 @@ generate a fleet of `--days` days per cell (the default cell has 150: too few fo
 ingest it, train and register the base model on every cell but the held-out one, adapt that
 version to the held-out cell with `--shots` of its days (the most recent before its test days),
 and score on the held-out cell's last `--test-days` days: base zero-shot, adapted, and the same
-architecture trained from scratch on the same shots.
+architecture trained from scratch on the same shots. `fallback_coverage` is what the zero-shot
+fallback (`adaptation.zero_shot_fallback`: the base's weights, a scale fitted on the gate's shots)
+covers of those days, printed whatever the gate decided: it is registered only on a refusal.
 
 The base model's own figure is given two ways, both on the trained cells' test days:
 - `base_spearman_pooled`: one Spearman over all cells' days (also ranks cells against each other);
@@ -24,8 +26,10 @@ import time
 from pathlib import Path
 
 from regressor import pipeline, registry
+from regressor.adaptation import hold_out_gate, latest_shots, zero_shot_fallback
 from regressor.config import AppConfig, load_app_config, load_source_config
 from regressor.evaluation import within_task_spearman
+from regressor.predictor import Predictor
 
 
 def bench_config(args: argparse.Namespace) -> AppConfig:
@@ -96,7 +100,20 @@ def main() -> None:
     report("adapted_intervals", adapted.intervals)  # what its served intervals rest on
     for name in ("zero_shot", "adapted"):
         report(f"gate_{name}_spearman", f"{adapted.validation[name]['spearman']:.3f}")
+    report_fallback(app, data, base)
     report("wall_s", f"{time.perf_counter() - started:.0f}")
+
+
+def report_fallback(app: AppConfig, data: pipeline.Dataset, base: Predictor) -> None:
+    """The zero-shot fallback's coverage of the test days, fitted as a refused gate fits it."""
+    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
+    fallback = zero_shot_fallback(base, hold_out_gate(shots, app.adapt)[1], app.eval)
+    if fallback is None:
+        report("fallback_intervals", "none: too few finite gate predictions")
+        return
+    scores = pipeline.evaluate_model(fallback[0], data.splits["adapt_test"], app.eval)[0]
+    report("fallback_coverage", f"{scores['interval_coverage']:.3f}")
+    report("fallback_intervals", fallback[1])
 
 
 if __name__ == "__main__":

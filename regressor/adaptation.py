@@ -11,7 +11,9 @@ for the registry's gate (`hold_out_gate`), which nothing trains on; of the rest,
 from-scratch reference, so the two differ only in where their weights start.
 
 A fine-tuned variant's sampled intervals are not its base's: once the gate has scored it, it
-gets a conformal scale of its own, fitted on the gate's shots (`recalibrate`).
+gets a conformal scale of its own, fitted on the gate's shots (`recalibrate`). A variant the
+gate refuses leaves its task to the base's weights, which get a scale fitted on the same shots
+(`zero_shot_fallback`).
 """
 
 from __future__ import annotations
@@ -133,25 +135,53 @@ def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
     the days ahead. With fewer than `MIN_CALIBRATION_SHOTS` finite predictions among them, or
     a scale that is not finite, the predictor keeps the scale it had.
     """
+    return _refit_scale(predictor, gate_shots, eval_cfg)[1]
+
+
+def zero_shot_fallback(
+    base: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
+) -> tuple[Predictor, str] | None:
+    """For a task whose fine-tuned variant the gate refused: a copy of `base`, its weights
+    untouched, with a conformal scale fitted on the task's gate shots, and what its intervals
+    rest on; None when no scale of its own could be fitted (`recalibrate`'s rule).
+
+    Refused, the task would be served by the base zero-shot, whose scale was fitted on other
+    tasks: on a new cell it can cover far less than its nominal 80%. The gate's shots never
+    trained the base, so split conformal holds for them as for a variant.
+    """
+    fallback = copy.deepcopy(base)
+    fitted, intervals = _refit_scale(fallback, gate_shots, eval_cfg)
+    return (fallback, intervals) if fitted else None
+
+
+def _refit_scale(
+    predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
+) -> tuple[bool, str]:
+    """(whether `predictor` now has a scale of its own, what its intervals rest on)."""
     if not eval_cfg.conformal:
-        return "the raw sampled quantiles (eval.conformal is off)"
+        return False, "the raw sampled quantiles (eval.conformal is off)"
     kept = predictor.metadata.get("interval_scale")
     n = len(gate_shots)
     if n < MIN_CALIBRATION_SHOTS:
-        return _kept(kept, f"{n} gate shots; a scale of its own needs {MIN_CALIBRATION_SHOTS}")
+        why = f"{n} gate shots; a scale of its own needs {MIN_CALIBRATION_SHOTS}"
+        return False, _kept(kept, why)
     scale = predictor.calibrate(
         gate_shots.texts, gate_shots.targets, eval_cfg.num_samples, scales=gate_shots.scales
     )
     fitted = predictor.interval_scale()
     n_fit = 0 if fitted is None else fitted.n_fit
     if n_fit >= MIN_CALIBRATION_SHOTS and np.isfinite(scale):
-        return f"a conformal scale of its own, {scale:.4g}, fitted on {n_fit} of its {n} gate shots"
+        return True, (
+            f"a conformal scale of its own, {scale:.4g}, fitted on {n_fit} of its {n} gate shots"
+        )
     predictor.metadata.pop("interval_scale", None)  # what `calibrate` fitted, if anything
     if kept is not None:
         predictor.metadata["interval_scale"] = kept
     if n_fit < MIN_CALIBRATION_SHOTS:
-        return _kept(kept, f"{n_fit} of its {n} gate shots have a finite prediction and target")
-    return _kept(kept, f"the scale fitted on its {n_fit} gate shots is not finite")
+        return False, _kept(
+            kept, f"{n_fit} of its {n} gate shots have a finite prediction and target"
+        )
+    return False, _kept(kept, f"the scale fitted on its {n_fit} gate shots is not finite")
 
 
 def _kept(scale: dict | None, why: str) -> str:

@@ -636,10 +636,17 @@ def adapt(
     # Reused: an identical adaptation was registered earlier; nothing was trained now.
     done = "already adapted (--force adapts again):" if outcome.reused else "registered"
     typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({report.shots_used(outcome)})")
-    for kind, metrics in report.adaptation_scores(outcome, "zero_shot", "from_scratch").items():
-        typer.echo(f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}")
+    scores = report.adaptation_scores(outcome, "zero_shot", "from_scratch", "fallback")
+    for kind, metrics in scores.items():
+        typer.echo(
+            f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}  "
+            f"10-90% coverage {metrics.get('interval_coverage', float('nan')):.2f}"
+        )
     verdict = "promoted" if outcome.promoted else "refused"
-    typer.echo(f"gate: {verdict} ({outcome.reason}); predict {outcome.task} with {outcome.use_uri}")
+    typer.echo(
+        f"gate: {verdict} ({outcome.reason}); predict {outcome.task} with {outcome.use_uri}"
+        + report.fallback_served(outcome)
+    )
 
 
 def main() -> None:

@@ -22,8 +22,10 @@ def model_description(name: str, tags: Mapping[str, str], champion_alias: str) -
         task = tags.get("task", "?")
         return (
             f"`{base_name}` fine-tuned on a few records of task `{task}` to predict {what}. "
-            f"Predict `{task}` with `models:/{name}@{champion_alias}` when it exists; otherwise "
-            f"(the gate refused the adapted versions, or their base is not the champion) "
+            f"Predict `{task}` with `models:/{name}@{champion_alias}` when it exists: a "
+            "version fine-tuned from the champion that the gate promoted or, when the gate "
+            "refused it, a zero-shot fallback (the base's weights unchanged, with intervals "
+            "fitted on the task's own records). Otherwise "
             f"`models:/{base_name}@{champion_alias}` is the model for `{task}`."
         )
     return (
@@ -39,7 +41,9 @@ def model_description(name: str, tags: Mapping[str, str], champion_alias: str) -
 def version_description(tags: Mapping[str, str]) -> str:
     """A version's description: data, code and scores, and for a variant its base, method and
     shots; then the gate's verdict when it has one."""
-    if "base_model" in tags:
+    if "zero_shot_for" in tags:
+        parts = _fallback_parts(tags)
+    elif "base_model" in tags:
         task = tags.get("task", "?")
         parts = [
             f"`{tags['base_model']}` adapted to `{task}` by `{tags.get('method', '?')}` "
@@ -49,6 +53,11 @@ def version_description(tags: Mapping[str, str]) -> str:
         ]
         if "intervals" in tags:
             parts.append(f"Intervals: {tags['intervals']}.")
+        if stand_in := _json(tags, "zero_shot_fallback"):
+            parts.append(
+                f"Its task is served in its place by v{stand_in.get('version', '?')}, a zero-shot "
+                "fallback: the base's weights with intervals fitted on the gate's shots."
+            )
     else:
         parts = [
             f"Trained from random initialization on data `{tags.get('data_hash', '?')[:12]}` "
@@ -65,10 +74,25 @@ def version_description(tags: Mapping[str, str]) -> str:
     return "\n\n".join(parts)
 
 
+def _fallback_parts(tags: Mapping[str, str]) -> list[str]:
+    """What a zero-shot fallback version is (`adaptation.zero_shot_fallback`)."""
+    task = tags.get("task", "?")
+    parts = [
+        f"The weights of `{tags.get('base_model', '?')}` unchanged, serving `{task}` in place of "
+        f"v{tags['zero_shot_for']}, which the gate refused.",
+        f"On `{task}`'s test records: {scores(_json(tags, 'zero_shot_metrics'))}.",
+    ]
+    if "intervals" in tags:
+        parts.append(f"Intervals: {tags['intervals']}.")
+    return parts
+
+
 def one_line(tags: Mapping[str, str]) -> str:
     """A version's scores and gate verdict for `textperf models list`: the held-out test scores
-    (for a variant, the adapted scores on its task's test records), then "gate: ..."."""
-    metrics = _json(tags, "adapted_metrics" if "base_model" in tags else "test_metrics")
+    (for a variant, the adapted scores on its task's test records; for a zero-shot fallback,
+    its own), then "gate: ..."."""
+    key = "adapted_metrics" if "base_model" in tags else "test_metrics"
+    metrics = _json(tags, "zero_shot_metrics" if "zero_shot_for" in tags else key)
     by_hand = "".join(f", @{alias} by hand" for alias in _manual_moves(tags))
     return f"{scores(metrics)}  gate: {_verdict(tags)}{by_hand}"
 

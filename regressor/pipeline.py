@@ -13,7 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
@@ -31,6 +31,7 @@ from regressor.adaptation import (
     latest_shots,
     recalibrate,
     train_from_scratch,
+    zero_shot_fallback,
 )
 from regressor.calibration import is_quantile
 from regressor.config import (
@@ -797,6 +798,17 @@ class AdaptSkipped:
 
 
 @dataclass(frozen=True)
+class ZeroShotFallback:
+    """What serves a task whose fine-tuned variant the gate refused: a version of the variant
+    holding its base's weights, with intervals fitted on the task's gate shots
+    (`adaptation.zero_shot_fallback`)."""
+
+    version: str
+    intervals: str  # what its intervals rest on
+    scores: dict[str, float]  # on the task's test records: the base zero-shot's but coverage
+
+
+@dataclass(frozen=True)
 class AdaptOutcome:
     task: str
     model_name: str
@@ -819,6 +831,7 @@ class AdaptOutcome:
     # What the from-scratch reference cost (None without one): often more than the adaptation.
     scratch_fit: FitResult | None = None
     intervals: str = ""  # what the variant's intervals rest on (`adaptation.recalibrate`)
+    fallback: ZeroShotFallback | None = None  # registered when the gate refused the variant
 
     @property
     def uri(self) -> str:
@@ -1009,6 +1022,9 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
         reused=True,
         scratch_fit=scratch_fit,
         intervals=tags.get(INTERVALS_TAG, ""),
+        fallback=ZeroShotFallback(**json.loads(tags[registry.FALLBACK]))
+        if registry.FALLBACK in tags
+        else None,
     )
 
 
@@ -1081,6 +1097,9 @@ def _adapt_and_register(
             app.registry.challenger_alias,
         )
         mlflow.log_dict({"promoted": decision.promoted, "reason": decision.reason}, "gate.json")
+        fallback = None
+        if not decision.promoted:
+            fallback = _serve_fallback(base, version, gate_shots, data, validation, tags, app)
     return AdaptOutcome(
         task,
         variant,
@@ -1098,7 +1117,66 @@ def _adapt_and_register(
         _use_uri(variant, base_uri, app),
         scratch_fit=scratch_fit,
         intervals=intervals,
+        fallback=fallback,
     )
+
+
+# What a zero-shot fallback shares with the variant version it stands in for.
+FALLBACK_LINEAGE = ("base_model", "task", "n_shots", "data_hash", "source", "target")
+
+
+def _serve_fallback(
+    base: Predictor,
+    refused: ModelVersion,
+    gate_shots: Examples,
+    data: Dataset,
+    validation: dict[str, dict[str, float]],
+    tags: dict[str, str],
+    app: AppConfig,
+) -> ZeroShotFallback | None:
+    """Register and make champion the refused variant's zero-shot fallback, when its task may
+    have one (`registry.may_serve_fallback`) and the gate's shots fit it a scale of its own;
+    scored, plotted and logged like the variant. None otherwise: the task keeps what it had.
+
+    A run stopped before this leaves the task to the base, as before fallbacks existed."""
+    variant, base_uri, task = refused.name, tags["base_model"], data.holdout_task
+    if not registry.may_serve_fallback(variant, base_uri, app.registry.champion_alias):
+        return None
+    made = zero_shot_fallback(base, gate_shots, app.eval)
+    if made is None:
+        return None
+    predictor, intervals = made
+    target = data.splits["adapt_test"]
+    scores, summary = evaluate_model(predictor, target, app.eval)
+    _log_scores({"fallback": scores})
+    log_evaluation(target, summary, f"fallback_{task}", f"zero-shot fallback on {task}")
+    lineage = {key: tags[key] for key in FALLBACK_LINEAGE}
+    with tempfile.TemporaryDirectory() as tmp:
+        version = registry.log_and_register(
+            predictor.save(Path(tmp) / "bundle"),
+            variant,
+            registry.input_example(data.example_record),
+            lineage
+            | {
+                "method": "zero_shot",
+                registry.FALLBACK_FOR: str(refused.version),
+                registry.TASK_RECORDS: tags[registry.TASK_RECORDS],
+                INTERVALS_TAG: intervals,
+                "zero_shot_metrics": json.dumps(scores),
+            },
+        )
+    fallback = ZeroShotFallback(str(version.version), intervals, scores)
+    registry.promote_fallback(
+        variant,
+        version,
+        refused,
+        base_uri,
+        validation["zero_shot"],
+        asdict(fallback),
+        app.registry.champion_alias,
+    )
+    mlflow.set_tag(registry.FALLBACK, registry.model_uri(variant, version.version))
+    return fallback
 
 
 def _fit_variant(

@@ -443,6 +443,49 @@ def _not_the_champion(base_uri: str, champion_alias: str) -> str:
     )
 
 
+# On a zero-shot fallback version: the number of the refused variant version it stands in for;
+# on that refused version: the fallback, as JSON (`version`, `intervals`, test `scores`).
+FALLBACK_FOR = "zero_shot_for"
+FALLBACK = "zero_shot_fallback"
+
+
+def may_serve_fallback(name: str, base_uri: str, champion_alias: str = "champion") -> bool:
+    """Whether the task of variant `name`, whose version adapted from `base_uri` the gate has
+    just refused, may be served by a zero-shot fallback (`adaptation.zero_shot_fallback`): the
+    base is its model's champion (or the model has none), and the task's champion, if any, is
+    an earlier fallback. A fine-tuned champion of the same base stays: it passed against this
+    base (`gate_variant`)."""
+    if _not_the_champion(base_uri, champion_alias):
+        return False
+    holder = alias_version(name, champion_alias)
+    return holder is None or FALLBACK_FOR in holder.tags
+
+
+def promote_fallback(
+    name: str,
+    fallback: ModelVersion,
+    refused: ModelVersion,
+    base_uri: str,
+    gate_scores: Mapping[str, float],
+    recorded: Mapping[str, Any],
+    champion_alias: str = "champion",
+) -> GateDecision:
+    """Make `fallback` (the base's weights with the task's intervals) the task's champion in
+    place of `refused`, and tag `refused` with it (`recorded`: what a reused outcome reports)."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, champion_alias, fallback.version)
+    client.set_model_version_tag(name, refused.version, FALLBACK, json.dumps(recorded))
+    reason = (
+        f"serves the task in place of v{refused.version}, which the gate refused: the weights "
+        f"of {base_uri} unchanged, with intervals fitted on the task's gate shots"
+    )
+    decision = _record_decision(
+        name, fallback, True, reason, gate_scores, gate_scores, champion_alias
+    )
+    describe_in_registry(name, str(refused.version), champion_alias)  # it now names its stand-in
+    return decision
+
+
 def _record_decision(
     name: str,
     version: ModelVersion,

@@ -100,11 +100,15 @@ def render_ingest(ingested) -> str:
     return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
 
 
-def adaptation_scores(outcome, zero_shot: str, from_scratch: str) -> dict[str, dict[str, float]]:
+def adaptation_scores(
+    outcome, zero_shot: str, from_scratch: str, fallback: str = "zero-shot fallback"
+) -> dict[str, dict[str, float]]:
     """The variant's scores on the task's test records by row label, the from-scratch reference
-    only when it was trained (`adapt.from_scratch_reference`)."""
+    only when it was trained (`adapt.from_scratch_reference`), the zero-shot fallback only when
+    one was registered (`pipeline.ZeroShotFallback`)."""
     rows = {zero_shot: outcome.zero_shot, "adapted": outcome.adapted}
-    return rows | ({from_scratch: outcome.from_scratch} if outcome.from_scratch else {})
+    rows |= {from_scratch: outcome.from_scratch} if outcome.from_scratch else {}
+    return rows | ({fallback: outcome.fallback.scores} if outcome.fallback else {})
 
 
 def shots_used(outcome) -> str:
@@ -151,8 +155,19 @@ def adaptation_gate(outcome) -> str:
                     "adapted": outcome.validation["adapted"],
                 }
             ),
-            f"{verdict}: {outcome.reason}. Predict `{outcome.task}` with `{outcome.use_uri}`.",
+            f"{verdict}: {outcome.reason}. Predict `{outcome.task}` with `{outcome.use_uri}`"
+            f"{fallback_served(outcome)}.",
         ]
+    )
+
+
+def fallback_served(outcome) -> str:
+    """What serves the task in the refused variant's place, as a clause; "" without one."""
+    if outcome.fallback is None:
+        return ""
+    return (
+        f" (v{outcome.fallback.version}, its zero-shot fallback: the base's weights unchanged; "
+        f"its intervals: {outcome.fallback.intervals})"
     )
 
 

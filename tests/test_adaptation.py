@@ -380,7 +380,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     verdict = "promoted" if outcome.promoted else "refused"
     assert f"Gate: {verdict} ({outcome.reason})." in described.description
     assert "`textperf` fine-tuned on a few records of task `cell-z`" in model_text
-    assert "otherwise (the gate refused the adapted versions" in model_text
+    assert "Otherwise `models:/textperf@champion` is the model for `cell-z`." in model_text
     if outcome.promoted:
         assert str(champion.version) == outcome.version
         assert outcome.use_uri == "models:/textperf-cell-z@champion"
@@ -493,6 +493,114 @@ def test_an_adapted_variant_ships_the_scale_fitted_on_its_gate_shots(half_traine
     )
     assert outcome.intervals == again.intervals == expected
     assert f"Its intervals: {expected}." in jobs.render_adapt(again, "sqlite://")
+
+
+def _wrecked_app(**update) -> AppConfig:
+    """60 shots (12 for the gate) and a fine-tuning at a learning rate that wrecks the model:
+    the gate refuses it, whatever the host's precision."""
+    adapt = LORA_APP.adapt.model_copy(
+        update={"n_shots": 60, "method": "full", "lr": 100.0, "from_scratch_reference": False}
+        | update
+    )
+    return LORA_APP.model_copy(update={"adapt": adapt})
+
+
+def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_intervals(
+    half_trained, tmp_path
+):
+    """Refused, the variant's task gets v2: the base's weights unchanged, with a conformal
+    scale fitted on the gate's 12 shots, as the task's champion; a reused outcome reports it,
+    a forced re-adaptation replaces it, and the task is not due again."""
+    app, data = _wrecked_app(), _cell_z(60)
+    gate = data.splits["adapt_pool"].take(range(48, 60))
+    try:
+        paths, _ = _registered_base(half_trained, tmp_path)
+        client = MlflowClient()
+        client.set_registered_model_alias("textperf", "champion", "1")
+        outcome = pipeline.adapt_version(app, paths, data, "1")
+        again = pipeline.adapt_version(app, paths, data, "1")
+        fallback = registry.load_predictor("models:/textperf-cell-z/2")
+        refused, served = (client.get_model_version("textperf-cell-z", v) for v in ("1", "2"))
+        due = pipeline.adaptations_due(app, paths, data)
+        forced = pipeline.adapt_version(app, paths, data, "1", force=True)
+        holder = registry.alias_version("textperf-cell-z", "champion")
+        retired = client.get_model_version("textperf-cell-z", "2")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert not outcome.promoted  # the premise
+    assert outcome.fallback is not None
+    assert outcome.fallback.version == "2"
+    assert outcome.use_uri == "models:/textperf-cell-z@champion"
+    assert not _changed(half_trained, fallback)  # the base's weights
+    raw = half_trained.predict_texts(gate.texts, app.eval.num_samples, quantiles=(0.1, 0.5, 0.9))
+    scale = fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
+    assert fallback.interval_scale() == scale
+    assert outcome.fallback.intervals == (
+        f"a conformal scale of its own, {scale.scale:.4g}, fitted on {scale.n_fit} of its 12 "
+        "gate shots"
+    )
+    # Its medians are the base's zero-shot ones: only the intervals differ.
+    for metric in ("spearman", "mape", "n"):
+        assert outcome.fallback.scores[metric] == pytest.approx(outcome.zero_shot[metric])
+    assert served.tags[registry.FALLBACK_FOR] == "1"
+    assert served.tags["base_model"] == "models:/textperf/1"
+    assert json.loads(served.tags["gate_decision"])["promoted"]
+    assert registry.ADAPTATION_KEY not in served.tags  # never mistaken for the adaptation
+    assert served.description.startswith(
+        "The weights of `models:/textperf/1` unchanged, serving `cell-z` in place of v1"
+    )
+    assert "served in its place by v2, a zero-shot fallback" in refused.description
+    assert json.loads(refused.tags[registry.FALLBACK])["version"] == "2"
+    # Reused: nothing adapted, the same fallback reported; nor is the task due again.
+    assert again.reused
+    assert again.fallback == outcome.fallback
+    assert again.use_uri == outcome.use_uri
+    text = jobs.render_adapt(again, "sqlite://")
+    assert "| zero-shot fallback |" in text
+    assert "(v2, its zero-shot fallback: the base's weights unchanged; its intervals: a " in text
+    assert due == []
+    # Forced, refused again: its own fallback (v4) takes over from the earlier one.
+    assert (forced.version, forced.fallback.version, str(holder.version)) == ("3", "4", "4")
+    assert "champion" not in retired.aliases
+
+
+def test_a_fine_tuned_champion_of_the_same_base_keeps_its_task_from_a_fallback(
+    half_trained, tmp_path
+):
+    """A fallback only replaces nothing or an earlier fallback, and only from the champion's
+    lineage: a fine-tuned champion from the same base passed against it and stays."""
+    try:
+        _registered_base(half_trained, tmp_path)
+        with mlflow.start_run():  # a fine-tuned variant of v1 (weights do not matter here)
+            registry.log_and_register(
+                half_trained.save(tmp_path / "v"),
+                "textperf-cell-z",
+                registry.input_example(EXAMPLE),
+                {"base_model": "models:/textperf/1", "task": "cell-z"},
+            )
+        client = MlflowClient()
+        free = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+        client.set_registered_model_alias("textperf-cell-z", "champion", "1")
+        held = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+        client.set_model_version_tag("textperf-cell-z", "1", registry.FALLBACK_FOR, "0")
+        earlier_fallback = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+        client.set_registered_model_alias("textperf", "champion", "1")
+        on_lineage = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+        with mlflow.start_run():  # v2 becomes the model's champion: v1's lineage is off
+            registry.log_and_register(
+                half_trained.save(tmp_path / "v2"), "textperf", registry.input_example(EXAMPLE), {}
+            )
+        client.set_registered_model_alias("textperf", "champion", "2")
+        off_lineage = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (free, held, earlier_fallback, on_lineage, off_lineage) == (
+        True,
+        False,
+        True,
+        True,
+        False,
+    )
 
 
 def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tmp_path):
