@@ -427,6 +427,29 @@ def test_files_that_cannot_be_read_safely_are_quarantined_unread(tmp_path: Path)
     )
 
 
+def test_folders_a_bare_wildcard_passes_on_its_way_to_the_files_are_not_refused(
+    tmp_path: Path,
+) -> None:
+    """`logs/**/*` matches every cell's log folder as well as its logs, and `cells/*` a folder
+    kept beside the cell files: those folders are passed over, not quarantined one by one,
+    and the run reads what the default globs read. A folder named like a file (`*.yaml`)
+    is still refused (above)."""
+    raw = tmp_path / "raw"
+    root = raw / "demo_fleet"
+    generate_fleet(root, FleetSimConfig(seed=1, n_cells=2, n_days=2, samples_per_day=2))
+    source = load_source_config("demo_fleet")
+    with Warehouse(tmp_path / "clean.duckdb") as wh:
+        clean = ingest_fleet(wh, source, raw, "run-0")
+    (root / "cells" / "archive").mkdir()
+    wide = source.model_copy(update={"config_glob": "cells/*", "log_glob": "logs/**/*"})
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        report = ingest_fleet(wh, wide, raw, "run-1")
+        quarantined = wh.con.sql("SELECT path, reason FROM quarantine").fetchall()
+    assert quarantined == []
+    assert (report.records, report.files_seen) == (clean.records, clean.files_seen)
+    assert report.files_quarantined == 0
+
+
 def test_a_file_refused_unread_leaves_the_quarantine_once_it_can_be_read(tmp_path: Path) -> None:
     """Each run writes the refusals it finds afresh: a dangling symlink mended and a directory
     replaced by a file lose their rows (and are ingested), while another file's row-level

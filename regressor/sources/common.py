@@ -151,14 +151,22 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
     never read: one that resolves outside `root` (a symlink out of the source folder), a name
     that is not UTF-8, a directory, a dangling symlink or loop, a FIFO or device. It is logged
     and, given the run's `tally`, refused there (the report and the quarantine table show it).
+    A directory (not a symlink) matched only by patterns ending in a bare wildcard (`logs/**/*`)
+    is passed over: such a pattern names every entry, folders on the way to the files too.
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     for pattern in patterns:
         if problem := unsafe_pattern(pattern):
             raise ValueError(f"glob {pattern!r} {problem}; globs must stay under {root}")
-    found = {p for pattern in patterns for p in root.glob(pattern)}
+    named: dict[Path, bool] = {}  # match -> named by a pattern that does not end in a bare "*"
+    for pattern in patterns:
+        by_name = set(Path(pattern).name) != {"*"}
+        for path in root.glob(pattern):
+            named[path] = named.get(path, False) or by_name
     kept = []
-    for path in sorted(found):
+    for path in sorted(named):
+        if not named[path] and path.is_dir() and not path.is_symlink():
+            continue  # a folder `**/*` passed on its way to the files
         problem = unreadable_reason(root, path)
         if problem is None:
             kept.append(path)
