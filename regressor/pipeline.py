@@ -701,7 +701,8 @@ def _train_and_register(
     size = train_cfg.ensemble_size
     per_member = predictor.model.num_parameters()
     n_parameters = size * per_member
-    with mlflow.start_run(run_name=f"train-{model_cfg.name}") as run:
+    # Named by model and snapshot: each night's new data gives its run a name of its own.
+    with mlflow.start_run(run_name=f"train-{model_cfg.name}-{data.data_hash[:8]}") as run:
         _note_resume(ckpt_dir, run.info.run_id)
         _log_params(app, data, n_parameters, conf_dir, per_member if size > 1 else None)
         log_splits(
@@ -1049,7 +1050,8 @@ def _adapt_and_register(
     # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
     tuning, gate_shots = hold_out_gate(shots, app.adapt)
     target = data.splits["adapt_test"]
-    with mlflow.start_run(run_name=f"adapt-{task}-{app.adapt.method}") as run:
+    run_name = f"adapt-{task}-{app.adapt.method}-{data.data_hash[:8]}"
+    with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(
             {
                 "base_model": base_uri,

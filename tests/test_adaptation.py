@@ -318,6 +318,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         mlflow.set_tracking_uri(None)
     assert tags["base_model"] == "models:/textperf/1"
     assert (tags["n_shots"], tags["method"]) == ("12", "lora")
+    assert adapt_run.info.run_name == "adapt-cell-z-lora-hash-1"  # task, method, snapshot
     # Its own checkpoints gone, and the killed one's of the same variant; the other's stay,
     # since another variant's adaptation may be alive.
     assert list(paths.checkpoints.iterdir()) == [other.parent]

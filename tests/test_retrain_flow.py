@@ -147,6 +147,8 @@ def test_each_mlflow_run_names_the_prefect_flow_run_that_started_it(demo_run):
     experiment = client.get_experiment_by_name("textperf").experiment_id
     runs = client.search_runs([experiment])
     assert {r.info.run_name.split("-")[0] for r in runs} >= {"train", "adapt"}
+    for run in runs:  # named by the snapshot too: each night's runs have names of their own
+        assert run.info.run_name.endswith(f"-{run.data.params['data_hash'][:8]}")
     with get_client(sync_client=True) as prefect:
         for run in runs:
             tags = run.data.tags
