@@ -100,16 +100,26 @@ def main() -> None:
     report("adapted_intervals", adapted.intervals)  # what its served intervals rest on
     for name in ("zero_shot", "adapted"):
         report(f"gate_{name}_spearman", f"{adapted.validation[name]['spearman']:.3f}")
-    report_fallback(app, data, base)
+    report_fallback(app, data, base, adapted.fallback)
     report("wall_s", f"{time.perf_counter() - started:.0f}")
 
 
-def report_fallback(app: AppConfig, data: pipeline.Dataset, base: Predictor) -> None:
-    """The zero-shot fallback's coverage of the test days, fitted as a refused gate fits it."""
+def report_fallback(
+    app: AppConfig,
+    data: pipeline.Dataset,
+    base: Predictor,
+    registered: pipeline.ZeroShotFallback | None,
+) -> None:
+    """The zero-shot fallback's coverage of the test days: the registered one's (the gate
+    refused), else one fitted here as a refusal would have."""
+    if registered is not None:
+        report("fallback_coverage", f"{registered.scores['interval_coverage']:.3f}")
+        report("fallback_intervals", registered.intervals)
+        return
     shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
     fallback = zero_shot_fallback(base, hold_out_gate(shots, app.adapt)[1], app.eval)
     if fallback is None:
-        report("fallback_intervals", "none: too few finite gate predictions")
+        report("fallback_intervals", "none: eval.conformal off, or under 9 finite gate predictions")
         return
     scores = pipeline.evaluate_model(fallback[0], data.splits["adapt_test"], app.eval)[0]
     report("fallback_coverage", f"{scores['interval_coverage']:.3f}")

@@ -53,11 +53,6 @@ def version_description(tags: Mapping[str, str]) -> str:
         ]
         if "intervals" in tags:
             parts.append(f"Intervals: {tags['intervals']}.")
-        if stand_in := _json(tags, "zero_shot_fallback"):
-            parts.append(
-                f"Its task is served in its place by v{stand_in.get('version', '?')}, a zero-shot "
-                "fallback: the base's weights with intervals fitted on the gate's shots."
-            )
     else:
         parts = [
             f"Trained from random initialization on data `{tags.get('data_hash', '?')[:12]}` "
@@ -67,6 +62,11 @@ def version_description(tags: Mapping[str, str]) -> str:
     decision = _json(tags, "gate_decision")
     if decision:
         parts.append(f"Gate: {_verdict(tags)} ({decision.get('reason', '')}).")
+    if stand_in := _json(tags, "zero_shot_fallback"):
+        parts.append(
+            f"Its task is served in its place by v{stand_in.get('version', '?')}, a zero-shot "
+            "fallback: the base's weights with intervals fitted on the gate's shots."
+        )
     for alias, moved in _manual_moves(tags).items():
         parts.append(
             f"Made @{alias} by hand by {moved.get('by', '?')} ({moved.get('reason', '')})."
@@ -105,9 +105,12 @@ def _manual_moves(tags: Mapping[str, str]) -> dict[str, dict]:
 
 
 def _verdict(tags: Mapping[str, str]) -> str:
-    """A variant the gate turns down is "refused" (its task falls back to the base); a trained
+    """A variant the gate turns down is "refused" (its task falls back to the base, or to a
+    zero-shot fallback, which no gate compared: it "serves in place of v<N>"); a trained
     version is "not promoted" (it stays the challenger)."""
     decision = _json(tags, "gate_decision")
+    if "zero_shot_for" in tags:
+        return f"serves in place of refused v{tags['zero_shot_for']}"
     if not decision:
         return "not gated yet"
     if decision.get("promoted"):

@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
 from regressor.adaptation import (
+    MIN_CALIBRATION_SHOTS,
     fine_tune,
     hold_out_gate,
     latest_shots,
@@ -927,6 +928,7 @@ def adapt_version(
 ) -> AdaptOutcome:
     """Adapt `models:/<name>/<base_version>` to the holdout task with `app.adapt`; register and
     gate it (`registry.gate_variant`, on the shots kept out of training, never the test records).
+    Refused, the task may get a zero-shot fallback as its champion (`_fallback_for`).
 
     Scores on the task's test records: the base zero-shot, the adapted model, and the same
     architecture (and tokenizer) trained from scratch on the same shots.
@@ -952,6 +954,8 @@ def adapt_version(
                 lambda stopped: finish_variant_gate(app, stopped),
             )
         if earlier is not None:
+            if _missing_fallback(earlier, app):
+                earlier = _repair_fallback(app, data, earlier)
             return reused_adaptation(earlier, app)
         return _adapt_and_register(app, paths, data, base_uri, key)
 
@@ -1100,8 +1104,11 @@ def _adapt_and_register(
         )
         mlflow.log_dict({"promoted": decision.promoted, "reason": decision.reason}, "gate.json")
         fallback = None
-        if not decision.promoted:
-            fallback = _serve_fallback(base, version, gate_shots, data, validation, tags, app)
+        if not decision.promoted and (
+            made := _fallback_for(base, version, base_uri, gate_shots, app)
+        ):
+            gate_zero_shot = validation["zero_shot"]
+            fallback = _register_fallback(made, version, tags, data, gate_zero_shot, app)
     return AdaptOutcome(
         task,
         variant,
@@ -1127,32 +1134,35 @@ def _adapt_and_register(
 FALLBACK_LINEAGE = ("base_model", "task", "n_shots", "data_hash", "source", "target")
 
 
-def _serve_fallback(
-    base: Predictor,
-    refused: ModelVersion,
-    gate_shots: Examples,
-    data: Dataset,
-    validation: dict[str, dict[str, float]],
-    tags: dict[str, str],
-    app: AppConfig,
-) -> ZeroShotFallback | None:
-    """Register and make champion the refused variant's zero-shot fallback, when its task may
-    have one (`registry.may_serve_fallback`) and the gate's shots fit it a scale of its own;
-    scored, plotted and logged like the variant. None otherwise: the task keeps what it had.
+def _fallback_for(
+    base: Predictor, refused: ModelVersion, base_uri: str, gate_shots: Examples, app: AppConfig
+) -> tuple[Predictor, str] | None:
+    """The zero-shot fallback of the variant version `refused`, adapted from `base_uri`, and
+    what its intervals rest on; None when its task may not have one
+    (`registry.may_serve_fallback`) or the gate's shots fit no scale of its own."""
+    if not registry.may_serve_fallback(refused.name, base_uri, app.registry.champion_alias):
+        return None
+    return zero_shot_fallback(base, gate_shots, app.eval)
 
-    A run stopped before this leaves the task to the base, as before fallbacks existed."""
+
+def _register_fallback(
+    made: tuple[Predictor, str],
+    refused: ModelVersion,
+    tags: Mapping[str, str],
+    data: Dataset,
+    gate_zero_shot: Mapping[str, float],
+    app: AppConfig,
+) -> ZeroShotFallback:
+    """Register `made` (`_fallback_for`) as the task's champion in place of `refused` (whose
+    tags are `tags`), scored, plotted and logged to the active run like the variant. A run
+    stopped before this is made good by the next (`_repair_fallback`)."""
     variant, base_uri, task = refused.name, tags["base_model"], data.holdout_task
-    if not registry.may_serve_fallback(variant, base_uri, app.registry.champion_alias):
-        return None
-    made = zero_shot_fallback(base, gate_shots, app.eval)
-    if made is None:
-        return None
     predictor, intervals = made
     target = data.splits["adapt_test"]
     scores, summary = evaluate_model(predictor, target, app.eval)
     _log_scores({"fallback": scores})
     log_evaluation(target, summary, f"fallback_{task}", f"zero-shot fallback on {task}")
-    lineage = {key: tags[key] for key in FALLBACK_LINEAGE}
+    lineage = {key: tags[key] for key in (*FALLBACK_LINEAGE, registry.TASK_RECORDS) if key in tags}
     with tempfile.TemporaryDirectory() as tmp:
         version = registry.log_and_register(
             predictor.save(Path(tmp) / "bundle"),
@@ -1162,7 +1172,6 @@ def _serve_fallback(
             | {
                 "method": "zero_shot",
                 registry.FALLBACK_FOR: str(refused.version),
-                registry.TASK_RECORDS: tags[registry.TASK_RECORDS],
                 INTERVALS_TAG: intervals,
                 "zero_shot_metrics": json.dumps(scores),
             },
@@ -1173,12 +1182,61 @@ def _serve_fallback(
         version,
         refused,
         base_uri,
-        validation["zero_shot"],
+        gate_zero_shot,
         asdict(fallback),
         app.registry.champion_alias,
     )
     mlflow.set_tag(registry.FALLBACK, registry.model_uri(variant, version.version))
     return fallback
+
+
+def _missing_fallback(version: ModelVersion, app: AppConfig) -> bool:
+    """Whether the gated variant `version` was refused and its task lacks the fallback it may
+    have: its run failed or was killed after the gate, or its gate was finished late
+    (`finish_variant_gate`). Whether the gate's shots fit a scale is known only by trying."""
+    decision = json.loads(version.tags["gate_decision"])
+    return (
+        not decision["promoted"]
+        and registry.FALLBACK not in version.tags
+        and registry.may_serve_fallback(
+            version.name, version.tags["base_model"], app.registry.champion_alias
+        )
+    )
+
+
+def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> ModelVersion:
+    """Serve the fallback `version`'s adaptation should have left, from the same gate shots (its
+    key fixes the data and configs), logged to its run as it would have been; returns
+    `version` with its tags as they now are."""
+    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
+    gate_shots = hold_out_gate(shots, app.adapt)[1]
+    if not app.eval.conformal or len(gate_shots) < MIN_CALIBRATION_SHOTS:
+        return version  # no scale of its own (`adaptation.recalibrate`): not worth a load
+    made = zero_shot_fallback(
+        registry.load_predictor(version.tags["base_model"]), gate_shots, app.eval
+    )
+    if made is None:
+        return version
+    gate_zero_shot = json.loads(version.tags["gate_decision"])["champion"] or {}
+    with _reopened_run(version.run_id, f"fallback-{data.holdout_task}-{data.data_hash[:8]}"):
+        _register_fallback(made, version, version.tags, data, gate_zero_shot, app)
+    return mlflow.MlflowClient().get_model_version(version.name, version.version)
+
+
+@contextmanager
+def _reopened_run(run_id: str, name_if_gone: str) -> Iterator[None]:
+    """The run `run_id` active again, left with the status it had (one still RUNNING was
+    killed: the caller holds its adaptation lock); a new run named `name_if_gone` when the
+    store no longer has it."""
+    run = registry.existing_run(run_id)
+    if run is None:
+        with mlflow.start_run(run_name=name_if_gone):
+            yield
+        return
+    status = "KILLED" if run.info.status == "RUNNING" else run.info.status
+    with mlflow.start_run(run_id=run_id):
+        yield
+    mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 def _fit_variant(

@@ -407,7 +407,8 @@ def gate_variant(
 
     Refused on the scores, it leaves a champion adapted from the same base in place (that one
     passed against this base) and retires one adapted from another base: it was never compared
-    with this base, so the task falls back to the base itself. Adapted from a base that is not
+    with this base, so the task falls back to the base itself, or to a zero-shot fallback the
+    caller registers (`may_serve_fallback`, `promote_fallback`). Adapted from a base that is not
     (or no longer) the champion, e.g. by hand from an older version, it leaves the variant's
     aliases but `challenger` alone: the task keeps what the champion's lineage gave it.
     """

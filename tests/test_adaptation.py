@@ -506,6 +506,12 @@ def _wrecked_app(**update) -> AppConfig:
     return LORA_APP.model_copy(update={"adapt": adapt})
 
 
+def _same_fallback(got: pipeline.ZeroShotFallback, expected: pipeline.ZeroShotFallback) -> bool:
+    """Equal, a NaN score (a constant prediction's Spearman) equal to NaN."""
+    same_scores = got.scores == pytest.approx(expected.scores, nan_ok=True)
+    return (got.version, got.intervals) == (expected.version, expected.intervals) and same_scores
+
+
 def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_intervals(
     half_trained, tmp_path
 ):
@@ -526,6 +532,15 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
         forced = pipeline.adapt_version(app, paths, data, "1", force=True)
         holder = registry.alias_version("textperf-cell-z", "champion")
         retired = client.get_model_version("textperf-cell-z", "2")
+        # As if the forced run had stopped between its gate and its fallback: the next run
+        # that reuses v3 serves the fallback it lacks, in v3's run, whose status it keeps.
+        client.delete_model_version("textperf-cell-z", "4")
+        client.delete_model_version_tag("textperf-cell-z", "3", registry.FALLBACK)
+        client.set_registered_model_alias("textperf-cell-z", "champion", "2")
+        repaired = pipeline.adapt_version(app, paths, data, "1")
+        repaired_holder = registry.alias_version("textperf-cell-z", "champion")
+        forced_run = client.get_run(client.get_model_version("textperf-cell-z", "3").run_id)
+        reused_again = pipeline.adapt_version(app, paths, data, "1")
     finally:
         mlflow.set_tracking_uri(None)
     assert not outcome.promoted  # the premise
@@ -554,7 +569,7 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     assert json.loads(refused.tags[registry.FALLBACK])["version"] == "2"
     # Reused: nothing adapted, the same fallback reported; nor is the task due again.
     assert again.reused
-    assert again.fallback == outcome.fallback
+    assert _same_fallback(again.fallback, outcome.fallback)
     assert again.use_uri == outcome.use_uri
     text = jobs.render_adapt(again, "sqlite://")
     assert "| zero-shot fallback |" in text
@@ -563,45 +578,55 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     # Forced, refused again: its own fallback (v4) takes over from the earlier one.
     assert (forced.version, forced.fallback.version, str(holder.version)) == ("3", "4", "4")
     assert "champion" not in retired.aliases
+    assert (repaired.version, repaired.reused) == ("3", True)
+    assert repaired.fallback is not None
+    assert repaired.fallback.version == str(repaired_holder.version) != "2"
+    assert repaired.fallback.intervals == outcome.fallback.intervals  # the same gate shots
+    assert forced_run.info.status == "FINISHED"
+    assert "fallback_interval_coverage" in forced_run.data.metrics
+    assert _same_fallback(reused_again.fallback, repaired.fallback)  # made once
 
 
-def test_a_fine_tuned_champion_of_the_same_base_keeps_its_task_from_a_fallback(
+def test_a_fallback_takes_only_a_task_its_base_lineage_left_without_a_fine_tuned_champion(
     half_trained, tmp_path
 ):
-    """A fallback only replaces nothing or an earlier fallback, and only from the champion's
-    lineage: a fine-tuned champion from the same base passed against it and stays."""
+    """Refused, a variant of the champion leaves a fine-tuned champion of the same base in
+    place (it passed against that base): no fallback. Of a new champion, it retires the old
+    base's variant and the fallback takes the task. Of a base that is not the champion (by
+    hand), it changes nothing."""
+    always = PromotionRule(higher_is_better=(), lower_is_better=())  # promotes anything
+    passing = _wrecked_app().model_copy(
+        update={"registry": LORA_APP.registry.model_copy(update={"promotion": always})}
+    )
+    refusing, data = _wrecked_app(), _cell_z(60)
     try:
-        _registered_base(half_trained, tmp_path)
-        with mlflow.start_run():  # a fine-tuned variant of v1 (weights do not matter here)
-            registry.log_and_register(
-                half_trained.save(tmp_path / "v"),
-                "textperf-cell-z",
-                registry.input_example(EXAMPLE),
-                {"base_model": "models:/textperf/1", "task": "cell-z"},
-            )
+        paths, _ = _registered_base(half_trained, tmp_path)
         client = MlflowClient()
-        free = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
-        client.set_registered_model_alias("textperf-cell-z", "champion", "1")
-        held = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
-        client.set_model_version_tag("textperf-cell-z", "1", registry.FALLBACK_FOR, "0")
-        earlier_fallback = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
         client.set_registered_model_alias("textperf", "champion", "1")
-        on_lineage = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
-        with mlflow.start_run():  # v2 becomes the model's champion: v1's lineage is off
+        fine_tuned = pipeline.adapt_version(passing, paths, data, "1")
+        kept = pipeline.adapt_version(refusing, paths, data, "1")
+        kept_holder = registry.alias_version("textperf-cell-z", "champion")
+        with mlflow.start_run():  # v2, the new champion
             registry.log_and_register(
                 half_trained.save(tmp_path / "v2"), "textperf", registry.input_example(EXAMPLE), {}
             )
         client.set_registered_model_alias("textperf", "champion", "2")
-        off_lineage = registry.may_serve_fallback("textperf-cell-z", "models:/textperf/1")
+        of_new_base = pipeline.adapt_version(refusing, paths, data, "2")
+        new_holder = registry.alias_version("textperf-cell-z", "champion")
+        by_hand = pipeline.adapt_version(refusing, paths, data, "1", force=True)
+        hand_holder = registry.alias_version("textperf-cell-z", "champion")
     finally:
         mlflow.set_tracking_uri(None)
-    assert (free, held, earlier_fallback, on_lineage, off_lineage) == (
-        True,
-        False,
-        True,
-        True,
-        False,
-    )
+    assert fine_tuned.promoted  # the premises
+    assert [kept.promoted, of_new_base.promoted, by_hand.promoted] == [False] * 3
+    assert kept.fallback is None
+    assert str(kept_holder.version) == fine_tuned.version
+    assert of_new_base.fallback is not None
+    assert "retired @champion from v1 (another base)" in of_new_base.reason
+    assert str(new_holder.version) == of_new_base.fallback.version
+    assert new_holder.tags["base_model"] == "models:/textperf/2"
+    assert by_hand.fallback is None
+    assert str(hand_holder.version) == of_new_base.fallback.version
 
 
 def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tmp_path):

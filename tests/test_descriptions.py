@@ -42,6 +42,37 @@ def test_a_variant_is_described_by_its_base_shots_scores_intervals_and_verdict()
     assert line == "Spearman 0.733, MAPE 27.2% (n=30)  gate: refused"
 
 
+def test_a_zero_shot_fallback_says_whose_weights_it_holds_and_whom_it_stands_in_for():
+    refused = {"promoted": False, "reason": "mape 22.02 > base zero-shot's 19.56"}
+    stood_in = VARIANT | {
+        "gate_decision": json.dumps(refused),
+        "zero_shot_fallback": json.dumps({"version": "5", "intervals": "...", "scores": {}}),
+    }
+    assert descriptions.version_description(stood_in).endswith(
+        "Its task is served in its place by v5, a zero-shot fallback: the base's weights with "
+        "intervals fitted on the gate's shots."
+    )
+    served = {"promoted": True, "reason": "serves the task in place of v4"}
+    fallback = {
+        "base_model": "models:/textperf/3",
+        "task": "cell-b08",
+        "method": "zero_shot",
+        "zero_shot_for": "4",
+        "intervals": "a conformal scale of its own, 1.736, fitted on 24 of its 24 gate shots",
+        "zero_shot_metrics": json.dumps({"spearman": 0.828, "mape": 23.1, "n": 30}),
+        "gate_decision": json.dumps(served),
+    }
+    assert descriptions.version_description(fallback).split("\n\n") == [
+        "The weights of `models:/textperf/3` unchanged, serving `cell-b08` in place of v4, "
+        "which the gate refused.",
+        "On `cell-b08`'s test records: Spearman 0.828, MAPE 23.1% (n=30).",
+        f"Intervals: {fallback['intervals']}.",
+        "Gate: serves in place of refused v4 (serves the task in place of v4).",
+    ]
+    line = descriptions.one_line(fallback)
+    assert line == "Spearman 0.828, MAPE 23.1% (n=30)  gate: serves in place of refused v4"
+
+
 def test_a_variant_model_names_the_fallback_for_its_task():
     text = descriptions.model_description("textperf-cell-b08", VARIANT, "champion")
     assert "`models:/textperf-cell-b08@champion` when it exists" in text

@@ -31,6 +31,7 @@ from regressor.serialize import approx_token_count, serialize
 from regressor.sources.common import (
     FLOAT_RE,
     MAX_YAML_NODES,
+    Tally,
     YAMLBombError,
     load_yaml_limited,
     safe_files,
@@ -448,6 +449,11 @@ def test_folders_a_bare_wildcard_passes_on_its_way_to_the_files_are_not_refused(
     assert quarantined == []
     assert (report.records, report.files_seen) == (clean.records, clean.files_seen)
     assert report.files_quarantined == 0
+    # A glob that matched folders alone reads nothing: its folders show in the quarantine.
+    tally = Tally()
+    assert safe_files(root, "logs/*/", tally) == []
+    assert len(tally.refused) == 2  # the two cells' log folders
+    assert all(reason.endswith("a directory, not a file; not read") for *_, reason in tally.refused)
 
 
 def test_a_file_refused_unread_leaves_the_quarantine_once_it_can_be_read(tmp_path: Path) -> None:

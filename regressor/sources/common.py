@@ -151,21 +151,24 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
     never read: one that resolves outside `root` (a symlink out of the source folder), a name
     that is not UTF-8, a directory, a dangling symlink or loop, a FIFO or device. It is logged
     and, given the run's `tally`, refused there (the report and the quarantine table show it).
-    A directory (not a symlink) matched only by patterns ending in a bare wildcard (`logs/**/*`)
-    is passed over: such a pattern names every entry, folders on the way to the files too.
+    A directory (not a symlink to one) is passed over when every pattern matching it ends in a
+    bare wildcard (`logs/**/*`) and also matched a file: such a pattern names every entry,
+    folders on the way to the files too. A pattern that matched folders alone (`logs/*/`) has
+    them refused, so a glob that reads nothing shows in the quarantine.
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     for pattern in patterns:
         if problem := unsafe_pattern(pattern):
             raise ValueError(f"glob {pattern!r} {problem}; globs must stay under {root}")
-    named: dict[Path, bool] = {}  # match -> named by a pattern that does not end in a bare "*"
+    meant: dict[Path, bool] = {}  # match -> a pattern meant it, not passed it on the way
     for pattern in patterns:
-        by_name = set(Path(pattern).name) != {"*"}
-        for path in root.glob(pattern):
-            named[path] = named.get(path, False) or by_name
+        matches = list(root.glob(pattern))
+        passing = set(Path(pattern).name) == {"*"} and not all(_folder(p) for p in matches)
+        for path in matches:
+            meant[path] = meant.get(path, False) or not passing
     kept = []
-    for path in sorted(named):
-        if not named[path] and path.is_dir() and not path.is_symlink():
+    for path in sorted(meant):
+        if not meant[path] and _folder(path):
             continue  # a folder `**/*` passed on its way to the files
         problem = unreadable_reason(root, path)
         if problem is None:
@@ -176,6 +179,11 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         else:
             tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
     return kept
+
+
+def _folder(path: Path) -> bool:
+    """A real directory, not a symlink to one (that one is checked like any symlink)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def unreadable_reason(root: Path, path: Path) -> str | None:
