@@ -1227,9 +1227,9 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
 def _reopened_run(run_id: str, name_if_gone: str) -> Iterator[None]:
     """The run `run_id` active again, left with the status it had (one still RUNNING was
     killed: the caller holds its adaptation lock); a new run named `name_if_gone` when the
-    store no longer has it."""
+    store no longer has it, or has it deleted (MLflow will not start a deleted run)."""
     run = registry.existing_run(run_id)
-    if run is None:
+    if run is None or run.info.lifecycle_stage == "deleted":
         with mlflow.start_run(run_name=name_if_gone):
             yield
         return

@@ -541,6 +541,16 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
         repaired_holder = registry.alias_version("textperf-cell-z", "champion")
         forced_run = client.get_run(client.get_model_version("textperf-cell-z", "3").run_id)
         reused_again = pipeline.adapt_version(app, paths, data, "1")
+        # Lost again, and v3's run deleted since: the fallback goes to a run of its own.
+        client.delete_model_version("textperf-cell-z", repaired.fallback.version)
+        client.delete_model_version_tag("textperf-cell-z", "3", registry.FALLBACK)
+        client.delete_run(forced_run.info.run_id)
+        without_run = pipeline.adapt_version(app, paths, data, "1")
+        (own_run,) = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="attributes.run_name = 'fallback-cell-z-hash-60'",
+            output_format="list",
+        )
     finally:
         mlflow.set_tracking_uri(None)
     assert not outcome.promoted  # the premise
@@ -585,6 +595,8 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     assert forced_run.info.status == "FINISHED"
     assert "fallback_interval_coverage" in forced_run.data.metrics
     assert _same_fallback(reused_again.fallback, repaired.fallback)  # made once
+    assert without_run.fallback is not None
+    assert "fallback_interval_coverage" in own_run.data.metrics
 
 
 def test_a_fallback_takes_only_a_task_its_base_lineage_left_without_a_fine_tuned_champion(
