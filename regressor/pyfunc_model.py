@@ -157,6 +157,18 @@ def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
     return [str(t) if _present(t) else None for t in frame["task"]]
 
 
+def require_columns(frame: pd.DataFrame) -> None:
+    """Refuse a frame with no column at all. MLflow's schema enforcement drops the columns the
+    signature lacks, and with them every row when none is known (`{"tsak": ...}` came back as
+    0 predictions for 1 row, silently); an empty request arrives the same way."""
+    if frame.shape[1] == 0:
+        raise InvalidInputError(
+            "no column this model reads: give `text`, or `task`, `period`, `config` and `logs` "
+            "(MLflow drops unknown columns; an input with none of these, or no rows, has "
+            "nothing to predict)"
+        )
+
+
 def checked_quantiles(values: Any) -> tuple[float, ...]:
     """The distinct quantiles in [0, 1], in the order asked (one output column each, named by
     `quantile_column`: two that would share a name are refused, not silently merged)."""
@@ -233,6 +245,7 @@ class TextperfModel(PythonModel):
     ) -> pd.DataFrame:
         params = checked_params(params)
         frame = pd.DataFrame(model_input)
+        require_columns(frame)
         texts = texts_of(frame, self.predictor.text_of)
         scales = (
             None

@@ -108,6 +108,19 @@ def test_the_scoring_server_answers_400_with_the_row_and_reason(model: PyFuncMod
     assert "unexpected error" not in caught.value.message
 
 
+def test_an_input_with_no_column_the_model_reads_is_refused_not_answered_empty(
+    model: PyFuncModel,
+):
+    """MLflow drops the columns the signature lacks, and every row with them when none is
+    known. Before: a misspelt column (`tsak`, `txt`) came back as 0 predictions for 2 rows,
+    with only MLflow's warning; now a 400 saying which columns the model reads. A known column
+    beside an unknown one still predicts."""
+    for frame in (pd.DataFrame([{"txt": "a"}, {"txt": "b"}]), pd.DataFrame()):
+        assert "no column this model reads: give `text`, or `task`" in refused(model, frame, FAST)
+    mixed = pd.DataFrame([{"txt": "a", "text": "<task>\ncell-a"}])
+    assert len(model.predict(mixed, params=FAST)) == 1
+
+
 @pytest.mark.parametrize(
     ("params", "reason"),
     [
