@@ -1234,9 +1234,11 @@ def _reopened_run(run_id: str, name_if_gone: str) -> Iterator[None]:
             yield
         return
     status = "KILLED" if run.info.status == "RUNNING" else run.info.status
-    with mlflow.start_run(run_id=run_id):
-        yield
-    mlflow.MlflowClient().set_terminated(run_id, status)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:  # a repair that fails leaves the run as the adaptation left it
+        mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 def _fit_variant(
