@@ -159,8 +159,9 @@ def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
 
 def require_columns(frame: pd.DataFrame) -> None:
     """Refuse a frame with no column at all. MLflow's schema enforcement drops the columns the
-    signature lacks, and with them every row when none is known (`{"tsak": ...}` came back as
-    0 predictions for 1 row, silently); an empty request arrives the same way."""
+    signature lacks, and with them every row when none is known (`{"txt": ...}` came back as
+    0 predictions for 1 row, with only MLflow's warning); an empty request arrives the same
+    way."""
     if frame.shape[1] == 0:
         raise InvalidInputError(
             "no column this model reads: give `text`, or `task`, `period`, `config` and `logs` "
