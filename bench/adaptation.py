@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from regressor import pipeline, registry
-from regressor.adaptation import hold_out_gate, latest_shots, zero_shot_fallback
+from regressor.adaptation import zero_shot_fallback
 from regressor.config import AppConfig, load_app_config, load_source_config
 from regressor.evaluation import within_task_spearman
 from regressor.predictor import Predictor
@@ -116,8 +116,7 @@ def report_fallback(
         report("fallback_coverage", f"{registered.scores['interval_coverage']:.3f}")
         report("fallback_intervals", registered.intervals)
         return
-    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
-    fallback = zero_shot_fallback(base, hold_out_gate(shots, app.adapt)[1], app.eval)
+    fallback = zero_shot_fallback(base, pipeline.task_shots(app, data)[2], app.eval)
     if fallback is None:
         report("fallback_intervals", "none: eval.conformal off, or under 9 finite gate predictions")
         return

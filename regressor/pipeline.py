@@ -960,13 +960,21 @@ def adapt_version(
         return _adapt_and_register(app, paths, data, base_uri, key)
 
 
+def task_shots(app: AppConfig, data: Dataset) -> tuple[Examples, Examples, Examples]:
+    """(shots, tuning, gate): the holdout task's latest `adapt.n_shots` records and their cut
+    (`adaptation.hold_out_gate`, whose ValueError it raises). One place, so that a fallback
+    made good later (`_repair_fallback`) fits on the very shots the gate judged."""
+    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
+    return (shots, *hold_out_gate(shots, app.adapt))
+
+
 def require_shots(app: AppConfig, data: Dataset) -> None:
     """A `DataError` unless the holdout task's shots can be cut three ways (training, early
     stopping and the gate each get a record: `adaptation.hold_out_gate`) and it has a record in
     its test periods (to score it on), checked before anything is loaded or trained."""
     task, pool, test = data.holdout_task, data.splits["adapt_pool"], data.splits["adapt_test"]
     try:
-        hold_out_gate(latest_shots(pool, app.adapt.n_shots), app.adapt)
+        task_shots(app, data)
         problem = ""
     except ValueError as cut:
         problem = str(cut)
@@ -1050,9 +1058,8 @@ def _adapt_and_register(
     task = data.holdout_task
     variant = f"{app.registry.model_name}-{task}"
     base = registry.load_predictor(base_uri)
-    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
     # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
-    tuning, gate_shots = hold_out_gate(shots, app.adapt)
+    shots, tuning, gate_shots = task_shots(app, data)
     target = data.splits["adapt_test"]
     run_name = f"adapt-{task}-{app.adapt.method}-{data.data_hash[:8]}"
     with mlflow.start_run(run_name=run_name) as run:
@@ -1208,8 +1215,7 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
     """Serve the fallback `version`'s adaptation should have left, from the same gate shots (its
     key fixes the data and configs), logged to its run as it would have been; returns
     `version` with its tags as they now are."""
-    shots = latest_shots(data.splits["adapt_pool"], app.adapt.n_shots)
-    gate_shots = hold_out_gate(shots, app.adapt)[1]
+    gate_shots = task_shots(app, data)[2]
     if not app.eval.conformal or len(gate_shots) < MIN_CALIBRATION_SHOTS:
         return version  # no scale of its own (`adaptation.recalibrate`): not worth a load
     made = zero_shot_fallback(

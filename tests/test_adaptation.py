@@ -256,14 +256,19 @@ def test_too_few_shots_to_cut_three_ways_are_refused(n: int):
 EXAMPLE = {"task": "cell-z", "period": "2026-01-01", "config": {"n": 1}, "logs": {}}
 
 
-def _registered_base(base: Predictor, tmp_path: Path) -> tuple[ResolvedPaths, pipeline.Dataset]:
-    """`textperf` version 1 (= `base`) in a temp store that is left current, and `_cell_z`."""
+def _registered_base(
+    base: Predictor, tmp_path: Path, champion: bool = False
+) -> tuple[ResolvedPaths, pipeline.Dataset]:
+    """`textperf` version 1 (= `base`, `@champion` if `champion`) in a temp store that is left
+    current, and `_cell_z`."""
     paths = ResolvedPaths(var_dir=tmp_path)
     configure_mlflow(paths, "adapt-test")
     with mlflow.start_run():
         registry.log_and_register(
             base.save(tmp_path / "bundle"), "textperf", registry.input_example(EXAMPLE), {}
         )
+    if champion:
+        MlflowClient().set_registered_model_alias("textperf", "champion", "1")
     return paths, _cell_z()
 
 
@@ -521,9 +526,8 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     app, data = _wrecked_app(), _cell_z(60)
     gate = data.splits["adapt_pool"].take(range(48, 60))
     try:
-        paths, _ = _registered_base(half_trained, tmp_path)
+        paths, _ = _registered_base(half_trained, tmp_path, champion=True)
         client = MlflowClient()
-        client.set_registered_model_alias("textperf", "champion", "1")
         outcome = pipeline.adapt_version(app, paths, data, "1")
         again = pipeline.adapt_version(app, paths, data, "1")
         fallback = registry.load_predictor("models:/textperf-cell-z/2")
@@ -612,9 +616,8 @@ def test_a_fallback_takes_only_a_task_its_base_lineage_left_without_a_fine_tuned
     )
     refusing, data = _wrecked_app(), _cell_z(60)
     try:
-        paths, _ = _registered_base(half_trained, tmp_path)
+        paths, _ = _registered_base(half_trained, tmp_path, champion=True)
         client = MlflowClient()
-        client.set_registered_model_alias("textperf", "champion", "1")
         fine_tuned = pipeline.adapt_version(passing, paths, data, "1")
         kept = pipeline.adapt_version(refusing, paths, data, "1")
         kept_holder = registry.alias_version("textperf-cell-z", "champion")
@@ -653,8 +656,7 @@ def test_a_variant_is_due_again_once_its_task_has_gained_enough_records(base, tm
         )
 
     try:
-        paths, data = _registered_base(base, tmp_path)
-        MlflowClient().set_registered_model_alias("textperf", "champion", "1")
+        paths, data = _registered_base(base, tmp_path, champion=True)
         assert due(None, data) == ["cell-z"]  # no variant yet
         first = pipeline.adapt_version(LORA_APP, paths, data, "1")
         grown = _cell_z(n_pool=22)  # six more records of cell-z
