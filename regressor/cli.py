@@ -513,7 +513,12 @@ def models_list(
 @models_app.command("prune")
 def models_prune(
     keep: Annotated[
-        int, typer.Option(min=1, help="Versions kept per model, newest first, besides aliased.")
+        int,
+        typer.Option(
+            min=1,
+            help="Versions kept per model, newest first, besides aliased (a zero-shot fallback "
+            "counts with the refused version it stands in for).",
+        ),
     ] = 30,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
     config: ConfigOpt = None,

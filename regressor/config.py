@@ -348,7 +348,8 @@ class ScheduleConfig(Frozen):
     # its task arrived since its adaptation (its base still the champion). None: never for that.
     readapt_new_records: int | None = Field(None, ge=1)
     # Registry retention (`textperf models prune`) on this cron too, as the `prune` deployment's
-    # schedule, keeping `prune_keep` versions per model besides the aliased ones. None: `prune`
+    # schedule, keeping `prune_keep` versions per model besides the aliased ones (a zero-shot
+    # fallback counts with the refused version it stands in for). None: `prune`
     # stays ad hoc, since deleting versions is the team's decision.
     prune_cron: str | None = None
     prune_keep: int = Field(30, ge=1)

@@ -102,7 +102,8 @@ def prune(app: AppConfig, paths: ResolvedPaths, keep: int, dry_run: bool = False
     text = (
         f"# textperf retention of `{app.registry.model_name}`\n\n"
         f"{verb} {len(doomed)} versions (kept the newest {keep} of each model, every version "
-        f"holding an alias, and the bases of kept variants):\n\n{rows}\n"
+        f"holding an alias, and the bases of kept variants; a zero-shot fallback counts, and "
+        f"goes, with the refused version it stands in for):\n\n{rows}\n"
     )
     if doomed and not dry_run:
         text += f"\nReclaim their space: `mlflow gc --backend-store-uri {paths.tracking_uri}`.\n"

@@ -3,9 +3,13 @@
 A nightly run on new data registers a version a night, and an adapted variant a few more; each
 holds a copy of the weights. MLflow keeps them all. `prune` deletes, for the model and each of
 its variants `<name>-<task>`, the versions beyond the newest `keep` that hold no alias, and
-their logged models (the weights); `mlflow gc` then reclaims the space. Never deleted: a version
-holding an alias, and a version of the model that a kept variant version was adapted from (its
-lineage names it, and with no champion of the model the task falls back to it). Runs are left
+their logged models (the weights); `mlflow gc` then reclaims the space. A variant counts
+adaptations, not versions: a zero-shot fallback and the refused version it stands in for are
+kept or deleted together (alone, the fallback would name a version that is gone, and the
+refused version would have its fallback rebuilt by the next run reusing it). Never deleted: a
+version holding an alias (with its partner), and a version of the model that a kept variant
+version was adapted from (its lineage names it, and with no champion of the model the task
+falls back to it). Runs are left
 alone: their curves and plots are small, and a version outlives its run anyway
 (`pipeline.reused_outcome`).
 """
@@ -15,7 +19,13 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from regressor.registry import model_uri, unless_missing, variant_models, versions_newest_first
+from regressor.registry import (
+    FALLBACK_FOR,
+    model_uri,
+    unless_missing,
+    variant_models,
+    versions_newest_first,
+)
 
 
 def prunable(name: str, keep: int) -> list[ModelVersion]:
@@ -35,11 +45,25 @@ def prunable(name: str, keep: int) -> list[ModelVersion]:
 def _split(
     versions: list[ModelVersion], aliases: dict[str, str], keep: int
 ) -> tuple[list[ModelVersion], list[ModelVersion]]:
-    """(kept, the rest) of `versions` (newest first): the first `keep` and those holding an
-    alias."""
+    """(kept, the rest) of `versions` (newest first), by adaptation (`_adaptations`): the
+    newest `keep` and those with a version holding an alias."""
     held = {str(v) for v in aliases.values()}
-    kept = [v for i, v in enumerate(versions) if i < keep or str(v.version) in held]
+    kept = [
+        v
+        for i, unit in enumerate(_adaptations(versions))
+        if i < keep or any(str(u.version) in held for u in unit)
+        for v in unit
+    ]
     return kept, [v for v in versions if v not in kept]
+
+
+def _adaptations(versions: list[ModelVersion]) -> list[list[ModelVersion]]:
+    """`versions` (newest first) grouped, newest first: a zero-shot fallback with the refused
+    version it stands in for (its `FALLBACK_FOR` tag), every other version alone."""
+    units: dict[str, list[ModelVersion]] = {}
+    for version in versions:
+        units.setdefault(version.tags.get(FALLBACK_FOR, str(version.version)), []).append(version)
+    return list(units.values())
 
 
 def prune(name: str, keep: int, dry_run: bool = False) -> list[ModelVersion]:

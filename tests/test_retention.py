@@ -80,6 +80,31 @@ def test_prune_keeps_the_newest_the_aliased_and_the_bases_in_use(store: Resolved
     assert retention.prunable("textperf", keep=1) == []
 
 
+def test_a_fallback_and_the_refused_version_it_stands_in_for_go_together(
+    store: ResolvedPaths, tmp_path: Path
+) -> None:
+    """`textperf-cell-b`: v1 refused with v2 its zero-shot fallback, v3 adapted alone, v4
+    refused with v5 its fallback; the champion is v2. With keep=1 the newest adaptation (v4, v5)
+    stays whole, the champion keeps the version it stands in for (v1), and only v3 goes.
+    Counting versions would have deleted v1 (v2 naming a version gone), v3 and v4 (its
+    fallback kept, it rebuilt by the next run reusing v4)."""
+    bundle = registry.load_predictor("models:/textperf/1").save(tmp_path / "cell-b")
+    stands_in = {2: "1", 5: "4"}
+    for number in range(1, 6):
+        tags = {"task": "cell-b", "base_model": "models:/textperf/2"}
+        if number in stands_in:
+            tags[registry.FALLBACK_FOR] = stands_in[number]
+        with mlflow.start_run():
+            registry.log_and_register(
+                bundle, "textperf-cell-b", registry.input_example(RECORD), tags
+            )
+    MlflowClient().set_registered_model_alias("textperf-cell-b", "champion", "2")
+    deleted = retention.prune("textperf", keep=1)
+    assert ("textperf-cell-b", 3) in [(v.name, int(v.version)) for v in deleted]
+    assert _versions("textperf-cell-b") == [1, 2, 4, 5]
+    assert retention.prunable("textperf", keep=1) == []
+
+
 def test_a_prune_stopped_between_weights_and_version_is_finished_by_the_next(
     store: ResolvedPaths,
 ) -> None:
