@@ -1184,8 +1184,22 @@ def _register_fallback(
             },
         )
     fallback = ZeroShotFallback(str(version.version), intervals, scores)
+    _promote_fallback(fallback, version, refused, base_uri, gate_zero_shot, app)
+    return fallback
+
+
+def _promote_fallback(
+    fallback: ZeroShotFallback,
+    version: ModelVersion,
+    refused: ModelVersion,
+    base_uri: str,
+    gate_zero_shot: Mapping[str, float],
+    app: AppConfig,
+) -> None:
+    """Make `version`, registered as `fallback`, the champion of the task in place of `refused`
+    (adapted from `base_uri`), and name it in the active run."""
     registry.promote_fallback(
-        variant,
+        refused.name,
         version,
         refused,
         base_uri,
@@ -1193,8 +1207,18 @@ def _register_fallback(
         asdict(fallback),
         app.registry.champion_alias,
     )
-    mlflow.set_tag(registry.FALLBACK, registry.model_uri(variant, version.version))
-    return fallback
+    mlflow.set_tag(registry.FALLBACK, registry.model_uri(refused.name, version.version))
+
+
+def _registered_fallback(refused: ModelVersion) -> tuple[ZeroShotFallback, ModelVersion] | None:
+    """The fallback of `refused` already registered, with everything its promotion needs, by a
+    run stopped before it promoted it or tagged `refused` with it; None if there is none."""
+    version = registry.fallback_of(refused.name, refused.version)
+    if version is None or not {INTERVALS_TAG, "zero_shot_metrics"} <= version.tags.keys():
+        return None  # none, or stopped while tagging it: it is built again
+    tags = version.tags
+    scores = json.loads(tags["zero_shot_metrics"])
+    return ZeroShotFallback(str(version.version), tags[INTERVALS_TAG], scores), version
 
 
 def _missing_fallback(version: ModelVersion, app: AppConfig) -> bool:
@@ -1214,7 +1238,15 @@ def _missing_fallback(version: ModelVersion, app: AppConfig) -> bool:
 def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> ModelVersion:
     """Serve the fallback `version`'s adaptation should have left, from the same gate shots (its
     key fixes the data and configs), logged to its run as it would have been; returns
-    `version` with its tags as they now are."""
+    `version` with its tags as they now are. One registered already (a run stopped before its
+    promotion) is promoted, not built again."""
+    gate_zero_shot = json.loads(version.tags["gate_decision"])["champion"] or {}
+    run_name = f"fallback-{data.holdout_task}-{data.data_hash[:8]}"
+    registered = _registered_fallback(version)
+    if registered is not None:
+        with _reopened_run(version.run_id, run_name):
+            _promote_fallback(*registered, version, version.tags["base_model"], gate_zero_shot, app)
+        return mlflow.MlflowClient().get_model_version(version.name, version.version)
     gate_shots = task_shots(app, data)[2]
     if not app.eval.conformal or len(gate_shots) < MIN_CALIBRATION_SHOTS:
         return version  # no scale of its own (`adaptation.recalibrate`): not worth a load
@@ -1223,8 +1255,7 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
     )
     if made is None:
         return version
-    gate_zero_shot = json.loads(version.tags["gate_decision"])["champion"] or {}
-    with _reopened_run(version.run_id, f"fallback-{data.holdout_task}-{data.data_hash[:8]}"):
+    with _reopened_run(version.run_id, run_name):
         _register_fallback(made, version, version.tags, data, gate_zero_shot, app)
     return mlflow.MlflowClient().get_model_version(version.name, version.version)
 

@@ -462,6 +462,15 @@ def may_serve_fallback(name: str, base_uri: str, champion_alias: str = "champion
     return holder is None or FALLBACK_FOR in holder.tags
 
 
+def fallback_of(name: str, refused: str | int) -> ModelVersion | None:
+    """The newest version of `name` registered as the zero-shot fallback of version `refused`,
+    None if there is none."""
+    found = MlflowClient().search_model_versions(
+        f"name='{name}' and tags.{FALLBACK_FOR}='{refused}'"
+    )
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
 def promote_fallback(
     name: str,
     fallback: ModelVersion,

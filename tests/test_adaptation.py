@@ -555,6 +555,14 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
             filter_string="attributes.run_name = 'fallback-cell-z-hash-60'",
             output_format="list",
         )
+        # Stopped after registering that fallback, before promoting it: the next run promotes
+        # it, and registers nothing.
+        client.delete_model_version_tag("textperf-cell-z", "3", registry.FALLBACK)
+        client.set_registered_model_alias("textperf-cell-z", "champion", "2")
+        registered = registry.versions_newest_first("textperf-cell-z")
+        promoted_late = pipeline.adapt_version(app, paths, data, "1")
+        late_holder = registry.alias_version("textperf-cell-z", "champion")
+        after = registry.versions_newest_first("textperf-cell-z")
     finally:
         mlflow.set_tracking_uri(None)
     assert not outcome.promoted  # the premise
@@ -601,6 +609,9 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     assert _same_fallback(reused_again.fallback, repaired.fallback)  # made once
     assert without_run.fallback is not None
     assert "fallback_interval_coverage" in own_run.data.metrics
+    assert [v.version for v in after] == [v.version for v in registered]
+    assert _same_fallback(promoted_late.fallback, without_run.fallback)
+    assert str(late_holder.version) == without_run.fallback.version
 
 
 def test_a_fallback_takes_only_a_task_its_base_lineage_left_without_a_fine_tuned_champion(
