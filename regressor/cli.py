@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,12 +35,12 @@ VarOpt = Annotated[
 ]
 
 
-def _use_tracking(cfg: AppConfig) -> str:
-    """MLFLOW_TRACKING_URI wins (a team server); else the local SQLite store under var/. The
-    URI."""
+def _use_tracking(paths: ResolvedPaths) -> str:
+    """Point MLflow at the store the flows use (`PathsConfig.resolve`: the config's
+    `paths.tracking_uri`, else MLFLOW_TRACKING_URI, else SQLite under var/); the URI."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.paths.resolve().tracking_uri
+    uri = paths.tracking_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -74,10 +73,9 @@ def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, 
     under `_user_errors`."""
     from regressor import registry
 
-    cfg, _ = _state(config, var_dir)
-    uri = _use_tracking(cfg)
-    registry.require_reachable(uri)
-    return cfg, uri
+    cfg, paths = _state(config, var_dir)
+    registry.require_reachable(paths.tracking_uri)
+    return cfg, _use_tracking(paths)
 
 
 @contextmanager

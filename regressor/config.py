@@ -44,6 +44,7 @@ class PathsConfig(Frozen):
 
     var_dir: Path = Path("var")
     # An MLflow tracking server (http://...); None: $MLFLOW_TRACKING_URI, else SQLite under var/.
+    # Every command and flow takes the store in this order (`resolve`).
     tracking_uri: str | None = None
 
     def resolve(self, root: Path = PROJECT_ROOT) -> ResolvedPaths:
@@ -486,7 +487,9 @@ def load_app_config(
     load_model_config(app.model, conf_dir)
     load_train_config(app.train, conf_dir)
     if var_dir is not None:
-        app = app.model_copy(update={"paths": PathsConfig(var_dir=var_dir)})
+        # Only the state directory moves: a tracking server the config names stays.
+        paths = app.paths.model_copy(update={"var_dir": var_dir})
+        app = app.model_copy(update={"paths": paths})
     return app
 
 

@@ -61,6 +61,14 @@ def test_paths_resolve_under_var(tmp_path: Path):
     assert paths.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def test_a_var_dir_override_keeps_the_configured_tracking_server(tmp_path: Path):
+    path = tmp_path / "team.yaml"
+    path.write_text("paths:\n  tracking_uri: http://mlflow.internal:5000\n")
+    app = load_app_config(path, var_dir=tmp_path / "elsewhere")
+    assert app.paths.var_dir == tmp_path / "elsewhere"
+    assert app.paths.resolve().tracking_uri == "http://mlflow.internal:5000"
+
+
 def test_a_model_name_that_would_break_a_registry_filter_is_refused(tmp_path: Path):
     path = tmp_path / "quoted.yaml"
     path.write_text("registry:\n  model_name: \"x' or name LIKE '%\"\n")

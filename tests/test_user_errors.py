@@ -210,6 +210,22 @@ def test_an_unreachable_tracking_server_fails_quickly_and_says_so(fleet, monkeyp
     assert_clear_failure(result, "cannot reach the MLflow tracking server http://127.0.0.1:9")
 
 
+def test_every_command_takes_the_store_the_config_names_before_the_environment(
+    fleet, tmp_path, monkeypatch
+):
+    """The config's `paths.tracking_uri` comes first for `models` as for the flows, and
+    `--var-dir` moves the state without dropping it (both once fell back to the unreachable
+    MLFLOW_TRACKING_URI here)."""
+    _, var = fleet
+    config = tmp_path / "named.yaml"
+    named = {**TINY_APP, "paths": {"tracking_uri": f"sqlite:///{var / 'mlflow.db'}"}}
+    config.write_text(yaml.safe_dump(named))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    result = invoke("models", "list", "-c", config, "--var-dir", var)
+    assert result.exit_code == 0, result.output
+    assert "textperf" in result.output
+
+
 def test_training_on_too_few_records_fails_before_a_run_is_opened(few):
     config, var = few
     app = load_app_config(config, var)
