@@ -130,13 +130,18 @@ def test_a_fleet_config_and_log_deleted_for_good_lose_their_records(
 def test_a_missing_source_folder_stops_the_run_and_drops_nothing(
     tmp_path: Path, fleet: Path
 ) -> None:
-    """A source folder that is not there (an unmounted share) would make every file gone."""
+    """A source folder that is not there, or empty (an unmounted share), would make every file
+    gone."""
     db = tmp_path / "wh.duckdb"
     run(db, FLEET, fleet, "r1", forget=False)
     before = stored(db)
     (fleet / "demo_fleet").rename(tmp_path / "elsewhere")
     with pytest.raises(SourceFolderMissingError, match="not mounted"):
         run(db, FLEET, fleet, "r2", forget=True)
+    assert stored(db) == before
+    (fleet / "demo_fleet").mkdir()  # what an unmounted share leaves: its empty mount point
+    with pytest.raises(SourceFolderMissingError, match="is empty"):
+        run(db, FLEET, fleet, "r3", forget=True)
     assert stored(db) == before
 
 

@@ -430,3 +430,47 @@ def test_unreadable_files_are_quarantined_and_keep_their_rows(fleet: Fleet) -> N
     assert stored == clean
     denied = "unreadable: Permission denied"
     assert_only_quarantined(rows, fleet, dict.fromkeys(unreadable, ("file", denied)))
+
+
+def _ingest_bound_by_file_modes(fleet: Fleet, db: str, run_id: str) -> IngestReport:
+    command = with_file_modes_binding([sys.executable, "-c", INGEST])
+    done = subprocess.run(
+        [*command, str(fleet.tmp / db), str(fleet.raw), run_id],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return IngestReport.model_validate_json(done.stdout.splitlines()[-1])
+
+
+def test_a_folder_that_cannot_be_listed_is_quarantined_not_passed_over(fleet: Fleet) -> None:
+    """`Path.glob` skips a folder it may not list without a word: its logs were neither read
+    nor quarantined ("files seen" just fell). Now the folder is quarantined with the reason,
+    and the rows of the logs it holds, stored by the last run that could read them, stay. The
+    source folder itself, unlistable, is quarantined with the targets file (whose lookup used
+    to crash the run), and every record stays."""
+    _, clean, _ = fleet.ingest("wh.duckdb", "run-1")
+    folder = fleet.root / "logs" / "cell-a02"
+    hidden = len(list(folder.iterdir()))
+    folder.chmod(0)
+    try:
+        report = _ingest_bound_by_file_modes(fleet, "wh.duckdb", "run-2")
+    finally:
+        folder.chmod(0o755)
+    with Warehouse(fleet.tmp / "wh.duckdb", read_only=True) as wh:
+        stored, rows = records(wh), quarantine(wh)
+    fleet.root.chmod(0)
+    try:
+        whole = _ingest_bound_by_file_modes(fleet, "wh.duckdb", "run-3")
+    finally:
+        fleet.root.chmod(0o755)
+    assert balanced(report)
+    assert report.files_seen == 7 - hidden + 1  # the folder in place of its logs
+    assert (report.files_quarantined, report.records) == (1, len(clean))
+    assert stored == clean
+    reason = "a folder the glob searches cannot be listed (Permission denied)"
+    assert_only_quarantined(rows, fleet, {"logs/cell-a02": ("file", reason)})
+    assert (whole.files_seen, whole.files_quarantined, whole.records) == (2, 2, len(clean))
+    assert "targets.csv: cannot be looked up (Permission denied)" in whole.quarantined[1][1]

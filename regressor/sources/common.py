@@ -60,7 +60,10 @@ class Tally:
     refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     def refuse(self, rel: str, file: str, problem: str) -> None:
-        """Count a file refused before reading as seen and quarantined, for `problem`; logged."""
+        """Count a file refused before reading as seen and quarantined, for `problem`; logged.
+        Once per file: two globs of a source may both reach it (an unlistable source folder)."""
+        if any(refused_rel == rel for refused_rel, _, _ in self.refused):
+            return
         reason = f"{file}: {problem}{NOT_READ}"
         logger.warning(reason)
         self.seen += 1
@@ -154,7 +157,8 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
     A directory (not a symlink to one) is passed over when every pattern matching it ends in a
     bare wildcard (`logs/**/*`) and also matched a file: such a pattern names every entry,
     folders on the way to the files too. A pattern that matched folders alone (`logs/*/`) has
-    them refused, so a glob that reads nothing shows in the quarantine.
+    them refused, so a glob that reads nothing shows in the quarantine. So is a folder a pattern
+    searches that cannot be listed (`unlistable_folders`): its files are not read, but shown.
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     for pattern in patterns:
@@ -167,10 +171,11 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         for path in matches:
             meant[path] = meant.get(path, False) or not passing
     kept = []
-    for path in sorted(meant):
-        if not meant[path] and _folder(path):
+    unlisted = unlistable_folders(root, patterns)
+    for path in sorted(meant.keys() | unlisted.keys()):
+        if not meant.get(path, True) and _folder(path) and path not in unlisted:
             continue  # a folder `**/*` passed on its way to the files
-        problem = unreadable_reason(root, path)
+        problem = unlisted.get(path) or unreadable_reason(root, path)
         if problem is None:
             kept.append(path)
             continue
@@ -179,6 +184,25 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         else:
             tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
     return kept
+
+
+def unlistable_folders(root: Path, patterns: Sequence[str]) -> dict[Path, str]:
+    """{folder: why} for each folder under `root` (itself included) that a pattern's folder
+    parts reach and that cannot be listed: `Path.glob` passes over those in silence, so their
+    files would be neither read nor quarantined. Forgetting keeps their rows (`forget.is_gone`)."""
+    folders = {root} if _folder(root) else set()
+    for pattern in patterns:
+        parts = Path(pattern).parts
+        for depth in range(1, len(parts)):
+            folders |= {p for p in root.glob(str(Path(*parts[:depth]))) if _folder(p)}
+    found = {}
+    for folder in folders:
+        try:
+            with os.scandir(folder):
+                pass
+        except OSError as exc:
+            found[folder] = f"a folder the glob searches cannot be listed ({exc.strerror})"
+    return found
 
 
 def _folder(path: Path) -> bool:

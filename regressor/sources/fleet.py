@@ -747,11 +747,15 @@ def ingest_targets(
     wh: Warehouse, source: FleetSourceConfig, root: Path, run_id: str, known: Known, tally: Tally
 ) -> None:
     path = root / source.targets_file
-    if not path.exists() and not path.is_symlink():
-        tally.rejected.append((str(path), f"{path}: targets file not found"))
-        return
-    if problem := unreadable_reason(root, path):  # a directory, a FIFO, outside the folder...
-        rel = path.relative_to(root).as_posix()
+    rel = path.relative_to(root).as_posix()
+    try:
+        if not path.exists() and not path.is_symlink():
+            tally.rejected.append((str(path), f"{path}: targets file not found"))
+            return
+        problem = unreadable_reason(root, path)  # a directory, a FIFO, outside the folder...
+    except OSError as exc:  # a folder on its path that may not be searched
+        problem = f"cannot be looked up ({exc.strerror})"
+    if problem:
         tally.refuse(rel, str(path), problem)
         return
     # The validation rules are part of the parser: changing them re-validates unchanged bytes.

@@ -4,7 +4,8 @@ By default a stored file that is no longer there keeps its rows: a source folder
 mount that is away for one night must not empty the training set. A team that deletes inputs on
 purpose asks for their rows to go; then a file counts as gone only when the file system says so
 (no such file), never when it cannot tell (a folder that cannot be searched), and a source folder
-that is not there at all stops the run instead of forgetting everything.
+that is not there at all, or empty (the mount point of a share that is away), stops the run
+instead of forgetting everything.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class SourceFolderMissingError(FileNotFoundError):
-    """The source folder itself is not there: forgetting would drop every stored file."""
+    """The source folder itself is not there, or empty: forgetting would drop every stored
+    file."""
 
 
 def is_gone(root: Path, rel: str) -> bool:
@@ -55,6 +57,11 @@ def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
     gone = gone_files(wh, source, root)
     if not gone:
         return []
+    if not any(root.iterdir()):  # an unmounted share usually leaves its empty mount point
+        raise SourceFolderMissingError(
+            f"{root}: the source folder of {source!r} is empty (a share not mounted?); nothing "
+            "was forgotten (to drop a source's every file, ingest into a new warehouse)"
+        )
     frame = pl.DataFrame({"path": gone}, schema={"path": pl.String})
     with wh.registered("gone_files", frame):
         again = wh.query("gone_dependents", source=source, repeated=STORED_ELSEWHERE)["path"]
