@@ -284,6 +284,26 @@ def test_a_broken_targets_row_is_quarantined_alone(fleet: Fleet) -> None:
         assert expected[location] in reason
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text.replace(b"efficiency", b"efficienc\xe9"),
+        lambda text: text.decode().encode("utf-16"),
+    ],
+    ids=["latin-1 byte in the header", "utf-16"],
+)
+def test_a_targets_header_with_bad_bytes_is_named_as_such(fleet: Fleet, encode) -> None:
+    """The header line was skipped as undecodable and the first data row taken for it: the
+    reason read "line 2: missing column(s) ...; header is ['cell-a01', ...]"."""
+    targets = fleet.root / "targets.csv"
+    targets.write_bytes(encode(targets.read_bytes()))
+    report, stored, rows = fleet.ingest("wh.duckdb", "run-1")
+    assert balanced(report)
+    assert stored == []
+    reason = "header: not valid UTF-8"
+    assert_only_quarantined(rows, fleet, {"targets.csv": ("line 1", reason)})
+
+
 def test_a_targets_row_with_an_extra_field_is_quarantined(fleet: Fleet) -> None:
     """An extra field used to be dropped silently (which field was the target?)."""
     _, clean, _ = fleet.ingest("clean.duckdb", "run-0")

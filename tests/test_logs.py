@@ -11,6 +11,7 @@ import pytest
 
 from regressor.serialize import approx_token_count
 from regressor.sources.logs import (
+    MAX_LINE_CHARS,
     ShapeCache,
     iso_prefixed,
     parse_lines,
@@ -23,6 +24,7 @@ from regressor.sources.logs import (
     summarize_logs,
     template_of,
 )
+from regressor.sources.parsing import decode
 
 pytest_plugins = ("conftest_data",)
 LOGHUB_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "loghub_2k"
@@ -123,6 +125,29 @@ def test_batch_equals_one_by_one_and_empty_is_fine():
     assert summarize_logs([]) == []
     assert summarize_log("")["lines"] == 0
     assert summarize_logs(texts)[2]["lines"] == 1  # blank lines do not count
+
+
+def test_a_line_as_long_as_a_dumped_blob_is_summarised_by_its_head():
+    """An 8 MB line used to be one 8 MB template in the stored summary (and cost ~50x its size
+    to mask); cut to MAX_LINE_CHARS, the summary stays small, and short lines are untouched."""
+    short = "2026-01-01T00:00:00 INFO job done dur_s=12\n"
+    blob = "2026-01-01T00:00:01 INFO dump " + "k=1 " * 2_000_000 + "\n"
+    alone, with_blob = summarize_log(short), summarize_log(short + blob)
+    assert with_blob["lines"] == 2
+    assert max(len(t) for t in with_blob["templates"]) <= MAX_LINE_CHARS
+    assert len(json.dumps(with_blob)) < 3 * MAX_LINE_CHARS
+    assert (
+        with_blob["templates"]["job done dur_s=<NUM>"] == alone["templates"]["job done dur_s=<NUM>"]
+    )
+    assert split_lines([short])["text"].to_list() == [short.strip()]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tiny_fleet, fleet_source):
+    """A log saved by a Windows editor starts with U+FEFF: its first line got a template of its
+    own. Decoded as ingest decodes, it summarises as the same log without it."""
+    raw_dir, _ = tiny_fleet
+    data = (raw_dir / fleet_source.root / "logs" / "cell-a02" / "2026-01-03.log").read_bytes()
+    assert summarize_log(decode(b"\xef\xbb\xbf" + data)) == summarize_log(decode(data))
 
 
 def test_a_fleet_day_summary_is_compact(tiny_fleet, fleet_source):

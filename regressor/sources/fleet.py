@@ -331,14 +331,18 @@ def ordered_map(
 # -- targets ---------------------------------------------------------------------------------
 
 
-def decoded_lines(data: bytes) -> tuple[list[tuple[int, str]], list[BadInputError]]:
-    """Non-blank (line number, text) pairs; a line with bad bytes is a problem, not a failure."""
+def decoded_lines(
+    data: bytes,
+) -> tuple[list[tuple[int, str]], list[tuple[int, BadInputError]]]:
+    """Non-blank (line number, text) pairs, and (line number, problem) for each line with bad
+    bytes: a problem, not a failure."""
     good, bad = [], []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             text = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as exc:
-            bad.append(BadInputError(f"not valid UTF-8 ({exc.reason})", f"line {number}"))
+            problem = BadInputError(f"not valid UTF-8 ({exc.reason})", f"line {number}")
+            bad.append((number, problem))
             continue
         if text.strip():
             good.append((number, text))
@@ -365,7 +369,11 @@ def read_targets_frame(
     that is not valid CSV on its own line, or has more fields than the header (an unquoted comma:
     which field is the target?). A short row's missing fields are null. BadInputError when the
     file as a whole is unusable."""
-    lines, bad = decoded_lines(s.data)
+    lines, undecoded = decoded_lines(s.data)
+    if undecoded and (not lines or undecoded[0][0] < lines[0][0]):  # the header's bytes are bad
+        first = undecoded[0][1]  # not the next line taken for the header: name the encoding
+        raise BadInputError(f"header: {first}", first.location)
+    bad = [problem for _, problem in undecoded]
     if not lines:
         raise BadInputError("empty file")
     number, text = lines[0]

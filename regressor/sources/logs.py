@@ -35,8 +35,12 @@ import numpy as np
 import polars as pl
 
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
-SUMMARY_VERSION = 3
+# 4: lines cut to MAX_LINE_CHARS; a byte order mark no longer part of the first line.
+SUMMARY_VERSION = 4
 SIGNIFICANT_DIGITS = 4
+# A line's first characters are what is summarised: a dumped blob on one line would otherwise be
+# one template as long as itself in the stored summary, and cost ~50x its size to mask.
+MAX_LINE_CHARS = 4096
 
 _FRACTION_TZ = r"(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
 # (capture regex, strptime format or "epoch"); tried in order, the first that matches a line wins.
@@ -75,7 +79,7 @@ def round_sig(value: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | 
 
 def split_lines(texts: Sequence[str]) -> pl.DataFrame:
     """One row per non-blank line: row (order), file (index into `texts`), text, and `fold`, the
-    text with digits 1-9 folded to 0 (see `shape_expr`).
+    text with digits 1-9 folded to 0 (see `shape_expr`), each cut to `MAX_LINE_CHARS`.
 
     The texts are joined, folded with `str.translate` and split once: ~10x faster than splitting
     per file and folding with a regex per line.
@@ -92,6 +96,8 @@ def split_lines(texts: Sequence[str]) -> pl.DataFrame:
     ).with_row_index("row")
     if "\r" in big:
         frame = frame.with_columns(pl.col("text", "fold").str.strip_chars_end("\r"))
+    if frame["text"].str.len_bytes().max() > MAX_LINE_CHARS:  # offsets only: no scan of the text
+        frame = frame.with_columns(pl.col("text", "fold").str.head(MAX_LINE_CHARS))
     return frame.filter(pl.col("text").str.contains(r"\S"))
 
 
@@ -164,7 +170,8 @@ def shape_table(shapes: pl.Series) -> pl.DataFrame:
     unique = shapes.unique().to_frame("shape")
     level = pl.col("shape").str.extract(LEVEL_RE, 1).replace(LEVEL_ALIASES)
     message = pl.col("shape").str.replace(LEVEL_RE + r":?\s*", "")
-    return unique.with_columns(level.alias("level"), mask_expr(message).alias("template"))
+    template = mask_expr(message).str.head(MAX_LINE_CHARS)  # a mask may be longer than its text
+    return unique.with_columns(level.alias("level"), template.alias("template"))
 
 
 def parse_lines(texts: Sequence[str]) -> pl.DataFrame:

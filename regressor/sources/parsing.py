@@ -23,9 +23,10 @@ FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
 
 
 def decode(data: bytes) -> str:
-    """UTF-8 text, or BadInputError naming the first bad byte and its line."""
+    """UTF-8 text without a byte order mark (Windows editors and Excel write one: it is not part
+    of the first line), or BadInputError naming the first bad byte and its line."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise BadInputError(
