@@ -167,7 +167,11 @@ def ingest(
         typer.echo(f"  quarantined {file}: {reason}", err=True)
     for path in result.files_forgotten:
         typer.echo(f"  forgot {path} (gone; its rows were dropped)")
+    for task, n in result.unmatched_targets.items():
+        typer.echo(f"  {n} target row(s) of task {task!r}: {UNMATCHED}", err=True)
 
+
+UNMATCHED = "no config or no log has that task, so they make no record (a misspelt task?)"
 
 # A record is one system's configs and log summaries: megabytes at most. A bigger file (or a
 # device such as /dev/zero) is refused after this many bytes instead of being read whole.

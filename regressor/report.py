@@ -89,10 +89,19 @@ def ingest_summary(ingested) -> str:
     )
     quarantined = "\n".join(f"- `{file}`: {reason}" for file, reason in ingested.quarantined[:50])
     forgotten = "\n".join(f"- `{path}`" for path in ingested.files_forgotten[:50])
+    unmatched = "\n".join(
+        f"- `{task}`: {n} rows" for task, n in list(ingested.unmatched_targets.items())[:50]
+    )
     return (
         lines
         + ("\n\nQuarantined:\n\n" + quarantined if quarantined else "")
         + ("\n\nForgotten (gone for good, rows dropped):\n\n" + forgotten if forgotten else "")
+        + (
+            "\n\nTargets of a task no config or no log names (no record; a misspelt task?):\n\n"
+            + unmatched
+            if unmatched
+            else ""
+        )
     )
 
 

@@ -23,6 +23,7 @@ from conftest_data import with_file_modes_binding
 import regressor
 from regressor.config import FleetSimConfig, FleetSourceConfig, load_source_config
 from regressor.fleetsim import generate_fleet
+from regressor.report import render_ingest
 from regressor.sources.common import Tally, known_files, safe_files
 from regressor.sources.fleet import (
     PARSER_VERSION,
@@ -302,6 +303,19 @@ def test_a_targets_header_with_bad_bytes_is_named_as_such(fleet: Fleet, encode) 
     assert stored == []
     reason = "header: not valid UTF-8"
     assert_only_quarantined(rows, fleet, {"targets.csv": ("line 1", reason)})
+
+
+def test_targets_of_a_task_no_config_names_are_reported(fleet: Fleet) -> None:
+    """Target rows of `CELL-A02` (cased unlike its config and logs) are good rows, stored, but
+    join no record; the report used to say nothing of them."""
+    _, clean, _ = fleet.ingest("clean.duckdb", "run-0")
+    targets = fleet.root / "targets.csv"
+    targets.write_bytes(targets.read_bytes().replace(b"cell-a02,", b"CELL-A02,"))
+    report, stored, _ = fleet.ingest("wh.duckdb", "run-1")
+    assert balanced(report)
+    assert stored == [r for r in clean if "/cell-a02/" not in r[0]]
+    assert report.unmatched_targets == {"CELL-A02": 2}
+    assert "- `CELL-A02`: 2 rows" in render_ingest(report)
 
 
 def test_a_targets_row_with_an_extra_field_is_quarantined(fleet: Fleet) -> None:

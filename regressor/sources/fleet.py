@@ -83,6 +83,8 @@ class IngestReport(BaseModel):
     records_added: int  # net change in that count (0 when nothing changed)
     quarantined: list[tuple[str, str]]  # (file, reason), files and rows rejected by this run
     files_forgotten: list[str] = []  # gone files whose rows this run dropped (`--forget-gone`)
+    # Stored target rows per task that no config or no log names: they join no record.
+    unmatched_targets: dict[str, int] = {}
 
 
 @dataclass
@@ -813,6 +815,7 @@ def build_report(
         records=records,
         records_added=records - before,
         quarantined=tally.rejected,
+        unmatched_targets=dict(wh.query("unmatched_targets", source=source).iter_rows()),
     )
 
 
