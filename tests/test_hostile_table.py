@@ -303,3 +303,40 @@ def test_a_warehouse_error_stops_the_run_instead_of_quarantining_the_file(tmp_pa
         with pytest.raises(duckdb.ConstraintException):
             ingest(wh, source(root))
         assert quarantine(wh) == []
+
+
+# -- record keys -------------------------------------------------------------------------------
+
+
+def test_keys_that_only_joined_the_same_are_distinct_records(tmp_path: Path) -> None:
+    """Key parts and the task were joined with `,` and `/` as they were: keys (`a,b`, `c`) and
+    (`a`, `b,c`) in a TSV, or task `a/b` with key `c` and task `a` with key `b/c`, made one
+    record, and the second good row was quarantined as its duplicate."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "k.tsv").write_text("p1\tp2\ty\na,b\tc\t1\na\tb,c\t2\n")
+    (root / "j.csv").write_text("job,p1,y\na/b,c,3\na,b/c,4\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, source(root, files=["k.tsv"], key_columns=["p1", "p2"], task="k"))
+        ingest(wh, source(root, name="j", files=["j.csv"], key_columns=["p1"], task_column="job"))
+        assert quarantine(wh) == []
+        assert {rid: target for rid, (target, _) in records(wh).items()} == {
+            "t/k/a\\,b,c": 1.0,
+            "t/k/a,b\\,c": 2.0,
+            "j/a\\/b/c": 3.0,
+            "j/a/b\\/c": 4.0,
+        }
+        tasks = wh.query("records").filter(pl.col("source") == "j")["task"].sort().to_list()
+        assert tasks == ["a", "a/b"]  # the task itself is stored as written
+
+
+def test_a_row_starting_with_a_nul_is_not_taken_for_an_over_long_line(tmp_path: Path) -> None:
+    """Over-long lines were marked in-band with a leading NUL: a row that began with one was
+    reported as "line of abc,20 bytes exceeds the limit". It is read as the row it is."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "n.csv").write_bytes(b"k,y\n\x00abc,20\nd,5\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, key_columns=["k"], task="n"))
+        assert "exceeds the limit" not in str(report.quarantined)
+        assert report.records == 2

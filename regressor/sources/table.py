@@ -45,8 +45,9 @@ from regressor.targets import MissingScaleError, scale_of
 from regressor.warehouse import Warehouse
 
 # 2: BOM dropped from the header; non-finite config numbers kept as text; baselines checked;
-# keys checked against other files; Parquet reads only the columns it uses.
-PARSER_VERSION = 2
+# keys checked against other files; Parquet reads only the columns it uses. 3: key parts escaped
+# (`key_part`); a row starting with a NUL no longer taken for an over-long line.
+PARSER_VERSION = 3
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 100_000
 
@@ -89,13 +90,18 @@ def decode_block(data: bytes, offset: int, first_line: int) -> str:
         raise BadInputError(f"not valid UTF-8 ({exc.reason})", where) from exc
 
 
+# Starts an over-long line's stand-in: no line split at "\n" can (a NUL could: a row starting
+# with one was reported as an over-long line, its text as the size).
+LONG_LINE = "\n"
+
+
 def raw_blocks(
     path: Path, max_line: int, block_bytes: int = BLOCK_BYTES
 ) -> Iterator[tuple[int, list[str], bool]]:
     """(first line number, lines, is last block) of a text file read `block_bytes` at a time.
 
-    A line over `max_line` bytes becomes the marker "\\0<bytes>": it is counted and quarantined
-    without ever being held whole, so one runaway line cannot exhaust memory.
+    A line over `max_line` bytes becomes the marker `LONG_LINE` + its size in bytes: it is counted
+    and quarantined without ever being held whole, so one runaway line cannot exhaust memory.
     """
     line_no, offset, carry, skipped = 1, 0, b"", 0
     with path.open("rb") as f:
@@ -113,7 +119,7 @@ def raw_blocks(
             if skipped:  # the over-long line ends at the first newline of this data
                 end = data.find(b"\n")
                 end = len(data) if end < 0 else end
-                lines.append(f"\0{skipped + end}")
+                lines.append(f"{LONG_LINE}{skipped + end}")
                 start, skipped = min(end + 1, len(data)), 0
             lines += split_block(data[start:cut], offset + start, line_no + len(lines), max_line)
             yield line_no, lines, not chunk
@@ -128,7 +134,7 @@ def split_block(data: bytes, offset: int, first_line: int, max_line: int) -> lis
     if lines[-1] == "":
         lines.pop()  # the block ends with a newline
     if len(data) > max_line:  # only then can one line be over the limit
-        lines = [f"\0{n}" if (n := len(x.encode())) > max_line else x for x in lines]
+        lines = [f"{LONG_LINE}{n}" if (n := len(x.encode())) > max_line else x for x in lines]
     return lines
 
 
@@ -142,7 +148,7 @@ def csv_blocks(
         if not state.header:
             if not lines or not lines[0].strip():
                 raise BadInputError("empty file (no header line)")
-            if lines[0].startswith("\0"):
+            if lines[0].startswith(LONG_LINE):
                 raise BadInputError(
                     f"header line of {lines[0][1:]} bytes exceeds the limit", "line 1"
                 )
@@ -173,7 +179,7 @@ def split_fields(lines: list[str], first: int, sep: str, header: list[str], cut:
     ).filter(pl.col("text").str.strip_chars() != "")
     frame = frame.with_columns(
         pl.col("text").str.split(sep).alias("cells"),
-        pl.col("text").str.starts_with("\0").alias("long"),
+        pl.col("text").str.starts_with(LONG_LINE).alias("long"),
     ).with_columns(pl.col("cells").list.len().alias("n"))
     block = Block(pl.DataFrame())
     ncols = len(header)
@@ -325,7 +331,7 @@ def block_records(
     )
     problem = pl.when(task.is_null() | (task == "")).then(pl.lit("missing task")).otherwise(problem)
     key = (
-        pl.concat_str([pl.col(cell(c)).fill_null("") for c in cols.keys], separator=",")
+        pl.concat_str([key_part(pl.col(cell(c)).fill_null("")) for c in cols.keys], separator=",")
         if cols.keys
         else pl.format(f"{ctx['rel']}:{{}}", pl.col("line"))
     )
@@ -334,7 +340,7 @@ def block_records(
     )
     valid = without_problems(checked, state)
     configs = config_values(valid, cols)
-    record_ids = source.name + "/" + valid["task"] + "/" + valid["key"]  # as the build names them
+    record_ids = source.name + "/" + valid.select(RECORD_KEY)["record_key"]  # as the build does
     baseline = [
         baseline_problem(config, source.target_relative_to, record_id)
         for config, record_id in zip(configs, record_ids, strict=True)
@@ -348,7 +354,7 @@ def block_records(
     good = dedupe(wh, without_problems(valid, state), cols, ctx, state)
     return good.select(
         pl.lit(source.name).alias("source"),
-        (pl.col("task") + "/" + pl.col("key")).alias("record_key"),
+        RECORD_KEY,
         "task",
         pl.lit(None, pl.Date).alias("period"),
         "config_json",
@@ -359,6 +365,20 @@ def block_records(
         pl.lit(ctx["hash"]).alias("content_hash"),
         pl.lit(ctx["run_id"]).alias("ingest_run_id"),
     )
+
+
+def key_part(text: pl.Expr) -> pl.Expr:
+    """`text` with `\\`, `,` and `/` escaped by a backslash, so that the parts joined into a record
+    key cannot run into each other: keys (`a,b`, `c`) and (`a`, `b,c`), or task `a/b` with key
+    `c` and task `a` with key `b/c`, were one record (the second a "duplicate"). A part without
+    those characters is unchanged, and so are the record ids of such data."""
+    for char in ("\\", ",", "/"):
+        text = text.str.replace_all(char, "\\" + char, literal=True)
+    return text
+
+
+# A table row's record key: its task and key (`key_part`), which the record id follows.
+RECORD_KEY = (key_part(pl.col("task")) + "/" + pl.col("key")).alias("record_key")
 
 
 def without_problems(frame: pl.DataFrame, state: FileState) -> pl.DataFrame:
@@ -404,7 +424,7 @@ def dedupe(
     file (read earlier) or earlier in this one; later ones are quarantined, naming the first."""
     if not cols.keys or good.is_empty():
         return good
-    record_keys = good.select((pl.col("task") + "/" + pl.col("key")).alias("record_key"))
+    record_keys = good.select(RECORD_KEY)
     with wh.registered("candidate_keys", record_keys.unique()):
         stored = wh.query("stored_row_keys", source=ctx["source"], path=ctx["rel"])
     elsewhere = {k: (path, line) for k, path, line in stored.iter_rows()}
