@@ -23,6 +23,7 @@ from conftest_data import with_file_modes_binding
 from regressor.config import TableSourceConfig
 from regressor.dataset import to_examples
 from regressor.sources.fleet import IngestReport
+from regressor.sources.runs import json_number
 from regressor.sources.table import ingest_table
 from regressor.warehouse import Warehouse
 
@@ -340,3 +341,16 @@ def test_a_row_starting_with_a_nul_is_not_taken_for_an_over_long_line(tmp_path: 
         report = ingest(wh, source(root, key_columns=["k"], task="n"))
         assert "exceeds the limit" not in str(report.quarantined)
         assert report.records == 2
+
+
+def test_integers_beyond_int64_stay_exact_as_text(tmp_path: Path) -> None:
+    """20-digit ids were read as floats: two distinct ones became the same 1.2345678901234567e19."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "i.csv").write_text("k,id,y\na,12345678901234567890,1\nb,12345678901234567891,2\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, source(root, key_columns=["k"], task="i"))
+        ids = sorted(config["id"] for _, config in records(wh).values())
+    assert ids == ["12345678901234567890", "12345678901234567891"]
+    assert json_number("-12345678901234567890") == "-12345678901234567890"  # runs reports
+    assert json_number("123456789012345678") == 123456789012345678  # 18 digits: a number

@@ -26,6 +26,8 @@ from regressor.warehouse import QuarantineRow, Warehouse
 
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
 INT_RE = r"^[-+]?\d{1,18}$"
+# Beyond Int64 and exact as text only: as a float two such ids would become one value.
+LONG_INT_RE = r"^[-+]?\d{19,}$"
 FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
 # A YAML document may expand to at most this many nodes once its aliases are followed: a real
 # config has a few thousand; a "billion laughs" bomb has 10^9 from a few hundred bytes.
@@ -338,13 +340,14 @@ def file_row(
 
 def typed_columns(frame: pl.DataFrame, columns: Sequence[str]) -> list[list[Any]]:
     """Text cells -> JSON values, one list per column: integers and finite decimals become numbers,
-    empty cells None, anything else stays a string (typed per value, so no guess can fail)."""
+    empty cells None, anything else stays a string (typed per value, so no guess can fail), as
+    does an integer of 19 digits or more (`LONG_INT_RE`)."""
     exprs = []
     for c in columns:
         s = pl.col(c).cast(pl.String).str.strip_chars()
         exprs += [
             pl.when(s.str.contains(INT_RE)).then(s.cast(pl.Int64, strict=False)).alias(f"{c}\0i"),
-            pl.when(s.str.contains(FLOAT_RE))
+            pl.when(s.str.contains(FLOAT_RE) & ~s.str.contains(LONG_INT_RE))
             .then(s.cast(pl.Float64, strict=False))
             .alias(f"{c}\0f"),
             pl.when(s != "").then(s).alias(f"{c}\0s"),

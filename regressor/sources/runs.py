@@ -27,6 +27,7 @@ from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
 from regressor.sources.common import (
     FLOAT_RE,
     INT_RE,
+    LONG_INT_RE,
     BadInputError,
     Known,
     Tally,
@@ -51,7 +52,8 @@ from regressor.warehouse import Warehouse
 
 # 2: booleans and strings such as "1_000" are no longer targets; a BOM or a YAML merge key no
 # longer quarantines a report; NaN and infinity are stored as text; keys that are not text too.
-PARSER_VERSION = 2
+# 3: a quoted integer of 19 digits or more stays text (as a float two ids became one).
+PARSER_VERSION = 3
 BATCH_RUNS = 128
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,10 @@ def target_of(fields: dict[str, Any], source: RunsSourceConfig) -> float:
 
 
 def json_number(value: Any) -> Any:
-    """Numbers written as strings (lumos reports quote them) become numbers; the rest is as is."""
+    """Numbers written as strings (lumos reports quote them) become numbers; the rest is as is,
+    an integer too long for a float to keep exact (`LONG_INT_RE`) too."""
+    if isinstance(value, str) and re.fullmatch(LONG_INT_RE, value.strip()):
+        return value
     if isinstance(value, str) and re.fullmatch(FLOAT_RE, value.strip()):
         number = float(value)
         if math.isfinite(number):
