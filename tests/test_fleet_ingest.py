@@ -291,11 +291,13 @@ def test_a_missing_targets_file_is_reported(tmp_path, tiny_fleet, fleet_source):
     (raw_dir / fleet_source.root / "targets.csv").unlink()
     with Warehouse(tmp_path / "w.duckdb") as wh:
         report = ingest_fleet(wh, fleet_source, raw_dir, run_id="run-1")
+        rows = wh.query("quarantine_report").select("file", "reason").rows()
     assert invariant(report)
     assert report.records == 0
-    assert report.files_seen == 18
+    assert (report.files_seen, report.files_quarantined) == (19, 1)  # 18 read, targets missing
     assert len(report.quarantined) == 1
     assert "targets file not found" in report.quarantined[0][1]
+    assert [file for file, _ in rows] == [str(raw_dir / fleet_source.root / "targets.csv")]
 
 
 def test_batches_bound_memory_without_changing_results(

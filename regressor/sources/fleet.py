@@ -760,9 +760,10 @@ def ingest_targets(
     rel = path.relative_to(root).as_posix()
     try:
         if not path.exists() and not path.is_symlink():
-            tally.rejected.append((str(path), f"{path}: targets file not found"))
-            return
-        problem = unreadable_reason(root, path)  # a directory, a FIFO, outside the folder...
+            # A quarantine row, not a line of the report alone: no record is built without it.
+            problem = "targets file not found: no record can be built without it"
+        else:
+            problem = unreadable_reason(root, path)  # a directory, a FIFO, outside the folder...
     except OSError as exc:  # a folder on its path that may not be searched
         problem = f"cannot be looked up ({exc.strerror})"
     if problem:
