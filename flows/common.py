@@ -34,7 +34,7 @@ from regressor.config import (
     load_train_config,
 )
 from regressor.sources.common import safe_files
-from regressor.sources.dispatch import root_of
+from regressor.sources.dispatch import parsing_version, root_of
 
 # Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
 WRITER_LEASE_SECONDS = 600.0
@@ -160,7 +160,8 @@ def fingerprint_files(files: list[Path], root: Path) -> str:
 
 
 def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key of an ingest: the input files' content, the source config and the warehouse path.
+    """Cache key of an ingest: the input files' content, the source config, the warehouse path,
+    and the parsers' versions (`dispatch.parsing_version`).
 
     A missing warehouse is handled by the caller (`refresh_cache`), not by the key: anything that
     changes on every write (mtime, size) would make the key miss on every run.
@@ -169,7 +170,12 @@ def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     source: SourceConfig = parameters["source"]
     root, files = source_files(paths, source)
     # One hex digest: Prefect uses the key as a file name in its result storage.
-    parts = (source.model_dump_json(), str(paths.warehouse), fingerprint_files(files, root))
+    parts = (
+        source.model_dump_json(),
+        str(paths.warehouse),
+        fingerprint_files(files, root),
+        parsing_version(),
+    )
     return f"ingest-{source.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()}"
 
 
