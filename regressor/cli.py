@@ -167,8 +167,11 @@ def ingest(
         typer.echo(f"  quarantined {file}: {reason}", err=True)
     for path in result.files_forgotten:
         typer.echo(f"  forgot {path} (gone; its rows were dropped)")
-    for task, n in result.unmatched_targets.items():
+    unmatched = list(result.unmatched_targets.items())
+    for task, n in unmatched[:20]:
         typer.echo(f"  {n} target row(s) of task {task!r}: {UNMATCHED}", err=True)
+    if len(unmatched) > 20:
+        typer.echo(f"  ... and {len(unmatched) - 20} more such tasks (the ingest report)", err=True)
 
 
 UNMATCHED = "no config or no log has that task, so they make no record (a misspelt task?)"

@@ -488,7 +488,7 @@ def load_app_config(
     load_train_config(app.train, conf_dir)
     if var_dir is not None:
         # Only the state directory moves: a tracking server the config names stays.
-        paths = app.paths.model_copy(update={"var_dir": var_dir})
+        paths = PathsConfig.model_validate(app.paths.model_dump() | {"var_dir": var_dir})
         app = app.model_copy(update={"paths": paths})
     return app
 

@@ -500,6 +500,11 @@ def test_a_folder_that_cannot_be_listed_is_quarantined_not_passed_over(fleet: Fl
         whole = _ingest_bound_by_file_modes(fleet, "wh.duckdb", "run-3")
     finally:
         fleet.root.chmod(0o755)
+    fleet.root.chmod(0o311)  # searchable, not listable: the globs' literal parts need no listing
+    try:
+        searchable = _ingest_bound_by_file_modes(fleet, "wh.duckdb", "run-4")
+    finally:
+        fleet.root.chmod(0o755)
     assert balanced(report)
     assert report.files_seen == 7 - hidden + 1  # the folder in place of its logs
     assert (report.files_quarantined, report.records) == (1, len(clean))
@@ -508,3 +513,4 @@ def test_a_folder_that_cannot_be_listed_is_quarantined_not_passed_over(fleet: Fl
     assert_only_quarantined(rows, fleet, {"logs/cell-a02": ("file", reason)})
     assert (whole.files_seen, whole.files_quarantined, whole.records) == (2, 2, len(clean))
     assert "targets.csv: cannot be looked up (Permission denied)" in whole.quarantined[1][1]
+    assert (searchable.files_quarantined, searchable.records) == (0, len(clean))

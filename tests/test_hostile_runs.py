@@ -383,7 +383,8 @@ from regressor.config import RunsSourceConfig
 from regressor.sources.runs import ingest_runs
 from regressor.warehouse import Warehouse
 root, db = Path(sys.argv[1]), Path(sys.argv[2])
-cfg = dict(name="runs", adapter="runs", root=root, run_glob="*", target_field="runtime",
+run_glob = sys.argv[3] if len(sys.argv) > 3 else "*"
+cfg = dict(name="runs", adapter="runs", root=root, run_glob=run_glob, target_field="runtime",
            report_files=["report.json", "report.yaml"], task_field="app",
            config_fields=["app", "note", "size"])
 with Warehouse(db) as wh:
@@ -391,11 +392,11 @@ with Warehouse(db) as wh:
 """
 
 
-def ingest_locked(root: Path, db: Path, locked: list[Path]) -> IngestReport:
+def ingest_locked(root: Path, db: Path, locked: list[Path], run_glob: str = "*") -> IngestReport:
     """Ingest in a child process that file modes bind, with `locked` at mode 000 meanwhile."""
     for path in locked:
         path.chmod(0)
-    cmd = [sys.executable, "-c", CHILD, str(root), str(db)]
+    cmd = [sys.executable, "-c", CHILD, str(root), str(db), run_glob]
     try:
         done = subprocess.run(
             with_file_modes_binding(cmd), cwd=PROJECT, capture_output=True, text=True, check=False
@@ -405,6 +406,20 @@ def ingest_locked(root: Path, db: Path, locked: list[Path]) -> IngestReport:
             path.chmod(0o755)
     assert done.returncode == 0, done.stderr[-3000:]
     return IngestReport.model_validate_json(done.stdout.splitlines()[-1])
+
+
+def test_a_folder_of_run_folders_that_cannot_be_listed_is_quarantined(tmp_path: Path) -> None:
+    """With `run_glob: "*/*"` (lumos: `aws/*/*`), a group folder glob may not list used to hide
+    its runs without a word; it is quarantined, and the other group's run is ingested."""
+    root = tmp_path / "runs"
+    put(root, "a/run1", "report.json", '{"app": "x", "runtime": 2}')
+    put(root, "b/run2", "report.json", '{"app": "y", "runtime": 3}')
+    report = ingest_locked(root, tmp_path / "wh.duckdb", [root / "b"], run_glob="*/*")
+    assert report.files_seen == report.files_ingested + report.files_quarantined
+    assert report.records == 1
+    [(file, reason)] = report.quarantined
+    assert file == str(root / "b")
+    assert "a folder the glob searches cannot be listed (Permission denied)" in reason
 
 
 def test_unreadable_files_and_folders_are_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -344,13 +344,19 @@ def test_a_row_starting_with_a_nul_is_not_taken_for_an_over_long_line(tmp_path: 
 
 
 def test_integers_beyond_int64_stay_exact_as_text(tmp_path: Path) -> None:
-    """20-digit ids were read as floats: two distinct ones became the same 1.2345678901234567e19."""
+    """20-digit ids were read as floats: two distinct ones became the same 1.2345678901234567e19;
+    a 19-digit one Int64 holds (a nanosecond timestamp) is an exact integer."""
     root = tmp_path / "data"
     root.mkdir()
-    (root / "i.csv").write_text("k,id,y\na,12345678901234567890,1\nb,12345678901234567891,2\n")
+    (root / "i.csv").write_text(
+        "k,id,y\na,12345678901234567890,1\nb,12345678901234567891,2\nc,1733400000123456789,3\n"
+    )
     with Warehouse(tmp_path / "w.duckdb") as wh:
         ingest(wh, source(root, key_columns=["k"], task="i"))
-        ids = sorted(config["id"] for _, config in records(wh).values())
-    assert ids == ["12345678901234567890", "12345678901234567891"]
-    assert json_number("-12345678901234567890") == "-12345678901234567890"  # runs reports
-    assert json_number("123456789012345678") == 123456789012345678  # 18 digits: a number
+        ids = [config["id"] for _, config in sorted(records(wh).values())]
+    assert ids == ["12345678901234567890", "12345678901234567891", 1733400000123456789]
+    # runs reports' quoted numbers, the same way
+    assert json_number("-12345678901234567890") == "-12345678901234567890"
+    assert json_number("1733400000123456789") == 1733400000123456789
+    assert json_number("1" * 5000) == "1" * 5000  # not parsed: past Python's int() digit limit
+    assert json_number(" 2.5 ") == 2.5

@@ -140,6 +140,17 @@ def test_a_line_as_long_as_a_dumped_blob_is_summarised_by_its_head():
         with_blob["templates"]["job done dur_s=<NUM>"] == alone["templates"]["job done dur_s=<NUM>"]
     )
     assert split_lines([short])["text"].to_list() == [short.strip()]
+    assert split_lines([blob])["text"].str.len_chars().max() <= MAX_LINE_CHARS
+
+
+def test_a_field_the_cut_runs_through_is_no_sample():
+    """Cut at MAX_LINE_CHARS, `dur_s=123456` would read as a sample of 12."""
+    head = "2026-01-01T00:00:00 INFO " + "a" * (MAX_LINE_CHARS - 34)
+    line = head + " dur_s=123456 wait_s=1\n"
+    assert len(head + " dur_s=12") == MAX_LINE_CHARS
+    assert "dur_s" not in summarize_log(line)["values"]
+    within = head[:-20] + " dur_s=123456\n"  # the same field, the line short enough to keep it
+    assert summarize_log(within)["values"]["dur_s"]["max"] == 123500  # 4 significant digits
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tiny_fleet, fleet_source):

@@ -25,9 +25,10 @@ from regressor.config import unsafe_pattern
 from regressor.warehouse import QuarantineRow, Warehouse
 
 Known = dict[str, tuple[str, str, str]]  # path -> (content hash, parser, status) as stored
-INT_RE = r"^[-+]?\d{1,18}$"
-# Beyond Int64 and exact as text only: as a float two such ids would become one value.
-LONG_INT_RE = r"^[-+]?\d{19,}$"
+# An integer: a number when Int64 holds it, else kept as its text (as a float, two ids of 20
+# digits would become one value).
+INT_RE = r"^[-+]?\d+$"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT_RE = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
 # A YAML document may expand to at most this many nodes once its aliases are followed: a real
 # config has a few thousand; a "billion laughs" bomb has 10^9 from a few hundred bytes.
@@ -60,12 +61,14 @@ class Tally:
     unchanged: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)
+    refused_paths: set[str] = field(default_factory=set)  # the `rel` of each of `refused`
 
     def refuse(self, rel: str, file: str, problem: str) -> None:
         """Count a file refused before reading as seen and quarantined, for `problem`; logged.
         Once per file: two globs of a source may both reach it (an unlistable source folder)."""
-        if any(refused_rel == rel for refused_rel, _, _ in self.refused):
+        if rel in self.refused_paths:
             return
+        self.refused_paths.add(rel)
         reason = f"{file}: {problem}{NOT_READ}"
         logger.warning(reason)
         self.seen += 1
@@ -189,22 +192,44 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
 
 
 def unlistable_folders(root: Path, patterns: Sequence[str]) -> dict[Path, str]:
-    """{folder: why} for each folder under `root` (itself included) that a pattern's folder
-    parts reach and that cannot be listed: `Path.glob` passes over those in silence, so their
-    files would be neither read nor quarantined. Forgetting keeps their rows (`forget.is_gone`)."""
-    folders = {root} if _folder(root) else set()
+    """{folder: why} for each folder under `root` (itself included, a symlink too) that a
+    pattern's glob needs and cannot use: `Path.glob` passes over those in silence, so their
+    files would be neither read nor quarantined. Forgetting keeps their rows (`forget.is_gone`).
+    Glob lists a folder when the pattern's next part is a wildcard (or to recurse into it under
+    `**`), and only looks a literal next part up in it, which needs no listing but may be denied
+    too (a folder without search permission)."""
+    found = {}
     for pattern in patterns:
         parts = Path(pattern).parts
-        for depth in range(1, len(parts)):
-            folders |= {p for p in root.glob(str(Path(*parts[:depth]))) if _folder(p)}
-    found = {}
-    for folder in folders:
-        try:
-            with os.scandir(folder):
-                pass
-        except OSError as exc:
-            found[folder] = f"a folder the glob searches cannot be listed ({exc.strerror})"
+        for depth, part in enumerate(parts):
+            if depth == 0:
+                parents = [root] if root.is_dir() else []
+            else:
+                parents = [p for p in root.glob(str(Path(*parts[:depth]))) if _folder(p)]
+            lists = _wild(part) or (depth > 0 and parts[depth - 1] == "**")
+            for folder in parents:
+                if folder not in found and (problem := _search_problem(folder, part, lists)):
+                    found[folder] = problem
     return found
+
+
+def _search_problem(folder: Path, part: str, lists: bool) -> str | None:
+    """Why glob cannot list `folder` (`lists`) or look `part` up in it; None when it can."""
+    try:
+        if lists:
+            with os.scandir(folder):
+                return None
+        (folder / part).lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # looked up, and not there: nothing is hidden
+    except OSError as exc:
+        verb = "listed" if lists else "searched"
+        return f"a folder the glob searches cannot be {verb} ({exc.strerror})"
+    return None
+
+
+def _wild(part: str) -> bool:
+    return any(char in part for char in "*?[")
 
 
 def _folder(path: Path) -> bool:
@@ -341,13 +366,13 @@ def file_row(
 def typed_columns(frame: pl.DataFrame, columns: Sequence[str]) -> list[list[Any]]:
     """Text cells -> JSON values, one list per column: integers and finite decimals become numbers,
     empty cells None, anything else stays a string (typed per value, so no guess can fail), as
-    does an integer of 19 digits or more (`LONG_INT_RE`)."""
+    does an integer beyond Int64 (`INT_RE`)."""
     exprs = []
     for c in columns:
         s = pl.col(c).cast(pl.String).str.strip_chars()
         exprs += [
             pl.when(s.str.contains(INT_RE)).then(s.cast(pl.Int64, strict=False)).alias(f"{c}\0i"),
-            pl.when(s.str.contains(FLOAT_RE) & ~s.str.contains(LONG_INT_RE))
+            pl.when(s.str.contains(FLOAT_RE) & ~s.str.contains(INT_RE))
             .then(s.cast(pl.Float64, strict=False))
             .alias(f"{c}\0f"),
             pl.when(s != "").then(s).alias(f"{c}\0s"),

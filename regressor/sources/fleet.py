@@ -761,7 +761,7 @@ def ingest_targets(
     try:
         if not path.exists() and not path.is_symlink():
             # A quarantine row, not a line of the report alone: no record is built without it.
-            problem = "targets file not found: no record can be built without it"
+            problem = "targets file not found (the target rows stored from it, if any, stay)"
         else:
             problem = unreadable_reason(root, path)  # a directory, a FIFO, outside the folder...
     except OSError as exc:  # a folder on its path that may not be searched

@@ -11,6 +11,7 @@ instead of forgetting everything.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import polars as pl
@@ -45,6 +46,15 @@ def gone_files(wh: Warehouse, source: str, root: Path) -> list[str]:
     return [rel for rel in stored if is_gone(root, rel)]
 
 
+def _unlisted(root: Path) -> str | None:
+    """Why the files under `root` cannot be told from a share that is away, None if they can."""
+    try:
+        with os.scandir(root) as entries:
+            return None if any(True for _ in entries) else "is empty (a share not mounted?)"
+    except OSError as exc:
+        return f"cannot be listed ({exc.strerror})"
+
+
 def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
     """Delete every row derived from the source's gone files, in one transaction, and the stored
     state of the files whose rows depend on them (the ingest that follows reads those again).
@@ -57,10 +67,10 @@ def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
     gone = gone_files(wh, source, root)
     if not gone:
         return []
-    if not any(root.iterdir()):  # an unmounted share usually leaves its empty mount point
+    if problem := _unlisted(root):  # an unmounted share usually leaves its empty mount point
         raise SourceFolderMissingError(
-            f"{root}: the source folder of {source!r} is empty (a share not mounted?); nothing "
-            "was forgotten (to drop a source's every file, ingest into a new warehouse)"
+            f"{root}: the source folder of {source!r} {problem}; nothing was forgotten (to drop "
+            "a source's every file, ingest into a new warehouse)"
         )
     frame = pl.DataFrame({"path": gone}, schema={"path": pl.String})
     with wh.registered("gone_files", frame):

@@ -97,8 +97,15 @@ def split_lines(texts: Sequence[str]) -> pl.DataFrame:
     if "\r" in big:
         frame = frame.with_columns(pl.col("text", "fold").str.strip_chars_end("\r"))
     if frame["text"].str.len_bytes().max() > MAX_LINE_CHARS:  # offsets only: no scan of the text
-        frame = frame.with_columns(pl.col("text", "fold").str.head(MAX_LINE_CHARS))
+        frame = frame.with_columns(cut_line(pl.col(c)) for c in ("text", "fold"))
     return frame.filter(pl.col("text").str.contains(r"\S"))
+
+
+def cut_line(line: pl.Expr) -> pl.Expr:
+    """`line`'s first `MAX_LINE_CHARS` characters, less the token the cut ran through: a field
+    cut mid-number (`dur_s=123456` to `dur_s=12`) would be a sample it never was."""
+    cut = line.str.head(MAX_LINE_CHARS).str.replace(r"\S+$", "")
+    return pl.when(line.str.len_chars() > MAX_LINE_CHARS).then(cut).otherwise(line)
 
 
 def _timestamp(line: pl.Expr, pattern: str, fmt: str) -> pl.Expr:

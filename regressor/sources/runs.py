@@ -26,8 +26,9 @@ import polars as pl
 from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
 from regressor.sources.common import (
     FLOAT_RE,
+    INT64_MAX,
+    INT64_MIN,
     INT_RE,
-    LONG_INT_RE,
     BadInputError,
     Known,
     Tally,
@@ -42,6 +43,7 @@ from regressor.sources.common import (
     rules_hash,
     sha256,
     shown_path,
+    unlistable_folders,
     unreadable_reason,
 )
 from regressor.sources.fleet import IngestReport, build_report, count_records
@@ -124,13 +126,17 @@ def target_of(fields: dict[str, Any], source: RunsSourceConfig) -> float:
 
 def json_number(value: Any) -> Any:
     """Numbers written as strings (lumos reports quote them) become numbers; the rest is as is,
-    an integer too long for a float to keep exact (`LONG_INT_RE`) too."""
-    if isinstance(value, str) and re.fullmatch(LONG_INT_RE, value.strip()):
+    an integer beyond Int64 (as the table adapter: `INT_RE`) too."""
+    if not isinstance(value, str):
         return value
-    if isinstance(value, str) and re.fullmatch(FLOAT_RE, value.strip()):
-        number = float(value)
-        if math.isfinite(number):
-            return int(value) if re.fullmatch(INT_RE, value.strip()) else number
+    text = value.strip()
+    if re.fullmatch(INT_RE, text):
+        if len(text.lstrip("+-")) > len(str(INT64_MAX)):  # and not a 5,000-digit int() to parse
+            return value
+        number = int(text)
+        return number if INT64_MIN <= number <= INT64_MAX else value
+    if re.fullmatch(FLOAT_RE, text) and math.isfinite(number := float(text)):
+        return number
     return value
 
 
@@ -239,7 +245,9 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
     """Run folders under `root`. What cannot be read safely is refused unread, counted and
     quarantined (`tally.refuse`): a folder whose name is not UTF-8, that resolves outside `root`
     or cannot be listed; a report or log that is a symlink out of `root`, a directory or a FIFO;
-    a folder with neither report nor log."""
+    a folder with neither report nor log; a folder on the way that glob cannot list."""
+    for folder, problem in unlistable_folders(root, [source.run_glob]).items():
+        tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
     for folder in sorted(p for p in root.glob(source.run_glob) if maybe_dir(p)):
         try:
             run = folder_run(root, folder, source, tally)
