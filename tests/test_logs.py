@@ -141,6 +141,7 @@ def test_a_line_as_long_as_a_dumped_blob_is_summarised_by_its_head():
     )
     assert split_lines([short])["text"].to_list() == [short.strip()]
     assert split_lines([blob])["text"].str.len_chars().max() <= MAX_LINE_CHARS
+    assert summarize_log("x" * (2 * MAX_LINE_CHARS) + "\n")["lines"] == 1  # one token: kept
 
 
 def test_a_field_the_cut_runs_through_is_no_sample():

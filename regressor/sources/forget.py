@@ -4,8 +4,8 @@ By default a stored file that is no longer there keeps its rows: a source folder
 mount that is away for one night must not empty the training set. A team that deletes inputs on
 purpose asks for their rows to go; then a file counts as gone only when the file system says so
 (no such file), never when it cannot tell (a folder that cannot be searched), and a source folder
-that is not there at all, or empty (the mount point of a share that is away), stops the run
-instead of forgetting everything.
+that is not there at all, empty (the mount point of a share that is away) or unlistable stops the
+run instead of forgetting everything.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class SourceFolderMissingError(FileNotFoundError):
-    """The source folder itself is not there, or empty: forgetting would drop every stored
-    file."""
+    """The source folder itself is not there, empty or unlistable: forgetting would drop every
+    stored file."""
 
 
 def is_gone(root: Path, rel: str) -> bool:
@@ -50,7 +50,7 @@ def _unlisted(root: Path) -> str | None:
     """Why the files under `root` cannot be told from a share that is away, None if they can."""
     try:
         with os.scandir(root) as entries:
-            return None if any(True for _ in entries) else "is empty (a share not mounted?)"
+            return None if next(entries, None) else "is empty (a share not mounted?)"
     except OSError as exc:
         return f"cannot be listed ({exc.strerror})"
 

@@ -96,15 +96,16 @@ def split_lines(texts: Sequence[str]) -> pl.DataFrame:
     ).with_row_index("row")
     if "\r" in big:
         frame = frame.with_columns(pl.col("text", "fold").str.strip_chars_end("\r"))
-    if frame["text"].str.len_bytes().max() > MAX_LINE_CHARS:  # offsets only: no scan of the text
+    if (frame["text"].str.len_bytes().max() or 0) > MAX_LINE_CHARS:  # offsets only: no scan
         frame = frame.with_columns(cut_line(pl.col(c)) for c in ("text", "fold"))
     return frame.filter(pl.col("text").str.contains(r"\S"))
 
 
 def cut_line(line: pl.Expr) -> pl.Expr:
-    """`line`'s first `MAX_LINE_CHARS` characters, less the token the cut ran through: a field
-    cut mid-number (`dur_s=123456` to `dur_s=12`) would be a sample it never was."""
-    cut = line.str.head(MAX_LINE_CHARS).str.replace(r"\S+$", "")
+    """`line`'s first `MAX_LINE_CHARS` characters, less the token the cut ran through (unless it
+    is the only one: the line stays a line): a field cut mid-number (`dur_s=123456` to
+    `dur_s=12`) would be a sample it never was."""
+    cut = line.str.head(MAX_LINE_CHARS).str.replace(r"(\s)\S+$", "${1}")
     return pl.when(line.str.len_chars() > MAX_LINE_CHARS).then(cut).otherwise(line)
 
 

@@ -46,8 +46,8 @@ from regressor.warehouse import Warehouse
 
 # 2: BOM dropped from the header; non-finite config numbers kept as text; baselines checked;
 # keys checked against other files; Parquet reads only the columns it uses. 3: key parts escaped
-# (`key_part`); a row starting with a NUL no longer taken for an over-long line; an integer of
-# 19 digits or more stays text (`typed_columns`).
+# (`key_part`); a row starting with a NUL no longer taken for an over-long line; an integer
+# beyond Int64 stays text, one of 19 digits within it an integer (`typed_columns`).
 PARSER_VERSION = 3
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 100_000
