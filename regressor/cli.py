@@ -131,6 +131,10 @@ def retrain(
         retrain(params)
 
 
+# Said of target rows whose task no config or log names (`IngestReport.unmatched_targets`).
+UNMATCHED = "no config or no log has that task, so they make no record (a misspelt task?)"
+
+
 @app.command()
 def ingest(
     source: Annotated[
@@ -173,8 +177,6 @@ def ingest(
     if len(unmatched) > 20:
         typer.echo(f"  ... and {len(unmatched) - 20} more such tasks (the ingest report)", err=True)
 
-
-UNMATCHED = "no config or no log has that task, so they make no record (a misspelt task?)"
 
 # A record is one system's configs and log summaries: megabytes at most. A bigger file (or a
 # device such as /dev/zero) is refused after this many bytes instead of being read whole.
