@@ -118,6 +118,9 @@ REFUSED = {  # case -> (report file, text, reason fragment, line of the quaranti
     # stored as its Python text ("{'name': 'm'}") before: a task is a name
     "mapping_task": ("report.json", '{"app": {"name": "m"}, "runtime": 1}', "is a dict", None),
     "boolean_task": ("report.yaml", "app: yes\nruntime: 1\n", "is a bool, not a name", None),
+    # stored as the task "nan" or "inf" before
+    "nan_task": ("report.json", '{"app": NaN, "runtime": 1}', "is nan, not a name", None),
+    "infinite_task": ("report.yaml", "app: .inf\nruntime: 1\n", "is inf, not a name", None),
 }
 
 

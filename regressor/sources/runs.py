@@ -54,7 +54,8 @@ from regressor.warehouse import Warehouse
 
 # 2: booleans and strings such as "1_000" are no longer targets; a BOM or a YAML merge key no
 # longer quarantines a report; NaN and infinity are stored as text; keys that are not text too.
-# 3: a quoted integer of 19 digits or more stays text (as a float two ids became one).
+# 3: a quoted integer beyond Int64 stays text (as a float two ids became one), one within it an
+# integer; a NaN or infinite task is refused (it was the task "nan").
 PARSER_VERSION = 3
 BATCH_RUNS = 128
 logger = logging.getLogger(__name__)
@@ -193,6 +194,8 @@ def report_row(run: Run, source: RunsSourceConfig, run_id: str) -> dict[str, Any
     if isinstance(task, bool) or not isinstance(task, str | int | float):  # it names the task
         kind = type(task).__name__
         raise BadInputError(f"task field {source.task_field} is a {kind}, not a name")
+    if isinstance(task, float) and not math.isfinite(task):  # it would be the task "nan"
+        raise BadInputError(f"task field {source.task_field} is {task}, not a name")
     target = target_of(fields, source)
     config = {k: json_number(fields[k]) for k in source.config_fields if k in fields}
     check_baseline(config, target, is_reference(fields, source), source)
