@@ -246,6 +246,11 @@ def existing_run(run_id: str) -> Run | None:
     return unless_missing(MlflowClient().get_run, run_id)
 
 
+def newest(versions: Iterable[ModelVersion]) -> ModelVersion | None:
+    """The version with the highest number; None when there is none."""
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
 def versions_newest_first(name: str) -> list[ModelVersion]:
     return sorted(
         MlflowClient().search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)
@@ -287,10 +292,6 @@ def keyed_versions(
     would register the same model again), and the newest whose gate has not (its run stopped
     between registering it and gating it); None where there is none. One registry search."""
     versions = MlflowClient().search_model_versions(f"name='{name}' and tags.{key_tag}='{key}'")
-
-    def newest(found: list[ModelVersion]) -> ModelVersion | None:
-        return max(found, key=lambda v: int(v.version), default=None)
-
     gated = [v for v in versions if "gate_decision" in v.tags]
     return newest(gated), newest([v for v in versions if "gate_decision" not in v.tags])
 
@@ -465,10 +466,9 @@ def may_serve_fallback(name: str, base_uri: str, champion_alias: str = "champion
 def fallback_of(name: str, refused: str | int) -> ModelVersion | None:
     """The newest version of `name` registered as the zero-shot fallback of version `refused`,
     None if there is none."""
-    found = MlflowClient().search_model_versions(
-        f"name='{name}' and tags.{FALLBACK_FOR}='{refused}'"
+    return newest(
+        MlflowClient().search_model_versions(f"name='{name}' and tags.{FALLBACK_FOR}='{refused}'")
     )
-    return max(found, key=lambda v: int(v.version), default=None)
 
 
 def promote_fallback(
@@ -578,10 +578,9 @@ def resolve(ref: str) -> ModelVersion:
     name, which = parse_ref(ref)
     client = MlflowClient()
     if which is None:
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
+        latest = newest(client.search_model_versions(f"name='{name}'"))
+        if latest is None:
             raise LookupError(f"no registered model {name!r}")
-        latest = max(versions, key=lambda v: int(v.version))
         return client.get_model_version(name, latest.version)  # a search leaves out aliases
     if which.isdigit():
         return client.get_model_version(name, which)

@@ -176,7 +176,8 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         for path in matches:
             meant[path] = meant.get(path, False) or not passing
     kept = []
-    unlisted = unlistable_folders(root, patterns)
+    # Only refusals come of it: a caller only listing (the ingest cache's key) need not walk.
+    unlisted = unlistable_folders(root, patterns) if tally is not None else {}
     for path in sorted(meant.keys() | unlisted.keys()):
         if not meant.get(path, True) and _folder(path) and path not in unlisted:
             continue  # a folder `**/*` passed on its way to the files
