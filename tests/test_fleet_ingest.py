@@ -337,6 +337,10 @@ def test_record_from_files_names_a_bad_file(tmp_path, tiny_fleet, fleet_source):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=r"2026-01-01\.log.*empty file"):
         record_from_files(root / A01, empty)
+    hidden = tmp_path / ".yaml"
+    hidden.write_bytes((root / A01).read_bytes())
+    with pytest.raises(ValueError, match=r"\.yaml.*hidden file '\.yaml'"):
+        record_from_files(hidden, log)
 
 
 def warehouse_state(wh: Warehouse) -> dict[str, list[tuple]]:

@@ -195,6 +195,23 @@ def test_repeated_config_keys_are_refused_and_merge_keys_still_work(fleet: Fleet
     assert json.loads(config)["scheduler"] == {"bin_packing": "best_fit", "cpu": 1.5}
 
 
+def test_hidden_config_files_name_no_task(fleet: Fleet) -> None:
+    """`cells/*.yaml` also lists hidden files: a bare `.yaml` was refused as an "unsupported
+    format ''" and an editor's `.#cell-a01.yaml` lock became the task '.#cell-a01'."""
+    _, clean, _ = fleet.ingest("clean.duckdb", "run-0")
+    config = (fleet.root / "cells" / "cell-a01.yaml").read_bytes()
+    for name in (".yaml", ".#cell-a01.yaml"):
+        (fleet.root / "cells" / name).write_bytes(config)
+    report, stored, rows = fleet.ingest("wh.duckdb", "run-1")
+    assert balanced(report)
+    assert stored == clean
+    expected = {
+        f"cells/{name}": ("file", f"hidden file {name!r}: a config's name before its extension")
+        for name in (".yaml", ".#cell-a01.yaml")
+    }
+    assert_only_quarantined(rows, fleet, expected)
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ def parsing_version() -> str:
     field)."""
     versions = (
         fleet.PARSER_VERSION,
+        fleet.CONFIG_VERSION,
         logs.SUMMARY_VERSION,
         table.PARSER_VERSION,
         runs.PARSER_VERSION,

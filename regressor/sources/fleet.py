@@ -56,6 +56,9 @@ from regressor.warehouse import QuarantineRow, Warehouse
 
 # 2: duplicate keys and non-YYYY-MM-DD log names refused; keys, NaN and infinity kept as text
 PARSER_VERSION = 2
+# Config files only, so that a bump re-parses the (few, small) configs and not every log.
+# 1: a hidden file (".yaml", ".#cell.yaml") is refused: its name names no task.
+CONFIG_VERSION = 1
 BATCH_FILES = 256
 BATCH_BYTES = 32_000_000  # a batch of logs also stops here: its frames take ~15x its bytes
 # Raw logs are stored zstd-compressed (~5x smaller): DuckDB writes the compressed BLOBs ~20x
@@ -139,6 +142,7 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
     For new inputs at prediction time; raises ValueError naming the file when one is unusable.
     """
     try:
+        task = task_of_config(config_path)
         text = decode(config_path.read_bytes())
         # Through JSON and back: the same coercions as ingest (YAML dates become strings).
         config = json.loads(config_json(parse_mapping(text, config_path.suffix.lower())))
@@ -151,7 +155,7 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
     except BadInputError as exc:
         raise ValueError(f"{log_path}: {exc.location}: {exc}") from exc
     return {
-        "task": config_path.stem,
+        "task": task,
         "period": log_path.stem,
         "config": config,
         "logs": summarize_logs([log_text])[0],
@@ -191,9 +195,20 @@ def provenance(s: Staged, source: str, run_id: str) -> dict[str, Any]:
     }
 
 
+def task_of_config(path: Path) -> str:
+    """The task a config file names: its name before the extension. `cells/*.yaml` also lists
+    hidden files (an editor's `.#cell.yaml` lock, a bare `.yaml`), which name no task."""
+    if path.name.startswith("."):
+        raise BadInputError(
+            f"hidden file {path.name!r}: a config's name before its extension is its task"
+        )
+    return path.stem
+
+
 def parse_config(s: Staged, source: str, run_id: str) -> None:
     try:
         with as_bad_input(s.path):
+            task = task_of_config(s.path)
             text = decode(s.data)
             parsed = config_json(parse_mapping(text, s.path.suffix.lower()))
     except BadInputError as exc:
@@ -201,7 +216,7 @@ def parse_config(s: Staged, source: str, run_id: str) -> None:
         return
     s.row = {
         **provenance(s, source, run_id),
-        "task": s.path.stem,
+        "task": task,
         "line_start": 1,
         "line_end": count_lines(text),
         "raw_text": text,
@@ -631,7 +646,7 @@ def ingest_configs(
 
     A file is unchanged when its bytes, parser and resulting status match what is stored.
     """
-    parser = f"config-{PARSER_VERSION}"
+    parser = f"config-{PARSER_VERSION}.{CONFIG_VERSION}"
     configs = [stage(p, root, "config", parser) for p in paths]
     for s in configs:
         if s.read:
