@@ -382,7 +382,7 @@ class AppConfig(Frozen):
     source: str = "demo_fleet"
     split: SplitConfig = SplitConfig()
     # File names under conf/model/ and conf/train/ (without .yaml): no '/', so no '..' either.
-    model: str = Field("small", pattern=rf"^{SAFE_NAME}$")
+    model: str = Field("mini", pattern=rf"^{SAFE_NAME}$")  # the size `demo`'s budget fits
     train: str = Field("demo", pattern=rf"^{SAFE_NAME}$")
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()

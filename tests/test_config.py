@@ -6,6 +6,8 @@ import pytest
 
 from regressor.config import (
     CONF_DIR,
+    AppConfig,
+    CodecConfig,
     ConfigError,
     load_app_config,
     load_model_config,
@@ -23,6 +25,16 @@ def test_every_shipped_config_validates():
         load_train_config(path.stem)
     for path in (CONF_DIR / "sources").glob("*.yaml"):
         load_source_config(path.stem)
+
+
+def test_a_config_that_leaves_a_section_out_gets_default_yaml_s():
+    """A config without `model:` trained `small` while conf/default.yaml picks `mini`. Only the
+    codec differs on purpose: without one, every float's decade can be decoded."""
+    shipped = load_app_config()
+    embedded = AppConfig()
+    assert embedded.codec == CodecConfig()
+    assert (embedded.codec.exponent_min, embedded.codec.exponent_max) == (-324, 308)
+    assert embedded.model_copy(update={"codec": shipped.codec, "paths": shipped.paths}) == shipped
 
 
 def test_model_and_train_can_be_picked_by_name():
