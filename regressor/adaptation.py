@@ -138,6 +138,12 @@ def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
     return _refit_scale(predictor, gate_shots, eval_cfg)[1]
 
 
+def may_fit_a_scale(gate_shots: Examples, eval_cfg: EvalConfig) -> bool:
+    """Whether `recalibrate` can fit a scale of its own on `gate_shots` at all, before any
+    prediction (some shots may still lack a finite one); False spares loading a model."""
+    return eval_cfg.conformal and len(gate_shots) >= MIN_CALIBRATION_SHOTS
+
+
 def zero_shot_fallback(
     base: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
 ) -> tuple[Predictor, str] | None:
@@ -162,7 +168,7 @@ def _refit_scale(
         return False, "the raw sampled quantiles (eval.conformal is off)"
     kept = predictor.metadata.get("interval_scale")
     n = len(gate_shots)
-    if n < MIN_CALIBRATION_SHOTS:
+    if not may_fit_a_scale(gate_shots, eval_cfg):
         why = f"{n} gate shots; a scale of its own needs {MIN_CALIBRATION_SHOTS}"
         return False, _kept(kept, why)
     scale = predictor.calibrate(

@@ -26,10 +26,10 @@ from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
 from regressor.adaptation import (
-    MIN_CALIBRATION_SHOTS,
     fine_tune,
     hold_out_gate,
     latest_shots,
+    may_fit_a_scale,
     recalibrate,
     train_from_scratch,
     zero_shot_fallback,
@@ -1248,7 +1248,7 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
             _promote_fallback(*registered, version, version.tags["base_model"], gate_zero_shot, app)
         return mlflow.MlflowClient().get_model_version(version.name, version.version)
     gate_shots = task_shots(app, data)[2]
-    if not app.eval.conformal or len(gate_shots) < MIN_CALIBRATION_SHOTS:
+    if not may_fit_a_scale(gate_shots, app.eval):
         return version  # no scale of its own (`adaptation.recalibrate`): not worth a load
     made = zero_shot_fallback(
         registry.load_predictor(version.tags["base_model"]), gate_shots, app.eval
