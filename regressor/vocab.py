@@ -65,9 +65,16 @@ class InputTokenizer:
         return cls(tokenizer)
 
     def encode_batch(self, texts: list[str], max_tokens: int) -> list[list[int]]:
-        """Token ids of each text, cut to its first `max_tokens` (no padding: batching pads)."""
+        """Token ids of each text, at most `max_tokens` of them and cut at the end of a line (no
+        padding: batching pads). Digits are one token each, so a cut inside a line could end
+        the input mid-number, `param=1016` read as `param=1`; the lines of a serialized record
+        run from its most important section to its least, so any whole-line prefix is a
+        truncation its priority allows. A first line longer than the budget is cut inside."""
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [encoding.ids[:max_tokens] for encoding in encodings]
+        return [
+            encoding.ids[: line_cut(text, encoding.offsets, max_tokens)]
+            for text, encoding in zip(texts, encodings, strict=True)
+        ]
 
     def count_tokens(self, text: str) -> int:
         """Exact token count of `text` (for truncation to a token budget)."""
@@ -101,3 +108,16 @@ class InputTokenizer:
     @classmethod
     def load(cls, path: Path) -> InputTokenizer:
         return cls(Tokenizer.from_file(str(path)))
+
+
+def line_cut(text: str, offsets: list[tuple[int, int]], max_tokens: int) -> int:
+    """How many of a text's tokens (their character `offsets`) to keep: all when they fit, else
+    the most within `max_tokens` that end at a line break (the next token starts with it, or
+    the last kept one ends with it), else `max_tokens`."""
+    if len(offsets) <= max_tokens:
+        return len(offsets)
+    for j in range(max_tokens, 0, -1):
+        next_start, last_end = offsets[j][0], offsets[j - 1][1]
+        if text[next_start : next_start + 1] == "\n" or text[last_end - 1 : last_end] == "\n":
+            return j
+    return max_tokens

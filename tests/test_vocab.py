@@ -43,11 +43,21 @@ def test_pad_is_unreachable_from_text(tokenizer: InputTokenizer) -> None:
     assert tokenizer.pad_id not in ids
 
 
-def test_truncates_without_padding(tokenizer: InputTokenizer) -> None:
+def test_truncates_at_a_line_end_without_padding(tokenizer: InputTokenizer) -> None:
+    """Five tokens end inside `cpu_cores: 64`: the cut falls after the last whole line, so the
+    model never reads `cpu_cores: 6` (digits are one token each)."""
     out = tokenizer.encode_batch([CORPUS[0], "x"], max_tokens=5)
-    assert [len(ids) for ids in out] == [5, 1]
     full = tokenizer.encode_batch([CORPUS[0]], max_tokens=10_000)[0]
-    assert out[0] == full[:5]
+    assert out == [full[: len(out[0])], tokenizer.encode_batch(["x"], 1)[0]]
+    assert tokenizer.decode(out[0]) == "[config]\ncell: c01"
+    for budget in range(3, len(full)):  # 3 tokens hold the first whole line
+        [ids] = tokenizer.encode_batch([CORPUS[0]], budget)
+        seen = tokenizer.decode(ids)
+        assert len(ids) <= budget
+        assert CORPUS[0].startswith(seen)
+        assert CORPUS[0][len(seen)] == "\n"
+    # Without a whole line in the budget, the cut falls inside: something beats nothing.
+    assert tokenizer.encode_batch([CORPUS[0]], 2) == [full[:2]]
 
 
 def test_save_load_is_identical(tokenizer: InputTokenizer, tmp_path: Path) -> None:
