@@ -391,6 +391,17 @@ class AppConfig(Frozen):
     schedule: ScheduleConfig = ScheduleConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
+    @model_validator(mode="after")
+    def _one_target(self) -> AppConfig:
+        # The codec writes several numbers per record, but records carry one target and the
+        # predictor, dataset and metrics read one: a run would fail deep in training.
+        if self.codec.num_objectives != 1:
+            raise ValueError(
+                "codec.num_objectives: a pipeline run predicts one target per record; several "
+                "objectives are a feature of the number codec and sampler only"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A configuration file is missing, malformed or invalid; the message names the file."""

@@ -86,3 +86,13 @@ def test_a_model_name_that_would_break_a_registry_filter_is_refused(tmp_path: Pa
     path.write_text("registry:\n  model_name: \"x' or name LIKE '%\"\n")
     with pytest.raises(ConfigError, match=r"(?s)quoted\.yaml.*model_name"):
         load_app_config(path)
+
+
+def test_several_objectives_are_refused_by_a_pipeline_config(tmp_path: Path):
+    """The codec writes several numbers per record, but nothing above it reads them: a run
+    failed deep in training with a shape mismatch."""
+    path = tmp_path / "two.yaml"
+    path.write_text("codec:\n  num_objectives: 2\n")
+    with pytest.raises(ConfigError, match=r"(?s)two\.yaml.*num_objectives"):
+        load_app_config(path)
+    assert CodecConfig(num_objectives=2).num_objectives == 2  # the codec alone still has them
