@@ -183,6 +183,9 @@ def _refit_scale(
     predictor.metadata.pop("interval_scale", None)  # what `calibrate` fitted, if anything
     if kept is not None:
         predictor.metadata["interval_scale"] = kept
+    if fitted is None:  # `fit_interval_scale` refused: nothing finite, or no spread
+        why = "no finite prediction, or every prediction's median equals its truth"
+        return False, _kept(kept, f"no scale fits its {n} gate shots: {why}")
     if n_fit < MIN_CALIBRATION_SHOTS:
         return False, _kept(
             kept, f"{n_fit} of its {n} gate shots have a finite prediction and target"

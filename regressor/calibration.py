@@ -67,9 +67,16 @@ class IntervalScale:
         median = np.asarray(summary["median"], dtype=float)
         scale = self.row_scales(len(median), tasks)
         out = {k: stretched(median, v, scale) if is_quantile(k) else v for k, v in summary.items()}
-        with np.errstate(over="ignore", invalid="ignore"):
-            out["std"] = summary["std"] * scale
+        std = np.asarray(summary["std"], dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):  # as `stretched`: 0 * inf is 0
+            out["std"] = np.where(std == 0, std, std * scale)
         return out
+
+
+def percent_label(q: float) -> str:
+    """0.1 -> '10', 0.025 -> '2.5', 5e-7 -> '0.00005': a quantile in percent, 6 significant
+    digits, never in exponent notation (`q5e-05` read as no quantile key at all)."""
+    return np.format_float_positional(float(f"{q * 100:.6g}"), trim="-")
 
 
 def is_quantile(key: str) -> bool:
@@ -96,13 +103,39 @@ def conformity_scores(
     return np.where(y < m, (m - y) / below, (y - m) / above)
 
 
+def min_records(nominal: float) -> int:
+    """The fewest records a conformal scale for `nominal` coverage can be fitted on: the
+    k = ceil((n + 1) * nominal)-th score must exist (4 for 80%). With fewer, k was clipped to
+    n and the scale covered n / (n + 1): 50% on one record."""
+    if not 0 < nominal < 1:
+        raise ValueError(f"nominal coverage must lie strictly between 0 and 1, got {nominal}")
+    n = 1
+    while math.ceil((n + 1) * nominal) > n:
+        n += 1
+    return n
+
+
 def _conformal_quantile(scores: np.ndarray, nominal: float) -> float:
-    """The k-th smallest score, k = ceil((n + 1) * nominal) (the finite-sample correction)."""
+    """The k-th smallest score, k = ceil((n + 1) * nominal) (the finite-sample correction).
+
+    A k-th score of 0 (most medians equal their truths: targets with few significant digits)
+    would collapse every interval, and the std, onto the median; the smallest positive score
+    stands in, which covers no fewer records. With no positive score there is no spread to fit.
+    """
     ordered = np.sort(scores)
-    k = min(len(ordered), math.ceil((len(ordered) + 1) * nominal))
+    k = math.ceil((len(ordered) + 1) * nominal)
+    if k > len(ordered):
+        need = min_records(nominal)
+        raise ValueError(f"{len(ordered)} records; a scale for {nominal:.0%} coverage needs {need}")
+    kth = float(ordered[k - 1])
+    if kth == 0:
+        positive = ordered[ordered > 0]
+        if len(positive) == 0:
+            raise ValueError("every truth equals its median: no spread to fit a scale to")
+        kth = float(positive[0])
     # A hair above the k-th score: rebuilding that record's bound from the scale must still
     # cover it despite floating-point rounding.
-    return float(ordered[k - 1]) * (1 + 1e-9)
+    return kth * (1 + 1e-9)
 
 
 def fit_interval_scale(
@@ -118,24 +151,25 @@ def fit_interval_scale(
 
     With `tasks` and `min_task_records`, each task with at least that many finite records also
     gets its own scale (Mondrian conformal). Records with any non-finite value are left out (they
-    carry no distance to learn from).
+    carry no distance to learn from). ValueError when no scale can be fitted (too few records,
+    or no spread): the caller keeps the raw sampled bounds.
     """
     arrays = [np.asarray(a, dtype=float) for a in (y_true, median, low, high)]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
     scores = conformity_scores(*(a[ok] for a in arrays))
     if len(scores) == 0:
         raise ValueError("no finite validation records to calibrate on")
+    pooled = _conformal_quantile(scores, nominal)
     by_task: dict[str, float] = {}
     if tasks is not None and min_task_records is not None:
-        # A task's own quantile needs k <= n, i.e. n >= nominal / (1 - nominal) records.
-        floor = max(min_task_records, math.ceil(nominal / (1 - nominal)))
+        floor = max(min_task_records, min_records(nominal))
         names = np.asarray([str(t) for t in tasks])[ok]
         for task in np.unique(names):
             mine = scores[names == task]
-            if len(mine) >= floor:
+            if len(mine) >= floor and np.any(mine > 0):  # else the pooled scale serves it
                 by_task[str(task)] = _conformal_quantile(mine, nominal)
     return IntervalScale(
-        scale=_conformal_quantile(scores, nominal),
+        scale=pooled,
         nominal=nominal,
         n_fit=len(scores),
         by_task=by_task,

@@ -45,6 +45,8 @@ CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)  # of a one-model bundle (`Predic
 # itself), so the members of one call never share a stream; each input then draws from its own
 # generator, seeded by that and its token ids (`input_seed`).
 MEMBER_SEED_STRIDE = 1_000_003
+# Sampling pads an input to a multiple of this many tokens, whatever its batch (`sampled_width`).
+PAD_STEP = 32
 
 
 class CorruptBundleError(ValueError):
@@ -111,14 +113,39 @@ def check_sampling(num_samples: int, temperature: float) -> None:
         )
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest row of *this* batch: src_ids [B,S] long, src_mask [B,S] bool."""
-    width = max([1, *(len(row) for row in ids)])
+def pad_batch(
+    ids: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to `width`, by default the longest row of *this* batch: src_ids [B,S] long,
+    src_mask [B,S] bool."""
+    width = width or max([1, *(len(row) for row in ids)])
     src = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for i, row in enumerate(ids):
         src[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
     mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in ids])[:, None]
     return src, mask
+
+
+def sampled_width(length: int, cap: int) -> int:
+    """The width an input of `length` tokens is padded to when sampled: a function of its own
+    length only. Attention over masked padding is not bit-exact across widths (its reductions
+    change order with the key length, in bf16 by ~1e-2), so an input padded to its batch's
+    longest row drew other samples beside a longer one; some moved by a whole decade."""
+    return min(cap, max(PAD_STEP, -(-length // PAD_STEP) * PAD_STEP))
+
+
+def width_batches(order: np.ndarray, widths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """`order` cut into runs of at most `batch_size` inputs of one width each."""
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        end = start + 1
+        width = widths[order[start]]
+        while end < len(order) and end - start < batch_size and widths[order[end]] == width:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 @dataclass
@@ -357,6 +384,7 @@ class Predictor:
                 f"this model predicts relative to {self.relative_to!r}: pass each text's scale"
             )
         check_sampling(num_samples, temperature)
+        num_samples = int(num_samples)  # 32.0 passes the check; numpy shapes need an int
         ids = self.encode_texts(texts)
         order = np.argsort([len(row) for row in ids], kind="stable")
         shares = sample_shares(num_samples, self.ensemble_size)
@@ -383,13 +411,16 @@ class Predictor:
         seed: int,
     ) -> np.ndarray:
         """One model's `num_samples` decodes of every input [N, num_samples], batches taken in
-        `order`, each input with its own generator (`input_seed`)."""
+        `order` (by length) among inputs of one padded width (`sampled_width`), each input with
+        its own generator (`input_seed`): its samples do not depend on the rest of the call."""
         out = np.empty((len(ids), num_samples), dtype=np.float64)
         seeds = [input_seed(seed, row) for row in ids]
+        cap = max(self.model_config.max_input_tokens, *(len(row) for row in ids))
+        widths = [sampled_width(len(row), cap) for row in ids]
         model.eval()
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            src, mask = pad_batch([ids[i] for i in chunk], self.tokenizer.pad_id)
+        for chunk in width_batches(order, widths, batch_size):
+            rows = [ids[i] for i in chunk]
+            src, mask = pad_batch(rows, self.tokenizer.pad_id, widths[chunk[0]])
             with fast_autocast():  # emulated bf16 decodes slower than fp32
                 out[chunk] = sample(
                     model,

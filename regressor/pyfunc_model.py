@@ -53,7 +53,9 @@ class InvalidInputError(MlflowException, ValueError):
 
 def quantile_column(q: float) -> str:
     """0.1 -> 'p10', 0.025 -> 'p2.5': the output column of a requested quantile."""
-    return f"p{q * 100:g}"
+    from regressor.calibration import percent_label  # here: MLflow loads this file by path
+
+    return f"p{percent_label(q)}"
 
 
 OUTPUT_COLUMNS = ("median", "mean", "std", *map(quantile_column, DEFAULT_QUANTILES))
@@ -227,7 +229,7 @@ def output_frame(
     """The summary of `Predictor.predict_texts` -> the pyfunc's output columns."""
     columns: dict[str, Any] = {k: summary[k] for k in ("median", "mean", "std")}
     for q in quantiles:
-        columns[quantile_column(q)] = summary[f"q{q * 100:g}"]
+        columns[quantile_column(q)] = summary["q" + quantile_column(q)[1:]]
     out = pd.DataFrame(columns).astype(np.float64)
     if return_samples:
         # Plain lists, not arrays: the scoring server serializes the frame to JSON.

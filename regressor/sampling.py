@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from regressor.calibration import percent_label
 from regressor.model import EncoderDecoder
-from regressor.numbers import NumberCodec
+from regressor.numbers import FLOAT_MAX, NumberCodec
 
 
 @torch.no_grad()
@@ -136,13 +137,16 @@ def _pick(
 ) -> Tensor:
     """One token per row of logits [N, V] (disallowed tokens at -inf) -> long [N]; `u` [N, 1]:
     the rows' uniforms, else drawn from `generator`."""
-    if temperature <= 0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or one float32 reads as 0: greedy
         return logits.argmax(dim=-1)
     # Inverse CDF: one uniform per row instead of `multinomial`'s one exponential per vocabulary
     # entry ([N, V] random numbers per step). float32 is exact enough: disallowed tokens have
     # probability exactly 0, so the CDF is flat across them and the search can never land there,
     # and the uniform is scaled by the CDF's own total, so rounding in the sum biases nothing.
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
+    # Shifted to a row maximum of 0 first: divided by a tiny temperature, a positive logit would
+    # overflow to inf, and softmax would turn the row to NaN (an index past the vocabulary).
+    logits = logits.float()
+    probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)  # [N, V]
     total = cdf[:, -1:]  # [N, 1], ~1
     if u is None:
@@ -175,13 +179,20 @@ def log_prob(
     return logp.gather(2, target[:, :, None]).squeeze(2).sum(1).double().numpy()
 
 
+def _within_range(values: np.ndarray) -> np.ndarray:
+    """Statistics of finite samples stay finite: the midpoint or mean of two samples near the
+    float64 maximum overflows to inf (NaN stays NaN)."""
+    return np.clip(values, -FLOAT_MAX, FLOAT_MAX)
+
+
 def finite_median(samples: np.ndarray) -> np.ndarray:
     """Per input, the median of its finite samples [B, K] -> float64 [B] (NaN with none): the
     point estimate users get, without the rest of `summarize`'s statistics."""
     finite = np.where(np.isfinite(samples), samples, np.nan)
     with warnings.catch_warnings():  # all-NaN rows are expected and documented: NaN out
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(finite, axis=1)
+        with np.errstate(over="ignore"):
+            return _within_range(np.nanmedian(finite, axis=1))
 
 
 def summarize(
@@ -199,14 +210,14 @@ def summarize(
         warnings.simplefilter("ignore", RuntimeWarning)
         out = {
             "median": finite_median(samples),
-            "mean": np.nanmean(finite, axis=1),
+            "mean": _within_range(np.nanmean(finite, axis=1)),
             "std": np.nanstd(finite, axis=1),
         }
         for q in quantiles:
             # The 50% quantile is the median itself: interpolating between the two middle
             # samples can land one ulp off their mean, and users read p50 == median.
             point = out["median"] if q == 0.5 else np.nanquantile(finite, q, axis=1)
-            out[f"q{q * 100:g}"] = point
+            out[f"q{percent_label(q)}"] = _within_range(point)
     out["finite_fraction"] = np.isfinite(samples).mean(axis=1)
     return out
 

@@ -62,6 +62,40 @@ def test_non_finite_records_are_ignored_and_empty_is_an_error() -> None:
         fit_interval_scale(y[2:], m[2:], m[2:] - 1, m[2:] + 1)
 
 
+def test_a_scale_is_fitted_only_where_the_conformal_quantile_exists() -> None:
+    """Below 4 records (at 80%) the k-th score does not exist: clipping k to n gave a scale that
+    covered n / (n + 1), 50% on one record. The caller keeps the raw bounds instead."""
+    y, m = np.array([3.0, -1.0, 2.0, 0.5]), np.zeros(4)
+    with pytest.raises(ValueError, match="3 records; a scale for 80% coverage needs 4"):
+        fit_interval_scale(y[:3], m[:3], m[:3] - 1, m[:3] + 1)
+    assert fit_interval_scale(y, m, m - 1, m + 1).scale == pytest.approx(3.0)
+
+
+def test_medians_equal_to_their_truths_do_not_collapse_every_interval() -> None:
+    """Targets with few significant digits: most medians exact, every score 0 up to the k-th.
+    The scale was 0: every later interval and std shrank onto the median."""
+    y = np.arange(1.0, 11.0)
+    m = y.copy()
+    m[9] = 12.0  # one miss, 2 half-widths away
+    scale = fit_interval_scale(y, m, m - 1, m + 1)
+    assert scale.scale == pytest.approx(2.0)  # the smallest positive score: covers no fewer
+    with pytest.raises(ValueError, match="every truth equals its median"):
+        fit_interval_scale(y, y, y - 1, y + 1)
+    # A task whose every record is exact keeps the pooled scale.
+    tasks = ["a"] * 5 + ["b"] * 5
+    assert fit_interval_scale(y, m, m - 1, m + 1, tasks=tasks, min_task_records=5).by_task == {
+        "b": pytest.approx(2.0)
+    }
+
+
+def test_an_infinite_scale_keeps_a_zero_std_at_zero() -> None:
+    summary = summarize(np.array([[5.0, 5.0], [1.0, 3.0]]))
+    out = IntervalScale(scale=np.inf, nominal=0.8, n_fit=10).apply_summary(summary)
+    assert out["std"][0] == 0.0
+    assert out["q10"][0] == 5.0
+    assert out["std"][1] == np.inf
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

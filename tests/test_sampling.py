@@ -241,6 +241,38 @@ def test_inverse_cdf_pick_follows_the_softmax_and_never_picks_a_masked_token() -
     assert torch.allclose(counts, expected, atol=0.01)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45, 1e-300])
+def test_a_tiny_temperature_samples_greedily_instead_of_crashing(temperature: float) -> None:
+    """Divided by 1e-300 a positive logit overflowed to inf, softmax gave NaN and the pick an
+    index past the vocabulary (an IndexError from the next decode step)."""
+    codec = NumberCodec(CodecConfig(mantissa_digits=4))
+    model, src, mask = untrained(codec)
+    greedy = sample_ids(model, codec, src, mask, num_samples=3, temperature=0.0)
+    tiny = sample_ids(model, codec, src, mask, 3, temperature, torch.Generator().manual_seed(0))
+    assert torch.equal(tiny, greedy)
+
+
+def test_statistics_of_finite_samples_near_the_float_maximum_stay_finite() -> None:
+    top = np.finfo(np.float64).max
+    out = summarize(np.array([[top, top], [1e308, 1.7e308]]), quantiles=(0.1, 0.5, 0.9))
+    for key in ("median", "mean", "q10", "q50", "q90"):
+        assert np.isfinite(out[key]).all(), key
+    assert out["median"][0] == top
+
+
+def test_quantile_keys_are_never_in_exponent_notation() -> None:
+    """`q5e-05` (from 5e-7) was no quantile key to the conformal scale: left unscaled, it could
+    lie above a widened q10."""
+    from regressor.calibration import IntervalScale, is_quantile
+
+    out = summarize(np.array([[1.0, 2.0, 3.0, 4.0]]), quantiles=(5e-7, 0.1, 0.9))
+    assert set(out) >= {"q0.00005", "q10", "q90"}
+    assert is_quantile("q0.00005")
+    stretched = IntervalScale(scale=3.0, nominal=0.8, n_fit=10).apply_summary(out)
+    assert stretched["q0.00005"][0] <= stretched["q10"][0] < out["q10"][0]
+
+
 def test_relative_error_point_minimises_the_samples_relative_error() -> None:
     rng = np.random.default_rng(0)
     samples = rng.lognormal(3.0, 0.6, size=(40, 31))  # wide: the point leaves the median
@@ -284,3 +316,25 @@ def test_a_records_samples_do_not_depend_on_the_rest_of_the_call() -> None:
     assert not np.array_equal(batched[0], batched[1])  # each record its own draws
     # The call's seed still chooses the draws.
     assert not np.array_equal(predictor.sample_texts(texts[:1], 16, seed=1)[0], batched[0])
+    np.testing.assert_array_equal(predictor.sample_texts(texts, 16.0)[:3], alone[:3])  # float ok
+    # Beside a far longer record (a wider pad), as alone: attention over masked padding is not
+    # bit-exact across widths, so each input's pad width follows its own length only.
+    longer = predictor.sample_texts([*texts, "load=1\nqueue=2\n" * 40], 16, batch_size=13)
+    np.testing.assert_array_equal(longer[:-1], alone)
+
+
+def test_an_inputs_pad_width_follows_its_own_length_and_batches_keep_to_one_width() -> None:
+    from regressor.predictor import PAD_STEP, sampled_width, width_batches
+
+    assert [sampled_width(n, 100) for n in (0, 1, PAD_STEP, PAD_STEP + 1, 99)] == [
+        PAD_STEP,
+        PAD_STEP,
+        PAD_STEP,
+        2 * PAD_STEP,
+        100,  # never past the model's input length
+    ]
+    lengths = [3, 40, 5, 70, 33, 2]
+    widths = [sampled_width(n, 512) for n in lengths]
+    order = np.argsort(lengths, kind="stable")
+    batches = width_batches(order, widths, batch_size=2)
+    assert [b.tolist() for b in batches] == [[5, 0], [2], [4, 1], [3]]
