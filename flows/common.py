@@ -1,16 +1,14 @@
-"""Prefect plumbing shared by the flows: the one-writer limit, the ingest cache key, task runners.
+"""Prefect plumbing shared by the flows: the one-writer limit, retries, task runners.
 
 Kept out of `regressor/` on purpose: the library never imports Prefect.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import get_client
@@ -26,19 +24,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from regressor import registry
 from regressor.config import (
     AppConfig,
-    FleetSourceConfig,
     OrchestrationConfig,
     ResolvedPaths,
-    SourceConfig,
-    TableSourceConfig,
     load_train_config,
 )
-from regressor.sources.common import safe_files
-from regressor.sources.dispatch import parsing_version, root_of
 
 # Long enough for a full ingest of a large fleet; the lease is renewed while the holder lives.
 WRITER_LEASE_SECONDS = 600.0
-HASH_LIMIT_BYTES = 8 << 20
 
 
 class _InARun(logging.Filter):
@@ -126,57 +118,6 @@ def warehouse_writer(name: str) -> Iterator[None]:
 def _now() -> str:
     """UTC now as ISO 8601 to the millisecond (`2026-12-05T17:10:02.123+00:00`)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def source_files(paths: ResolvedPaths, source: SourceConfig) -> tuple[Path, list[Path]]:
-    """The root and every input file the source's adapter reads, in a stable order."""
-    root = root_of(source, paths.raw_dir)
-    if isinstance(source, FleetSourceConfig):
-        globs: tuple[str, ...] = (source.config_glob, source.log_glob, source.targets_file)
-    elif isinstance(source, TableSourceConfig):
-        globs = source.files
-    else:  # runs: everything inside each run folder
-        globs = (f"{source.run_glob}/**/*",)
-    # Only files that really live under the root: a symlink out of it is never read, even to hash.
-    return root, safe_files(root, globs)
-
-
-def fingerprint_files(files: list[Path], root: Path) -> str:
-    """sha256 over each file's relative path and content, so a regenerated identical file hits.
-
-    Files above HASH_LIMIT_BYTES (real datasets, never regenerated) count by size and mtime:
-    hashing gigabytes on every nightly run would cost more than the re-parse it saves.
-    """
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode())
-        stat = path.stat()
-        if stat.st_size > HASH_LIMIT_BYTES:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-            continue
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
-
-
-def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key of an ingest: the input files' content, the source config, the warehouse path,
-    and the parsers' versions (`dispatch.parsing_version`).
-
-    A missing warehouse is handled by the caller (`refresh_cache`), not by the key: anything that
-    changes on every write (mtime, size) would make the key miss on every run.
-    """
-    paths: ResolvedPaths = parameters["paths"]
-    source: SourceConfig = parameters["source"]
-    root, files = source_files(paths, source)
-    # One hex digest: Prefect uses the key as a file name in its result storage.
-    parts = (
-        source.model_dump_json(),
-        str(paths.warehouse),
-        fingerprint_files(files, root),
-        parsing_version(),
-    )
-    return f"ingest-{source.name}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()}"
 
 
 def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner:

@@ -36,7 +36,7 @@ def _ingest(params: IngestParams) -> IngestReport:
     forward_library_logs()
     app = load_app_config(params.config, params.var_dir)
     source = load_source_config(params.source)
-    # Cached on the input files' hashes, and holding the single warehouse-writer slot.
+    # Holding the single warehouse-writer slot; unchanged files are skipped by content hash.
     paths, run_id = registry.state_paths(app), pipeline.new_run_id()
     result = ingest_task(paths, source, run_id, app.orchestration, forget_gone=params.forget_gone)
     text = report.render_ingest(result)

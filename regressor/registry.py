@@ -27,17 +27,11 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from regressor.config import AppConfig, PromotionRule, ResolvedPaths
 from regressor.descriptions import model_description, version_description
+from regressor.errors import UserError
 from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 logger = logging.getLogger(__name__)
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a model, version or alias that does not exist, a store that
-    cannot be reached, a warehouse without the data a step needs). The message says what is
-    wrong and what to do: the CLI prints it as one line, and a flow fails with it at once, not
-    retried (trying again cannot help)."""
 
 
 class NotRegisteredError(UserError, LookupError):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.logging.handlers import APILogHandler
 
 from flows.ingest import IngestParams, ingest
@@ -57,9 +62,28 @@ def test_library_warnings_reach_the_flow_runs_log(prefect_harness, tmp_path: Pat
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     refused = [log for log in logs if "resolves outside the source folder" in log.message]
-    # Besides the printed report (prefect.flow_runs): the library's own record(s), one per look
-    # at the folder (the ingest cache key reads it too).
+    # Besides the printed report (prefect.flow_runs): the library's own record.
     from_library = [log for log in refused if log.name == "regressor.sources.common"]
     assert from_library
     assert all("cell-zy.yaml" in log.message and log.level == 30 for log in from_library)
     assert any("cell-zy.yaml" in file for file, _ in result.quarantined)
+
+
+def test_forgetting_with_the_source_folder_gone_fails_at_once_with_its_message(
+    prefect_harness, tmp_path: Path, tiny_fleet
+):
+    """A share not mounted is a mistake retrying cannot fix: the task was retried twice and the
+    run ended with a traceback; now one attempt, and the run's message is the reason."""
+    raw_dir, _ = tiny_fleet
+    ingest(IngestParams(var_dir=raw_dir.parent))
+    (raw_dir / "demo_fleet").rename(raw_dir / "away")
+    state = ingest(IngestParams(var_dir=raw_dir.parent, forget_gone=True), return_state=True)
+    assert state.is_failed()
+    assert "not mounted" in state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert [run.run_count for run in runs] == [1]

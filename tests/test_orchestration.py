@@ -32,7 +32,6 @@ from regressor.config import (
     load_app_config,
     load_source_config,
 )
-from regressor.sources import logs
 from regressor.sources.fleet import IngestReport
 from regressor.warehouse import Warehouse
 
@@ -54,37 +53,39 @@ def _generate(config: Path, var: Path) -> tuple[ResolvedPaths, FleetSourceConfig
 
 
 @flow
-def ingest_states(paths: ResolvedPaths, source: FleetSourceConfig, times: int) -> list[str]:
-    return [ingest_task(paths, source, f"r{i}", return_state=True).name for i in range(times)]
+def ingest_report(paths: ResolvedPaths, source: FleetSourceConfig, run_id: str) -> IngestReport:
+    return ingest_task(paths, source, run_id)
 
 
-@flow
-def ingest_report(paths: ResolvedPaths, source: FleetSourceConfig) -> IngestReport:
-    return ingest_task(paths, source, "cached-run")
+def _content(paths: ResolvedPaths) -> tuple[str, list[tuple]]:
+    with Warehouse(paths.warehouse, read_only=True) as wh:
+        records = wh.con.sql("SELECT record_id, target FROM records ORDER BY ALL").fetchall()
+        return wh.content_hash(), records
 
 
-def test_ingest_is_cached_until_an_input_file_changes(tmp_path: Path, prefect_harness):
+def test_every_ingest_reads_the_warehouse_it_writes(tmp_path: Path, prefect_harness):
+    """The flows' ingest was cached on the input files: targets changed and changed back, or a
+    warehouse re-created by another writer, got "unchanged" (a cached report) while the
+    warehouse held other data. The adapter's own content-hash skip consults the warehouse."""
     paths, source = _generate(*_tiny(tmp_path))
-    assert ingest_states(paths, source, 2) == ["Completed", "Cached"]
-    cached = ingest_report(paths, source)
-    assert cached.run_id == "cached-run"
-    assert (cached.files_ingested, cached.records_added) == (0, 0)
-    assert cached.files_unchanged == cached.files_seen > 0
-    log = sorted(pipeline.source_root(paths, source).glob(source.log_glob))[0]
-    log.write_text(log.read_text() + "\n")
-    assert ingest_states(paths, source, 1) == ["Completed"]
-
-
-def test_a_parser_version_bump_misses_the_ingest_cache(
-    tmp_path: Path, prefect_harness, monkeypatch
-):
-    """Unchanged files whose parser changed are parsed again by the flows too (the key named
-    the files alone: `textperf ingest` re-parsed them, the nightly flow answered from its
-    cache, for up to 30 days with a report pickled by the older code)."""
-    paths, source = _generate(*_tiny(tmp_path))
-    assert ingest_states(paths, source, 2) == ["Completed", "Cached"]
-    monkeypatch.setattr(logs, "SUMMARY_VERSION", logs.SUMMARY_VERSION + 1)
-    assert ingest_states(paths, source, 1) == ["Completed"]
+    first = ingest_report(paths, source, "r1")
+    stored = _content(paths)
+    again = ingest_report(paths, source, "r2")
+    assert first.files_ingested == again.files_unchanged == again.files_seen > 0
+    targets = pipeline.source_root(paths, source) / source.targets_file
+    original = targets.read_text()
+    header, *rows = original.splitlines()
+    halved = [",".join([*r.split(",")[:-1], str(float(r.split(",")[-1]) / 2)]) for r in rows]
+    targets.write_text("\n".join([header, *halved]) + "\n")
+    assert ingest_report(paths, source, "r3").files_ingested == 1
+    assert _content(paths) != stored
+    targets.write_text(original)
+    assert ingest_report(paths, source, "r4").files_ingested == 1
+    assert _content(paths) == stored
+    paths.warehouse.unlink()  # re-created empty by another writer, before this ingest
+    Warehouse(paths.warehouse).close()
+    assert ingest_report(paths, source, "r5").records_added == len(stored[1])
+    assert _content(paths) == stored
 
 
 def _slot_times(output: str) -> tuple[float, float]:
@@ -106,8 +107,6 @@ def _start_retrain(config: Path, var: Path, mlflow_db: Path, log: Path) -> subpr
         **os.environ,
         # One Prefect server, hence one writer slot, shared with this test process.
         "PREFECT_API_URL": PREFECT_API_URL.value(),
-        # Both must really write: no ingest cache hit for the later one.
-        "PREFECT_TASKS_REFRESH_CACHE": "true",
         # One warehouse; separate SQLite MLflow stores (not built for concurrent trainings).
         "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
     }

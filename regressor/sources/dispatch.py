@@ -11,7 +11,6 @@ from regressor.config import (
     TableSourceConfig,
     data_root,
 )
-from regressor.sources import fleet, logs, runs, series, table
 from regressor.sources.fleet import IngestReport, count_records, ingest_fleet, source_root
 from regressor.sources.forget import forget_gone
 from regressor.sources.runs import ingest_runs
@@ -21,21 +20,6 @@ from regressor.warehouse import Warehouse
 # DuckDB's buffer pool for an ingest writer: enough for batch inserts, and bounded so that peak
 # RSS does not grow with the size of the warehouse (bench/ingest.py measures it).
 INGEST_MEMORY_LIMIT = "512MB"
-
-
-def parsing_version() -> str:
-    """The parsers' versions and the report's fields: what a cached ingest of unchanged files
-    also depends on (a parser bump re-parses them; a report pickled by older code may lack a
-    field)."""
-    versions = (
-        fleet.PARSER_VERSION,
-        fleet.CONFIG_VERSION,
-        logs.SUMMARY_VERSION,
-        table.PARSER_VERSION,
-        runs.PARSER_VERSION,
-        series.SERIES_VERSION,
-    )
-    return f"{'.'.join(map(str, versions))}:{','.join(sorted(IngestReport.model_fields))}"
 
 
 def ingest_source(

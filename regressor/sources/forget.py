@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from regressor.errors import UserError
 from regressor.sources.common import NOT_READ, forget_files
 from regressor.sources.table import STORED_ELSEWHERE
 from regressor.warehouse import Warehouse
@@ -23,9 +24,9 @@ from regressor.warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 
-class SourceFolderMissingError(FileNotFoundError):
+class SourceFolderMissingError(UserError, FileNotFoundError):
     """The source folder itself is not there, empty or unlistable: forgetting would drop every
-    stored file."""
+    stored file (a mistake, or a share not mounted: retrying at once cannot help)."""
 
 
 def is_gone(root: Path, rel: str) -> bool:
