@@ -7,7 +7,6 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
 
 from flows.common import (
     checked_paths,
@@ -17,19 +16,6 @@ from flows.common import (
 )
 from regressor import jobs
 from regressor.config import load_app_config, load_source_config
-
-
-class AdaptParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    config: Path | None = None  # default: conf/default.yaml
-    var_dir: Path | None = None
-    source: str | None = None  # default: the app config's source
-    task: str | None = None  # default: the config's holdout task
-    version: str | None = None  # a version of the registered model; default: the champion
-    # Adapt even when a variant was adapted from the same base, data and configs.
-    force: bool = False
-
 
 # Reads the warehouse and writes MLflow only; the tracking server can blip, so retry.
 adapt_task = task(
@@ -43,17 +29,44 @@ adapt_task = task(
 
 
 @flow(name="adapt", log_prints=True)
-def adapt(params: AdaptParams | None = None) -> str:
+def adapt(
+    task: str | None = None,
+    version: str | None = None,
+    force: bool = False,
+    source: str | None = None,
+    config: Path | None = None,
+    var_dir: Path | None = None,
+) -> str:
+    """Adapt a registered version to one task from a few of its records; register and gate it.
+
+    Args:
+        task: the task to adapt to; default: the config's holdout task.
+        version: a version of the registered model; default: the champion.
+        force: adapt even when a variant was adapted from the same base, data and configs.
+        source: a name under conf/sources/ or a YAML path; default: the app config's source.
+        config: the app config (YAML); default: conf/default.yaml.
+        var_dir: the state directory, instead of the config's paths.var_dir.
+    """
     # A user's mistake (no such task or version, too few records) fails the run with its message.
-    return failing_cleanly(_adapt, params or AdaptParams())
+    return failing_cleanly(_adapt, task, version, force, source, config, var_dir)
 
 
-def _adapt(params: AdaptParams) -> str:
+def _adapt(
+    task_name: str | None,
+    version: str | None,
+    force: bool,
+    source_name: str | None,
+    config: Path | None,
+    var_dir: Path | None,
+) -> str:
     forward_library_logs()
-    app = load_app_config(params.config, params.var_dir)
+    app = load_app_config(config, var_dir)
     paths = checked_paths(app)
-    source = load_source_config(params.source or app.source)
-    outcome = adapt_task(app, paths, source, params.task, params.version, params.force)
+    source = load_source_config(source_name or app.source)
+    # Forced, a retry would skip the lookup that finds what the first attempt registered, and
+    # register the same adaptation twice: a forced adaptation is tried once.
+    attempt = adapt_task.with_options(retries=0) if force else adapt_task
+    outcome = attempt(app, paths, source, task_name, version, force)
     text = jobs.render_adapt(outcome, paths.tracking_uri)
     create_markdown_artifact(text, key="adapt-report", description=f"adaptation to {outcome.task}")
     print(text)

@@ -65,12 +65,12 @@ def retry_unless_user_error(task: Any, task_run: Any, state: State) -> bool:
     return not isinstance(state.data, registry.UserError)
 
 
-def failing_cleanly(body: Callable[..., R], *args: Any) -> R | State:
-    """`body(*args)` for a flow to return: on a user error, a Failed state with its message,
-    which ends the run Failed without the traceback Prefect logs for any exception a flow
-    raises (calling the flow still raises the error)."""
+def failing_cleanly(body: Callable[..., R], *args: Any, **kwargs: Any) -> R | State:
+    """`body(*args, **kwargs)` for a flow to return: on a user error, a Failed state with its
+    message, which ends the run Failed without the traceback Prefect logs for any exception a
+    flow raises (calling the flow still raises the error)."""
     try:
-        return body(*args)
+        return body(*args, **kwargs)
     except registry.UserError as exc:
         return Failed(message=str(exc), data=exc)
 

@@ -25,9 +25,11 @@ AD_HOC = (*ALWAYS_AD_HOC, "prune")  # prune: also on `schedule.prune_cron` when 
 
 
 def _params(config: Path | None, var_dir: Path | None) -> dict:
-    """Flow parameters (each flow takes one pydantic `params`) pointing at the given config."""
+    """The flows' `config` and `var_dir` parameters pointing at the given config. Top-level
+    parameters: Prefect merges a run's parameters into these key by key, so a run that sets
+    another parameter keeps them."""
     given = {"config": config, "var_dir": var_dir}
-    return {"params": {k: str(v) for k, v in given.items() if v is not None}}
+    return {k: str(v) for k, v in given.items() if v is not None}
 
 
 def build(app: AppConfig, config: Path | None = None, var_dir: Path | None = None) -> list:
@@ -59,12 +61,13 @@ def cron(app: AppConfig, field: str, config: Path | None) -> Cron:
 
 
 def _prune_deployment(app: AppConfig, params: dict, config: Path | None) -> RunnerDeployment:
-    """Ad hoc; with `schedule.prune_cron`, also on that cron, keeping `schedule.prune_keep`."""
+    """Ad hoc; with `schedule.prune_cron`, also on that cron. Either keeps the config's
+    `schedule.prune_keep` unless a run says otherwise (the flow's default)."""
     if app.schedule.prune_cron is None:
         return prune.to_deployment(name="prune", parameters=params, tags=["textperf", "ad-hoc"])
     return prune.to_deployment(
         name="prune",
         schedules=[cron(app, "prune_cron", config)],
-        parameters={"params": params["params"] | {"keep": app.schedule.prune_keep}},
+        parameters=params,
         tags=["textperf", "retention"],
     )

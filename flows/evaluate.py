@@ -7,7 +7,6 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
 
 from flows.common import (
     checked_paths,
@@ -15,19 +14,9 @@ from flows.common import (
     forward_library_logs,
     retry_unless_user_error,
 )
-from regressor import jobs
+from regressor import jobs, registry
 from regressor.config import load_app_config, load_source_config
-
-
-class EvaluateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "models:/textperf@champion"  # any models:/ URI: an alias or a fixed version
-    split: str = "test"  # train | val | test | adapt_pool | adapt_test
-    source: str | None = None  # default: the app config's source
-    config: Path | None = None
-    var_dir: Path | None = None
-
+from regressor.dataset import SplitName
 
 # Loading the model goes through the tracking server and its artifact proxy: retry with backoff.
 evaluate_task = task(
@@ -35,27 +24,48 @@ evaluate_task = task(
     name="evaluate",
     retries=2,
     retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_unless_user_error,
+    retry_condition_fn=retry_unless_user_error,  # not a missing model, alias or split
     cache_policy=NO_CACHE,
 )
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(params: EvaluateParams | None = None) -> dict[str, float]:
-    # A user's mistake (no records, no server) fails the run with its message, no traceback.
-    return failing_cleanly(_evaluate, params or EvaluateParams())
+def evaluate(
+    model: str | None = None,
+    split: SplitName = "test",
+    source: str | None = None,
+    config: Path | None = None,
+    var_dir: Path | None = None,
+) -> dict[str, float]:
+    """Score a registered model on the warehouse's records of a source and split.
+
+    Args:
+        model: any models:/ URI, an alias or a fixed version; default: the config's model at
+            its champion alias.
+        split: train, val, test, adapt_pool or adapt_test.
+        source: a name under conf/sources/ or a YAML path; default: the app config's source.
+        config: the app config (YAML); default: conf/default.yaml.
+        var_dir: the state directory, instead of the config's paths.var_dir.
+    """
+    # A user's mistake (no records, no such model, no server) fails the run with its message.
+    return failing_cleanly(_evaluate, model, split, source, config, var_dir)
 
 
-def _evaluate(params: EvaluateParams) -> dict[str, float]:
+def _evaluate(
+    model: str | None,
+    split: SplitName,
+    source_name: str | None,
+    config: Path | None,
+    var_dir: Path | None,
+) -> dict[str, float]:
     forward_library_logs()
-    app = load_app_config(params.config, params.var_dir)
+    app = load_app_config(config, var_dir)
     paths = checked_paths(app)
-    source = load_source_config(params.source or app.source)
-    outcome = evaluate_task(app, paths, source, params.model, params.split)
+    source = load_source_config(source_name or app.source)
+    uri = model or registry.model_uri(app.registry.model_name, app.registry.champion_alias)
+    outcome = evaluate_task(app, paths, source, uri, split)
     text = jobs.render_evaluate(outcome)
-    create_markdown_artifact(
-        text, key="evaluate-report", description=f"evaluation of {params.model}"
-    )
+    create_markdown_artifact(text, key="evaluate-report", description=f"evaluation of {uri}")
     print(text)
     return outcome.metrics
 

@@ -13,7 +13,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, ConfigDict
 
 from flows.common import (
     checked_paths,
@@ -32,23 +31,7 @@ from regressor.config import (
     load_source_config,
 )
 
-
-class RetrainParams(BaseModel):
-    """Flow parameters; everything else comes from the YAML file named by `config`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    config: Path | None = None  # default: conf/default.yaml
-    var_dir: Path | None = None  # override paths.var_dir, e.g. a scratch directory
-    generate_fleet: bool = True  # write the demo fleet first (the demo has no real fleet)
-    adapt: bool = True
-    model: str | None = None  # override the config's model size (conf/model/<name>.yaml)
-    train: str | None = None  # override the config's optimisation (conf/train/<name>.yaml)
-    # Train even when a registered version was trained from the same data and configs.
-    force_train: bool = False
-
-
-# Heavy objects pass between these tasks in memory: only ingest (flows/tasks.py) is cached.
+# Heavy objects pass between these tasks in memory: none is cached.
 generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
 # Reads of the warehouse and the registry can meet a lock or a restarting server: retry those.
 # A user's mistake (no records, no such task) is not retried (`retry_unless_user_error`).
@@ -129,33 +112,71 @@ def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -
     return result
 
 
+# Flat parameters, not one model: Prefect merges a run's parameters into its deployment's key
+# by key, so a nested model given for one run replaced the config and var dir `serve` set.
 @flow(name="retrain", log_prints=True)
-def retrain(params: RetrainParams | None = None) -> str:
+def retrain(
+    config: Path | None = None,
+    var_dir: Path | None = None,
+    generate_fleet: bool | None = None,
+    adapt: bool = True,
+    model: str | None = None,
+    train: str | None = None,
+    force_train: bool = False,
+) -> str:
+    """Nightly retraining: ingest, train, evaluate, register and gate, adapt, report.
+
+    Args:
+        config: the app config (YAML); everything else comes from it; default:
+            conf/default.yaml.
+        var_dir: the state directory, instead of the config's paths.var_dir.
+        generate_fleet: write the demo fleet first; default: only into a fleet source's folder
+            that holds nothing yet (never over a real fleet, never for another adapter).
+        adapt: adapt the champion to the holdout task, and re-adapt the variants due.
+        model: the model size instead of the config's (conf/model/<name>.yaml).
+        train: the optimisation instead of the config's (conf/train/<name>.yaml).
+        force_train: train even when a registered version was trained from the same data and
+            configs.
+    """
     # A user's mistake (no records, too few) fails the run with its message, no traceback.
-    return failing_cleanly(_retrain, params or RetrainParams())
+    return failing_cleanly(
+        _retrain,
+        config=config,
+        var_dir=var_dir,
+        generate_fleet=generate_fleet,
+        adapt=adapt,
+        model=model,
+        train=train,
+        force_train=force_train,
+    )
 
 
-def _retrain(params: RetrainParams) -> str:
+def _retrain(
+    config: Path | None,
+    var_dir: Path | None,
+    generate_fleet: bool | None,
+    adapt: bool,
+    model: str | None,
+    train: str | None,
+    force_train: bool,
+) -> str:
     forward_library_logs()
-    app = load_app_config(params.config, params.var_dir, model=params.model, train=params.train)
+    app = load_app_config(config, var_dir, model=model, train=train)
     paths = checked_paths(app)
     source = load_source_config(app.source)
     run_id = pipeline.new_run_id()
     seconds: dict[str, float] = {}
-    if params.generate_fleet:
+    if pipeline.generates_fleet(paths, source, generate_fleet):
         timed(seconds, "generate fleet", generate_task, paths, app, source)
     ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
     data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
+    # Forced, a retry would skip the lookup that finds the version the first attempt
+    # registered, and register the same weights twice: a forced training is tried once.
+    training = train_task.with_options(retries=0) if force_train else train_task
     trained = timed(
-        seconds,
-        "train + evaluate + register",
-        train_task,
-        app,
-        paths,
-        data,
-        force=params.force_train,
+        seconds, "train + evaluate + register", training, app, paths, data, force=force_train
     )
-    due = due_task(app, paths, data) if params.adapt else []
+    due = due_task(app, paths, data) if adapt else []
     outcomes = adapt_all(due, app, paths, source, seconds)
     adapted = [o for o in outcomes if isinstance(o, pipeline.AdaptOutcome)]
     skipped = [o for o in outcomes if isinstance(o, pipeline.AdaptSkipped)]

@@ -95,7 +95,15 @@ def _registry_errors(uri: str) -> Iterator[None]:
 def retrain(
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
-    generate_fleet: Annotated[bool, typer.Option(help="Write the demo fleet first.")] = True,
+    generate_fleet: Annotated[
+        bool | None,
+        typer.Option(
+            "--generate-fleet/--no-generate-fleet",
+            help="Write the demo fleet (the config's `fleet`) first [default: only into a fleet "
+            "source's folder that holds nothing yet; never over a real fleet].",
+            show_default=False,
+        ),
+    ] = None,
     adapt: Annotated[bool, typer.Option(help="Adapt the champion to the holdout task.")] = True,
     model: Annotated[
         str | None, typer.Option(help="Model size instead of the config's (conf/model/).")
@@ -112,23 +120,25 @@ def retrain(
     ] = False,
 ) -> None:
     """Run the nightly retraining flow once, now (ingest, train, evaluate, register, adapt)."""
-    from flows.retrain import RetrainParams, retrain
-    from regressor import registry
+    from flows.retrain import retrain
+    from regressor import pipeline, registry
+    from regressor.config import load_source_config
 
     with _user_errors():  # checked before Prefect starts: a clear line, not a failed run
         cfg = load_app_config(config, var_dir, model=model, train=train)
-        registry.require_reachable(registry.state_paths(cfg).tracking_uri)
-    params = RetrainParams(
-        config=config,
-        var_dir=var_dir,
-        generate_fleet=generate_fleet,
-        adapt=adapt,
-        model=model,
-        train=train,
-        force_train=force_train,
-    )
+        paths = registry.state_paths(cfg)
+        pipeline.generates_fleet(paths, load_source_config(cfg.source), generate_fleet)
+        registry.require_reachable(paths.tracking_uri)
     with _user_errors():  # the flow fails on one with its message (`flows.common.failing_cleanly`)
-        retrain(params)
+        retrain(
+            config=config,
+            var_dir=var_dir,
+            generate_fleet=generate_fleet,
+            adapt=adapt,
+            model=model,
+            train=train,
+            force_train=force_train,
+        )
 
 
 # Said of target rows whose task no config or log names (`IngestReport.unmatched_targets`).
@@ -138,8 +148,12 @@ UNMATCHED = "no config or no log has that task, so they make no record (a misspe
 @app.command()
 def ingest(
     source: Annotated[
-        str, typer.Option(help="Source name or YAML path (conf/sources/).")
-    ] = "demo_fleet",
+        str | None,
+        typer.Option(
+            help="Source name or YAML path (conf/sources/) [default: the config's source].",
+            show_default=False,
+        ),
+    ] = None,
     forget_gone: Annotated[
         bool,
         typer.Option(
@@ -158,9 +172,9 @@ def ingest(
     from regressor.sources.forget import SourceFolderMissingError
 
     with _user_errors(SourceFolderMissingError):  # nothing was forgotten: say so in one line
-        _, paths = _state(config, var_dir)
+        cfg, paths = _state(config, var_dir)
         result = pipeline.ingest(
-            paths, load_source_config(source), pipeline.new_run_id(), forget_gone
+            paths, load_source_config(source or cfg.source), pipeline.new_run_id(), forget_gone
         )
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import polars as pl
@@ -15,7 +15,8 @@ from regressor.config import SplitConfig
 from regressor.serialize import DEFAULT_PRIORITY, serialize
 from regressor.targets import target_scales
 
-SPLITS = ("train", "val", "test", "adapt_pool", "adapt_test")
+SplitName = Literal["train", "val", "test", "adapt_pool", "adapt_test"]
+SPLITS: tuple[str, ...] = get_args(SplitName)
 
 
 @dataclass(frozen=True)

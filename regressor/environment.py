@@ -53,15 +53,26 @@ def numeric_environment() -> dict[str, str]:
     }
 
 
-def code_digest(root: Path = LIBRARY_ROOT) -> str:
-    """sha256 of the library's source (`regressor/**/*.py`), the code that trains, calibrates and
-    evaluates. Unlike the git commit it exists in an image built without `.git`, and commits
-    that change no code (docs, benchmarks) leave it alone."""
+def source_digest(root: Path) -> str:
+    """sha256 of the Python source under `root` (`**/*.py`), as it is on disk now."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         name, body = str(path.relative_to(root)).encode(), path.read_bytes()
         digest.update(b"%d:%s%d:" % (len(name), name, len(body)) + body)
     return digest.hexdigest()[:16]
+
+
+# Read when the library is imported: the code this process runs. Read at each call, a checkout
+# updated under a long-lived worker (a `git pull` mid-run) changed a run's keys between a task
+# and its retry, which then missed the version the first attempt registered and made another.
+_LOADED_CODE_DIGEST = source_digest(LIBRARY_ROOT)
+
+
+def code_digest() -> str:
+    """sha256 of the library's source (`regressor/**/*.py`) as this process imported it, the
+    code that trains, calibrates and evaluates. Unlike the git commit it exists in an image
+    built without `.git`, and commits that change no code (docs, benchmarks) leave it alone."""
+    return _LOADED_CODE_DIGEST
 
 
 # Set in every process a distributed launcher (torchrun, Lightning's DDP launcher) starts.

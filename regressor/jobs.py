@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlflow import MlflowClient
-
 from regressor import pipeline, registry, report, retention
 from regressor.config import AppConfig, ResolvedPaths, SourceConfig
 from regressor.dataset import SPLITS
@@ -56,15 +54,10 @@ class ModelRef:
 
 
 def resolve_model(uri: str) -> ModelRef:
-    """`models:/name@alias` or `models:/name/version` to its fixed version and run."""
-    name, _, ref = uri.removeprefix("models:/").partition("/")
-    client = MlflowClient()
-    if "@" in name:
-        name, alias = name.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        mv = client.get_model_version(name, ref)
-    return ModelRef(uri, name, str(mv.version), mv.run_id or "")
+    """`models:/name@alias` or `models:/name/version` to its fixed version and run; a
+    `registry.NotRegisteredError` naming what is missing."""
+    mv = registry.resolve(uri)
+    return ModelRef(uri, mv.name, str(mv.version), mv.run_id or "")
 
 
 @dataclass(frozen=True)
@@ -82,12 +75,12 @@ def evaluate(
 ) -> EvaluateOutcome:
     """Score the registered model at `uri` on the warehouse's records of `source`/`split`."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; one of {SPLITS}")
+        raise pipeline.DataError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
     configure_mlflow(paths, app.registry.experiment)
     model = resolve_model(uri)
     examples = pipeline.load_dataset(paths, app, source).splits[split]
     if len(examples) == 0:
-        raise ValueError(f"split {split!r} of source {source.name!r} has no records")
+        raise pipeline.DataError(f"split {split!r} of source {source.name!r} has no records")
     # Score the fixed version, so the numbers stay true after an alias moves.
     metrics = pipeline.score_registered(model.version_uri, examples, app.eval)
     return EvaluateOutcome(model, source.name, split, len(examples), metrics, paths.tracking_uri)

@@ -80,6 +80,23 @@ def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) ->
     return generate_fleet(source_root(paths, source), app.fleet)
 
 
+def generates_fleet(paths: ResolvedPaths, source: SourceConfig, requested: bool | None) -> bool:
+    """Whether a run writes the demo fleet (`app.fleet`) into `source`'s folder first. Asked
+    for (True), only a fleet source can take it; by default (None), only a fleet source whose
+    folder holds nothing yet: the generator rewrites the demo's files identically, and must
+    never overwrite a real fleet's, nor fill a table or runs source's folder with cells."""
+    is_fleet = isinstance(source, FleetSourceConfig)
+    if requested and not is_fleet:
+        raise DataError(
+            f"--generate-fleet writes a demo fleet, and source {source.name!r} is a "
+            f"{source.adapter} source: run with --no-generate-fleet"
+        )
+    if requested is not None or not is_fleet:
+        return bool(requested)
+    root = source_root(paths, source)
+    return not root.is_dir() or next(root.iterdir(), None) is None
+
+
 def ingest(
     paths: ResolvedPaths, source: SourceConfig, run_id: str, forget_gone: bool = False
 ) -> IngestReport:

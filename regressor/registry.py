@@ -142,7 +142,10 @@ def git_commit() -> str:
 def log_and_register(
     bundle_dir: Path, name: str, example: pd.DataFrame, tags: Mapping[str, str]
 ) -> ModelVersion:
-    """Log the bundle as a models-from-code pyfunc in the active run and register a new version."""
+    """Log the bundle as a models-from-code pyfunc in the active run and register a new version
+    with its tags, in one call: set one by one after the version existed, a store lost midway
+    left a version without its `registration_key`, which the retry could not find, so it
+    registered another."""
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),
@@ -151,13 +154,9 @@ def log_and_register(
         input_example=example,
         # The pyfunc needs the project itself; `--env-manager local` serves from this environment.
         pip_requirements=[project_requirement()],
-        registered_model_name=name,
     )
-    client = MlflowClient()
-    version = client.get_model_version(name, str(info.registered_model_version))
-    for key, value in {**tags, "git_commit": git_commit()}.items():
-        client.set_model_version_tag(name, version.version, key, str(value))
-    return version
+    all_tags = {key: str(value) for key, value in {**tags, "git_commit": git_commit()}.items()}
+    return mlflow.register_model(info.model_uri, name, tags=all_tags)
 
 
 def project_requirement() -> str:
@@ -568,17 +567,27 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 
 def resolve(ref: str) -> ModelVersion:
-    """The version a ref names; a bare NAME means its latest version."""
+    """The version a ref names; a bare NAME means its latest version. A `NotRegisteredError`
+    names what is missing (the model, the version or the alias) and where to look."""
     name, which = parse_ref(ref)
     client = MlflowClient()
-    if which is None:
-        latest = newest(client.search_model_versions(f"name='{name}'"))
-        if latest is None:
-            raise LookupError(f"no registered model {name!r}")
-        return client.get_model_version(name, latest.version)  # a search leaves out aliases
-    if which.isdigit():
-        return client.get_model_version(name, which)
-    return client.get_model_version_by_alias(name, which)
+    if which is not None and which.isdigit():
+        return existing_version(name, which)
+    if which is not None:
+        found = alias_version(name, which)
+        if found is not None:
+            return found
+    latest = newest(client.search_model_versions(f"name='{name}'"))
+    if latest is None:
+        raise NotRegisteredError(
+            f"no registered model {name!r}; `textperf models list` lists the registered models"
+        )
+    if which is not None:
+        raise NotRegisteredError(
+            f"no version of {name!r} holds @{which}; `textperf models list {name}` shows its "
+            "aliases"
+        )
+    return client.get_model_version(name, latest.version)  # a search leaves out aliases
 
 
 def finite_json(value: Any) -> Any:

@@ -49,19 +49,20 @@ def test_served_deployments_are_built_from_conf(tmp_path: Path):
     assert schedule.schedule.cron == "30 3 * * *"
     assert not by_name["evaluate"].schedules
     assert not by_name["prune"].schedules  # retention runs only when the team schedules it
-    assert by_name["ingest"].parameters == {"params": {"config": str(config)}}
+    # Top-level parameters: Prefect merges a run's own parameters into them key by key.
+    assert by_name["ingest"].parameters == {"config": str(config)}
 
 
-def test_prune_runs_on_the_configured_cron_with_the_configured_keep(tmp_path: Path):
-    """`schedule.prune_cron` puts the `prune` deployment on a schedule, its `keep` from conf;
-    a run of it then prunes as `textperf models prune --keep` would (tests/test_retention.py)."""
+def test_prune_runs_on_the_configured_cron(tmp_path: Path):
+    """`schedule.prune_cron` puts the `prune` deployment on a schedule; a run of it keeps the
+    config's `schedule.prune_keep` (the flow's default, tests/test_retention.py)."""
     config = tmp_path / "app.yaml"
     schedule = {"prune_cron": "0 4 * * 0", "prune_keep": 10, "timezone": "Europe/Paris"}
     config.write_text(yaml.safe_dump({"schedule": schedule}))
     by_name = {d.name: d for d in deployments.build(load_app_config(config), config=config)}
     (cron,) = by_name["prune"].schedules
     assert (cron.schedule.cron, cron.schedule.timezone) == ("0 4 * * 0", "Europe/Paris")
-    assert by_name["prune"].parameters == {"params": {"config": str(config), "keep": 10}}
+    assert by_name["prune"].parameters == {"config": str(config)}
 
 
 def test_task_runner_is_selected_by_configuration():

@@ -1,6 +1,8 @@
 """Which precision `auto` trains in, and the hardware probe it rests on."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from regressor.environment import (
     has_fast_bf16,
     numeric_environment,
     resolve_precision,
+    source_digest,
 )
 
 
@@ -40,9 +43,28 @@ def test_the_probe_agrees_with_the_kernels_cpu_flags():
 def test_the_code_digest_follows_the_library_source_and_nothing_else(tmp_path: Path):
     copy = tmp_path / "regressor"
     shutil.copytree(LIBRARY_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert code_digest(copy) == code_digest()
+    assert source_digest(copy) == source_digest(LIBRARY_ROOT) == code_digest()
     (copy / "notes.md").write_text("not code")
-    assert code_digest(copy) == code_digest()
+    assert source_digest(copy) == code_digest()
     model = copy / "model.py"
     model.write_text(model.read_text() + "\n# an edit\n")
-    assert code_digest(copy) != code_digest()
+    assert source_digest(copy) != code_digest()
+
+
+def test_the_code_digest_is_of_the_code_the_process_imported(tmp_path: Path):
+    """A checkout edited under a running process (a `git pull` mid-run) leaves its digest, and
+    so its training and adaptation keys, as they were when it imported the library."""
+    shutil.copytree(
+        LIBRARY_ROOT, tmp_path / "regressor", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    script = (
+        "import pathlib, regressor.environment as env\n"
+        "before = env.code_digest()\n"
+        "model = pathlib.Path(env.LIBRARY_ROOT) / 'model.py'\n"
+        "model.write_text(model.read_text() + '# pulled mid-run\\n')\n"
+        "print(before == env.code_digest() != env.source_digest(env.LIBRARY_ROOT))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"

@@ -21,7 +21,7 @@ import pytest
 from conftest_data import with_file_modes_binding
 from typer.testing import CliRunner
 
-from flows.ingest import IngestParams, ingest
+from flows.ingest import ingest
 from regressor.cli import app
 from regressor.config import (
     FleetSimConfig,
@@ -262,13 +262,13 @@ def test_the_ingest_flow_forgets_even_when_the_same_files_were_ingested_before(
     of the same files must not be answered from that cache."""
     raw, summary = tiny_fleet
     var = raw.parent
-    ingest(IngestParams(var_dir=var))
+    ingest(var_dir=var)
     config = sorted((raw / "demo_fleet" / "cells").iterdir())[0]
     config.unlink()
-    kept = ingest(IngestParams(var_dir=var))
+    kept = ingest(var_dir=var)
     assert kept.records == summary.n_cells * summary.n_days  # still there
 
-    forgot = ingest(IngestParams(var_dir=var, forget_gone=True))
+    forgot = ingest(var_dir=var, forget_gone=True)
     assert forgot.files_forgotten == [f"cells/{config.name}"]
     assert forgot.records == (summary.n_cells - 1) * summary.n_days
 

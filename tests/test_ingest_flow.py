@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from flows.ingest import IngestParams, ingest
+from flows.ingest import ingest
 from regressor.warehouse import Warehouse
 
 pytest_plugins = ("conftest_data",)
@@ -27,7 +27,7 @@ def test_ingest_flow_accounts_for_every_file(prefect_harness, tmp_path: Path, ti
     (fleet_dir / "logs" / "cell-a01" / "2026-01-03.log").write_bytes(b"\xff\xfe not utf-8\n")
     var = raw_dir.parent
 
-    result = ingest(IngestParams(var_dir=var))
+    result = ingest(var_dir=var)
 
     accounted = result.files_ingested + result.files_quarantined + result.files_unchanged
     assert result.files_seen == accounted
@@ -41,7 +41,7 @@ def test_ingest_flow_accounts_for_every_file(prefect_harness, tmp_path: Path, ti
     assert records.height == summary.n_cells * summary.n_days - 1
     assert quarantine.height >= 2
 
-    again = ingest(IngestParams(var_dir=var))
+    again = ingest(var_dir=var)
     assert again.records_added == 0
 
 
@@ -54,7 +54,7 @@ def test_library_warnings_reach_the_flow_runs_log(prefect_harness, tmp_path: Pat
     outside.write_text("machines: 4\n")
     (raw_dir / "demo_fleet" / "cells" / "cell-zy.yaml").symlink_to(outside)
 
-    state = ingest(IngestParams(var_dir=raw_dir.parent), return_state=True)
+    state = ingest(var_dir=raw_dir.parent, return_state=True)
     result = state.result()
     APILogHandler().flush()  # the handler sends in batches
     with get_client(sync_client=True) as client:
@@ -75,9 +75,9 @@ def test_forgetting_with_the_source_folder_gone_fails_at_once_with_its_message(
     """A share not mounted is a mistake retrying cannot fix: the task was retried twice and the
     run ended with a traceback; now one attempt, and the run's message is the reason."""
     raw_dir, _ = tiny_fleet
-    ingest(IngestParams(var_dir=raw_dir.parent))
+    ingest(var_dir=raw_dir.parent)
     (raw_dir / "demo_fleet").rename(raw_dir / "away")
-    state = ingest(IngestParams(var_dir=raw_dir.parent, forget_gone=True), return_state=True)
+    state = ingest(var_dir=raw_dir.parent, forget_gone=True, return_state=True)
     assert state.is_failed()
     assert "not mounted" in state.message
     with get_client(sync_client=True) as client:

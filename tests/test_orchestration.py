@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from prefect import flow
 from test_retrain_flow import TINY_APP
 
-from flows.adapt import AdaptParams, adapt
+from flows.adapt import adapt
 from flows.common import ensure_writer_limit, make_task_runner, side_by_side_runner
-from flows.evaluate import EvaluateParams, evaluate
-from flows.retrain import RetrainParams, retrain
+from flows.evaluate import evaluate
+from flows.retrain import retrain
 from flows.tasks import ingest_task
 from regressor import pipeline, registry
 from regressor.config import (
@@ -148,15 +148,13 @@ def test_two_concurrent_retrains_wait_for_the_writer_then_take_turns(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> tuple[Path, Path]:
     config, var = _tiny(tmp_path_factory.mktemp("adhoc"))
-    retrain(RetrainParams(config=config, var_dir=var, adapt=False))
+    retrain(config=config, var_dir=var, adapt=False)
     return config, var
 
 
 def test_evaluate_flow_scores_a_registered_uri_and_reports_links(trained):
     config, var = trained
-    metrics = evaluate(
-        EvaluateParams(model="models:/textperf@champion", split="test", config=config, var_dir=var)
-    )
+    metrics = evaluate(config=config, var_dir=var)  # the config's champion, on its test split
     assert {"spearman", "mape"} <= set(metrics)
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -169,9 +167,27 @@ def test_evaluate_flow_scores_a_registered_uri_and_reports_links(trained):
     assert "| model | Spearman | Kendall | MAPE % |" in found[0].data
 
 
+def test_the_evaluate_flow_fails_at_once_on_a_misspelt_alias_or_split(trained):
+    """Both were retried for 70 s and ended in a traceback: a mistake retrying cannot fix."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    config, var = trained
+    typo = "models:/textperf@champoin"
+    state = evaluate(model=typo, config=config, var_dir=var, return_state=True)
+    assert state.is_failed()
+    assert "no version of 'textperf' holds @champoin" in state.message
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        assert [run.run_count for run in client.read_task_runs(flow_run_filter=flow_run)] == [1]
+    state = evaluate(split="tset", config=config, var_dir=var, return_state=True)
+    assert state.is_failed()
+    assert "split" in state.message
+
+
 def test_adapt_flow_registers_a_variant_of_the_given_version(trained):
     config, var = trained
-    uri = adapt(AdaptParams(config=config, var_dir=var, version="1"))
+    uri = adapt(config=config, var_dir=var, version="1")
     name = uri.removeprefix("models:/").split("/")[0]
     client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
     version = client.search_model_versions(f"name='{name}'")[0]

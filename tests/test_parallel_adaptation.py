@@ -16,7 +16,7 @@ from prefect.logging.handlers import APILogHandler
 from test_retrain_flow import TINY_APP
 
 from flows.common import forward_library_logs, make_task_runner
-from flows.retrain import RetrainParams, adapt_all, retrain
+from flows.retrain import adapt_all, retrain
 from regressor import pipeline
 from regressor.config import OrchestrationConfig, load_app_config, load_source_config
 
@@ -30,7 +30,7 @@ def test_due_adaptations_run_side_by_side_on_the_dask_runner(tmp_path: Path, pre
     # As a config file a user would pass (`--config`, a deployment's `config` parameter).
     config.write_text(yaml.safe_dump({**TINY_APP, "orchestration": DASK.model_dump()}))
     var = tmp_path / "var"
-    retrain(RetrainParams(config=config, var_dir=var, adapt=False))  # the champion, v1
+    retrain(config=config, var_dir=var, adapt=False)  # the champion, v1
     app = load_app_config(config, var)
     paths, source = app.paths.resolve(), load_source_config(app.source)
     data = pipeline.load_dataset(paths, app, source)

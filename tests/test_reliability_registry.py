@@ -143,3 +143,22 @@ def test_server_stopped_mid_run_raises_and_leaves_the_registry_consistent(
     client = MlflowClient(tracking_uri=db, registry_uri=db)
     assert champion(client) == version
     assert [str(v.version) for v in client.search_model_versions("name='textperf'")] == [version]
+
+
+def test_a_version_is_created_with_its_tags_in_one_call(tmp_path: Path, monkeypatch) -> None:
+    """Tags set one by one after the version existed: a store lost midway left a version
+    without its `registration_key`, which the retry could not find, so it registered another.
+    Here no tag may be set after creation, and the version still carries them all."""
+    configure_mlflow(ResolvedPaths(var_dir=tmp_path), "textperf")
+
+    def refused(*_args: object) -> None:
+        raise MlflowException("the store went away")
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", refused)
+    try:
+        version = register_tiny_version(tmp_path, "d1")
+        stored = MlflowClient().get_model_version("textperf", version.version)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert stored.tags["data_hash"] == "d1"
+    assert "git_commit" in stored.tags

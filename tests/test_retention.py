@@ -137,13 +137,18 @@ def test_prune_with_room_for_every_version_deletes_nothing(store: ResolvedPaths)
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
 
 
-def test_the_prune_flow_deletes_and_reports_as_an_artifact(store, prefect_harness) -> None:
+def test_the_prune_flow_deletes_and_reports_as_an_artifact(
+    store, prefect_harness, tmp_path: Path
+) -> None:
+    """Without `keep`, the flow keeps the config's `schedule.prune_keep` (a scheduled run)."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.prune import PruneParams, prune
+    from flows.prune import prune
 
-    text = prune(PruneParams(keep=1, var_dir=store.var_dir))
+    config = tmp_path / "app.yaml"
+    config.write_text("schedule:\n  prune_keep: 1\n")
+    text = prune(config=config, var_dir=store.var_dir)
     assert "Deleted 2 versions" in text
     assert "mlflow gc --backend-store-uri" in text
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])

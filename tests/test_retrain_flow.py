@@ -15,7 +15,7 @@ import yaml
 from conftest_data import TINY_APP
 from mlflow import MlflowClient
 
-from flows.retrain import RetrainParams, retrain
+from flows.retrain import retrain
 from regressor import pipeline
 from regressor.config import load_app_config, load_train_config
 from regressor.environment import code_digest
@@ -28,20 +28,20 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> dict:
     config = root / "app.yaml"
     config.write_text(yaml.safe_dump(TINY_APP))
     var = root / "var"
-    first = retrain(RetrainParams(config=config, var_dir=var))
+    first = retrain(config=config, var_dir=var)
     rows_after_first = _record_count(var)
     # What a run killed after registering, before removing its checkpoints, leaves behind.
     key = _client(var).get_model_version("textperf", "1").tags["training_key"]
     left = var / "checkpoints" / f"train-{key}"
     left.mkdir(parents=True)
     (left / "last.ckpt").write_bytes(b"left by a killed run")
-    second = retrain(RetrainParams(config=config, var_dir=var))  # nothing changed
+    second = retrain(config=config, var_dir=var)  # nothing changed
     after_second = {
         "versions": len(_client(var).search_model_versions("name='textperf'")),
         "runs": _train_runs(var),
         "checkpoint_dirs": list((var / "checkpoints").glob("train-*")),
     }
-    third = retrain(RetrainParams(config=config, var_dir=var, force_train=True))
+    third = retrain(config=config, var_dir=var, force_train=True)
     return {
         "var": var,
         "config": config,

@@ -163,12 +163,12 @@ def test_the_nightly_flow_under_ddp_trains_and_registers_once(tmp_path: Path, pr
     """Lightning's launcher re-executes the command line per extra rank: from the flow's own
     process, rank 1 would have run the whole flow again (ingest, evaluate, register). Each fit
     (training; fine-tuning and the from-scratch reference) runs in its own process group."""
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(DDP_APP))
     var = tmp_path / "var"
-    report = retrain(RetrainParams(config=config, var_dir=var))
+    report = retrain(config=config, var_dir=var)
     uri = f"sqlite:///{var / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     names = sorted(m.name for m in client.search_registered_models())

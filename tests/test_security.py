@@ -225,7 +225,7 @@ def test_secrets_in_the_environment_reach_no_log_param_or_artifact(
 ) -> None:
     from test_reliability_training import TINY_APP
 
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -233,7 +233,7 @@ def test_secrets_in_the_environment_reach_no_log_param_or_artifact(
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(TINY_APP))
     var = tmp_path / "var"
-    report = retrain(RetrainParams(config=config, var_dir=var, adapt=False))
+    report = retrain(config=config, var_dir=var, adapt=False)
     out, err = capfd.readouterr()
     needles = [v.encode() for v in SECRETS.values()]
     assert (var / "mlflow.db").is_file()

@@ -191,11 +191,11 @@ def test_a_var_dir_that_is_a_file_is_named(fleet, tmp_path: Path, command):
 
 def test_the_ingest_flow_names_a_var_dir_that_is_a_file(tmp_path: Path, prefect_harness):
     """As the other flows do: the run fails at once with the message, nothing ingested."""
-    from flows.ingest import IngestParams, ingest
+    from flows.ingest import ingest
 
     a_file = tmp_path / "var"
     a_file.write_text("")
-    state = ingest(IngestParams(var_dir=a_file), return_state=True)
+    state = ingest(var_dir=a_file, return_state=True)
     assert state.is_failed()
     assert state.message.startswith(f"the state directory {a_file}"), state.message
     assert a_file.read_text() == ""
@@ -242,12 +242,12 @@ def test_the_retrain_flow_on_no_records_fails_at_once_with_the_message(
     tmp_path: Path, prefect_harness
 ):
     """Not retried (no records stay no records), and the run's state says it, not a trace."""
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(TINY_APP))
-    params = RetrainParams(config=config, var_dir=tmp_path / "var", generate_fleet=False)
-    state = retrain(params, return_state=True)
+    params = {"config": config, "var_dir": tmp_path / "var", "generate_fleet": False}
+    state = retrain(**params, return_state=True)
     assert state.is_failed()
     assert state.message.startswith("the warehouse"), state.message
     assert "has no records of source 'demo_fleet'" in state.message
@@ -265,7 +265,7 @@ def test_a_due_task_with_too_few_records_is_skipped_not_a_failed_nightly_run(
     """The holdout task keeps 1 day before its test days: too few shots. The nightly run
     registers its model and reports the adaptation as skipped, with the reason; it used to fail
     after registering, and so would every night until the task gained records."""
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(TINY_APP))
@@ -277,10 +277,28 @@ def test_a_due_task_with_too_few_records_is_skipped_not_a_failed_nightly_run(
     test_days = TINY_APP["split"]["test_days"]
     for log in sorted((logs / holdout).iterdir())[1:-test_days]:
         log.unlink()
-    params = RetrainParams(config=config, var_dir=tmp_path / "var", generate_fleet=False)
-    state = retrain(params, return_state=True)
+    params = {"config": config, "var_dir": tmp_path / "var", "generate_fleet": False}
+    state = retrain(**params, return_state=True)
     assert state.is_completed(), state.message
     text = state.result()
     assert "## Adaptations skipped" in text
     assert f"- `{holdout}`: task '{holdout}' has too few records to adapt to: 1 before" in text
     assert str(MlflowClient().get_model_version_by_alias("textperf", "champion").version) == "1"
+
+
+def test_the_demo_fleet_is_written_only_where_it_cannot_overwrite_data(tmp_path: Path):
+    """`retrain` wrote the demo fleet by default, whatever the source: into a real fleet's
+    folder, or cells and logs beside a table source's files."""
+    from regressor.config import ResolvedPaths
+
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    fleet, table = load_source_config("demo_fleet"), load_source_config("c3o")
+    assert pipeline.generates_fleet(paths, fleet, None)  # an empty folder: the demo
+    root = pipeline.source_root(paths, fleet)
+    root.mkdir(parents=True)
+    (root / "targets.csv").write_text("cell,day,efficiency\n")
+    assert not pipeline.generates_fleet(paths, fleet, None)  # a fleet is there already
+    assert pipeline.generates_fleet(paths, fleet, True)  # asked for: rewritten
+    assert not pipeline.generates_fleet(paths, table, None)
+    with pytest.raises(pipeline.DataError, match="'c3o' is a table source"):
+        pipeline.generates_fleet(paths, table, True)
