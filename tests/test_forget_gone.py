@@ -288,12 +288,18 @@ def test_the_cli_names_each_forgotten_file(tmp_path: Path, tiny_fleet) -> None:
 def test_the_cli_says_in_one_line_that_a_missing_source_folder_forgot_nothing(
     tmp_path: Path, tiny_fleet
 ) -> None:
+    """With or without --forget-gone: plain ingest used to read nothing and exit 0 ("files
+    seen 0"), so a cron job ingesting from an unmounted share reported success."""
     raw, _ = tiny_fleet
     var = raw.parent
     cli = CliRunner()
     assert cli.invoke(app, ["ingest", "--var-dir", str(var)]).exit_code == 0
+    before = stored(var / "warehouse.duckdb")
     (raw / "demo_fleet").rename(tmp_path / "elsewhere")
-    done = cli.invoke(app, ["ingest", "--forget-gone", "--var-dir", str(var)])
-    assert done.exit_code == 1, done.output
-    assert isinstance(done.exception, SystemExit)
-    assert "not mounted?); nothing was forgotten" in done.output
+    for flags in (["--forget-gone"], []):
+        done = cli.invoke(app, ["ingest", *flags, "--var-dir", str(var)])
+        assert done.exit_code == 1, done.output
+        assert isinstance(done.exception, SystemExit)
+        assert "not mounted?); nothing was read and the stored rows stay" in done.output
+        assert "written by `textperf retrain`" in done.output
+    assert stored(var / "warehouse.duckdb") == before

@@ -12,7 +12,7 @@ from regressor.config import (
     data_root,
 )
 from regressor.sources.fleet import IngestReport, count_records, ingest_fleet, source_root
-from regressor.sources.forget import forget_gone
+from regressor.sources.forget import forget_gone, require_source_folder
 from regressor.sources.runs import ingest_runs
 from regressor.sources.table import ingest_table
 from regressor.warehouse import Warehouse
@@ -27,11 +27,14 @@ def ingest_source(
 ) -> IngestReport:
     """Ingest `source` into `wh`; with `forget`, first drop the rows of its files that are gone
     for good (`regressor.sources.forget`), so the adapter then reads what depended on them."""
+    root = root_of(source, raw_dir)
+    demo = " (the demo fleet's files are written by `textperf retrain`)"
+    require_source_folder(source.name, root, demo if isinstance(source, FleetSourceConfig) else "")
     if not forget:
         return adapter_ingest(wh, source, raw_dir, run_id)
     wh.migrate()
     before = count_records(wh, source.name)
-    gone = forget_gone(wh, source.name, root_of(source, raw_dir))
+    gone = forget_gone(wh, source.name, root)
     report = adapter_ingest(wh, source, raw_dir, run_id)
     return report.model_copy(
         update={"files_forgotten": gone, "records_added": report.records - before}

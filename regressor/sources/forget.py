@@ -56,23 +56,26 @@ def _unlisted(root: Path) -> str | None:
         return f"cannot be listed ({exc.strerror})"
 
 
+def require_source_folder(source: str, root: Path, hint: str = "") -> None:
+    """A `SourceFolderMissingError` when `root` is not there, empty or cannot be listed: what
+    an unmounted share (or its empty mount point) or a misspelt `root` looks like. Ingesting
+    then read nothing, kept every stored row and exited 0, as if all were well."""
+    problem = "is not there (not mounted?)" if not root.is_dir() else _unlisted(root)
+    if problem:
+        raise SourceFolderMissingError(
+            f"{root}: the source folder of {source!r} {problem}; nothing was read and the "
+            f"stored rows stay{hint}"
+        )
+
+
 def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
     """Delete every row derived from the source's gone files, in one transaction, and the stored
     state of the files whose rows depend on them (the ingest that follows reads those again).
     Returns the gone paths."""
-    if not root.is_dir():
-        raise SourceFolderMissingError(
-            f"{root}: the source folder of {source!r} is not there (not mounted?); "
-            "nothing was forgotten"
-        )
+    require_source_folder(source, root)  # else every file would look gone
     gone = gone_files(wh, source, root)
     if not gone:
         return []
-    if problem := _unlisted(root):  # an unmounted share usually leaves its empty mount point
-        raise SourceFolderMissingError(
-            f"{root}: the source folder of {source!r} {problem}; nothing was forgotten (to drop "
-            "a source's every file, ingest into a new warehouse)"
-        )
     frame = pl.DataFrame({"path": gone}, schema={"path": pl.String})
     with wh.registered("gone_files", frame):
         again = wh.query("gone_dependents", source=source, repeated=STORED_ELSEWHERE)["path"]
