@@ -238,10 +238,11 @@ def test_training_on_too_few_records_fails_before_a_run_is_opened(few):
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
-def test_the_retrain_flow_on_no_records_fails_at_once_with_the_message(
+def test_the_retrain_flow_without_its_source_folder_fails_at_once_with_the_message(
     tmp_path: Path, prefect_harness
 ):
-    """Not retried (no records stay no records), and the run's state says it, not a trace."""
+    """Not retried (a folder that is not there stays so), and the run's state says it, not a
+    trace; without the folder check it read nothing and failed later, at the dataset."""
     from flows.retrain import retrain
 
     config = tmp_path / "app.yaml"
@@ -249,14 +250,12 @@ def test_the_retrain_flow_on_no_records_fails_at_once_with_the_message(
     params = {"config": config, "var_dir": tmp_path / "var", "generate_fleet": False}
     state = retrain(**params, return_state=True)
     assert state.is_failed()
-    assert state.message.startswith("the warehouse"), state.message
-    assert "has no records of source 'demo_fleet'" in state.message
-    # the dataset task ran once: its retries (5 + 10 s) are for locks and restarting servers
+    assert "the source folder of 'demo_fleet' is not there" in state.message, state.message
+    # the ingest task ran once: its retries (5 + 10 s) are for locks and network file systems
     flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=flow_run)
-    loads = [run.run_count for run in task_runs if run.name.startswith("load-dataset")]
-    assert loads == [1]
+    assert [(run.name.split("-")[0], run.run_count) for run in task_runs] == [("ingest", 1)]
 
 
 def test_a_due_task_with_too_few_records_is_skipped_not_a_failed_nightly_run(
