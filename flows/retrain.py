@@ -183,7 +183,9 @@ def _retrain(
     text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     pipeline.log_report(paths, trained, text)
-    print(text)
+    # The report is the run's artifact and its return value (`textperf retrain` prints that
+    # on stdout); printed here as well, it came twice, once inside the log on stderr.
+    get_run_logger().info("report: artifact 'retrain-report' of this flow run")
     return text
 
 

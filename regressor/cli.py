@@ -130,7 +130,7 @@ def retrain(
         pipeline.generates_fleet(paths, load_source_config(cfg.source), generate_fleet)
         registry.require_reachable(paths.tracking_uri)
     with _user_errors():  # the flow fails on one with its message (`flows.common.failing_cleanly`)
-        retrain(
+        text = retrain(
             config=config,
             var_dir=var_dir,
             generate_fleet=generate_fleet,
@@ -139,6 +139,7 @@ def retrain(
             train=train,
             force_train=force_train,
         )
+    typer.echo(text)  # the report is data: stdout, where `> report.md` finds it
 
 
 # Said of target rows whose task no config or log names (`IngestReport.unmatched_targets`).
@@ -249,8 +250,13 @@ def _model_uri(ref: str) -> str:
     return "models:/" + ref
 
 
-def _quantile_label(q: float) -> str:
-    return f"p{q * 100:g}"
+def _quantiles_text(labels: list[str], row: dict) -> str:
+    """Two quantiles as the interval they bound (`10-90% [lo, hi]`); any other number each by
+    its own label (`p5 .. p50 .. p95 ..`): a third used to be dropped without a word."""
+    if len(labels) == 2:
+        lo, hi = labels
+        return f"{lo[1:]}-{hi[1:]}% [{row[lo]:.4g}, {row[hi]:.4g}]"
+    return "  ".join(f"{label} {row[label]:.4g}" for label in labels)
 
 
 def _fail(message: str) -> NoReturn:
@@ -314,6 +320,31 @@ def _load_model(uri: str):  # -> mlflow.pyfunc.PyFuncModel (imported lazily)
         _fail(f"cannot load model {uri!r}: {exc}{_alias_hint(uri)}")
 
 
+def _require_registered(uri: str, store: str) -> None:
+    """A `models:/NAME@ALIAS` or `/VERSION` of a model the store does not have, or a bare
+    registered NAME, fails in one line saying what to do. MLflow answered the first with
+    "Registered Model with name=... not found" and no next step, and reads `models:/NAME` as a
+    logged model's id ("Logged model with ID 'textperf' not found")."""
+    from mlflow import MlflowClient
+
+    from regressor import registry
+
+    if not uri.startswith("models:/"):
+        return
+    name, which = registry.parse_ref(uri)
+    registered = registry.unless_missing(MlflowClient().get_registered_model, name)
+    if registered is not None and which is None:
+        _fail(
+            f"{name!r} is a registered model: name an alias or a version, e.g. "
+            f"models:/{name}@champion or models:/{name}/1 (`textperf models list {name}`)"
+        )
+    if registered is None and which is not None:
+        _fail(
+            f"no registered model {name!r} in {store}: `textperf retrain` trains and registers "
+            "one (or --var-dir, --config or MLFLOW_TRACKING_URI name the store that has it)"
+        )
+
+
 def _alias_hint(uri: str) -> str:
     """For a NAME@ALIAS that failed: the aliases NAME has, and why a variant may have none."""
     from mlflow import MlflowClient
@@ -347,9 +378,11 @@ def predict(
     ] = "models:/textperf@champion",
     num_samples: Annotated[
         int | None,
-        typer.Option(help="Sampled decodes per record [default: the model's, 32, as evaluated]."),
+        typer.Option(help="Sampled decodes per record [default: 32].", show_default=False),
     ] = None,
-    temperature: float = 1.0,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature: 1 samples the model, 0 decodes greedily.")
+    ] = 1.0,
     quantile: Annotated[
         list[float] | None, typer.Option("--quantile", "-q", help="Repeatable; default 0.1 0.9.")
     ] = None,
@@ -361,11 +394,14 @@ def predict(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from regressor.pyfunc_model import quantile_column
+
     params = _predict_params(num_samples, temperature, quantile, samples)
     rows = [_read_record(path) for path in records]
     with _user_errors():  # a var dir that is a file, a tracking server that does not answer
-        _registry_at(config, var_dir)
+        _, store = _registry_at(config, var_dir)
     uri = _model_uri(model)
+    _require_registered(uri, store)
     pinned, note = _pinned(uri)
     loaded = _load_model(pinned)
     try:
@@ -373,13 +409,10 @@ def predict(
     except (MlflowException, ValueError) as exc:
         bad = getattr(exc, "row", None)  # the pyfunc's InvalidInputError names the bad row
         _fail(f"{records[bad] if bad is not None else uri}: {exc}")
-    quantiles = params["quantiles"]
-    lo, hi = _quantile_label(quantiles[0]), _quantile_label(quantiles[-1])
+    labels = [quantile_column(q) for q in params["quantiles"]]
     typer.echo(f"{uri}{note}: {params['num_samples']} samples per record", err=True)
     for path, row in zip(records, out.to_dict("records"), strict=True):
-        line = (
-            f"{path}: median {row['median']:.4g}  {lo[1:]}-{hi[1:]}% [{row[lo]:.4g}, {row[hi]:.4g}]"
-        )
+        line = f"{path}: median {row['median']:.4g}  {_quantiles_text(labels, row)}"
         if samples:
             line += "  samples " + " ".join(f"{v:.4g}" for v in row["samples"])
         typer.echo(line)
@@ -393,7 +426,7 @@ models_app.command("predict")(predict)
 def serve(
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
-    limit: Annotated[int, typer.Option(help="Flow runs at once on this machine.")] = 2,
+    limit: Annotated[int, typer.Option(min=1, help="Flow runs at once on this machine.")] = 2,
 ) -> None:
     """Serve the deployments on this machine: nightly-retrain on conf's cron, plus ad-hoc ones."""
     from prefect import serve as prefect_serve
@@ -534,13 +567,15 @@ def models_list(
 @models_app.command("prune")
 def models_prune(
     keep: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Versions kept per model, newest first, besides aliased (a zero-shot fallback "
-            "counts with the refused version it stands in for).",
+            "counts with the refused version it stands in for) [default: the config's "
+            "schedule.prune_keep, 30].",
+            show_default=False,
         ),
-    ] = 30,
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
@@ -552,7 +587,8 @@ def models_prune(
     with _user_errors():
         cfg, uri = _registry_at(config, var_dir)
     with _registry_errors(uri):
-        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
+        kept = cfg.schedule.prune_keep if keep is None else keep
+        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), kept, dry_run))
 
 
 @models_app.command("show")
@@ -571,7 +607,7 @@ def models_show(
     try:
         version = registry.resolve(ref)
     except (LookupError, MlflowException) as exc:
-        raise typer.BadParameter(f"{ref}: {exc}") from exc
+        _fail(f"{ref}: {exc}")
     typer.echo(json.dumps(registry.describe(version), indent=2, default=str))
 
 

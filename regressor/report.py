@@ -213,12 +213,26 @@ def training_summary(trained) -> dict[str, str]:
     }
 
 
+def _store_flag(paths) -> str:
+    """` --var-dir DIR` when the run's store is a SQLite one outside the default var dir: the
+    predict command copied from the report must read the store the model went to."""
+    from regressor.config import PathsConfig
+
+    local = paths.mlflow_server is None
+    return (
+        f" --var-dir {paths.var_dir}"
+        if local and paths.var_dir != PathsConfig().resolve().var_dir
+        else ""
+    )
+
+
 def render_retrain(
     app, paths, ingested, trained, adapted, seconds: Mapping[str, float], skipped=()
 ) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`; `skipped`: the
     due adaptations that could not be made, `pipeline.AdaptSkipped`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
+    predict = f"textperf predict --model {champion_uri}{_store_flag(paths)} RECORD.json"
     parts = [
         "# textperf retraining report",
         "## Ingest",
@@ -254,7 +268,7 @@ def render_retrain(
                 "champion": f"`{champion_uri}`",
                 **{f"`{a.task}`": f"`{a.use_uri}`" for a in adapted},
                 "MLflow UI": f"`mlflow ui --backend-store-uri {paths.tracking_uri}`",
-                "predict": f"`textperf predict --model {champion_uri} RECORD.json`",
+                "predict": f"`{predict}`",
             }
         ),
     ]

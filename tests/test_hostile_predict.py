@@ -200,13 +200,14 @@ def predict_cli(runner: CliRunner, *args: str):
 
 
 def test_cli_names_a_model_uri_that_does_not_exist(runner: CliRunner, tmp_path: Path):
-    """Before: MLflow's "Registered Model with name=nope not found" as a traceback."""
+    """Before: MLflow's "Registered Model with name=nope not found" as a traceback, then as
+    one line with no next step."""
     record = tmp_path / "record.json"
     record.write_text(json.dumps(RECORD))
     result = predict_cli(runner, "--model", "models:/nope@champion", str(record))
     assert result.exit_code == 1
-    assert "cannot load model 'models:/nope@champion'" in result.output
-    assert "nope not found" in result.output
+    assert "no registered model 'nope' in sqlite:" in result.output
+    assert "`textperf retrain` trains and registers one" in result.output
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,8 @@ def test_report_names_every_step_and_the_uris(demo_run):
         "12 shots: 8 trained, 2 stopped the fine-tuning, 2 for the gate",
         "Gate, on the latest shots, kept out of fine-tuning and of its early stopping",
         "models:/textperf@champion",
+        # The store it trained into, not the default var/ (copied, the command read another).
+        f"`textperf predict --model models:/textperf@champion --var-dir {demo_run['var']} ",
     ):
         assert needle in report
 

@@ -301,3 +301,39 @@ def test_the_demo_fleet_is_written_only_where_it_cannot_overwrite_data(tmp_path:
     assert not pipeline.generates_fleet(paths, table, None)
     with pytest.raises(pipeline.DataError, match="'c3o' is a table source"):
         pipeline.generates_fleet(paths, table, True)
+
+
+def test_predict_says_what_to_do_for_a_model_the_store_lacks_or_a_bare_name(
+    fleet: tuple[Path, Path], tmp_path: Path
+):
+    """MLflow answered "Registered Model with name=nosuch not found" with no next step, and
+    read a bare `textperf` as a logged model's id ("Logged model with ID 'textperf' not
+    found"), while `models show textperf` took the same name."""
+    config, var = fleet
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"text": "<task>\ncell-a01"}))
+    store = ("-c", config, "--var-dir", var)
+    missing = invoke("predict", "--model", "nosuch@champion", record, *store)
+    assert_clear_failure(missing, "no registered model 'nosuch' in sqlite:", "textperf retrain")
+    bare = invoke("predict", "--model", "textperf", record, *store)
+    assert_clear_failure(bare, "'textperf' is a registered model: name an alias or a version")
+    # Three quantiles print as three: the middle one was dropped without a word.
+    three = ("-q", "0.05", "-q", "0.5", "-q", "0.95", "--num-samples", "4")
+    done = invoke("predict", "--model", "textperf/1", *three, record, *store)
+    assert done.exit_code == 0, done.output
+    assert all(f"{label} " in done.stdout for label in ("p5", "p50", "p95"))
+
+
+def test_the_models_and_serve_commands_refuse_in_one_line_and_read_the_config(
+    fleet: tuple[Path, Path], tmp_path: Path
+):
+    config, var = fleet
+    assert_clear_failure(
+        invoke("models", "show", "textperf/99", "-c", config, "--var-dir", var), "textperf/99"
+    )
+    keep_one = tmp_path / "keep.yaml"
+    keep_one.write_text(yaml.safe_dump({**TINY_APP, "schedule": {"prune_keep": 1}}))
+    listed = invoke("models", "prune", "--dry-run", "-c", keep_one, "--var-dir", var)
+    assert listed.exit_code == 0, listed.output
+    assert "kept the newest 1 of each model" in listed.stdout  # it kept 30 whatever the config
+    assert invoke("serve", "--limit", "0").exit_code == 2  # no flow run could ever start
