@@ -288,8 +288,19 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
+# Written beside a generated fleet (no source glob lists it): a folder without it holds files
+# the generator did not write, which `--generate-fleet` must not overwrite (`is_generated`).
+GENERATED_MARK = ".generated-demo-fleet"
+
+
+def is_generated(out_dir: Path) -> bool:
+    return (out_dir / GENERATED_MARK).is_file()
+
+
 def generate_fleet(out_dir: Path, cfg: FleetSimConfig) -> FleetSummary:
-    """Write `cells/<cell>.yaml`, `logs/<cell>/<day>.log` and `targets.csv` under `out_dir`."""
+    """Write `cells/<cell>.yaml`, `logs/<cell>/<day>.log` and `targets.csv` under `out_dir`,
+    and `GENERATED_MARK`."""
+    write_if_changed(out_dir / GENERATED_MARK, b"written by textperf's demo fleet generator\n")
     start = date.fromisoformat(cfg.start_date)
     dates = [start + timedelta(d) for d in range(cfg.n_days)]
     written = n_bytes = 0

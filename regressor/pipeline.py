@@ -49,7 +49,7 @@ from regressor.dataset import Examples, examples_by_split, holdout_task_of, reco
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
 from regressor.environment import code_digest, launched_rank, numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
-from regressor.fleetsim import FleetSummary, generate_fleet
+from regressor.fleetsim import FleetSummary, generate_fleet, is_generated
 from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
@@ -81,20 +81,26 @@ def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) ->
 
 
 def generates_fleet(paths: ResolvedPaths, source: SourceConfig, requested: bool | None) -> bool:
-    """Whether a run writes the demo fleet (`app.fleet`) into `source`'s folder first. Asked
-    for (True), only a fleet source can take it; by default (None), only a fleet source whose
-    folder holds nothing yet: the generator rewrites the demo's files identically, and must
-    never overwrite a real fleet's, nor fill a table or runs source's folder with cells."""
+    """Whether a run writes the demo fleet (`app.fleet`) into `source`'s folder first: by
+    default (None), only a fleet source's folder that holds nothing yet; asked for (True), also
+    one the generator wrote before (`fleetsim.is_generated`). Never a real fleet's folder (its
+    targets would be overwritten) nor a table or runs source's: a `DataError` when asked."""
     is_fleet = isinstance(source, FleetSourceConfig)
     if requested and not is_fleet:
         raise DataError(
             f"--generate-fleet writes a demo fleet, and source {source.name!r} is a "
             f"{source.adapter} source: run with --no-generate-fleet"
         )
-    if requested is not None or not is_fleet:
-        return bool(requested)
+    if not is_fleet or requested is False:
+        return False
     root = source_root(paths, source)
-    return not root.is_dir() or next(root.iterdir(), None) is None
+    empty = not root.is_dir() or next(root.iterdir(), None) is None
+    if requested and not empty and not is_generated(root):
+        raise DataError(
+            f"{root} holds files the demo fleet generator did not write (a real fleet?): "
+            "--generate-fleet would overwrite them; empty the folder to write the demo there"
+        )
+    return empty or bool(requested)
 
 
 def ingest(

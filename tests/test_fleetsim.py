@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from regressor.config import FleetSimConfig
-from regressor.fleetsim import FleetSummary, cell_name, generate_fleet
+from regressor.fleetsim import GENERATED_MARK, FleetSummary, cell_name, generate_fleet
 from regressor.sources.logs import summarize_logs
 
 pytest_plugins = ("conftest_data",)
@@ -39,9 +39,11 @@ def test_layout_matches_the_summary(tiny_fleet, tiny_fleet_cfg, fleet_source):
     assert len(cells) == tiny_fleet_cfg.n_cells
     assert len(logs) == tiny_fleet_cfg.n_cells * tiny_fleet_cfg.n_days
     assert {p.parent.name for p in logs} == set(cells)
-    files = digest(root)
+    assert (root / GENERATED_MARK).is_file()  # beside the fleet, not part of it
+    files = {rel: sha for rel, sha in digest(root).items() if rel != GENERATED_MARK}
     assert summary.n_files == len(files)
-    assert summary.n_bytes == sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    data = [p for p in root.rglob("*") if p.is_file() and p.name != GENERATED_MARK]
+    assert summary.n_bytes == sum(p.stat().st_size for p in data)
     assert summary == FleetSummary(3, 5, len(files), summary.n_bytes, len(files))
 
 

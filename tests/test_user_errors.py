@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
 from regressor import cli, pipeline
-from regressor.config import load_app_config, load_source_config
+from regressor.config import FleetSimConfig, load_app_config, load_source_config
 from regressor.tracking import configure_mlflow
 
 # 5 days, 4 of them held out: no training day, and 1 day of the holdout task before its test.
@@ -297,7 +297,13 @@ def test_the_demo_fleet_is_written_only_where_it_cannot_overwrite_data(tmp_path:
     root.mkdir(parents=True)
     (root / "targets.csv").write_text("cell,day,efficiency\n")
     assert not pipeline.generates_fleet(paths, fleet, None)  # a fleet is there already
-    assert pipeline.generates_fleet(paths, fleet, True)  # asked for: rewritten
+    with pytest.raises(pipeline.DataError, match="did not write \\(a real fleet\\?\\)"):
+        pipeline.generates_fleet(paths, fleet, True)  # asked for, still not over a real fleet
+    (root / "targets.csv").unlink()
+    small = load_app_config().model_copy(update={"fleet": FleetSimConfig(n_cells=2, n_days=2)})
+    pipeline.generate(paths, small, fleet)
+    assert not pipeline.generates_fleet(paths, fleet, None)
+    assert pipeline.generates_fleet(paths, fleet, True)  # asked for: the demo is rewritten
     assert not pipeline.generates_fleet(paths, table, None)
     with pytest.raises(pipeline.DataError, match="'c3o' is a table source"):
         pipeline.generates_fleet(paths, table, True)
