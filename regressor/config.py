@@ -504,12 +504,22 @@ def load_app_config(
     return app
 
 
+def named_config(kind: str, name: str, conf_dir: Path = CONF_DIR) -> Path:
+    """`conf/<kind>/<name>.yaml`; a ConfigError listing the shipped names when there is none
+    (it said only "no such configuration file")."""
+    path = conf_dir / kind / f"{name}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in (conf_dir / kind).glob("*.yaml"))) or "none"
+        raise ConfigError(f"{path}: no {kind} config named {name!r}; conf/{kind}/ has {shipped}")
+    return path
+
+
 def load_model_config(name: str, conf_dir: Path = CONF_DIR) -> ModelConfig:
-    return load_model(ModelConfig, conf_dir / "model" / f"{name}.yaml")
+    return load_model(ModelConfig, named_config("model", name, conf_dir))
 
 
 def load_train_config(name: str, conf_dir: Path = CONF_DIR) -> TrainConfig:
-    return load_model(TrainConfig, conf_dir / "train" / f"{name}.yaml")
+    return load_model(TrainConfig, named_config("train", name, conf_dir))
 
 
 def unsafe_pattern(pattern: str) -> str | None:
@@ -714,7 +724,9 @@ def load_source_config(name_or_path: str, conf_dir: Path = CONF_DIR) -> SourceCo
     """`conf/sources/<name>.yaml` (or a YAML path) as its `adapter` (default fleet)."""
     path = Path(name_or_path)
     if path.suffix not in {".yaml", ".yml"}:
-        path = conf_dir / "sources" / f"{name_or_path}.yaml"
+        if path.name != name_or_path or path.suffix:  # a path, or `bad.json`: not a name
+            raise ConfigError(f"{path}: a source is a name under conf/sources/ or a YAML file")
+        path = named_config("sources", name_or_path, conf_dir)
     data = {"adapter": "fleet", **load_yaml(path)}
     try:
         return SOURCE_ADAPTER.validate_python(data)

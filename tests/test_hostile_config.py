@@ -221,10 +221,20 @@ def test_an_unknown_timezone_is_refused(tmp_path: Path):
 
 @pytest.mark.parametrize(("key", "folder"), [("model", "model"), ("train", "train")])
 def test_a_model_or_train_file_the_config_names_must_exist(tmp_path: Path, key: str, folder: str):
-    """Checked when the config loads, not after ingest in the middle of the nightly flow."""
+    """Checked when the config loads, not after ingest in the middle of the nightly flow; the
+    message lists the names there are."""
     path = app_file(tmp_path, {key: "nosuch"})
-    with pytest.raises(ConfigError, match=rf"{folder}/nosuch\.yaml: no such configuration file"):
+    shipped = f"no {folder} config named 'nosuch'; conf/{folder}/ has .*tiny"
+    with pytest.raises(ConfigError, match=rf"{folder}/nosuch\.yaml: {shipped}"):
         load_app_config(path)
+
+
+def test_an_unknown_source_lists_the_sources_and_a_path_is_not_taken_for_a_name() -> None:
+    with pytest.raises(ConfigError, match=r"named 'nosuch'; .* has c3o, deepperf"):
+        load_source_config("nosuch")
+    for given in ("bad.json", "conf/sources"):  # were read as bad.json.yaml, conf/sources.yaml
+        with pytest.raises(ConfigError, match="a name under conf/sources/ or a YAML file"):
+            load_source_config(given)
 
 
 @pytest.mark.parametrize("name", ["../train/demo", "/etc/passwd", "..", "sub/dir"])
