@@ -19,11 +19,32 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # a docstring's wrapped lines read as one paragraph
 )
 models_app = typer.Typer(
-    help="Look up models in the MLflow registry.",
+    help="The MLflow registry: list, show, predict with, promote and prune models.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
 app.add_typer(models_app, name="models")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"textperf {version('textperf')}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version; exit."
+        ),
+    ] = False,
+) -> None:
+    """textperf: predict performance metrics of large systems from their configs and logs."""
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -182,8 +203,8 @@ def ingest(
         f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "
         f"{result.records} records"
     )
-    for file, reason in result.quarantined:
-        typer.echo(f"  quarantined {file}: {reason}", err=True)
+    for file, reason in result.quarantined:  # a reason names its file: said once, not twice
+        typer.echo(f"  quarantined {reason if file in reason else f'{file}: {reason}'}", err=True)
     for path in result.files_forgotten:
         typer.echo(f"  forgot {path} (gone; its rows were dropped)")
     unmatched = list(result.unmatched_targets.items())

@@ -47,3 +47,11 @@ def test_the_command_list_names_each_command() -> None:
     for argv, paragraphs in _commands():
         if len(argv) == 1:  # the models subcommands are listed by `textperf models --help`
             assert f"{argv[0]} {_one_line(paragraphs[0])}" in listed, result.output
+
+
+def test_the_version_is_one_line_that_bug_reports_can_quote() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(cli.app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"textperf {version('textperf')}\n"

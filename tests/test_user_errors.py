@@ -343,3 +343,13 @@ def test_the_models_and_serve_commands_refuse_in_one_line_and_read_the_config(
     assert listed.exit_code == 0, listed.output
     assert "kept the newest 1 of each model" in listed.stdout  # it kept 30 whatever the config
     assert invoke("serve", "--limit", "0").exit_code == 2  # no flow run could ever start
+
+
+def test_ingest_names_each_quarantined_file_once(tmp_path: Path):
+    config, var = _ingested(tmp_path, TINY_APP)
+    bad = var / "raw" / "demo_fleet" / "cells" / "cell-zz.yaml"
+    bad.write_text("machines: [unclosed\n")
+    done = invoke("ingest", "-c", config, "--var-dir", var)
+    assert done.exit_code == 0, done.output
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("  quarantined")]
+    assert line.count("cell-zz.yaml") == 1, line  # "quarantined P: P: reason" before
