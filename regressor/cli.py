@@ -545,9 +545,8 @@ def join_fits(
         paths = _state(config, var_dir)[1]
     try:
         joined = join(paths.checkpoints, max_fits, until, ready)
-    except JoinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    except JoinError as exc:  # one line and exit 1, as every other command's failure
+        _fail(str(exc))
     typer.echo(f"joined {joined} fits")
 
 
