@@ -408,6 +408,15 @@ def predict(
         list[float] | None, typer.Option("--quantile", "-q", help="Repeatable; default 0.1 0.9.")
     ] = None,
     samples: Annotated[bool, typer.Option(help="Also print every sampled value.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object a record (JSON Lines): its file, the model version, median, "
+            "mean, std, each quantile (p10, ...) and with --samples the samples, at full "
+            "precision.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
@@ -415,6 +424,7 @@ def predict(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from regressor import registry
     from regressor.pyfunc_model import quantile_column
 
     params = _predict_params(num_samples, temperature, quantile, samples)
@@ -433,6 +443,11 @@ def predict(
     labels = [quantile_column(q) for q in params["quantiles"]]
     typer.echo(f"{uri}{note}: {params['num_samples']} samples per record", err=True)
     for path, row in zip(records, out.to_dict("records"), strict=True):
+        if as_json:  # NaN (no finite sample) as null: JSON has no NaN
+            values = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in row.items()}
+            fields = {"record": str(path), "model": pinned, **values}
+            typer.echo(json.dumps(registry.finite_json(fields), allow_nan=False))
+            continue
         line = f"{path}: median {row['median']:.4g}  {_quantiles_text(labels, row)}"
         if samples:
             line += "  samples " + " ".join(f"{v:.4g}" for v in row["samples"])

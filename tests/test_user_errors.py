@@ -328,6 +328,14 @@ def test_predict_says_what_to_do_for_a_model_the_store_lacks_or_a_bare_name(
     done = invoke("predict", "--model", "textperf/1", *three, record, *store)
     assert done.exit_code == 0, done.output
     assert all(f"{label} " in done.stdout for label in ("p5", "p50", "p95"))
+    # --json: one object a record on stdout, full precision, for scripts.
+    done = invoke("predict", "--model", "textperf/1", *three, "--json", "--samples", record, *store)
+    assert done.exit_code == 0, done.output
+    (line,) = done.stdout.splitlines()
+    out = json.loads(line)
+    assert (out["record"], out["model"]) == (str(record), "models:/textperf/1")
+    assert {"median", "mean", "std", "p5", "p50", "p95"} <= set(out)
+    assert len(out["samples"]) == 4
 
 
 def test_the_models_and_serve_commands_refuse_in_one_line_and_read_the_config(
