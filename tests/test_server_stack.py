@@ -165,7 +165,7 @@ def test_nightly_retrain_through_the_api_registers_a_version_on_the_server(stack
     nightly = next(d for d in deployment if d["name"] == "nightly-retrain")
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
 
-    params = {"params": {"config": str(config), "var_dir": str(stack.root / "var")}}
+    params = {"config": str(config), "var_dir": str(stack.root / "var")}
     out = stack.run(sys.executable, "-c", TRIGGER, json.dumps(params))
     flow_run_id = out.strip().splitlines()[-1]
     # One poll picks the run up; --run-once returns when that run has finished.
@@ -204,5 +204,16 @@ def test_textperf_serve_registers_the_deployments_with_the_conf_schedule(stack: 
         assert crons.get("nightly-retrain") == ["15 4 * * *"], log.read_text()[-3000:]
         assert expected <= set(crons)
         assert crons["evaluate"] == []
+        # A run that sets one parameter keeps the config and var dir serve gave the deployment:
+        # the server merges key by key (one nested `params` was replaced whole).
+        prune = next(d for d in found if d["name"] == "prune")
+        given = {"config": str(config), "var_dir": str(stack.root)}
+        assert prune["parameters"] == given
+        later = {"type": "SCHEDULED", "state_details": {"scheduled_time": "2099-01-01T00:00:00Z"}}
+        run = httpx.post(
+            f"{stack.prefect_api}/deployments/{prune['id']}/create_flow_run",
+            json={"parameters": {"dry_run": True}, "state": later},
+        ).json()
+        assert run["parameters"] == {**given, "dry_run": True}
     finally:
         stop(proc)
