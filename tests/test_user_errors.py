@@ -361,11 +361,3 @@ def test_ingest_names_each_quarantined_file_once(tmp_path: Path):
     assert done.exit_code == 0, done.output
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("  quarantined")]
     assert line.count("cell-zz.yaml") == 1, line  # "quarantined P: P: reason" before
-
-
-def test_join_fits_outside_a_node_fails_in_one_line(tmp_path: Path, monkeypatch):
-    """It printed a lowercase `error:` and exited 2, a usage error, unlike every other command."""
-    for name in ("NODE_RANK", "SLURM_NODEID"):
-        monkeypatch.delenv(name, raising=False)
-    done = invoke("join-fits", "--var-dir", tmp_path / "var", "--max-fits", "1")
-    assert_clear_failure(done, "Error: ", "NODE_RANK")
