@@ -232,7 +232,14 @@ def relative_error_point(samples: np.ndarray) -> np.ndarray:
     not positive (or not finite) carry no weight; an input with none left gets NaN.
     """
     ordered = np.sort(np.where(samples > 0, samples, np.nan), axis=1)  # [B, K], NaN last
-    weights = np.nan_to_num(1.0 / ordered)  # [B, K]; left-out (NaN) and +inf samples weigh 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        weights = 1.0 / ordered  # [B, K]; left-out (NaN) samples NaN, +inf samples 0
+        # 1 / 5e-324 is inf, and the cumulative sum then picked the wrong sample: such rows
+        # weigh 1 / y scaled by their smallest sample (the same median, every weight <= 1);
+        # other rows keep plain 1 / y, so their points stay bit for bit what they were.
+        overflow = np.isinf(weights).any(axis=1)
+        weights[overflow] = ordered[overflow, :1] / ordered[overflow]
+    weights = np.nan_to_num(weights, nan=0.0)
     cumulative = np.cumsum(weights, axis=1)
     total = cumulative[:, -1]  # [B]
     # the first sample whose cumulative weight reaches half the total: a weighted median

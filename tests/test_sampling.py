@@ -283,6 +283,8 @@ def test_relative_error_point_minimises_the_samples_relative_error() -> None:
     assert (points < np.median(samples, axis=1)).all()  # skewed right: the point sits lower
     # small values weigh most: the answer to [1, 2, 100] is 1, not the median 2
     assert relative_error_point(np.array([[2.0, 100.0, 1.0]]))[0] == 1.0
+    # subnormal samples: 1 / 5e-324 overflowed, and the point was 1e-320
+    assert relative_error_point(np.array([[5e-324, 1e-320, 1.0]]))[0] == 5e-324
 
 
 def test_relative_error_point_leaves_out_samples_that_are_not_positive() -> None:
