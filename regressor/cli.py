@@ -347,13 +347,17 @@ def _require_registered(uri: str, store: str) -> None:
     "Registered Model with name=... not found" and no next step, and reads `models:/NAME` as a
     logged model's id ("Logged model with ID 'textperf' not found")."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from regressor import registry
 
     if not uri.startswith("models:/"):
         return
     name, which = registry.parse_ref(uri)
-    registered = registry.unless_missing(MlflowClient().get_registered_model, name)
+    try:
+        registered = registry.unless_missing(MlflowClient().get_registered_model, name)
+    except MlflowException:  # a refusal other than "not found" (a bad name, no permission):
+        return  # the load that follows reports it in one line
     if registered is not None and which is None:
         _fail(
             f"{name!r} is a registered model: name an alias or a version, e.g. "
