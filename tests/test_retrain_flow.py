@@ -259,3 +259,28 @@ def test_cli_predict_prints_median_and_interval(demo_run, tmp_path: Path):
     )
     assert "median" in done.stdout
     assert "10-90%" in done.stdout
+
+
+def test_a_forced_training_is_not_retried_into_a_second_version(
+    tmp_path: Path, prefect_harness, monkeypatch
+):
+    """Forced, the retry skipped the key lookup that finds what the first attempt registered:
+    a gate failing on a restarting store after registration gave two versions of one training
+    (the first ungated). Now the forced run fails once, with one version to gate again."""
+    from mlflow.exceptions import MlflowException
+
+    import flows.retrain as flow_module
+    from regressor import registry
+
+    def restarting_store(*_args: object, **_kwargs: object) -> None:
+        raise MlflowException("the tracking server is restarting")
+
+    monkeypatch.setattr(registry, "gate", restarting_store)
+    quick = flow_module.train_task.with_options(retry_delay_seconds=1)  # a retry would be quick
+    monkeypatch.setattr(flow_module, "train_task", quick)
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    var = tmp_path / "var"
+    state = retrain(config=config, var_dir=var, adapt=False, force_train=True, return_state=True)
+    assert state.is_failed()
+    assert [str(v.version) for v in _client(var).search_model_versions("name='textperf'")] == ["1"]
