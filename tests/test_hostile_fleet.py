@@ -389,7 +389,7 @@ def test_a_targets_file_that_must_not_be_read_is_in_the_quarantine_table(
 
 def test_a_log_batch_with_a_vanished_file_still_parses_the_others(fleet: Fleet) -> None:
     """`prepare_logs` (a worker's batch) used to raise FileNotFoundError for the whole batch."""
-    logs = safe_files(fleet.root, SOURCE.log_glob)
+    logs = safe_files(fleet.root, SOURCE.log_glob, Tally())
     logs[1].unlink()  # gone between listing and reading
     parser = f"log-{PARSER_VERSION}"
     staged, unchanged = prepare_logs(logs, fleet.root, parser, {}, SOURCE.name, "run-1")

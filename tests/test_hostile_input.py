@@ -331,7 +331,7 @@ def test_configured_globs_cannot_climb_out_of_the_root(parts: list[str], absolut
             build()
     if bad:
         with pytest.raises(ValueError, match="glob"):
-            safe_files(Path("."), pattern)
+            safe_files(Path("."), pattern, Tally())
 
 
 @pytest.fixture

@@ -152,13 +152,13 @@ def inside(root: Path, path: Path) -> bool:
         return False
 
 
-def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = None) -> list[Path]:
+def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally) -> list[Path]:
     """Regular files matched by `patterns` under `root` that really live under `root`, sorted.
 
     Patterns with `..` or absolute parts raise ValueError. A match that cannot be read safely is
     never read: one that resolves outside `root` (a symlink out of the source folder), a name
     that is not UTF-8, a directory, a dangling symlink or loop, a FIFO or device. It is logged
-    and, given the run's `tally`, refused there (the report and the quarantine table show it).
+    and refused in the run's `tally` (the report and the quarantine table show it).
     A directory (not a symlink to one) is passed over when every pattern matching it ends in a
     bare wildcard (`logs/**/*`) and also matched a file: such a pattern names every entry,
     folders on the way to the files too. A pattern that matched folders alone (`logs/*/`) has
@@ -176,8 +176,7 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         for path in matches:
             meant[path] = meant.get(path, False) or not passing
     kept = []
-    # Only refusals come of it: a caller only listing (the ingest cache's key) need not walk.
-    unlisted = unlistable_folders(root, patterns) if tally is not None else {}
+    unlisted = unlistable_folders(root, patterns)
     for path in sorted(meant.keys() | unlisted.keys()):
         if not meant.get(path, True) and _folder(path) and path not in unlisted:
             continue  # a folder `**/*` passed on its way to the files
@@ -185,10 +184,7 @@ def safe_files(root: Path, patterns: str | Iterable[str], tally: Tally | None = 
         if problem is None:
             kept.append(path)
             continue
-        if tally is None:  # a caller only listing (the ingest cache's key): ingest says it
-            logger.debug("%s: %s%s", shown_path(path), problem, NOT_READ)
-        else:
-            tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
+        tally.refuse(shown_path(path.relative_to(root)), shown_path(path), problem)
     return kept
 
 
