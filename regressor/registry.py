@@ -212,6 +212,13 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
     return unless_missing(MlflowClient().get_model_version_by_alias, name, alias)
 
 
+def no_such_model(name: str) -> NotRegisteredError:
+    """The error for a registered model the store does not have, saying where to look."""
+    return NotRegisteredError(
+        f"no registered model {name!r}; `textperf models list` lists the registered models"
+    )
+
+
 def existing_version(name: str, version: str | int) -> ModelVersion:
     """Version `version` (a number) of registered model `name`; a `NotRegisteredError` naming what
     is missing (the model, or that version of it) and where to look, or a `UserError` when
@@ -225,9 +232,7 @@ def existing_version(name: str, version: str | int) -> ModelVersion:
     if found is not None:
         return found
     if unless_missing(MlflowClient().get_registered_model, name) is None:
-        raise NotRegisteredError(
-            f"no registered model {name!r}; `textperf models list` lists the registered models"
-        )
+        raise no_such_model(name)
     raise NotRegisteredError(
         f"{name!r} has no version {version}; `textperf models list {name}` lists its versions"
     )
@@ -579,9 +584,7 @@ def resolve(ref: str) -> ModelVersion:
             return found
     latest = newest(client.search_model_versions(f"name='{name}'"))
     if latest is None:
-        raise NotRegisteredError(
-            f"no registered model {name!r}; `textperf models list` lists the registered models"
-        )
+        raise no_such_model(name)
     if which is not None:
         raise NotRegisteredError(
             f"no version of {name!r} holds @{which}; `textperf models list {name}` shows its "
