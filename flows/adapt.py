@@ -13,6 +13,7 @@ from flows.common import (
     failing_cleanly,
     forward_library_logs,
     retry_unless_user_error,
+    tried_once_if,
 )
 from regressor import jobs
 from regressor.config import load_app_config, load_source_config
@@ -63,9 +64,7 @@ def _adapt(
     app = load_app_config(config, var_dir)
     paths = checked_paths(app)
     source = load_source_config(source_name or app.source)
-    # Forced, a retry would skip the lookup that finds what the first attempt registered, and
-    # register the same adaptation twice: a forced adaptation is tried once.
-    attempt = adapt_task.with_options(retries=0) if force else adapt_task
+    attempt = tried_once_if(force, adapt_task)
     outcome = attempt(app, paths, source, task_name, version, force)
     text = jobs.render_adapt(outcome, paths.tracking_uri)
     create_markdown_artifact(text, key="adapt-report", description=f"adaptation to {outcome.task}")

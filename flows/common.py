@@ -20,6 +20,7 @@ from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import Task
 
 from regressor import registry
 from regressor.config import (
@@ -56,6 +57,7 @@ def forward_library_logs(name: str = "regressor") -> None:
 # How long a flow waits for its MLflow tracking server to answer before it fails (a restart).
 STORE_WAIT_SECONDS = 60.0
 R = TypeVar("R")
+T = TypeVar("T", bound=Task)
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: State) -> bool:
@@ -63,6 +65,13 @@ def retry_unless_user_error(task: Any, task_run: Any, state: State) -> bool:
     (`registry.UserError`: no data, no such model or version, no server), which trying again
     cannot fix. Prefect then logs no traceback either: the flow reports the message."""
     return not isinstance(state.data, registry.UserError)
+
+
+def tried_once_if(forced: bool, task_: T) -> T:
+    """`task_`, without its retries when `forced`: a forced training or adaptation skips the
+    lookup by key that lets a retry find what the first attempt registered, so a retry would
+    register the same model twice."""
+    return task_.with_options(retries=0) if forced else task_
 
 
 def failing_cleanly(body: Callable[..., R], *args: Any, **kwargs: Any) -> R | State:

@@ -45,8 +45,7 @@ def prune(
 def _prune(keep: int | None, dry_run: bool, config: Path | None, var_dir: Path | None) -> str:
     forward_library_logs()
     app = load_app_config(config, var_dir)
-    kept = app.schedule.prune_keep if keep is None else keep
-    text = prune_task(app, checked_paths(app), kept, dry_run)
+    text = prune_task(app, checked_paths(app), keep, dry_run)
     create_markdown_artifact(text, key="prune-report", description="textperf registry retention")
     print(text)
     return text

@@ -20,6 +20,7 @@ from flows.common import (
     forward_library_logs,
     retry_unless_user_error,
     side_by_side_runner,
+    tried_once_if,
 )
 from flows.tasks import ingest_task
 from regressor import jobs, pipeline, report
@@ -170,9 +171,7 @@ def _retrain(
         timed(seconds, "generate fleet", generate_task, paths, app, source)
     ingested = timed(seconds, "ingest", ingest_task, paths, source, run_id, app.orchestration)
     data = timed(seconds, "serialize + split", dataset_task, paths, app, source)
-    # Forced, a retry would skip the lookup that finds the version the first attempt
-    # registered, and register the same weights twice: a forced training is tried once.
-    training = train_task.with_options(retries=0) if force_train else train_task
+    training = tried_once_if(force_train, train_task)
     trained = timed(
         seconds, "train + evaluate + register", training, app, paths, data, force=force_train
     )

@@ -626,8 +626,7 @@ def models_prune(
     with _user_errors():
         cfg, uri = _registry_at(config, var_dir)
     with _registry_errors(uri):
-        kept = cfg.schedule.prune_keep if keep is None else keep
-        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), kept, dry_run))
+        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
 
 
 @models_app.command("show")

@@ -86,8 +86,12 @@ def evaluate(
     return EvaluateOutcome(model, source.name, split, len(examples), metrics, paths.tracking_uri)
 
 
-def prune(app: AppConfig, paths: ResolvedPaths, keep: int, dry_run: bool = False) -> str:
-    """`retention.prune` of the app's model and its variants; the markdown report."""
+def prune(
+    app: AppConfig, paths: ResolvedPaths, keep: int | None = None, dry_run: bool = False
+) -> str:
+    """`retention.prune` of the app's model and its variants, keeping `keep` versions of each
+    (default: the config's `schedule.prune_keep`); the markdown report."""
+    keep = app.schedule.prune_keep if keep is None else keep
     configure_mlflow(paths, app.registry.experiment)
     doomed = retention.prune(app.registry.model_name, keep, dry_run)
     verb = "Would delete" if dry_run else "Deleted"
