@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.common import (
@@ -84,14 +85,15 @@ def adapt_all(
     paths: ResolvedPaths,
     source: SourceConfig,
     seconds: dict[str, float],
-) -> list[pipeline.AdaptOutcome | pipeline.AdaptSkipped]:
+) -> list[pipeline.AdaptOutcome | pipeline.AdaptSkipped | pipeline.AdaptFailed]:
     """One adaptation per due task (each a variant of its own, under its own lock): side by side
     on the task runner of `app.orchestration` when it runs tasks in processes (Dask), else one
     after another in the flow's process (`side_by_side_runner`)."""
     runner = side_by_side_runner(app, len(due))
     if runner is None:
         return [
-            timed(seconds, f"adapt {name}", adapt_task, app, paths, source, name) for name in due
+            attempted(name, timed, seconds, f"adapt {name}", adapt_task, app, paths, source, name)
+            for name in due
         ]
     started = time.perf_counter()
     with runner:  # a Dask cluster of the run's own config, closed with its adaptations
@@ -101,9 +103,23 @@ def adapt_all(
             )
             for name in due
         ]
-        outcomes = [future.result() for future in futures]
+        outcomes = [
+            attempted(name, future.result) for name, future in zip(due, futures, strict=True)
+        ]
     seconds[f"adapt {len(due)} tasks side by side"] = time.perf_counter() - started
     return outcomes
+
+
+def attempted(
+    task_name: str, fn, *args: Any
+) -> pipeline.AdaptOutcome | pipeline.AdaptSkipped | pipeline.AdaptFailed:
+    """`fn(*args)`, an adaptation after its retries, or what it failed with: one task's crash
+    (a training process killed, a base whose files the store lost) neither stops the tasks
+    after it nor the run's report; the run ends failed after the report (`_retrain`)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return pipeline.AdaptFailed(task_name, f"{type(exc).__name__}: {exc}")
 
 
 def timed(seconds: dict[str, float], step: str, fn, *args: Any, **kwargs: Any) -> Any:
@@ -160,7 +176,7 @@ def _retrain(
     model: str | None,
     train: str | None,
     force_train: bool,
-) -> str:
+) -> str | State:
     forward_library_logs()
     app = load_app_config(config, var_dir, model=model, train=train)
     paths = checked_paths(app)
@@ -179,12 +195,16 @@ def _retrain(
     outcomes = adapt_all(due, app, paths, source, seconds)
     adapted = [o for o in outcomes if isinstance(o, pipeline.AdaptOutcome)]
     skipped = [o for o in outcomes if isinstance(o, pipeline.AdaptSkipped)]
-    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped)
+    failed = [o for o in outcomes if isinstance(o, pipeline.AdaptFailed)]
+    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped, failed)
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     pipeline.log_report(paths, trained, text)
     # The report is the run's artifact and its return value (`textperf retrain` prints that
     # on stdout); printed here as well, it came twice, once inside the log on stderr.
     get_run_logger().info("report: artifact 'retrain-report' of this flow run")
+    if failed:  # after the report: the run ends Failed, its message naming each failure
+        error = pipeline.AdaptationsFailedError.of(failed, text)
+        return Failed(message=str(error), data=error)
     return text
 
 

@@ -59,12 +59,10 @@ VarOpt = Annotated[
 def _use_tracking(paths: ResolvedPaths) -> str:
     """Point MLflow at the store the flows use (`PathsConfig.resolve`: the config's
     `paths.tracking_uri`, else MLFLOW_TRACKING_URI, else SQLite under var/); the URI."""
-    import mlflow
+    from regressor.tracking import use_store
 
-    uri = paths.tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+    use_store(paths.tracking_uri)
+    return paths.tracking_uri
 
 
 @contextmanager
@@ -89,13 +87,14 @@ def _state(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, Resolv
 
 
 def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, str]:
-    """`_state`, then point MLflow at the store (`_use_tracking`) once it answers: MLflow's
-    client would spend about four minutes retrying a server that is not there, per call. Call
-    under `_user_errors`."""
+    """`_state`, then point MLflow at the store (`_use_tracking`) once it is there
+    (`registry.require_store`): MLflow's client would spend about four minutes retrying a
+    server that is not there, per call, and would make a missing local store. Call under
+    `_user_errors`."""
     from regressor import registry
 
     cfg, paths = _state(config, var_dir)
-    registry.require_reachable(paths.tracking_uri)
+    registry.require_store(paths)
     return cfg, _use_tracking(paths)
 
 
@@ -151,15 +150,19 @@ def retrain(
         pipeline.generates_fleet(paths, load_source_config(cfg.source), generate_fleet)
         registry.require_reachable(paths.tracking_uri)
     with _user_errors():  # the flow fails on one with its message (`flows.common.failing_cleanly`)
-        text = retrain(
-            config=config,
-            var_dir=var_dir,
-            generate_fleet=generate_fleet,
-            adapt=adapt,
-            model=model,
-            train=train,
-            force_train=force_train,
-        )
+        try:
+            text = retrain(
+                config=config,
+                var_dir=var_dir,
+                generate_fleet=generate_fleet,
+                adapt=adapt,
+                model=model,
+                train=train,
+                force_train=force_train,
+            )
+        except pipeline.AdaptationsFailedError as exc:  # the report first: the rest stands
+            typer.echo(exc.report)
+            _fail(str(exc))
     typer.echo(text)  # the report is data: stdout, where `> report.md` finds it
 
 

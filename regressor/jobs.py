@@ -103,8 +103,21 @@ def prune(
         f"goes, with the refused version it stands in for):\n\n{rows}\n"
     )
     if doomed and not dry_run:
-        text += f"\nReclaim their space: `mlflow gc --backend-store-uri {paths.tracking_uri}`.\n"
+        text += f"\nReclaim their space: {gc_command(paths)}.\n"
     return text
+
+
+def gc_command(paths: ResolvedPaths) -> str:
+    """How to run `mlflow gc` on the store (markdown). It needs the tracking URI as well as the
+    backend store's to delete logged models' weights: given only the latter, it fails with
+    "Tracking URL is not set" unless MLFLOW_TRACKING_URI happens to be exported."""
+    uri = paths.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return (
+            f"`MLFLOW_TRACKING_URI={uri} mlflow gc --backend-store-uri DATABASE_URI`, where "
+            "DATABASE_URI is the tracking server's backend store (its --backend-store-uri)"
+        )
+    return f"`mlflow gc --backend-store-uri {uri} --tracking-uri {uri}`"
 
 
 def run_link(tracking_uri: str, run_id: str) -> str:

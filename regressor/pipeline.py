@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -820,6 +820,41 @@ class AdaptSkipped:
 
     task: str
     reason: str
+
+
+@dataclass(frozen=True)
+class AdaptFailed:
+    """A due adaptation that failed on anything but missing data (a training process that
+    died, a store that lost the base's files), after its retries: named in the report, while
+    the other tasks' adaptations go on; the nightly run then ends failed."""
+
+    task: str
+    error: str
+
+
+class AdaptationsFailedError(RuntimeError):
+    """The nightly run's due adaptations failed (`AdaptFailed`) after the rest of the run was
+    registered and its report saved. Carries the report, which `textperf retrain` prints before
+    the error; `args` is (message, report), so the error pickles like any other."""
+
+    def __init__(self, message: str, report: str) -> None:
+        super().__init__(message, report)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    @property
+    def report(self) -> str:
+        return self.args[1]
+
+    @classmethod
+    def of(cls, failed: Sequence[AdaptFailed], report: str) -> AdaptationsFailedError:
+        named = "; ".join(f"{f.task}: {f.error}" for f in failed)
+        return cls(
+            f"{len(failed)} adaptation(s) failed ({named}); the run's training, registration "
+            "and other adaptations stand, and its report was saved",
+            report,
+        )
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,22 @@ def state_paths(app: AppConfig) -> ResolvedPaths:
     return paths
 
 
+def require_store(paths: ResolvedPaths) -> None:
+    """For a command that only reads or edits the registry (predict, `models ...`): a
+    `UserError` when the local store under the var dir does not exist, and the tracking server,
+    if one is named, must answer (`require_reachable`). Opening a missing SQLite store makes
+    it: a misspelt `--var-dir` left an empty store behind, MLflow's table-creation lines on
+    the terminal, and an answer about an empty registry."""
+    if paths.mlflow_server:
+        require_reachable(paths.tracking_uri)
+    elif not paths.mlflow_db.is_file():
+        raise UserError(
+            f"no MLflow store in {paths.var_dir} (no {paths.mlflow_db.name}): `textperf "
+            "retrain` makes one there, or name the state directory that holds one (--var-dir, "
+            "TEXTPERF_VAR_DIR or paths.var_dir)"
+        )
+
+
 def require_reachable(uri: str, wait_s: float = 10.0) -> None:
     """Raise `StoreUnreachableError` unless the tracking server at `uri` (http or https) answers
     within `wait_s` seconds; a local store is not checked.

@@ -227,10 +227,11 @@ def _store_flag(paths) -> str:
 
 
 def render_retrain(
-    app, paths, ingested, trained, adapted, seconds: Mapping[str, float], skipped=()
+    app, paths, ingested, trained, adapted, seconds: Mapping[str, float], skipped=(), failed=()
 ) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`; `skipped`: the
-    due adaptations that could not be made, `pipeline.AdaptSkipped`)."""
+    due adaptations that could not be made, `pipeline.AdaptSkipped`; `failed`: those that
+    failed, `pipeline.AdaptFailed`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
     predict = f"textperf predict --model {champion_uri}{_store_flag(paths)} RECORD.json"
     parts = [
@@ -257,7 +258,14 @@ def render_retrain(
             "## Adaptations skipped",
             "\n".join(f"- `{s.task}`: {s.reason}" for s in skipped),
         ]
-    if not adapted and not skipped:
+    if failed:
+        parts += [
+            "## Adaptations failed",
+            "\n".join(f"- `{f.task}`: {f.error}" for f in failed),
+            "The run ends failed; the steps above stand (the flow run's log has each failure's "
+            "traceback).",
+        ]
+    if not adapted and not skipped and not failed:
         parts.append("No adaptation due: every variant is adapted from the current champion.")
     parts += [
         "## Wall time",

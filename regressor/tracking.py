@@ -3,6 +3,7 @@ what a run was trained and scored on."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,23 @@ def store_paths(store: str | None, default_dir: Path) -> ResolvedPaths:
     return ResolvedPaths(var_dir=Path(store or default_dir).resolve())
 
 
+def use_store(uri: str) -> None:
+    """Point this process's MLflow tracking and registry at `uri`.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI (for its subprocesses), which
+    `PathsConfig.resolve` reads as the user's choice of server: a second run in one process (a
+    notebook, a script) on another var dir then logged to the first run's store. The variable
+    is put back as the user had it; the pipeline's own children get the URI explicitly.
+    """
+    users = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if users is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = users
+
+
 def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
     """Point tracking and registry at `paths`, create the experiment if needed; returns its id.
 
@@ -35,8 +53,7 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
     artifacts under the current working directory.
     """
     paths.var_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(paths.tracking_uri)
-    mlflow.set_registry_uri(paths.tracking_uri)
+    use_store(paths.tracking_uri)
     client = MlflowClient()
     existing = client.get_experiment_by_name(experiment)
     if existing is not None:

@@ -95,6 +95,7 @@ def mlflow_gc(tracking_uri: str, *options: str) -> None:
     """The real `mlflow gc` on the store, as an operator reclaiming space runs it: deleted runs
     and logged models, and their artifacts, go for good."""
     command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", tracking_uri]
+    command += ["--tracking-uri", tracking_uri]  # to delete logged models (`jobs.gc_command`)
     subprocess.run([*command, *options], check=True, capture_output=True)
 
 

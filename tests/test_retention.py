@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -148,10 +153,19 @@ def test_the_prune_flow_deletes_and_reports_as_an_artifact(
 
     config = tmp_path / "app.yaml"
     config.write_text("schedule:\n  prune_keep: 1\n")
+    weights = [_weights_dir(v) for v in retention.prunable("textperf", keep=1)]
     text = prune(config=config, var_dir=store.var_dir)
     assert "Deleted 2 versions" in text
-    assert "mlflow gc --backend-store-uri" in text
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 5], [1, 3])
+    # The `mlflow gc` the report says to run reclaims the weights as printed, in a shell without
+    # MLFLOW_TRACKING_URI (given only --backend-store-uri it failed: "Tracking URL is not set").
+    (command,) = re.findall(r"Reclaim their space: `(mlflow gc [^`]+)`", text)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    argv = [sys.executable, "-m", *shlex.split(command)]
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert weights
+    assert not any(path.exists() for path in weights)
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prune-report"]))

@@ -284,3 +284,38 @@ def test_a_forced_training_is_not_retried_into_a_second_version(
     state = retrain(config=config, var_dir=var, adapt=False, force_train=True, return_state=True)
     assert state.is_failed()
     assert [str(v.version) for v in _client(var).search_model_versions("name='textperf'")] == ["1"]
+
+
+def test_an_adaptation_that_crashes_fails_the_run_after_its_report(tmp_path: Path, prefect_harness):
+    """A due adaptation failing on anything but missing data (here the store lost part of the
+    champion's files) ended the nightly run at once: no report, and the tasks after it never
+    adapted. Now the report is saved and printed, naming the failure, and the run fails."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from typer.testing import CliRunner
+
+    from regressor import cli
+
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(TINY_APP))
+    var = tmp_path / "var"
+    retrain(config=config, var_dir=var, adapt=False)
+    (tokenizer,) = (var / "mlartifacts").rglob("tokenizer.json")
+    tokenizer.write_text(tokenizer.read_text()[:-10])  # truncated
+    result = CliRunner().invoke(cli.app, ["retrain", "-c", str(config), "--var-dir", str(var)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    holdout = load_app_config(config, var).split.holdout_task or "cell-"
+    assert "# textperf retraining report" in result.output  # printed before the error
+    assert "## Adaptations failed" in result.output
+    assert f"- `{holdout}" in result.output
+    assert "ModelLoadError: " in result.output
+    assert "Error: 1 adaptation(s) failed (" in result.output
+    # The run itself ends Failed with that message (what the Prefect UI shows).
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="")), limit=200
+        )
+    (latest,) = [r for r in runs if r.parameters.get("var_dir") == str(var) and r.state.is_failed()]
+    assert latest.state.message.startswith("1 adaptation(s) failed (")
+    assert str(_client(var).get_model_version_by_alias("textperf", "champion").version) == "1"

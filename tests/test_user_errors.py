@@ -177,6 +177,23 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [("predict", "RECORD"), ("models", "list"), ("models", "show", "textperf@champion")],
+)
+def test_a_var_dir_without_a_store_is_named_and_left_as_it_was(fleet, tmp_path: Path, command):
+    """A misspelt --var-dir: before, MLflow made an empty store there, printed its table setup
+    and answered about an empty registry."""
+    config, _ = fleet
+    misspelt = tmp_path / "vra"
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"text": "cell a01 load 0.5"}))
+    command = [str(record) if part == "RECORD" else part for part in command]
+    result = invoke(*command, "-c", config, "--var-dir", misspelt)
+    assert_clear_failure(result, f"no MLflow store in {misspelt}", "textperf retrain")
+    assert not misspelt.exists()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_var_dir_that_is_a_file_is_named(fleet, tmp_path: Path, command):
     config, _ = fleet
