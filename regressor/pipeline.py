@@ -172,7 +172,7 @@ def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:
     """The warehouse's records of `source` and the snapshot's hash, or a `DataError`."""
     with reading_warehouse(warehouse, source) as wh:
         records = wh.query("records").filter(source=source)
-        data_hash = wh.content_hash()
+        data_hash = wh.content_hash(source)
     if records.is_empty():
         raise DataError(
             f"the warehouse {warehouse} has no records of source {source!r}: {ingest_hint(source)}"

@@ -36,9 +36,15 @@ def scale_of(config: Mapping[str, Any], path: str, record: str = "a record") -> 
     value = config_value(config, path)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MissingScaleError(f"{record}: the target is relative to {path!r}, found {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        scale = float(value)
+    except OverflowError:  # an int beyond float64 (JSON keeps any integer): no baseline either
+        raise MissingScaleError(
+            f"{record}: {path!r} is an integer of {len(str(abs(value)))} digits, beyond float64"
+        ) from None
+    if not (math.isfinite(scale) and scale > 0):
         raise MissingScaleError(f"{record}: {path!r} is {value}, not a positive finite number")
-    return float(value)
+    return scale
 
 
 def target_scales(

@@ -222,6 +222,7 @@ class Warehouse:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def content_hash(self) -> str:
-        """sha256 over every record (id, config, logs, target): the data snapshot's name."""
-        return str(self.query("content_hash")["content_hash"].item())
+    def content_hash(self, source: str) -> str:
+        """sha256 over `source`'s records (id, task, period, config, logs, target): the name
+        of the data snapshot a model of that source trains on."""
+        return str(self.query("content_hash", source=source)["content_hash"].item())

@@ -82,9 +82,23 @@ def test_rows_carry_provenance(tiny_warehouse, tiny_fleet, fleet_source):
     assert targets["line"].to_list() == list(range(2, 2 + ALL))
 
 
+def test_a_renamed_targets_file_takes_over_every_record(tiny_warehouse, tiny_fleet, fleet_source):
+    """The config names a new targets file: the old one's rows used to stay, and every record
+    was built twice, once from each file."""
+    wh, _ = tiny_warehouse
+    root = tiny_fleet[0] / fleet_source.root
+    (root / "targets.csv").rename(root / "targets_v2.csv")
+    renamed = fleet_source.model_copy(update={"targets_file": "targets_v2.csv"})
+    ingest_fleet(wh, renamed, tiny_fleet[0], run_id="run-2")
+    ids = wh.query("records")["record_id"]
+    assert ids.len() == ids.n_unique() == ALL
+    stored = wh.con.sql("SELECT DISTINCT path FROM targets").fetchall()
+    assert stored == [("targets_v2.csv",)]
+
+
 def test_reingesting_unchanged_files_adds_nothing(tiny_warehouse, tiny_fleet, fleet_source):
     wh, first = tiny_warehouse
-    before, fingerprint = table_counts(wh), wh.content_hash()
+    before, fingerprint = table_counts(wh), wh.content_hash(fleet_source.name)
     again = ingest_fleet(wh, fleet_source, tiny_fleet[0], run_id="run-2")
     assert invariant(again)
     assert again.files_unchanged == again.files_seen == first.files_seen
@@ -92,7 +106,7 @@ def test_reingesting_unchanged_files_adds_nothing(tiny_warehouse, tiny_fleet, fl
     assert (first.records_added, again.records_added) == (ALL, 0)
     assert again.records == ALL
     assert table_counts(wh) == before
-    assert wh.content_hash() == fingerprint
+    assert wh.content_hash(fleet_source.name) == fingerprint
 
 
 def test_a_changed_file_replaces_its_rows(tiny_warehouse, tiny_fleet, fleet_source):

@@ -258,6 +258,23 @@ def test_a_reference_run_of_zero_seconds_is_quarantined_not_a_baseline(tmp_path:
     assert list(examples.scale_values) == [30.0, 30.0]
 
 
+def test_a_match_value_that_is_a_list_pairs_as_a_value_and_stops_no_ingest(tmp_path: Path) -> None:
+    """`reference.match` values were dict keys: a report giving a list there raised TypeError
+    after its batch was stored, so this ingest and every later one of the source failed."""
+    root = tmp_path / "runs"
+    put_pair_runs(root, {"ref_sort_1": 30, "big_sort_1": 10})
+    odd = {"app": "big_odd_1", "vm": "big", "job": ["sort", "x"], "run": "1", "runtime": 12}
+    put(root, "big_odd_1", "report.json", json.dumps(odd))
+    put(root, "big_odd_1", "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7\n")
+    wh, report = ingest(tmp_path, root, reference=REFERENCE)
+    with wh:
+        pairs = sorted(wh.con.sql("SELECT record_key, ref_path FROM row_records").fetchall())
+        again = ingest_runs(wh, source(root, reference=REFERENCE), "run-2")
+    assert report.files_quarantined == 0
+    assert pairs == [("big_sort_1", "ref_sort_1/report.json")]  # no reference ran job [sort, x]
+    assert again.files_unchanged == again.files_seen
+
+
 def test_a_record_without_its_own_baseline_is_quarantined(tmp_path: Path) -> None:
     """Without a reference, `target_relative_to` names a field of the run's own config: a run
     whose `size` is 0 is quarantined at ingest rather than failing the dataset build."""
@@ -518,3 +535,26 @@ def test_files_that_vanish_while_the_ingest_runs_are_quarantined(
             },
         )
         assert records(wh)["c"]["target"] == 4.0
+
+
+def test_the_snapshot_hash_names_each_records_task_and_period(tmp_path: Path) -> None:
+    """A run record's id is `source/run_key`: moving a run to another task or day left the
+    data hash, and so the training key, as it was, and a model trained on the old labels was
+    reused."""
+    root = tmp_path / "runs"
+    when = {"period_field": "when"}
+    for run, target in GOOD.items():
+        put(
+            root,
+            run,
+            "report.json",
+            json.dumps({"app": "m", "runtime": target, "when": "2024-05-01"}),
+        )
+    wh, _ = ingest(tmp_path, root, **when)
+    with wh:
+        hashes = [wh.content_hash("runs")]
+        for changed in ({"app": "n", "when": "2024-05-01"}, {"app": "n", "when": "2025-01-09"}):
+            put(root, "a_good", "report.json", json.dumps({"runtime": 1.0, **changed}))
+            ingest_runs(wh, source(root, **when), f"run-{len(hashes) + 1}")
+            hashes.append(wh.content_hash("runs"))
+    assert len(set(hashes)) == 3

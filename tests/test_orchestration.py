@@ -60,7 +60,7 @@ def ingest_report(paths: ResolvedPaths, source: FleetSourceConfig, run_id: str) 
 def _content(paths: ResolvedPaths) -> tuple[str, list[tuple]]:
     with Warehouse(paths.warehouse, read_only=True) as wh:
         records = wh.con.sql("SELECT record_id, target FROM records ORDER BY ALL").fetchall()
-        return wh.content_hash(), records
+        return wh.content_hash("demo_fleet"), records
 
 
 def test_every_ingest_reads_the_warehouse_it_writes(tmp_path: Path, prefect_harness):

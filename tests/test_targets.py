@@ -34,7 +34,7 @@ def test_scales_are_ones_for_absolute_targets():
     np.testing.assert_array_equal(target_scales(["{}", "{}"], None), [1.0, 1.0])
 
 
-@pytest.mark.parametrize("bad", [None, 0, -5.0, float("nan"), "280", True])
+@pytest.mark.parametrize("bad", [None, 0, -5.0, float("nan"), "280", True, 10**400])
 def test_a_record_without_a_usable_baseline_is_named(bad):
     configs = [json.dumps(config(10.0)), json.dumps(config(bad))]
     with pytest.raises(MissingScaleError, match="run-b"):

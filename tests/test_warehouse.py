@@ -116,21 +116,26 @@ def test_read_only_warehouse_reads(tmp_path, tiny_warehouse):
 def test_content_hash_names_the_records(tmp_path, tiny_fleet, fleet_source, tiny_warehouse):
     wh, _ = tiny_warehouse
     raw_dir, _ = tiny_fleet
-    first = wh.content_hash()
+    name = fleet_source.name
+    first = wh.content_hash(name)
     assert len(first) == 64
-    assert first == wh.content_hash()
+    assert first == wh.content_hash(name)
     with Warehouse(tmp_path / "other.duckdb") as other:  # same data, other batching: same hash
         ingest_fleet(other, fleet_source, raw_dir, run_id="x", batch_size=2)
-        assert other.content_hash() == first
+        assert other.content_hash(name) == first
+        # Another source's records are not this source's snapshot: its training key stays.
+        ingest_fleet(other, fleet_source.model_copy(update={"name": "other"}), raw_dir, "y")
+        assert other.content_hash(name) == first
+        assert other.content_hash("other") != first
     with Warehouse(tmp_path / "empty.duckdb") as empty:
         empty.migrate()
-        assert empty.content_hash() != first
+        assert empty.content_hash(name) != first
     targets = raw_dir / fleet_source.root / "targets.csv"
     targets.write_text(
         targets.read_text().replace("cell-a01,2026-01-01,0.", "cell-a01,2026-01-01,0.1")
     )
     ingest_fleet(wh, fleet_source, raw_dir, run_id="run-2")
-    assert wh.content_hash() != first
+    assert wh.content_hash(name) != first
 
 
 HOLD_LOCK = """

@@ -784,6 +784,9 @@ def ingest_targets(
     if problem:
         tally.refuse(rel, str(path), problem)
         return
+    # One targets file per source: a stored one of another name (the config now names a new
+    # file) gives up its rows, or each record was built twice, once from each file.
+    supersede_gone(wh, source.name, known, "targets-", {rel}, lambda _: "targets")
     # The validation rules are part of the parser: changing them re-validates unchanged bytes.
     rules = (
         source.task_column,

@@ -497,6 +497,16 @@ def paired_records(
     return out
 
 
+def match_key(fields: dict[str, Any], match: Sequence[str]) -> tuple[Any, ...]:
+    """The values a run pairs with its reference on, as a dict key. A report may give a list or
+    a mapping there, which is no key: spelt as JSON, it pairs with an equal value. Raised here,
+    the `TypeError` failed every later ingest of the source (the runs were stored already)."""
+    return tuple(
+        json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+        for v in (fields.get(m) for m in match)
+    )
+
+
 def build_records(
     runs: pl.DataFrame, source: RunsSourceConfig, run_id: str
 ) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
@@ -509,12 +519,12 @@ def build_records(
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for r in rows:
             if is_reference(r["fields"], source):
-                groups.setdefault(tuple(r["fields"].get(m) for m in ref.match), []).append(r)
+                groups.setdefault(match_key(r["fields"], ref.match), []).append(r)
         out = []
         for r in rows:
             if is_reference(r["fields"], source):
                 continue  # a reference run has no reference of its own
-            key = tuple(r["fields"].get(m) for m in ref.match)
+            key = match_key(r["fields"], ref.match)
             out += paired_records(r, groups.get(key, []), ref, source, run_id)
     kept, skipped = with_baselines(out, source.target_relative_to)
     return pl.DataFrame(kept, schema=RECORD_SCHEMA), skipped
