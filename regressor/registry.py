@@ -271,13 +271,27 @@ def versions_newest_first(name: str) -> list[ModelVersion]:
     )
 
 
+def registered_models(filter_string: str | None = None) -> list[RegisteredModel]:
+    """Every registered model matching `filter_string`, page after page: one search returns at
+    most 100, so a fleet with more adapted cells than that lost the rest to listing, pruning
+    and re-adaptation."""
+    client, found, token = MlflowClient(), [], None
+    while True:
+        page = client.search_registered_models(filter_string=filter_string, page_token=token)
+        found += page
+        token = page.token
+        if not token:
+            return found
+
+
 def variant_models(name: str) -> list[tuple[RegisteredModel, list[ModelVersion]]]:
-    """Every adapted variant `<name>-<task>` with its versions, newest first: a model sharing
-    only the name's prefix (no version tagged with a `task`) is not one."""
+    """Every adapted variant `<name>-<task>` with its versions, newest first. LIKE only narrows
+    the search: a model sharing the name's prefix is not one unless a version's `task` makes its
+    exact name (`textperf-big-cell-a` is `textperf-big`'s, and `_` is LIKE's wildcard)."""
     found = []
-    for model in MlflowClient().search_registered_models(filter_string=f"name LIKE '{name}-%'"):
+    for model in registered_models(f"name LIKE '{name}-%'"):
         versions = versions_newest_first(model.name)
-        if any("task" in v.tags for v in versions):
+        if any(model.name == f"{name}-{v.tags['task']}" for v in versions if "task" in v.tags):
             found.append((model, versions))
     return found
 
@@ -634,7 +648,7 @@ def list_versions(name: str | None = None) -> list[VersionRow]:
     """Every version of every registered model (or of `name`), with its aliases and tags."""
     client = MlflowClient()
     rows = []
-    for model in client.search_registered_models():
+    for model in registered_models():
         if name is not None and model.name != name:
             continue
         aliases = model.aliases or {}

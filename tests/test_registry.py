@@ -297,6 +297,41 @@ def test_variants_due_are_missing_or_adapted_from_an_older_champion(store, tmp_p
     assert registry.variants_due("textperf", "1") == []
 
 
+def test_another_models_variants_are_not_this_models(store, tmp_path: Path):
+    """`textperf-big`'s variant `textperf-big-cell-a` (and, `_` being LIKE's wildcard, any
+    `textXperf-...`) matched `textperf-%`: prune kept `textperf`'s count of them, and the
+    nightly run re-adapted `textperf` to their tasks."""
+    client = MlflowClient()
+    for name, task, base in (
+        ("textperf-big-cell-a", "cell-a", "models:/textperf-big/1"),
+        ("text_perf-cell-c", "cell-c", "models:/text_perf/1"),
+        ("textperf-cell-b", "cell-b", "models:/textperf/1"),
+    ):
+        client.create_registered_model(name)
+        client.create_model_version(
+            name, source=(tmp_path / "w").as_uri(), tags={"task": task, "base_model": base}
+        )
+    assert [m.name for m, _ in registry.variant_models("textperf")] == ["textperf-cell-b"]
+    assert [m.name for m, _ in registry.variant_models("text_perf")] == ["text_perf-cell-c"]
+    assert registry.variants_due("textperf", "2") == ["cell-b"]
+
+
+def test_more_variants_than_one_search_page_are_all_found(store, tmp_path: Path):
+    """MLflow returns at most 100 registered models a search: a fleet of more adapted cells
+    lost the rest to `models list`, prune and the nightly re-adaptation."""
+    client = MlflowClient()
+    tasks = [f"cell-{i:03d}" for i in range(101)]
+    for task in tasks:
+        client.create_registered_model(f"textperf-{task}")
+        client.create_model_version(
+            f"textperf-{task}",
+            source=(tmp_path / "w").as_uri(),
+            tags={"task": task, "base_model": "models:/textperf/1"},
+        )
+    assert registry.variants_due("textperf", "2") == tasks
+    assert len({row.name for row in registry.list_versions()}) == 101
+
+
 GOOD, WORSE = {"spearman": 0.8, "mape": 10.0}, {"spearman": 0.7, "mape": 9.0}
 
 
