@@ -10,10 +10,12 @@ for `--rounds` rounds, so a change in the machine's load hits both alike.
 
 Prints `name: value` lines:
 - `ddp_samples_per_s_ratio`: training samples per second inside `trainer.fit`, DDP over one
-  process (a DDP step trains one batch per rank);
+  process (a DDP step trains one batch per rank). Under DDP, rank 0's `trainer.fit` also
+  launches the other ranks and waits for their rendezvous, so this ratio is biased low;
 - `ddp_wall_ratio`: the same per wall second of the caller, process start included;
 - `worker_start_seconds`: what a DDP fit costs beyond `trainer.fit` (pickling the call,
-  starting the processes, the ranks' rendezvous, handing the weights back): the median.
+  starting the worker, handing the weights back; the other ranks' launch and rendezvous fall
+  inside `trainer.fit`, above): the median.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.loggers import Logger
 from torch import nn
 
@@ -258,6 +259,9 @@ def _fine_tune_member(
     logger: Logger | bool = False,
 ) -> FitResult:
     """Fine-tune a one-model view in place (its module is the ensemble's member)."""
+    # LoRA's adapters are drawn here, before `fit` seeds: from the member's seed, not from
+    # whatever the process ran before (the nightly run, the CLI and a Dask worker differed).
+    torch.manual_seed(cfg.seed)
     freeze_for(member.model, adapt)
     result = fit_examples(member, train, val, cfg, checkpoint_dir, logger=logger, resume=False)
     merge_lora(member.model)  # a no-op unless LoRA: the bundle then holds plain weights

@@ -325,6 +325,9 @@ def _log_params(
     mlflow.log_params(params)
 
 
+# A model version's held-out task; on a variant, the other task its base held out instead.
+HOLDOUT_TAG = "holdout_task"
+BASE_TRAINED_ON_TASK = "base_held_out_another_task"
 # Appended to the gate reason of a version gated by a run other than the one that registered it.
 STOPPED_BEFORE_GATE = "; gated by a later run: the run that registered it stopped before its gate"
 TEST_METRICS = "test_metrics.json"  # every model's held-out metrics, logged by a training run
@@ -784,6 +787,7 @@ def _train_and_register(
                 TEST_REPORT_TAG: json.dumps(metrics),
                 FIT_TAG: _fit_tag(fitted),
                 "n_parameters": str(n_parameters),
+                HOLDOUT_TAG: data.holdout_task,  # the one task it never trained on
                 **keys,
             }
             version = registry.log_and_register(
@@ -892,6 +896,9 @@ class AdaptOutcome:
     scratch_fit: FitResult | None = None
     intervals: str = ""  # what the variant's intervals rest on (`adaptation.recalibrate`)
     fallback: ZeroShotFallback | None = None  # registered when the gate refused the variant
+    # The base trained on this task's records before its test days (it held out another task):
+    # its "zero-shot" scores on the shots are in-sample, its test scores are not.
+    base_trained_on_task: bool = False
 
     @property
     def uri(self) -> str:
@@ -1096,6 +1103,7 @@ def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
         fallback=ZeroShotFallback(**json.loads(tags[registry.FALLBACK]))
         if registry.FALLBACK in tags
         else None,
+        base_trained_on_task=BASE_TRAINED_ON_TASK in tags,
     )
 
 
@@ -1116,6 +1124,7 @@ def _adapt_and_register(
     task = data.holdout_task
     variant = f"{app.registry.model_name}-{task}"
     base = registry.load_predictor(base_uri)
+    base_holdout = registry.resolve(base_uri).tags.get(HOLDOUT_TAG)  # None: registered before
     # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
     shots, tuning, gate_shots = task_shots(app, data)
     target = data.splits["adapt_test"]
@@ -1152,6 +1161,8 @@ def _adapt_and_register(
         }
         if scratch_fit is not None:
             tags[SCRATCH_FIT_TAG] = _fit_tag(scratch_fit)
+        if base_holdout is not None and base_holdout != task:
+            tags[BASE_TRAINED_ON_TASK] = base_holdout
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
             version = registry.log_and_register(
@@ -1192,6 +1203,7 @@ def _adapt_and_register(
         scratch_fit=scratch_fit,
         intervals=intervals,
         fallback=fallback,
+        base_trained_on_task=BASE_TRAINED_ON_TASK in tags,
     )
 
 

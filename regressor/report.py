@@ -184,12 +184,20 @@ def adaptation_lineage(outcome) -> str:
     """Which variant, from which base; for a reused one (`pipeline.AdaptOutcome.reused`), that
     nothing was adapted now and the scores are the earlier run's."""
     if not outcome.reused:
-        return f"Registered `{outcome.uri}` from `{outcome.base_uri}`."
-    return (
-        f"`{outcome.uri}`, **not adapted again**: it was adapted from `{outcome.base_uri}` on "
-        "this data snapshot with these configs, and the scores and gate are its run's; "
-        "`textperf adapt --force` adapts again."
-    )
+        text = f"Registered `{outcome.uri}` from `{outcome.base_uri}`."
+    else:
+        text = (
+            f"`{outcome.uri}`, **not adapted again**: it was adapted from `{outcome.base_uri}` on "
+            "this data snapshot with these configs, and the scores and gate are its run's; "
+            "`textperf adapt --force` adapts again."
+        )
+    if outcome.base_trained_on_task:
+        text += (
+            f" **The base trained on `{outcome.task}`'s records** before its test days (it held "
+            "out another task), so its zero-shot scores on the shots, which the gate compares "
+            "with, are in-sample; its test scores are not."
+        )
+    return text
 
 
 def training_summary(trained) -> dict[str, str]:

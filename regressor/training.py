@@ -441,7 +441,25 @@ def _averaging(cfg: TrainConfig) -> list[Callback]:
     """The EMA callback when configured; it starts after warmup, when the weights stop rushing."""
     if cfg.ema_decay is None:
         return []
-    return [EMAWeightAveraging(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
+    return [EMAAfterWarmup(decay=cfg.ema_decay, update_starting_at_step=cfg.warmup_steps)]
+
+
+class EMAAfterWarmup(EMAWeightAveraging):
+    """The moving average of the weights from `update_starting_at_step` on; before that, the
+    weights themselves. Lightning's average is the initial weights until its first update, and
+    is what validation scores, checkpoints hold and `fit` returns: a validation during warmup
+    scored the untrained model, and a fit ending within warmup shipped it."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        if trainer.global_step - 1 >= (self.update_starting_at_step or 0):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
+            return
+        average = self._average_model
+        assert average is not None
+        average.update_parameters(pl_module)  # with nothing averaged yet, a copy
+        average.n_averaged.zero_()  # so the first real update copies again, as before
 
 
 class RunLogger(MLFlowLogger):
@@ -541,20 +559,44 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
     return str(found) if found.exists() else ""
 
 
+def strategy_name(cfg: TrainConfig) -> str:
+    """The strategy Lightning would run `cfg` with: `auto` on more than one device or node is
+    DDP, which Lightning launches by re-executing the command (`launches_processes`)."""
+    if cfg.strategy == "auto" and (cfg.devices != 1 or cfg.num_nodes > 1):
+        return "ddp"
+    return cfg.strategy
+
+
+class StoppedStaysStopped(EarlyStopping):
+    """Early stopping whose verdict survives a resume. A checkpoint keeps the patience counter
+    but not the trainer's `should_stop`, so a finished, early-stopped fit resumed (a retry of
+    the training task after the registry failed) trained on to its next validation, which
+    could become a new best: the retry registered another model than the run it repeats."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= self.patience:  # Lightning still holds it to `min_steps`
+            trainer.should_stop = True
+
+
 def launches_processes(cfg: TrainConfig) -> bool:
     """Whether Lightning would launch a process per device for `cfg`: a strategy other than
-    one device's, on more than one device or node."""
-    return cfg.strategy not in ("auto", "single_device") and (cfg.devices != 1 or cfg.num_nodes > 1)
+    one device's, on more than one device or node. `strategy: auto` with `devices: 2` is one
+    (it was taken for one device's: the caller's whole command, `textperf retrain` or a worker,
+    ran again per rank, and the process-group timeout was not applied)."""
+    many = cfg.devices != 1 or cfg.num_nodes > 1
+    return many and strategy_name(cfg) not in ("auto", "single_device")
 
 
 def _strategy(cfg: TrainConfig) -> str | Strategy:
-    """`cfg.strategy`, built with `cfg.process_group_timeout_minutes` where it launches
-    processes and takes a timeout; otherwise the name, for Lightning to build."""
-    if not launches_processes(cfg) or cfg.strategy not in StrategyRegistry:
-        return cfg.strategy
-    entry = StrategyRegistry[cfg.strategy]
+    """The strategy (`strategy_name`), built with `cfg.process_group_timeout_minutes` where it
+    launches processes and takes a timeout; otherwise the name, for Lightning to build."""
+    name = strategy_name(cfg)
+    if not launches_processes(cfg) or name not in StrategyRegistry:
+        return name
+    entry = StrategyRegistry[name]
     if "timeout" not in inspect.signature(entry["strategy"]).parameters:
-        return cfg.strategy
+        return name
     timeout = timedelta(minutes=cfg.process_group_timeout_minutes)
     return entry["strategy"](**entry["init_params"], timeout=timeout)
 
@@ -619,7 +661,7 @@ def fit_here(
         save_top_k=1 if validating else 0,
         filename="best",
     )
-    stopping = [EarlyStopping(cfg.select_by, patience=cfg.early_stopping_patience)]
+    stopping = [StoppedStaysStopped(cfg.select_by, patience=cfg.early_stopping_patience)]
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         strategy=_strategy(cfg),

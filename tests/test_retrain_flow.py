@@ -113,6 +113,7 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
     assert params["promotion.lower_is_better"] == str(app.registry.promotion.lower_is_better)
     assert (params["source"], params["code_digest"]) == (app.source, code_digest())
     assert params["git_commit"] == version.tags["git_commit"]
+    assert version.tags[pipeline.HOLDOUT_TAG] == params["holdout_task"]  # what adaptation reads
     # What it trained and was scored on: the Datasets tab, one input per split.
     inputs = client.get_run(version.run_id).inputs.dataset_inputs
     contexts = {

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import polars as pl
 import pytest
 import torch
 import yaml
+from lightning.pytorch.strategies import DDPStrategy
 from mlflow import MlflowClient
 from test_retrain_flow import TINY_APP
 from test_server_stack import free_port
 from typer.testing import CliRunner
 
-from regressor import pipeline
+from regressor import pipeline, training
 from regressor.cli import app as cli
 from regressor.config import (
     CodecConfig,
@@ -33,7 +35,7 @@ from regressor.environment import TRAINED_WITH
 from regressor.fit_worker import TrainingWorkerError
 from regressor.predictor import Predictor
 from regressor.shards import read_records, shards_for_rank
-from regressor.training import FitResult, fit
+from regressor.training import FitResult, fit, launches_processes
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
 
@@ -102,6 +104,18 @@ def test_a_ddp_fit_inside_a_slurm_job_launches_its_own_ranks(tmp_path: Path, mon
     assert (result.processes, result.steps) == (2, 6)
     trained = predictor.model.state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
+@pytest.mark.parametrize("update", [{"devices": 2}, {"num_nodes": 2}])
+def test_auto_on_more_than_one_device_or_node_trains_in_a_process_group_of_its_own(update):
+    """Lightning's `auto` there is DDP, whose launcher re-ran the caller's whole command per
+    rank (generate, ingest... `textperf retrain` twice), without the configured timeout."""
+    cfg = TrainConfig(process_group_timeout_minutes=7, **update)
+    assert launches_processes(cfg)
+    strategy = training._strategy(cfg)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._timeout == timedelta(minutes=7)
+    assert not launches_processes(TrainConfig())
 
 
 def test_train_config_scale_out_defaults_keep_one_local_device():

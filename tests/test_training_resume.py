@@ -159,6 +159,18 @@ def test_ema_weights_are_validated_checkpointed_and_returned(tmp_path: Path) -> 
     assert any(not torch.equal(raw[k], v) for k, v in saved["state_dict"].items())
 
 
+def test_an_ema_fit_ending_within_warmup_returns_the_trained_weights(tmp_path: Path) -> None:
+    """The average starts after warmup; before, Lightning's was the initial weights, which a
+    refit ending within warmup (no validation) returned, untrained."""
+    cfg = train_config(4).model_copy(update={"ema_decay": 0.9, "warmup_steps": 10, "lr": 1e-2})
+    predictor = toy_predictor()
+    initial = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    (texts, targets), _ = toy_data()
+    fit(predictor, (texts, targets), ([], np.array([])), cfg, tmp_path, resume=False)
+    trained = predictor.model.state_dict()
+    assert all(not torch.equal(initial[k], trained[k]) for k in initial if "norm" not in k)
+
+
 def test_a_fresh_fit_clears_the_checkpoints_an_earlier_run_left(tmp_path: Path) -> None:
     """`resume=False` beside an earlier run's files: before, this run saved `last-v1.ckpt` and
     left the earlier `last.ckpt`, which a kill then `resume=True` would have carried on from."""

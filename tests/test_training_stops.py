@@ -228,3 +228,19 @@ def test_without_validation_fit_trains_to_the_plan_and_keeps_the_last_weights(
     assert [p.name for p in run.glob("*.ckpt")] == ["last.ckpt"]
     assert torch.load(again.best_checkpoint, weights_only=True)["global_step"] == 20
     assert any(not torch.equal(v, weights[k]) for k, v in fresh.model.state_dict().items())
+
+
+def test_an_early_stopped_fit_resumed_returns_the_same_model(tmp_path: Path) -> None:
+    """The checkpoint keeps the patience counter, not the trainer's `should_stop`: resuming a
+    finished, early-stopped fit (the training task's retry) trained on to the next
+    validation, 4 steps more each time, and could return another best."""
+    texts, targets = toy_data(72)
+    cfg = validated_config(300, lr=1e-2, early_stopping_patience=1)
+    train, val = (texts[:64], targets[:64]), (texts[64:], targets[64:])
+    first = fit(toy_predictor(texts), train, val, cfg, tmp_path, resume=False)
+    again = toy_predictor(texts)
+    resumed = fit(again, train, val, cfg, tmp_path, resume=True)
+    assert first.steps < 300
+    assert resumed.steps == first.steps
+    assert resumed.best_val_score == first.best_val_score
+    assert_weights_of(again.model, tmp_path / "best.ckpt")
