@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date, timedelta
 
@@ -70,3 +71,9 @@ def test_records_without_periods_split_by_distinct_configuration():
     counts = dict(labelled.group_by("split").len().iter_rows())
     assert 0.1 < counts["test"] / (counts["test"] + counts["train"] + counts["val"]) < 0.3
     assert counts["adapt_pool"] > counts["adapt_test"] > 0
+    # The side is a seeded sha256 of the configuration's text, whatever polars' version (its
+    # `Expr.hash` is stable within one version only).
+    for config_json, side in labelled.select("config_json", "split").unique().iter_rows():
+        digest = hashlib.sha256(f"0\x1f{config_json}".encode()).digest()
+        in_test = int.from_bytes(digest[:8], "big") % 10_000 / 10_000 < 0.2
+        assert in_test == (side in ("test", "adapt_test")), config_json
