@@ -96,7 +96,7 @@ from regressor.warehouse import Warehouse
 DEFAULT_OUT = Path("var/bench/accuracy")
 SOURCES = {"c3o": "c3o", "lumos": "lumos", "deepperf": "deepperf", "fleet": "demo_fleet"}
 SIDES = ("train", "val", "test")
-POINT = ("spearman", "kendall", "mape", "mse_log")
+POINT = ("spearman", "kendall", "mape", "mse_log", "n_failed")
 UNCERTAINTY = (
     "interval_coverage",
     "uncertainty_spearman",

@@ -20,19 +20,31 @@ import numpy as np
 from regressor import pipeline, registry
 from regressor.config import load_app_config, load_source_config
 from regressor.evaluation import point_metrics
+from regressor.sampling import finite_median
 from regressor.tracking import configure_mlflow
 
 
 def chunk_scores(y_true: np.ndarray, samples: np.ndarray, k: int) -> dict[str, float]:
-    """Mean over the disjoint K-sample chunks of samples [N, max_k] of each estimator's metrics."""
+    """Mean over the disjoint K-sample chunks of samples [N, max_k] of each estimator's metrics,
+    over each chunk's finite draws (as served: `finite_median`), with `n_failed`, the records
+    left without a number. Plain `np.median` made a record NaN for one undecodable draw, so each
+    K was scored on fewer, other records."""
     scores: dict[str, list[float]] = {}
     for start in range(0, samples.shape[1] - k + 1, k):
         chunk = samples[:, start : start + k]
-        for name, estimate in (("median", np.median(chunk, 1)), ("mean", chunk.mean(1))):
+        for name, estimate in (("median", finite_median(chunk)), ("mean", finite_mean(chunk))):
             metrics = point_metrics(y_true, estimate)
-            for metric in ("spearman", "mape"):
+            for metric in ("spearman", "mape", "n_failed"):
                 scores.setdefault(f"{name}_{metric}", []).append(metrics[metric])
     return {key: float(np.mean(values)) for key, values in scores.items()}
+
+
+def finite_mean(samples: np.ndarray) -> np.ndarray:
+    """Per record the mean of its finite draws [N, K] -> [N] (NaN with none)."""
+    finite = np.isfinite(samples)
+    total = np.where(finite, samples, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite.any(1), total / finite.sum(1), np.nan)
 
 
 def sweep(y_true: np.ndarray, samples: np.ndarray) -> Iterator[tuple[int, dict[str, float]]]:

@@ -26,10 +26,15 @@ def rank_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
 
 
 def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs."""
+    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs: `n` counts them,
+    `n_failed` the records with a target but no number predicted (none of their draws decoded
+    to one). Those are in no metric, so a model failing on its hard records would look better:
+    read `n_failed` beside them (the gate counts fewer scored records as worse, `registry.beats`).
+    """
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
     ok = _finite(y_true, y_pred)
+    n_failed = float((np.isfinite(y_true) & ~np.isfinite(y_pred)).sum())
     t, p = y_true[ok], y_pred[ok]
     out = rank_correlations(t, p)
     nonzero = t != 0
@@ -39,6 +44,7 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     positive = (t > 0) & (p > 0)
     out["mse_log"] = float(np.mean((np.log(p[positive]) - np.log(t[positive])) ** 2))
     out["n"] = float(ok.sum())
+    out["n_failed"] = n_failed
     return out
 
 
@@ -100,9 +106,21 @@ def within_task_spearman(
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     names = np.asarray(tasks)
     per_task = [
-        rank_correlations(y_true[names == t], y_pred[names == t])["spearman"]
+        _task_spearman(y_true[names == t], y_pred[names == t])
         for t in np.unique(names)
         if (names == t).sum() >= min_records
     ]
     finite = [r for r in per_task if np.isfinite(r)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def _task_spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """One task's Spearman; NaN (left out) when its targets do not vary, 0 when the model ranks
+    nothing there (one value, or no number, for all): a model that collapsed on a hard task
+    used to lose nothing, the task dropped from the mean."""
+    if np.ptp(y_true) == 0:
+        return float("nan")
+    ok = np.isfinite(y_pred)
+    if ok.sum() < 2 or np.ptp(y_pred[ok]) == 0:
+        return 0.0
+    return rank_correlations(y_true[ok], y_pred[ok])["spearman"]

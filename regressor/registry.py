@@ -379,7 +379,14 @@ def beats(
     rule: PromotionRule,
     against: str = "champion",
 ) -> tuple[bool, str]:
-    """Not worse on every metric of the rule (NaN counts as worse); `against` names the other."""
+    """Not worse on every metric of the rule (NaN counts as worse); `against` names the other.
+    First, not fewer records scored (`n`, on the same records): a record whose draws held no
+    number is in no metric, so failing on the hard records would otherwise look better."""
+    if "n" in challenger and "n" in champion and challenger["n"] < champion["n"]:
+        return False, (
+            f"scored {challenger['n']:.0f} records, {against} {champion['n']:.0f} (the others' "
+            "draws held no number)"
+        )
     for metric in rule.higher_is_better:
         if not challenger[metric] >= champion[metric]:
             return False, f"{metric} {challenger[metric]:.4g} < {against}'s {champion[metric]:.4g}"

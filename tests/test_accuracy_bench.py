@@ -26,6 +26,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # the bench scripts import each
 import accuracy
 import deepperf_protocol
 import pool
+import samples
 
 
 def test_scientific_rewrites_numbers_only() -> None:
@@ -514,3 +515,18 @@ def test_deepperf_runs_save_their_members_draws_for_pool_to_score_the_same(
     )
     assert mape == pytest.approx(mre, abs=0.01)
     assert val_mape == pytest.approx(val_mre, abs=0.01)  # one member per fold: its own error
+
+
+def test_the_samples_sweep_scores_every_k_on_the_records_served():
+    """One undecodable draw made a record NaN under plain `np.median`, so each K was scored on
+    fewer, other records; now each chunk's finite draws count, as served, and `n_failed` says
+    how many records had none."""
+    y = np.arange(1.0, 9.0)
+    draws = np.repeat(y[:, None], 4, axis=1)
+    draws[0, 1] = np.nan  # one bad draw of record 0
+    draws[1, :2] = np.nan  # record 1: no number in the first 2-draw chunk
+    scores = dict(samples.sweep(y, draws))
+    assert scores[4]["median_mape"] == scores[4]["mean_mape"] == 0.0
+    assert scores[4]["median_n_failed"] == 0.0
+    assert scores[2]["median_n_failed"] == 0.5  # chunk 1 lost record 1, chunk 2 nothing
+    assert scores[1]["mean_n_failed"] == 0.75  # 3 bad draws over 4 one-draw chunks

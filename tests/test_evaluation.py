@@ -68,3 +68,20 @@ def test_within_task_spearman_ranks_inside_each_task_only():
     pred = np.array([1, 2, 3, 4, 5, 50, 40, 30, 20, 10, 0, 100], dtype=float)
     assert within_task_spearman(tasks, y, pred) == 0.0
     assert math.isclose(within_task_spearman(tasks, y, y), 1.0)
+
+
+def test_a_record_without_a_number_is_counted_not_hidden():
+    """A NaN prediction (no draw decoded) leaves the metrics: `n_failed` says how many did."""
+    y = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    m = point_metrics(y, np.array([1.0, 2.0, np.nan, 4.0, 5.0]))
+    assert (m["n"], m["n_failed"]) == (3.0, 1.0)
+
+
+def test_a_model_that_ranks_nothing_in_a_task_scores_zero_there():
+    """One value (or no number) for a whole task used to drop the task from the mean."""
+    tasks = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    y = np.array([1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 7, 7, 7, 7, 7], dtype=float)
+    pred = np.array([1, 2, 3, 4, 5, *[9.0] * 5, 1, 2, 3, 4, 5], dtype=float)
+    assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)  # c: constant truth, out
+    pred[5:10] = np.nan
+    assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)

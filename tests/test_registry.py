@@ -120,6 +120,17 @@ def test_nan_metric_never_wins():
     assert not ok
 
 
+def test_fewer_records_scored_never_wins():
+    """A record whose draws held no number is in no metric: failing on the hard records would
+    score better on what is left."""
+    champion = {"spearman": 0.80, "mape": 30.0, "n": 200.0}
+    challenger = {"spearman": 0.99, "mape": 3.0, "n": 160.0}
+    ok, reason = registry.beats(challenger, champion, PromotionRule(), "base zero-shot")
+    assert not ok
+    assert reason.startswith("scored 160 records, base zero-shot 200")
+    assert registry.beats(challenger | {"n": 200.0}, champion, PromotionRule())[0]
+
+
 def test_model_uri_forms():
     assert registry.model_uri("textperf", 3) == "models:/textperf/3"
     assert registry.model_uri("textperf", "champion") == "models:/textperf@champion"
