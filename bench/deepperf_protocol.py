@@ -224,7 +224,9 @@ def run_tabular(system: str, examples: Examples, args: argparse.Namespace) -> No
             test = np.setdiff1d(np.arange(len(examples)), rows)
             train, held = examples.take(rows), examples.take(test)
             for name, peer in peers().items():
-                scores.setdefault(name, []).append(mre(held.targets, peer(train, held, rep)))
+                scores.setdefault(name, []).append(
+                    mre(held.targets, peer(train, held, rep_seed(args, rep)))
+                )
         prefix = f"deepperf_{system}_{size}"
         print(f"{prefix}_sample: {'deepperf_indices' if has_indices(system, size) else 'random'}")
         for name, values in scores.items():
@@ -325,6 +327,14 @@ def recipe_tag(args: argparse.Namespace) -> str:
         return args.recipe + input_output_tag(args)
     tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
     return tag if prior_seed(args) == args.seed else f"{tag}_prior{prior_seed(args)}"
+
+
+def rep_seed(args: argparse.Namespace, rep: int) -> int:
+    """Repetition `rep`'s seed under `--seed` (the peers', the members' and their sampling's;
+    member i adds 1000 i): `rep` itself at the default seed 0, so those runs keep their figures.
+    Before, the peers and the sampling took `rep` whatever `--seed` said, and the members
+    `seed + rep`, so `--seed 1` repetition 0 trained as `--seed 0` repetition 1."""
+    return args.seed * 100_003 + rep
 
 
 def prior_seed(args: argparse.Namespace) -> int:
@@ -456,7 +466,7 @@ def run_textperf(
         val_errors = defaultdict(list)  # point estimate -> per member: val relative errors
         members: list[MemberSamples] = []
         for i in range(args.ensemble):
-            seed = args.seed + rep + 1000 * i  # member 0: the single model's seed
+            seed = rep_seed(args, rep) + 1000 * i  # member 0: the single model's seed
             member_ckpt = ckpt if args.ensemble == 1 else ckpt / f"member{i}"
             train, val = member_parts(sample, i, args, rep)
             test_texts = test.texts
@@ -466,8 +476,8 @@ def run_textperf(
                 train, val = with_neighbours(train, train, nb), with_neighbours(val, train, nb)
             predictor = textperf_fit(base, train, val, args, seed, member_ckpt, priority)
             t = args.temperature
-            draws.append(predictor.sample_texts(test_texts, 32, t, seed=rep + 1000 * i))
-            val_draws = predictor.sample_texts(val.texts, 32, t, seed=rep)
+            draws.append(predictor.sample_texts(test_texts, 32, t, seed=seed))
+            val_draws = predictor.sample_texts(val.texts, 32, t, seed=rep_seed(args, rep))
             members.append(MemberSamples(draws[-1], val_draws, val.record_ids))
             for key, point in point_estimates(val_draws).items():
                 val_errors[key].append(np.abs(point - val.targets) / np.abs(val.targets))

@@ -530,3 +530,15 @@ def test_the_samples_sweep_scores_every_k_on_the_records_served():
     assert scores[4]["median_n_failed"] == 0.0
     assert scores[2]["median_n_failed"] == 0.5  # chunk 1 lost record 1, chunk 2 nothing
     assert scores[1]["mean_n_failed"] == 0.75  # 3 bad draws over 4 one-draw chunks
+
+
+def test_deepperf_seed_reaches_every_repetition_and_keeps_seed_0s():
+    """`--seed` did not reach the peers or the sampling, and `--seed 1` repetition 0 trained as
+    `--seed 0` repetition 1; seed 0's repetitions keep the seeds its reported runs used."""
+    seeds = {
+        (seed, rep): deepperf_protocol.rep_seed(argparse.Namespace(seed=seed), rep)
+        for seed in range(3)
+        for rep in range(30)
+    }
+    assert [seeds[0, rep] for rep in range(30)] == list(range(30))
+    assert len(set(seeds.values())) == len(seeds)
