@@ -332,6 +332,9 @@ class PromotionRule(Frozen):
 
     higher_is_better: tuple[str, ...] = ("spearman",)
     lower_is_better: tuple[str, ...] = ("mape",)
+    # A challenger that scored fewer of the same records (the others' draws held no number, so
+    # they are in no metric) is worse, whatever its metrics on the rest.
+    fewer_scored_is_worse: bool = True
 
 
 class RegistryConfig(Frozen):

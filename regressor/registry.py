@@ -380,9 +380,11 @@ def beats(
     against: str = "champion",
 ) -> tuple[bool, str]:
     """Not worse on every metric of the rule (NaN counts as worse); `against` names the other.
-    First, not fewer records scored (`n`, on the same records): a record whose draws held no
-    number is in no metric, so failing on the hard records would otherwise look better."""
-    if "n" in challenger and "n" in champion and challenger["n"] < champion["n"]:
+    First, with `rule.fewer_scored_is_worse`, not fewer records scored (`n`, on the same
+    records): a record whose draws held no number is in no metric, so failing on the hard
+    records would otherwise look better."""
+    scored = "n" in challenger and "n" in champion
+    if rule.fewer_scored_is_worse and scored and challenger["n"] < champion["n"]:
         return False, (
             f"scored {challenger['n']:.0f} records, {against} {champion['n']:.0f} (the others' "
             "draws held no number)"

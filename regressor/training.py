@@ -540,6 +540,20 @@ def _discard_checkpoints(checkpoint_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def _readable(checkpoint: Path) -> bool:
+    """Whether a checkpoint loads. Lightning saves to a temporary file and moves it into place,
+    which across file systems (a mounted var dir) is a copy: a kill mid-copy left a truncated
+    `last.ckpt` that every later resume of the snapshot failed on, until deleted by hand."""
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, empty, not a checkpoint at all
+        logging.getLogger(__name__).warning(
+            "%s cannot be read (%s: %s): training starts over", checkpoint, type(exc).__name__, exc
+        )
+        return False
+    return True
+
+
 def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, validating: bool) -> str:
     """The checkpoint whose weights `fit` returns: the best validation's, or without validation
     the last step's as `last.ckpt` saved them (with EMA, the average), so a finished run resumed
@@ -697,7 +711,7 @@ def fit_here(
     )
     predictor.model.train()  # a loaded or sampled model may have been left in eval mode
     last = checkpoint_dir / "last.ckpt"
-    if not resume:
+    if not resume or (last.exists() and not _readable(last)):
         _discard_checkpoints(checkpoint_dir)
     started = time.perf_counter()
     val_loader = None

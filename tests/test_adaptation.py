@@ -656,7 +656,9 @@ def test_a_fallback_takes_only_a_task_its_base_lineage_left_without_a_fine_tuned
     place (it passed against that base): no fallback. Of a new champion, it retires the old
     base's variant and the fallback takes the task. Of a base that is not the champion (by
     hand), it changes nothing."""
-    always = PromotionRule(higher_is_better=(), lower_is_better=())  # promotes anything
+    always = PromotionRule(  # promotes anything
+        higher_is_better=(), lower_is_better=(), fewer_scored_is_worse=False
+    )
     passing = _wrecked_app().model_copy(
         update={"registry": LORA_APP.registry.model_copy(update={"promotion": always})}
     )

@@ -129,6 +129,7 @@ def test_fewer_records_scored_never_wins():
     assert not ok
     assert reason.startswith("scored 160 records, base zero-shot 200")
     assert registry.beats(challenger | {"n": 200.0}, champion, PromotionRule())[0]
+    assert registry.beats(challenger, champion, PromotionRule(fewer_scored_is_worse=False))[0]
 
 
 def test_model_uri_forms():

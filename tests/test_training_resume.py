@@ -171,6 +171,19 @@ def test_an_ema_fit_ending_within_warmup_returns_the_trained_weights(tmp_path: P
     assert all(not torch.equal(initial[k], trained[k]) for k in initial if "norm" not in k)
 
 
+def test_a_truncated_last_checkpoint_starts_the_fit_over(tmp_path: Path) -> None:
+    """A kill mid-copy of `last.ckpt` (a var dir on another file system) left it truncated, and
+    every resume of that snapshot then failed reading it, until someone deleted it."""
+    predictor, cfg = toy_setup(12, randomized=False)
+    fit(predictor, *toy_data(), cfg, tmp_path, resume=False)
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    again, _ = toy_setup(12, randomized=False)
+    result = fit(again, *toy_data(), cfg, tmp_path, resume=True)
+    assert result.steps == 12
+    assert saved_step(last) == 12
+
+
 def test_a_fresh_fit_clears_the_checkpoints_an_earlier_run_left(tmp_path: Path) -> None:
     """`resume=False` beside an earlier run's files: before, this run saved `last-v1.ckpt` and
     left the earlier `last.ckpt`, which a kill then `resume=True` would have carried on from."""
