@@ -73,15 +73,31 @@ def prune(name: str, keep: int, dry_run: bool = False) -> list[ModelVersion]:
     The version goes last: a prune stopped between the two (a store gone away, a kill) leaves
     the version listed, so the next prune finds it and finishes, where the other order would
     leave weights that no version names and no prune would ever find."""
-    client = MlflowClient()
     doomed = prunable(name, keep)
-    if not dry_run:
-        for version in doomed:
-            weights = logged_model_id(version)
-            if weights is not None:  # gone already (a prune stopped after it, then gc): done
-                unless_missing(client.delete_logged_model, weights)
-            client.delete_model_version(version.name, version.version)
-    return doomed
+    return doomed if dry_run else delete_versions(doomed)
+
+
+def delete_versions(doomed: list[ModelVersion]) -> list[ModelVersion]:
+    """Delete each version (its weights first); returns those deleted. Each is read again just
+    before: one promoted since the list was made (an operator rolling back) keeps its alias and
+    is kept, where the prune deleted it and the model was left without `@champion`; one another
+    prune deleted meanwhile is skipped, where this prune failed on it."""
+    client, deleted = MlflowClient(), []
+    for listed in doomed:
+        version = unless_missing(client.get_model_version, listed.name, listed.version)
+        if version is None or version.aliases:
+            continue
+        weights = logged_model_id(version)
+        if weights is not None:  # gone already (a prune stopped after it, then gc): done
+            unless_missing(client.delete_logged_model, weights)
+        if unless_missing(_delete_version, client, version):
+            deleted.append(version)
+    return deleted
+
+
+def _delete_version(client: MlflowClient, version: ModelVersion) -> bool:
+    client.delete_model_version(version.name, version.version)
+    return True
 
 
 def logged_model_id(version: ModelVersion) -> str | None:

@@ -137,6 +137,19 @@ def test_prune_of_a_store_without_the_model_deletes_nothing(tmp_path: Path) -> N
         mlflow.set_tracking_uri(None)
 
 
+def test_a_version_promoted_or_deleted_after_the_listing_is_not_deleted(store) -> None:
+    """Between the prune's listing and its deletes, an operator rolls back `@champion` to
+    `textperf/4`, and another prune deletes `textperf-cell-a/2`: before, this prune deleted v4,
+    leaving the model without a champion, and failed on the version gone."""
+    doomed = retention.prunable("textperf", keep=1)
+    assert [(v.name, int(v.version)) for v in doomed] == [("textperf", 4), ("textperf-cell-a", 2)]
+    MlflowClient().set_registered_model_alias("textperf", "champion", "4")
+    MlflowClient().delete_model_version("textperf-cell-a", "2")
+    assert retention.delete_versions(doomed) == []
+    assert _versions("textperf") == [1, 2, 3, 4, 5]
+    assert str(registry.alias_version("textperf", "champion").version) == "4"
+
+
 def test_prune_with_room_for_every_version_deletes_nothing(store: ResolvedPaths) -> None:
     assert retention.prune("textperf", keep=5) == []
     assert (_versions("textperf"), _versions("textperf-cell-a")) == ([1, 2, 3, 4, 5], [1, 2, 3])
