@@ -18,11 +18,12 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import Task
 
-from regressor import registry
+from regressor import pipeline, registry
 from regressor.config import (
     AppConfig,
     OrchestrationConfig,
@@ -106,12 +107,19 @@ def ensure_writer_limit(name: str) -> None:
 
 
 @contextmanager
-def warehouse_writer(name: str) -> Iterator[None]:
+def warehouse_writer(name: str, paths: ResolvedPaths) -> Iterator[None]:
     """Hold the warehouse's single writer slot: a second writer waits here, then proceeds.
 
     DuckDB itself allows one writer process per file (and `Warehouse` waits on its lock), but
     that wait is bounded and invisible; the Prefect slot makes the queue explicit in the UI.
+    On Prefect's temporary server (no PREFECT_API_URL: `textperf retrain` from cron), a file
+    lock instead: that server frees no expired lease, so a writer killed holding the slot (the
+    OOM killer) left every later run's ingest waiting forever; a file lock dies with its holder.
     """
+    if not PREFECT_API_URL.value():
+        with pipeline.writer_lock(paths):
+            yield
+        return
     ensure_writer_limit(name)
     logger = get_run_logger()
     logger.info("waiting for the warehouse writer slot since %s", _now())

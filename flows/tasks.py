@@ -35,5 +35,5 @@ def ingest_task(
 ) -> IngestReport:
     """Ingest `source` into the warehouse, holding the single warehouse-writer slot."""
     limit = (orchestration or OrchestrationConfig()).writer_limit
-    with warehouse_writer(limit):
+    with warehouse_writer(limit, paths):
         return pipeline.ingest(paths, source, run_id, forget_gone)

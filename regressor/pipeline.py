@@ -446,6 +446,16 @@ def _take_lock(lock: IO[str], wait: bool, doing: str) -> bool:
 
 
 @contextmanager
+def writer_lock(paths: ResolvedPaths) -> Iterator[None]:
+    """The warehouse's one writer, as an exclusive file lock in `var/locks/` (where no Prefect
+    server keeps the queue): the OS frees it when its holder dies, however it dies."""
+    paths.locks.mkdir(parents=True, exist_ok=True)
+    with (paths.locks / "warehouse-writer.lock").open("a") as lock:
+        _take_lock(lock, True, "writing the warehouse")
+        yield
+
+
+@contextmanager
 def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     """An exclusive lock per variant, so a run beside another adapting it waits, then finds
     that run's version rather than registering the same adaptation twice, and the two gates

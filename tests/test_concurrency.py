@@ -136,3 +136,46 @@ def test_parallel_predict_calls_equal_sequential_ones(loaded_pyfunc) -> None:
         parallel = list(pool.map(call, [*range(len(frames))] * 2))
     for i, got in enumerate(parallel):
         pd.testing.assert_frame_equal(got, sequential[i % len(frames)])
+
+
+HOLD_WRITER = """
+import sys, time
+from pathlib import Path
+from regressor import pipeline
+from regressor.config import ResolvedPaths
+with pipeline.writer_lock(ResolvedPaths(var_dir=Path(sys.argv[1]))):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_without_a_prefect_server_a_killed_writer_frees_the_warehouse(tmp_path: Path):
+    """On Prefect's temporary server (no PREFECT_API_URL) the writer is a file lock: that
+    server frees no expired lease, so a writer killed holding the Prefect slot left every later
+    run's ingest waiting for ever. A file lock dies with its holder."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.common import warehouse_writer
+
+    paths = ResolvedPaths(var_dir=tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # as the OOM killer would
+    holder.wait()
+    lock = paths.locks / "warehouse-writer.lock"
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        warehouse_writer("x", paths),
+        lock.open("a") as other,
+        pytest.raises(BlockingIOError),  # this run holds it now
+    ):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
