@@ -3,6 +3,7 @@ what a run was trained and scored on."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from collections.abc import Mapping
@@ -46,6 +47,16 @@ def use_store(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = users
 
 
+def _create_store(paths: ResolvedPaths) -> None:
+    """Make the local store's schema under a file lock. MLflow's SQLite setup is not safe from
+    two processes: two commands starting on a new var dir (a nightly run and an ad-hoc one)
+    failed one of them ("table _alembic_tmp_params already exists", "duplicate column")."""
+    paths.locks.mkdir(parents=True, exist_ok=True)
+    with (paths.locks / "mlflow-store.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # freed by the OS if this process dies
+        MlflowClient().search_experiments(max_results=1)  # the first use makes the schema
+
+
 def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
     """Point tracking and registry at `paths`, create the experiment if needed; returns its id.
 
@@ -54,6 +65,8 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
     """
     paths.var_dir.mkdir(parents=True, exist_ok=True)
     use_store(paths.tracking_uri)
+    if not paths.mlflow_server and not paths.mlflow_db.exists():
+        _create_store(paths)
     client = MlflowClient()
     existing = client.get_experiment_by_name(experiment)
     if existing is not None:
