@@ -446,6 +446,18 @@ def _take_lock(lock: IO[str], wait: bool, doing: str) -> bool:
 
 
 @contextmanager
+def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
+    """An exclusive lock per registered model from reading its champion to gating against it,
+    so two runs (a nightly and an ad-hoc one, on other data) gate one after the other, each
+    against the champion the other left. It guards runs sharing this var dir; runs on several
+    machines that share only a tracking server do not see it."""
+    paths.locks.mkdir(parents=True, exist_ok=True)
+    with (paths.locks / f"gate-{_variant_id(name)}.lock").open("a") as lock:
+        _take_lock(lock, True, f"gating a version of {name}")
+        yield
+
+
+@contextmanager
 def writer_lock(paths: ResolvedPaths) -> Iterator[None]:
     """The warehouse's one writer, as an exclusive file lock in `var/locks/` (where no Prefect
     server keeps the queue): the OS frees it when its holder dies, however it dies."""
@@ -578,7 +590,7 @@ def train_and_register(
                 app.registry.model_name,
                 registry.REGISTRATION_KEY,
                 reg_key,
-                lambda stopped: finish_gate(app, stopped, data.splits["test"], ckpt_dir),
+                lambda stopped: finish_gate(app, paths, stopped, data.splits["test"], ckpt_dir),
             )
         if earlier is None:
             keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}
@@ -603,30 +615,33 @@ def _gated_or_stopped(
     return mlflow.MlflowClient().get_model_version(name, stopped.version)  # with its decision
 
 
-def finish_gate(app: AppConfig, version: ModelVersion, test: Examples, ckpt_dir: Path) -> None:
+def finish_gate(
+    app: AppConfig, paths: ResolvedPaths, version: ModelVersion, test: Examples, ckpt_dir: Path
+) -> None:
     """Gate `version` as the run that registered it would have: its test metrics (tagged)
     against the champion's, scored now on the same test records (same registration key, same
     data). The caller holds `ckpt_dir`'s lock, so a run that trained there is not alive."""
     _close_stopped_run(ckpt_dir, version.run_id)
     name, alias = app.registry.model_name, app.registry.champion_alias
     metrics = json.loads(version.tags["test_metrics"])
-    champion = registry.alias_version(name, alias)
-    champion_metrics = None
-    if champion is not None and str(champion.version) == str(version.version):
-        champion_metrics = metrics  # killed after taking the alias: it keeps it
-    elif champion is not None:
-        champion_uri = registry.model_uri(name, champion.version)
-        champion_metrics = score_registered(champion_uri, test, app.eval)
-    decision = registry.gate(
-        name,
-        version,
-        metrics,
-        champion_metrics,
-        app.registry.promotion,
-        alias,
-        app.registry.challenger_alias,
-        note=STOPPED_BEFORE_GATE,
-    )
+    with gate_lock(paths, name):
+        champion = registry.alias_version(name, alias)
+        champion_metrics = None
+        if champion is not None and str(champion.version) == str(version.version):
+            champion_metrics = metrics  # killed after taking the alias: it keeps it
+        elif champion is not None:
+            champion_uri = registry.model_uri(name, champion.version)
+            champion_metrics = score_registered(champion_uri, test, app.eval)
+        decision = registry.gate(
+            name,
+            version,
+            metrics,
+            champion_metrics,
+            app.registry.promotion,
+            alias,
+            app.registry.challenger_alias,
+            note=STOPPED_BEFORE_GATE,
+        )
     _log_late_decision(version.run_id, decision, "gate_decision.json")
 
 
@@ -778,40 +793,47 @@ def _train_and_register(
             mlflow.log_metrics({f"test_{name}_{k}": v for k, v in values.items() if np.isfinite(v)})
         mlflow.log_metrics(_fit_metrics(fitted, "train"))
         log_evaluation(test, summary, "test", f"{model_cfg.name}, held-out test records")
-        champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
-        champion_metrics = None
-        if champion is not None:
-            uri = registry.model_uri(app.registry.model_name, champion.version)
-            champion_metrics = score_registered(uri, test, app.eval)
-            metrics["champion"] = champion_metrics
-        mlflow.log_dict(metrics, TEST_METRICS)  # the report's table, for a run that reuses this
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = predictor.save(Path(tmp) / "bundle")
-            tags = {
-                "data_hash": data.data_hash,
-                "source": data.source,
-                "target": data.target,
-                "model_config": json.dumps(model_cfg.model_dump()),
-                "train_config": json.dumps(train_cfg.model_dump()),
-                "test_metrics": json.dumps(model_metrics),
-                TEST_REPORT_TAG: json.dumps(metrics),
-                FIT_TAG: _fit_tag(fitted),
-                "n_parameters": str(n_parameters),
-                HOLDOUT_TAG: data.holdout_task,  # the one task it never trained on
-                **keys,
-            }
-            version = registry.log_and_register(
-                bundle, app.registry.model_name, registry.input_example(data.example_record), tags
+        # Read, scored and gated against under the model's gate lock: a run gating beside this
+        # one could otherwise promote after this run read the champion, and this run then
+        # promoted past a champion it never faced.
+        with gate_lock(paths, app.registry.model_name):
+            champion = registry.alias_version(app.registry.model_name, app.registry.champion_alias)
+            champion_metrics = None
+            if champion is not None:
+                uri = registry.model_uri(app.registry.model_name, champion.version)
+                champion_metrics = score_registered(uri, test, app.eval)
+                metrics["champion"] = champion_metrics
+            mlflow.log_dict(metrics, TEST_METRICS)  # the report's table, for a run that reuses this
+            with tempfile.TemporaryDirectory() as tmp:
+                bundle = predictor.save(Path(tmp) / "bundle")
+                tags = {
+                    "data_hash": data.data_hash,
+                    "source": data.source,
+                    "target": data.target,
+                    "model_config": json.dumps(model_cfg.model_dump()),
+                    "train_config": json.dumps(train_cfg.model_dump()),
+                    "test_metrics": json.dumps(model_metrics),
+                    TEST_REPORT_TAG: json.dumps(metrics),
+                    FIT_TAG: _fit_tag(fitted),
+                    "n_parameters": str(n_parameters),
+                    HOLDOUT_TAG: data.holdout_task,  # the one task it never trained on
+                    **keys,
+                }
+                version = registry.log_and_register(
+                    bundle,
+                    app.registry.model_name,
+                    registry.input_example(data.example_record),
+                    tags,
+                )
+            decision = registry.gate(
+                app.registry.model_name,
+                version,
+                model_metrics,
+                champion_metrics,
+                app.registry.promotion,
+                app.registry.champion_alias,
+                app.registry.challenger_alias,
             )
-        decision = registry.gate(
-            app.registry.model_name,
-            version,
-            model_metrics,
-            champion_metrics,
-            app.registry.promotion,
-            app.registry.champion_alias,
-            app.registry.challenger_alias,
-        )
         mlflow.log_dict(
             {"promoted": decision.promoted, "reason": decision.reason}, "gate_decision.json"
         )

@@ -179,3 +179,42 @@ def test_without_a_prefect_server_a_killed_writer_frees_the_warehouse(tmp_path: 
         pytest.raises(BlockingIOError),  # this run holds it now
     ):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+HOLD_GATE = """
+import sys, time
+from pathlib import Path
+from regressor import pipeline
+from regressor.config import ResolvedPaths
+with pipeline.gate_lock(ResolvedPaths(var_dir=Path(sys.argv[1])), "textperf"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    print(f"released {time.time()}", flush=True)
+"""
+
+
+def test_a_run_reads_the_champion_and_gates_only_once_another_runs_gate_is_done(tmp_path: Path):
+    """Two runs on other data (a nightly one, an ad-hoc one) each read the champion, scored it
+    and gated later: one promoted past a champion it never faced. The second now waits for the
+    first's gate (held here by a child), then reads the champion and registers."""
+    import subprocess
+    import sys
+
+    app = tiny_app(tmp_path / "var")
+    paths, data = prepare(app)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GATE, str(paths.var_dir), "25"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        outcome = pipeline.train_and_register(app, paths, data)
+        released = float(holder.stdout.readline().split()[1])
+    finally:
+        holder.kill()
+        holder.wait()
+        mlflow.set_tracking_uri(None)
+    version = MlflowClient(paths.tracking_uri).get_model_version("textperf", outcome.version)
+    assert version.creation_timestamp / 1000 >= released  # registered and gated after it
