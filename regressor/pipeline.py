@@ -451,9 +451,7 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
     so two runs (a nightly and an ad-hoc one, on other data) gate one after the other, each
     against the champion the other left. It guards runs sharing this var dir; runs on several
     machines that share only a tracking server do not see it."""
-    paths.locks.mkdir(parents=True, exist_ok=True)
-    with (paths.locks / f"gate-{_variant_id(name)}.lock").open("a") as lock:
-        _take_lock(lock, True, f"gating a version of {name}")
+    with _held(paths, f"gate-{_variant_id(name)}.lock", f"gating a version of {name}"):
         yield
 
 
@@ -461,9 +459,7 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
 def writer_lock(paths: ResolvedPaths) -> Iterator[None]:
     """The warehouse's one writer, as an exclusive file lock in `var/locks/` (where no Prefect
     server keeps the queue): the OS frees it when its holder dies, however it dies."""
-    paths.locks.mkdir(parents=True, exist_ok=True)
-    with (paths.locks / "warehouse-writer.lock").open("a") as lock:
-        _take_lock(lock, True, "writing the warehouse")
+    with _held(paths, "warehouse-writer.lock", "writing the warehouse"):
         yield
 
 
@@ -473,9 +469,18 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     that run's version rather than registering the same adaptation twice, and the two gates
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
     removing it would race with a run about to lock it."""
+    with _held(paths, f"adapt-{_variant_id(variant)}.lock", f"adapting {variant}"):
+        yield
+
+
+@contextmanager
+def _held(paths: ResolvedPaths, name: str, doing: str) -> Iterator[None]:
+    """`var/locks/<name>` held exclusively, waiting (and saying so) while another run is
+    `doing` it; the OS frees it when its holder dies. The empty file stays: removing it would
+    race with a run about to lock it."""
     paths.locks.mkdir(parents=True, exist_ok=True)
-    with (paths.locks / f"adapt-{_variant_id(variant)}.lock").open("a") as lock:
-        _take_lock(lock, True, f"adapting {variant}")
+    with (paths.locks / name).open("a") as lock:
+        _take_lock(lock, True, doing)
         yield
 
 
