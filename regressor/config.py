@@ -54,6 +54,11 @@ class PathsConfig(Frozen):
         return ResolvedPaths(var_dir=var.resolve(), mlflow_server=server)
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether an MLflow URI names a tracking server (http or https), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 class ResolvedPaths(Frozen):
     var_dir: Path
     mlflow_server: str | None = None  # a team's tracking server; None: the local SQLite store

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regressor import pipeline, registry, report, retention
-from regressor.config import AppConfig, ResolvedPaths, SourceConfig
+from regressor.config import AppConfig, ResolvedPaths, SourceConfig, is_tracking_server
 from regressor.dataset import SPLITS
 from regressor.tracking import configure_mlflow
 
@@ -112,7 +112,7 @@ def gc_command(paths: ResolvedPaths) -> str:
     backend store's to delete logged models' weights: given only the latter, it fails with
     "Tracking URL is not set" unless MLFLOW_TRACKING_URI happens to be exported."""
     uri = paths.tracking_uri
-    if uri.startswith(("http://", "https://")):
+    if is_tracking_server(uri):
         return (
             f"`MLFLOW_TRACKING_URI={uri} mlflow gc --backend-store-uri DATABASE_URI`, where "
             "DATABASE_URI is the tracking server's backend store (its --backend-store-uri)"

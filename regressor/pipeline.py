@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -50,6 +49,7 @@ from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
 from regressor.environment import code_digest, launched_rank, numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
 from regressor.fleetsim import FleetSummary, generate_fleet, is_generated
+from regressor.locks import held, take_lock
 from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
@@ -390,7 +390,7 @@ def training_dir(paths: ResolvedPaths, key: str, wait: bool = True) -> Iterator[
     while True:
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / ".lock").open("a") as lock:
-            if not _take_lock(lock, wait, f"training the same snapshot in {directory}"):
+            if not take_lock(lock, wait, f"training the same snapshot in {directory}", logger):
                 with _private_dir(paths.checkpoints / f"train-{key}-{new_run_id()}") as private:
                     yield private
                 return
@@ -428,21 +428,8 @@ def _settle_private_dirs(checkpoints: Path, key: str) -> None:
             shutil.rmtree(private, ignore_errors=True)
             continue
         with lock:
-            _take_lock(lock, True, f"training the same snapshot in {private} (forced)")
+            take_lock(lock, True, f"training the same snapshot in {private} (forced)", logger)
             shutil.rmtree(private, ignore_errors=True)
-
-
-def _take_lock(lock: IO[str], wait: bool, doing: str) -> bool:
-    """Lock `lock` exclusively; False when another run holds it and `wait` is off."""
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        if not wait:
-            return False
-    logger.warning("another run is %s: waiting for it", doing)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return True
 
 
 @contextmanager
@@ -451,7 +438,7 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
     so two runs (a nightly and an ad-hoc one, on other data) gate one after the other, each
     against the champion the other left. It guards runs sharing this var dir; runs on several
     machines that share only a tracking server do not see it."""
-    with _held(paths, f"gate-{_variant_id(name)}.lock", f"gating a version of {name}"):
+    with held(paths.locks, f"gate-{_variant_id(name)}.lock", f"gating a version of {name}", logger):
         yield
 
 
@@ -459,7 +446,7 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
 def writer_lock(paths: ResolvedPaths) -> Iterator[None]:
     """The warehouse's one writer, as an exclusive file lock in `var/locks/` (where no Prefect
     server keeps the queue): the OS frees it when its holder dies, however it dies."""
-    with _held(paths, "warehouse-writer.lock", "writing the warehouse"):
+    with held(paths.locks, "warehouse-writer.lock", "writing the warehouse", logger):
         yield
 
 
@@ -469,18 +456,7 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     that run's version rather than registering the same adaptation twice, and the two gates
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
     removing it would race with a run about to lock it."""
-    with _held(paths, f"adapt-{_variant_id(variant)}.lock", f"adapting {variant}"):
-        yield
-
-
-@contextmanager
-def _held(paths: ResolvedPaths, name: str, doing: str) -> Iterator[None]:
-    """`var/locks/<name>` held exclusively, waiting (and saying so) while another run is
-    `doing` it; the OS frees it when its holder dies. The empty file stays: removing it would
-    race with a run about to lock it."""
-    paths.locks.mkdir(parents=True, exist_ok=True)
-    with (paths.locks / name).open("a") as lock:
-        _take_lock(lock, True, doing)
+    with held(paths.locks, f"adapt-{_variant_id(variant)}.lock", f"adapting {variant}", logger):
         yield
 
 

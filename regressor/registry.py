@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from regressor.config import AppConfig, PromotionRule, ResolvedPaths
+from regressor.config import AppConfig, PromotionRule, ResolvedPaths, is_tracking_server
 from regressor.descriptions import model_description, version_description
 from regressor.errors import UserError
 from regressor.pyfunc_model import DEFAULT_PARAMS, OUTPUT_COLUMNS
@@ -80,7 +80,7 @@ def require_reachable(uri: str, wait_s: float = 10.0) -> None:
     pointed at a server that is not there would hang that long and end in a traceback. This
     probe tries for `wait_s` only (a restarting server gets that long). Any HTTP answer, even
     an error status, or a TLS failure (MLflow has its own TLS settings), counts as reachable."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_tracking_server(uri):
         return
     deadline, delay = time.monotonic() + wait_s, 1.0
     while True:

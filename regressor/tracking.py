@@ -3,7 +3,7 @@ what a run was trained and scored on."""
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -14,8 +14,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from regressor.config import ResolvedPaths
+from regressor.config import ResolvedPaths, is_tracking_server
 from regressor.dataset import Examples
+from regressor.locks import held
+
+logger = logging.getLogger(__name__)
 
 # MLflow registers its local-file dataset source twice, then warns that a path is ambiguous.
 # Set once here: `warnings.catch_warnings` around each call is not thread-safe.
@@ -25,7 +28,7 @@ warnings.filterwarnings("ignore", message="The specified dataset source can be i
 def store_paths(store: str | None, default_dir: Path) -> ResolvedPaths:
     """The MLflow store a bench's `--store` names: a tracking server's URL, or a directory
     holding a local store (its `mlflow.db` and `mlartifacts/`); `default_dir`'s when None."""
-    if store and store.startswith(("http://", "https://")):
+    if store and is_tracking_server(store):
         return ResolvedPaths(var_dir=default_dir, mlflow_server=store)
     return ResolvedPaths(var_dir=Path(store or default_dir).resolve())
 
@@ -51,9 +54,7 @@ def _create_store(paths: ResolvedPaths) -> None:
     """Make the local store's schema under a file lock. MLflow's SQLite setup is not safe from
     two processes: two commands starting on a new var dir (a nightly run and an ad-hoc one)
     failed one of them ("table _alembic_tmp_params already exists", "duplicate column")."""
-    paths.locks.mkdir(parents=True, exist_ok=True)
-    with (paths.locks / "mlflow-store.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # freed by the OS if this process dies
+    with held(paths.locks, "mlflow-store.lock", "creating the MLflow store", logger):
         MlflowClient().search_experiments(max_results=1)  # the first use makes the schema
 
 
@@ -73,7 +74,7 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
         experiment_id = existing.experiment_id
     else:
         # A tracking server chooses (and with --serve-artifacts proxies) the artifact store.
-        server = paths.tracking_uri.startswith(("http://", "https://"))
+        server = is_tracking_server(paths.tracking_uri)
         location = None if server else (paths.mlflow_artifacts / experiment).as_uri()
         try:
             experiment_id = client.create_experiment(experiment, artifact_location=location)
