@@ -34,6 +34,9 @@ class IntervalScale:
     nominal: float  # the coverage the scale was fitted for, e.g. 0.8 for q10..q90
     n_fit: int
     by_task: dict[str, float] = field(default_factory=dict)  # Mondrian: one scale per task
+    # The narrowest half, relative to the median, that the fit and the bounds use (`floored`):
+    # the codec's resolution. 0 in scales fitted before it, whose zero halves stay zero.
+    min_half_rel: float = 0.0
 
     def row_scales(self, n: int, tasks: Sequence[str | None] | None = None) -> np.ndarray:
         """Each row's factor, float64 [n]: its task's scale when fitted, else the pooled one."""
@@ -51,8 +54,8 @@ class IntervalScale:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stretched (or shrunk) bounds, float64 [N] each: median -/+ scale * half."""
         median = np.asarray(median, dtype=float)
-        scale = self.row_scales(len(median), tasks)
-        return stretched(median, low, scale), stretched(median, high, scale)
+        scale, rel = self.row_scales(len(median), tasks), self.min_half_rel
+        return stretched(median, low, scale, -1, rel), stretched(median, high, scale, 1, rel)
 
     def apply_summary(
         self, summary: dict[str, np.ndarray], tasks: Sequence[str | None] | None = None
@@ -65,9 +68,14 @@ class IntervalScale:
         only when both were asked for: p5 could then lie inside a widened p10, and std changed
         with the quantiles requested.) Median, mean and the raw samples stay as sampled."""
         median = np.asarray(summary["median"], dtype=float)
-        scale = self.row_scales(len(median), tasks)
-        out = {k: stretched(median, v, scale) if is_quantile(k) else v for k, v in summary.items()}
+        scale, rel = self.row_scales(len(median), tasks), self.min_half_rel
+        out = {
+            k: stretched(median, v, scale, quantile_side(k), rel) if is_quantile(k) else v
+            for k, v in summary.items()
+        }
         std = np.asarray(summary["std"], dtype=float)
+        if rel > 0:  # a spread finer than the codec writes is the codec's resolution
+            std = np.fmax(std, np.abs(median) * rel)
         with np.errstate(over="ignore", invalid="ignore"):  # as `stretched`: 0 * inf is 0
             out["std"] = np.where(std == 0, std, std * scale)
         return out
@@ -84,22 +92,45 @@ def is_quantile(key: str) -> bool:
     return key.startswith("q") and key[1:].replace(".", "", 1).isdigit()
 
 
-def stretched(median: np.ndarray, value: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """`value` moved from `median` by `scale` times its distance, float64 [N]. A zero distance
-    stays zero (inf * 0 would be NaN); a huge scale may overflow to an infinite bound, which is
-    the honest interval of a model that knows nothing."""
+def quantile_side(key: str) -> int:
+    """-1 for a quantile key below the median (`q10`), 1 above it (`q90`), 0 for `q50`."""
+    return int(np.sign(float(key[1:]) - 50))
+
+
+def floored(half: np.ndarray, median: np.ndarray, min_half_rel: float) -> np.ndarray:
+    """Half-widths [N] no narrower than `min_half_rel` of the median's size (nor `_MIN_HALF`).
+    A sharp model draws one value on a side in most samples (q10 = median): a zero half there
+    gave that record a score of |truth - median| / 1e-300, and enough such records pushed the
+    fitted scale to ~1e300 while their own bounds stayed on the median."""
+    return np.fmax(half, np.fmax(np.abs(median) * min_half_rel, _MIN_HALF))
+
+
+def stretched(
+    median: np.ndarray, value: np.ndarray, scale: np.ndarray, side: int = 0, rel: float = 0.0
+) -> np.ndarray:
+    """`value` moved from `median` by `scale` times its distance, float64 [N]. With `rel` > 0,
+    the distance on `side` (-1 below, 1 above) is first `floored` as the fit floored it; else a
+    zero distance stays zero (inf * 0 would be NaN). A huge scale may overflow to an infinite
+    bound, which is the honest interval of a model that knows nothing."""
     distance = np.asarray(value, dtype=float) - median
+    if rel > 0 and side != 0:
+        distance = side * floored(side * distance, median, rel)
     with np.errstate(over="ignore", invalid="ignore"):
         return np.where(distance == 0, median, median + scale * distance)
 
 
 def conformity_scores(
-    y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray
+    y_true: np.ndarray,
+    median: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    min_half_rel: float = 0.0,
 ) -> np.ndarray:
-    """Per record: how many times its half-width (on the truth's side) the truth lies away, [N]."""
+    """Per record: how many times its half-width (on the truth's side, `floored`) the truth
+    lies away, [N]."""
     y, m = np.asarray(y_true, dtype=float), np.asarray(median, dtype=float)
-    below = np.maximum(m - np.asarray(low, dtype=float), _MIN_HALF)
-    above = np.maximum(np.asarray(high, dtype=float) - m, _MIN_HALF)
+    below = floored(m - np.asarray(low, dtype=float), m, min_half_rel)
+    above = floored(np.asarray(high, dtype=float) - m, m, min_half_rel)
     return np.where(y < m, (m - y) / below, (y - m) / above)
 
 
@@ -146,8 +177,10 @@ def fit_interval_scale(
     nominal: float = 0.8,
     tasks: Sequence[str] | None = None,
     min_task_records: int | None = None,
+    min_half_rel: float = 0.0,
 ) -> IntervalScale:
-    """The split-conformal scale from validation truths and their sampled median/low/high [N].
+    """The split-conformal scale from validation truths and their sampled median/low/high [N],
+    each half `floored` at `min_half_rel` of the median (the codec's resolution).
 
     With `tasks` and `min_task_records`, each task with at least that many finite records also
     gets its own scale (Mondrian conformal). Records with any non-finite value are left out (they
@@ -156,7 +189,7 @@ def fit_interval_scale(
     """
     arrays = [np.asarray(a, dtype=float) for a in (y_true, median, low, high)]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
-    scores = conformity_scores(*(a[ok] for a in arrays))
+    scores = conformity_scores(*(a[ok] for a in arrays), min_half_rel)
     if len(scores) == 0:
         raise ValueError("no finite validation records to calibrate on")
     pooled = _conformal_quantile(scores, nominal)
@@ -173,4 +206,5 @@ def fit_interval_scale(
         nominal=nominal,
         n_fit=len(scores),
         by_task=by_task,
+        min_half_rel=min_half_rel,
     )

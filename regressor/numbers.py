@@ -56,6 +56,9 @@ class NumberCodec:
         self.exponent_max = cfg.exponent_max
         self.num_objectives = cfg.num_objectives
         self.number_len = self.digits + 2  # tokens of one number
+        # Two numbers it writes differ by at least this fraction of their size: with 4 digits,
+        # 9.999 and 10.00 by 1e-4 of it, 1.000 and 1.001 by 1e-3.
+        self.resolution = 10.0**-self.digits
         self.exponent_first = cfg.exponent_first
         # emitted[i] = canonical[_emitted[i]], canonical = [sign, d1..dD, exponent]
         last = self.number_len - 1

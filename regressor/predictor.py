@@ -17,9 +17,10 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ CHECKED_FILES = (TOKENIZER_FILE, WEIGHTS_FILE)  # of a one-model bundle (`Predic
 MEMBER_SEED_STRIDE = 1_000_003
 # Sampling pads an input to a multiple of this many tokens, whatever its batch (`sampled_width`).
 PAD_STEP = 32
+BUNDLE_DIGEST = "bundle_sha256"  # bundle.json's own checksum (`bundle_digest`)
 
 
 class CorruptBundleError(ValueError):
@@ -56,6 +58,13 @@ class CorruptBundleError(ValueError):
 def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def bundle_digest(bundle: Mapping[str, Any]) -> str:
+    """sha256 of a bundle.json's content but this digest, as canonical JSON: the file cannot
+    name its own bytes' checksum, and a flipped digit of the conformal scale loaded unseen."""
+    content = {k: v for k, v in bundle.items() if k != BUNDLE_DIGEST}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def verify_bundle(directory: Path, checksums: dict[str, str]) -> None:
@@ -305,17 +314,34 @@ class Predictor:
             # Checked on load: a truncated or altered artifact fails loudly, never predicts.
             "checksums": {name: sha256_file(directory / name) for name in self.bundle_files()},
         }
+        bundle[BUNDLE_DIGEST] = bundle_digest(bundle)
         (directory / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2, sort_keys=True))
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> Predictor:
-        directory = Path(directory)
+        """The bundle saved in `directory`; a `CorruptBundleError` naming the file when any part
+        is missing, altered (checksums: bundle.json's own too, when saved with one) or does not
+        build a model."""
+        directory, path = Path(directory), Path(directory) / BUNDLE_FILE
         try:
-            bundle = json.loads((directory / BUNDLE_FILE).read_text())
+            bundle = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise CorruptBundleError(f"{directory / BUNDLE_FILE} is unreadable: {exc}") from exc
+            raise CorruptBundleError(f"{path} is unreadable: {exc}") from exc
+        if not isinstance(bundle, dict):
+            raise CorruptBundleError(f"{path} is not a bundle (not a JSON object)")
+        if BUNDLE_DIGEST in bundle and bundle[BUNDLE_DIGEST] != bundle_digest(bundle):
+            raise CorruptBundleError(f"{path} is corrupted (sha256 differs from the saved one)")
         verify_bundle(directory, bundle.get("checksums", {}))
+        try:
+            return cls._from_bundle(directory, bundle)
+        except CorruptBundleError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # valid JSON, bad content
+            raise CorruptBundleError(f"{path} does not build a model: {exc!r}") from exc
+
+    @classmethod
+    def _from_bundle(cls, directory: Path, bundle: dict[str, Any]) -> Predictor:
         ensemble_size = bundle.get("ensemble_size", 1)  # bundles saved before ensembles: one
         if not isinstance(ensemble_size, int) or ensemble_size < 1:
             raise CorruptBundleError(f"{directory / BUNDLE_FILE}: bad ensemble_size")
@@ -415,7 +441,7 @@ class Predictor:
         its own generator (`input_seed`): its samples do not depend on the rest of the call."""
         out = np.empty((len(ids), num_samples), dtype=np.float64)
         seeds = [input_seed(seed, row) for row in ids]
-        cap = max(self.model_config.max_input_tokens, *(len(row) for row in ids))
+        cap = max([self.model_config.max_input_tokens, *(len(row) for row in ids)])  # no rows too
         widths = [sampled_width(len(row), cap) for row in ids]
         model.eval()
         for chunk in width_batches(order, widths, batch_size):
@@ -476,7 +502,14 @@ class Predictor:
         raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9), scales=scales)
         try:
             scale = fit_interval_scale(
-                targets, raw["median"], raw["q10"], raw["q90"], 0.8, tasks, min_task_records
+                targets,
+                raw["median"],
+                raw["q10"],
+                raw["q90"],
+                0.8,
+                tasks,
+                min_task_records,
+                self.codec.resolution,
             )
         except ValueError:  # no finite prediction to learn from (an untrained model): raw bounds
             return float("nan")

@@ -65,6 +65,12 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
+def _given(value: Any) -> bool:
+    """Present and not blank: an empty `text` or `period` is a cell left empty, not content (an
+    empty `text` beside a row's fields was predicted from nothing)."""
+    return _present(value) and not (isinstance(value, str) and not value.strip())
+
+
 def json_kind(value: Any) -> str:
     """What a parsed JSON value is, in JSON's words."""
     if value is None:
@@ -105,7 +111,11 @@ def _mapping(value: Any, row: int, name: str) -> Mapping:
 
 
 def _record_of(row: dict, i: int) -> dict:
-    missing = [k for k in ("task", "config", "logs") if not _present(row.get(k))]
+    """The row's fields as the record training serialized (`dataset.record_from_row`): no
+    period is None, whose section the text leaves out. It was "", an empty section no record
+    of a period-less source (a table) trained with."""
+    missing = [k for k in ("config", "logs") if not _present(row.get(k))]  # "": not JSON
+    missing = ["task"] * (not _given(row.get("task"))) + missing
     if missing:
         raise InvalidInputError(
             f"row {i}: a record needs 'text' or the fields task, config, logs; missing {missing}",
@@ -113,20 +123,34 @@ def _record_of(row: dict, i: int) -> dict:
         )
     return {
         "task": str(row["task"]),
-        "period": str(row["period"]) if _present(row.get("period")) else "",
+        "period": str(row["period"]) if _given(row.get("period")) else None,
         "config": _mapping(row["config"], i, "config"),
         "logs": _mapping(row["logs"], i, "logs"),
     }
 
 
 def _text_of_row(row: dict, i: int, text_of: Callable[[dict], str]) -> str:
-    if _present(row.get("text")):
-        return str(row["text"])
+    text = row.get("text")
+    if _given(text):
+        if not isinstance(text, str):  # a JSON array, bytes: not predicted from their repr
+            raise InvalidInputError(f"row {i}: text must be a string, got {json_kind(text)}", i)
+        return _utf8(text, i)
     record = _record_of(row, i)
     try:
-        return text_of(record)
+        return _utf8(text_of(record), i)
     except RecursionError as exc:  # parsed, but too deep for the serializer's flattening
         raise InvalidInputError(f"row {i}: config or logs is nested too deeply", i) from exc
+
+
+def _utf8(text: str, i: int) -> str:
+    """`text`, refused when it holds a lone surrogate (a JSON `\\udcff` escape alone), which
+    no tokenizer reads: it failed deep in the tokenizer, with no row named."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        escape = f"\\u{ord(text[exc.start]):04x}"
+        raise InvalidInputError(f"row {i}: a lone surrogate {escape} in its text", i) from exc
+    return text
 
 
 def texts_of(frame: pd.DataFrame, text_of: Callable[[dict], str]) -> list[str]:

@@ -133,7 +133,7 @@ def input_example(record: Mapping) -> pd.DataFrame:
         [
             {
                 "task": record["task"],
-                "period": str(record["period"]),
+                "period": None if record["period"] is None else str(record["period"]),
                 "config": json.dumps(record["config"], sort_keys=True),
                 "logs": json.dumps(record["logs"], sort_keys=True),
             }

@@ -209,7 +209,8 @@ def test_a_variant_refits_its_interval_scale_on_the_gate_shots(half_trained):
     variant = _with_scale(half_trained, 7.0)
     said = recalibrate(variant, gate, EvalConfig(num_samples=8))
     raw = _with_scale(half_trained, None).predict_texts(gate.texts, 8, quantiles=(0.1, 0.5, 0.9))
-    expected = fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
+    quartiles = (raw["median"], raw["q10"], raw["q90"])
+    expected = fit_interval_scale(gate.targets, *quartiles, min_half_rel=variant.codec.resolution)
     assert expected.n_fit >= MIN_CALIBRATION_SHOTS  # the fixture's premise
     assert variant.interval_scale() == expected
     assert said == (
@@ -524,7 +525,9 @@ def test_an_adapted_variant_ships_the_scale_fitted_on_its_gate_shots(half_traine
     scale = shipped.interval_scale()
     as_tuned = _with_scale(shipped, None)
     raw = as_tuned.predict_texts(gate.texts, app.eval.num_samples, quantiles=(0.1, 0.5, 0.9))
-    assert scale == fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
+    quartiles = (raw["median"], raw["q10"], raw["q90"])
+    resolution = shipped.codec.resolution
+    assert scale == fit_interval_scale(gate.targets, *quartiles, min_half_rel=resolution)
     # The gate scored it before the refit: as fine-tuned, here with no scale (as its base).
     as_gated = pipeline.evaluate_model(as_tuned, gate, app.eval)[0]
     assert outcome.validation["adapted"] == pytest.approx(as_gated, nan_ok=True)
@@ -606,7 +609,8 @@ def test_a_refused_variant_leaves_its_task_a_zero_shot_fallback_with_its_own_int
     assert outcome.use_uri == "models:/textperf-cell-z@champion"
     assert not _changed(half_trained, fallback)  # the base's weights
     raw = half_trained.predict_texts(gate.texts, app.eval.num_samples, quantiles=(0.1, 0.5, 0.9))
-    scale = fit_interval_scale(gate.targets, raw["median"], raw["q10"], raw["q90"])
+    quartiles = (raw["median"], raw["q10"], raw["q90"])
+    scale = fit_interval_scale(gate.targets, *quartiles, min_half_rel=fallback.codec.resolution)
     assert fallback.interval_scale() == scale
     assert outcome.fallback.intervals == (
         f"a conformal scale of its own, {scale.scale:.4g}, fitted on {scale.n_fit} of its 12 "

@@ -114,6 +114,42 @@ def test_fitted_scale_covers_its_own_split(seed: int, nominal: float, n: int) ->
     assert isinstance(scale, IntervalScale)
 
 
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), sharp=st.floats(0.0, 0.6), n=st.integers(20, 300))
+def test_a_scale_fitted_with_sharp_halves_covers_its_own_split(
+    seed: int, sharp: float, n: int
+) -> None:
+    """A sharp model draws one value on a side in most samples (q10 = median). The fit floored
+    that zero half at 1e-300 while the bounds kept it at zero: the calibration split itself was
+    covered 74% at a nominal 80%, and records like it 0%. Both now floor it at the codec's
+    resolution."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(1.0, 100.0, n)
+    y = m * np.exp(0.1 * rng.standard_normal(n))
+    half = np.where(rng.uniform(size=n) < sharp, 0.0, m * rng.uniform(0.01, 0.2, n))
+    scale = fit_interval_scale(y, m, m - half, m + half, 0.8, min_half_rel=1e-4)
+    low, high = scale.apply(m, m - half, m + half)
+    assert np.mean((y >= low) & (y <= high)) >= 0.8
+
+
+def test_sharp_records_the_model_gets_right_leave_the_others_intervals_alone() -> None:
+    """Sharp and right within the codec's resolution (q10 = median = q90, the truth 0.5e-4
+    away): each such record scored 5e295 on the 1e-300 floor, so a third of them pushed the
+    scale, and every other record's interval and std, to ~1e300."""
+    y_val, val = synthetic(300, 1.0, seed=5)
+    sharp = np.arange(300) % 3 == 0
+    for key in ("q10", "q90"):
+        val[key] = np.where(sharp, val["median"], val[key])
+    y_val = np.where(sharp, val["median"] * (1 + 0.5e-4), y_val)
+    args = (y_val, val["median"], val["q10"], val["q90"])
+    assert fit_interval_scale(*args).scale > 1e100  # the old floor
+    scale = fit_interval_scale(*args, min_half_rel=1e-4)
+    assert 0.5 < scale.scale < 2
+    _y_test, test = synthetic(100, 1.0, seed=6)
+    out = scale.apply_summary(test)
+    assert np.all(out["std"] < 2 * test["std"])
+
+
 def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
     """`calibrate` fits on validation records, the scale survives save/load, and predictions
     stretch q10/q90 around the median by it (median, mean and samples unchanged)."""
@@ -133,11 +169,13 @@ def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
     scale = predictor.calibrate(texts[8:], targets, num_samples=16)
     # The scale that the held-out records' own targets call for (sampling is seeded: the same
     # draws as inside `calibrate`), so a calibration blind to the targets would differ.
-    fitted = fit_interval_scale(targets, held["median"], held["q10"], held["q90"], 0.8)
+    quartiles = (held["median"], held["q10"], held["q90"])
+    fitted = fit_interval_scale(targets, *quartiles, 0.8, min_half_rel=1e-4)  # 4 digits
     assert np.isfinite(scale)
     assert scale == fitted.scale
     loaded = Predictor.load(predictor.save(tmp_path / "bundle"))
     assert loaded.interval_scale().scale == scale
+    assert loaded.interval_scale().min_half_rel == 1e-4  # the codec's resolution, shipped
     calibrated = loaded.predict_texts(texts[:8], num_samples=16)
     np.testing.assert_array_equal(calibrated["samples"], raw["samples"])
     np.testing.assert_array_equal(calibrated["median"], raw["median"])

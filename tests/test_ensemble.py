@@ -28,6 +28,7 @@ from regressor.ensemble import (
 )
 from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.predictor import (
+    BUNDLE_DIGEST,
     BUNDLE_FILE,
     CorruptBundleError,
     Predictor,
@@ -118,11 +119,30 @@ def test_a_corrupted_member_fails_the_load(members, tmp_path: Path) -> None:
         Predictor.load(bundle)
 
 
+def test_an_altered_bundle_json_fails_the_load_naming_it(members, tmp_path: Path) -> None:
+    """bundle.json was the one file no checksum covered: one changed digit of the conformal
+    scale loaded without a word and moved every served interval. Content that parses but
+    builds no model (a key gone) was a KeyError, a traceback through `textperf predict`."""
+    bundle = members[0].save(tmp_path / "bundle")
+    path = bundle / BUNDLE_FILE
+    saved = json.loads(path.read_text())
+    altered = {**saved, "metadata": {**saved["metadata"], "note": "edited"}}
+    path.write_text(json.dumps(altered))
+    with pytest.raises(CorruptBundleError, match=r"bundle\.json is corrupted"):
+        Predictor.load(bundle)
+    incomplete = {k: v for k, v in saved.items() if k not in ("model_config", BUNDLE_DIGEST)}
+    path.write_text(json.dumps(incomplete))
+    with pytest.raises(CorruptBundleError, match=r"bundle\.json does not build a model: KeyError"):
+        Predictor.load(bundle)
+    path.write_text(json.dumps(saved, indent=4))  # other whitespace, same content: loads
+    assert Predictor.load(bundle).ensemble_size == 1
+
+
 def test_a_bundle_saved_before_ensembles_still_loads(members, tmp_path: Path) -> None:
     """The old layout: no `ensemble_size` (nor `relative_to`), one `weights.pt`."""
     bundle = members[0].save(tmp_path / "old")
     meta = json.loads((bundle / BUNDLE_FILE).read_text())
-    for key in ("ensemble_size", "relative_to"):
+    for key in ("ensemble_size", "relative_to", BUNDLE_DIGEST):
         del meta[key]
     assert set(meta["checksums"]) == {"tokenizer.json", "weights.pt"}
     (bundle / BUNDLE_FILE).write_text(json.dumps(meta))

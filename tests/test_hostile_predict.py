@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from regressor import cli, registry
 from regressor.config import ResolvedPaths
+from regressor.pyfunc_model import OUTPUT_COLUMNS
 from regressor.tracking import configure_mlflow
 
 GOOD_ROW = {
@@ -77,6 +78,12 @@ def refused(model: PyFuncModel, frame: pd.DataFrame, params: dict | None = None)
         ("logs", '"hello"', "logs must be a JSON object .* got a string"),
         ("logs", DEEP, "logs is nested too deeply"),
         ("config", None, r"missing \['config'\]"),
+        ("task", " ", r"missing \['task'\]"),
+        # valid JSON, but no UTF-8 holds it: it failed in the tokenizer, with no row named
+        ("config", '{"note": "x\\udcff"}', r"a lone surrogate \\udcff in its text"),
+        # predicted from their Python repr before, with a 200
+        ("text", ["a", "b"], "text must be a string, got an array"),
+        ("text", b"<task>", "text must be a string, got bytes"),
     ],
 )
 def test_a_bad_row_fails_the_call_naming_the_row_and_reason(
@@ -89,6 +96,37 @@ def test_a_bad_row_fails_the_call_naming_the_row_and_reason(
     message = refused(model, frame, FAST)
     assert message.startswith("row 1: "), message
     assert pd.Series([message]).str.contains(reason).all(), message
+
+
+def test_a_record_without_a_period_is_served_the_text_it_trained_on(model: PyFuncModel):
+    """A period-less source (a table) trains on texts without a period section
+    (`dataset.record_from_row`). Served, a missing period was "", an empty section: every
+    such record was predicted from a text no record had trained with."""
+    from regressor.dataset import record_from_row
+    from regressor.pyfunc_model import texts_of
+
+    predictor = model.unwrap_python_model().predictor
+    stored = {
+        "task": RECORD["task"],
+        "period": None,
+        "config_json": json.dumps(RECORD["config"]),
+        "logs_json": json.dumps(RECORD["logs"]),
+    }
+    trained = predictor.text_of(record_from_row(stored))
+    fields = {k: v for k, v in GOOD_ROW.items() if k != "period"}
+    rows = [fields, {**fields, "period": None}, {**fields, "period": ""}]
+    assert texts_of(pd.DataFrame(rows), predictor.text_of) == [trained] * 3
+    assert "<period>" not in trained
+
+
+def test_an_empty_text_is_no_text_and_no_rows_are_no_predictions(model: PyFuncModel):
+    """An empty `text` beside the fields was predicted from nothing; a request with columns
+    and no rows (an empty batch) raised TypeError, a 500 through the server."""
+    fields = model.predict(pd.DataFrame([GOOD_ROW]), params=FAST)
+    blank = model.predict(pd.DataFrame([{**GOOD_ROW, "text": ""}]), params=FAST)
+    pd.testing.assert_frame_equal(blank, fields)
+    empty = model.predict(pd.DataFrame(columns=list(GOOD_ROW)), params=FAST)
+    assert (len(empty), tuple(empty.columns)) == (0, OUTPUT_COLUMNS)
 
 
 def test_the_scoring_server_answers_400_with_the_row_and_reason(model: PyFuncModel):
