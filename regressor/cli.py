@@ -86,7 +86,7 @@ def _state(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, Resolv
     return cfg, registry.state_paths(cfg)
 
 
-def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, str]:
+def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, ResolvedPaths]:
     """`_state`, then point MLflow at the store (`_use_tracking`) once it is there
     (`registry.require_store`): MLflow's client would spend about four minutes retrying a
     server that is not there, per call, and would make a missing local store. Call under
@@ -95,7 +95,8 @@ def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, 
 
     cfg, paths = _state(config, var_dir)
     registry.require_store(paths)
-    return cfg, _use_tracking(paths)
+    _use_tracking(paths)
+    return cfg, paths
 
 
 @contextmanager
@@ -143,13 +144,16 @@ def retrain(
     from flows.retrain import retrain
     from regressor import pipeline, registry
     from regressor.config import load_source_config
+    from regressor.warehouse import WarehouseLockedError
 
     with _user_errors():  # checked before Prefect starts: a clear line, not a failed run
         cfg = load_app_config(config, var_dir, model=model, train=train)
         paths = registry.state_paths(cfg)
         pipeline.generates_fleet(paths, load_source_config(cfg.source), generate_fleet)
         registry.require_reachable(paths.tracking_uri)
-    with _user_errors():  # the flow fails on one with its message (`flows.common.failing_cleanly`)
+    # The flow fails on a user error with its message (`flows.common.failing_cleanly`), and on a
+    # warehouse held too long by another process once its retries are spent.
+    with _user_errors(WarehouseLockedError):
         try:
             text = retrain(
                 config=config,
@@ -195,8 +199,11 @@ def ingest(
     from regressor import pipeline
     from regressor.config import load_source_config
     from regressor.sources.forget import SourceFolderMissingError
+    from regressor.warehouse import WarehouseLockedError
 
-    with _user_errors(SourceFolderMissingError):  # nothing was forgotten: say so in one line
+    # A missing folder: nothing was forgotten; say so in one line. So too a warehouse held by
+    # another process for longer than the wait.
+    with _user_errors(SourceFolderMissingError, WarehouseLockedError):
         cfg, paths = _state(config, var_dir)
         result = pipeline.ingest(
             paths, load_source_config(source or cfg.source), pipeline.new_run_id(), forget_gone
@@ -437,7 +444,7 @@ def predict(
     params = _predict_params(num_samples, temperature, quantile, samples)
     rows = [_read_record(path) for path in records]
     with _user_errors():  # a var dir that is a file, a tracking server that does not answer
-        _, store = _registry_at(config, var_dir)
+        store = _registry_at(config, var_dir)[1].tracking_uri
     uri = _model_uri(model)
     _require_registered(uri, store)
     pinned, note = _pinned(uri)
@@ -583,7 +590,7 @@ def models_list(
     from regressor import descriptions, registry
 
     with _user_errors():
-        _, uri = _registry_at(config, var_dir)
+        uri = _registry_at(config, var_dir)[1].tracking_uri
     with _registry_errors(uri):
         rows = registry.list_versions(name)
     if not rows and name is not None:
@@ -627,9 +634,9 @@ def models_prune(
     from regressor import jobs
 
     with _user_errors():
-        cfg, uri = _registry_at(config, var_dir)
-    with _registry_errors(uri):
-        typer.echo(jobs.prune(cfg, cfg.paths.resolve(), keep, dry_run))
+        cfg, paths = _registry_at(config, var_dir)
+    with _registry_errors(paths.tracking_uri):
+        typer.echo(jobs.prune(cfg, paths, keep, dry_run))
 
 
 @models_app.command("show")
@@ -661,16 +668,18 @@ def models_promote(
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
-    """Point an alias (default champion) at a version by hand, bypassing the gate; logged."""
-    from regressor import registry
+    """Point an alias (default champion) at a version by hand, bypassing the gate; logged.
+    It waits for a run gating or adapting this model on this var dir, so the run's gate, which
+    read the champion before, cannot move the alias back past this promotion."""
+    from regressor import pipeline, registry
 
     if alias.isdigit():  # `models:/NAME/2` is version 2, so an alias `2` could not be asked for
         raise typer.BadParameter(
             f"alias {alias!r} is a number: name it, e.g. champion", param_hint="--alias"
         )
     with _user_errors():
-        _, uri = _registry_at(config, var_dir)
-    with _registry_errors(uri):
+        _, paths = _registry_at(config, var_dir)
+    with _registry_errors(paths.tracking_uri), pipeline.alias_locks(paths, name):
         registry.existing_version(name, version)  # names what is missing, MLflow's words do not
         decision = registry.promote(name, version, alias, reason)
     typer.echo(f"{name}/{version} is now @{alias} (was {decision['previous']})")

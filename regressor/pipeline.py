@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
@@ -52,7 +51,7 @@ from regressor.fleetsim import FleetSummary, generate_fleet, is_generated
 from regressor.locks import held, take_lock
 from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
-from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source
+from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source, require_source
 from regressor.sources.fleet import IngestReport
 from regressor.sources.fleet import source_root as fleet_root
 from regressor.tracking import configure_mlflow, log_splits
@@ -108,6 +107,7 @@ def ingest(
 ) -> IngestReport:
     """Any adapter's source into the warehouse (`regressor.sources.dispatch`); `forget_gone`
     first drops the rows of its files that are gone for good (`regressor.sources.forget`)."""
+    require_source(source, paths.raw_dir)  # before the warehouse is made: nothing to put in it
     with Warehouse(paths.warehouse, memory_limit=INGEST_MEMORY_LIMIT) as wh:
         return ingest_source(wh, source, paths.raw_dir, run_id, forget=forget_gone)
 
@@ -256,11 +256,8 @@ def log_figures(
         ),
         f"plots/{prefix}_calibration.png": calibration(y_true, summary["samples"], title),
     }
-    for path, figure in figures.items():
+    for path, figure in figures.items():  # not pyplot's: nothing to close (`plots._figure`)
         mlflow.log_figure(figure, path)
-        # pyplot keeps every figure alive until closed: a long-lived `serve` process would leak
-        # two figures per nightly run (bench/soak.py).
-        plt.close(figure)
 
 
 def score_registered(uri: str, examples: Examples, cfg: EvalConfig) -> dict[str, float]:
@@ -460,6 +457,15 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def alias_locks(paths: ResolvedPaths, name: str) -> Iterator[None]:
+    """The locks under which runs move `name`'s aliases: a base model's gate lock, or a
+    variant's adaptation lock (held for the whole adaptation). Each is taken, as only one
+    applies to a name; the adaptation lock first, the order every run takes them in."""
+    with adaptation_lock(paths, name), gate_lock(paths, name):
+        yield
+
+
 def _variant_id(variant: str) -> str:
     """Any task's variant name as a safe file name."""
     return hashlib.sha256(variant.encode()).hexdigest()[:16]
@@ -469,12 +475,26 @@ def adaptation_checkpoints(paths: ResolvedPaths, variant: str, run_id: str) -> P
     """`checkpoints/adapt-<variant>-<run>`, for one adaptation's fits; never resumed.
 
     The caller holds the variant's `adaptation_lock`, so the directories of the variant's other
-    adaptations are those of runs killed mid-fit (a run removes its own when it ends): they go.
+    adaptations are those of runs killed (each run removes its own as it ends,
+    `adaptation_dir`): they go, and a killed run still reading RUNNING is marked KILLED.
     """
     prefix = f"adapt-{_variant_id(variant)}-"
     for stale in paths.checkpoints.glob(f"{prefix}*"):
+        _mark_killed(stale.name.removeprefix(prefix))
         shutil.rmtree(stale, ignore_errors=True)
     return paths.checkpoints / f"{prefix}{run_id}"
+
+
+@contextmanager
+def adaptation_dir(paths: ResolvedPaths, variant: str, run_id: str) -> Iterator[Path]:
+    """`adaptation_checkpoints`, there for as long as the run adapts, registers and gates: left
+    behind, it names a killed run to the next adaptation of the variant."""
+    directory = adaptation_checkpoints(paths, variant, run_id)
+    directory.mkdir(parents=True)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_once_check() -> None:
@@ -1142,7 +1162,10 @@ def _adapt_and_register(
     shots, tuning, gate_shots = task_shots(app, data)
     target = data.splits["adapt_test"]
     run_name = f"adapt-{task}-{app.adapt.method}-{data.data_hash[:8]}"
-    with mlflow.start_run(run_name=run_name) as run:
+    with (
+        mlflow.start_run(run_name=run_name) as run,
+        adaptation_dir(paths, variant, run.info.run_id) as ckpt,
+    ):
         mlflow.log_params(
             {
                 "base_model": base_uri,
@@ -1155,7 +1178,6 @@ def _adapt_and_register(
         )
         splits = {"fine_tuning": tuning, "gate": gate_shots, "test": target}
         log_splits(splits, data.source, paths.warehouse, data.data_hash)
-        ckpt = adaptation_checkpoints(paths, variant, run.info.run_id)
         fits = _fit_variant(base, tuning, app, paths.tracking_uri, run.info.run_id, ckpt)
         adapted, fitted, scratch, scratch_fit = fits
         validation, intervals, scores = _score_variant(
@@ -1386,7 +1408,8 @@ def _fit_variant(
     finally:
         # Named by this run, so never resumed: once the models are in memory, keep nothing
         # (every nightly adaptation once left its checkpoints here, growing without bound).
-        shutil.rmtree(ckpt, ignore_errors=True)
+        for fit_dir in (ckpt / "adapted", ckpt / "scratch"):
+            shutil.rmtree(fit_dir, ignore_errors=True)
     mlflow.log_metrics(_fit_metrics(fitted, "adapt"))
     if scratch_fit is not None:
         mlflow.log_metrics(_fit_metrics(scratch_fit, "scratch"))

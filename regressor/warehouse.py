@@ -21,15 +21,25 @@ import duckdb
 import polars as pl
 
 from regressor.config import PROJECT_ROOT
+from regressor.errors import UserError
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATION_NAME = re.compile(r"^(\d{4})_[\w\-]+\.sql$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+# How long opening waits for another process's lock: a writer's ingest batch takes seconds.
+LOCK_TIMEOUT_S = 120.0
 
 
 class WarehouseLockedError(TimeoutError):
-    """Another process kept the warehouse file locked for longer than the timeout."""
+    """Another process kept the warehouse file locked for longer than the timeout. Not a
+    `UserError`: trying again (a Prefect task's retry) can help."""
+
+
+class WarehouseUnreadableError(UserError):
+    """The warehouse file is there but DuckDB cannot read it (truncated, not a DuckDB file, no
+    permission), at the connect or at a later query; the message names the file, DuckDB's
+    reason and the way out."""
 
 
 @dataclass(frozen=True)
@@ -51,16 +61,29 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
-                raise
+                raise unreadable(path, exc) from exc
             if time.monotonic() + delay > deadline:
                 raise WarehouseLockedError(
-                    f"warehouse {path} still locked after {timeout_s:g} s"
+                    f"warehouse {path} still locked after {timeout_s:g} s: another process has "
+                    "it open (a DuckDB shell, a notebook); close it, or run again later"
                 ) from exc
             if not warned:
                 print(f"warehouse {path} is locked by another writer; waiting...", file=sys.stderr)
                 warned = True
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _names_damage(exc: duckdb.IOException, path: Path) -> bool:
+    """Whether DuckDB failed on reading `path` itself, not on its lock."""
+    return str(path) in str(exc) and "lock" not in str(exc).lower()
+
+
+def unreadable(path: Path, exc: duckdb.Error) -> WarehouseUnreadableError:
+    return WarehouseUnreadableError(
+        f"warehouse {path} cannot be read: {exc}. If the file is damaged, move it aside and "
+        "ingest again: the warehouse is rebuilt from the source files"
+    )
 
 
 class NoRecordsTableError(LookupError):
@@ -96,7 +119,7 @@ class Warehouse:
         self,
         path: Path,
         read_only: bool = False,
-        lock_timeout_s: float = 120.0,
+        lock_timeout_s: float | None = None,  # None: LOCK_TIMEOUT_S
         sql_dir: Path = SQL_DIR,
         memory_limit: str | None = None,
     ) -> None:
@@ -105,7 +128,8 @@ class Warehouse:
         self.sql_dir = sql_dir
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect_with_retry(self.path, read_only, lock_timeout_s)
+        timeout_s = LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s
+        self.con = connect_with_retry(self.path, read_only, timeout_s)
         if memory_limit is not None:
             # DuckDB's buffer pool otherwise keeps written blocks cached up to 80% of RAM, so a
             # long ingest's RSS would grow with the data; past the limit it evicts (or spills).
@@ -123,6 +147,10 @@ class Warehouse:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+        # DuckDB reads blocks as it needs them, so a damaged file can pass the connect and fail
+        # any later query: named here, as one line, for every block that uses the warehouse.
+        if isinstance(exc, duckdb.IOException) and _names_damage(exc, self.path):
+            raise unreadable(self.path, exc) from exc
 
     def close(self) -> None:
         self.con.close()

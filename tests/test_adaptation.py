@@ -336,9 +336,12 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
     try:
         paths, data = _registered_base(base, tmp_path)
         shots = _shots(24)
-        # What adaptations killed mid-fit left: this variant's, and another variant's.
-        mine = pipeline.adaptation_checkpoints(paths, "textperf-cell-z", "killed") / "adapted"
-        other = pipeline.adaptation_checkpoints(paths, "textperf-cell-y", "killed") / "adapted"
+        # What adaptations killed mid-fit left: this variant's, and another variant's; each
+        # names its run, which still reads RUNNING.
+        experiment = mlflow.get_experiment_by_name("adapt-test").experiment_id
+        killed = [MlflowClient().create_run(experiment).info.run_id for _ in range(2)]
+        mine = pipeline.adaptation_checkpoints(paths, "textperf-cell-z", killed[0]) / "adapted"
+        other = pipeline.adaptation_checkpoints(paths, "textperf-cell-y", killed[1]) / "adapted"
         for left in (mine, other):
             left.mkdir(parents=True)
             (left / "last.ckpt").write_bytes(b"weights of a killed adaptation")
@@ -354,8 +357,11 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         model_text = MlflowClient().get_registered_model("textperf-cell-z").description
         adapt_run = MlflowClient().get_run(described.run_id)
         inputs = adapt_run.inputs.dataset_inputs
+        statuses = [MlflowClient().get_run(run_id).info.status for run_id in killed]
     finally:
         mlflow.set_tracking_uri(None)
+    assert statuses == ["KILLED", "RUNNING"]  # the other variant's run may be alive
+    assert adapt_run.info.status == "FINISHED"
     assert tags["base_model"] == "models:/textperf/1"
     assert (tags["n_shots"], tags["method"]) == ("12", "lora")
     assert adapt_run.info.run_name == "adapt-cell-z-lora-hash-1"  # task, method, snapshot

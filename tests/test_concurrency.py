@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from conftest_data import register_tiny_version
 from mlflow import MlflowClient
 from test_reliability_registry import register_champion
 from test_reliability_training import child_env, local_paths, prepare, start_child, tiny_app
@@ -186,32 +187,97 @@ import sys, time
 from pathlib import Path
 from regressor import pipeline
 from regressor.config import ResolvedPaths
-with pipeline.gate_lock(ResolvedPaths(var_dir=Path(sys.argv[1])), "textperf"):
+lock = getattr(pipeline, sys.argv[3] if len(sys.argv) > 3 else "gate_lock")
+name = sys.argv[4] if len(sys.argv) > 4 else "textperf"
+with lock(ResolvedPaths(var_dir=Path(sys.argv[1])), name):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
     print(f"released {time.time()}", flush=True)
 """
 
 
-def test_a_run_reads_the_champion_and_gates_only_once_another_runs_gate_is_done(tmp_path: Path):
-    """Two runs on other data (a nightly one, an ad-hoc one) each read the champion, scored it
-    and gated later: one promoted past a champion it never faced. The second now waits for the
-    first's gate (held here by a child), then reads the champion and registers."""
+def hold_lock(var: Path, seconds: float, lock: str = "gate_lock", name: str = "textperf"):
+    """A child process holding `pipeline.<lock>(name)` for `seconds` once it prints "held";
+    it then prints "released <time>"."""
     import subprocess
     import sys
 
-    app = tiny_app(tmp_path / "var")
-    paths, data = prepare(app)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_GATE, str(paths.var_dir), "25"],
+        [sys.executable, "-c", HOLD_GATE, str(var), str(seconds), lock, name],
         stdout=subprocess.PIPE,
         text=True,
         env=child_env(),
     )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _released_at(holder) -> float:
+    return float(holder.stdout.readline().split()[1])
+
+
+@pytest.mark.parametrize(
+    ("lock", "name"), [("gate_lock", "textperf"), ("adaptation_lock", "textperf-cell-x")]
+)
+def test_moving_aliases_by_hand_waits_for_the_run_that_moves_them(
+    tmp_path: Path, lock: str, name: str
+):
+    """A base model's gate and a variant's whole adaptation move its aliases under a lock;
+    `alias_locks` waits for either, so a gate that read the champion cannot undo a promotion
+    made by hand in between."""
+    import time
+
+    paths = ResolvedPaths(var_dir=tmp_path)
+    holder = hold_lock(paths.var_dir, 6, lock, name)
     try:
-        assert holder.stdout.readline().strip() == "held"
+        with pipeline.alias_locks(paths, name):
+            entered = time.time()
+        assert entered >= _released_at(holder)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_models_promote_waits_for_a_gate_in_progress(tmp_path: Path):
+    """`textperf models promote` during a run's gate takes the alias after that gate, not
+    before it (when the gate, which read the old champion, would move it back)."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from regressor import cli
+
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    configure_mlflow(paths, "textperf")
+    try:
+        register_champion(tmp_path, "a")
+        second = register_tiny_version(tmp_path, "b").version
+        holder = hold_lock(paths.var_dir, 6)
+        args = ["models", "promote", "textperf", str(second), "--var-dir", str(paths.var_dir)]
+        result = CliRunner().invoke(cli.app, args)
+        promoted = time.time()
+        released = _released_at(holder)
+    finally:
+        holder.kill()
+        holder.wait()
+        mlflow.set_tracking_uri(None)
+    assert result.exit_code == 0, result.output
+    assert promoted >= released
+    champion = MlflowClient(paths.tracking_uri).get_model_version_by_alias("textperf", "champion")
+    assert str(champion.version) == str(second)
+
+
+def test_a_run_reads_the_champion_and_gates_only_once_another_runs_gate_is_done(tmp_path: Path):
+    """Two runs on other data (a nightly one, an ad-hoc one) each read the champion, scored it
+    and gated later: one promoted past a champion it never faced. The second now waits for the
+    first's gate (held here by a child), then reads the champion and registers."""
+
+    app = tiny_app(tmp_path / "var")
+    paths, data = prepare(app)
+    holder = hold_lock(paths.var_dir, 25)
+    try:
         outcome = pipeline.train_and_register(app, paths, data)
-        released = float(holder.stdout.readline().split()[1])
+        released = _released_at(holder)
     finally:
         holder.kill()
         holder.wait()

@@ -303,3 +303,8 @@ def test_the_cli_says_in_one_line_that_a_missing_source_folder_forgot_nothing(
         assert "not mounted?); nothing was read and the stored rows stay" in done.output
         assert "written by `textperf retrain`" in done.output
     assert stored(var / "warehouse.duckdb") == before
+    # A var dir with no warehouse yet gets none (an empty one was made before the check).
+    fresh = tmp_path / "fresh-var"
+    done = cli.invoke(app, ["ingest", "--var-dir", str(fresh)])
+    assert done.exit_code == 1, done.output
+    assert not (fresh / "warehouse.duckdb").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from regressor.plots import MAX_BARS, PLOT_BOUND, predicted_vs_actual
+from regressor.plots import MAX_BARS, PLOT_BOUND, calibration, predicted_vs_actual
 
 
 def test_predicted_vs_actual_draws_absurd_draws_at_the_bound_instead_of_failing() -> None:
@@ -53,3 +53,38 @@ def test_many_records_are_points_coloured_by_coverage_instead_of_overlapping_bar
     assert labels[0].endswith(f" of {len(y) - 3})")
     assert "3 more without a finite prediction" in labels
     plt.close(fig)
+
+
+def test_the_calibration_curve_leaves_out_records_with_no_finite_draw() -> None:
+    """A record none of whose draws decoded has NaN quantiles, and `y <= NaN` counted it as a
+    truth above every level: a calibrated model's curve sank with its failed records."""
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=300)
+    samples = rng.normal(size=(300, 64))  # calibrated by construction
+    alone = calibration(y, samples, "scored").axes[0].lines[0].get_ydata()
+    samples_with_failures = np.vstack([samples, np.full((150, 64), np.nan)])
+    with_failed = calibration(np.concatenate([y, np.ones(150)]), samples_with_failures, "half")
+    ax = with_failed.axes[0]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), alone)
+    assert "150 more without a finite draw" in [line.get_label() for line in ax.lines]
+
+
+def test_few_records_name_those_without_a_finite_prediction_too() -> None:
+    """The error-bar figure (every adaptation's test split) dropped NaN medians unsaid."""
+    y = np.arange(1.0, 31.0)
+    median = y.copy()
+    median[:10] = np.nan
+    fig = predicted_vs_actual(y, median, median - 1, median + 1, "thirty")
+    assert "10 more without a finite prediction" in [line.get_label() for line in fig.axes[0].lines]
+
+
+def test_a_title_is_plain_text_and_figures_are_not_kept_by_pyplot() -> None:
+    """A task named with two `$` was read as mathtext and failed the figure, and with it the
+    adaptation logging it; every figure pyplot tracked stayed alive when logging failed."""
+    before = plt.get_fignums()
+    y = np.array([1.0, 2.0, 3.0])
+    title = "price_$USD_per_$ (3 records)"
+    for fig in (predicted_vs_actual(y, y, y, y, title), calibration(y, y[:, None], title)):
+        fig.savefig("/dev/null", format="png")
+        assert fig.axes[0].get_title() == title
+    assert plt.get_fignums() == before

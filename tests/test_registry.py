@@ -199,7 +199,8 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert listed.exit_code == 0, listed.output
     assert "textperf" in listed.output
     assert f"v{v1.version} @champion" in listed.output
-    promoted = runner.invoke(cli.app, ["models", "promote", "textperf", str(v2.version)])
+    promote = ["models", "promote", "textperf", str(v2.version), "--var-dir", str(tmp_path)]
+    promoted = runner.invoke(cli.app, promote)  # its locks under the store's var dir
     assert promoted.exit_code == 0, promoted.output
     shown = runner.invoke(cli.app, ["models", "show", "textperf@champion"])
     assert shown.exit_code == 0, shown.output

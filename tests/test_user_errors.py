@@ -378,3 +378,30 @@ def test_ingest_names_each_quarantined_file_once(tmp_path: Path):
     assert done.exit_code == 0, done.output
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("  quarantined")]
     assert line.count("cell-zz.yaml") == 1, line  # "quarantined P: P: reason" before
+
+
+def test_a_damaged_warehouse_is_named_with_the_way_out(tmp_path: Path):
+    """A warehouse cut short (a disk that filled, a copy stopped half-way) is one line naming
+    the file, DuckDB's reason and what to do, not DuckDB's traceback."""
+    config, var = _ingested(tmp_path, TINY_APP)
+    warehouse = var / "warehouse.duckdb"
+    warehouse.write_bytes(warehouse.read_bytes()[: warehouse.stat().st_size // 3])
+    result = invoke("ingest", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, f"warehouse {warehouse} cannot be read", "ingest again")
+
+
+def test_a_warehouse_another_process_keeps_open_is_named_in_one_line(tmp_path: Path, monkeypatch):
+    """A DuckDB shell left open on the warehouse: the ingest waits, then says who to close."""
+    from test_warehouse import hold_lock
+
+    from regressor import warehouse
+
+    config, var = _ingested(tmp_path, TINY_APP)
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 1.0)  # not two minutes
+    holder = hold_lock(var / "warehouse.duckdb", 60)
+    try:
+        result = invoke("ingest", "-c", config, "--var-dir", var)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_clear_failure(result, "still locked after 1 s", "a DuckDB shell")

@@ -27,9 +27,7 @@ def ingest_source(
 ) -> IngestReport:
     """Ingest `source` into `wh`; with `forget`, first drop the rows of its files that are gone
     for good (`regressor.sources.forget`), so the adapter then reads what depended on them."""
-    root = root_of(source, raw_dir)
-    demo = " (the demo fleet's files are written by `textperf retrain`)"
-    require_source_folder(source.name, root, demo if isinstance(source, FleetSourceConfig) else "")
+    root = require_source(source, raw_dir)
     if not forget:
         return adapter_ingest(wh, source, raw_dir, run_id)
     wh.migrate()
@@ -39,6 +37,16 @@ def ingest_source(
     return report.model_copy(
         update={"files_forgotten": gone, "records_added": report.records - before}
     )
+
+
+def require_source(source: SourceConfig, raw_dir: Path) -> Path:
+    """The source's folder; a `SourceFolderMissingError` when it is not there, empty or cannot
+    be listed (`require_source_folder`). Callers check it before they open the warehouse too,
+    which would otherwise be made, empty, under a misspelt `--var-dir` or `root`."""
+    root = root_of(source, raw_dir)
+    demo = " (the demo fleet's files are written by `textperf retrain`)"
+    require_source_folder(source.name, root, demo if isinstance(source, FleetSourceConfig) else "")
+    return root
 
 
 def root_of(source: SourceConfig, raw_dir: Path) -> Path:
