@@ -105,6 +105,12 @@ BAD_CONFIG_VALUES = {
         "cell: cell-zz\nlast_reboot: 2026-02-30\n",
         ("line 2", "not valid YAML: cannot read '2026-02-30': day is out of range for month"),
     ),
+    # The reason was PyYAML's context alone ("while scanning a simple key"), not the problem.
+    "YAML key without its colon": (
+        "cell-zz.yaml",
+        "cell: cell-zz\nhosts: 4\nrack a\nzone: 1\n",
+        ("line 4", "not valid YAML: could not find expected ':' (while scanning a simple key)"),
+    ),
     "YAML integer of 5000 digits": (
         "cell-zz.yaml",
         "cell: cell-zz\nhosts: " + "9" * 5000 + "\n",
@@ -114,6 +120,11 @@ BAD_CONFIG_VALUES = {
         "cell-zz.json",
         '{"cell": "cell-zz", "hosts": ' + "9" * 5000 + "}",
         ("file", "absurd value: an integer of 5000 digits"),
+    ),
+    "JSON lone surrogate key": (
+        "cell-zz.json",
+        '{"cell": "cell-zz", "x\\udfff": 1}',
+        ("file", "a lone surrogate escape \\udfff in a string: not text"),
     ),
     "JSON nested 100,000 deep": (
         "cell-zz.json",
@@ -319,6 +330,19 @@ def test_a_targets_header_with_bad_bytes_is_named_as_such(fleet: Fleet, encode) 
     assert balanced(report)
     assert stored == []
     reason = "header: not valid UTF-8"
+    assert_only_quarantined(rows, fleet, {"targets.csv": ("line 1", reason)})
+
+
+def test_a_targets_header_naming_a_column_twice_is_refused(fleet: Fleet) -> None:
+    """`cell,day,efficiency,efficiency` took the first copy without a word; the table adapter
+    refuses repeated names already."""
+    targets = fleet.root / "targets.csv"
+    header, *rows = targets.read_text().splitlines(keepends=True)
+    targets.write_text(header.rstrip("\n") + ",efficiency\n" + "".join(rows))
+    report, stored, rows = fleet.ingest("wh.duckdb", "run-1")
+    assert balanced(report)
+    assert stored == []
+    reason = "column(s) ['efficiency'] named twice"
     assert_only_quarantined(rows, fleet, {"targets.csv": ("line 1", reason)})
 
 

@@ -114,6 +114,13 @@ REFUSED = {  # case -> (report file, text, reason fragment, line of the quaranti
         "nested too deeply",
         None,
     ),
+    # valid JSON in valid UTF-8, but no UTF-8 holds it: it stopped the whole source, each run
+    "lone_surrogate": (
+        "report.json",
+        '{"app": "m", "runtime": 1, "note": "x\\ud800y"}',
+        "a lone surrogate escape \\ud800 in a string",
+        None,
+    ),
     "unhashable_yaml_key": ("report.yaml", "app: m\nruntime: 1\n? [a, b]\n: 1\n", "unhashable", 3),
     # stored as its Python text ("{'name': 'm'}") before: a task is a name
     "mapping_task": ("report.json", '{"app": {"name": "m"}, "runtime": 1}', "is a dict", None),
@@ -362,9 +369,10 @@ def test_a_log_the_batch_summary_chokes_on_is_quarantined_alone(tmp_path: Path) 
 
 def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_path: Path) -> None:
     """A run folder whose name is not UTF-8, one without report or log, one that is a symlink out
-    of the root, a report that is a symlink out of it or a directory, a log that is a FIFO: each
-    is refused unread, counted, and in the quarantine table with its reason (replaced, not
-    repeated, by the next ingest); the good runs are all ingested."""
+    of the root, a report that is a symlink out of it or a directory, a log that is a FIFO, a
+    file or a dangling symlink where a run folder belongs: each is refused unread, counted, and
+    in the quarantine table with its reason (replaced, not repeated, by the next ingest); the
+    good runs are all ingested."""
     root = tmp_path / "runs"
     good_runs(root)
     outside = tmp_path / "outside"
@@ -377,7 +385,17 @@ def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_pat
     (root / "dir_report" / "report.json").mkdir(parents=True)
     put(root, "fifo_log", "report.json", '{"app": "f", "runtime": 4}')
     os.mkfifo(root / "fifo_log" / "log.csv")
+    # Matches of `run_glob` that are no folder were passed over, neither ingested nor refused.
+    (root / "notes.txt").write_text("a stray file")
+    (root / "gone").symlink_to(tmp_path / "nowhere")
+    (root / "loop").symlink_to(root / "loop")
+    put(root, "two", "report.json", '{"app": "two", "runtime": 10}')
+    put(root, "two", "report.yaml", "app: two\nruntime: 99\n")  # ignored unsaid before
     bad = {
+        "two/report.yaml": "a second report: report.json is the one read",
+        "notes.txt": "a file where a run folder is expected",
+        "gone": "a symlink to nothing",
+        "loop": "a symlink to nothing (dangling, or a loop)",
         "caf\\xe9": "name is not valid UTF-8",
         "empty": "a run folder without report or log",
         "linked": "resolves outside the source folder",
@@ -391,6 +409,7 @@ def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_pat
             assert_accounted(report, wh, bad)
             assert report.files_quarantined == len(bad)
         assert records(wh)["fifo_log"]["target"] == 4.0  # its report is fine
+        assert records(wh)["two"]["target"] == 10.0
         assert "TOP-SECRET" not in str(wh.query("records")["config_json"].to_list())
 
 
@@ -558,3 +577,21 @@ def test_the_snapshot_hash_names_each_records_task_and_period(tmp_path: Path) ->
             ingest_runs(wh, source(root, **when), f"run-{len(hashes) + 1}")
             hashes.append(wh.content_hash("runs"))
     assert len(set(hashes)) == 3
+
+
+def test_a_run_left_without_a_reference_is_said_not_silently_dropped(tmp_path: Path) -> None:
+    """A run whose workload's only reference run has a truncated log (or that no reference run
+    ran) was stored with every file `ok` and got no record, and nothing said so."""
+    root = tmp_path / "runs"
+    put_pair_runs(root, {"ref_sort_1": 30, "big_sort_1": 10, "ref_scan_1": 5, "big_scan_1": 8})
+    put(root, "ref_scan_1", "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7")  # cut short
+    put_pair_runs(root, {"big_join_1": 4})  # no reference run of `join` at all
+    wh, report = ingest(tmp_path, root, reference=REFERENCE)
+    with wh:
+        assert sorted(records(wh)) == ["big_sort_1"]
+    said = {Path(file).relative_to(root).parts[0]: reason for file, reason in report.quarantined}
+    assert said.keys() == {"ref_scan_1", "big_scan_1", "big_join_1"}
+    assert "truncated" in said["ref_scan_1"]  # the log itself, quarantined
+    for run, job in (("big_scan_1", "scan"), ("big_join_1", "join")):
+        expected = f"no vm=ref run with a usable log for job='{job}' to pair with"
+        assert expected in said[run], said[run]

@@ -360,3 +360,57 @@ def test_integers_beyond_int64_stay_exact_as_text(tmp_path: Path) -> None:
     assert json_number("1733400000123456789") == 1733400000123456789
     assert json_number("1" * 5000) == "1" * 5000  # not parsed: past Python's int() digit limit
     assert json_number(" 2.5 ") == 2.5
+
+
+def test_braces_in_a_file_name_or_target_column_are_text_not_slots(tmp_path: Path) -> None:
+    """Keys and reasons were built with `pl.format`, whose template read a `{}` in a file name
+    or a column name as a slot: every good row of `run{}.csv` was quarantined with the file."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "run{}.csv").write_text("x,y{}\n1,1.5\n2,oops\n")
+    (root / "job{1}.csv").write_text("x,y{}\n3,2.5\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, target_columns=["y{}"], task="bench"))
+        assert (report.files_ingested, report.files_quarantined) == (2, 0)
+        assert sorted(records(wh)) == ["t/bench/job{1}.csv:2", "t/bench/run{}.csv:2"]
+        reason = f"{root / 'run{}.csv'}: non-numeric target y{{}} 'oops'"
+        assert quarantine(wh) == [("run{}.csv", "line 3", reason)]
+
+
+def test_a_csv_with_a_header_and_no_rows_is_quarantined_like_an_empty_parquet(
+    tmp_path: Path,
+) -> None:
+    """A header-only CSV (an export cut before its first row) counted as ingested with no
+    record and nothing said, while an empty Parquet file was quarantined."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "good.csv").write_text("x,y\n1,2.0\n")
+    (root / "header.csv").write_text("x,y\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        report = ingest(wh, source(root, task="bench"))
+        assert (report.files_ingested, report.files_quarantined) == (1, 1)
+        assert sorted(records(wh)) == ["t/bench/good.csv:2"]
+        (row,) = quarantine(wh)
+        assert row[0] == "header.csv"
+        assert "empty file (a header, no rows)" in row[2]
+
+
+@pytest.mark.parametrize("runtime", ["0", "-0", "1e-400", "0.0"])
+def test_the_shipped_c3o_source_refuses_a_runtime_of_zero(tmp_path: Path, runtime: str) -> None:
+    """Its bounds were [0, 1e7], inclusive: a runtime of 0 (and 1e-400, read as 0.0) was a
+    record. Two real rows of grep.tsv, the second given `runtime`."""
+    from regressor.config import load_source_config
+
+    (tmp_path / "data").mkdir()
+    header = "instance_count\tmachine_type\tslots\tmemory\tdata_size_MB\tline_length\tlines"
+    rows = "\t".join(["2", "c4.2xlarge", "16", "30000", "15150", "100", "150000000", "0.5"])
+    (tmp_path / "data" / "grep.tsv").write_text(
+        f"{header}\tp_occurrence\tgross_runtime\n{rows}\t150\n{rows}\t{runtime}\n"
+    )
+    c3o = load_source_config("c3o").model_copy(update={"root": tmp_path})
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, c3o)
+        assert [target for target, _ in records(wh).values()] == [150.0]
+        ((_, location, reason),) = quarantine(wh)
+        assert location == "line 3"
+        assert "absurd target gross_runtime" in reason

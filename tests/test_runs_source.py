@@ -141,7 +141,10 @@ def test_good_runs_and_records_land_and_bad_files_are_quarantined(lab):
     assert reasons.keys() == {str(root / f) for f in BAD}
     for file, fragment in BAD.items():
         assert fragment in reasons[str(root / file)], file
-    assert len(rep.quarantined) == len(BAD)
+    # The report also names the run stored without a record, and why.
+    said = dict(rep.quarantined)
+    assert "no vm=ref run with a usable log" in said[str(root / "big/scan_1/report.json")]
+    assert len(rep.quarantined) == len(BAD) + 1
 
 
 def test_a_record_holds_the_reference_log_never_its_own(lab):

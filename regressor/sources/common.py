@@ -387,6 +387,13 @@ def typed_columns(frame: pl.DataFrame, columns: Sequence[str]) -> list[list[Any]
     return out
 
 
+def message(*parts: str | pl.Expr) -> pl.Expr:
+    """Text joined from literal pieces and column values (null if a value is). Not `pl.format`:
+    its template reads a `{}` in a file or column name as a slot, and a file named `run{1}.csv`
+    was quarantined whole."""
+    return pl.concat_str([p if isinstance(p, pl.Expr) else pl.lit(p) for p in parts])
+
+
 def target_problem(raw: pl.Expr, name: str, lo: float, hi: float) -> tuple[pl.Expr, pl.Expr]:
     """(target as Float64, a reason when it is missing, non-numeric or absurd, else null)."""
     text = raw.cast(pl.String).str.strip_chars()
@@ -395,8 +402,8 @@ def target_problem(raw: pl.Expr, name: str, lo: float, hi: float) -> tuple[pl.Ex
         pl.when(text.is_null() | (text == ""))
         .then(pl.lit(f"missing target {name}"))
         .when(value.is_null())
-        .then(pl.format(f"non-numeric target {name} '{{}}'", text.str.slice(0, 40)))
+        .then(message(f"non-numeric target {name} '", text.str.slice(0, 40), "'"))
         .when(~value.is_finite() | (value < lo) | (value > hi))
-        .then(pl.format(f"absurd target {name} {{}} (allowed {lo:g}..{hi:g})", text))
+        .then(message(f"absurd target {name} ", text, f" (allowed {lo:g}..{hi:g})"))
     )
     return value, problem

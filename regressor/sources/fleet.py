@@ -45,6 +45,7 @@ from regressor.sources.common import (
     each_or_problem,
     forget_files,
     known_files,
+    message,
     rules_hash,
     safe_files,
     sha256,
@@ -402,6 +403,11 @@ def read_targets_frame(
     missing = [c for c in wanted if c not in header]
     if missing:
         raise BadInputError(f"missing column(s) {missing}; header is {header}", f"line {number}")
+    repeated = [c for c in wanted if header.count(c) > 1]
+    if repeated:  # which copy holds the value? (the first was taken, unsaid; tables refuse it)
+        raise BadInputError(
+            f"column(s) {repeated} named twice; header is {header}", f"line {number}"
+        )
     index = {c: header.index(c) for c in wanted}
     columns: dict[str, list[str | None]] = {c: [] for c in wanted}
     numbers = []
@@ -434,16 +440,16 @@ def validate_targets(frame: pl.DataFrame, source: FleetSourceConfig) -> pl.DataF
         .then(pl.lit(f"missing {source.task_column}"))
         .when(period.is_null())
         .then(
-            pl.format(
-                f"bad {source.period_column} '{{}}' (want YYYY-MM-DD)", raw_period.fill_null("")
+            message(
+                f"bad {source.period_column} '", raw_period.fill_null(""), "' (want YYYY-MM-DD)"
             )
         )
         .when(raw_target.is_null() | (raw_target == ""))
         .then(pl.lit(f"missing {source.target_column}"))
         .when(target.is_null())
-        .then(pl.format(f"non-numeric {source.target_column} '{{}}'", raw_target))
+        .then(message(f"non-numeric {source.target_column} '", raw_target, "'"))
         .when(~target.is_finite() | (target < lo) | (target > hi))
-        .then(pl.format(f"absurd {source.target_column} {{}} (allowed {lo:g}..{hi:g})", raw_target))
+        .then(message(f"absurd {source.target_column} ", raw_target, f" (allowed {lo:g}..{hi:g})"))
     )
     return frame.select(
         raw_task.alias("task"),

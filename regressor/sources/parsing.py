@@ -79,7 +79,16 @@ def parse_yaml(text: str, loader: type = UniqueKeyLoader) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "file"
-        raise BadInputError(f"not valid YAML: {str(exc).splitlines()[0]}", where) from exc
+        raise BadInputError(f"not valid YAML: {yaml_problem(exc)}", where) from exc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem, then its context: the first line of its message is the context alone
+    ("while scanning a simple key"), without what was wrong ("could not find expected ':'")."""
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    if not problem:
+        return str(exc).splitlines()[0]
+    return f"{problem} ({context})" if context else problem
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -132,16 +141,30 @@ def plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            text = key if isinstance(key, str) else key_text(key)
+            text = utf8_text(key) if isinstance(key, str) else key_text(key)
             if text in out:
                 raise BadInputError(f"duplicate key {text!r} (keys are compared as text)")
             out[text] = plain(item, depth + 1)
         return out
     if isinstance(value, list):
         return [plain(item, depth + 1) for item in value]
-    if value is None or isinstance(value, str | int | float):
+    if isinstance(value, str):
+        return utf8_text(value)
+    if value is None or isinstance(value, int | float):
         return value
     return str(value)
+
+
+def utf8_text(text: str) -> str:
+    """`text`, refused when it holds a lone surrogate: JSON's `"\ud800"` escape decodes to one,
+    valid JSON in valid UTF-8, but no UTF-8 can store it, so the whole batch (a polars frame,
+    a DuckDB insert) failed on it, the source's good files with it, on every ingest."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        escape = f"\\u{ord(text[exc.start]):04x}"
+        raise BadInputError(f"a lone surrogate escape {escape} in a string: not text") from exc
+    return text
 
 
 def key_text(key: Any) -> str:

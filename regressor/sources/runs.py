@@ -248,10 +248,16 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
     """Run folders under `root`. What cannot be read safely is refused unread, counted and
     quarantined (`tally.refuse`): a folder whose name is not UTF-8, that resolves outside `root`
     or cannot be listed; a report or log that is a symlink out of `root`, a directory or a FIFO;
-    a folder with neither report nor log; a folder on the way that glob cannot list."""
+    a folder with neither report nor log; a folder on the way that glob cannot list; a match
+    that is no folder (a file, a dangling symlink), which was passed over unsaid."""
     for folder, problem in unlistable_folders(root, [source.run_glob]).items():
         tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
-    for folder in sorted(p for p in root.glob(source.run_glob) if maybe_dir(p)):
+    for folder in sorted(root.glob(source.run_glob)):
+        if not maybe_dir(folder):
+            tally.refuse(
+                shown_path(folder.relative_to(root)), shown_path(folder), no_folder(folder)
+            )
+            continue
         try:
             run = folder_run(root, folder, source, tally)
         except OSError as exc:  # a folder that cannot be listed or searched
@@ -260,6 +266,13 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
             continue
         if run is not None:
             yield run
+
+
+def no_folder(path: Path) -> str:
+    """Why a `run_glob` match that is no directory is refused."""
+    if path.is_symlink() and not path.exists():
+        return "a symlink to nothing (dangling, or a loop) where a run folder is expected"
+    return "a file where a run folder is expected (`run_glob` matches it)"
 
 
 def maybe_dir(path: Path) -> bool:
@@ -283,9 +296,12 @@ def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally)
     refused = False
     for kind, name in [("report", n) for n in source.report_files] + [("log", source.log_file)]:
         path = folder / name
-        if kind in found or not (path.is_symlink() or path.exists()):
+        if not (path.is_symlink() or path.exists()):
             continue
-        if problem := unreadable_reason(root, path):
+        if kind in found:  # the fleet adapter refuses a second config or log alike
+            problem = f"a second {kind}: {found[kind].name} is the one read"
+            tally.refuse(shown_path(path.relative_to(root)), str(path), problem)
+        elif problem := unreadable_reason(root, path):
             tally.refuse(shown_path(path.relative_to(root)), str(path), problem)
             refused = True
         else:
@@ -510,9 +526,11 @@ def match_key(fields: dict[str, Any], match: Sequence[str]) -> tuple[Any, ...]:
 def build_records(
     runs: pl.DataFrame, source: RunsSourceConfig, run_id: str
 ) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
-    """The source's records, and (record path, reason) for each left out for want of a baseline."""
+    """The source's records, and (record path, reason) for each left out: for want of a
+    reference run to pair with, or of a baseline."""
     rows = [r | {"fields": json.loads(r["fields_json"])} for r in runs.iter_rows(named=True)]
     ref = source.reference
+    unpaired: list[tuple[str, str]] = []
     if ref is None:
         out = [record(r, None, source, run_id) for r in rows]
     else:
@@ -525,9 +543,21 @@ def build_records(
             if is_reference(r["fields"], source):
                 continue  # a reference run has no reference of its own
             key = match_key(r["fields"], ref.match)
-            out += paired_records(r, groups.get(key, []), ref, source, run_id)
+            paired = paired_records(r, groups.get(key, []), ref, source, run_id)
+            if not paired:  # stored, but no record: said, not silently dropped
+                unpaired.append((r["path"], no_reference(r["fields"], ref)))
+            out += paired
     kept, skipped = with_baselines(out, source.target_relative_to)
-    return pl.DataFrame(kept, schema=RECORD_SCHEMA), skipped
+    return pl.DataFrame(kept, schema=RECORD_SCHEMA), unpaired + skipped
+
+
+def no_reference(fields: dict[str, Any], ref: ReferenceConfig) -> str:
+    """Why a run has no record: no reference run of its workload with a usable log."""
+    workload = ", ".join(f"{m}={fields.get(m)!r}" for m in ref.match)
+    return (
+        f"no {ref.field}={ref.value} run with a usable log for {workload} to pair with; "
+        "the record is left out"
+    )
 
 
 def with_baselines(

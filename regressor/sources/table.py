@@ -33,6 +33,7 @@ from regressor.sources.common import (
     file_hash,
     file_row,
     known_files,
+    message,
     quarantine_row,
     replace_files,
     rules_hash,
@@ -334,7 +335,7 @@ def block_records(
     key = (
         pl.concat_str([key_part(pl.col(cell(c)).fill_null("")) for c in cols.keys], separator=",")
         if cols.keys
-        else pl.format(f"{ctx['rel']}:{{}}", pl.col("line"))
+        else message(f"{ctx['rel']}:", pl.col("line").cast(pl.String))
     )
     checked = block.frame.with_columns(
         value.alias("target"), problem.alias("problem"), task.alias("task"), key.alias("key")
@@ -460,13 +461,17 @@ def load_file(
     """Stream one file's blocks into `row_records` (inside the caller's transaction)."""
     state = FileState()
     cols: Columns | None = None
+    lines = 0  # data lines read, good or bad
     for block in blocks(path, source, state):
         cols = cols or resolve_columns(state.header, source)
         state.problems += block.problems
+        lines += block.frame.height + len(block.problems)
         rows = block_records(wh, block, cols, source, ctx, state)
         state.rows += wh.insert_frame("row_records", rows)
-    if cols is None:
-        cols = resolve_columns(state.header, source)  # a header without rows still gets checked
+    if lines == 0:
+        resolve_columns(state.header, source)  # a header naming the wrong columns: that first
+        # As an empty Parquet file is: ingested, it said nothing of the records it never had.
+        raise BadInputError("empty file (a header, no rows)")
     return state
 
 
