@@ -29,10 +29,12 @@ def model_description(name: str, tags: Mapping[str, str], champion_alias: str) -
             f"`models:/{base_name}@{champion_alias}` is the model for `{task}`."
         )
     return (
-        f"Predicts {what} (its task, period, config and log summary, serialized to text) by "
-        "text-to-text regression: the median of sampled decodes, with a conformal 10-90% "
-        f"interval.\n\nPredict: `textperf predict --model models:/{name}@{champion_alias} "
-        "RECORD.json` (`textperf record TASK` writes a stored record as that JSON). "
+        f"Predicts {what} (its task, config and, where the source has them, period and log "
+        "summary, serialized to text) by text-to-text regression: the median of sampled "
+        "decodes, with their 10-90% interval (rescaled by split conformal prediction unless "
+        "`eval.conformal` is off).\n\nPredict: "
+        f"`textperf predict --model models:/{name}@{champion_alias} RECORD.json` "
+        "(`textperf record TASK` writes a stored record as that JSON). "
         f"`@{champion_alias}` is the version to use; `textperf models list` shows each "
         "version's scores and gate verdict."
     )

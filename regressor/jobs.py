@@ -95,9 +95,9 @@ def prune(
     configure_mlflow(paths, app.registry.experiment)
     doomed = retention.prune(app.registry.model_name, keep, dry_run)
     verb = "Would delete" if dry_run else "Deleted"
-    rows = "\n".join(f"- `{v.name}/{v.version}`" for v in doomed) or "- nothing"
+    rows = "\n".join(f"- {report.code(f'{v.name}/{v.version}')}" for v in doomed) or "- nothing"
     text = (
-        f"# textperf retention of `{app.registry.model_name}`\n\n"
+        f"# textperf retention of {report.code(app.registry.model_name)}\n\n"
         f"{verb} {len(doomed)} versions (kept the newest {keep} of each model, every version "
         f"holding an alias, and the bases of kept variants; a zero-shot fallback counts, and "
         f"goes, with the refused version it stands in for):\n\n{rows}\n"
@@ -122,31 +122,32 @@ def gc_command(paths: ResolvedPaths) -> str:
 
 def run_link(tracking_uri: str, run_id: str) -> str:
     """A clickable run link on a tracking server; the bare id for a local store."""
-    if tracking_uri.startswith("http"):
+    if is_tracking_server(tracking_uri):
         return f"[{run_id}]({tracking_uri.rstrip('/')}/#/runs/{run_id})"
-    return f"`{run_id}`"
+    return report.code(run_id)
 
 
 def render_evaluate(outcome: EvaluateOutcome) -> str:
     model = outcome.model
     links = report.bullet_list(
         {
-            "model": f"`{model.uri}` = `{model.version_uri}`",
+            "model": f"{report.code(model.uri)} = {report.code(model.version_uri)}",
             "training run": run_link(outcome.tracking_uri, model.run_id),
-            "data": f"`{outcome.source}` / `{outcome.split}`: {outcome.n_records} records",
+            "data": f"{report.code(outcome.source)} / {report.code(outcome.split)}: "
+            f"{outcome.n_records} records",
         }
     )
     table = report.metrics_table({model.version_uri: outcome.metrics})
-    return f"# textperf evaluation of `{model.uri}`\n\n{links}\n\n{table}\n"
+    return f"# textperf evaluation of {report.code(model.uri)}\n\n{links}\n\n{table}\n"
 
 
 def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
     links = report.bullet_list(
         {
-            "base": f"`{outcome.base_uri}`",
-            "adapted": f"`{outcome.uri}`",
-            "task": f"`{outcome.task}` ({report.shots_used(outcome)})",
-            "tracking": f"`{tracking_uri}`",
+            "base": report.code(outcome.base_uri),
+            "adapted": report.code(outcome.uri),
+            "task": f"{report.code(outcome.task)} ({report.shots_used(outcome)})",
+            "tracking": report.code(tracking_uri),
         }
     )
     table = report.metrics_table(report.adaptation_scores(outcome, "zero-shot", "from scratch"))
@@ -154,6 +155,5 @@ def render_adapt(outcome: pipeline.AdaptOutcome, tracking_uri: str) -> str:
         table += f"\n\n{notes}"
     gate = report.adaptation_gate(outcome)
     lineage = report.adaptation_lineage(outcome)
-    return (
-        f"# textperf adaptation to `{outcome.task}`\n\n{links}\n\n{table}\n\n{lineage}\n\n{gate}\n"
-    )
+    title = f"# textperf adaptation to {report.code(outcome.task)}"
+    return f"{title}\n\n{links}\n\n{table}\n\n{lineage}\n\n{gate}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 METRICS = (
@@ -28,6 +29,24 @@ HEADERS = {
 }
 
 
+def code(text: object) -> str:
+    """`text` as inline code, whatever it holds: a fence of one more backtick than its longest
+    run, on one line. A task, file or model name comes from data or configs: put in between
+    single backticks, a backtick in it ended the span, and what followed rendered as markdown
+    (`**bold**`, raw HTML) in the console, the Prefect artifact and MLflow."""
+    one_line = " ".join(str(text).splitlines()) or " "
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", one_line)), default=0))
+    pad = " " if one_line.startswith("`") or one_line.endswith("`") else ""
+    return f"{fence}{pad}{one_line}{pad}{fence}"
+
+
+def plain(text: object) -> str:
+    """Free text (a reason, an error) on one line, HTML and table bars inert: a newline in it
+    started a heading, a `<script>` passed through raw, a `|` split a table cell."""
+    one_line = " ".join(str(text).splitlines())
+    return one_line.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+
+
 def _cell(value: float | None, metric: str = "") -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -44,7 +63,7 @@ def metrics_table(
     lines = [header, rule]
     for name, values in rows.items():
         cells = " | ".join(_cell(values.get(m), m) for m in shown)
-        lines.append(f"| {name} | {cells} |")
+        lines.append(f"| {plain(name)} | {cells} |")
     return "\n".join(lines)
 
 
@@ -87,10 +106,17 @@ def ingest_summary(ingested) -> str:
             "records in source": ingested.records,
         }
     )
-    quarantined = "\n".join(f"- `{file}`: {reason}" for file, reason in ingested.quarantined[:50])
-    forgotten = "\n".join(f"- `{path}`" for path in ingested.files_forgotten[:50])
-    unmatched = "\n".join(
-        f"- `{task}`: {n} rows" for task, n in list(ingested.unmatched_targets.items())[:50]
+    quarantined = _listed(
+        [
+            f"- {code(file)}: {plain(reason.removeprefix(f'{file}: '))}"  # named once, not twice
+            for file, reason in ingested.quarantined
+        ],
+        "the warehouse's `quarantine` table holds them all",
+    )
+    forgotten = _listed([f"- {code(path)}" for path in ingested.files_forgotten], "")
+    unmatched = _listed(
+        [f"- {code(task)}: {n} rows" for task, n in ingested.unmatched_targets.items()],
+        "`sql/queries/unmatched_targets.sql` lists them all",
     )
     return (
         lines
@@ -105,8 +131,20 @@ def ingest_summary(ingested) -> str:
     )
 
 
+# Lines a list of the report shows; the rest are counted.
+MAX_LISTED = 50
+
+
+def _listed(lines: list[str], where: str) -> str:
+    """The first `MAX_LISTED` lines, then how many more and `where` to find them: the list
+    stopped at 50 without a word, and `textperf ingest` sends readers here for the rest."""
+    more = len(lines) - MAX_LISTED
+    tail = [f"- ... and {more} more" + (f" ({where})" if where else "")] if more > 0 else []
+    return "\n".join(lines[:MAX_LISTED] + tail)
+
+
 def render_ingest(ingested) -> str:
-    return f"# textperf ingest of `{ingested.source}`\n\n{ingest_summary(ingested)}\n"
+    return f"# textperf ingest of {code(ingested.source)}\n\n{ingest_summary(ingested)}\n"
 
 
 def adaptation_scores(
@@ -164,8 +202,8 @@ def adaptation_gate(outcome) -> str:
                     "adapted": outcome.validation["adapted"],
                 }
             ),
-            f"{verdict}: {outcome.reason}. Predict `{outcome.task}` with `{outcome.use_uri}`"
-            f"{fallback_served(outcome)}.",
+            f"{verdict}: {plain(outcome.reason)}. Predict {code(outcome.task)} with "
+            f"{code(outcome.use_uri)}{fallback_served(outcome)}.",
         ]
     )
 
@@ -184,17 +222,17 @@ def adaptation_lineage(outcome) -> str:
     """Which variant, from which base; for a reused one (`pipeline.AdaptOutcome.reused`), that
     nothing was adapted now and the scores are the earlier run's."""
     if not outcome.reused:
-        text = f"Registered `{outcome.uri}` from `{outcome.base_uri}`."
+        text = f"Registered {code(outcome.uri)} from {code(outcome.base_uri)}."
     else:
         text = (
-            f"`{outcome.uri}`, **not adapted again**: it was adapted from `{outcome.base_uri}` on "
-            "this data snapshot with these configs, and the scores and gate are its run's; "
-            "`textperf adapt --force` adapts again."
+            f"{code(outcome.uri)}, **not adapted again**: it was adapted from "
+            f"{code(outcome.base_uri)} on this data snapshot with these configs, and the scores "
+            "and gate are its run's; `textperf adapt --force` adapts again."
         )
     if outcome.base_trained_on_task:
         text += (
-            f" **The base trained on `{outcome.task}`'s records** before its test days (it held "
-            "out another task), so its zero-shot scores on the shots, which the gate compares "
+            f" **The base trained on {code(outcome.task)}'s records** before its test days (it "
+            "held out another task), so its zero-shot scores on the shots, which the gate compares "
             "with, are in-sample; its test scores are not."
         )
     return text
@@ -205,7 +243,7 @@ def training_summary(trained) -> dict[str, str]:
     fit = trained.fit
     on = f" on {fit.processes} processes" if fit.processes > 1 else ""
     model = (
-        f"`{trained.uri}` ({trained.n_parameters:,} parameters, "
+        f"{code(trained.uri)} ({trained.n_parameters:,} parameters, "
         f"{fit.steps} steps in {fit.seconds:.0f} s{on})"
     )
     decision = f"{'promoted' if trained.promoted else 'kept'}: {trained.reason}"
@@ -221,17 +259,28 @@ def training_summary(trained) -> dict[str, str]:
     }
 
 
-def _store_flag(paths) -> str:
-    """` --var-dir DIR` when the run's store is a SQLite one outside the default var dir: the
-    predict command copied from the report must read the store the model went to."""
+def predict_command(paths, model_uri: str) -> str:
+    """The predict command to copy, reading the store the model went to: one the config or
+    the environment named by `MLFLOW_TRACKING_URI` (a tracking server named by the config was
+    left out, and the command then read the local store), a SQLite one outside the default var
+    dir by `--var-dir`."""
     from regressor.config import PathsConfig
 
-    local = paths.mlflow_server is None
-    return (
-        f" --var-dir {paths.var_dir}"
-        if local and paths.var_dir != PathsConfig().resolve().var_dir
-        else ""
-    )
+    command = f"textperf predict --model {model_uri}"
+    if paths.mlflow_server is not None:
+        return f"MLFLOW_TRACKING_URI={paths.tracking_uri} {command} RECORD.json"
+    if paths.var_dir != PathsConfig().resolve().var_dir:
+        return f"{command} --var-dir {paths.var_dir} RECORD.json"
+    return f"{command} RECORD.json"
+
+
+def ui_line(paths) -> str:
+    """Where to browse the runs: a tracking server is its own UI."""
+    from regressor.config import is_tracking_server
+
+    if is_tracking_server(paths.tracking_uri):
+        return paths.tracking_uri
+    return code(f"mlflow ui --backend-store-uri {paths.tracking_uri}")
 
 
 def render_retrain(
@@ -241,7 +290,7 @@ def render_retrain(
     due adaptations that could not be made, `pipeline.AdaptSkipped`; `failed`: those that
     failed, `pipeline.AdaptFailed`)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
-    predict = f"textperf predict --model {champion_uri}{_store_flag(paths)} RECORD.json"
+    predict = predict_command(paths, champion_uri)
     parts = [
         "# textperf retraining report",
         "## Ingest",
@@ -252,8 +301,8 @@ def render_retrain(
     ]
     for outcome in adapted:
         parts += [
-            f"## Few-shot adaptation to `{outcome.task}`",
-            f"{shots_used(outcome)}; method `{outcome.method}`.{reference_cost(outcome)}"
+            f"## Few-shot adaptation to {code(outcome.task)}",
+            f"{shots_used(outcome)}; method {code(outcome.method)}.{reference_cost(outcome)}"
             + intervals_used(outcome),
             metrics_table(
                 adaptation_scores(outcome, "base, zero-shot", "from scratch on the same shots")
@@ -264,12 +313,12 @@ def render_retrain(
     if skipped:
         parts += [
             "## Adaptations skipped",
-            "\n".join(f"- `{s.task}`: {s.reason}" for s in skipped),
+            "\n".join(f"- {code(s.task)}: {plain(s.reason)}" for s in skipped),
         ]
     if failed:
         parts += [
             "## Adaptations failed",
-            "\n".join(f"- `{f.task}`: {f.error}" for f in failed),
+            "\n".join(f"- {code(f.task)}: {plain(f.error)}" for f in failed),
             "The run ends failed; the steps above stand (the flow run's log has each failure's "
             "traceback).",
         ]
@@ -281,10 +330,10 @@ def render_retrain(
         "## Use it",
         bullet_list(
             {
-                "champion": f"`{champion_uri}`",
-                **{f"`{a.task}`": f"`{a.use_uri}`" for a in adapted},
-                "MLflow UI": f"`mlflow ui --backend-store-uri {paths.tracking_uri}`",
-                "predict": f"`{predict}`",
+                "champion": code(champion_uri),
+                **{code(a.task): code(a.use_uri) for a in adapted},
+                "MLflow UI": ui_line(paths),
+                "predict": code(predict),
             }
         ),
     ]

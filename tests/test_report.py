@@ -31,3 +31,62 @@ def test_the_raw_samples_spread_check_is_shown_only_where_it_differs():
     assert "| spread-error Spearman | spread-error Spearman, raw samples |" in table
     assert "| textperf | 0.900 | 0.410 | 0.350 |" in table
     assert "| mean | - | - | - |" in table
+
+
+def test_names_from_data_are_inert_inline_code_and_free_text_stays_on_its_line():
+    """A task, file or model name came from data or configs and went between single backticks:
+    one with a backtick ended the span (the rest rendered: bold, raw HTML), a newline started a
+    heading, a `|` in a model name shifted every cell of its table row by one column."""
+    nasty = "x` <img src=x onerror=alert(1)> **bold**"
+    assert report.code(nasty) == "``x` <img src=x onerror=alert(1)> **bold**``"
+    assert report.code("a\n# heading") == "`a # heading`"
+    assert report.code("`edge`") == "`` `edge` ``"
+    assert report.plain("bad\n<script>x</script>") == "bad &lt;script>x&lt;/script>"
+    row = report.metrics_table({"textperf-gpu|a100/3": {"spearman": 0.5, "n": 30.0}})
+    assert row.splitlines()[2] == "| textperf-gpu\\|a100/3 | 0.500 | 30 |"
+
+
+def test_the_ingest_summary_counts_what_it_does_not_list_and_names_each_file_once():
+    """Every list stopped at 50 without a word, though `textperf ingest` sends readers to the
+    report for the rest; a reason that names its file printed the file twice."""
+    from regressor.sources.fleet import IngestReport
+
+    quarantined = [(f"/d/c{i:03}.yaml", f"/d/c{i:03}.yaml: not valid YAML") for i in range(120)]
+    ingested = IngestReport(
+        source="s",
+        run_id="r",
+        files_seen=120,
+        files_ingested=0,
+        files_quarantined=120,
+        files_unchanged=0,
+        records=0,
+        records_added=0,
+        quarantined=quarantined,
+        unmatched_targets={f"t{i}": 1 for i in range(51)},
+    )
+    text = report.ingest_summary(ingested)
+    assert "- `/d/c000.yaml`: not valid YAML" in text
+    assert "- ... and 70 more (the warehouse's `quarantine` table holds them all)" in text
+    assert "- ... and 1 more (`sql/queries/unmatched_targets.sql` lists them all)" in text
+    assert "c050.yaml" not in text
+
+
+def test_the_predict_line_reads_the_store_the_model_went_to(tmp_path, monkeypatch):
+    """A tracking server named by the config was left out of the line, which then read the
+    local store; a server is its own UI (`mlflow ui --backend-store-uri http://...` was
+    offered)."""
+    from regressor.config import PathsConfig, ResolvedPaths
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    server = ResolvedPaths(var_dir=tmp_path, mlflow_server="http://mlflow.team:5000")
+    assert report.predict_command(server, "models:/m@champion") == (
+        "MLFLOW_TRACKING_URI=http://mlflow.team:5000 textperf predict --model "
+        "models:/m@champion RECORD.json"
+    )
+    assert report.ui_line(server) == "http://mlflow.team:5000"
+    local = ResolvedPaths(var_dir=tmp_path)
+    assert report.predict_command(local, "models:/m@champion").endswith(
+        f"--var-dir {tmp_path} RECORD.json"
+    )
+    default = PathsConfig().resolve()
+    assert report.predict_command(default, "m") == "textperf predict --model m RECORD.json"
