@@ -75,7 +75,7 @@ class IntervalScale:
         }
         std = np.asarray(summary["std"], dtype=float)
         if rel > 0:  # a spread finer than the codec writes is the codec's resolution
-            std = np.fmax(std, np.abs(median) * rel)
+            std = np.maximum(std, np.abs(median) * rel)
         with np.errstate(over="ignore", invalid="ignore"):  # as `stretched`: 0 * inf is 0
             out["std"] = np.where(std == 0, std, std * scale)
         return out
@@ -102,7 +102,8 @@ def floored(half: np.ndarray, median: np.ndarray, min_half_rel: float) -> np.nda
     A sharp model draws one value on a side in most samples (q10 = median): a zero half there
     gave that record a score of |truth - median| / 1e-300, and enough such records pushed the
     fitted scale to ~1e300 while their own bounds stayed on the median."""
-    return np.fmax(half, np.fmax(np.abs(median) * min_half_rel, _MIN_HALF))
+    # NaN propagates from `half` (a missing bound stays missing), not from the floor.
+    return np.maximum(half, np.fmax(np.abs(median) * min_half_rel, _MIN_HALF))
 
 
 def stretched(

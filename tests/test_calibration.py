@@ -150,6 +150,14 @@ def test_sharp_records_the_model_gets_right_leave_the_others_intervals_alone() -
     assert np.all(out["std"] < 2 * test["std"])
 
 
+def test_the_floor_widens_a_zero_half_and_leaves_a_missing_bound_missing() -> None:
+    scale = IntervalScale(scale=2.0, nominal=0.8, n_fit=10, min_half_rel=1e-4)
+    median, q10 = np.array([10.0, 10.0, 10.0]), np.array([10.0, np.nan, 9.0])
+    out = scale.apply_summary({"median": median, "q10": q10, "std": np.array([0.0, 1.0, 1.0])})
+    np.testing.assert_allclose(out["q10"], [10.0 - 2 * 1e-3, np.nan, 8.0])
+    np.testing.assert_allclose(out["std"], [2 * 1e-3, 2.0, 2.0])
+
+
 def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
     """`calibrate` fits on validation records, the scale survives save/load, and predictions
     stretch q10/q90 around the median by it (median, mean and samples unchanged)."""
