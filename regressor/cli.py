@@ -463,6 +463,9 @@ def predict(
             typer.echo(json.dumps(registry.finite_json(fields), allow_nan=False))
             continue
         line = f"{path}: median {row['median']:.4g}  {_quantiles_text(labels, row)}"
+        finite = row.get("finite_fraction", 1.0)  # versions registered before do not say
+        if finite < 1:  # the figures rest on fewer draws than asked for
+            line += f"  ({finite:.0%} of the draws decoded to a number)"
         if samples:
             line += "  samples " + " ".join(f"{v:.4g}" for v in row["samples"])
         typer.echo(line)

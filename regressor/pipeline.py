@@ -624,7 +624,7 @@ def finish_gate(
     data). The caller holds `ckpt_dir`'s lock, so a run that trained there is not alive."""
     _close_stopped_run(ckpt_dir, version.run_id)
     name, alias = app.registry.model_name, app.registry.champion_alias
-    metrics = json.loads(version.tags["test_metrics"])
+    metrics = registry.metrics_from_json(version.tags["test_metrics"])
     with gate_lock(paths, name):
         champion = registry.alias_version(name, alias)
         champion_metrics = None
@@ -719,14 +719,14 @@ def reused_outcome(version: ModelVersion) -> TrainOutcome:
     """The outcome of the run that trained and gated `version`, as the version's tags recorded
     it. The registration key holds the code's digest, so every version reused was tagged so."""
     tags = version.tags
-    decision = json.loads(tags["gate_decision"])
+    decision = registry.read_decision(tags["gate_decision"])
     return TrainOutcome(
         version.run_id,
         version.name,
         str(version.version),
         decision["promoted"],
         decision["reason"],
-        json.loads(tags[TEST_REPORT_TAG]),
+        registry.metrics_from_json(tags[TEST_REPORT_TAG]),
         _tagged_fit(tags),
         int(tags["n_parameters"]),
         reused=True,
@@ -804,7 +804,7 @@ def _train_and_register(
                 uri = registry.model_uri(app.registry.model_name, champion.version)
                 champion_metrics = score_registered(uri, test, app.eval)
                 metrics["champion"] = champion_metrics
-            mlflow.log_dict(metrics, TEST_METRICS)  # the report's table, for a run that reuses this
+            mlflow.log_text(registry.strict_json(metrics), TEST_METRICS)  # the report's table
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = predictor.save(Path(tmp) / "bundle")
                 tags = {
@@ -813,8 +813,8 @@ def _train_and_register(
                     "target": data.target,
                     "model_config": json.dumps(model_cfg.model_dump()),
                     "train_config": json.dumps(train_cfg.model_dump()),
-                    "test_metrics": json.dumps(model_metrics),
-                    TEST_REPORT_TAG: json.dumps(metrics),
+                    "test_metrics": registry.strict_json(model_metrics),
+                    TEST_REPORT_TAG: registry.strict_json(metrics),
                     FIT_TAG: _fit_tag(fitted),
                     "n_parameters": str(n_parameters),
                     HOLDOUT_TAG: data.holdout_task,  # the one task it never trained on
@@ -970,7 +970,7 @@ def _adaptation_tags(
     }
     for kind, metrics in scores.items():
         tags[f"{kind}_spearman"] = f"{metrics['spearman']:.4f}"
-        tags[f"{kind}_metrics"] = json.dumps(metrics)
+        tags[f"{kind}_metrics"] = registry.strict_json(metrics)
     return tags
 
 
@@ -1093,7 +1093,7 @@ def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
     The caller holds the variant's `adaptation_lock`, which every adaptation takes, so the run
     that registered it is not alive: a run still reading RUNNING was killed."""
     _mark_killed(version.run_id)
-    validation = json.loads(version.tags[VALIDATION_TAG])
+    validation = registry.metrics_from_json(version.tags[VALIDATION_TAG])
     decision = registry.gate_variant(
         version.name,
         version,
@@ -1111,10 +1111,12 @@ def finish_variant_gate(app: AppConfig, version: ModelVersion) -> None:
 def reused_adaptation(version: ModelVersion, app: AppConfig) -> AdaptOutcome:
     """The outcome of the run that adapted and gated `version`, as its tags recorded it."""
     tags = version.tags
-    decision = json.loads(tags["gate_decision"])
+    decision = registry.read_decision(tags["gate_decision"])
     fit = _tagged_fit(tags)
     scratch_fit = _tagged_fit(tags, SCRATCH_FIT_TAG) if SCRATCH_FIT_TAG in tags else None
-    scores = {kind: json.loads(tags.get(f"{kind}_metrics", "{}")) for kind in SCORES}
+    scores = {
+        kind: registry.metrics_from_json(tags.get(f"{kind}_metrics", "{}")) for kind in SCORES
+    }
     return AdaptOutcome(
         tags["task"],
         version.name,
@@ -1191,7 +1193,7 @@ def _adapt_and_register(
             INTERVALS_TAG: intervals,
             registry.ADAPTATION_KEY: key,
             FIT_TAG: _fit_tag(fitted),
-            VALIDATION_TAG: json.dumps(validation),
+            VALIDATION_TAG: registry.strict_json(validation),
             registry.TASK_RECORDS: str(task_record_counts(data).get(task, 0)),
         }
         if scratch_fit is not None:
@@ -1285,7 +1287,7 @@ def _register_fallback(
                 "method": "zero_shot",
                 registry.FALLBACK_FOR: str(refused.version),
                 INTERVALS_TAG: intervals,
-                "zero_shot_metrics": json.dumps(scores),
+                "zero_shot_metrics": registry.strict_json(scores),
             },
         )
     fallback = ZeroShotFallback(str(version.version), intervals, scores)
@@ -1322,7 +1324,7 @@ def _registered_fallback(refused: ModelVersion) -> tuple[ZeroShotFallback, Model
     if version is None or not {INTERVALS_TAG, "zero_shot_metrics"} <= version.tags.keys():
         return None  # none, or stopped while tagging it: it is built again
     tags = version.tags
-    scores = json.loads(tags["zero_shot_metrics"])
+    scores = registry.metrics_from_json(tags["zero_shot_metrics"])
     return ZeroShotFallback(str(version.version), tags[INTERVALS_TAG], scores), version
 
 
@@ -1330,7 +1332,7 @@ def _missing_fallback(version: ModelVersion, app: AppConfig) -> bool:
     """Whether the gated variant `version` was refused and its task lacks the fallback it may
     have: its run failed or was killed after the gate, or its gate was finished late
     (`finish_variant_gate`). Whether the gate's shots fit a scale is known only by trying."""
-    decision = json.loads(version.tags["gate_decision"])
+    decision = registry.read_decision(version.tags["gate_decision"])
     return (
         not decision["promoted"]
         and registry.FALLBACK not in version.tags
@@ -1345,7 +1347,7 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
     key fixes the data and configs), logged to its run as it would have been; returns
     `version` with its tags as they now are. One registered already (a run stopped before its
     promotion) is promoted, not built again."""
-    gate_zero_shot = json.loads(version.tags["gate_decision"])["champion"] or {}
+    gate_zero_shot = registry.read_decision(version.tags["gate_decision"])["champion"] or {}
     run_name = f"fallback-{data.holdout_task}-{data.data_hash[:8]}"
     registered = _registered_fallback(version)
     if registered is not None:

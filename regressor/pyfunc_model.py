@@ -2,7 +2,8 @@
 
 Input: a DataFrame of records, either ready `text` or the raw fields `task`, `period`, `config`,
 `logs` (mappings or JSON strings). Output: one row per input with the median, mean and std of the
-sampled decodes and one `p<percent>` column per requested quantile (default p10, p90); with
+sampled decodes, one `p<percent>` column per requested quantile (default p10, p90) and
+`finite_fraction`, the share of the draws that decoded to a number (the rest are left out); with
 `return_samples` also a `samples` column holding each row's list of decoded values. The interval
 and std are recalibrated by the conformal scale in the bundle: a row's `task`, when given, picks
 that task's own scale if validation fitted one.
@@ -58,7 +59,13 @@ def quantile_column(q: float) -> str:
     return f"p{percent_label(q)}"
 
 
-OUTPUT_COLUMNS = ("median", "mean", "std", *map(quantile_column, DEFAULT_QUANTILES))
+OUTPUT_COLUMNS = (
+    "median",
+    "mean",
+    "std",
+    *map(quantile_column, DEFAULT_QUANTILES),
+    "finite_fraction",
+)
 
 
 def _present(value: Any) -> bool:
@@ -254,6 +261,9 @@ def output_frame(
     columns: dict[str, Any] = {k: summary[k] for k in ("median", "mean", "std")}
     for q in quantiles:
         columns[quantile_column(q)] = summary["q" + quantile_column(q)[1:]]
+    # The share of draws that decoded to a number, which every statistic above rests on: one
+    # finite draw of 32 gave p10 = p90 = median and std 0, a row that looked sure of itself.
+    columns["finite_fraction"] = summary["finite_fraction"]
     out = pd.DataFrame(columns).astype(np.float64)
     if return_samples:
         # Plain lists, not arrays: the scoring server serializes the frame to JSON.

@@ -521,7 +521,7 @@ def promote_fallback(
     place of `refused`, and tag `refused` with it (`recorded`: what a reused outcome reports)."""
     client = MlflowClient()
     client.set_registered_model_alias(name, champion_alias, fallback.version)
-    client.set_model_version_tag(name, refused.version, FALLBACK, json.dumps(recorded))
+    client.set_model_version_tag(name, refused.version, FALLBACK, strict_json(recorded))
     reason = (
         f"serves the task in place of v{refused.version}, which the gate refused: the weights "
         f"of {base_uri} unchanged, with intervals fitted on the task's gate shots"
@@ -551,7 +551,7 @@ def _record_decision(
         "champion": dict(champion) if champion else None,
     }
     client = MlflowClient()
-    client.set_model_version_tag(name, version.version, "gate_decision", json.dumps(decision))
+    client.set_model_version_tag(name, version.version, "gate_decision", strict_json(decision))
     describe_in_registry(name, str(version.version), champion_alias)
     return GateDecision(promoted, reason, dict(challenger), champion)
 
@@ -640,6 +640,37 @@ def finite_json(value: Any) -> Any:
         return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [finite_json(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """`value` as standard JSON, NaN and infinities as null (`finite_json`). Tags and artifacts
+    are read by jq, JavaScript and Go too, which refuse the bare `NaN` `json.dumps` writes (the
+    mean baseline's Spearman is always one)."""
+    return json.dumps(finite_json(value), allow_nan=False)
+
+
+def metrics_from_json(text: str) -> Any:
+    """Metrics written by `strict_json`, each null back to NaN at any depth (tags written
+    before, with a bare NaN, read the same)."""
+    return _nan_for_null(json.loads(text))
+
+
+def read_decision(text: str) -> dict[str, Any]:
+    """A `gate_decision` tag, its challenger's and champion's metrics read as
+    `metrics_from_json` reads them (a champion of None stays None: there was none)."""
+    decision = json.loads(text)
+    for side in ("challenger", "champion"):
+        if isinstance(decision.get(side), dict):
+            decision[side] = _nan_for_null(decision[side])
+    return decision
+
+
+def _nan_for_null(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
     return value
 
 

@@ -372,7 +372,7 @@ def test_adapt_version_registers_lineage_and_three_scores(base, tmp_path: Path):
         assert f"{kind}_spearman" in tags
         assert 0 < json.loads(tags[f"{kind}_metrics"])["n"] <= 8  # n counts finite medians
     out = loaded.predict(pd.DataFrame({"text": shots.texts[:2]}), params={"num_samples": 3})
-    assert list(out.columns) == ["median", "mean", "std", "p10", "p90"]
+    assert list(out.columns) == ["median", "mean", "std", "p10", "p90", "finite_fraction"]
     # Of the 12 shots the latest 2 (gate_fraction 0.2) are the gate's; of the other 10, the
     # latest 2 (val_fraction 0.2) stopped the fine-tuning and 8 trained it.
     assert (outcome.fit.n_train, outcome.fit.n_val) == (8, 2)
@@ -838,7 +838,7 @@ def test_an_adaptation_killed_before_its_gate_is_gated_by_the_next(tmp_path: Pat
     assert len(versions) == 1
     assert len(adapt_runs) == 1  # nothing adapted again
     assert run.info.status == "KILLED"
-    decision = json.loads(versions[0].tags["gate_decision"])
+    decision = registry.read_decision(versions[0].tags["gate_decision"])
     assert decision["reason"].endswith("stopped before its gate")
     # The late gate describes the version from its tags, as the killed run would have.
     assert f"({decision['reason']})." in versions[0].description

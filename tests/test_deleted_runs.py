@@ -66,9 +66,9 @@ def test_a_version_whose_run_was_collected_is_gated_then_reused(tmp_path, monkey
     assert gated.reason.startswith("no champion yet")
     assert gated.reason.endswith("stopped before its gate")
     assert (again.version, again.reused, again.promoted) == ("1", True, True)
-    tagged = json.loads(stopped.tags[pipeline.TEST_REPORT_TAG])
+    tagged = registry.metrics_from_json(stopped.tags[pipeline.TEST_REPORT_TAG])
     assert {"textperf", "mean", "lightgbm"} <= set(again.metrics) == set(tagged)
-    assert json.dumps(again.metrics) == json.dumps(tagged)
+    assert json.dumps(again.metrics) == json.dumps(tagged)  # NaN equals NaN as JSON text
     assert again.fit.steps > 0
     assert again.n_parameters == predictor.model.num_parameters()
     summary = report.training_summary(again)
@@ -102,8 +102,8 @@ def test_an_adaptation_whose_run_was_collected_is_gated_then_reused(tmp_path, mo
     assert len(versions) == 1
     assert len(adapt_runs) == 0
     assert (gated.version, gated.reused, again.version, again.reused) == ("1", True, "1", True)
-    validation = json.loads(stopped.tags[pipeline.VALIDATION_TAG])
-    decision = json.loads(versions[0].tags["gate_decision"])
+    validation = registry.metrics_from_json(stopped.tags[pipeline.VALIDATION_TAG])
+    decision = registry.read_decision(versions[0].tags["gate_decision"])
     assert decision["reason"].endswith("stopped before its gate")
     assert json.dumps(decision["challenger"]) == json.dumps(validation["adapted"])
     assert json.dumps(again.validation) == json.dumps(validation)

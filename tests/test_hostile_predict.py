@@ -315,3 +315,18 @@ def test_cli_refuses_bad_params_before_loading_the_model(
     result = predict_cli(runner, "--model", "models:/nope@champion", *args, str(record))
     assert result.exit_code == 2
     assert reason in flat(result.output), result.output
+
+
+def test_each_row_says_how_many_of_its_draws_decoded_to_a_number():
+    """`summarize` leaves non-finite draws out of every statistic: one finite draw of eight
+    gave p10 = p90 = median and std 0, a row that looked sure of itself, and nothing said so."""
+    import numpy as np
+
+    from regressor.pyfunc_model import output_frame
+    from regressor.sampling import summarize
+
+    draws = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [5.0, *[np.nan] * 7]])
+    out = output_frame(summarize(draws, (0.1, 0.5, 0.9)), (0.1, 0.9), False)
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
+    assert out["finite_fraction"].tolist() == [1.0, 0.125]
+    assert out.loc[1, "std"] == 0.0  # what the fraction qualifies

@@ -138,7 +138,7 @@ def test_serve_answers_dataframe_records_with_params(champion_store: str, tmp_pa
     rows = answer["predictions"]
     assert len(rows) == 2
     for row in rows:
-        assert set(row) == {"median", "mean", "std", "p25", "p75", "samples"}
+        assert set(row) == {"median", "mean", "std", "p25", "p75", "finite_fraction", "samples"}
         assert len(row["samples"]) == 5
         # An untrained model may decode NaN (a valid number token) for every sample of a row.
         summary = [row["p25"], row["median"], row["p75"]]

@@ -167,7 +167,7 @@ def test_champion_by_alias_predicts_in_a_fresh_process_with_params(store, tmp_pa
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
     )
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(row) == {"median", "mean", "std", "p5", "p50", "p95", "samples"}
+    assert set(row) == {"median", "mean", "std", "p5", "p50", "p95", "finite_fraction", "samples"}
     assert len(row["samples"]) == 4
     # An untrained model may decode NaN (a valid number token) for every sample of a row.
     summary = [row["p5"], row["p50"], row["p95"]]
@@ -400,3 +400,16 @@ def test_a_refused_variant_retires_a_champion_adapted_from_an_older_base(store, 
     assert _champion_of_variant() is None
     logged = json.loads(registry.resolve("textperf-cell-a/2").tags["gate_decision"])
     assert logged["promoted"] is False
+
+
+def test_metrics_are_written_as_standard_json_and_read_back_with_their_nans():
+    """A bare `NaN` (the mean baseline's Spearman) made the tags unreadable to jq, JavaScript
+    and Go; read back, a null metric is NaN again, and tags written before still read."""
+    metrics = {"mean": {"spearman": float("nan"), "mape": 45.6}, "champion": None}
+    text = registry.strict_json(metrics)
+    assert text == '{"mean": {"spearman": null, "mape": 45.6}, "champion": null}'
+    back = registry.metrics_from_json(text)
+    assert math.isnan(back["mean"]["spearman"])
+    assert back["mean"]["mape"] == 45.6
+    old = registry.metrics_from_json('{"spearman": NaN}')
+    assert math.isnan(old["spearman"])

@@ -11,7 +11,6 @@ The helpers here (`tiny_app`, `prepare`, `conf_dir_with`) are shared by the othe
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -263,7 +262,9 @@ def test_retrain_killed_between_registering_and_gating_is_gated_by_the_next(
     assert (outcome.version, outcome.reused, outcome.run_id) == ("2", True, killed_run.info.run_id)
     assert [str(v.version) for v in client.search_model_versions("name='textperf'")] == ["2", "1"]
     assert len(client.search_runs([experiment], "attributes.run_name LIKE 'train-%'")) == 1
-    decision = json.loads(client.get_model_version("textperf", "2").tags["gate_decision"])
+    decision = registry.read_decision(
+        client.get_model_version("textperf", "2").tags["gate_decision"]
+    )
     assert decision["champion"] is not None  # compared with version 1, scored just now
     assert decision["reason"].endswith("stopped before its gate")
     verdict = registry.beats(decision["challenger"], decision["champion"], PromotionRule())

@@ -133,6 +133,12 @@ def test_the_training_run_records_its_settings_code_and_report(demo_run):
         mlflow.set_tracking_uri(None)
     test = json.loads(version.tags["test_metrics"])
     assert np.isfinite(table["median"]).sum() == test["n"]  # `n` counts finite medians
+    # Standard JSON, which jq, JavaScript and Go read: the mean baseline's NaN Spearman was a
+    # bare `NaN` in the report's table and its artifact.
+    for text in (version.tags[pipeline.TEST_REPORT_TAG], version.tags["gate_decision"]):
+        strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a tag"))
+    assert strict["challenger"]["n"] == test["n"]
+    assert json.loads(version.tags[pipeline.TEST_REPORT_TAG])["mean"]["spearman"] is None
     finite = table[np.isfinite(table[["median", "q10", "q90", "std"]]).all(axis=1)]
     covered = (finite["q10"] <= finite["actual"]) & (finite["actual"] <= finite["q90"])
     assert covered.mean() == pytest.approx(test["interval_coverage"])
@@ -226,7 +232,7 @@ def test_champion_loads_and_predicts_in_a_fresh_process(demo_run):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(row) == {"median", "mean", "std", "p10", "p90"}
+    assert set(row) == {"median", "mean", "std", "p10", "p90", "finite_fraction"}
     assert row["p10"] <= row["median"] <= row["p90"]
 
 
