@@ -429,7 +429,7 @@ def config_peers() -> dict[str, Peer]:
         def run(p: Parts, seed: int) -> np.ndarray:
             train = p.fit_part()
             x_train = baselines.flatten_configs(train.config_json)
-            x_test = baselines.flatten_configs(p.test.config_json)
+            x_test = baselines.flatten_configs(p.test.config_json, like=x_train)
             return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, log_target)
 
         return run
@@ -452,7 +452,7 @@ def with_logs(kind: str, ratio: bool) -> Peer:
     def run(p: Parts, seed: int) -> np.ndarray:
         train = p.fit_part()
         x_train = tabular.features(train.config_json, p.logs_of(train))
-        x_test = tabular.features(p.test.config_json, p.logs_of(p.test))
+        x_test = tabular.features(p.test.config_json, p.logs_of(p.test), like=x_train)
         if not ratio:
             return tabular.fit_predict(kind, x_train, train.targets, x_test, seed, True)
         ref_train = tabular.reference_runtime(train.config_json)

@@ -125,7 +125,7 @@ def split_masks(n: int, splits: int, seed: int) -> list[np.ndarray]:
 
 def peer_mapes(train: Examples, test: Examples, seed: int) -> dict[str, float]:
     x_train = baselines.flatten_configs(train.config_json)
-    x_test = baselines.flatten_configs(test.config_json)
+    x_test = baselines.flatten_configs(test.config_json, like=x_train)
     preds = {
         "lightgbm": baselines.lightgbm_baseline(
             train.config_json, train.targets, test.config_json, seed

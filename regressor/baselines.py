@@ -13,13 +13,24 @@ import pandas as pd
 from regressor.serialize import flatten
 
 
-def flatten_configs(config_json: Sequence[str]) -> pd.DataFrame:
-    """One column per dotted config path; text fields become pandas categoricals."""
+def text_columns(config_json: Sequence[str]) -> pd.DataFrame:
+    """One column per dotted config path, each value the text the serializer writes."""
     rows = [dict(flatten(json.loads(text))) for text in config_json]
     frame = pd.DataFrame(rows)
     # LightGBM refuses JSON-special characters ([]{}":,) in feature names.
     frame.columns = [re.sub(r"[^0-9A-Za-z_.]", "_", str(c)) for c in frame.columns]
-    frame = frame.loc[:, ~frame.columns.duplicated()]
+    return frame.loc[:, ~frame.columns.duplicated()]
+
+
+def typed(frame: pd.DataFrame, like: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`text_columns` typed: a column of numbers numeric, any other categorical. With `like`
+    (the training frame), its columns and types, whatever these rows hold: typed on their own,
+    test rows holding only numbers in a column training had mixed with text came out numeric,
+    and matched none of training's categories, so a prediction depended on the other test
+    rows (`align`)."""
+    frame = frame.copy()
+    if like is not None:
+        return align(like, frame)
     for column in frame.columns:
         numeric = pd.to_numeric(frame[column], errors="coerce")
         if numeric.notna().sum() == frame[column].notna().sum():
@@ -29,8 +40,16 @@ def flatten_configs(config_json: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
+def flatten_configs(config_json: Sequence[str], like: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One column per dotted config path; text fields become pandas categoricals. Test rows
+    pass the training frame as `like` (`typed`)."""
+    return typed(text_columns(config_json), like)
+
+
 def align(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """Give `test` the training columns and categories (unseen categories become missing)."""
+    """Give `test` the training columns and categories (unseen categories become missing).
+    Exact for a `test` of `text_columns`; a typed one loses, in a column it read as numbers,
+    the text training's categories are spelt in (`typed`'s `like`)."""
     test = test.reindex(columns=train.columns)
     for column in train.columns:
         if isinstance(train[column].dtype, pd.CategoricalDtype):
@@ -66,7 +85,7 @@ def lightgbm_baseline(
 ) -> np.ndarray:
     """LightGBM on flattened config fields, with defaults sized for a few thousand rows."""
     x_train = flatten_configs(train_configs)
-    x_test = align(x_train, flatten_configs(test_configs))
+    x_test = flatten_configs(test_configs, like=x_train)
     model = lightgbm_regressor(seed)
     model.fit(x_train, np.asarray(y_train, dtype=float))
     return np.asarray(model.predict(x_test), dtype=float)

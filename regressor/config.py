@@ -98,7 +98,7 @@ class ResolvedPaths(Frozen):
 class FleetSimConfig(Frozen):
     """The demo fleet generator (`regressor.fleetsim`)."""
 
-    seed: int = 7
+    seed: int = Field(7, ge=0)  # numpy's generators take no negative seed
     n_cells: int = Field(24, ge=2)
     n_days: int = Field(150, ge=2)
     start_date: str = "2026-01-01"  # an ISO date: the first day of the generated logs
@@ -112,6 +112,13 @@ class FleetSimConfig(Frozen):
     def _iso_date(cls, value: str) -> str:
         date.fromisoformat(value)  # ValueError: "Invalid isoformat string: ..."
         return value
+
+    @model_validator(mode="after")
+    def _days_fit_the_calendar(self) -> FleetSimConfig:
+        """Refused when loaded, not half-way through writing the fleet (an OverflowError)."""
+        if date.fromisoformat(self.start_date).toordinal() + self.n_days > date.max.toordinal():
+            raise ValueError(f"{self.n_days} days from {self.start_date} run past year 9999")
+        return self
 
 
 class SplitConfig(Frozen):

@@ -297,13 +297,28 @@ def is_generated(out_dir: Path) -> bool:
     return (out_dir / GENERATED_MARK).is_file()
 
 
+def _remove_stale(out_dir: Path, kept: set[Path]) -> None:
+    """Remove the configs and logs an earlier, larger or shifted generation left in this (marked)
+    folder: the next ingest read them as part of this fleet (3 cells of 5 days regenerated as 2
+    of 3 left 20 files where the summary said 9)."""
+    for kind in ("cells", "logs"):
+        for path in sorted((out_dir / kind).rglob("*"), reverse=True):  # files before folders
+            if path.is_dir() and not path.is_symlink():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif path not in kept:
+                path.unlink()
+
+
 def generate_fleet(out_dir: Path, cfg: FleetSimConfig) -> FleetSummary:
     """Write `cells/<cell>.yaml`, `logs/<cell>/<day>.log` and `targets.csv` under `out_dir`,
-    and `GENERATED_MARK`."""
+    and `GENERATED_MARK`; remove the configs and logs of an earlier generation it no longer
+    writes (`_remove_stale`)."""
     write_if_changed(out_dir / GENERATED_MARK, b"written by textperf's demo fleet generator\n")
     start = date.fromisoformat(cfg.start_date)
     dates = [start + timedelta(d) for d in range(cfg.n_days)]
     written = n_bytes = 0
+    kept: set[Path] = set()
     target_rows = ["cell,day,efficiency\n"]
     for i in range(cfg.n_cells):
         cell = make_cell(i, cfg.n_cells, cfg.seed)
@@ -319,7 +334,9 @@ def generate_fleet(out_dir: Path, cfg: FleetSimConfig) -> FleetSummary:
         for path, data in files.items():
             written += write_if_changed(path, data)
             n_bytes += len(data)
+        kept |= files.keys()
     targets = "".join(target_rows).encode()
     written += write_if_changed(out_dir / "targets.csv", targets)
+    _remove_stale(out_dir, kept)
     n_files = cfg.n_cells * (cfg.n_days + 1) + 1
     return FleetSummary(cfg.n_cells, cfg.n_days, n_files, n_bytes + len(targets), written)

@@ -65,7 +65,9 @@ def section_lines(record: Mapping[str, Any], section: str) -> list[str]:
         return []
     if not isinstance(value, Mapping):
         return [format_scalar(value)]
-    return [f"{path}={text}" for path, text in flatten(value)]
+    # A key's line break is a space, as a value's is (`format_scalar`): a key `"d\n<logs>"`
+    # wrote a section marker of its own into the text.
+    return [f"{path.replace(chr(10), ' ')}={text}" for path, text in flatten(value)]
 
 
 def approx_token_count(text: str) -> int:

@@ -103,7 +103,8 @@ def _copy_shards(warehouse: Path, staging: Path, shard_rows: int, source: str | 
         which = "" if source is None else f" of source {source!r}"
         there = f" (it has: {', '.join(sources)})" if sources else f": {INGEST_FIRST}"
         raise ExportError(f"no records{which} in {warehouse} to export{there}")
-    return pl.scan_parquet(files).select(pl.len()).collect().item()
+    # glob=False: polars reads `[1]` in a path (`--out exports/run[1]`) as a character class.
+    return pl.scan_parquet(files, glob=False).select(pl.len()).collect().item()
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
@@ -136,4 +137,5 @@ def read_records(files: list[Path]) -> pl.DataFrame:
     """The records in `files`, columns as the warehouse's `records` query returns them."""
     if not files:
         return pl.DataFrame()
-    return pl.read_parquet(files, hive_partitioning=False).sort(["task", "period", "source"])
+    frame = pl.read_parquet(files, hive_partitioning=False, glob=False)  # paths, not patterns
+    return frame.sort(["task", "period", "source"])

@@ -8,6 +8,7 @@ the training groups only, never out of the test part.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def save_split(path: Path, record_ids: Sequence[str], sides: Sequence[str], meta
 def load_split(path: Path, record_ids: Sequence[str]) -> np.ndarray:
     """Sides of `record_ids` as written by `save_split`; every id must be on exactly one side."""
     payload = json.loads(Path(path).read_text())
-    side_of = {rid: side for side in SIDES for rid in payload.get(side, [])}
+    listed = [(rid, side) for side in SIDES for rid in payload.get(side, [])]
+    side_of = dict(listed)
+    if len(side_of) < len(listed):  # an edited file: the last side listed won, unsaid
+        twice = [rid for rid, n in Counter(rid for rid, _ in listed).items() if n > 1]
+        raise ValueError(f"{path}: records listed on more than one side, e.g. {twice[:3]}")
     missing = [rid for rid in record_ids if rid not in side_of]
     if missing:
         raise ValueError(f"{len(missing)} records are not in the split file, e.g. {missing[:3]}")

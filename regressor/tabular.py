@@ -15,21 +15,30 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from regressor.baselines import align, flatten_configs, lightgbm_regressor
+from regressor.baselines import align, flatten_configs, lightgbm_regressor, text_columns, typed
 
 
 def log_summary_columns(logs_json: Sequence[str]) -> pd.DataFrame:
     """One numeric column per summary statistic of the log (e.g. `log.windows.all._user.mean`)."""
-    return flatten_configs([json.dumps({"log": json.loads(text or "{}")}) for text in logs_json])
+    return typed(_log_text_columns(logs_json))
 
 
-def features(config_json: Sequence[str], logs_json: Sequence[str] | None = None) -> pd.DataFrame:
-    """Flattened config fields, plus the log summary's columns when `logs_json` is given."""
-    frame = flatten_configs(config_json)
-    if logs_json is None:
-        return frame
-    logs = log_summary_columns(logs_json)
-    return pd.concat([frame.reset_index(drop=True), logs.reset_index(drop=True)], axis=1)
+def _log_text_columns(logs_json: Sequence[str]) -> pd.DataFrame:
+    return text_columns([json.dumps({"log": json.loads(text or "{}")}) for text in logs_json])
+
+
+def features(
+    config_json: Sequence[str],
+    logs_json: Sequence[str] | None = None,
+    like: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Flattened config fields, plus the log summary's columns (`log_summary_columns`) when
+    `logs_json` is given; test rows pass the training frame as `like` (`baselines.typed`)."""
+    frame = text_columns(config_json)
+    if logs_json is not None:
+        logs = _log_text_columns(logs_json)
+        frame = pd.concat([frame.reset_index(drop=True), logs.reset_index(drop=True)], axis=1)
+    return typed(frame, like)
 
 
 def _model(kind: str, seed: int):
@@ -73,9 +82,9 @@ def xgboost_baseline(
     train_configs: Sequence[str], y_train: np.ndarray, test_configs: Sequence[str], seed: int = 0
 ) -> np.ndarray:
     """XGBoost on flattened config fields: the peer of `baselines.lightgbm_baseline`."""
-    return fit_predict(
-        "xgboost", flatten_configs(train_configs), y_train, flatten_configs(test_configs), seed
-    )
+    x_train = flatten_configs(train_configs)
+    x_test = flatten_configs(test_configs, like=x_train)
+    return fit_predict("xgboost", x_train, y_train, x_test, seed)
 
 
 def reference_runtime(

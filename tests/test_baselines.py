@@ -110,3 +110,19 @@ def test_log_target_fit_predicts_on_the_original_scale():
     frame = flatten_configs
     pred = fit_predict("xgboost", frame(train_x), train_y, frame(test_x), log_target=True)
     assert np.median(np.abs(pred - test_y) / test_y) < 0.15
+
+
+def test_a_test_row_is_typed_as_training_typed_its_column_whatever_the_other_test_rows():
+    """A column training mixed ("auto", 1, 2) is categorical; test rows holding only numbers
+    came out numeric on their own, matched none of training's categories ("1", "2") and went
+    missing, so a row's prediction depended on which rows it was predicted beside."""
+    train = [json.dumps({"v": v}) for v in ["auto", 1, 2] * 40]
+    y = np.array([100.0, 1.0, 2.0] * 40)
+    for predict in (lightgbm_baseline, xgboost_baseline):
+        alone = predict(train, y, [json.dumps({"v": 1}), json.dumps({"v": 2})])
+        beside_text = predict(train, y, [json.dumps({"v": v}) for v in (1, 2, "auto")])
+        np.testing.assert_allclose(alone, beside_text[:2])
+        np.testing.assert_allclose(alone, [1.0, 2.0], atol=0.5)
+    x_train = features(train, ["{}"] * len(train))
+    x_test = features([json.dumps({"v": 1})], ["{}"], like=x_train)
+    assert x_test["v"].tolist() == ["1"]

@@ -104,6 +104,26 @@ def test_rerun_leaves_identical_files_untouched(tmp_path, tiny_fleet_cfg):
     assert generate_fleet(root, tiny_fleet_cfg).files_written == 1
 
 
+def test_a_smaller_or_shifted_regeneration_leaves_only_its_own_files(tmp_path):
+    """Regenerating 3 cells x 5 days as 2 cells x 3 days from a later day left 20 files where
+    the summary said 9, and the next ingest read the stale ones as part of the fleet."""
+    root = tmp_path / "fleet"
+    generate_fleet(root, FleetSimConfig(n_cells=3, n_days=5, samples_per_day=4, jobs_per_day=2))
+    smaller = FleetSimConfig(
+        n_cells=2, n_days=3, start_date="2026-01-03", samples_per_day=4, jobs_per_day=2
+    )
+    summary = generate_fleet(root, smaller)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert len(files) == summary.n_files + 1  # and the generator's mark
+    assert GENERATED_MARK in files
+    assert not (root / "logs" / cell_name(2, 3)).exists()  # a cell it no longer writes
+    assert sorted(p.name for p in (root / "logs" / cell_name(0, 2)).iterdir()) == [
+        "2026-01-03.log",
+        "2026-01-04.log",
+        "2026-01-05.log",
+    ]
+
+
 def test_default_fleet_fits_the_size_budget(tmp_path):
     # Two cells at default settings, scaled to the default 24: must stay under ~60 MB.
     default = FleetSimConfig()

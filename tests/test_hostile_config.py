@@ -145,6 +145,7 @@ def test_nesting_too_deep_is_a_config_error_not_a_recursion_error(tmp_path: Path
         ("adapt", "lr", "1.0e+9"),
         ("eval", "quantiles", "[.nan, 0.1, 0.9]"),
         ("fleet", "start_date", "yesterday"),
+        ("fleet", "seed", "-1"),  # failed in numpy, after the fleet folder was marked
         ("codec", "exponent_max", "100000000"),
     ],
 )
@@ -153,6 +154,13 @@ def test_an_absurd_app_setting_is_refused_naming_the_field(
 ):
     path = write(tmp_path / "absurd.yaml", f"{section}:\n  {field}: {value}\n")
     with pytest.raises(ConfigError, match=rf"(?s)absurd\.yaml: .*{section}\.{field}"):
+        load_app_config(path)
+
+
+def test_fleet_days_past_the_calendar_are_refused_when_loaded(tmp_path: Path):
+    """An OverflowError half-way through writing the demo fleet, before."""
+    path = write(tmp_path / "late.yaml", "fleet:\n  start_date: '9999-12-30'\n  n_days: 5\n")
+    with pytest.raises(ConfigError, match=r"(?s)late\.yaml: .*5 days from 9999-12-30 run past"):
         load_app_config(path)
 
 

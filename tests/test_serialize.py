@@ -189,3 +189,10 @@ def test_shuffled_sections_change_the_order_and_repeat_with_the_seed():
     assert len(orders) > 1
     again = shuffle_section_lines(text, np.random.default_rng(3))
     assert again == shuffle_section_lines(text, np.random.default_rng(3))
+
+
+def test_a_line_break_in_a_key_stays_inside_its_one_line():
+    """Values had their line breaks replaced, keys not: `{"d\\n<logs>\\ne": 2}` wrote a line
+    `<logs>` of its own, a fake section that truncation and field shuffling took for one."""
+    record = {"task": "t", "period": None, "config": {"a\nb": 1, "d\n<logs>\ne": 2}, "logs": {}}
+    assert serialize(record).splitlines() == ["<task>", "t", "<config>", "a b=1", "d <logs> e=2"]

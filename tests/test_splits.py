@@ -63,6 +63,11 @@ def test_saved_split_reloads_for_the_same_records_and_rejects_others(tmp_path: P
     assert np.array_equal(load_split(path, list(reversed(ids))), sides[::-1])
     with pytest.raises(ValueError, match="not in the split"):
         load_split(path, [*ids, "new"])
+    edited = json.loads(path.read_text())
+    edited["test"].append(edited["train"][0])  # one id on two sides: the last side won
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="listed on more than one side"):
+        load_split(path, ids)
 
 
 def test_real_c3o_repeats_never_straddle_the_split(tmp_path: Path):

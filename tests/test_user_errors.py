@@ -118,6 +118,19 @@ def test_exporting_again_replaces_the_previous_shards_whole(fleet, tmp_path: Pat
     assert sorted(p.name for p in out.iterdir()) == ["shard=0", "shard=1"]
 
 
+def test_an_export_directory_named_with_brackets_is_a_path_not_a_pattern(fleet, tmp_path: Path):
+    """polars read `run[1]` as a glob class: the export ended in a traceback after DuckDB had
+    written the shards, and `read_records` could not read them back."""
+    from regressor.shards import read_records, shard_files
+
+    config, var = fleet
+    out = tmp_path / "run[1]"
+    done = invoke("export", "--out", out, "-c", config, "--var-dir", var)
+    assert done.exit_code == 0, done.output
+    assert "96 records in" in done.output
+    assert read_records(shard_files(out)).height == 96
+
+
 def test_adapt_to_a_task_that_does_not_exist_names_the_tasks_there_are(fleet):
     config, var = fleet
     result = invoke("adapt", "--task", "cell-zz", "-c", config, "--var-dir", var)
