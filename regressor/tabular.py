@@ -38,6 +38,7 @@ def features(
     if logs_json is not None:
         logs = _log_text_columns(logs_json)
         frame = pd.concat([frame.reset_index(drop=True), logs.reset_index(drop=True)], axis=1)
+        frame = frame.loc[:, ~frame.columns.duplicated()]  # a config key `log` meets the logs'
     return typed(frame, like)
 
 

@@ -126,3 +126,6 @@ def test_a_test_row_is_typed_as_training_typed_its_column_whatever_the_other_tes
     x_train = features(train, ["{}"] * len(train))
     x_test = features([json.dumps({"v": 1})], ["{}"], like=x_train)
     assert x_test["v"].tolist() == ["1"]
+    # A config key `log` names the same column as the log summary's: one is kept, not both.
+    clash = features([json.dumps({"log": {"x": 1}})], [json.dumps({"x": 2})])
+    assert (list(clash.columns), clash["log.x"].tolist()) == (["log.x"], [1])
