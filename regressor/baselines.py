@@ -28,9 +28,9 @@ def typed(frame: pd.DataFrame, like: pd.DataFrame | None = None) -> pd.DataFrame
     test rows holding only numbers in a column training had mixed with text came out numeric,
     and matched none of training's categories, so a prediction depended on the other test
     rows (`align`)."""
-    frame = frame.copy()
     if like is not None:
-        return align(like, frame)
+        return align(like, frame)  # a new frame: `reindex` copies
+    frame = frame.copy()
     for column in frame.columns:
         numeric = pd.to_numeric(frame[column], errors="coerce")
         if numeric.notna().sum() == frame[column].notna().sum():

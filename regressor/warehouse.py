@@ -60,7 +60,7 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
+            if not _is_lock_conflict(exc):
                 raise unreadable(path, exc) from exc
             if time.monotonic() + delay > deadline:
                 raise WarehouseLockedError(
@@ -74,9 +74,14 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
             delay = min(delay * 2, 2.0)
 
 
+def _is_lock_conflict(exc: duckdb.IOException) -> bool:
+    """Whether DuckDB refused the file because another process holds its lock."""
+    return "lock" in str(exc).lower()
+
+
 def _names_damage(exc: duckdb.IOException, path: Path) -> bool:
     """Whether DuckDB failed on reading `path` itself, not on its lock."""
-    return str(path) in str(exc) and "lock" not in str(exc).lower()
+    return str(path) in str(exc) and not _is_lock_conflict(exc)
 
 
 def unreadable(path: Path, exc: duckdb.Error) -> WarehouseUnreadableError:
