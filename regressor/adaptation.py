@@ -173,7 +173,11 @@ def _refit_scale(
         why = f"{n} gate shots; a scale of its own needs {MIN_CALIBRATION_SHOTS}"
         return False, _kept(kept, why)
     scale = predictor.calibrate(
-        gate_shots.texts, gate_shots.targets, eval_cfg.num_samples, scales=gate_shots.scales
+        gate_shots.texts,
+        gate_shots.targets,
+        eval_cfg.num_samples,
+        scales=gate_shots.scales,
+        temperature=eval_cfg.temperature,
     )
     fitted = predictor.interval_scale()
     n_fit = 0 if fitted is None else fitted.n_fit

@@ -295,6 +295,8 @@ class TrainConfig(Frozen):
 
 class EvalConfig(Frozen):
     num_samples: int = Field(32, ge=1)
+    # Also the temperature the conformal scale is fitted at, and holds at only: served draws at
+    # another keep their sampled quantiles (`Predictor.scale_at`). Serving defaults to 1.0.
     temperature: float = Field(1.0, gt=0)
     # Must hold 0.1 and 0.9: the metrics read the q10..q90 interval (`evaluate_predictions`).
     quantiles: tuple[Annotated[float, Field(ge=0, le=1)], ...] = (0.1, 0.5, 0.9)

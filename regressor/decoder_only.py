@@ -95,7 +95,9 @@ class DecoderOnly(nn.Module):
         keys/values [B, H, S, Dh], what the target tokens attend to."""
         s = src_ids.shape[1]
         x = self.drop(self.src_embed(src_ids))  # [B, S, D]
-        rope = rotary(s, self.head_dim)  # [S, Dh]: the prefix starts at 0 in every row
+        rope = rotary(
+            s, self.head_dim, device=src_ids.device
+        )  # [S, Dh]: the prefix starts at 0 in every row
         causal = torch.ones(s, s, dtype=torch.bool, device=src_mask.device).tril()
         itself = torch.eye(s, dtype=torch.bool, device=src_mask.device)
         # Real keys only; each query also sees itself, so a padding query (whose output nothing
@@ -129,7 +131,8 @@ class DecoderOnly(nn.Module):
         w = tokens.numel() // b
         x = self.drop(self.tgt_embed(tokens.reshape(b, w)))  # [B, W, D]
         positions = cache.positions()[:, None]  # [B, 1]: an input's rows share their position
-        rope = rotary_at(positions, self.head_dim)  # [B, 1, 1, Dh]
+        bound = cache.memory_mask.shape[-1] + cache.position + 1  # above every position
+        rope = rotary_at(positions, self.head_dim, bound)  # [B, 1, 1, Dh]
         own_rows = see_own_row(w, cache.position, tokens.device).expand(b, -1, -1, -1)
         mask = torch.cat([see_prefix(cache.memory_mask, w), own_rows], -1)  # [B, 1, W, S+W*t+W]
         for i, block in enumerate(self.decoder):
@@ -151,7 +154,8 @@ class DecoderOnly(nn.Module):
         t = tgt_in.shape[1]
         x = self.drop(self.tgt_embed(tgt_in))  # [B, T, D]
         steps = torch.arange(t, device=src_mask.device)
-        rope = rotary_at(src_mask.sum(1, keepdim=True) + steps, self.head_dim)  # [B, 1, T, Dh]
+        positions = src_mask.sum(1, keepdim=True) + steps  # [B, T], each below S + T
+        rope = rotary_at(positions, self.head_dim, src_mask.shape[1] + t)  # [B, 1, T, Dh]
         causal = (steps[None, :] <= steps[:, None]).expand(len(x), 1, t, t)  # [B, 1, T, T]
         mask = torch.cat([see_prefix(src_mask[:, None, None, :], t), causal], -1)  # [B,1,T,S+T]
         for block, kv in zip(self.decoder, prefix, strict=True):
@@ -159,9 +163,11 @@ class DecoderOnly(nn.Module):
         return self.head(self.decoder_norm(x))
 
 
-def rotary_at(positions: Tensor, head_dim: int) -> Rope:
-    """RoPE tables at per-row positions long [B, Q] -> [B, 1, Q, Dh] each (broadcast on heads)."""
-    cos, sin = (r.to(positions.device) for r in rotary(int(positions.max()) + 1, head_dim))
+def rotary_at(positions: Tensor, head_dim: int, bound: int) -> Rope:
+    """RoPE tables at per-row positions long [B, Q], each below `bound`, -> [B, 1, Q, Dh] each
+    (broadcast on heads). The bound comes from shapes, not `positions.max()`: reading a value
+    back stalls an accelerator at every decoding step (and a `meta` tensor has none)."""
+    cos, sin = rotary(bound, head_dim, device=positions.device)
     return cos[positions][:, None], sin[positions][:, None]
 
 

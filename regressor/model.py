@@ -35,14 +35,22 @@ from regressor.config import ModelConfig
 Rope = tuple[Tensor, Tensor]  # cos, signed sin: [T, Dh] each
 
 
-def rotary(length: int, head_dim: int, offset: int = 0, base: float = 10_000.0) -> Rope:
+def rotary(
+    length: int,
+    head_dim: int,
+    offset: int = 0,
+    base: float = 10_000.0,
+    device: torch.device | None = None,
+) -> Rope:
     """RoPE tables for positions offset .. offset+length-1; cheap enough to build per call.
 
     Full width, with the sign folded into the sine ([-sin, sin]), so that rotating is
-    `x * cos + swap_halves(x) * sin`: four tensor ops instead of eight on the hot path.
+    `x * cos + swap_halves(x) * sin`: four tensor ops instead of eight on the hot path. Built on
+    the activations' `device`: always on the CPU, they failed the first step on an accelerator.
     """
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.arange(offset, offset + length, dtype=torch.float32)[:, None] * inv_freq
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    positions = torch.arange(offset, offset + length, dtype=torch.float32, device=device)
+    angles = positions[:, None] * base**-exponents
     cos, sin = angles.cos(), angles.sin()  # [T, Dh / 2]
     return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
@@ -214,7 +222,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Tensor:
         """src_ids long [B, S], src_mask bool [B, S] (True = real token) -> memory [B, S, D]."""
         x = self.drop(self.src_embed(src_ids))
-        rope = rotary(src_ids.shape[1], self.head_dim)
+        rope = rotary(src_ids.shape[1], self.head_dim, device=src_ids.device)
         mask = key_mask(src_mask)
         for block in self.encoder:
             x = block(x, rope, mask)
@@ -238,7 +246,7 @@ class EncoderDecoder(nn.Module):
         The token sits at position `cache.position`; its keys/values are appended to the cache.
         """
         x = self.drop(self.tgt_embed(tokens.reshape(-1, 1)))  # [B*K, 1, D]
-        rope = rotary(1, self.head_dim, offset=cache.position)
+        rope = rotary(1, self.head_dim, offset=cache.position, device=tokens.device)
         for i, block in enumerate(self.decoder):
             x, cache.self_kv[i] = block(
                 x, rope, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i]
@@ -254,7 +262,7 @@ class EncoderDecoder(nn.Module):
         """The decoder over a whole target prefix: memory [B, S, D], tgt_in [B, T] -> [B, T, V]."""
         cache = self.init_cache(memory, src_mask)
         x = self.drop(self.tgt_embed(tgt_in))
-        rope = rotary(tgt_in.shape[1], self.head_dim)
+        rope = rotary(tgt_in.shape[1], self.head_dim, device=tgt_in.device)
         for i, block in enumerate(self.decoder):
             x, _ = block(x, rope, cache.memory_kv[i], cache.memory_mask, None)
         return self.head(self.decoder_norm(x))

@@ -206,7 +206,9 @@ class NumberCodec:
         if prev.shape[1] >= self.seq_len:
             raise ValueError(f"a record has {self.seq_len} tokens; prefix has {prev.shape[1]}")
         start = prev.shape[1] - prev.shape[1] % self.number_len
-        return self._number_mask(prev[:, start:])  # only the current number's own prefix
+        # Only the current number's own prefix; the rules' tables live on the CPU, so the mask
+        # is built there and moved to the prefix's device (a no-op on the CPU).
+        return self._number_mask(prev[:, start:].cpu()).to(prev.device)
 
     def _number_mask(self, prev: torch.Tensor) -> torch.Tensor:
         """allowed_mask for the prefix [B, t] of one number, t < number_len."""

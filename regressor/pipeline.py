@@ -785,6 +785,7 @@ def _train_and_register(
                 val.tasks,
                 app.eval.conformal_task_min_records,
                 val.scales,
+                app.eval.temperature,
             )
             if np.isfinite(scale):
                 mlflow.log_metric("conformal_interval_scale", scale)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,10 +34,12 @@ from regressor.decoder_only import build_model
 from regressor.environment import fast_autocast
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
-from regressor.sampling import sample, summarize
+from regressor.sampling import check_sampling, sample, summarize
 from regressor.serialize import DEFAULT_PRIORITY, serialize
 from regressor.targets import scale_of
 from regressor.vocab import InputTokenizer
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -110,18 +113,6 @@ def same_tokenizer(a: InputTokenizer, b: InputTokenizer) -> bool:
     return a is b or a._tokenizer.to_str() == b._tokenizer.to_str()
 
 
-def check_sampling(num_samples: int, temperature: float) -> None:
-    """Refuse what sampling cannot mean: no draws (every summary NaN), a negative count (numpy's
-    "negative dimensions"), a negative temperature (silently greedy) or a NaN or infinite one
-    (an index error deep in torch)."""
-    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or num_samples < 1:
-        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(
-            f"temperature must be finite and >= 0 (0 decodes greedily), got {temperature!r}"
-        )
-
-
 def pad_batch(
     ids: Sequence[Sequence[int]], pad_id: int, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +173,11 @@ class Predictor:
         self.absolute_members = tuple(sorted(set(self.absolute_members)))
         if any(not 0 <= j < len(self.members) for j in self.absolute_members):
             raise ValueError(f"absolute_members {self.absolute_members} name no member")
+        if self.codec_config.num_objectives != 1:  # its draws, summaries and scale read one
+            raise ValueError(
+                f"a predictor reads one number per record; the codec writes "
+                f"{self.codec_config.num_objectives} (several are for the sampler only)"
+            )
 
     @property
     def model(self) -> EncoderDecoder:
@@ -472,10 +468,11 @@ class Predictor:
         """Sample summaries per text, in the target's unit (`scales`: see `sample_texts`); the
         shipped conformal scale, if any, recalibrates every quantile and std alike, whichever
         quantiles are asked for (each text's task's own scale when `tasks` names one it was
-        fitted for; `IntervalScale.apply_summary`)."""
+        fitted for; `IntervalScale.apply_summary`). The scale holds at the temperature it was
+        fitted at; at another the quantiles stay as sampled (`scale_at`)."""
         samples = self.sample_texts(texts, num_samples, temperature, seed=seed, scales=scales)
         summary = summarize(samples, quantiles)
-        scale = self.interval_scale()
+        scale = self.scale_at(temperature)
         if scale is not None:
             summary = scale.apply_summary(summary, tasks)
         summary["samples"] = samples
@@ -486,6 +483,21 @@ class Predictor:
         fitted = self.metadata.get("interval_scale")
         return None if fitted is None else IntervalScale(**fitted)
 
+    def scale_at(self, temperature: float) -> IntervalScale | None:
+        """The conformal scale if it was fitted at `temperature`, else None with a warning: the
+        draws' spread changes with the temperature, so a scale fitted at 1.0 and applied at
+        0.25 covered 0.45 of truths for a nominal 0.8, a claim of calibration it cannot keep."""
+        scale = self.interval_scale()
+        if scale is None or math.isclose(scale.temperature, temperature):
+            return scale
+        logger.warning(
+            "intervals as sampled, not calibrated: the conformal scale was fitted at temperature "
+            "%g, and these draws are at %g",
+            scale.temperature,
+            temperature,
+        )
+        return None
+
     def calibrate(
         self,
         texts: Sequence[str],
@@ -494,12 +506,16 @@ class Predictor:
         tasks: Sequence[str] | None = None,
         min_task_records: int | None = None,
         scales: np.ndarray | None = None,
+        temperature: float = 1.0,
     ) -> float:
         """Fit the q10..q90 conformal scale on held-out (validation) records, per task too when
         `tasks` and `min_task_records` are given, and keep it in `metadata` so it ships in the
-        bundle. Returns the pooled scale (1.0: already calibrated)."""
+        bundle. Sample at the `temperature` the model is evaluated and served at: the scale
+        holds there only (`scale_at`). Returns the pooled scale (1.0: already calibrated)."""
         self.metadata.pop("interval_scale", None)
-        raw = self.predict_texts(texts, num_samples, quantiles=(0.1, 0.5, 0.9), scales=scales)
+        raw = self.predict_texts(
+            texts, num_samples, temperature, quantiles=(0.1, 0.5, 0.9), scales=scales
+        )
         try:
             scale = fit_interval_scale(
                 targets,
@@ -513,5 +529,7 @@ class Predictor:
             )
         except ValueError:  # no finite prediction to learn from (an untrained model): raw bounds
             return float("nan")
-        self.metadata["interval_scale"] = asdict(scale)
+        self.metadata["interval_scale"] = asdict(
+            dataclasses.replace(scale, temperature=temperature)
+        )
         return scale.scale

@@ -239,7 +239,7 @@ def checked_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     temperature = merged["temperature"]
     if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number):
         raise InvalidInputError(f"temperature must be a number, got {temperature!r}")
-    from regressor.predictor import check_sampling  # here: MLflow loads this file by path
+    from regressor.sampling import check_sampling  # here: MLflow loads this file by path
 
     try:  # the predictor's own rule (finite, >= 0), refused as a bad param
         check_sampling(num_samples, float(temperature))

@@ -7,6 +7,7 @@ number. `log_prob` scores given values under the same constrained distribution.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,19 @@ def sample(
     ids = sample_ids(
         model, codec, src_ids, src_mask, num_samples, temperature, generator, row_seeds
     )
-    return codec.decode(ids).reshape(src_ids.shape[0], num_samples, *codec.value_shape)
+    return codec.decode(ids.cpu()).reshape(src_ids.shape[0], num_samples, *codec.value_shape)
+
+
+def check_sampling(num_samples: int, temperature: float) -> None:
+    """Refuse what sampling cannot mean: no draws (every summary NaN), a negative count (numpy's
+    "negative dimensions"), a negative temperature (silently greedy) or a NaN or infinite one
+    (an index error deep in torch)."""
+    if isinstance(num_samples, bool) or not float(num_samples).is_integer() or num_samples < 1:
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(
+            f"temperature must be finite and >= 0 (0 decodes greedily), got {temperature!r}"
+        )
 
 
 @torch.no_grad()
@@ -63,16 +76,18 @@ def sample_ids(
     row, so the draws are exact). A trained model is sharp, so the groups are few: the sign and
     the leading digits are shared by most samples, and only the last digits fan out to K rows.
     """
-    b, k = src_ids.shape[0], num_samples
-    out = torch.empty(b * k, codec.seq_len, dtype=torch.long)
-    group_of = torch.arange(b).repeat_interleave(k)  # [B*K] sample -> its prefix group's row
-    groups = torch.arange(b) * k  # [G] a sample of each group (its prefix is the group's)
+    check_sampling(num_samples, temperature)
+    b, k, device = src_ids.shape[0], num_samples, src_ids.device  # the model's device
+    out = torch.empty(b * k, codec.seq_len, dtype=torch.long, device=device)
+    group_of = torch.arange(b, device=device).repeat_interleave(k)  # [B*K] sample -> its group
+    groups = torch.arange(b, device=device) * k  # [G] a sample of each group (its prefix)
     uniforms = None  # [B*K, seq_len]: each input's own, drawn up front
     if row_seeds is not None and temperature > 0:
-        uniforms = row_uniforms(row_seeds, k, codec.seq_len)
+        uniforms = row_uniforms(row_seeds, k, codec.seq_len).to(device)
     with evaluating(model):
         cache = model.init_cache(model.encode(src_ids, src_mask), src_mask)
-        logits = model.decode_step(torch.full((b,), codec.bos_id, dtype=torch.long), cache)
+        bos = torch.full((b,), codec.bos_id, dtype=torch.long, device=device)
+        logits = model.decode_step(bos, cache)
         for t in range(codec.seq_len):
             allowed = codec.allowed_mask(out[groups, :t])  # [G, V]
             logits = logits.float().masked_fill(~allowed, float("-inf"))
@@ -97,13 +112,15 @@ def _regroup(group_of: Tensor, token: Tensor, b: int, k: int) -> tuple[Tensor, T
     key = group_of * (int(token.max()) + 1) + token  # a group and a token -> one int64 key
     unique, inverse = torch.unique(key, return_inverse=True)  # sorted: input-major
     # A sample of each group; which one does not matter, all share the group's prefix.
-    sample = torch.empty(len(unique), dtype=torch.long).scatter_(0, inverse, torch.arange(b * k))
+    device = token.device
+    every = torch.arange(b * k, device=device)
+    sample = torch.empty(len(unique), dtype=torch.long, device=device).scatter_(0, inverse, every)
     owner = sample // k  # [U] each group's input
     counts = torch.bincount(owner, minlength=b)  # [B]
     width = int(counts.max())
     start = counts.cumsum(0) - counts  # [B] index of each input's first unique group
-    slot = owner * width + torch.arange(len(unique)) - start[owner]  # [U] padded row
-    groups = (torch.arange(b) * k).repeat_interleave(width)  # spare rows: the input's sample 0
+    slot = owner * width + torch.arange(len(unique), device=device) - start[owner]  # [U] row
+    groups = (torch.arange(b, device=device) * k).repeat_interleave(width)  # spare: sample 0
     groups[slot] = sample
     parents = group_of[groups]
     return slot[inverse], groups, parents
@@ -150,7 +167,9 @@ def _pick(
     cdf = probs.cumsum(dim=-1)  # [N, V]
     total = cdf[:, -1:]  # [N, 1], ~1
     if u is None:
-        u = torch.rand(total.shape, dtype=torch.float32, generator=generator)
+        on = None if generator is None else generator.device  # a generator draws on its own
+        u = torch.rand(total.shape, dtype=torch.float32, generator=generator, device=on)
+        u = u.to(total.device)
     # Strictly below the total, so the search lands on a token with positive probability.
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
@@ -170,13 +189,13 @@ def log_prob(
     rounded as the codec encodes it, so this is the probability of its token sequence: the
     probability mass of the interval of numbers that round to it.
     """
-    target = codec.encode(values)  # [B, T]
-    bos = torch.full((len(target), 1), codec.bos_id, dtype=torch.long)
+    target = codec.encode(values).to(src_ids.device)  # [B, T]
+    bos = torch.full((len(target), 1), codec.bos_id, dtype=torch.long, device=src_ids.device)
     with evaluating(model):
         logits = model(src_ids, src_mask, torch.cat([bos, target[:, :-1]], dim=1)).float()
     allowed = torch.stack([codec.allowed_mask(target[:, :t]) for t in range(codec.seq_len)], 1)
     logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-    return logp.gather(2, target[:, :, None]).squeeze(2).sum(1).double().numpy()
+    return logp.gather(2, target[:, :, None]).squeeze(2).sum(1).double().cpu().numpy()
 
 
 def _within_range(values: np.ndarray) -> np.ndarray:

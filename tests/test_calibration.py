@@ -194,6 +194,41 @@ def test_predictor_ships_its_conformal_scale_and_applies_it(tmp_path):
     np.testing.assert_allclose((calibrated["median"] - calibrated["q10"])[ok], expected[ok])
 
 
+def test_the_scale_is_fitted_and_applied_at_one_temperature(tmp_path, caplog):
+    """The draws' spread depends on the temperature, so `calibrate` samples at the one it is
+    given, the scale keeps it through save/load, and draws at another stay as sampled, with a
+    warning (a scale fitted at 1.0 covered 0.45 for 0.8 at 0.25)."""
+    import torch
+
+    from regressor.config import CodecConfig, load_model_config
+    from regressor.predictor import Predictor
+    from regressor.vocab import InputTokenizer
+
+    torch.manual_seed(0)
+    texts = [f"load={v}\nqueue={v % 7}" for v in range(40)]
+    tokenizer = InputTokenizer.train(texts, vocab_size=300)
+    predictor = Predictor.create(load_model_config("tiny"), CodecConfig(), tokenizer)
+    targets = np.linspace(1, 100, 32)
+    cool = predictor.predict_texts(texts[8:], num_samples=16, temperature=0.5)
+    scale = predictor.calibrate(texts[8:], targets, num_samples=16, temperature=0.5)
+    fitted = fit_interval_scale(targets, cool["median"], cool["q10"], cool["q90"], 0.8)
+    assert scale == pytest.approx(fitted.scale)  # the draws at 0.5, not at 1.0
+    loaded = Predictor.load(predictor.save(tmp_path / "bundle"))
+    assert loaded.interval_scale().temperature == 0.5
+    with caplog.at_level("WARNING", logger="regressor.predictor"):
+        at_half = loaded.predict_texts(texts[:8], num_samples=16, temperature=0.5)
+        assert not caplog.records
+        at_one = loaded.predict_texts(texts[:8], num_samples=16, temperature=1.0)
+    assert "fitted at temperature 0.5, and these draws are at 1" in caplog.text
+    loaded.metadata.pop("interval_scale")
+    bare = {t: loaded.predict_texts(texts[:8], num_samples=16, temperature=t) for t in (0.5, 1)}
+    np.testing.assert_array_equal(at_one["q10"], bare[1]["q10"])  # as sampled
+    ok = np.isfinite(bare[0.5]["q10"]) & (bare[0.5]["median"] != bare[0.5]["q10"])
+    assert ok.any()
+    assert scale != 1.0
+    assert not np.array_equal(at_half["q10"][ok], bare[0.5]["q10"][ok])  # applied at 0.5
+
+
 def two_tasks(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     """The samples of both tasks spread by 0.3 around the model's centre; task `easy`'s truths
     scatter that much, task `hard`'s 3x more: a model as sure where it errs as where it does not."""

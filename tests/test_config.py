@@ -96,3 +96,14 @@ def test_several_objectives_are_refused_by_a_pipeline_config(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"(?s)two\.yaml.*num_objectives"):
         load_app_config(path)
     assert CodecConfig(num_objectives=2).num_objectives == 2  # the codec alone still has them
+
+
+def test_several_objectives_are_refused_by_a_predictor():
+    """Nor does a library user's predictor read them: it was created, and its first prediction
+    failed with a numpy broadcast error."""
+    from regressor.predictor import Predictor
+    from regressor.vocab import InputTokenizer
+
+    tokenizer = InputTokenizer.train(["a=1", "b=2"], vocab_size=300)
+    with pytest.raises(ValueError, match="codec writes 2"):
+        Predictor.create(load_model_config("tiny"), CodecConfig(num_objectives=2), tokenizer)

@@ -251,3 +251,19 @@ def test_lora_trains_only_adapters_and_merges_back() -> None:
         torch.testing.assert_close(model(src, mask, tgt), before)  # B starts at zero
     assert merge_lora(model) > 0
     assert model.state_dict().keys() == keys
+
+
+@pytest.mark.parametrize("name", ["tiny", "mini_decoder_only"])
+def test_both_models_compute_on_their_inputs_device(name: str) -> None:
+    """Every tensor a pass builds (rotary tables, masks) follows its inputs: built on the CPU,
+    they failed the first training step on an accelerator. No accelerator here, so the `meta`
+    device stands in: it holds shapes and no values, and refuses any mix with the CPU."""
+    cfg = load_model_config(name)
+    model = build_model(cfg, 300, NumberCodec().vocab_size).to("meta")
+    src = torch.zeros(2, 7, dtype=torch.long, device="meta")
+    mask = torch.ones(2, 7, dtype=torch.bool, device="meta")
+    tgt = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    assert model(src, mask, tgt).shape == (2, 5, NumberCodec().vocab_size)
+    steps = decode_incrementally(model, src, mask, tgt)
+    assert steps.shape == (2, 5, NumberCodec().vocab_size)
+    assert steps.device.type == "meta"

@@ -253,6 +253,18 @@ def test_a_tiny_temperature_samples_greedily_instead_of_crashing(temperature: fl
     assert torch.equal(tiny, greedy)
 
 
+@pytest.mark.parametrize(
+    ("num_samples", "temperature"), [(2, -1.0), (2, float("nan")), (2, float("inf")), (0, 1.0)]
+)
+def test_the_sampler_refuses_what_sampling_cannot_mean(num_samples: int, temperature: float):
+    """Checked in the sampler itself, not only by the predictor: called directly, a negative
+    temperature decoded greedily without a word and NaN or inf failed with an IndexError."""
+    codec = NumberCodec(CodecConfig(mantissa_digits=2))
+    model, src, mask = untrained(codec)
+    with pytest.raises(ValueError, match="must be"):
+        sample(model, codec, src, mask, num_samples, temperature)
+
+
 def test_statistics_of_finite_samples_near_the_float_maximum_stay_finite() -> None:
     top = np.finfo(np.float64).max
     out = summarize(np.array([[top, top], [1e308, 1.7e308]]), quantiles=(0.1, 0.5, 0.9))
