@@ -63,7 +63,7 @@ deploy: install  ## register prefect.yaml's deployments on the server at PREFECT
 	$(BIN)/prefect --no-prompt deploy --all
 
 worker: install  ## a process worker for the deployments registered by `make deploy`
-	$(BIN)/prefect worker start --pool textperf-process --type process
+	TEXTPERF_VAR_DIR=$(VAR) $(BIN)/prefect worker start --pool textperf-process --type process
 
 export: install  ## the warehouse's records as Parquet shards under var/shards
 	$(BIN)/textperf export --var-dir $(VAR) --out $(SHARDS)

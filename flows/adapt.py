@@ -15,7 +15,7 @@ from flows.common import (
     retry_unless_user_error,
     tried_once_if,
 )
-from regressor import jobs
+from regressor import jobs, pipeline
 from regressor.config import load_app_config, load_source_config
 
 # Reads the warehouse and writes MLflow only; the tracking server can blip, so retry.
@@ -62,6 +62,7 @@ def _adapt(
 ) -> str:
     forward_library_logs()
     app = load_app_config(config, var_dir)
+    pipeline.check_train_config(app)  # fine-tuning trains with it too
     paths = checked_paths(app)
     source = load_source_config(source_name or app.source)
     attempt = tried_once_if(force, adapt_task)

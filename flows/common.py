@@ -26,6 +26,7 @@ from prefect.tasks import Task
 from regressor import pipeline, registry
 from regressor.config import (
     AppConfig,
+    ConfigError,
     OrchestrationConfig,
     ResolvedPaths,
     load_train_config,
@@ -81,7 +82,7 @@ def failing_cleanly(body: Callable[..., R], *args: Any, **kwargs: Any) -> R | St
     flow raises (calling the flow still raises the error)."""
     try:
         return body(*args, **kwargs)
-    except registry.UserError as exc:
+    except (registry.UserError, ConfigError) as exc:  # a bad config file: named, one line
         return Failed(message=str(exc), data=exc)
 
 

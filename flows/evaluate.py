@@ -40,8 +40,8 @@ def evaluate(
     """Score a registered model on the warehouse's records of a source and split.
 
     Args:
-        model: any models:/ URI, an alias or a fixed version; default: the config's model at
-            its champion alias.
+        model: a models:/ URI, NAME@ALIAS, NAME/VERSION, or a bare NAME (its latest
+            version); default: the config's model at its champion alias.
         split: train, val, test, adapt_pool or adapt_test.
         source: a name under conf/sources/ or a YAML path; default: the app config's source.
         config: the app config (YAML); default: conf/default.yaml.

@@ -179,6 +179,7 @@ def _retrain(
 ) -> str | State:
     forward_library_logs()
     app = load_app_config(config, var_dir, model=model, train=train)
+    pipeline.check_train_config(app)  # before any work: a typo'd strategy failed after ingest
     paths = checked_paths(app)
     source = load_source_config(app.source)
     run_id = pipeline.new_run_id()

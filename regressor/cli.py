@@ -148,6 +148,7 @@ def retrain(
 
     with _user_errors():  # checked before Prefect starts: a clear line, not a failed run
         cfg = load_app_config(config, var_dir, model=model, train=train)
+        pipeline.check_train_config(cfg)
         paths = registry.state_paths(cfg)
         pipeline.generates_fleet(paths, load_source_config(cfg.source), generate_fleet)
         registry.require_reachable(paths.tracking_uri)
@@ -409,8 +410,13 @@ def predict(
         typer.Argument(help="JSON record files: {task, period, config, logs} or {text}."),
     ],
     model: Annotated[
-        str, typer.Option(help="Model URI or NAME@ALIAS / NAME/VERSION.")
-    ] = "models:/textperf@champion",
+        str | None,
+        typer.Option(
+            help="Model URI or NAME@ALIAS / NAME/VERSION [default: the config's "
+            "registry.model_name at registry.champion_alias, textperf@champion].",
+            show_default=False,
+        ),
+    ] = None,
     num_samples: Annotated[
         int | None,
         typer.Option(help="Sampled decodes per record [default: 32].", show_default=False),
@@ -444,8 +450,12 @@ def predict(
     params = _predict_params(num_samples, temperature, quantile, samples)
     rows = [_read_record(path) for path in records]
     with _user_errors():  # a var dir that is a file, a tracking server that does not answer
-        store = _registry_at(config, var_dir)[1].tracking_uri
-    uri = _model_uri(model)
+        cfg, paths = _registry_at(config, var_dir)
+    store = paths.tracking_uri
+    # The config's names by default, as the pipeline registers and gates: `textperf@champion`
+    # was fixed here, so a config naming its own model predicted with another, or none.
+    named = registry.model_uri(cfg.registry.model_name, cfg.registry.champion_alias)
+    uri = _model_uri(model) if model else named
     _require_registered(uri, store)
     pinned, note = _pinned(uri)
     loaded = _load_model(pinned)
@@ -666,22 +676,30 @@ def models_show(
 def models_promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="The version to promote.")],
-    alias: Annotated[str, typer.Option(help="The alias to move.")] = "champion",
+    alias: Annotated[
+        str | None,
+        typer.Option(
+            help="The alias to move [default: the config's registry.champion_alias, champion].",
+            show_default=False,
+        ),
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why; kept on the version.")] = "manual promotion",
     config: ConfigOpt = None,
     var_dir: VarOpt = None,
 ) -> None:
-    """Point an alias (default champion) at a version by hand, bypassing the gate; logged.
+    """Point an alias (default: the champion) at a version by hand, bypassing the gate; logged.
     It waits for a run gating or adapting this model on this var dir, so the run's gate, which
     read the champion before, cannot move the alias back past this promotion."""
     from regressor import pipeline, registry
 
-    if alias.isdigit():  # `models:/NAME/2` is version 2, so an alias `2` could not be asked for
+    if alias is not None and alias.isdigit():  # `models:/NAME/2` is version 2: not an alias
         raise typer.BadParameter(
             f"alias {alias!r} is a number: name it, e.g. champion", param_hint="--alias"
         )
     with _user_errors():
-        _, paths = _registry_at(config, var_dir)
+        cfg, paths = _registry_at(config, var_dir)
+    # The alias the pipeline's gate reads: a fixed `champion` moved one it never reads.
+    alias = alias or cfg.registry.champion_alias
     with _registry_errors(paths.tracking_uri), pipeline.alias_locks(paths, name):
         registry.existing_version(name, version)  # names what is missing, MLflow's words do not
         decision = registry.promote(name, version, alias, reason)

@@ -6,6 +6,7 @@ instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import zoneinfo
@@ -29,6 +30,10 @@ CONF_DIR = PROJECT_ROOT / "conf"
 # A name that goes quoted into an MLflow search filter (a registered model's, a kept bundle's):
 # letters, digits and . _ - only, so no quoting can break the filter.
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+# Where state lands, when neither --var-dir nor a flow's `var_dir` says (`load_app_config`).
+VAR_DIR_ENV = "TEXTPERF_VAR_DIR"
+# A registered model alias: MLflow's characters (word characters and -).
+ALIAS = r"^[\w-]+$"
 # A source's name keys its rows in the warehouse and starts its record ids (`name/task/key`).
 SOURCE_NAME = rf"^{SAFE_NAME}$"
 
@@ -292,6 +297,16 @@ class TrainConfig(Frozen):
             raise ValueError(f"min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
         return self
 
+    @model_validator(mode="after")
+    def _fp16_needs_a_gpu(self) -> TrainConfig:
+        # Lightning trains a CPU run asked for 16-mixed in bf16-mixed, with a warning, while the
+        # optimiser (`RegressionLM._fused`) takes it for fp16: say so at load instead.
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            raise ValueError(
+                "precision 16-mixed needs a GPU accelerator; on the CPU use bf16-mixed or auto"
+            )
+        return self
+
 
 class EvalConfig(Frozen):
     num_samples: int = Field(32, ge=1)
@@ -353,10 +368,22 @@ class PromotionRule(Frozen):
 
 class RegistryConfig(Frozen):
     model_name: str = Field("textperf", pattern=rf"^{SAFE_NAME}$")
-    champion_alias: str = "champion"
-    challenger_alias: str = "challenger"
+    champion_alias: str = Field("champion", pattern=ALIAS, max_length=255)
+    challenger_alias: str = Field("challenger", pattern=ALIAS, max_length=255)
     experiment: str = "textperf"
     promotion: PromotionRule = PromotionRule()
+
+    @model_validator(mode="after")
+    def _usable_aliases(self) -> RegistryConfig:
+        # MLflow refuses these only when the gate sets them, after training and registering;
+        # and it reads `latest` as the newest version, a refused challenger among them.
+        for key in ("champion_alias", "challenger_alias"):
+            alias = getattr(self, key)
+            if alias.lower() == "latest" or re.fullmatch(r"[vV]?\d+", alias):
+                raise ValueError(f"{key} {alias!r}: MLflow keeps `latest` and v<N> for versions")
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError("champion_alias and challenger_alias must differ")
+        return self
 
 
 class ScheduleConfig(Frozen):
@@ -384,11 +411,25 @@ class ScheduleConfig(Frozen):
 class OrchestrationConfig(Frozen):
     """How Prefect runs the flows: task runner, and the one-writer limit around DuckDB."""
 
+    # threads: the flows' tasks in the flow's process, and a run's adaptations one after
+    # another; dask: its adaptations side by side on a local Dask cluster of `max_workers`
+    # processes (the `dask` extra).
     task_runner: Literal["threads", "dask"] = "threads"
-    max_workers: int = Field(2, ge=1)  # threads, or Dask workers of a local cluster
-    # A Prefect global concurrency limit of 1 slot held by every task that writes the warehouse.
-    writer_limit: str = "textperf-warehouse-writer"
-    work_pool: str = "textperf-process"
+    max_workers: int = Field(2, ge=1)  # Dask workers of the local cluster
+    # A Prefect global concurrency limit of 1 slot held by every task that writes the warehouse
+    # (the characters Prefect refuses in a limit's name are refused here, at load).
+    writer_limit: str = Field("textperf-warehouse-writer", pattern=r"^[^/%&><]+$")
+    work_pool: str = "textperf-process"  # what prefect.yaml and the Makefile name
+
+    @model_validator(mode="after")
+    def _dask_installed(self) -> OrchestrationConfig:
+        # Checked at load: without it, a run failed once its model was registered, at the first
+        # adaptations it spread out, and wrote no report.
+        if self.task_runner == "dask" and importlib.util.find_spec("prefect_dask") is None:
+            raise ValueError(
+                "task_runner dask needs prefect-dask: pip install 'textperf[dask]' (or threads)"
+            )
+        return self
 
 
 class AppConfig(Frozen):
@@ -507,8 +548,12 @@ def load_app_config(
     model: str | None = None,
     train: str | None = None,
 ) -> AppConfig:
-    """The app config at `path` (default conf/default.yaml); `var_dir` moves where state lands,
-    `model` and `train` pick other `conf/model/` and `conf/train/` files by name."""
+    """The app config at `path` (default conf/default.yaml); `var_dir` (else the environment's
+    `TEXTPERF_VAR_DIR`) moves where state lands, `model` and `train` pick other `conf/model/`
+    and `conf/train/` files by name."""
+    # The CLI reads the variable as its --var-dir; a flow a Prefect worker runs reads it here
+    # (it was the CLI's only, though a flow's errors named it as a way to move the state).
+    var_dir = var_dir if var_dir is not None else (os.environ.get(VAR_DIR_ENV) or None)
     picked = {key: name for key, name in (("model", model), ("train", train)) if name}
     app = load_model(AppConfig, path or conf_dir / "default.yaml", **picked)
     # The files it names, picked or not: fail now, naming the file, not after ingest, mid-flow.

@@ -42,6 +42,7 @@ from regressor.config import (
     SourceConfig,
     load_model_config,
     load_train_config,
+    named_config,
 )
 from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
@@ -55,7 +56,7 @@ from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source, requi
 from regressor.sources.fleet import IngestReport
 from regressor.sources.fleet import source_root as fleet_root
 from regressor.tracking import configure_mlflow, log_splits
-from regressor.training import FitResult, RunLogger, fit_examples
+from regressor.training import FitResult, RunLogger, check_trainer_settings, fit_examples
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import NoRecordsTableError, Warehouse, reading_records
 
@@ -77,6 +78,13 @@ def source_root(paths: ResolvedPaths, source: FleetSourceConfig) -> Path:
 
 def generate(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> FleetSummary:
     return generate_fleet(source_root(paths, source), app.fleet)
+
+
+def check_train_config(app: AppConfig) -> None:
+    """The run's train config against Lightning and this machine, before any work
+    (`training.check_trainer_settings`); a `ConfigError` naming its file."""
+    where = str(named_config("train", app.train))
+    check_trainer_settings(load_train_config(app.train), where)
 
 
 def generates_fleet(paths: ResolvedPaths, source: SourceConfig, requested: bool | None) -> bool:

@@ -30,7 +30,7 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from regressor.config import TrainConfig
+from regressor.config import ConfigError, TrainConfig
 from regressor.dataset import Examples
 from regressor.environment import (
     TRAINED_WITH,
@@ -571,6 +571,33 @@ def _result_checkpoint(checkpoint: ModelCheckpoint, checkpoint_dir: Path, valida
         return known
     found = checkpoint_dir / ("best.ckpt" if validating else "last.ckpt")
     return str(found) if found.exists() else ""
+
+
+def check_trainer_settings(cfg: TrainConfig, where: str) -> None:
+    """Refuse, before a run does any work, an accelerator or strategy Lightning does not know, or
+    an accelerator this machine lacks: `L.Trainer` refused them only when the fit began, after
+    the ingest and the dataset (and a nightly run tried again a minute later). A `ConfigError`
+    naming `where` (the train config's file). Names only, not a trial `L.Trainer`: inside a
+    SLURM allocation the parent process would meet checks meant for the ranks."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+
+    accelerators = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+    if cfg.accelerator not in accelerators:
+        known = ", ".join(sorted(accelerators))
+        raise ConfigError(f"{where}: accelerator {cfg.accelerator!r} is none of {known}")
+    if cfg.strategy != "auto" and cfg.strategy not in StrategyRegistry:
+        raise ConfigError(
+            f"{where}: strategy {cfg.strategy!r} is not one Lightning knows (auto, ddp, "
+            "fsdp, deepspeed, ...: lightning.pytorch.strategies.StrategyRegistry)"
+        )
+    if cfg.accelerator == "gpu":
+        present = CUDAAccelerator.is_available() or MPSAccelerator.is_available()
+    elif cfg.accelerator != "auto":
+        present = AcceleratorRegistry[cfg.accelerator]["accelerator"].is_available()
+    else:
+        present = True
+    if not present:
+        raise ConfigError(f"{where}: accelerator {cfg.accelerator!r}: this machine has none")
 
 
 def strategy_name(cfg: TrainConfig) -> str:

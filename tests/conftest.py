@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests use their own stores: a developer's exported team server must never receive test runs.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("TEXTPERF_VAR_DIR", None)  # nor a developer's own state directory
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -5,12 +5,14 @@ pydantic or the OS, and never taken with an absurd value. Real files under tmp_p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from regressor.config import (
@@ -21,6 +23,7 @@ from regressor.config import (
     load_source_config,
     load_train_config,
 )
+from regressor.training import check_trainer_settings
 
 TABLE = {
     "name": "t",
@@ -157,6 +160,41 @@ def test_an_absurd_app_setting_is_refused_naming_the_field(
         load_app_config(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("champion_alias", "v1"),  # MLflow's: refused at the gate, after training
+        ("champion_alias", "latest"),  # MLflow reads it as the newest version
+        ("challenger_alias", "Latest"),
+        ("champion_alias", "7"),  # `NAME/7` is version 7
+        ("champion_alias", "a b"),
+        ("writer_limit", "a/b"),  # Prefect's: refused at the first ingest on a server
+    ],
+)
+def test_a_name_mlflow_or_prefect_would_refuse_is_refused_at_load(
+    tmp_path: Path, field: str, value: str
+):
+    section = "orchestration" if field == "writer_limit" else "registry"
+    path = write(tmp_path / "names.yaml", f"{section}:\n  {field}: '{value}'\n")
+    with pytest.raises(ConfigError, match=rf"(?s)names\.yaml: .*{section}"):
+        load_app_config(path)
+
+
+def test_the_champion_and_challenger_aliases_must_differ(tmp_path: Path):
+    path = write(tmp_path / "same.yaml", "registry:\n  challenger_alias: champion\n")
+    with pytest.raises(ConfigError, match=r"(?s)same\.yaml: .*must differ"):
+        load_app_config(path)
+
+
+def test_the_dask_runner_without_its_package_is_refused_at_load(tmp_path: Path, monkeypatch):
+    """Without prefect-dask, a run failed once its model was registered, at its first
+    adaptations spread out, and wrote no report. `None` in sys.modules: not importable."""
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)
+    path = write(tmp_path / "dask.yaml", "orchestration:\n  task_runner: dask\n")
+    with pytest.raises(ConfigError, match=r"(?s)dask\.yaml: .*textperf\[dask\]"):
+        load_app_config(path)
+
+
 def test_fleet_days_past_the_calendar_are_refused_when_loaded(tmp_path: Path):
     """An OverflowError half-way through writing the demo fleet, before."""
     path = write(tmp_path / "late.yaml", "fleet:\n  start_date: '9999-12-30'\n  n_days: 5\n")
@@ -191,6 +229,36 @@ def test_an_absurd_model_size_is_refused_at_load(tmp_path: Path, sizes: dict, fi
     with pytest.raises(ConfigError, match=rf"(?s)model/huge\.yaml: .*{field}"):
         load_model_config("huge", conf)
     assert load_model_config("base", conf).approx_parameters < 6e7  # the paper's size loads
+
+
+def test_fp16_on_the_cpu_is_refused(tmp_path: Path):
+    """Lightning trained it in bf16 with a warning, while the optimiser took it for fp16."""
+    conf = conf_with_train(tmp_path, "precision: 16-mixed\n")
+    with pytest.raises(ConfigError, match=r"(?s)train/t\.yaml: .*16-mixed needs a GPU"):
+        load_train_config("t", conf)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("strategy: dpp\n", "strategy 'dpp' is not one Lightning knows"),
+        ("accelerator: gpux\n", "accelerator 'gpux' is none of auto, cpu, cuda, gpu"),
+        pytest.param(
+            "accelerator: gpu\n",
+            "accelerator 'gpu': this machine has none",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
+    ],
+)
+def test_a_strategy_or_accelerator_lightning_refuses_is_named_before_any_work(
+    tmp_path: Path, text: str, said: str
+):
+    """They passed the config and failed when `L.Trainer` was built, after the ingest and the
+    dataset, and a nightly run tried again a minute later."""
+    cfg = load_train_config("t", conf_with_train(tmp_path, text))
+    with pytest.raises(ConfigError, match=re.escape(f"train/t.yaml: {said}")):
+        check_trainer_settings(cfg, str(tmp_path / "conf" / "train" / "t.yaml"))
+    check_trainer_settings(load_train_config("tiny_ddp"), "tiny_ddp.yaml")  # DDP on CPUs
 
 
 @pytest.mark.parametrize("devices", [0, -3])

@@ -247,6 +247,28 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert f"textperf's aliases: @champion (v{v2.version})" in no_alias.output
 
 
+def test_cli_predict_and_promote_default_to_the_configs_names(store, tmp_path: Path, monkeypatch):
+    """Without --model or --alias, the config's `registry.champion_alias` (and model name), as
+    the pipeline gates: `textperf@champion` and `champion` were fixed, so a team naming its own
+    alias predicted with no model, and a rollback moved an alias the pipeline never reads."""
+    v1 = register_tiny_version(tmp_path, "a")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    config = tmp_path / "team.yaml"
+    config.write_text("registry:\n  model_name: textperf\n  champion_alias: best\n")
+    given = ["-c", str(config), "--var-dir", str(tmp_path)]
+    runner = CliRunner()
+    promoted = runner.invoke(cli.app, ["models", "promote", "textperf", str(v1.version), *given])
+    assert promoted.exit_code == 0, promoted.output
+    assert f"textperf/{v1.version} is now @best" in promoted.output
+    aliases = MlflowClient().get_registered_model("textperf").aliases
+    assert aliases == {"best": int(v1.version)}
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(RECORD))
+    predicted = runner.invoke(cli.app, ["predict", str(record), "--num-samples", "2", *given])
+    assert predicted.exit_code == 0, predicted.output
+    assert f"models:/textperf@best = models:/textperf/{v1.version}" in predicted.stderr
+
+
 def test_a_gated_version_and_its_model_are_described_and_listed_with_scores(
     store, tmp_path: Path, monkeypatch
 ):

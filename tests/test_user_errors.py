@@ -231,6 +231,33 @@ def test_the_ingest_flow_names_a_var_dir_that_is_a_file(tmp_path: Path, prefect_
     assert a_file.read_text() == ""
 
 
+def test_a_flow_a_worker_runs_reads_the_var_dir_variable(
+    tmp_path: Path, monkeypatch, prefect_harness
+):
+    """`TEXTPERF_VAR_DIR` reached the CLI only, though the flows' errors named it as a way to
+    move the state: a deployment's run put its state in the config's var dir instead."""
+    from flows.ingest import ingest
+
+    a_file = tmp_path / "var"
+    a_file.write_text("")
+    monkeypatch.setenv("TEXTPERF_VAR_DIR", str(a_file))
+    state = ingest(return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"the state directory {a_file}"), state.message
+
+
+def test_a_flow_given_a_bad_config_fails_with_its_one_line(tmp_path: Path, prefect_harness):
+    """A `ConfigError` is a user's mistake too: the run fails with the message naming the file,
+    not with two tracebacks in its log."""
+    from flows.evaluate import evaluate
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("registry:\n  champion_alias: latest\n")
+    state = evaluate(config=bad, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"{bad}: "), state.message
+
+
 # A hang guard, not a speed check: MLflow's own retries took about four minutes per call.
 @pytest.mark.timeout(150)
 def test_an_unreachable_tracking_server_fails_quickly_and_says_so(fleet, monkeypatch):
