@@ -11,6 +11,7 @@ dependency in the served environment, and nothing to unwrap before saving.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -43,13 +44,12 @@ class LoRALinear(nn.Module):
         return (self.lora_b @ self.lora_a) * self.scale
 
     def merged(self) -> nn.Linear:
-        linear = nn.Linear(
-            self.base.in_features, self.base.out_features, bias=self.base.bias is not None
-        )
+        """A copy of the base with the update folded in: its dtype and device, and no fresh
+        `nn.Linear`, whose random initialisation moved torch's global generator (so whatever
+        drew from it after an adaptation drew other numbers) and took the default dtype."""
+        linear = copy.deepcopy(self.base)
         with torch.no_grad():
-            linear.weight.copy_(self.base.weight + self.delta())
-            if self.base.bias is not None:
-                linear.bias.copy_(self.base.bias)
+            linear.weight.copy_(self.base.weight + self.delta())  # rounded once, to its dtype
         return linear
 
 

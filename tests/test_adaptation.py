@@ -158,10 +158,25 @@ def test_merged_lora_predicts_the_same_as_the_adapter_model(base):
     tgt_in = torch.zeros(4, 3, dtype=torch.long)
     with torch.no_grad():
         adapter_logits = model(src, mask, tgt_in)
+        before = torch.get_rng_state()
         assert merge_lora(model) > 0
+        # A fresh nn.Linear per layer drew its initialisation from the global generator.
+        assert torch.equal(torch.get_rng_state(), before)
         merged_logits = model(src, mask, tgt_in)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_a_merged_lora_layer_keeps_its_base_dtype():
+    """A bf16 layer came back float32 (the default dtype of a fresh nn.Linear)."""
+    torch.manual_seed(0)
+    wrapped = LoRALinear(torch.nn.Linear(6, 4).to(torch.bfloat16), rank=2, alpha=2.0)
+    torch.nn.init.normal_(wrapped.lora_b, std=0.5)
+    merged = wrapped.merged()
+    assert merged.weight.dtype == torch.bfloat16
+    expected = (wrapped.base.weight.float() + wrapped.delta()).to(torch.bfloat16)
+    torch.testing.assert_close(merged.weight, expected)
+    torch.testing.assert_close(merged.bias, wrapped.base.bias)
 
 
 def test_from_scratch_reuses_the_base_tokenizer_and_the_same_split(base, tmp_path: Path):
