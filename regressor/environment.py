@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 LIBRARY_ROOT = Path(__file__).parent  # regressor/
+SQL_ROOT = LIBRARY_ROOT.parent / "sql"  # beside it (`warehouse.SQL_DIR`)
 
 # `Predictor.metadata` key: the `numeric_environment` its weights were last trained in
 TRAINED_WITH = "trained_with"
@@ -53,11 +54,15 @@ def numeric_environment() -> dict[str, str]:
     }
 
 
-def source_digest(root: Path) -> str:
-    """sha256 of the Python source under `root` (`**/*.py`), as it is on disk now."""
+def source_digest(root: Path, sql_dir: Path | None = None) -> str:
+    """sha256 of the Python source under `root` (`**/*.py`) and, with `sql_dir`, of the SQL
+    under it (`**/*.sql`), as they are on disk now."""
+    files = [(str(p.relative_to(root)), p) for p in root.rglob("*.py")]
+    if sql_dir is not None:
+        files += [(f"sql/{p.relative_to(sql_dir)}", p) for p in sql_dir.rglob("*.sql")]
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        name, body = str(path.relative_to(root)).encode(), path.read_bytes()
+    for label, path in sorted(files):
+        name, body = label.encode(), path.read_bytes()
         digest.update(b"%d:%s%d:" % (len(name), name, len(body)) + body)
     return digest.hexdigest()[:16]
 
@@ -65,12 +70,13 @@ def source_digest(root: Path) -> str:
 # Read when the library is imported: the code this process runs. Read at each call, a checkout
 # updated under a long-lived worker (a `git pull` mid-run) changed a run's keys between a task
 # and its retry, which then missed the version the first attempt registered and made another.
-_LOADED_CODE_DIGEST = source_digest(LIBRARY_ROOT)
+_LOADED_CODE_DIGEST = source_digest(LIBRARY_ROOT, SQL_ROOT)
 
 
 def code_digest() -> str:
-    """sha256 of the library's source (`regressor/**/*.py`) as this process imported it, the
-    code that trains, calibrates and evaluates. Unlike the git commit it exists in an image
+    """sha256 of the library's source (`regressor/**/*.py`) and its SQL (`sql/**/*.sql`: the
+    records query's order is the order training visits them in) as this process imported it,
+    the code that trains, calibrates and evaluates. Unlike the git commit it exists in an image
     built without `.git`, and commits that change no code (docs, benchmarks) leave it alone."""
     return _LOADED_CODE_DIGEST
 

@@ -131,6 +131,9 @@ class Dataset:
     mixed_target_forms: bool = False  # an ensemble's odd members learn the target itself
     source: str = ""  # the source's name and what it predicts, for the registry's descriptions
     target: str = "target"
+    # The order of the texts' sections (`source.section_priority`): it shapes every text, so the
+    # tokenizer and the weights; left out of the keys, a changed order reused the old model.
+    section_priority: tuple[str, ...] = ()
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -158,6 +161,7 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         source.mixed_target_forms,
         source.name,
         source.target_name,
+        tuple(source.section_priority),
     )
 
 
@@ -322,6 +326,7 @@ def _log_params(
         **({} if per_member is None else {"n_parameters_per_member": per_member}),
         "holdout_task": data.holdout_task,
         "whole_numbers": data.whole_numbers,
+        "section_priority": ",".join(data.section_priority),
         "target_relative_to": data.relative_to,
         "mixed_target_forms": data.mixed_target_forms,
     }
@@ -361,6 +366,7 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "source": app.source,
         "whole_numbers": data.whole_numbers,
         "relative_to": data.relative_to,
+        "section_priority": list(data.section_priority),
         # Only when set, so the keys (checkpoint directories) of existing trainings stay.
         **({"mixed_target_forms": True} if data.mixed_target_forms else {}),
     }
@@ -1019,6 +1025,7 @@ def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
     parts = {
         "base": base_uri,
         "data_hash": data.data_hash,
+        "section_priority": list(data.section_priority),  # the shots' texts
         "adapt": app.adapt.model_dump(mode="json"),
         "train": load_train_config(app.train).model_dump(mode="json"),
         # The task as resolved: the nightly flow names it, `textperf adapt` may leave it None.

@@ -265,10 +265,26 @@ def newest(versions: Iterable[ModelVersion]) -> ModelVersion | None:
     return max(versions, key=lambda v: int(v.version), default=None)
 
 
+def quoted(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter. Its grammar has no escape (`\\'`
+    and `''` parse, and match nothing), and a name from data may hold a quote (a variant of
+    task `o'brien` failed every search of the registry, nightly runs and `models list` with
+    them): single quotes, else double quotes; a value holding both cannot be searched for."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserError(f"{value!r} holds both ' and \": no MLflow search can name it; rename it")
+
+
+def versions_of(name: str, **tags: str) -> list[ModelVersion]:
+    """The versions of the model `name`, those with each tag given at its value only."""
+    clauses = [f"name={quoted(name)}", *(f"tags.{k}={quoted(v)}" for k, v in tags.items())]
+    return MlflowClient().search_model_versions(" and ".join(clauses))
+
+
 def versions_newest_first(name: str) -> list[ModelVersion]:
-    return sorted(
-        MlflowClient().search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)
-    )
+    return sorted(versions_of(name), key=lambda v: -int(v.version))
 
 
 def registered_models(filter_string: str | None = None) -> list[RegisteredModel]:
@@ -319,7 +335,7 @@ def keyed_versions(
     """The newest version of `name` tagged `key_tag=key` whose gate has run (making it again
     would register the same model again), and the newest whose gate has not (its run stopped
     between registering it and gating it); None where there is none. One registry search."""
-    versions = MlflowClient().search_model_versions(f"name='{name}' and tags.{key_tag}='{key}'")
+    versions = versions_of(name, **{key_tag: key})
     gated = [v for v in versions if "gate_decision" in v.tags]
     return newest(gated), newest([v for v in versions if "gate_decision" not in v.tags])
 
@@ -503,9 +519,7 @@ def may_serve_fallback(name: str, base_uri: str, champion_alias: str = "champion
 def fallback_of(name: str, refused: str | int) -> ModelVersion | None:
     """The newest version of `name` registered as the zero-shot fallback of version `refused`,
     None if there is none."""
-    return newest(
-        MlflowClient().search_model_versions(f"name='{name}' and tags.{FALLBACK_FOR}='{refused}'")
-    )
+    return newest(versions_of(name, **{FALLBACK_FOR: str(refused)}))
 
 
 def promote_fallback(
@@ -621,7 +635,7 @@ def resolve(ref: str) -> ModelVersion:
         found = alias_version(name, which)
         if found is not None:
             return found
-    latest = newest(client.search_model_versions(f"name='{name}'"))
+    latest = newest(versions_of(name))
     if latest is None:
         raise no_such_model(name)
     if which is not None:
@@ -686,13 +700,12 @@ class VersionRow:
 
 def list_versions(name: str | None = None) -> list[VersionRow]:
     """Every version of every registered model (or of `name`), with its aliases and tags."""
-    client = MlflowClient()
     rows = []
     for model in registered_models():
         if name is not None and model.name != name:
             continue
         aliases = model.aliases or {}
-        versions = client.search_model_versions(f"name='{model.name}'")
+        versions = versions_of(model.name)
         for mv in sorted(versions, key=lambda v: int(v.version)):
             held = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
             created = (

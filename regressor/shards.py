@@ -138,4 +138,6 @@ def read_records(files: list[Path]) -> pl.DataFrame:
     if not files:
         return pl.DataFrame()
     frame = pl.read_parquet(files, hive_partitioning=False, glob=False)  # paths, not patterns
-    return frame.sort(["task", "period", "source"])
+    # The warehouse's order (`records.sql`), ties and all: rows of one task and no period (a
+    # table's, a runs source's) came in the files' order, which a re-export could change.
+    return frame.sort(["task", "period", "source", "record_id"], nulls_last=True)

@@ -91,6 +91,11 @@ def unreadable(path: Path, exc: duckdb.Error) -> WarehouseUnreadableError:
     )
 
 
+class WarehouseTooNewError(UserError):
+    """The warehouse holds schema migrations this code does not have (a newer textperf wrote
+    it): an older writer used to go on, into tables it does not know the shape of."""
+
+
 class NoRecordsTableError(LookupError):
     """A warehouse to read that is not there yet, or that no ingest has set up; the message
     names the file, and callers add what to ingest."""
@@ -209,8 +214,16 @@ class Warehouse:
         """Apply pending migrations in order, each in its own transaction; returns their names."""
         self.execute("create_schema_version")
         done = set(self.query("applied_migrations")["version"].to_list())
+        known = self.migrations()
+        newer = sorted(done - {v for v, _ in known})
+        if newer:  # its schema is one this code does not know: writing could break it
+            raise WarehouseTooNewError(
+                f"{self.path}: written by a newer textperf (schema migration "
+                f"{', '.join(map(str, newer))}; this one knows up to {max(v for v, _ in known)}):"
+                " upgrade textperf, or give this one a var dir of its own"
+            )
         applied = []
-        for version, path in self.migrations():
+        for version, path in known:
             if version in done:
                 continue
             with self.transaction():

@@ -9,6 +9,7 @@ import pytest
 
 from regressor.environment import (
     LIBRARY_ROOT,
+    SQL_ROOT,
     code_digest,
     has_fast_bf16,
     numeric_environment,
@@ -40,15 +41,23 @@ def test_the_probe_agrees_with_the_kernels_cpu_flags():
     assert numeric_environment()["bf16_in_hardware"] == str(has_fast_bf16())
 
 
-def test_the_code_digest_follows_the_library_source_and_nothing_else(tmp_path: Path):
-    copy = tmp_path / "regressor"
+def test_the_code_digest_follows_the_library_source_and_sql_and_nothing_else(tmp_path: Path):
+    copy, sql = tmp_path / "regressor", tmp_path / "sql"
     shutil.copytree(LIBRARY_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert source_digest(copy) == source_digest(LIBRARY_ROOT) == code_digest()
+    shutil.copytree(SQL_ROOT, sql)
+    assert source_digest(copy, sql) == source_digest(LIBRARY_ROOT, SQL_ROOT) == code_digest()
     (copy / "notes.md").write_text("not code")
-    assert source_digest(copy) == code_digest()
+    (sql / "README").write_text("not code")
+    assert source_digest(copy, sql) == code_digest()
     model = copy / "model.py"
     model.write_text(model.read_text() + "\n# an edit\n")
-    assert source_digest(copy) != code_digest()
+    assert source_digest(copy, sql) != code_digest()
+    model.write_text(model.read_text().removesuffix("\n# an edit\n"))
+    assert source_digest(copy, sql) == code_digest()
+    # The records query's ORDER BY is the order training visits them in: it changes the model.
+    records = sql / "queries" / "records.sql"
+    records.write_text(records.read_text().replace("ORDER BY", "ORDER BY record_id DESC,", 1))
+    assert source_digest(copy, sql) != code_digest()
 
 
 def test_the_code_digest_is_of_the_code_the_process_imported(tmp_path: Path):

@@ -435,3 +435,25 @@ def test_metrics_are_written_as_standard_json_and_read_back_with_their_nans():
     assert back["mean"]["mape"] == 45.6
     old = registry.metrics_from_json('{"spearman": NaN}')
     assert math.isnan(old["spearman"])
+
+
+def test_a_name_with_a_quote_is_searched_for_and_listed(store, tmp_path: Path):
+    """A variant is `<model>-<task>`, and a task comes from data: MLflow takes a `'` in a model
+    name, and every search built as `name='...'` failed to parse on it, so a variant of task
+    `o'brien` broke every nightly run (`adaptations_due`), `models list` and `prune`."""
+    from regressor import retention
+
+    client = MlflowClient()
+    variant = "textperf-o'brien"
+    client.create_registered_model(variant)
+    tags = {"task": "o'brien", registry.ADAPTATION_KEY: "k'1"}
+    version = client.create_model_version(variant, str(tmp_path), tags=tags)
+    assert [v.version for v in registry.versions_newest_first(variant)] == [version.version]
+    assert registry.keyed_versions(variant, registry.ADAPTATION_KEY, "k'1")[1].version == 1
+    assert registry.keyed_versions(variant, registry.ADAPTATION_KEY, "k") == (None, None)
+    assert list(registry.latest_variants("textperf")) == ["o'brien"]
+    assert [row.name for row in registry.list_versions()] == [variant]
+    assert registry.resolve(variant).version == version.version
+    assert retention.prunable("textperf", 1) == []
+    with pytest.raises(registry.UserError, match="no MLflow search can name it"):
+        registry.versions_of("both ' and \" quotes")

@@ -288,6 +288,7 @@ def test_training_on_too_few_records_fails_before_a_run_is_opened(few):
     app = load_app_config(config, var)
     paths, source = app.paths.resolve(), load_source_config(app.source)
     data = pipeline.load_dataset(paths, app, source)
+    assert data.section_priority == source.section_priority  # in the keys (`training_key`)
     with pytest.raises(ValueError, match=r"too few records to train on: .* train 0"):
         pipeline.train_and_register(app, paths, data)
     client = MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)

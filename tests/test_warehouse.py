@@ -12,7 +12,13 @@ import polars as pl
 import pytest
 
 from regressor.sources.fleet import ingest_fleet
-from regressor.warehouse import SQL_DIR, QuarantineRow, Warehouse, WarehouseLockedError
+from regressor.warehouse import (
+    SQL_DIR,
+    QuarantineRow,
+    Warehouse,
+    WarehouseLockedError,
+    WarehouseTooNewError,
+)
 
 pytest_plugins = ("conftest_data",)
 
@@ -55,6 +61,18 @@ def test_migrations_apply_in_order_and_a_failing_one_rolls_back(tmp_path):
         assert "u" not in tables["table_name"].to_list()  # 0003 left nothing behind
         (sql / "migrations" / "0003_bad.sql").write_text("CREATE TABLE u (a INTEGER);")
         assert wh.migrate() == ["0003_bad"]
+
+
+def test_a_warehouse_a_newer_textperf_migrated_is_refused_to_write(tmp_path):
+    """An older writer went on into tables whose shape it does not know."""
+    newer = custom_sql(tmp_path / "new", {"0001_t.sql": "CREATE TABLE t (a INTEGER);"})
+    (newer / "migrations" / "0002_more.sql").write_text("ALTER TABLE t ADD COLUMN b INTEGER;")
+    older = custom_sql(tmp_path / "old", {"0001_t.sql": "CREATE TABLE t (a INTEGER);"})
+    with Warehouse(tmp_path / "w.duckdb", sql_dir=newer) as wh:
+        assert wh.migrate() == ["0001_t", "0002_more"]
+    refused = pytest.raises(WarehouseTooNewError, match=r"w\.duckdb: written by a newer .* 2; ")
+    with Warehouse(tmp_path / "w.duckdb", sql_dir=older) as wh, refused:
+        wh.migrate()
 
 
 def test_named_queries_bind_parameters(tmp_path):
