@@ -15,8 +15,10 @@ Protocol (`deepperf/README.txt`, AutoDeepPerf.py):
   number of options; the training configurations of repetition m are DeepPerf's own indices
   (`<sys>_training_index.csv`: row 0 holds each column's sample size, row m the indices);
 - binary-numeric systems (Dune, hipacc, hsmgp): the README's sample sizes, random samples drawn
-  with seed `seed * 30 + m` (numpy), since no index file is shipped; likewise SQL at 5n (195),
-  which its index file does not cover;
+  with seed `seed * 30 + m` (numpy's `default_rng`), since no index file is shipped; likewise
+  SQL at 5n (195), which its index file does not cover. These are not DeepPerf's samples: its
+  generator (AutoDeepPerf.py, `np.random.seed(i * 30 + m)` and a permutation, `i` the size's
+  place, `m` from 1) made the shipped index files and would give them;
 - test on ALL remaining configurations; MRE % = mean(|pred - actual| / actual) * 100, averaged
   over the repetitions (`--reps`, 30 as published).
 The records come from the project's `deepperf` source (`conf/sources/deepperf.yaml`), ingested into

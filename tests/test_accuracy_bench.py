@@ -453,6 +453,22 @@ def test_peers_read_the_logs_where_the_targets_depend_on_them() -> None:
     assert set(accuracy.peers_of("lumos")) == with_logs | ratio
 
 
+def test_the_peers_go_without_the_field_the_split_groups_by() -> None:
+    """lumos' test workloads are none of training's, so the column was missing on every test
+    row, and XGBoost sent them down branches fitted on rows that had it. Other configs keep
+    every field; `--peers-keep-group-field` gives it as before."""
+    configs = [json.dumps({"workload": f"w{i % 3}", "size": i}) for i in range(6)]
+    sample = Examples([f"r{i}" for i in range(6)], ["t"] * 6, ["x"] * 6, np.ones(6), configs)
+    parts = accuracy.Parts(sample.take([0, 1]), sample.take([2, 3]), sample.take([4, 5]), {})
+    peers = accuracy.for_peers(parts, "lumos")
+    for side in accuracy.SIDES:
+        kept = [json.loads(c) for c in getattr(peers, side).config_json]
+        assert [set(c) for c in kept] == [{"size"}, {"size"}]
+        assert getattr(peers, side).texts == getattr(parts, side).texts  # textperf's unchanged
+    assert accuracy.for_peers(parts, "lumos", keep_group_field=True) is parts
+    assert accuracy.for_peers(parts, "c3o") is parts
+
+
 def test_log_peers_use_the_log_summary_columns() -> None:
     """A target set by one log statistic: the peer with the logs predicts it, the config-only
     LightGBM cannot (a real fit on both)."""
