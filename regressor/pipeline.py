@@ -362,7 +362,9 @@ def training_key(app: AppConfig, data: Dataset, conf_dir: Path = CONF_DIR) -> st
         "model": load_model_config(app.model, conf_dir).model_dump(mode="json"),
         "train": load_train_config(app.train, conf_dir).model_dump(mode="json"),
         "codec": app.codec.model_dump(mode="json"),
-        "split": app.split.model_dump(mode="json"),
+        # The holdout task as resolved, as `adaptation_key` has it: `holdout_task: null` and the
+        # task it resolves to, named, hold out the same records and trained twice.
+        "split": app.split.model_dump(mode="json") | {"holdout_task": data.holdout_task},
         "source": app.source,
         "whole_numbers": data.whole_numbers,
         "relative_to": data.relative_to,

@@ -34,6 +34,9 @@ from regressor.decoder_only import build_model
 from regressor.environment import fast_autocast
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
+
+# `check_sampling` stays importable from here: the pyfunc files of versions registered before
+# it moved to `sampling` import it from this module.
 from regressor.sampling import check_sampling, sample, summarize
 from regressor.serialize import DEFAULT_PRIORITY, serialize
 from regressor.targets import scale_of

@@ -47,6 +47,18 @@ def test_the_order_of_the_sections_is_part_of_the_training_and_adaptation_keys()
     assert pipeline.adaptation_key(app, usual, base) != pipeline.adaptation_key(app, other, base)
 
 
+def test_a_holdout_task_left_to_resolve_and_the_same_task_named_train_once() -> None:
+    """They hold out the same records: the key compared the setting as written, so naming the
+    task the default picks trained a second model of the same data."""
+    app = AppConfig()
+    named = app.model_copy(update={"split": app.split.model_copy(update={"holdout_task": "t"})})
+    data = pipeline.Dataset({}, "t", "hash-1", {})
+    assert app.split.holdout_task is None
+    assert pipeline.training_key(app, data) == pipeline.training_key(named, data)
+    other = pipeline.Dataset({}, "u", "hash-1", {})
+    assert pipeline.training_key(app, data) != pipeline.training_key(app, other)
+
+
 def test_the_registration_key_adds_evaluation_and_the_gate_to_the_training_key() -> None:
     app = AppConfig()
     key = pipeline.registration_key(app, "t1")
