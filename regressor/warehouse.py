@@ -217,9 +217,10 @@ class Warehouse:
         known = self.migrations()
         newer = sorted(done - {v for v, _ in known})
         if newer:  # its schema is one this code does not know: writing could break it
+            latest = max((v for v, _ in known), default=0)
             raise WarehouseTooNewError(
                 f"{self.path}: written by a newer textperf (schema migration "
-                f"{', '.join(map(str, newer))}; this one knows up to {max(v for v, _ in known)}):"
+                f"{', '.join(map(str, newer))}; this one knows up to {latest}):"
                 " upgrade textperf, or give this one a var dir of its own"
             )
         applied = []
