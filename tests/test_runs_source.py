@@ -11,7 +11,7 @@ import pytest
 from regressor.config import RunsSourceConfig
 from regressor.dataset import to_examples
 from regressor.sources.fleet import IngestReport
-from regressor.sources.runs import ingest_runs, is_extra_pair
+from regressor.sources.runs import ingest_runs, is_extra_pair, period_of
 from regressor.sources.series import read_series, summarize_frames
 from regressor.warehouse import Warehouse
 
@@ -249,3 +249,20 @@ def test_every_pairing_adds_one_record_per_other_reference_run(tmp_path: Path, l
     }
     assert refs["big/sort_2#ref=ref/sort_1"] == GOOD_RUNS["ref/sort_1"]
     assert refs["big/sort_2"] == GOOD_RUNS["ref/sort_2"]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "day"),
+    [
+        ("2024-03-02T02:30:00+09:00", "2024-03-01"),  # the same instant as the next
+        ("2024-03-01T17:30:00Z", "2024-03-01"),
+        ("2024-05-01 10:00:00", "2024-05-01"),  # no offset: the day as written (lumos)
+        ("2024-05-01", "2024-05-01"),
+        ("yesterday", None),
+    ],
+)
+def test_a_runs_date_is_its_utc_date_when_its_timestamp_has_an_offset(stamp: str, day):
+    """Its first ten characters gave one instant two dates, so a run could change sides of a
+    split by the zone of the machine that wrote its report."""
+    got = period_of({"when": stamp}, source(Path("data")))
+    assert (None if got is None else got.isoformat()) == day

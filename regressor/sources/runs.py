@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ from regressor.warehouse import Warehouse
 # longer quarantines a report; NaN and infinity are stored as text; keys that are not text too.
 # 3: a quoted integer beyond Int64 stays text (as a float two ids became one), one within it an
 # integer; a NaN or infinite task is refused (it was the task "nan").
-PARSER_VERSION = 3
+# 4: a timestamp with an offset dates its run in UTC (`period_of`).
+PARSER_VERSION = 4
 BATCH_RUNS = 128
 logger = logging.getLogger(__name__)
 
@@ -142,10 +143,20 @@ def json_number(value: Any) -> Any:
 
 
 def period_of(fields: dict[str, Any], source: RunsSourceConfig) -> date | None:
+    """The run's date: of its timestamp in UTC when the timestamp has an offset (its first ten
+    characters gave one instant two dates, `02:30+09:00` the day after `17:30Z`), else as
+    written."""
     if not source.period_field or not fields.get(source.period_field):
         return None
+    text = str(fields[source.period_field])
     try:
-        return date.fromisoformat(str(fields[source.period_field])[:10])
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        stamp = None
+    if stamp is not None and stamp.tzinfo is not None:
+        return stamp.astimezone(UTC).date()
+    try:
+        return date.fromisoformat(text[:10])
     except ValueError:
         return None  # a run date is a convenience, not a reason to drop the run
 
