@@ -36,7 +36,8 @@ Protocol:
    the matched pairs only, so the scored records are the same as with `matched`.
 
 Prints `name: value` lines, `<dataset>_<model>_<metric>` with metric in spearman, kendall, mape
-(%), mse_log, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
+(%), mse_log (with n_mse_log_left_out: positive truths predicted at or below 0, which have no
+log), n_failed, and for textperf also interval_coverage (10-90%), uncertainty_spearman (sample
 spread vs absolute error; no conformal step here, so it equals uncertainty_spearman_samples),
 uncertainty_spearman_relative (both relative), the samples ablation `textperf_k<K>_<median|mean>_
 <spearman|mape>` (first member) and `textperf_mape_point_mape` (the point that minimises the
@@ -99,7 +100,7 @@ from regressor.warehouse import Warehouse
 DEFAULT_OUT = Path("var/bench/accuracy")
 SOURCES = {"c3o": "c3o", "lumos": "lumos", "deepperf": "deepperf", "fleet": "demo_fleet"}
 SIDES = ("train", "val", "test")
-POINT = ("spearman", "kendall", "mape", "mse_log", "n_failed")
+POINT = ("spearman", "kendall", "mape", "mse_log", "n_mse_log_left_out", "n_failed")
 UNCERTAINTY = (
     "interval_coverage",
     "uncertainty_spearman",

@@ -26,10 +26,12 @@ def rank_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
 
 
 def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs: `n` counts them,
-    `n_failed` the records with a target but no number predicted (none of their draws decoded
-    to one). Those are in no metric, so a model failing on its hard records would look better:
-    read `n_failed` beside them (the gate counts fewer scored records as worse, `registry.beats`).
+    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs (the log scale
+    over positive ones; `n_mse_log_left_out` counts the positive truths predicted at or below
+    0): `n` counts them, `n_failed` the records with a target but no number predicted (none of
+    their draws decoded to one). Those are in no metric, so a model failing on its hard records
+    would look better: read `n_failed` beside them (the gate counts fewer scored records as
+    worse, `registry.beats`).
     """
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -43,6 +45,9 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         out["mse"] = float(np.mean((p - t) ** 2))
     positive = (t > 0) & (p > 0)
     out["mse_log"] = float(np.mean((np.log(p[positive]) - np.log(t[positive])) ** 2))
+    # A prediction at or below 0 for a positive truth has no log: out of `mse_log`, where it
+    # scored nothing while a near miss scored its error. Counted, as `n_failed` counts.
+    out["n_mse_log_left_out"] = float(((t > 0) & (p <= 0)).sum())
     out["n"] = float(ok.sum())
     out["n_failed"] = n_failed
     return out

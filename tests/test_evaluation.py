@@ -77,6 +77,16 @@ def test_a_record_without_a_number_is_counted_not_hidden():
     assert (m["n"], m["n_failed"]) == (3.0, 1.0)
 
 
+def test_a_prediction_without_a_log_is_counted_beside_mse_log():
+    """A prediction of -5 for a truth of 3 was left out of `mse_log` unsaid, so it scored
+    better there than a prediction of 1."""
+    y = np.array([1.0, 2.0, 3.0])
+    m = point_metrics(y, np.array([1.0, 2.0, -5.0]))
+    assert m["mse_log"] == 0.0
+    assert m["n_mse_log_left_out"] == 1.0
+    assert point_metrics(y, y)["n_mse_log_left_out"] == 0.0
+
+
 def test_a_model_that_ranks_nothing_in_a_task_scores_zero_there():
     """One value (or no number) for a whole task used to drop the task from the mean."""
     tasks = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
