@@ -131,10 +131,13 @@ def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
     has scored it); returns what its intervals now rest on.
 
     The base's scale was fitted on other tasks with other weights. Split conformal needs
-    records that neither trained the model nor chose it: of the shots, only the gate's (the
-    ones that stopped the fine-tuning picked its checkpoint), and they are the latest, nearest
-    the days ahead. With fewer than `MIN_CALIBRATION_SHOTS` finite predictions among them, or
-    a scale that is not finite, the predictor keeps the scale it had.
+    records that did not train the model: of the shots, the gate's are the only ones that
+    neither trained it nor picked its checkpoint (the ones that stopped the fine-tuning did),
+    and they are the latest, nearest the days ahead. They did choose between the variant and
+    the base, though: a scale fitted on them after a close verdict may be a little narrow on
+    new records (split conformal assumes records that chose nothing). With fewer than
+    `MIN_CALIBRATION_SHOTS` finite predictions among them, or a scale that is not finite, the
+    predictor keeps the scale it had.
     """
     return _refit_scale(predictor, gate_shots, eval_cfg)[1]
 

@@ -350,15 +350,20 @@ def variants_due(
     always: Iterable[str] = (),
     task_records: Mapping[str, int] | None = None,
     new_records: int | None = None,
+    champion_alias: str = "champion",
 ) -> list[str]:
-    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion;
-    with `new_records`, also every variant whose task has gained that many records (counts now
-    in `task_records`) since it was adapted."""
+    """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion,
+    or on it but left unfinished by a stopped run (`unfinished`: adapting it again finds the
+    version by its key and finishes it); with `new_records`, also every variant whose task has
+    gained that many records (counts now in `task_records`) since it was adapted."""
     current = model_uri(name, champion_version)
     newest = latest_variants(name)
     due = {task for task in {*newest, *always} if task not in newest}
     for task, version in newest.items():
         if version.tags.get("base_model") != current:
+            due.add(task)
+        elif (why := unfinished(version, champion_alias)) is not None:
+            logger.info("%s v%s: %s: due", version.name, version.version, why)
             due.add(task)
         elif new_records and task_records is not None and TASK_RECORDS in version.tags:
             gained = task_records.get(task, 0) - int(version.tags[TASK_RECORDS])
@@ -395,10 +400,10 @@ def beats(
     rule: PromotionRule,
     against: str = "champion",
 ) -> tuple[bool, str]:
-    """Not worse on every metric of the rule (NaN counts as worse); `against` names the other.
-    First, with `rule.fewer_scored_is_worse`, not fewer records scored (`n`, on the same
-    records): a record whose draws held no number is in no metric, so failing on the hard
-    records would otherwise look better."""
+    """Not worse on every metric of the rule, NaN the worst value on either side (`_no_worse`);
+    `against` names the other. First, with `rule.fewer_scored_is_worse`, not fewer records
+    scored (`n`, on the same records): a record whose draws held no number is in no metric, so
+    failing on the hard records would otherwise look better."""
     scored = "n" in challenger and "n" in champion
     if rule.fewer_scored_is_worse and scored and challenger["n"] < champion["n"]:
         return False, (
@@ -406,14 +411,24 @@ def beats(
             "draws held no number)"
         )
     for metric in rule.higher_is_better:
-        if not challenger[metric] >= champion[metric]:
+        if not _no_worse(challenger[metric], champion[metric], higher_is_better=True):
             return False, f"{metric} {challenger[metric]:.4g} < {against}'s {champion[metric]:.4g}"
     for metric in rule.lower_is_better:
-        if not challenger[metric] <= champion[metric]:
+        if not _no_worse(challenger[metric], champion[metric], higher_is_better=False):
             return False, f"{metric} {challenger[metric]:.4g} > {against}'s {champion[metric]:.4g}"
     return True, f"not worse than the {against} on " + ", ".join(
         rule.higher_is_better + rule.lower_is_better
     )
+
+
+def _no_worse(mine: float, theirs: float, higher_is_better: bool) -> bool:
+    """Whether `mine` is at least as good as `theirs`, NaN being the worst value: a challenger's
+    NaN loses to any number, two tie, and any number beats the champion's NaN. (NaN lost on
+    either side: a base predicting one value for a new cell has no Spearman, and no variant,
+    however good, could pass its gate; nor anything a champion with no Spearman.)"""
+    if math.isnan(mine) or math.isnan(theirs):
+        return math.isnan(theirs)
+    return mine >= theirs if higher_is_better else mine <= theirs
 
 
 def gate(
@@ -502,6 +517,28 @@ def _not_the_champion(base_uri: str, champion_alias: str) -> str:
 # on that refused version: the fallback, as JSON (`version`, `intervals`, test `scores`).
 FALLBACK_FOR = "zero_shot_for"
 FALLBACK = "zero_shot_fallback"
+
+
+def unfinished(version: ModelVersion, champion_alias: str = "champion") -> str | None:
+    """What a run that stopped left undone of the adapted variant `version` (its task's newest),
+    None when nothing: a version registered and never gated, a refused one whose task lacks the
+    zero-shot fallback it may have, or a fallback registered and never promoted. Such a version
+    holds the champion's lineage, so without this its task was never due again: it stayed ungated
+    (or without its fallback) until the champion changed."""
+    if FALLBACK_FOR in version.tags:
+        refused = MlflowClient().get_model_version(version.name, version.tags[FALLBACK_FOR])
+        promoted = FALLBACK in refused.tags
+        return None if promoted else "its zero-shot fallback was registered, never promoted"
+    if "gate_decision" not in version.tags:
+        return "registered, and its run stopped before its gate"
+    refused = not read_decision(version.tags["gate_decision"])["promoted"]
+    if (
+        refused
+        and FALLBACK not in version.tags
+        and may_serve_fallback(version.name, version.tags.get("base_model", ""), champion_alias)
+    ):
+        return "refused, and its run stopped before its zero-shot fallback"
+    return None
 
 
 def may_serve_fallback(name: str, base_uri: str, champion_alias: str = "champion") -> bool:

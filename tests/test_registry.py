@@ -120,6 +120,19 @@ def test_nan_metric_never_wins():
     assert not ok
 
 
+def test_a_champion_without_a_number_is_beaten_by_any_number():
+    """A base predicting one value for a new cell has no Spearman (NaN): NaN lost on either side,
+    so no variant could ever pass its gate. Two NaNs tie, and the other metrics decide."""
+    nan = float("nan")
+    rule = PromotionRule()
+    collapsed = {"spearman": nan, "mape": 63.0, "n": 5.0}
+    assert registry.beats({"spearman": 0.99, "mape": 1.0, "n": 5.0}, collapsed, rule)[0]
+    assert registry.beats({"spearman": nan, "mape": 1.0, "n": 5.0}, collapsed, rule)[0]
+    ok, reason = registry.beats({"spearman": nan, "mape": 70.0, "n": 5.0}, collapsed, rule)
+    assert not ok
+    assert reason == "mape 70 > champion's 63"
+
+
 def test_fewer_records_scored_never_wins():
     """A record whose draws held no number is in no metric: failing on the hard records would
     score better on what is left."""
@@ -319,17 +332,45 @@ def test_parse_ref_forms():
     assert registry.parse_ref("textperf") == ("textperf", None)
 
 
+GATED = json.dumps({"promoted": True, "challenger": {}, "champion": None})
+
+
 def test_variants_due_are_missing_or_adapted_from_an_older_champion(store, tmp_path: Path):
     client = MlflowClient()
     client.create_registered_model("textperf-cell-a")
     client.create_model_version(
         "textperf-cell-a",
         source=(tmp_path / "weights").as_uri(),
-        tags={"task": "cell-a", "base_model": "models:/textperf/1"},
+        tags={"task": "cell-a", "base_model": "models:/textperf/1", "gate_decision": GATED},
     )
     assert registry.variants_due("textperf", "1", ["cell-b"]) == ["cell-b"]
     assert registry.variants_due("textperf", "2", ["cell-b"]) == ["cell-a", "cell-b"]
     assert registry.variants_due("textperf", "1") == []
+
+
+def test_a_variant_its_run_left_unfinished_is_due_on_the_same_champion(store, tmp_path: Path):
+    """A run stopped between registering and gating a variant, or between refusing it and
+    serving its fallback, left a version of the champion's lineage: its task was never due
+    again, so it stayed ungated (or fallback-less) until the champion changed."""
+    client = MlflowClient()
+    base = {"base_model": "models:/textperf/1"}
+    refused = json.dumps({"promoted": False, "challenger": {}, "champion": {}})
+    for task, tags in (
+        ("cell-a", {}),  # registered, never gated
+        ("cell-b", {"gate_decision": refused}),  # refused, no fallback
+        ("cell-c", {"gate_decision": GATED}),  # done
+    ):
+        client.create_registered_model(f"textperf-{task}")
+        client.create_model_version(
+            f"textperf-{task}", str(tmp_path), tags={"task": task, **base, **tags}
+        )
+    assert registry.variants_due("textperf", "1") == ["cell-a", "cell-b"]
+    # cell-b's fallback registered, not yet promoted: still due; promoted: done.
+    fallback = {"task": "cell-b", **base, registry.FALLBACK_FOR: "1"}
+    client.create_model_version("textperf-cell-b", str(tmp_path), tags=fallback)
+    assert registry.variants_due("textperf", "1") == ["cell-a", "cell-b"]
+    client.set_model_version_tag("textperf-cell-b", "1", registry.FALLBACK, "{}")
+    assert registry.variants_due("textperf", "1") == ["cell-a"]
 
 
 def test_another_models_variants_are_not_this_models(store, tmp_path: Path):
@@ -344,7 +385,9 @@ def test_another_models_variants_are_not_this_models(store, tmp_path: Path):
     ):
         client.create_registered_model(name)
         client.create_model_version(
-            name, source=(tmp_path / "w").as_uri(), tags={"task": task, "base_model": base}
+            name,
+            source=(tmp_path / "w").as_uri(),
+            tags={"task": task, "base_model": base, "gate_decision": GATED},
         )
     assert [m.name for m, _ in registry.variant_models("textperf")] == ["textperf-cell-b"]
     assert [m.name for m, _ in registry.variant_models("text_perf")] == ["text_perf-cell-c"]
