@@ -526,7 +526,10 @@ def unfinished(version: ModelVersion, champion_alias: str = "champion") -> str |
     holds the champion's lineage, so without this its task was never due again: it stayed ungated
     (or without its fallback) until the champion changed."""
     if FALLBACK_FOR in version.tags:
-        refused = MlflowClient().get_model_version(version.name, version.tags[FALLBACK_FOR])
+        try:
+            refused = MlflowClient().get_model_version(version.name, version.tags[FALLBACK_FOR])
+        except MlflowException:  # deleted by hand: nothing left to finish, and no nightly stops
+            return None
         promoted = FALLBACK in refused.tags
         return None if promoted else "its zero-shot fallback was registered, never promoted"
     if "gate_decision" not in version.tags:

@@ -371,6 +371,11 @@ def test_a_variant_its_run_left_unfinished_is_due_on_the_same_champion(store, tm
     assert registry.variants_due("textperf", "1") == ["cell-a", "cell-b"]
     client.set_model_version_tag("textperf-cell-b", "1", registry.FALLBACK, "{}")
     assert registry.variants_due("textperf", "1") == ["cell-a"]
+    # A fallback whose refused version someone deleted: nothing to finish, and no error.
+    client.create_registered_model("textperf-cell-d")
+    orphan = {"task": "cell-d", **base, registry.FALLBACK_FOR: "7"}
+    client.create_model_version("textperf-cell-d", str(tmp_path), tags=orphan)
+    assert registry.variants_due("textperf", "1") == ["cell-a"]
 
 
 def test_another_models_variants_are_not_this_models(store, tmp_path: Path):
