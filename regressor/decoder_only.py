@@ -95,9 +95,8 @@ class DecoderOnly(nn.Module):
         keys/values [B, H, S, Dh], what the target tokens attend to."""
         s = src_ids.shape[1]
         x = self.drop(self.src_embed(src_ids))  # [B, S, D]
-        rope = rotary(
-            s, self.head_dim, device=src_ids.device
-        )  # [S, Dh]: the prefix starts at 0 in every row
+        # [S, Dh]: the prefix starts at 0 in every row
+        rope = rotary(s, self.head_dim, device=src_ids.device)
         causal = torch.ones(s, s, dtype=torch.bool, device=src_mask.device).tril()
         itself = torch.eye(s, dtype=torch.bool, device=src_mask.device)
         # Real keys only; each query also sees itself, so a padding query (whose output nothing
