@@ -400,10 +400,11 @@ def beats(
     rule: PromotionRule,
     against: str = "champion",
 ) -> tuple[bool, str]:
-    """Not worse on every metric of the rule, NaN the worst value on either side (`_no_worse`);
-    `against` names the other. First, with `rule.fewer_scored_is_worse`, not fewer records
-    scored (`n`, on the same records): a record whose draws held no number is in no metric, so
-    failing on the hard records would otherwise look better."""
+    """Not worse on every metric of the rule: a NaN of the challenger's loses, one of the other's
+    loses to any number (`_no_worse`); `against` names the other. First, with
+    `rule.fewer_scored_is_worse`, not fewer records scored (`n`, on the same records): a record
+    whose draws held no number is in no metric, so failing on the hard records would otherwise
+    look better."""
     scored = "n" in challenger and "n" in champion
     if rule.fewer_scored_is_worse and scored and challenger["n"] < champion["n"]:
         return False, (
@@ -422,12 +423,14 @@ def beats(
 
 
 def _no_worse(mine: float, theirs: float, higher_is_better: bool) -> bool:
-    """Whether `mine` is at least as good as `theirs`, NaN being the worst value: a challenger's
-    NaN loses to any number, two tie, and any number beats the champion's NaN. (NaN lost on
-    either side: a base predicting one value for a new cell has no Spearman, and no variant,
-    however good, could pass its gate; nor anything a champion with no Spearman.)"""
-    if math.isnan(mine) or math.isnan(theirs):
-        return math.isnan(theirs)
+    """Whether the challenger's `mine` is at least as good as the champion's `theirs`: its NaN
+    never is (a challenger must show a number), and any number beats the champion's NaN. (NaN
+    lost on either side: a base predicting one value for a new cell has no Spearman, and no
+    variant, however good, could pass its gate; nor anything a champion with no Spearman.)"""
+    if math.isnan(mine):
+        return False
+    if math.isnan(theirs):
+        return True
     return mine >= theirs if higher_is_better else mine <= theirs
 
 

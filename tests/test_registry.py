@@ -122,15 +122,17 @@ def test_nan_metric_never_wins():
 
 def test_a_champion_without_a_number_is_beaten_by_any_number():
     """A base predicting one value for a new cell has no Spearman (NaN): NaN lost on either side,
-    so no variant could ever pass its gate. Two NaNs tie, and the other metrics decide."""
+    so no variant could ever pass its gate. A challenger must still show a number."""
     nan = float("nan")
     rule = PromotionRule()
     collapsed = {"spearman": nan, "mape": 63.0, "n": 5.0}
     assert registry.beats({"spearman": 0.99, "mape": 1.0, "n": 5.0}, collapsed, rule)[0]
-    assert registry.beats({"spearman": nan, "mape": 1.0, "n": 5.0}, collapsed, rule)[0]
-    ok, reason = registry.beats({"spearman": nan, "mape": 70.0, "n": 5.0}, collapsed, rule)
+    ok, reason = registry.beats({"spearman": 0.99, "mape": 70.0, "n": 5.0}, collapsed, rule)
     assert not ok
     assert reason == "mape 70 > champion's 63"
+    ok, reason = registry.beats({"spearman": nan, "mape": 1.0, "n": 5.0}, collapsed, rule)
+    assert not ok
+    assert reason == "spearman nan < champion's nan"
 
 
 def test_fewer_records_scored_never_wins():
