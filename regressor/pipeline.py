@@ -1013,7 +1013,6 @@ def adaptations_due(app: AppConfig, paths: ResolvedPaths, data: Dataset) -> list
         [data.holdout_task],
         task_record_counts(data),
         app.schedule.readapt_new_records,
-        app.registry.champion_alias,
     )
 
 

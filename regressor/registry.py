@@ -350,7 +350,6 @@ def variants_due(
     always: Iterable[str] = (),
     task_records: Mapping[str, int] | None = None,
     new_records: int | None = None,
-    champion_alias: str = "champion",
 ) -> list[str]:
     """Tasks to adapt now: every variant (and every task in `always`) not yet on this champion,
     or on it but left unfinished by a stopped run (`unfinished`: adapting it again finds the
@@ -362,7 +361,7 @@ def variants_due(
     for task, version in newest.items():
         if version.tags.get("base_model") != current:
             due.add(task)
-        elif (why := unfinished(version, champion_alias)) is not None:
+        elif (why := unfinished(version)) is not None:
             logger.info("%s v%s: %s: due", version.name, version.version, why)
             due.add(task)
         elif new_records and task_records is not None and TASK_RECORDS in version.tags:
@@ -522,12 +521,13 @@ FALLBACK_FOR = "zero_shot_for"
 FALLBACK = "zero_shot_fallback"
 
 
-def unfinished(version: ModelVersion, champion_alias: str = "champion") -> str | None:
+def unfinished(version: ModelVersion) -> str | None:
     """What a run that stopped left undone of the adapted variant `version` (its task's newest),
-    None when nothing: a version registered and never gated, a refused one whose task lacks the
-    zero-shot fallback it may have, or a fallback registered and never promoted. Such a version
-    holds the champion's lineage, so without this its task was never due again: it stayed ungated
-    (or without its fallback) until the champion changed."""
+    None when nothing: a version registered and never gated, or a fallback registered and never
+    promoted. Such a version holds the champion's lineage, so without this its task was never due
+    again: it stayed ungated (or its fallback unserved) until the champion changed. (A refused
+    version without a fallback is not flagged: whether its gate shots fit the fallback a scale
+    is known only by trying, and one that cannot would be due every night.)"""
     if FALLBACK_FOR in version.tags:
         try:
             refused = MlflowClient().get_model_version(version.name, version.tags[FALLBACK_FOR])
@@ -537,13 +537,6 @@ def unfinished(version: ModelVersion, champion_alias: str = "champion") -> str |
         return None if promoted else "its zero-shot fallback was registered, never promoted"
     if "gate_decision" not in version.tags:
         return "registered, and its run stopped before its gate"
-    refused = not read_decision(version.tags["gate_decision"])["promoted"]
-    if (
-        refused
-        and FALLBACK not in version.tags
-        and may_serve_fallback(version.name, version.tags.get("base_model", ""), champion_alias)
-    ):
-        return "refused, and its run stopped before its zero-shot fallback"
     return None
 
 

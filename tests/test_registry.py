@@ -351,9 +351,10 @@ def test_variants_due_are_missing_or_adapted_from_an_older_champion(store, tmp_p
 
 
 def test_a_variant_its_run_left_unfinished_is_due_on_the_same_champion(store, tmp_path: Path):
-    """A run stopped between registering and gating a variant, or between refusing it and
-    serving its fallback, left a version of the champion's lineage: its task was never due
-    again, so it stayed ungated (or fallback-less) until the champion changed."""
+    """A run stopped between registering and gating a variant, or between registering its
+    fallback and promoting it, left a version of the champion's lineage: its task was never due
+    again, so it stayed so until the champion changed. A refused version without a fallback is
+    not due: its gate shots may fit none, and it would be due every night."""
     client = MlflowClient()
     base = {"base_model": "models:/textperf/1"}
     refused = json.dumps({"promoted": False, "challenger": {}, "champion": {}})
@@ -366,8 +367,8 @@ def test_a_variant_its_run_left_unfinished_is_due_on_the_same_champion(store, tm
         client.create_model_version(
             f"textperf-{task}", str(tmp_path), tags={"task": task, **base, **tags}
         )
-    assert registry.variants_due("textperf", "1") == ["cell-a", "cell-b"]
-    # cell-b's fallback registered, not yet promoted: still due; promoted: done.
+    assert registry.variants_due("textperf", "1") == ["cell-a"]
+    # cell-b's fallback registered, not yet promoted: due; promoted: done.
     fallback = {"task": "cell-b", **base, registry.FALLBACK_FOR: "1"}
     client.create_model_version("textperf-cell-b", str(tmp_path), tags=fallback)
     assert registry.variants_due("textperf", "1") == ["cell-a", "cell-b"]
