@@ -211,14 +211,14 @@ class NumberCodec:
         return self._number_mask(prev[:, start:].cpu()).to(prev.device)
 
     def _number_mask(self, prev: torch.Tensor) -> torch.Tensor:
-        """allowed_mask for the prefix [B, t] of one number, t < number_len."""
+        """allowed_mask for the prefix [B, t] of one number, t < number_len, on the CPU."""
         m = self._masks
         batch, t = prev.shape
         if t == 0:
-            return m["first"].to(prev.device).expand(batch, -1)
+            return m["first"].expand(batch, -1)
         special = _isin(prev[:, 0], SPECIALS)[:, None]  # [B, 1]
         if self.exponent_first:
-            return torch.where(special, m["pad"], self._exponent_first_mask(prev)).to(prev.device)
+            return torch.where(special, m["pad"], self._exponent_first_mask(prev))
         if t == 1:
             negative = (prev[:, 0] == MINUS)[:, None]
             normal = torch.where(negative, m["nonzero"], m["digits"])
@@ -229,7 +229,7 @@ class NumberCodec:
                 (m["exponents"], m["zero_exponent"]) if last else (m["digits"], m["zero"])
             )
             normal = torch.where(is_zero, forced, free)
-        return torch.where(special, m["pad"], normal).to(prev.device)
+        return torch.where(special, m["pad"], normal)
 
     def _exponent_first_mask(self, prev: torch.Tensor) -> torch.Tensor:
         """The grammar above in the order `[sign][exponent][d1..dD]`, prefix [B, t >= 1] ->

@@ -22,6 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from regressor.registry import (
     FALLBACK_FOR,
     model_uri,
+    quoted,
     unless_missing,
     variant_models,
     versions_newest_first,
@@ -35,7 +36,7 @@ def prunable(name: str, keep: int) -> list[ModelVersion]:
         kept, dropped = _split(versions, model.aliases or {}, keep)
         doomed += dropped
         bases_in_use |= {v.tags.get("base_model", "") for v in kept}
-    filter_string = f"name = '{name}'"
+    filter_string = f"name = {quoted(name)}"
     for main in MlflowClient().search_registered_models(filter_string=filter_string):  # 0 or 1
         _, dropped = _split(versions_newest_first(name), main.aliases or {}, keep)
         doomed += [v for v in dropped if model_uri(name, v.version) not in bases_in_use]
