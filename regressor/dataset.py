@@ -158,7 +158,16 @@ def examples_by_split(
     budget_tokens: int | None = None,
     relative_to: str | None = None,
 ) -> dict[str, Examples]:
-    labelled = assign_splits(records, split)
+    return examples_of_labelled(assign_splits(records, split), priority, budget_tokens, relative_to)
+
+
+def examples_of_labelled(
+    labelled: pl.DataFrame,
+    priority: Sequence[str] = DEFAULT_PRIORITY,
+    budget_tokens: int | None = None,
+    relative_to: str | None = None,
+) -> dict[str, Examples]:
+    """Examples per split of records `assign_splits` labelled."""
     return {
         name: to_examples(
             labelled.filter(pl.col("split") == name), priority, budget_tokens, relative_to

@@ -78,12 +78,13 @@ def evaluate(
         raise pipeline.DataError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
     configure_mlflow(paths, app.registry.experiment)
     model = resolve_model(uri)
-    examples = pipeline.load_dataset(paths, app, source).splits[split]
-    if len(examples) == 0:
+    data = pipeline.load_dataset(paths, app, source)
+    n_records = len(data.splits[split])
+    if n_records == 0:
         raise pipeline.DataError(f"split {split!r} of source {source.name!r} has no records")
     # Score the fixed version, so the numbers stay true after an alias moves.
-    metrics = pipeline.score_registered(model.version_uri, examples, app.eval)
-    return EvaluateOutcome(model, source.name, split, len(examples), metrics, paths.tracking_uri)
+    metrics = pipeline.score_registered(model.version_uri, data, split, app.eval)
+    return EvaluateOutcome(model, source.name, split, n_records, metrics, paths.tracking_uri)
 
 
 def prune(

@@ -13,7 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -44,7 +44,13 @@ from regressor.config import (
     load_train_config,
     named_config,
 )
-from regressor.dataset import Examples, examples_by_split, holdout_task_of, record_from_row
+from regressor.dataset import (
+    Examples,
+    assign_splits,
+    examples_of_labelled,
+    holdout_task_of,
+    record_from_row,
+)
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
 from regressor.environment import code_digest, launched_rank, numeric_environment
 from regressor.evaluation import evaluate_predictions, point_metrics
@@ -134,6 +140,10 @@ class Dataset:
     # The order of the texts' sections (`source.section_priority`): it shapes every text, so the
     # tokenizer and the weights; left out of the keys, a changed order reused the old model.
     section_priority: tuple[str, ...] = ()
+    budget_tokens: int | None = None  # what the texts were cut to (the model config's budget)
+    # The records with their `split` column, to serialize again for a registered model that
+    # reads them otherwise (`served_by`); None for a dataset built from texts alone.
+    labelled: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig) -> Dataset:
@@ -150,7 +160,8 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         )
     budget = load_model_config(app.model).max_input_tokens
     relative_to = source.target_relative_to
-    splits = examples_by_split(records, app.split, source.section_priority, budget, relative_to)
+    labelled = assign_splits(records, app.split)
+    splits = examples_of_labelled(labelled, source.section_priority, budget, relative_to)
     return Dataset(
         splits,
         holdout_task_of(records, app.split),
@@ -162,6 +173,28 @@ def load_dataset(paths: ResolvedPaths, app: AppConfig, source: FleetSourceConfig
         source.name,
         source.target_name,
         tuple(source.section_priority),
+        budget,
+        labelled,
+    )
+
+
+def served_by(data: Dataset, predictor: Predictor) -> Dataset:
+    """`data` with its texts and baselines as `predictor` makes them when it serves: its
+    section order, token budget and target baseline. A registered model trained under other
+    configs (an older champion, `textperf adapt --base N`) read the configured texts before:
+    another order or cut than it learned and serves, and its scores and fine-tuning with them.
+    Unchanged when they agree, or when `data` was built from texts alone."""
+    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
+    same = form == (data.section_priority, data.budget_tokens)
+    if data.labelled is None or (same and predictor.relative_to == data.relative_to):
+        return data
+    splits = examples_of_labelled(data.labelled, *form, predictor.relative_to)
+    return replace(
+        data,
+        splits=splits,
+        section_priority=form[0],
+        budget_tokens=form[1],
+        relative_to=predictor.relative_to,
     )
 
 
@@ -272,12 +305,14 @@ def log_figures(
         mlflow.log_figure(figure, path)
 
 
-def score_registered(uri: str, examples: Examples, cfg: EvalConfig) -> dict[str, float]:
-    """Metrics of a registered model on `examples`, through the same pyfunc users load.
+def score_registered(uri: str, data: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+    """Metrics of a registered model on the `split` records of `data`, through the same pyfunc
+    users load, on texts as it serves them (`served_by`).
 
     A missing or corrupted artifact raises `registry.ModelLoadError` naming the version.
     """
-    return evaluate_model(registry.load_predictor(uri), examples, cfg)[0]
+    predictor = registry.load_predictor(uri)
+    return evaluate_model(predictor, served_by(data, predictor).splits[split], cfg)[0]
 
 
 @dataclass(frozen=True)
@@ -607,7 +642,7 @@ def train_and_register(
                 app.registry.model_name,
                 registry.REGISTRATION_KEY,
                 reg_key,
-                lambda stopped: finish_gate(app, paths, stopped, data.splits["test"], ckpt_dir),
+                lambda stopped: finish_gate(app, paths, stopped, data, ckpt_dir),
             )
         if earlier is None:
             keys = {registry.TRAINING_KEY: key, registry.REGISTRATION_KEY: reg_key}
@@ -633,7 +668,7 @@ def _gated_or_stopped(
 
 
 def finish_gate(
-    app: AppConfig, paths: ResolvedPaths, version: ModelVersion, test: Examples, ckpt_dir: Path
+    app: AppConfig, paths: ResolvedPaths, version: ModelVersion, data: Dataset, ckpt_dir: Path
 ) -> None:
     """Gate `version` as the run that registered it would have: its test metrics (tagged)
     against the champion's, scored now on the same test records (same registration key, same
@@ -648,7 +683,7 @@ def finish_gate(
             champion_metrics = metrics  # killed after taking the alias: it keeps it
         elif champion is not None:
             champion_uri = registry.model_uri(name, champion.version)
-            champion_metrics = score_registered(champion_uri, test, app.eval)
+            champion_metrics = score_registered(champion_uri, data, "test", app.eval)
         decision = registry.gate(
             name,
             version,
@@ -819,7 +854,7 @@ def _train_and_register(
             champion_metrics = None
             if champion is not None:
                 uri = registry.model_uri(app.registry.model_name, champion.version)
-                champion_metrics = score_registered(uri, test, app.eval)
+                champion_metrics = score_registered(uri, data, "test", app.eval)
                 metrics["champion"] = champion_metrics
             mlflow.log_text(registry.strict_json(metrics), TEST_METRICS)  # the report's table
             with tempfile.TemporaryDirectory() as tmp:
@@ -1027,7 +1062,8 @@ def adaptation_key(app: AppConfig, data: Dataset, base_uri: str) -> str:
     parts = {
         "base": base_uri,
         "data_hash": data.data_hash,
-        "section_priority": list(data.section_priority),  # the shots' texts
+        # Not the configured section order nor budget: the shots are the base's texts
+        # (`served_by`), which "base" fixes.
         "adapt": app.adapt.model_dump(mode="json"),
         "train": load_train_config(app.train).model_dump(mode="json"),
         # The task as resolved: the nightly flow names it, `textperf adapt` may leave it None.
@@ -1177,6 +1213,7 @@ def _adapt_and_register(
     task = data.holdout_task
     variant = f"{app.registry.model_name}-{task}"
     base = registry.load_predictor(base_uri)
+    data = served_by(data, base)  # its shots and test records as the base reads them
     base_holdout = registry.resolve(base_uri).tags.get(HOLDOUT_TAG)  # None: registered before
     # The gate's shots never train nor stop the fine-tuning: they judge what it kept.
     shots, tuning, gate_shots = task_shots(app, data)
@@ -1372,12 +1409,11 @@ def _repair_fallback(app: AppConfig, data: Dataset, version: ModelVersion) -> Mo
         with _reopened_run(version.run_id, run_name):
             _promote_fallback(*registered, version, version.tags["base_model"], gate_zero_shot, app)
         return mlflow.MlflowClient().get_model_version(version.name, version.version)
-    gate_shots = task_shots(app, data)[2]
-    if not may_fit_a_scale(gate_shots, app.eval):
+    if not may_fit_a_scale(task_shots(app, data)[2], app.eval):
         return version  # no scale of its own (`adaptation.recalibrate`): not worth a load
-    made = zero_shot_fallback(
-        registry.load_predictor(version.tags["base_model"]), gate_shots, app.eval
-    )
+    base = registry.load_predictor(version.tags["base_model"])
+    data = served_by(data, base)
+    made = zero_shot_fallback(base, task_shots(app, data)[2], app.eval)
     if made is None:
         return version
     with _reopened_run(version.run_id, run_name):
