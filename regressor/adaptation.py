@@ -8,7 +8,8 @@ The shots are cut three ways, latest last: the pipeline first keeps the latest `
 for the registry's gate (`hold_out_gate`), which nothing trains on; of the rest, the latest
 `val_fraction` stop the fine-tuning early and pick its checkpoint, and the earlier ones train it
 (`split_shots`). So the records that judge a variant never chose it. The same split trains the
-from-scratch reference, so the two differ only in where their weights start.
+from-scratch reference, so the two differ only in where their weights start. Shots without
+periods are cut between configurations, so repeated runs of one stay on one side.
 
 A fine-tuned variant's sampled intervals are not its base's: once the gate has scored it, it
 gets a conformal scale of its own, fitted on the gate's shots (`recalibrate`). A variant the
@@ -19,6 +20,7 @@ gate refuses leaves its task to the base's weights, which get a scale fitted on 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,12 +77,34 @@ def hold_out_gate(shots: Examples, adapt: AdaptConfig) -> tuple[Examples, Exampl
 
 def _split_latest(shots: Examples, fraction: float) -> tuple[Examples, Examples]:
     """(earlier, latest): the latest `fraction` of the records, at least one, and at least one
-    before them."""
+    before them. Shots `by_configuration` are cut between configurations: those last seen
+    latest, whole, until they hold the fraction, so no repeated run of a configuration trains
+    (or stops) the fine-tuning while another judges it."""
     n_latest = max(1, round(len(shots) * fraction))
     if len(shots) - n_latest < 1:
         raise ValueError(f"need at least 2 shots to adapt, got {len(shots)}")
-    cut = len(shots) - n_latest
-    return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
+    latest = _latest_configurations(shots, n_latest) if shots.by_configuration else None
+    if latest is None:
+        cut = len(shots) - n_latest
+        return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
+    in_latest = np.array([config in latest for config in shots.config_json])
+    if in_latest.all():
+        raise ValueError(f"need at least 2 configurations to adapt, got {len(latest)}")
+    return shots.take(np.flatnonzero(~in_latest)), shots.take(np.flatnonzero(in_latest))
+
+
+def _latest_configurations(shots: Examples, n_latest: int) -> set[str]:
+    """The configurations last seen latest, whole, until they hold `n_latest` records."""
+    counts = Counter(shots.config_json)
+    chosen: set[str] = set()
+    held = 0
+    for config in reversed(shots.config_json):
+        if held >= n_latest:
+            break
+        if config not in chosen:
+            chosen.add(config)
+            held += counts[config]
+    return chosen
 
 
 def adaptation_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) -> TrainConfig:

@@ -34,6 +34,9 @@ class Examples:
     targets: np.ndarray  # float64 [N]
     config_json: list[str]
     scales: np.ndarray | None = None  # float64 [N]; None: absolute targets
+    # Records without periods (tables of configurations, repeated runs): a cut of these keeps
+    # each configuration's records on one side (`adaptation.hold_out_gate`), as the splits do.
+    by_configuration: bool = False
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -57,6 +60,7 @@ class Examples:
             targets=self.targets[idx],
             config_json=[self.config_json[i] for i in idx],
             scales=None if self.scales is None else self.scales[idx],
+            by_configuration=self.by_configuration,
         )
 
 
@@ -148,6 +152,7 @@ def to_examples(
         targets=records["target"].cast(pl.Float64).to_numpy(),
         config_json=configs,
         scales=None if relative_to is None else target_scales(configs, relative_to, ids),
+        by_configuration=records["period"].null_count() > 0,  # as `assign_splits` splits
     )
 
 

@@ -273,6 +273,40 @@ def test_the_gate_shots_are_the_latest_and_nothing_else_sees_them():
     assert train.record_ids + stop.record_ids + gate.record_ids == shots.record_ids
 
 
+def _repeated_runs(n: int = 40) -> Examples:
+    """Shots of a table without periods: 13 configurations, each run 2-4 times, interleaved
+    as a warehouse orders them (by record id)."""
+    configs = [json.dumps({"machines": i % 13}) for i in range(n)]
+    targets = np.array([1.0 + 0.1 * (i % 13) for i in range(n)])
+    texts = [f"<config>\nmachines={i % 13}" for i in range(n)]
+    ids = [f"r{i:02d}" for i in range(n)]
+    return Examples(ids, ["job-z"] * n, texts, targets, configs, by_configuration=True)
+
+
+def test_shots_without_periods_are_cut_between_configurations():
+    """A repeated run of a configuration in the gate, with another in the fine-tuning, made
+    the variant look better than it is on configurations it never saw."""
+    shots = _repeated_runs()
+    tuning, gate = hold_out_gate(shots, AdaptConfig(gate_fraction=0.2, val_fraction=0.25))
+    train, stop = split_shots(tuning, 0.25)
+    parts = [set(part.config_json) for part in (train, stop, gate)]
+    assert all(not a & b for i, a in enumerate(parts) for b in parts[i + 1 :])
+    assert sorted(train.record_ids + stop.record_ids + gate.record_ids) == shots.record_ids
+    assert len(gate) >= 8  # at least the fraction, in whole configurations
+    assert gate.by_configuration  # kept by every cut
+    assert train.by_configuration
+    # Dated shots are cut by time, as before.
+    dated = dataclasses.replace(shots, by_configuration=False)
+    gate_of_dated = hold_out_gate(dated, AdaptConfig(gate_fraction=0.2))[1]
+    assert gate_of_dated.record_ids == shots.record_ids[32:]
+
+
+def test_shots_of_one_configuration_cannot_be_cut():
+    shots = dataclasses.replace(_repeated_runs(4), config_json=["{}"] * 4)
+    with pytest.raises(ValueError, match="4 shots are too few"):
+        hold_out_gate(shots, AdaptConfig())
+
+
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_too_few_shots_to_cut_three_ways_are_refused(n: int):
     with pytest.raises(ValueError, match=f"{n} shots are too few to train on, stop early on and"):

@@ -77,3 +77,8 @@ def test_records_without_periods_split_by_distinct_configuration():
         digest = hashlib.sha256(f"0\x1f{config_json}".encode()).digest()
         in_test = int.from_bytes(digest[:8], "big") % 10_000 / 10_000 < 0.2
         assert in_test == (side in ("test", "adapt_test")), config_json
+    # Their examples say so, for the adaptation's cuts (`adaptation.hold_out_gate`).
+    pool = examples_by_split(records, SplitConfig(holdout_task="job-b"))["adapt_pool"]
+    assert pool.by_configuration
+    assert pool.take([0, 1]).by_configuration
+    assert not examples_by_split(_records(), SplitConfig(test_days=3))["test"].by_configuration
