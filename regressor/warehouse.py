@@ -140,6 +140,7 @@ class Warehouse:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         timeout_s = LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s
         self.con = connect_with_retry(self.path, read_only, timeout_s)
+        self.execute("session_utc")
         if memory_limit is not None:
             # DuckDB's buffer pool otherwise keeps written blocks cached up to 80% of RAM, so a
             # long ingest's RSS would grow with the data; past the limit it evicts (or spills).

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -154,6 +155,34 @@ def test_content_hash_names_the_records(tmp_path, tiny_fleet, fleet_source, tiny
     )
     ingest_fleet(wh, fleet_source, raw_dir, run_id="run-2")
     assert wh.content_hash(name) != first
+
+
+STAMP_IN_TOKYO = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from regressor.warehouse import QuarantineRow, Warehouse
+with Warehouse(Path(sys.argv[1])) as wh:
+    wh.migrate()
+    wh.write_quarantine([QuarantineRow("s", "f", "f", "line 1", "bad", "h")], "run-1")
+    print(wh.con.sql("SELECT quarantined_at FROM quarantine").fetchall()[0][0].isoformat())
+"""
+
+
+def test_the_warehouse_stamps_times_in_utc_whatever_the_machines_zone(tmp_path):
+    """A naive `current_timestamp` was the machine's local time: two machines writing one
+    warehouse stamped it in two zones, and `quarantine_report`'s latest-first order lied."""
+    root = str(Path(__file__).resolve().parents[1])
+    before = datetime.now(UTC).replace(tzinfo=None)
+    stamped = subprocess.run(
+        [sys.executable, "-c", STAMP_IN_TOKYO, str(tmp_path / "w.duckdb"), root],
+        env=os.environ | {"TZ": "Asia/Tokyo"},  # UTC+9, no DST
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    after = datetime.now(UTC).replace(tzinfo=None)
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(stamped) <= after
 
 
 HOLD_LOCK = """
