@@ -88,7 +88,7 @@ class IntervalScale:
 def percent_label(q: float) -> str:
     """0.1 -> '10', 0.025 -> '2.5', 5e-7 -> '0.00005': a quantile in percent, 6 significant
     digits, never in exponent notation (`q5e-05` read as no quantile key at all)."""
-    return np.format_float_positional(float(f"{q * 100:.6g}"), trim="-")
+    return np.format_float_positional(float(f"{q * 100:.6g}") + 0.0, trim="-")  # -0 -> 0
 
 
 def is_quantile(key: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -475,10 +476,16 @@ def predict(
         line = f"{path}: median {row['median']:.4g}  {_quantiles_text(labels, row)}"
         finite = row.get("finite_fraction", 1.0)  # versions registered before do not say
         if finite < 1:  # the figures rest on fewer draws than asked for
-            line += f"  ({finite:.0%} of the draws decoded to a number)"
+            line += f"  ({finite_note(finite)})"
         if samples:
             line += "  samples " + " ".join(f"{v:.4g}" for v in row["samples"])
         typer.echo(line)
+
+
+def finite_note(finite: float) -> str:
+    """What share of a record's draws decoded to a number, rounded down: 1023 of 1024 printed
+    "100%", contradicting the note it is."""
+    return f"{math.floor(finite * 1000) / 10:g}% of the draws decoded to a number"
 
 
 # `textperf models predict` is the same command, for users who look everything up under `models`.
@@ -702,7 +709,7 @@ def models_promote(
     alias = alias or cfg.registry.champion_alias
     with _registry_errors(paths.tracking_uri), pipeline.alias_locks(paths, name):
         registry.existing_version(name, version)  # names what is missing, MLflow's words do not
-        decision = registry.promote(name, version, alias, reason)
+        decision = registry.promote(name, version, alias, reason, cfg.registry.champion_alias)
     typer.echo(f"{name}/{version} is now @{alias} (was {decision['previous']})")
 
 

@@ -209,7 +209,8 @@ def checked_quantiles(values: Any) -> tuple[float, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray):
         raise InvalidInputError(f"quantiles must be a list of numbers, got {values!r}")
     try:
-        quantiles = tuple(dict.fromkeys(float(q) for q in values))
+        # + 0.0: -0.0 (valid JSON) would be column `p-0`, which no summary key matches.
+        quantiles = tuple(dict.fromkeys(float(q) + 0.0 for q in values))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"quantiles must be numbers, got {list(values)!r}") from exc
     if not all(0.0 <= q <= 1.0 for q in quantiles):  # NaN fails this too
@@ -298,7 +299,9 @@ class TextperfModel(PythonModel):
             tasks=tasks_of(frame),
             scales=scales,
         )
-        return output_frame(summary, params["quantiles"], params["return_samples"])
+        out = output_frame(summary, params["quantiles"], params["return_samples"])
+        out.index = frame.index  # row for row: a caller joins it back onto a filtered frame
+        return out
 
 
 mlflow.models.set_model(TextperfModel())

@@ -626,7 +626,11 @@ def describe_in_registry(name: str, version: str, champion_alias: str = "champio
 
 
 def promote(
-    name: str, version: str | int, alias: str = "champion", reason: str = "manual promotion"
+    name: str,
+    version: str | int,
+    alias: str = "champion",
+    reason: str = "manual promotion",
+    champion_alias: str = "champion",
 ) -> dict:
     """Point `alias` at `version` by hand; the decision is tagged on the version and returned.
 
@@ -645,7 +649,7 @@ def promote(
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     client.set_model_version_tag(name, target.version, f"manual_{alias}", json.dumps(decision))
-    describe_in_registry(name, str(target.version))
+    describe_in_registry(name, str(target.version), champion_alias)  # the alias users ask
     logger.info("%s/%s takes @%s (was %s): %s", name, target.version, alias, previous, reason)
     return decision
 

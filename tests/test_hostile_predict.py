@@ -317,6 +317,38 @@ def test_cli_refuses_bad_params_before_loading_the_model(
     assert reason in flat(result.output), result.output
 
 
+def test_the_output_keeps_the_rows_index(model: PyFuncModel):
+    """A fresh 0..n-1 index: `frame.join(model.predict(frame))` on a filtered frame paired
+    rows with other rows' predictions, or with NaN."""
+    frame = pd.DataFrame([GOOD_ROW, {**GOOD_ROW, "task": "cell-b"}], index=[30, 10])
+    out = model.predict(frame, params=FAST)
+    assert list(out.index) == [30, 10]
+    alone = model.predict(frame.loc[[10]], params=FAST)
+    joined = frame.join(out).loc[[10], list(out.columns)]
+    pd.testing.assert_frame_equal(joined, alone)
+    assert joined["finite_fraction"].notna().all()  # never NaN: joined to a prediction
+
+
+def test_a_negative_zero_quantile_is_the_zeroth():
+    """-0.0 is valid JSON: it became a column `p-0` that no summary key matched, so it was left
+    as sampled while the other quantiles were rescaled, and came out above p10."""
+    from regressor.calibration import percent_label
+    from regressor.pyfunc_model import checked_quantiles, quantile_column
+
+    assert checked_quantiles([-0.0, 0.9]) == (0.0, 0.9)
+    assert quantile_column(-0.0) == "p0"
+    assert percent_label(-0.0) == "0"
+
+
+@pytest.mark.parametrize(
+    ("finite", "shown"), [(1023 / 1024, "99.9%"), (199 / 200, "99.5%"), (0.125, "12.5%")]
+)
+def test_cli_says_how_many_draws_decoded_rounding_down(finite: float, shown: str):
+    """1023 of 1024 read "100% of the draws decoded to a number", under a note saying not all
+    did."""
+    assert cli.finite_note(finite) == f"{shown} of the draws decoded to a number"
+
+
 def test_each_row_says_how_many_of_its_draws_decoded_to_a_number():
     """`summarize` leaves non-finite draws out of every statistic: one finite draw of eight
     gave p10 = p90 = median and std 0, a row that looked sure of itself, and nothing said so."""

@@ -277,6 +277,10 @@ def test_cli_predict_and_promote_default_to_the_configs_names(store, tmp_path: P
     assert f"textperf/{v1.version} is now @best" in promoted.output
     aliases = MlflowClient().get_registered_model("textperf").aliases
     assert aliases == {"best": int(v1.version)}
+    # The model's description names the alias to predict with: it said @champion.
+    description = MlflowClient().get_registered_model("textperf").description
+    assert "models:/textperf@best" in description
+    assert "@champion" not in description
     record = tmp_path / "record.json"
     record.write_text(json.dumps(RECORD))
     predicted = runner.invoke(cli.app, ["predict", str(record), "--num-samples", "2", *given])

@@ -134,7 +134,7 @@ def _register(predictor: Predictor, tmp_path: Path) -> ResolvedPaths:
 
 
 def test_a_registered_model_is_scored_on_the_texts_it_serves(logs_first, tmp_path: Path):
-    """A champion faced at the gate, or `textperf evaluate`, with an older section order."""
+    """A champion faced at the gate, or the evaluate flow, with an older section order."""
     data, cfg = _dataset(budget=256), EvalConfig(num_samples=8)
     try:
         _register(logs_first, tmp_path)
