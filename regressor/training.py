@@ -369,7 +369,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         if trainer.global_step % self.last_every_n_steps == 0 and not (
-            self._should_skip_saving_checkpoint(trainer)
+            self._should_skip_saving_checkpoint(trainer) or self._validates_next(trainer)
         ):
             saved_at = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -377,6 +377,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             # Lightning skips any save at a step already saved: keep `best` possible at this
             # step's validation, which runs right after this hook.
             self._last_global_step_saved = saved_at
+
+    def _validates_next(self, trainer: L.Trainer) -> bool:
+        """Whether Lightning validates right after this step: every `val_check_batch` steps
+        (counted across epochs), or once something stopped the fit. A `last` saved before that
+        validation, and a kill during it, resumed past it: the step was never scored, so it
+        could not be the best, and early stopping counted one validation fewer. Its own save
+        (`on_validation_end`) writes `last` instead, with the validation done."""
+        if self.monitor is None:  # no validation set: nothing validates
+            return False
+        return trainer.should_stop or trainer.global_step % int(trainer.val_check_batch) == 0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning forgets the best score of a run resumed in another directory ("dirpath has
@@ -612,11 +622,31 @@ class StoppedStaysStopped(EarlyStopping):
     """Early stopping whose verdict survives a resume. A checkpoint keeps the patience counter
     but not the trainer's `should_stop`, so a finished, early-stopped fit resumed (a retry of
     the training task after the registry failed) trained on to its next validation, which
-    could become a new best: the retry registered another model than the run it repeats."""
+    could become a new best: the retry registered another model than the run it repeats.
+
+    The verdict itself is kept (`stopped`), not read back from the counter: a stop that
+    `min_steps` held back stands even if a validation before the floor improved (and reset
+    the counter), and so does a stop on a non-finite score."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped = False
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        before = trainer.should_stop  # another callback's (the clock's) stop is not ours
+        super()._run_early_stopping_check(trainer)
+        self.stopped = self.stopped or (trainer.should_stop and not before)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"stopped": self.stopped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.stopped = bool(state_dict.get("stopped", False))  # older checkpoints: the counter
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.wait_count >= self.patience:  # Lightning still holds it to `min_steps`
+        if self.stopped or self.wait_count >= self.patience:  # still held to `min_steps`
             trainer.should_stop = True
 
 

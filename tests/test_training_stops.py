@@ -244,3 +244,72 @@ def test_an_early_stopped_fit_resumed_returns_the_same_model(tmp_path: Path) -> 
     assert resumed.steps == first.steps
     assert resumed.best_val_score == first.best_val_score
     assert_weights_of(again.model, tmp_path / "best.ckpt")
+
+
+class FitKilledError(Exception):
+    """Stands for a SIGKILL: raised from inside the fit, nothing after it runs."""
+
+
+class ValidationsLogged(CSVLogger):
+    """The validations' (step, val_loss) as Lightning logs them; with `kill_at`, the fit dies
+    while logging that step's validation, i.e. inside the validation, before its checkpoint."""
+
+    def __init__(self, save_dir: Path, kill_at: int | None = None) -> None:
+        super().__init__(save_dir)
+        self.kill_at, self.validations = kill_at, []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "val_loss" in metrics:
+            self.validations.append((step, float(metrics["val_loss"])))
+            if step == self.kill_at:
+                raise FitKilledError
+        super().log_metrics(metrics, step)
+
+
+def test_a_fit_killed_while_validating_validates_that_step_when_resumed(tmp_path: Path) -> None:
+    """`last` was saved at a step before its validation ran: killed during it, the resumed fit
+    carried on past the step, which was then never scored (it was the best one here, so the
+    resumed fit returned another model) and early stopping counted one validation fewer."""
+    texts, targets = toy_data(88)
+    train, val = (texts[:48], targets[:48]), (texts[48:], targets[48:])
+    cfg = validated_config(60, lr=1e-2, early_stopping_patience=3, checkpoint_every_steps=4)
+    unbroken = toy_predictor(texts)
+    logged = ValidationsLogged(tmp_path / "logs")
+    expected = fit(unbroken, train, val, cfg, tmp_path / "unbroken", logged, resume=False)
+    best_step = min(logged.validations, key=lambda v: v[1])[0]
+    assert best_step != logged.validations[-1][0]  # a kill there loses something
+    with pytest.raises(FitKilledError):
+        fit(
+            toy_predictor(texts),
+            train,
+            val,
+            cfg,
+            tmp_path / "killed",
+            ValidationsLogged(tmp_path / "logs", kill_at=best_step),
+            resume=False,
+        )
+    resumed = toy_predictor(texts)
+    relogged = ValidationsLogged(tmp_path / "logs")
+    again = fit(resumed, train, val, cfg, tmp_path / "killed", relogged, resume=True)
+    assert relogged.validations[0][0] == best_step  # scored again, not skipped
+    assert (again.steps, again.best_val_score) == (expected.steps, expected.best_val_score)
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, unbroken.model.state_dict()[key]), key
+
+
+def test_a_stop_held_to_min_steps_stands_when_the_fit_is_resumed(tmp_path: Path) -> None:
+    """Patience ran out before `min_steps`, then a validation before the floor improved and
+    reset the counter: the fit stopped at the floor, but its retry read the counter, trained
+    on past the floor and returned another model."""
+    texts, targets = toy_data(88)
+    train, val = (texts[:48], targets[:48]), (texts[48:], targets[48:])
+    cfg = validated_config(60, lr=1e-2, early_stopping_patience=1, min_steps=40)
+    logged = ValidationsLogged(tmp_path / "logs")
+    first = fit(toy_predictor(texts), train, val, cfg, tmp_path / "run", logged, resume=False)
+    losses = [loss for _, loss in logged.validations]
+    assert first.steps == 40  # stopped at the floor, not at the plan's 60
+    assert losses[6] > losses[5]  # patience ran out at the 7th validation (step 28)
+    assert losses[-1] == min(losses)  # and the last, at the floor, improved: counter at 0
+    again = toy_predictor(texts)
+    resumed = fit(again, train, val, cfg, tmp_path / "run", resume=True)
+    assert (resumed.steps, resumed.best_val_score) == (first.steps, first.best_val_score)
