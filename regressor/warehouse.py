@@ -59,8 +59,10 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if not _is_lock_conflict(exc):
+        except duckdb.Error as exc:
+            if not isinstance(exc, duckdb.IOException) and not _is_corrupt(exc):
+                raise
+            if _is_corrupt(exc) or not _is_lock_conflict(exc):
                 raise unreadable(path, exc) from exc
             if time.monotonic() + delay > deadline:
                 raise WarehouseLockedError(
@@ -79,9 +81,16 @@ def _is_lock_conflict(exc: duckdb.IOException) -> bool:
     return "lock" in str(exc).lower()
 
 
-def _names_damage(exc: duckdb.IOException, path: Path) -> bool:
-    """Whether DuckDB failed on reading `path` itself, not on its lock."""
-    return str(path) in str(exc) and not _is_lock_conflict(exc)
+def _names_damage(exc: duckdb.Error, path: Path) -> bool:
+    """Whether DuckDB failed on reading `path` itself, not on its lock: an I/O error naming the
+    file, or a block whose checksum fails (a plain `duckdb.Error`, which names no file)."""
+    if isinstance(exc, duckdb.IOException):
+        return str(path) in str(exc) and not _is_lock_conflict(exc)
+    return _is_corrupt(exc)
+
+
+def _is_corrupt(exc: duckdb.Error) -> bool:
+    return str(exc).startswith("Corrupt database file")
 
 
 def unreadable(path: Path, exc: duckdb.Error) -> WarehouseUnreadableError:
@@ -160,7 +169,7 @@ class Warehouse:
         self.close()
         # DuckDB reads blocks as it needs them, so a damaged file can pass the connect and fail
         # any later query: named here, as one line, for every block that uses the warehouse.
-        if isinstance(exc, duckdb.IOException) and _names_damage(exc, self.path):
+        if isinstance(exc, duckdb.Error) and _names_damage(exc, self.path):
             raise unreadable(self.path, exc) from exc
 
     def close(self) -> None:

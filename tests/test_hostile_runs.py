@@ -391,7 +391,9 @@ def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_pat
     (root / "loop").symlink_to(root / "loop")
     put(root, "two", "report.json", '{"app": "two", "runtime": 10}')
     put(root, "two", "report.yaml", "app: two\nruntime: 99\n")  # ignored unsaid before
+    (root / "latest").symlink_to(root / "two", target_is_directory=True)  # stored twice before
     bad = {
+        "latest": "a symlink to a run folder, which is read as itself",
         "two/report.yaml": "a second report: report.json is the one read",
         "notes.txt": "a file where a run folder is expected",
         "gone": "a symlink to nothing",

@@ -119,6 +119,16 @@ def test_a_value_beyond_float64_is_dropped_not_a_null_summary():
     assert summarize_log("".join(lines))["values"]["x"]["max"] == 9.0
 
 
+def test_a_field_of_non_ascii_digits_is_no_sample():
+    """The regex engine's digit class matched "３" and "٣", which the Float64 cast refused:
+    the whole log, a day's record with it, was quarantined for one user-written note."""
+    good = "2026-01-01T10:00:00 INFO latency_ms=12\n" * 5
+    odd = "2026-01-01T11:00:00 WARN note: retries=３ n=٣ ok\n"
+    summary = summarize_log(good + odd)
+    assert set(summary["values"]) == {"latency_ms"}
+    assert summary["values"] == summarize_log(good)["values"]
+
+
 def test_batch_equals_one_by_one_and_empty_is_fine():
     texts = ["a=1\nINFO b\n", "", "2026-01-01T00:00:00 ERROR c=2\n\n\n"]
     assert summarize_logs(texts) == [summarize_log(t) for t in texts]

@@ -259,6 +259,9 @@ def test_every_pairing_adds_one_record_per_other_reference_run(tmp_path: Path, l
         ("2024-05-01 10:00:00", "2024-05-01"),  # no offset: the day as written (lumos)
         ("2024-05-01", "2024-05-01"),
         ("yesterday", None),
+        # Past the calendar once in UTC: the run was quarantined (OverflowError), not undated.
+        ("9999-12-31T23:30:00-05:00", None),
+        ("0001-01-01T00:30:00+01:00", None),
     ],
 )
 def test_a_runs_date_is_its_utc_date_when_its_timestamp_has_an_offset(stamp: str, day):

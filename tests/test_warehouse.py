@@ -19,6 +19,7 @@ from regressor.warehouse import (
     Warehouse,
     WarehouseLockedError,
     WarehouseTooNewError,
+    WarehouseUnreadableError,
 )
 
 pytest_plugins = ("conftest_data",)
@@ -248,3 +249,30 @@ def test_records_contract_types(tiny_warehouse):
     )
     assert records["record_id"][0] == "demo_fleet/cell-a01/2026-01-01"
     assert records["period"][0] == date(2026, 1, 1)
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 3]
+
+
+def _checksums_broken(data: bytes) -> bytes:
+    """16 bytes overwritten in every block past the headers: each block's checksum fails."""
+    spoiled = bytearray(data)
+    for offset in range(3 * 4096 + 64, len(spoiled), 4096):
+        spoiled[offset : offset + 16] = b"\xff" * 16
+    return bytes(spoiled)
+
+
+@pytest.mark.parametrize("damage", [_cut, _checksums_broken])
+def test_a_damaged_warehouse_is_named_in_one_line(tmp_path, damage):
+    """A block whose checksum fails raises DuckDB's plain `Error` ("Corrupt database file"),
+    which names no file: it came out as a raw traceback, not the message saying to move the
+    file aside and ingest again."""
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS i, 'x' || range AS s FROM range(300000)")
+    con.close()
+    path.write_bytes(damage(path.read_bytes()))
+    refused = pytest.raises(WarehouseUnreadableError, match="move it aside and ingest again")
+    with refused, Warehouse(path, lock_timeout_s=2) as wh:
+        wh.con.sql("SELECT sum(i), count(s) FROM t").fetchall()

@@ -59,7 +59,8 @@ from regressor.warehouse import QuarantineRow, Warehouse
 PARSER_VERSION = 2
 # Config files only, so that a bump re-parses the (few, small) configs and not every log.
 # 1: a hidden file (".yaml", ".#cell.yaml") is refused: its name names no task.
-CONFIG_VERSION = 1
+# 2: a YAML `!!set` is a sorted list (its text followed the process' hash seed).
+CONFIG_VERSION = 2
 BATCH_FILES = 256
 BATCH_BYTES = 32_000_000  # a batch of logs also stops here: its frames take ~15x its bytes
 # Raw logs are stored zstd-compressed (~5x smaller): DuckDB writes the compressed BLOBs ~20x

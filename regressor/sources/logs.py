@@ -36,7 +36,8 @@ import polars as pl
 
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
 # 4: lines cut to MAX_LINE_CHARS; a byte order mark no longer part of the first line.
-SUMMARY_VERSION = 4
+# 5: key=value fields read ASCII digits only (logs quarantined for a "retries=３" are re-read).
+SUMMARY_VERSION = 5
 SIGNIFICANT_DIGITS = 4
 # A line's first characters are what is summarised: a dumped blob on one line would otherwise be
 # one template as long as itself in the stored summary, and cost ~50x its size to mask.
@@ -66,7 +67,9 @@ MASKS: tuple[tuple[str, str], ...] = (
     (r"\b[A-Za-z_][\w\-:.]*\d[\w\-:.]*|\b\d[\w\-:.]*[A-Za-z_][\w\-:.]*", "<ID>"),
     (r"-?\b\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b", "<NUM>"),
 )
-_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+# ASCII digits: the regex engine's \d also matches "３" or "٣", which the Float64 cast then
+# refused, and the whole log was quarantined.
+_NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 FIELD_RE = r"\b[A-Za-z_][\w.]*=" + _NUMBER + r"(?:[^\w.]|$)"
 
 

@@ -92,11 +92,14 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise BadInputError(f"duplicate key {k!r} in a JSON object")
-    return dict(pairs)
+    """A JSON object's pairs as a dict, refused on a repeated key (in linear time: a count per
+    key took 34 s on a flat object of 40,000 keys)."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadInputError(f"duplicate key {repeated!r} in a JSON object")
+    return out
 
 
 def json_int(text: str) -> int:
@@ -146,8 +149,10 @@ def plain(value: Any, depth: int = 0) -> Any:
                 raise BadInputError(f"duplicate key {text!r} (keys are compared as text)")
             out[text] = plain(item, depth + 1)
         return out
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [plain(item, depth + 1) for item in value]
+    if isinstance(value, set | frozenset):  # YAML's `!!set`: its str() order is per process
+        return sorted((plain(item, depth + 1) for item in value), key=json.dumps)
     if isinstance(value, str):
         return utf8_text(value)
     if value is None or isinstance(value, int | float):

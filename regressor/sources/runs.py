@@ -57,7 +57,9 @@ from regressor.warehouse import Warehouse
 # 3: a quoted integer beyond Int64 stays text (as a float two ids became one), one within it an
 # integer; a NaN or infinite task is refused (it was the task "nan").
 # 4: a timestamp with an offset dates its run in UTC (`period_of`).
-PARSER_VERSION = 4
+# 5: a YAML `!!set` is a sorted list; a timestamp past the calendar in UTC has no period (the
+# run was quarantined); a symlink to a run folder is refused (the run was stored twice).
+PARSER_VERSION = 5
 BATCH_RUNS = 128
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,10 @@ def period_of(fields: dict[str, Any], source: RunsSourceConfig) -> date | None:
     except ValueError:
         stamp = None
     if stamp is not None and stamp.tzinfo is not None:
-        return stamp.astimezone(UTC).date()
+        try:
+            return stamp.astimezone(UTC).date()
+        except OverflowError:  # 9999-12-31T23:30-05:00 is past the calendar in UTC
+            return None
     try:
         return date.fromisoformat(text[:10])
     except ValueError:
@@ -301,6 +306,9 @@ def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally)
         return None
     if not inside(root, folder):
         tally.refuse(rel, shown, f"resolves outside the source folder {root} (symlink?)")
+        return None
+    if folder.is_symlink():  # `latest -> run_2`: the run stored twice, maybe on both sides
+        tally.refuse(rel, shown, "a symlink to a run folder, which is read as itself")
         return None
     os.listdir(folder)  # raises when the folder cannot be read: refused whole by the caller
     found: dict[str, Path] = {}
