@@ -331,6 +331,21 @@ def test_keys_that_only_joined_the_same_are_distinct_records(tmp_path: Path) -> 
         assert tasks == ["a", "a/b"]  # the task itself is stored as written
 
 
+def test_a_row_without_any_key_is_quarantined_as_missing_its_key(tmp_path: Path) -> None:
+    """All key cells blank was stored as the key "" (record `t/k/,`), and the next such row
+    was quarantined as its "duplicate key (,) of line 2"; one blank part of two is a key."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "k.csv").write_text("p1,p2,y\n,,1\n , ,2\na,,3\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, source(root, key_columns=["p1", "p2"], task="k"))
+        assert quarantine(wh) == [
+            ("k.csv", "line 2", f"{root / 'k.csv'}: missing key (p1, p2)"),
+            ("k.csv", "line 3", f"{root / 'k.csv'}: missing key (p1, p2)"),
+        ]
+        assert {rid: target for rid, (target, _) in records(wh).items()} == {"t/k/a,": 3.0}
+
+
 def test_a_row_starting_with_a_nul_is_not_taken_for_an_over_long_line(tmp_path: Path) -> None:
     """Over-long lines were marked in-band with a leading NUL: a row that began with one was
     reported as "line of abc,20 bytes exceeds the limit". It is read as the row it is."""

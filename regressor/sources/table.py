@@ -49,7 +49,8 @@ from regressor.warehouse import Warehouse
 # keys checked against other files; Parquet reads only the columns it uses. 3: key parts escaped
 # (`key_part`); a row starting with a NUL no longer taken for an over-long line; an integer
 # beyond Int64 stays text, one of 19 digits within it an integer (`typed_columns`).
-PARSER_VERSION = 3
+# 4: a row whose key cells are all blank is quarantined ("missing key"), not stored as key "".
+PARSER_VERSION = 4
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 100_000
 
@@ -332,6 +333,13 @@ def block_records(
         else pl.lit(source.task.replace("{stem}", ctx["stem"]))
     )
     problem = pl.when(task.is_null() | (task == "")).then(pl.lit("missing task")).otherwise(problem)
+    if cols.keys:  # every key cell blank: the key "" was stored, and the next such row was its
+        # "duplicate key () of line N"
+        blank = [pl.col(cell(c)).fill_null("").str.strip_chars() == "" for c in cols.keys]
+        missing = pl.lit(f"missing key ({', '.join(cols.keys)})")
+        problem = (
+            pl.when(problem.is_null() & pl.all_horizontal(blank)).then(missing).otherwise(problem)
+        )
     key = (
         pl.concat_str([key_part(pl.col(cell(c)).fill_null("")) for c in cols.keys], separator=",")
         if cols.keys
