@@ -282,6 +282,36 @@ def test_a_match_value_that_is_a_list_pairs_as_a_value_and_stops_no_ingest(tmp_p
     assert again.files_unchanged == again.files_seen
 
 
+def test_match_values_pair_as_the_config_shows_them(tmp_path: Path) -> None:
+    """Raw values as keys: Python's `True == 1 == 1.0` paired a `run: true` reference with
+    `run: 1` and `run: 1.0` runs, while `run: "1"` (which the config shows as 1) paired with
+    nothing."""
+    root = tmp_path / "runs"
+    runs = {
+        "ref_sort_t": True,
+        "ref_sort_1": 1,
+        "big_sort_a": 1.0,
+        "big_sort_b": "1",
+        "big_sort_c": True,
+    }
+    for folder, value in runs.items():
+        vm, job, _ = folder.split("_")
+        report = {"app": folder, "vm": vm, "job": job, "run": value, "runtime": 30}
+        put(root, folder, "report.json", json.dumps(report))
+        put(root, folder, "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7\n")
+    pairings = [REFERENCE | {"match": ["run"], "pair_on": None}, REFERENCE]  # both ways
+    for i, reference in enumerate(pairings):
+        wh, report = ingest(tmp_path / str(i), root, reference=reference)
+        with wh:
+            pairs = sorted(wh.con.sql("SELECT record_key, ref_path FROM row_records").fetchall())
+        assert report.files_quarantined == 0
+        assert pairs == [
+            ("big_sort_a", "ref_sort_1/report.json"),
+            ("big_sort_b", "ref_sort_1/report.json"),
+            ("big_sort_c", "ref_sort_t/report.json"),
+        ]
+
+
 def test_a_record_without_its_own_baseline_is_quarantined(tmp_path: Path) -> None:
     """Without a reference, `target_relative_to` names a field of the run's own config: a run
     whose `size` is 0 is quarantined at ingest rather than failing the dataset build."""

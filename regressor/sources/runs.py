@@ -505,7 +505,8 @@ def pick_reference(
     """The reference run with the same `pair_on` value (e.g. repetition), else the first one."""
     usable = [r for r in refs if r["logs_json"] is not None]
     if pair_on:
-        same = [r for r in usable if r["fields"].get(pair_on) == run["fields"].get(pair_on)]
+        own = match_part(run["fields"].get(pair_on))
+        same = [r for r in usable if match_part(r["fields"].get(pair_on)) == own]
         usable = same or usable
     return usable[0] if usable else None
 
@@ -533,13 +534,23 @@ def paired_records(
 
 
 def match_key(fields: dict[str, Any], match: Sequence[str]) -> tuple[Any, ...]:
-    """The values a run pairs with its reference on, as a dict key. A report may give a list or
-    a mapping there, which is no key: spelt as JSON, it pairs with an equal value. Raised here,
-    the `TypeError` failed every later ingest of the source (the runs were stored already)."""
-    return tuple(
-        json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
-        for v in (fields.get(m) for m in match)
-    )
+    """The values a run pairs with its reference on, as a dict key (`match_part`)."""
+    return tuple(match_part(fields.get(m)) for m in match)
+
+
+def match_part(value: Any) -> tuple[str, Any]:
+    """A value as the config shows it (`json_number`: `"1"` is 1), tagged with its kind. Raw,
+    Python's `True == 1 == 1.0` paired a `scale: true` reference with `scale: 1` runs, while
+    `"1"` paired with nothing. A list or a mapping, which is no key, is spelt as JSON: raised
+    here, the `TypeError` failed every later ingest of the source."""
+    value = json_number(value)
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))  # 1 and 1.0 are one number
+    if isinstance(value, list | dict):
+        return ("json", json.dumps(value, sort_keys=True))
+    return ("text", str(value))
 
 
 def build_records(
