@@ -380,13 +380,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def _validates_next(self, trainer: L.Trainer) -> bool:
         """Whether Lightning validates right after this step: every `val_check_batch` steps
-        (counted across epochs), or once something stopped the fit. A `last` saved before that
-        validation, and a kill during it, resumed past it: the step was never scored, so it
-        could not be the best, and early stopping counted one validation fewer. Its own save
-        (`on_validation_end`) writes `last` instead, with the validation done."""
+        (counted across epochs), or once something stopped the fit and `min_steps` lets it
+        stop (before the floor a stop is held, and nothing validates off the plan). A `last`
+        saved before that validation, and a kill during it, resumed past it: the step was
+        never scored, so it could not be the best, and early stopping counted one validation
+        fewer. Its own save (`on_validation_end`) writes `last` instead, with it done."""
         if self.monitor is None:  # no validation set: nothing validates
             return False
-        return trainer.should_stop or trainer.global_step % int(trainer.val_check_batch) == 0
+        floor = trainer.fit_loop.min_steps or 0
+        stopping = trainer.should_stop and trainer.global_step >= floor
+        return stopping or trainer.global_step % int(trainer.val_check_batch) == 0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning forgets the best score of a run resumed in another directory ("dirpath has

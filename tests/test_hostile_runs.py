@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -423,7 +424,7 @@ def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_pat
     put(root, "two", "report.yaml", "app: two\nruntime: 99\n")  # ignored unsaid before
     (root / "latest").symlink_to(root / "two", target_is_directory=True)  # stored twice before
     bad = {
-        "latest": "a symlink to a run folder, which is read as itself",
+        "latest": "the same run folder as two (a symlink)",
         "two/report.yaml": "a second report: report.json is the one read",
         "notes.txt": "a file where a run folder is expected",
         "gone": "a symlink to nothing",
@@ -443,6 +444,36 @@ def test_run_folders_and_files_refused_unread_reach_the_quarantine_table(tmp_pat
         assert records(wh)["fifo_log"]["target"] == 4.0  # its report is fine
         assert records(wh)["two"]["target"] == 10.0
         assert "TOP-SECRET" not in str(wh.query("records")["config_json"].to_list())
+
+
+def test_a_run_reached_through_symlinks_is_read_once_where_it_lies(tmp_path: Path) -> None:
+    """A linked run folder (`latest -> run_2`) or a linked parent (`us -> eu`) stored the run
+    twice, under two keys that could sit on both sides of a split; a link that is a run's only
+    way in (`current/r7 -> ../archive/r7`) is read. Rows an earlier ingest stored from a folder
+    now found to be an alias are dropped (the link still resolves: never "gone")."""
+    root = tmp_path / "runs"
+    for run, target in {"eu/run_1": 1.0, "eu/run_2": 2.0, "archive/r7": 7.0}.items():
+        put(root, run, "report.json", json.dumps({"app": run.split("/")[1], "runtime": target}))
+        put(root, run, "log.csv", "time,cpu\n00:00:01,5\n00:00:02,7\n")
+    (root / "current").mkdir()
+    (root / "current" / "r7").symlink_to(root / "archive" / "r7", target_is_directory=True)
+    shutil.copytree(root / "eu", root / "us")  # a copy at first: stored as runs of its own
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        glob = {"run_glob": "[!a]*/*"}  # not archive/: current/r7 is its run's only way in
+        first = ingest_runs(wh, source(root, **glob), "run-1")
+        assert set(records(wh)) == {"eu/run_1", "eu/run_2", "us/run_1", "us/run_2", "current/r7"}
+        shutil.rmtree(root / "us")
+        (root / "us").symlink_to(root / "eu", target_is_directory=True)
+        (root / "eu" / "latest").symlink_to(root / "eu" / "run_2", target_is_directory=True)
+        again = ingest_runs(wh, source(root, **glob), "run-2")
+        reasons = {path: reason for path, (_, reason, _) in quarantine(wh).items()}
+        assert set(records(wh)) == {"eu/run_1", "eu/run_2", "current/r7"}
+    assert first.files_quarantined == 0
+    assert set(reasons) == {"eu/latest", "us/latest", "us/run_1", "us/run_2"}
+    assert "the same run folder as eu/run_2 (a symlink)" in reasons["us/run_2"]
+    assert "the same run folder as eu/run_2 (a symlink)" in reasons["eu/latest"]
+    counted = again.files_ingested + again.files_quarantined + again.files_unchanged
+    assert again.files_seen == counted
 
 
 # -- unreadable and vanished files (findings 3 and 4) -------------------------------------------

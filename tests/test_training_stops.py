@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from regressor.config import CodecConfig, TrainConfig, load_model_config
 from regressor.predictor import Predictor
-from regressor.training import RegressionLM, fit
+from regressor.training import BestAndLastCheckpoint, RegressionLM, fit
 from regressor.vocab import InputTokenizer
 
 
@@ -313,3 +317,59 @@ def test_a_stop_held_to_min_steps_stands_when_the_fit_is_resumed(tmp_path: Path)
     again = toy_predictor(texts)
     resumed = fit(again, train, val, cfg, tmp_path / "run", resume=True)
     assert (resumed.steps, resumed.best_val_score) == (first.steps, first.best_val_score)
+
+
+class _Linear(L.LightningModule):
+    """The smallest module Lightning trains and validates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list[torch.Tensor], _: int) -> None:
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _SavesRecorded(BestAndLastCheckpoint):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.saved_at: list[int] = []
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, candidates: dict) -> None:
+        self.saved_at.append(trainer.global_step)
+        super()._save_last_checkpoint(trainer, candidates)
+
+
+@pytest.mark.parametrize("clock_minutes", [24 * 60, 1e-9])
+def test_last_follows_the_steps_while_a_stop_is_held_to_min_steps(
+    tmp_path: Path, clock_minutes: float
+) -> None:
+    """`last` is saved every N steps except just before a validation (which saves it). A
+    stop held to `min_steps` (the clock past, the floor ahead: the demo under load) was
+    taken for a validation to come, so `last` was saved only at validations: a kill could lose
+    `val_every_steps` steps, not `checkpoint_every_steps`."""
+    data = TensorDataset(torch.randn(64, 2))
+    saves = _SavesRecorded(
+        last_every_n_steps=3, dirpath=tmp_path, monitor="val_loss", save_last=True, filename="b"
+    )
+    clock = Timer(timedelta(minutes=clock_minutes), interval="step", verbose=False)
+    trainer = L.Trainer(
+        max_steps=30,
+        min_steps=30,
+        val_check_interval=10,
+        check_val_every_n_epoch=None,
+        callbacks=[saves, clock],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
+    trainer.fit(_Linear(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=32))
+    assert sorted(set(saves.saved_at)) == [3, 6, 9, 10, 12, 15, 18, 20, 21, 24, 27, 30]

@@ -36,6 +36,7 @@ from regressor.sources.common import (
     each_or_problem,
     file_hash,
     file_row,
+    forget_files,
     inside,
     known_files,
     quarantine_row,
@@ -260,7 +261,9 @@ def read_log(run: Run, source: RunsSourceConfig) -> None:
 # -- batches ---------------------------------------------------------------------------------
 
 
-def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Run]:
+def find_runs(
+    root: Path, source: RunsSourceConfig, tally: Tally, aliases: list[str] | None = None
+) -> Iterator[Run]:
     """Run folders under `root`. What cannot be read safely is refused unread, counted and
     quarantined (`tally.refuse`): a folder whose name is not UTF-8, that resolves outside `root`
     or cannot be listed; a report or log that is a symlink out of `root`, a directory or a FIFO;
@@ -268,11 +271,18 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
     that is no folder (a file, a dangling symlink), which was passed over unsaid."""
     for folder, problem in unlistable_folders(root, [source.run_glob]).items():
         tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
-    for folder in sorted(root.glob(source.run_glob)):
+    matched = sorted(root.glob(source.run_glob))
+    read_at = where_read(root, [folder for folder in matched if maybe_dir(folder)])
+    for folder in matched:
+        rel = shown_path(folder.relative_to(root))
         if not maybe_dir(folder):
-            tally.refuse(
-                shown_path(folder.relative_to(root)), shown_path(folder), no_folder(folder)
-            )
+            tally.refuse(rel, shown_path(folder), no_folder(folder))
+            continue
+        if read_at.get(folder, folder) != folder:
+            first = shown_path(read_at[folder].relative_to(root))
+            tally.refuse(rel, shown_path(folder), f"the same run folder as {first} (a symlink)")
+            if aliases is not None:
+                aliases.append(rel)
             continue
         try:
             run = folder_run(root, folder, source, tally)
@@ -282,6 +292,26 @@ def find_runs(root: Path, source: RunsSourceConfig, tally: Tally) -> Iterator[Ru
             continue
         if run is not None:
             yield run
+
+
+def where_read(root: Path, folders: list[Path]) -> dict[Path, Path]:
+    """Each folder reached through a symlink (`latest -> run_2`, or a linked parent folder) and
+    the one of its aliases that is read: the one without a symlink on its way from `root`, else
+    the first in order. Read as themselves, the run was stored twice, maybe on both sides of a
+    split. A folder whose link cannot be followed is left to `folder_run`."""
+    by_target: dict[Path, list[Path]] = {}
+    for folder in folders:
+        try:
+            by_target.setdefault(folder.resolve(), []).append(folder)
+        except (OSError, RuntimeError):  # a loop: refused when it is read
+            continue
+    real_root = root.resolve()
+    read_at = {}
+    for target, aliases in by_target.items():
+        plain = [f for f in aliases if real_root / f.relative_to(root) == target]
+        chosen = (plain or aliases)[0]
+        read_at |= dict.fromkeys(aliases, chosen)
+    return read_at
 
 
 def no_folder(path: Path) -> str:
@@ -306,9 +336,6 @@ def folder_run(root: Path, folder: Path, source: RunsSourceConfig, tally: Tally)
         return None
     if not inside(root, folder):
         tally.refuse(rel, shown, f"resolves outside the source folder {root} (symlink?)")
-        return None
-    if folder.is_symlink():  # `latest -> run_2`: the run stored twice, maybe on both sides
-        tally.refuse(rel, shown, "a symlink to a run folder, which is read as itself")
         return None
     os.listdir(folder)  # raises when the folder cannot be read: refused whole by the caller
     found: dict[str, Path] = {}
@@ -662,6 +689,16 @@ def rebuild_records(
     return [(str(root / path), f"{root / path}: {reason}") for path, reason in skipped]
 
 
+def forget_aliases(wh: Warehouse, source: str, known: Known, aliases: list[str]) -> None:
+    """Drop what an earlier ingest stored from run folders now read under another name
+    (`where_read`): refused files otherwise keep their rows, and the link still resolves, so
+    `--forget-gone` never dropped them either."""
+    stale = [path for path in known if any(path.startswith(f"{alias}/") for alias in aliases)]
+    if stale:
+        with wh.transaction():
+            forget_files(wh, pl.DataFrame({"source": [source] * len(stale), "path": stale}))
+
+
 def ingest_runs(
     wh: Warehouse, source: RunsSourceConfig, run_id: str, batch_size: int = BATCH_RUNS
 ) -> IngestReport:
@@ -670,12 +707,14 @@ def ingest_runs(
     root = data_root(source.root)
     rules = source.model_dump(exclude={"name", "root", "reference", "own_log"})
     parser = f"runs-{PARSER_VERSION}.{SERIES_VERSION}:{rules_hash(rules)}"
-    known, tally = known_files(wh, source.name), Tally()
+    known, tally, aliases = known_files(wh, source.name), Tally(), []
     before = count_records(wh, source.name)
     for batch in batches(
-        changed_runs(find_runs(root, source, tally), root, parser, known, tally), batch_size
+        changed_runs(find_runs(root, source, tally, aliases), root, parser, known, tally),
+        batch_size,
     ):
         parse_batch(batch, source, run_id)
         write_runs(wh, batch, root, source, parser, run_id, tally)
+    forget_aliases(wh, source.name, known, aliases)
     tally.rejected += rebuild_records(wh, source, root, run_id)
     return build_report(wh, source.name, run_id, tally, before)
