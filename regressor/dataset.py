@@ -92,8 +92,8 @@ def assign_splits(records: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
     - adapt_pool / adapt_test: the holdout task's records outside / inside the test part.
     """
     holdout = holdout_task_of(records, split)
-    has_time = records["period"].null_count() == 0
-    in_test, in_val = by_time(records, split) if has_time else by_configuration(split)
+    undated = split_by_configuration(records)
+    in_test, in_val = by_configuration(split) if undated else by_time(records, split)
     is_holdout = pl.col("task") == holdout
     return records.with_columns(
         pl.when(is_holdout & in_test)
@@ -107,6 +107,11 @@ def assign_splits(records: pl.DataFrame, split: SplitConfig) -> pl.DataFrame:
         .otherwise(pl.lit("train"))
         .alias("split")
     )
+
+
+def split_by_configuration(records: pl.DataFrame) -> bool:
+    """Whether a source's records are split by configuration: any of them lacks a period."""
+    return records["period"].null_count() > 0
 
 
 def by_time(records: pl.DataFrame, split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
@@ -139,9 +144,13 @@ def to_examples(
     priority: Sequence[str] = DEFAULT_PRIORITY,
     budget_tokens: int | None = None,
     relative_to: str | None = None,
+    by_configuration: bool | None = None,
 ) -> Examples:
     """Texts and targets of warehouse records; with `relative_to` (a dotted config path) also
-    each record's baseline, a `MissingScaleError` naming the record where it has none."""
+    each record's baseline, a `MissingScaleError` naming the record where it has none.
+    `by_configuration`: how the source was split (`assign_splits`); None: from these records."""
+    if by_configuration is None:
+        by_configuration = split_by_configuration(records)
     rows = records.to_dicts()
     configs = [r["config_json"] for r in rows]
     ids = [r["record_id"] for r in rows]
@@ -152,7 +161,7 @@ def to_examples(
         targets=records["target"].cast(pl.Float64).to_numpy(),
         config_json=configs,
         scales=None if relative_to is None else target_scales(configs, relative_to, ids),
-        by_configuration=records["period"].null_count() > 0,  # as `assign_splits` splits
+        by_configuration=by_configuration,
     )
 
 
@@ -172,10 +181,17 @@ def examples_of_labelled(
     budget_tokens: int | None = None,
     relative_to: str | None = None,
 ) -> dict[str, Examples]:
-    """Examples per split of records `assign_splits` labelled."""
+    """Examples per split of records `assign_splits` labelled. A split's records may all have
+    periods in a source split by configuration (one task's runs dated, another's not): each
+    split is cut as the whole source was."""
+    by_configuration = split_by_configuration(labelled)  # as `assign_splits` decided
     return {
         name: to_examples(
-            labelled.filter(pl.col("split") == name), priority, budget_tokens, relative_to
+            labelled.filter(pl.col("split") == name),
+            priority,
+            budget_tokens,
+            relative_to,
+            by_configuration,
         )
         for name in SPLITS
     }

@@ -50,6 +50,7 @@ from regressor.dataset import (
     examples_of_labelled,
     holdout_task_of,
     record_from_row,
+    to_examples,
 )
 from regressor.ensemble import MEMBER_FIT, absolute_members_of, train_ensemble
 from regressor.environment import code_digest, launched_rank, numeric_environment
@@ -184,10 +185,9 @@ def served_by(data: Dataset, predictor: Predictor) -> Dataset:
     configs (an older champion, `textperf adapt --base N`) read the configured texts before:
     another order or cut than it learned and serves, and its scores and fine-tuning with them.
     Unchanged when they agree, or when `data` was built from texts alone."""
-    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
-    same = form == (data.section_priority, data.budget_tokens)
-    if data.labelled is None or (same and predictor.relative_to == data.relative_to):
+    if _reads_as_configured(data, predictor):
         return data
+    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
     splits = examples_of_labelled(data.labelled, *form, predictor.relative_to)
     return replace(
         data,
@@ -196,6 +196,26 @@ def served_by(data: Dataset, predictor: Predictor) -> Dataset:
         budget_tokens=form[1],
         relative_to=predictor.relative_to,
     )
+
+
+def served_split(data: Dataset, predictor: Predictor, split: str) -> Examples:
+    """One split of `served_by(data, predictor)`, made alone: scoring a champion on the test
+    records made every record's text again (and a train record without the champion's
+    baseline failed it)."""
+    if _reads_as_configured(data, predictor):
+        return data.splits[split]
+    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
+    labelled = data.labelled.filter(pl.col("split") == split)
+    by_configuration = data.splits[split].by_configuration  # as the whole source was split
+    return to_examples(labelled, *form, predictor.relative_to, by_configuration)
+
+
+def _reads_as_configured(data: Dataset, predictor: Predictor) -> bool:
+    """Whether `predictor` reads `data`'s texts as they are (or `data` has no records to make
+    them again from)."""
+    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
+    same = form == (data.section_priority, data.budget_tokens)
+    return data.labelled is None or (same and predictor.relative_to == data.relative_to)
 
 
 def ingest_hint(source: str) -> str:
@@ -312,7 +332,7 @@ def score_registered(uri: str, data: Dataset, split: str, cfg: EvalConfig) -> di
     A missing or corrupted artifact raises `registry.ModelLoadError` naming the version.
     """
     predictor = registry.load_predictor(uri)
-    return evaluate_model(predictor, served_by(data, predictor).splits[split], cfg)[0]
+    return evaluate_model(predictor, served_split(data, predictor, split), cfg)[0]
 
 
 @dataclass(frozen=True)

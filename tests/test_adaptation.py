@@ -292,7 +292,7 @@ def test_shots_without_periods_are_cut_between_configurations():
     parts = [set(part.config_json) for part in (train, stop, gate)]
     assert all(not a & b for i, a in enumerate(parts) for b in parts[i + 1 :])
     assert sorted(train.record_ids + stop.record_ids + gate.record_ids) == shots.record_ids
-    assert len(gate) >= 8  # at least the fraction, in whole configurations
+    assert 6 <= len(gate) <= 10  # about the fraction (8), in whole configurations
     assert gate.by_configuration  # kept by every cut
     assert train.by_configuration
     # Dated shots are cut by time, as before.
@@ -303,8 +303,21 @@ def test_shots_without_periods_are_cut_between_configurations():
 
 def test_shots_of_one_configuration_cannot_be_cut():
     shots = dataclasses.replace(_repeated_runs(4), config_json=["{}"] * 4)
-    with pytest.raises(ValueError, match="4 shots are too few"):
+    too_few = "4 shots of 1 configurations are too few .* needs a configuration of its own"
+    with pytest.raises(ValueError, match=too_few):
         hold_out_gate(shots, AdaptConfig())
+
+
+def test_a_configuration_run_many_times_does_not_take_the_whole_gate():
+    """Whole configurations were added until the gate's fraction was reached, however far
+    past it: 6 configurations run once and one run 14 times, that one last, made a gate of 14
+    of 20 shots."""
+    configs = [f'{{"m": {i}}}' for i in range(6)] + ['{"m": "big"}'] * 14
+    shots = dataclasses.replace(_repeated_runs(20), config_json=configs)
+    tuning, gate = hold_out_gate(shots, AdaptConfig(gate_fraction=0.2, val_fraction=0.25))
+    train, stop = split_shots(tuning, 0.25)
+    assert (len(train), len(stop), len(gate)) == (14, 2, 4)
+    assert set(train.config_json) == {'{"m": "big"}'}
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])

@@ -82,3 +82,14 @@ def test_records_without_periods_split_by_distinct_configuration():
     assert pool.by_configuration
     assert pool.take([0, 1]).by_configuration
     assert not examples_by_split(_records(), SplitConfig(test_days=3))["test"].by_configuration
+    # The holdout task's runs all dated, another task's one run not: the source is split by
+    # configuration, and so are the holdout task's shots (they were cut by position).
+    dated = _records().with_columns(
+        pl.when(pl.col("record_id") == "s/a/0")
+        .then(None)
+        .otherwise(pl.col("period"))
+        .alias("period")
+    )
+    pool = examples_by_split(dated, SplitConfig(holdout_task="c"))["adapt_pool"]
+    assert len(pool) > 0
+    assert pool.by_configuration

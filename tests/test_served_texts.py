@@ -4,6 +4,7 @@ have been trained with another section order, token budget or target baseline.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from regressor.config import (
 )
 from regressor.dataset import assign_splits, examples_of_labelled, record_from_row
 from regressor.predictor import Predictor
+from regressor.targets import MissingScaleError
 from regressor.tracking import configure_mlflow
 from regressor.vocab import InputTokenizer
 
@@ -171,3 +173,27 @@ def test_a_base_of_another_order_adapts_on_the_texts_it_serves(logs_first, tmp_p
     assert outcome.zero_shot == pytest.approx(on_served, nan_ok=True)
     assert outcome.zero_shot != pytest.approx(on_configured, nan_ok=True)
     assert np.isfinite(outcome.adapted["mape"])
+
+
+def test_a_champion_is_scored_on_its_split_made_alone():
+    """Scoring a champion on the test records made every record's text again, and a train
+    record without the champion's baseline failed the scoring of test records that have it."""
+    data = _dataset(budget=64)
+    relative = _model(CONFIGURED, relative_to="ref")
+    whole = pipeline.served_by(data, relative)
+    for split in ("test", "adapt_pool"):
+        alone = pipeline.served_split(data, relative, split)
+        assert alone.texts == whole.splits[split].texts
+        assert list(alone.scales) == list(whole.splits[split].scales)
+    assert data.labelled is not None
+    train_id = data.splits["train"].record_ids[0]
+    no_baseline = pl.when(pl.col("record_id") == train_id).then(pl.lit("{}"))
+    spoiled = dataclasses.replace(
+        data,
+        labelled=data.labelled.with_columns(
+            no_baseline.otherwise("config_json").alias("config_json")
+        ),
+    )
+    with pytest.raises(MissingScaleError, match=train_id):
+        pipeline.served_by(spoiled, relative)
+    assert len(pipeline.served_split(spoiled, relative, "test")) == len(data.splits["test"])
