@@ -187,13 +187,12 @@ def served_by(data: Dataset, predictor: Predictor) -> Dataset:
     Unchanged when they agree, or when `data` was built from texts alone."""
     if _reads_as_configured(data, predictor):
         return data
-    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
-    splits = examples_of_labelled(data.labelled, *form, predictor.relative_to)
+    priority, budget = _text_form(predictor)
     return replace(
         data,
-        splits=splits,
-        section_priority=form[0],
-        budget_tokens=form[1],
+        splits={name: served_split(data, predictor, name) for name in data.splits},
+        section_priority=priority,
+        budget_tokens=budget,
         relative_to=predictor.relative_to,
     )
 
@@ -204,17 +203,20 @@ def served_split(data: Dataset, predictor: Predictor, split: str) -> Examples:
     baseline failed it)."""
     if _reads_as_configured(data, predictor):
         return data.splits[split]
-    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
     labelled = data.labelled.filter(pl.col("split") == split)
     by_configuration = data.splits[split].by_configuration  # as the whole source was split
-    return to_examples(labelled, *form, predictor.relative_to, by_configuration)
+    return to_examples(labelled, *_text_form(predictor), predictor.relative_to, by_configuration)
+
+
+def _text_form(predictor: Predictor) -> tuple[tuple[str, ...], int]:
+    """What shapes the texts `predictor` reads: its section order and token budget."""
+    return tuple(predictor.priority), predictor.model_config.max_input_tokens
 
 
 def _reads_as_configured(data: Dataset, predictor: Predictor) -> bool:
     """Whether `predictor` reads `data`'s texts as they are (or `data` has no records to make
     them again from)."""
-    form = (tuple(predictor.priority), predictor.model_config.max_input_tokens)
-    same = form == (data.section_priority, data.budget_tokens)
+    same = _text_form(predictor) == (data.section_priority, data.budget_tokens)
     return data.labelled is None or (same and predictor.relative_to == data.relative_to)
 
 
