@@ -59,7 +59,8 @@ from regressor.warehouse import Warehouse
 # integer; a NaN or infinite task is refused (it was the task "nan").
 # 4: a timestamp with an offset dates its run in UTC (`period_of`).
 # 5: a YAML `!!set` is a sorted list; a timestamp past the calendar in UTC has no period (the
-# run was quarantined); a symlink to a run folder is refused (the run was stored twice).
+# run was quarantined); a run reached through symlinks is read once (`where_read`: it was stored
+# twice); `reference` values pair as the config shows them (`match_part`).
 PARSER_VERSION = 5
 BATCH_RUNS = 128
 logger = logging.getLogger(__name__)
