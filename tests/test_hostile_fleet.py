@@ -290,6 +290,21 @@ def test_a_renamed_config_takes_its_task_over(fleet: Fleet) -> None:
     assert paths == [("cells/cell-a01.json",)]
 
 
+def test_a_duplicate_configs_reason_names_the_file_that_serves_now(fleet: Fleet) -> None:
+    """Unchanged bytes kept their quarantine row, so once the serving config was deleted the
+    other duplicates went on saying "using" the deleted file, while a third one served."""
+    cells = fleet.root / "cells"
+    config = (cells / "cell-a01.yaml").read_text()
+    (cells / "cell-a01.json").write_text(json.dumps(yaml.safe_load(config), default=str))
+    (cells / "cell-a01.yml").write_text(config)
+    fleet.ingest("wh.duckdb", "run-0", ANY_CONFIG)
+    (cells / "cell-a01.json").unlink()
+    report, _, rows = fleet.ingest("wh.duckdb", "run-1", ANY_CONFIG)
+    assert balanced(report)
+    expected = {"cells/cell-a01.yml": ("file", f"using {cells / 'cell-a01.yaml'}")}
+    assert_only_quarantined(rows, fleet, expected)
+
+
 # -- targets ---------------------------------------------------------------------------------
 
 

@@ -637,6 +637,9 @@ def claim_tasks(configs: Sequence[Staged], root: Path, known: Known) -> None:
         owner = owners.setdefault(s.path.stem, str(s.path))
         if owner != str(s.path):
             s.row, s.problem = None, BadInputError(f"duplicate config for task; using {owner}")
+            # Its verdict names the file that serves: looked at again when that one changes
+            # (the reason went on naming a deleted file), as a second log's is.
+            s.parser += f":duplicate-of:{sha256(owner.encode())[:12]}"
 
 
 def ingest_configs(
@@ -665,7 +668,7 @@ def ingest_configs(
     pending = []
     for s in configs:
         status = "quarantined" if s.problem else "ok"
-        if known.get(s.rel) == (s.content_hash, parser, status):
+        if known.get(s.rel) == (s.content_hash, s.parser, status):
             tally.unchanged += 1
         else:
             pending.append(s)
