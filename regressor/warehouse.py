@@ -60,10 +60,11 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
-            if not isinstance(exc, duckdb.IOException) and not _is_corrupt(exc):
+            io_error = isinstance(exc, duckdb.IOException)
+            if not (io_error and _is_lock_conflict(exc)):  # a lock is waited for; else:
+                if io_error or _is_corrupt(exc):
+                    raise unreadable(path, exc) from exc
                 raise
-            if _is_corrupt(exc) or not _is_lock_conflict(exc):
-                raise unreadable(path, exc) from exc
             if time.monotonic() + delay > deadline:
                 raise WarehouseLockedError(
                     f"warehouse {path} still locked after {timeout_s:g} s: another process has "

@@ -272,11 +272,11 @@ def find_runs(
     that is no folder (a file, a dangling symlink), which was passed over unsaid."""
     for folder, problem in unlistable_folders(root, [source.run_glob]).items():
         tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
-    matched = sorted(root.glob(source.run_glob))
-    read_at = where_read(root, [folder for folder in matched if maybe_dir(folder)])
-    for folder in matched:
+    is_folder = {folder: maybe_dir(folder) for folder in sorted(root.glob(source.run_glob))}
+    read_at = where_read(root, [folder for folder, yes in is_folder.items() if yes])
+    for folder, yes in is_folder.items():
         rel = shown_path(folder.relative_to(root))
-        if not maybe_dir(folder):
+        if not yes:
             tally.refuse(rel, shown_path(folder), no_folder(folder))
             continue
         if read_at.get(folder, folder) != folder:
@@ -289,7 +289,7 @@ def find_runs(
             run = folder_run(root, folder, source, tally)
         except OSError as exc:  # a folder that cannot be listed or searched
             problem = f"the run folder cannot be read ({exc.strerror or exc})"
-            tally.refuse(shown_path(folder.relative_to(root)), shown_path(folder), problem)
+            tally.refuse(rel, shown_path(folder), problem)
             continue
         if run is not None:
             yield run
