@@ -224,6 +224,39 @@ def test_a_key_already_stored_from_another_file_is_quarantined(tmp_path: Path) -
         assert quarantine(wh) == []
 
 
+def snapshot(wh: Warehouse) -> tuple[object, ...]:
+    return records(wh), quarantine(wh), wh.content_hash("t")
+
+
+def test_the_file_listed_first_holds_a_repeated_key_whatever_came_first(tmp_path: Path) -> None:
+    """A key in two files is held by the one the listing reads first (the smaller path), also
+    when that file came after the other: the key went to whichever file was ingested first, so
+    a clean rebuild of the warehouse gave another snapshot than the incremental one. The file
+    that gives way has its row quarantined as a rebuild would, without being read again; a bad
+    file takes no key."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "z.csv").write_text("k,y\n1,11\n3,30\n")
+    cfg = source(root, key_columns=["k"], task="bench")
+    with Warehouse(tmp_path / "incremental.duckdb") as wh:
+        ingest(wh, cfg)
+        (root / "a.csv").write_text("k,y\n4,40\n1,10\n2,20")  # no final newline: still good
+        (root / "b.csv").write_bytes(b"k,y\n3,31\n1,\xe9\n")  # not UTF-8: quarantined whole
+        report = ingest(wh, cfg, "run-2")
+        assert (report.files_ingested, report.files_quarantined) == (1, 1)
+        assert (report.files_unchanged, report.records_added) == (1, 2)
+        incremental = snapshot(wh)
+        assert ingest(wh, cfg, "run-3").files_unchanged == 3
+        assert snapshot(wh) == incremental
+    with Warehouse(tmp_path / "clean.duckdb") as wh:
+        ingest(wh, cfg)
+        assert snapshot(wh) == incremental
+    held = {"t/bench/1": 10.0, "t/bench/2": 20.0, "t/bench/3": 30.0, "t/bench/4": 40.0}
+    assert {rid: y for rid, (y, _) in incremental[0].items()} == held
+    reason = f"{root / 'z.csv'}: duplicate key (1): first stored from a.csv line 3"
+    assert [row for row in incremental[1] if row[0] == "z.csv"] == [("z.csv", "line 2", reason)]
+
+
 # -- relative targets ------------------------------------------------------------------------
 
 

@@ -3,13 +3,16 @@
 Files are streamed in blocks (`BLOCK_BYTES` of text, `PARQUET_ROWS` rows), each block parsed with
 polars and written before the next is read, so memory is bounded by the block, not the file.
 A bad row (wrong field count, a line over `max_line_bytes`, a missing/non-numeric/absurd target,
-a missing task, a repeated key - in this file or already stored from another -, a missing or
+a missing task, a repeated key - in this file, or held by a file listed before it -, a missing or
 zero baseline under `target_relative_to`, a Parquet binary cell that is not UTF-8) is quarantined
 with its line; a bad file (non-UTF-8, empty, truncated, missing columns, a used Parquet column that
 cannot be read as text) is quarantined whole and none of its rows are kept. A file that cannot be
 read at all (unreadable, vanished) is refused and keeps the rows stored from it until it reads.
 Quoted fields are unquoted but may not contain the separator or newlines (the block splitter is
 line-based for speed); such rows show up as wrong field counts, never as silently shifted values.
+A key repeated across files is held by the file the listing reads first (the smallest path), so
+the records do not depend on which file was ingested first: a file that takes a key from one
+listed after it has that one's row quarantined in its stead.
 A UTF-8 byte order mark before the header is dropped; a config cell that reads as a number too
 large for a float (`1e400`) is kept as the text it is, never stored as non-standard JSON Infinity.
 """
@@ -20,7 +23,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import polars as pl
 
@@ -28,6 +31,7 @@ from regressor.config import TableSourceConfig, data_root
 from regressor.sources.common import (
     BadInputError,
     Known,
+    QuarantineRow,
     Tally,
     as_bad_input,
     file_hash,
@@ -50,7 +54,8 @@ from regressor.warehouse import Warehouse
 # (`key_part`); a row starting with a NUL no longer taken for an over-long line; an integer
 # beyond Int64 stays text, one of 19 digits within it an integer (`typed_columns`).
 # 4: a row whose key cells are all blank is quarantined ("missing key"), not stored as key "".
-PARSER_VERSION = 4
+# 5: a repeated key is held by the file listed first, not the file ingested first (`Taken`).
+PARSER_VERSION = 5
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 100_000
 
@@ -71,6 +76,19 @@ class Block:
     problems: list[BadInputError] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A key this file holds that a file listed after it held (`holder`, at `holder_line`): once
+    this file proves usable, that row gives way to this one's at `line`."""
+
+    record_key: str
+    key: str
+    line: int
+    holder: str
+    holder_line: int
+    holder_hash: str
+
+
 @dataclass
 class FileState:
     """What one file has produced so far while its blocks stream through."""
@@ -79,6 +97,8 @@ class FileState:
     seen_keys: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     problems: list[BadInputError] = field(default_factory=list)
+    taken: list[Taken] = field(default_factory=list)
+    usable: bool = True
 
 
 # -- reading blocks --------------------------------------------------------------------------
@@ -430,29 +450,66 @@ def baseline_problem(config: dict[str, object], relative_to: str | None, record:
 def dedupe(
     wh: Warehouse, good: pl.DataFrame, cols: Columns, ctx: dict[str, str], state: FileState
 ) -> pl.DataFrame:
-    """With declared key columns, the first row of a key wins, whether it is stored from another
-    file (read earlier) or earlier in this one; later ones are quarantined, naming the first."""
+    """With declared key columns, one row per key: the first of this file, unless a file listed
+    before it holds the key (then it is quarantined, naming that file's row). A key held by a
+    file listed after it is taken (`state.taken`)."""
     if not cols.keys or good.is_empty():
         return good
     record_keys = good.select(RECORD_KEY)
     with wh.registered("candidate_keys", record_keys.unique()):
         stored = wh.query("stored_row_keys", source=ctx["source"], path=ctx["rel"])
-    elsewhere = {k: (path, line) for k, path, line in stored.iter_rows()}
+    elsewhere = {k: (path, line, digest) for k, path, line, digest in stored.iter_rows()}
     keep = []
     for line, record_key, key in zip(
         good["line"], record_keys["record_key"], good["key"], strict=True
     ):
-        if record_key in elsewhere:
-            path, first = elsewhere[record_key]
-            reason = f"duplicate key ({key}){STORED_ELSEWHERE}{path} line {first}"
+        holder = elsewhere.get(record_key)
+        if holder and not listed_before(ctx["rel"], holder[0]):
+            reason = f"duplicate key ({key}){STORED_ELSEWHERE}{holder[0]} line {holder[1]}"
         elif (first := state.seen_keys.setdefault(record_key, line)) != line:
             reason = f"duplicate key ({key}) of line {first}"
         else:
+            if holder:
+                state.taken.append(Taken(record_key, key, line, *holder))
             keep.append(True)
             continue
         keep.append(False)
         state.problems.append(BadInputError(reason, f"line {line}"))
     return good.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
+def listed_before(rel: str, other: str) -> bool:
+    """Whether the listing (`safe_files`, sorted by path parts) reads `rel` before `other`."""
+    return PurePosixPath(rel) < PurePosixPath(other)
+
+
+def give_way(
+    wh: Warehouse, source: str, root: Path, rel: str, taken: list[Taken], run_id: str
+) -> list[QuarantineRow]:
+    """Drop the rows whose keys `rel` took and quarantine them as the repeats they now are: what
+    reading their files again would do. Returns those quarantine rows."""
+    if not taken:
+        return []
+    keys = pl.DataFrame(
+        {"path": [t.holder for t in taken], "record_key": [t.record_key for t in taken]}
+    )
+    with wh.registered("taken_keys", keys):
+        wh.execute("delete_taken_keys", source=source)
+    rows = [
+        quarantine_row(
+            source,
+            root,
+            root / t.holder,
+            BadInputError(
+                f"duplicate key ({t.key}){STORED_ELSEWHERE}{rel} line {t.line}",
+                f"line {t.holder_line}",
+            ),
+            t.holder_hash,
+        )
+        for t in taken
+    ]
+    wh.write_quarantine(rows, run_id)
+    return rows
 
 
 # Marks a row quarantined as the repeat of a key another file holds: when any file changes, files
@@ -502,14 +559,14 @@ def fingerprint(path: Path) -> Fingerprint:
 
 def read_rows(
     wh: Warehouse, source: TableSourceConfig, root: Path, path: Path, ctx: dict[str, str]
-) -> tuple[list[BadInputError], bool]:
-    """(problems, whether the file is usable): whatever reading or parsing it raises is its
-    problem, never the run's."""
+) -> FileState:
+    """The file's state once read; whatever reading or parsing it raises makes it unusable, with
+    that as its one problem, never the run's."""
     try:
         with as_bad_input(path):
-            return load_file(wh, source, root, path, ctx).problems, True
+            return load_file(wh, source, root, path, ctx)
     except BadInputError as exc:
-        return [exc], False
+        return FileState(problems=[exc], usable=False)
 
 
 def ingest_file(
@@ -535,13 +592,17 @@ def ingest_file(
     with wh.transaction():
         ok_row = file_row(source.name, rel, "table", content_hash, parser, True, size, run_id)
         replace_files(wh, source.name, [ok_row], [], run_id)
-        problems, ok = read_rows(wh, source, root, path, ctx)
-        quarantined = [quarantine_row(source.name, root, path, p, content_hash) for p in problems]
+        state = read_rows(wh, source, root, path, ctx)
+        ok = state.usable
+        quarantined = [
+            quarantine_row(source.name, root, path, p, content_hash) for p in state.problems
+        ]
         row = file_row(source.name, rel, "table", content_hash, parser, ok, size, run_id)
         if not ok:  # drop whatever rows of this file were written before the problem showed
             replace_files(wh, source.name, [row], quarantined, run_id)
         else:
             wh.write_quarantine(quarantined, run_id)
+            quarantined += give_way(wh, source.name, root, rel, state.taken, run_id)
     tally.ingested += ok
     tally.quarantined += not ok
     tally.rejected += [(q.file, q.reason) for q in quarantined]
