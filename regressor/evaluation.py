@@ -26,12 +26,12 @@ def rank_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
 
 
 def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs (the log scale
-    over positive ones; `n_mse_log_left_out` counts the positive truths predicted at or below
-    0): `n` counts them, `n_failed` the records with a target but no number predicted (none of
-    their draws decoded to one). Those are in no metric, so a model failing on its hard records
-    would look better: read `n_failed` beside them (the gate counts fewer scored records as
-    worse, `registry.beats`).
+    """Spearman, Kendall, MAPE (%), MSE on raw and log scale over finite pairs: `n` counts them,
+    `n_failed` the records with a target but no number predicted (none of their draws decoded
+    to one). Those are in no metric, so a model failing on its hard records would look better:
+    read `n_failed` beside them (the gate counts fewer scored records as worse,
+    `registry.beats`). MAPE has no term for a truth of 0 (`n_mape_left_out` counts them), the
+    log scale none for a pair with a side at or below 0 (`n_mse_log_left_out`).
     """
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -40,17 +40,23 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     t, p = y_true[ok], y_pred[ok]
     out = rank_correlations(t, p)
     nonzero = t != 0
-    out["mape"] = float(np.mean(np.abs((p[nonzero] - t[nonzero]) / t[nonzero])) * 100)
+    out["mape"] = _mean(np.abs((p[nonzero] - t[nonzero]) / t[nonzero])) * 100
+    out["n_mape_left_out"] = float((~nonzero).sum())
     with np.errstate(over="ignore"):  # an untrained model can sample huge values: MSE is inf
         out["mse"] = float(np.mean((p - t) ** 2))
     positive = (t > 0) & (p > 0)
-    out["mse_log"] = float(np.mean((np.log(p[positive]) - np.log(t[positive])) ** 2))
-    # A prediction at or below 0 for a positive truth has no log: out of `mse_log`, where it
-    # scored nothing while a near miss scored its error. Counted, as `n_failed` counts.
-    out["n_mse_log_left_out"] = float(((t > 0) & (p <= 0)).sum())
+    out["mse_log"] = _mean((np.log(p[positive]) - np.log(t[positive])) ** 2)
+    # A prediction at or below 0 has no log: out of `mse_log`, where it scored nothing while a
+    # near miss scored its error. Counted, as `n_failed` counts (a truth at or below 0 too).
+    out["n_mse_log_left_out"] = float((~positive).sum())
     out["n"] = float(ok.sum())
     out["n_failed"] = n_failed
     return out
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN (without numpy's warning) when there is nothing to average."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def uncertainty_metrics(
@@ -64,17 +70,29 @@ def uncertainty_metrics(
     |median - y| / |y| with the relative spread spread / |median|, the same check on the scale
     MAPE uses: a mantissa-and-exponent decoder's spread grows with the predicted magnitude, so the
     absolute version partly ranks records by their size rather than by the model's doubt.
+
+    Records count with a finite truth and median and no missing bound or spread. An infinite
+    bound (a conformal scale that overflowed: the honest interval of a model that knows
+    nothing) covers its truth, and an infinite spread (draws whose std overflowed) is the
+    largest: the Spearman is over ranks. Leaving them out reported 0.0 coverage where 0.9 of
+    truths were covered, and took the most doubtful records out of the spread check.
     """
-    y_true = np.asarray(y_true, dtype=float)
-    ok = _finite(y_true, median, low, high, spread)
+    y_true, median, low, high, spread = (
+        np.asarray(a, dtype=float) for a in (y_true, median, low, high, spread)
+    )
+    ok = _finite(y_true, median) & ~np.isnan(low) & ~np.isnan(high) & ~np.isnan(spread)
     t, m, s = y_true[ok], median[ok], spread[ok]
-    coverage = float(np.mean((t >= low[ok]) & (t <= high[ok])))
+    coverage = _mean((t >= low[ok]) & (t <= high[ok]))
     abs_err = np.abs(m - t)
     scaled = (t != 0) & (m != 0)
-    relative = rank_correlations(abs_err[scaled] / np.abs(t[scaled]), s[scaled] / np.abs(m[scaled]))
+    with np.errstate(invalid="ignore"):  # inf / inf cannot happen: m is finite, m != 0
+        relative_spread = s[scaled] / np.abs(m[scaled])
+    relative = rank_correlations(
+        abs_err[scaled] / np.abs(t[scaled]), stats.rankdata(relative_spread)
+    )
     return {
         "interval_coverage": coverage,
-        "uncertainty_spearman": rank_correlations(abs_err, s)["spearman"],
+        "uncertainty_spearman": rank_correlations(abs_err, stats.rankdata(s))["spearman"],
         "uncertainty_spearman_relative": relative["spearman"],
     }
 

@@ -43,8 +43,9 @@ def _untold(ax: Axes, missing: int, what: str) -> None:
 def predicted_vs_actual(
     y_true: np.ndarray, median: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
 ) -> Figure:
-    # Counted as `interval_coverage` counts: over records whose values are all finite.
-    finite = np.isfinite(y_true) & np.isfinite(median) & np.isfinite(low) & np.isfinite(high)
+    # Counted as `interval_coverage` counts: a finite truth and median, bounds not missing (an
+    # infinite one covers, drawn at the plot's bound).
+    finite = np.isfinite(y_true) & np.isfinite(median) & ~np.isnan(low) & ~np.isnan(high)
     median, low, high = (np.clip(v, -PLOT_BOUND, PLOT_BOUND) for v in (median, low, high))
     fig, ax = _figure()
     if len(y_true) <= MAX_BARS:

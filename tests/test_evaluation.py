@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from regressor.evaluation import evaluate_predictions, point_metrics, within_task_spearman
 
@@ -95,3 +96,35 @@ def test_a_model_that_ranks_nothing_in_a_task_scores_zero_there():
     assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)  # c: constant truth, out
     pred[5:10] = np.nan
     assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)
+
+
+def test_an_infinite_bound_covers_its_truth_and_an_infinite_spread_ranks_highest():
+    """A conformal scale that overflows gives the honest interval (-inf, inf) of a model that
+    knows nothing, and an untrained model's draws can overflow their std: such records were
+    dropped from the coverage (0.0 reported where 0.9 of truths were covered) and from the
+    spread-error Spearman, which lost exactly its most doubtful records."""
+    y = np.arange(1.0, 11.0)
+    median = y.copy()
+    low = np.full(10, -np.inf)
+    high = np.full(10, np.inf)
+    low[0], high[0] = 5.0, 6.0  # misses its truth 1.0
+    spread = np.full(10, np.inf)
+    spread[0] = 0.5
+    metrics = evaluate_predictions(y, {"median": median, "std": spread, "q10": low, "q90": high})
+    assert metrics["interval_coverage"] == 0.9
+    median = y + np.array([0.1, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    spread = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, np.inf])
+    summary = {"median": median, "std": spread, "q10": median - spread, "q90": median + spread}
+    metrics = evaluate_predictions(y, summary)
+    assert metrics["uncertainty_spearman"] == pytest.approx(1.0)  # inf: the largest error
+    assert metrics["interval_coverage"] == 0.2  # records 0 and 9 (whose bounds are infinite)
+
+
+def test_a_zero_truth_left_out_of_mape_is_counted():
+    """MAPE has no term for a truth of 0, nor the log scale one for a truth at or below 0:
+    three of four records left out read as a perfect MAPE and MSE on the log scale."""
+    m = point_metrics(np.array([0.0, 0.0, -1.0, 5.0]), np.array([100.0, 200.0, -1.0, 5.0]))
+    assert (m["mape"], m["mse_log"]) == (0.0, 0.0)
+    assert (m["n_mape_left_out"], m["n_mse_log_left_out"]) == (2.0, 3.0)
+    assert math.isnan(point_metrics(np.zeros(3), np.ones(3))["mape"])
+    assert point_metrics(np.ones(2), np.ones(2))["n_mape_left_out"] == 0.0

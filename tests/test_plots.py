@@ -53,6 +53,12 @@ def test_many_records_are_points_coloured_by_coverage_instead_of_overlapping_bar
     assert labels[0].endswith(f" of {len(y) - 3})")
     assert "3 more without a finite prediction" in labels
     plt.close(fig)
+    low[:3], high[:3], median[:3] = -np.inf, np.inf, y[:3]  # an overflowed scale covers
+    fig = predicted_vs_actual(y, median, low, high, "infinite bounds")
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    covered = int(((low <= y) & (y <= high)).sum())
+    assert labels[0] == f"truth inside its 10-90% ({covered} of {len(y)})"  # all 101 drawn
+    plt.close(fig)
 
 
 def test_the_calibration_curve_leaves_out_records_with_no_finite_draw() -> None:
