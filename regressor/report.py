@@ -15,6 +15,7 @@ METRICS = (
     "uncertainty_spearman_relative",
     "uncertainty_spearman_samples",
     "n",
+    "n_failed",
 )
 # What a column means, for readers of the report rather than of the metric keys.
 HEADERS = {
@@ -26,7 +27,9 @@ HEADERS = {
     "uncertainty_spearman_relative": "relative spread-error Spearman",
     "uncertainty_spearman_samples": "spread-error Spearman, raw samples",
     "n": "records",
+    "n_failed": "records without a number",
 }
+COUNTS = {"n", "n_failed"}
 
 
 def code(text: object) -> str:
@@ -50,7 +53,7 @@ def plain(text: object) -> str:
 def _cell(value: float | None, metric: str = "") -> str:
     if value is None or math.isnan(value):
         return "-"
-    return f"{value:.0f}" if metric == "n" else f"{value:.3f}"
+    return f"{value:.0f}" if metric in COUNTS else f"{value:.3f}"
 
 
 def metrics_table(
@@ -70,10 +73,14 @@ def metrics_table(
 def _informative(metric: str, rows: Mapping[str, Mapping[str, float]]) -> bool:
     """A column with a value in some row; the raw samples' spread-error Spearman only where it
     differs from the served one (a pooled conformal scale stretches every spread alike, which
-    keeps their ranks: it would read as a second, independent check)."""
+    keeps their ranks: it would read as a second, independent check); the records without a
+    number only where some model has any (they are in no other column: a model failing on its
+    hard records read as good as one that scored them all)."""
     values = [v.get(metric) for v in rows.values()]
     if all(v is None or math.isnan(v) for v in values):
         return False
+    if metric == "n_failed":
+        return any(v is not None and v > 0 for v in values)
     if metric != "uncertainty_spearman_samples":
         return True
     return any(_differ(v.get(metric), v.get("uncertainty_spearman")) for v in rows.values())

@@ -90,3 +90,14 @@ def test_the_predict_line_reads_the_store_the_model_went_to(tmp_path, monkeypatc
     )
     default = PathsConfig().resolve()
     assert report.predict_command(default, "m") == "textperf predict --model m RECORD.json"
+
+
+def test_records_without_a_number_are_a_column_when_some_model_has_them():
+    """A model that decoded no number for 8 of 10 records showed the metrics of the 2 it scored,
+    as good as a model that scored all 10: the report now counts them beside `records`."""
+    clean = {"textperf": {"spearman": 0.9, "n": 10.0, "n_failed": 0.0}}
+    assert "without a number" not in report.metrics_table(clean)
+    rows = clean | {"textperf-v2": {"spearman": 0.9, "n": 2.0, "n_failed": 8.0}}
+    lines = report.metrics_table(rows).splitlines()
+    assert lines[0] == "| model | Spearman | records | records without a number |"
+    assert lines[3] == "| textperf-v2 | 0.900 | 2 | 8 |"
