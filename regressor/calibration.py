@@ -37,6 +37,9 @@ class IntervalScale:
     # The narrowest half, relative to the median, that the fit and the bounds use (`floored`):
     # the codec's resolution. 0 in scales fitted before it, whose zero halves stay zero.
     min_half_rel: float = 0.0
+    # The narrowest half at a median of exactly 0, where no relative floor exists: `min_half_rel`
+    # of the calibration truths' median size. 0 in scales fitted before it (`_MIN_HALF` then).
+    zero_half: float = 0.0
     # The sampling temperature of the draws it was fitted on. The draws' spread, and so the
     # factor that stretches it to the nominal coverage, depends on it: a scale fitted at 1.0
     # covered 0.45 of truths at 0.25 (for 0.8). 1.0 in scales fitted before it, as they were.
@@ -58,8 +61,11 @@ class IntervalScale:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Stretched (or shrunk) bounds, float64 [N] each: median -/+ scale * half."""
         median = np.asarray(median, dtype=float)
-        scale, rel = self.row_scales(len(median), tasks), self.min_half_rel
-        return stretched(median, low, scale, -1, rel), stretched(median, high, scale, 1, rel)
+        scale, rel, zero = self.row_scales(len(median), tasks), self.min_half_rel, self.zero_half
+        return (
+            stretched(median, low, scale, -1, rel, zero),
+            stretched(median, high, scale, 1, rel, zero),
+        )
 
     def apply_summary(
         self, summary: dict[str, np.ndarray], tasks: Sequence[str | None] | None = None
@@ -72,14 +78,14 @@ class IntervalScale:
         only when both were asked for: p5 could then lie inside a widened p10, and std changed
         with the quantiles requested.) Median, mean and the raw samples stay as sampled."""
         median = np.asarray(summary["median"], dtype=float)
-        scale, rel = self.row_scales(len(median), tasks), self.min_half_rel
+        scale, rel, zero = self.row_scales(len(median), tasks), self.min_half_rel, self.zero_half
         out = {
-            k: stretched(median, v, scale, quantile_side(k), rel) if is_quantile(k) else v
+            k: stretched(median, v, scale, quantile_side(k), rel, zero) if is_quantile(k) else v
             for k, v in summary.items()
         }
         std = np.asarray(summary["std"], dtype=float)
         if rel > 0:  # a spread finer than the codec writes is the codec's resolution
-            std = np.maximum(std, np.abs(median) * rel)
+            std = np.maximum(std, np.where(median == 0, zero, np.abs(median) * rel))
         with np.errstate(over="ignore", invalid="ignore"):  # as `stretched`: 0 * inf is 0
             out["std"] = np.where(std == 0, std, std * scale)
         return out
@@ -101,17 +107,26 @@ def quantile_side(key: str) -> int:
     return int(np.sign(float(key[1:]) - 50))
 
 
-def floored(half: np.ndarray, median: np.ndarray, min_half_rel: float) -> np.ndarray:
-    """Half-widths [N] no narrower than `min_half_rel` of the median's size (nor `_MIN_HALF`).
-    A sharp model draws one value on a side in most samples (q10 = median): a zero half there
-    gave that record a score of |truth - median| / 1e-300, and enough such records pushed the
-    fitted scale to ~1e300 while their own bounds stayed on the median."""
+def floored(
+    half: np.ndarray, median: np.ndarray, min_half_rel: float, zero_half: float = 0.0
+) -> np.ndarray:
+    """Half-widths [N] no narrower than `min_half_rel` of the median's size, or `zero_half` at a
+    median of 0 (nor `_MIN_HALF`). A sharp model draws one value on a side in most samples
+    (q10 = median): a zero half there gave that record a score of |truth - median| / 1e-300,
+    and enough such records pushed the fitted scale to ~1e300 while their own bounds stayed on
+    the median. A median of exactly 0 (every draw 0) has no relative floor: it did the same."""
+    floor = np.where(np.asarray(median) == 0, zero_half, np.abs(median) * min_half_rel)
     # NaN propagates from `half` (a missing bound stays missing), not from the floor.
-    return np.maximum(half, np.fmax(np.abs(median) * min_half_rel, _MIN_HALF))
+    return np.maximum(half, np.fmax(floor, _MIN_HALF))
 
 
 def stretched(
-    median: np.ndarray, value: np.ndarray, scale: np.ndarray, side: int = 0, rel: float = 0.0
+    median: np.ndarray,
+    value: np.ndarray,
+    scale: np.ndarray,
+    side: int = 0,
+    rel: float = 0.0,
+    zero_half: float = 0.0,
 ) -> np.ndarray:
     """`value` moved from `median` by `scale` times its distance, float64 [N]. With `rel` > 0,
     the distance on `side` (-1 below, 1 above) is first `floored` as the fit floored it; else a
@@ -119,7 +134,7 @@ def stretched(
     bound, which is the honest interval of a model that knows nothing."""
     distance = np.asarray(value, dtype=float) - median
     if rel > 0 and side != 0:
-        distance = side * floored(side * distance, median, rel)
+        distance = side * floored(side * distance, median, rel, zero_half)
     with np.errstate(over="ignore", invalid="ignore"):
         return np.where(distance == 0, median, median + scale * distance)
 
@@ -130,12 +145,13 @@ def conformity_scores(
     low: np.ndarray,
     high: np.ndarray,
     min_half_rel: float = 0.0,
+    zero_half: float = 0.0,
 ) -> np.ndarray:
     """Per record: how many times its half-width (on the truth's side, `floored`) the truth
     lies away, [N]."""
     y, m = np.asarray(y_true, dtype=float), np.asarray(median, dtype=float)
-    below = floored(m - np.asarray(low, dtype=float), m, min_half_rel)
-    above = floored(np.asarray(high, dtype=float) - m, m, min_half_rel)
+    below = floored(m - np.asarray(low, dtype=float), m, min_half_rel, zero_half)
+    above = floored(np.asarray(high, dtype=float) - m, m, min_half_rel, zero_half)
     return np.where(y < m, (m - y) / below, (y - m) / above)
 
 
@@ -194,9 +210,10 @@ def fit_interval_scale(
     """
     arrays = [np.asarray(a, dtype=float) for a in (y_true, median, low, high)]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
-    scores = conformity_scores(*(a[ok] for a in arrays), min_half_rel)
-    if len(scores) == 0:
+    if not ok.any():
         raise ValueError("no finite validation records to calibrate on")
+    zero_half = min_half_rel * float(np.median(np.abs(arrays[0][ok])))
+    scores = conformity_scores(*(a[ok] for a in arrays), min_half_rel, zero_half)
     pooled = _conformal_quantile(scores, nominal)
     by_task: dict[str, float] = {}
     if tasks is not None and min_task_records is not None:
@@ -212,4 +229,5 @@ def fit_interval_scale(
         n_fit=len(scores),
         by_task=by_task,
         min_half_rel=min_half_rel,
+        zero_half=zero_half,
     )

@@ -328,3 +328,25 @@ def test_every_quantile_moves_alike_whichever_quantiles_are_asked() -> None:
         np.testing.assert_allclose(out[key] - out["median"], 2.0 * (raw[key] - raw["median"]))
     np.testing.assert_array_equal(out["q50"], raw["median"])
     np.testing.assert_array_equal(out["std"], 2.0 * raw["std"])
+
+
+def test_records_whose_every_draw_is_zero_leave_the_others_intervals_alone() -> None:
+    """A median of exactly 0 (every draw 0: a count-like target) has no relative floor: each
+    such record scored ~1e300 on the 1e-300 floor, and a fifth of them pushed the scale, and
+    every other record's interval, to ~1e300. Its floor is now `min_half_rel` of the
+    calibration truths' median size, which the scale keeps for the records it serves."""
+    y_val, val = synthetic(300, 1.0, seed=7)
+    zero = np.arange(300) % 4 == 0
+    for key in ("median", "q10", "q90"):
+        val[key] = np.where(zero, 0.0, val[key])
+    y_val = np.where(zero, 1e-4 * np.median(np.abs(y_val)), y_val)  # one floor away
+    scale = fit_interval_scale(y_val, val["median"], val["q10"], val["q90"], min_half_rel=1e-4)
+    assert 0.5 < scale.scale < 5  # ~1e300 before
+    assert scale.zero_half == pytest.approx(1e-4 * np.median(np.abs(y_val)))
+    low, high = scale.apply(np.array([0.0, 10.0]), np.array([0.0, 9.0]), np.array([0.0, 11.0]))
+    np.testing.assert_allclose(high, [scale.scale * scale.zero_half, 10 + scale.scale])
+    assert low[0] == -high[0]
+    std = scale.apply_summary({"median": np.zeros(1), "std": np.zeros(1)})["std"]
+    np.testing.assert_allclose(std, [scale.scale * scale.zero_half])
+    old = IntervalScale(scale=2.0, nominal=0.8, n_fit=10, min_half_rel=1e-4)  # before the field
+    assert old.apply(np.zeros(1), np.zeros(1), np.zeros(1))[1][0] == 2.0 * 1e-300
