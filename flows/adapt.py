@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import BeforeValidator
 
 from flows.common import (
-    checked_paths,
+    checked_store,
     failing_cleanly,
     forward_library_logs,
     retry_unless_user_error,
@@ -29,10 +31,19 @@ adapt_task = task(
 )
 
 
+def _as_text(value: object) -> object:
+    """A name as text: `prefect deployment run --param version=3` parses the 3 as JSON, an
+    integer, which a `str` parameter refused."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Name = Annotated[str | None, BeforeValidator(_as_text)]
+
+
 @flow(name="adapt", log_prints=True)
 def adapt(
-    task: str | None = None,
-    version: str | None = None,
+    task: Name = None,
+    version: Name = None,
     force: bool = False,
     source: str | None = None,
     config: Path | None = None,
@@ -63,7 +74,7 @@ def _adapt(
     forward_library_logs()
     app = load_app_config(config, var_dir)
     pipeline.check_train_config(app)  # fine-tuning trains with it too
-    paths = checked_paths(app)
+    paths = checked_store(app)
     source = load_source_config(source_name or app.source)
     attempt = tried_once_if(force, adapt_task)
     outcome = attempt(app, paths, source, task_name, version, force)

@@ -95,6 +95,15 @@ def checked_paths(app: AppConfig) -> ResolvedPaths:
     return paths
 
 
+def checked_store(app: AppConfig) -> ResolvedPaths:
+    """`checked_paths` for a run that only reads or edits the registry (evaluate, adapt, prune):
+    a `registry.UserError` when the var dir holds no MLflow store, which opening it would create
+    (a misspelt `var_dir` then "deleted 0 versions" and succeeded)."""
+    paths = checked_paths(app)
+    registry.require_store(paths)
+    return paths
+
+
 def ensure_writer_limit(name: str) -> None:
     """Create the 1-slot global concurrency limit if missing (Prefect skips unknown limits)."""
     with get_client(sync_client=True) as client:

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import (
-    checked_paths,
+    checked_store,
     failing_cleanly,
     forward_library_logs,
     retry_unless_user_error,
@@ -60,7 +60,7 @@ def _evaluate(
 ) -> dict[str, float]:
     forward_library_logs()
     app = load_app_config(config, var_dir)
-    paths = checked_paths(app)
+    paths = checked_store(app)
     source = load_source_config(source_name or app.source)
     uri = model or registry.model_uri(app.registry.model_name, app.registry.champion_alias)
     outcome = evaluate_task(app, paths, source, uri, split)

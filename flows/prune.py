@@ -13,12 +13,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.common import checked_paths, failing_cleanly, forward_library_logs
+from flows.common import (
+    checked_store,
+    failing_cleanly,
+    forward_library_logs,
+    retry_unless_user_error,
+)
 from regressor import jobs
 from regressor.config import load_app_config
 
 prune_task = task(
-    jobs.prune, name="prune", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE
+    jobs.prune,
+    name="prune",
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_unless_user_error,  # not a name the registry refuses
+    cache_policy=NO_CACHE,
 )
 
 
@@ -45,7 +55,7 @@ def prune(
 def _prune(keep: int | None, dry_run: bool, config: Path | None, var_dir: Path | None) -> str:
     forward_library_logs()
     app = load_app_config(config, var_dir)
-    text = prune_task(app, checked_paths(app), keep, dry_run)
+    text = prune_task(app, checked_store(app), keep, dry_run)
     create_markdown_artifact(text, key="prune-report", description="textperf registry retention")
     print(text)
     return text

@@ -197,7 +197,9 @@ def _retrain(
     adapted = [o for o in outcomes if isinstance(o, pipeline.AdaptOutcome)]
     skipped = [o for o in outcomes if isinstance(o, pipeline.AdaptSkipped)]
     failed = [o for o in outcomes if isinstance(o, pipeline.AdaptFailed)]
-    text = report.render_retrain(app, paths, ingested, trained, adapted, seconds, skipped, failed)
+    text = report.render_retrain(
+        app, paths, ingested, trained, adapted, seconds, skipped, failed, adapting=adapt
+    )
     create_markdown_artifact(text, key="retrain-report", description="textperf nightly retraining")
     pipeline.log_report(paths, trained, text)
     # The report is the run's artifact and its return value (`textperf retrain` prints that

@@ -291,11 +291,20 @@ def ui_line(paths) -> str:
 
 
 def render_retrain(
-    app, paths, ingested, trained, adapted, seconds: Mapping[str, float], skipped=(), failed=()
+    app,
+    paths,
+    ingested,
+    trained,
+    adapted,
+    seconds: Mapping[str, float],
+    skipped=(),
+    failed=(),
+    adapting: bool = True,
 ) -> str:
     """Markdown report of a retraining run (outcomes from `regressor.pipeline`; `skipped`: the
     due adaptations that could not be made, `pipeline.AdaptSkipped`; `failed`: those that
-    failed, `pipeline.AdaptFailed`)."""
+    failed, `pipeline.AdaptFailed`; `adapting`: False when the run was asked not to adapt, so
+    nothing was checked)."""
     champion_uri = f"models:/{app.registry.model_name}@{app.registry.champion_alias}"
     predict = predict_command(paths, champion_uri)
     parts = [
@@ -329,7 +338,9 @@ def render_retrain(
             "The run ends failed; the steps above stand (the flow run's log has each failure's "
             "traceback).",
         ]
-    if not adapted and not skipped and not failed:
+    if not adapting:
+        parts.append("Adaptation off for this run (`adapt=False`): no variant was checked.")
+    elif not adapted and not skipped and not failed:
         parts.append("No adaptation due: every variant is adapted from the current champion.")
     parts += [
         "## Wall time",

@@ -148,7 +148,11 @@ def test_two_concurrent_retrains_wait_for_the_writer_then_take_turns(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> tuple[Path, Path]:
     config, var = _tiny(tmp_path_factory.mktemp("adhoc"))
-    retrain(config=config, var_dir=var, adapt=False)
+    text = retrain(config=config, var_dir=var, adapt=False)
+    # Nothing was checked: "No adaptation due: every variant is adapted from the current
+    # champion" was a claim the run never made sure of.
+    assert "Adaptation off for this run" in text
+    assert "No adaptation due" not in text
     return config, var
 
 
@@ -193,6 +197,28 @@ def test_adapt_flow_registers_a_variant_of_the_given_version(trained):
     version = client.search_model_versions(f"name='{name}'")[0]
     assert version.tags["base_model"] == "models:/textperf/1"
     assert "gate_decision" in version.tags
+
+
+def test_the_ad_hoc_flows_refuse_a_state_directory_without_a_store(trained, tmp_path: Path):
+    """A misspelt `var_dir` made a fresh empty store there: prune "deleted 0 versions" and
+    succeeded. Each of evaluate, adapt and prune now fails at once, naming it, and makes
+    nothing (the name of a version given as a number, as `--param version=3` sends it, is
+    read as text)."""
+    from flows.prune import prune
+
+    config, _ = trained
+    typo = tmp_path / "var-typo"
+    for run in (
+        lambda: prune(config=config, var_dir=typo, return_state=True),
+        lambda: evaluate(config=config, var_dir=typo, return_state=True),
+        lambda: adapt(version=1, config=config, var_dir=typo, return_state=True),
+    ):
+        state = run()
+        assert state.is_failed()
+        assert f"no MLflow store in {typo}" in state.message
+    assert not (typo / "mlflow.db").exists()
+    read = adapt.validate_parameters({"version": 3, "task": 7})
+    assert (read["version"], read["task"]) == ("3", "7")
 
 
 def test_cli_adapt_prints_the_gate_and_the_model_to_predict_the_task_with(trained):
