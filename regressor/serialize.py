@@ -44,19 +44,23 @@ def format_scalar(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
-def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Yield `(dotted.path, text)` pairs in sorted-key order; lists index as `path[i]`."""
+def flatten(
+    value: Any, prefix: str = "", scalar: Callable[[Any], Any] = format_scalar
+) -> Iterator[tuple[str, Any]]:
+    """Yield `(dotted.path, text)` pairs in sorted-key order; lists index as `path[i]`, a list
+    of scalars is one text field. `scalar` writes a lone scalar (the tabular peers keep
+    numbers exact and nulls missing)."""
     if isinstance(value, Mapping):
         for key in sorted(value, key=str):
-            yield from flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+            yield from flatten(value[key], f"{prefix}.{key}" if prefix else str(key), scalar)
     elif isinstance(value, list | tuple):
         if all(not isinstance(v, Mapping | list | tuple) for v in value):
             yield prefix, "[" + ",".join(format_scalar(v) for v in value) + "]"
         else:
             for i, item in enumerate(value):
-                yield from flatten(item, f"{prefix}[{i}]")
+                yield from flatten(item, f"{prefix}[{i}]", scalar)
     else:
-        yield prefix, format_scalar(value)
+        yield prefix, scalar(value)
 
 
 def section_lines(record: Mapping[str, Any], section: str) -> list[str]:
