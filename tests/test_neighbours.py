@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from regressor.dataset import Examples
-from regressor.neighbours import HEADER, nearest, with_neighbours
+from regressor.neighbours import HEADER, nearest, option_matrix, with_neighbours
 
 
 def examples(configs: list[dict], targets: list[float], task: str = "S", prefix: str = "r"):
@@ -63,11 +63,32 @@ def test_records_read_only_their_own_task() -> None:
 
 
 def test_nearest_counts_differing_options_and_a_missing_one_on_one_side() -> None:
-    query = np.array([[0.0, 1.0, np.nan]])
-    reference = np.array([[0.0, 1.0, np.nan], [0.0, 1.0, 2.0], [1.0, 0.0, np.nan]])
-    order, distance = nearest(query, reference, 3, np.array([-1]))
+    keys = ["a", "b", "c"]
+    query = option_matrix([{"a": 0, "b": 1}], keys)
+    reference = option_matrix([{"a": 0, "b": 1}, {"a": 0, "b": 1, "c": 2}, {"a": 1, "b": 0}], keys)
+    order, distance = nearest(query, reference, 3, np.zeros((1, 3), dtype=bool))
     assert order.tolist() == [[0, 1, 2]]
     assert distance.tolist() == [[0.0, 1.0, 2.0]]
-    order, distance = nearest(query, reference, 3, np.array([0]))  # row 0 is the query itself
+    itself = np.array([[True, False, False]])  # row 0 is the query itself
+    order, distance = nearest(query, reference, 3, itself)
     assert order.tolist() == [[1, 2, 0]]
     assert np.isinf(distance[0, 2])
+
+
+def test_text_options_differ_and_a_records_repeats_are_not_its_neighbours() -> None:
+    """A text option was NaN on every side, so a neighbour on another machine type read as
+    identical; and c3o measures each configuration about five times, so every training text
+    read a repeat of its own configuration (its own target, nearly) where no text of an
+    unmeasured configuration can: the model learnt to copy it."""
+    configs = [
+        {"vm": "c4", "n": 2},
+        {"vm": "c4", "n": 2},  # a repeat of r0
+        {"vm": "m4", "n": 2},
+        {"vm": "c4", "n": 4},
+    ]
+    known = examples(configs, [10.0, 11.0, 20.0, 5.0])
+    texts = with_neighbours(known, known, 3).texts
+    assert neighbour_section(texts[0]) == ["20 | vm=m4", "5 | n=4"]
+    assert neighbour_section(texts[1]) == ["20 | vm=m4", "5 | n=4"]
+    query = examples([{"vm": "c4", "n": 2}], [0.0], prefix="q")  # unmeasured: reads the runs
+    assert neighbour_section(with_neighbours(query, known, 2).texts[0]) == ["10 |", "11 |"]
