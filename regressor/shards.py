@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,15 +110,33 @@ def _copy_shards(warehouse: Path, staging: Path, shard_rows: int, source: str | 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Replace `out_dir`'s shards with `staging`'s: renames inside one directory (one file
-    system, even when `out_dir` is a mount), then drop the old ones."""
+    system, even when `out_dir` is a mount), then drop the old ones. A rename that fails puts
+    back what had moved (`_put_back`): the old shards had gone aside, and a failed export left
+    `out_dir` with none, or some of the new ones."""
     replaced = out_dir / f"{REPLACED}{staging.name.removeprefix(STAGING)}"
     replaced.mkdir()
-    for shard in out_dir.glob("shard=*"):
-        shard.rename(replaced / shard.name)
-    for shard in staging.glob("shard=*"):
-        shard.rename(out_dir / shard.name)
+    moved: list[tuple[Path, Path]] = []  # (from, to), in the order they were renamed
+    try:
+        for shard in [*out_dir.glob("shard=*")]:
+            moved.append((shard, replaced / shard.name))
+            shard.rename(replaced / shard.name)
+        for shard in [*staging.glob("shard=*")]:
+            moved.append((shard, out_dir / shard.name))
+            shard.rename(out_dir / shard.name)
+    except BaseException:
+        _put_back(moved)
+        shutil.rmtree(replaced, ignore_errors=True)  # empty now, unless a rename back failed
+        raise
     shutil.rmtree(replaced, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _put_back(moved: list[tuple[Path, Path]]) -> None:
+    """Undo `moved`'s renames, newest first; the last may not have happened (it failed)."""
+    for source, target in reversed(moved):
+        if target.exists() and not source.exists():
+            with suppress(OSError):  # the failure being raised matters more than this one
+                target.rename(source)
 
 
 def shard_files(out_dir: Path) -> list[Path]:

@@ -34,7 +34,7 @@ from regressor.config import (
 from regressor.environment import TRAINED_WITH
 from regressor.fit_worker import TrainingWorkerError
 from regressor.predictor import Predictor
-from regressor.shards import read_records, shards_for_rank
+from regressor.shards import export_shards, read_records, shard_files, shards_for_rank
 from regressor.training import FitResult, fit, launches_processes
 from regressor.vocab import InputTokenizer
 from regressor.warehouse import Warehouse
@@ -454,3 +454,30 @@ def test_a_failed_training_process_group_is_an_error_naming_its_config(tmp_path:
     with pytest.raises(TrainingWorkerError, match=r"strategy 'ddp', devices 2.*exited with code 1"):
         fit(predictor, (TEXTS, targets), ([], targets[:0]), cfg, tmp_path / "ckpt")
     assert not list((tmp_path / "ckpt").glob("fit-worker-*"))  # the hand-off is removed
+
+
+def test_an_export_that_fails_while_swapping_in_leaves_the_previous_one(
+    warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The old shards go aside before the new ones move in: a rename failing in between (a
+    full or flaky mount) left the directory with none of either, and a rank read nothing. The
+    previous export is put back; injected here as the second new shard's rename failing."""
+    _, var, _ = warehouse
+    out = tmp_path / "shards"
+    export_shards(var / "warehouse.duckdb", out, 7)
+    before = sorted(p.relative_to(out) for p in shard_files(out))
+    real_rename, moved_in = Path.rename, []
+
+    def failing_rename(self: Path, target: Path) -> Path:
+        if Path(target).parent == out and ".export-" in str(self):
+            moved_in.append(self)
+            if len(moved_in) == 2:
+                raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="Input/output error"):
+        export_shards(var / "warehouse.duckdb", out, 5)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(out) for p in shard_files(out)) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted({str(p.parts[0]) for p in before})
