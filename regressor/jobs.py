@@ -94,7 +94,8 @@ def prune(
     (default: the config's `schedule.prune_keep`); the markdown report."""
     keep = app.schedule.prune_keep if keep is None else keep
     configure_mlflow(paths, app.registry.experiment)
-    doomed = retention.prune(app.registry.model_name, keep, dry_run)
+    with pipeline.retention_lock(paths, prune=not dry_run):  # a dry run deletes nothing
+        doomed = retention.prune(app.registry.model_name, keep, dry_run)
     verb = "Would delete" if dry_run else "Deleted"
     rows = "\n".join(f"- {report.code(f'{v.name}/{v.version}')}" for v in doomed) or "- nothing"
     text = (

@@ -507,8 +507,10 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
     """An exclusive lock per registered model from reading its champion to gating against it,
     so two runs (a nightly and an ad-hoc one, on other data) gate one after the other, each
     against the champion the other left. It guards runs sharing this var dir; runs on several
-    machines that share only a tracking server do not see it."""
-    with held(paths.locks, f"gate-{_variant_id(name)}.lock", f"gating a version of {name}", logger):
+    machines that share only a tracking server do not see it. A prune waits for it
+    (`retention_lock`)."""
+    doing = f"gating a version of {name}"
+    with retention_lock(paths), held(paths.locks, f"gate-{_variant_id(name)}.lock", doing, logger):
         yield
 
 
@@ -525,8 +527,25 @@ def adaptation_lock(paths: ResolvedPaths, variant: str) -> Iterator[None]:
     """An exclusive lock per variant, so a run beside another adapting it waits, then finds
     that run's version rather than registering the same adaptation twice, and the two gates
     never move the variant's aliases at once. The lock file (empty, in `var/locks/`) stays:
-    removing it would race with a run about to lock it."""
-    with held(paths.locks, f"adapt-{_variant_id(variant)}.lock", f"adapting {variant}", logger):
+    removing it would race with a run about to lock it. A prune waits for it
+    (`retention_lock`): the base being adapted has no variant naming it yet."""
+    doing = f"adapting {variant}"
+    with (
+        retention_lock(paths),
+        held(paths.locks, f"adapt-{_variant_id(variant)}.lock", doing, logger),
+    ):
+        yield
+
+
+@contextmanager
+def retention_lock(paths: ResolvedPaths, prune: bool = False) -> Iterator[None]:
+    """Shared by every run gating or adapting (`gate_lock`, `adaptation_lock`), exclusive for
+    a prune, which so waits for them all and they for it. A prune beside an adaptation deleted
+    the base version being adapted (no variant named it yet), and one beside a promote could
+    delete the version the promote was moving an alias to. Like the others, it guards runs
+    sharing this var dir."""
+    doing = "gating or adapting a version" if prune else "pruning the registry"
+    with held(paths.locks, "registry-retention.lock", doing, logger, shared=not prune):
         yield
 
 

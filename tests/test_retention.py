@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,8 +19,8 @@ from conftest_data import RECORD, mlflow_gc, register_tiny_version
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from regressor import cli, registry, retention
-from regressor.config import ResolvedPaths
+from regressor import cli, jobs, pipeline, registry, retention
+from regressor.config import ResolvedPaths, load_app_config
 from regressor.tracking import configure_mlflow
 
 
@@ -184,3 +187,24 @@ def test_the_prune_flow_deletes_and_reports_as_an_artifact(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prune-report"]))
         )
     assert found[0].data == text
+
+
+def test_a_prune_waits_for_a_run_adapting_and_runs_wait_for_a_prune(store, caplog) -> None:
+    """An adaptation of `textperf/4` holds its lock for the whole fit, and no variant names
+    that base until it registers: a prune beside it deleted `textperf/4`, and the variant
+    named a version gone. A prune now waits for every run gating or adapting."""
+    app = load_app_config(None, store.var_dir)
+    reports: list[str] = []
+    prune = threading.Thread(target=lambda: reports.append(jobs.prune(app, store, keep=1)))
+    with caplog.at_level(logging.WARNING, logger="regressor.pipeline"):
+        with pipeline.adaptation_lock(store, "textperf-cell-b"):
+            prune.start()
+            waiting = "another run is gating or adapting a version: waiting for it"
+            deadline = time.monotonic() + 120
+            while waiting not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert waiting in caplog.text
+            assert _versions("textperf") == [1, 2, 3, 4, 5]  # nothing deleted meanwhile
+        prune.join(120)
+    assert "Deleted 2 versions" in reports[0]
+    assert _versions("textperf") == [1, 2, 3, 5]
