@@ -449,6 +449,7 @@ def make_parts(
 
 
 Peer = Callable[[Parts, int], np.ndarray]
+SMALL = tabular.SMALL_CATEGORIES
 
 
 def config_peers() -> dict[str, Peer]:
@@ -469,6 +470,9 @@ def config_peers() -> dict[str, Peer]:
         "xgboost": gbm("xgboost", False),
         "lightgbm_log": gbm("lightgbm", True),
         "xgboost_log": gbm("xgboost", True),
+        # LightGBM splitting on categories of a few rows: neither setting wins everywhere.
+        SMALL: gbm(SMALL, False),
+        f"{SMALL}_log": gbm(SMALL, True),
     }
 
 
@@ -495,6 +499,7 @@ def log_peers() -> dict[str, Peer]:
     return {
         "lightgbm_logs": with_logs("lightgbm", False),
         "xgboost_logs": with_logs("xgboost", False),
+        f"{SMALL}_logs": with_logs(SMALL, False),
     }
 
 
@@ -514,6 +519,7 @@ def lumos_peers() -> dict[str, Peer]:
     return {
         "lightgbm_ratio": with_logs("lightgbm", True),
         "xgboost_ratio": with_logs("xgboost", True),
+        f"{SMALL}_ratio": with_logs(SMALL, True),
         "ratio_rule": rule,
     }
 

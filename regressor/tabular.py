@@ -42,10 +42,14 @@ def features(
     return typed(frame, like)
 
 
+# LightGBM splitting on categories of a few rows (`baselines.lightgbm_regressor`).
+SMALL_CATEGORIES = "lightgbm_smallcat"
+
+
 def _model(kind: str, seed: int):
     """Both peers sized alike for a few thousand rows (the project's LightGBM defaults)."""
-    if kind == "lightgbm":
-        return lightgbm_regressor(seed)
+    if kind in ("lightgbm", SMALL_CATEGORIES):
+        return lightgbm_regressor(seed, small_categories=kind == SMALL_CATEGORIES)
     if kind == "xgboost":
         return xgb.XGBRegressor(
             n_estimators=300,

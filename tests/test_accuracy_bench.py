@@ -445,11 +445,13 @@ def test_deepperf_prior_seed_draws_another_prior_of_the_same_kind(tmp_path) -> N
 
 
 def test_peers_read_the_logs_where_the_targets_depend_on_them() -> None:
+    small = "lightgbm_smallcat"  # LightGBM splitting on categories of a few rows
     config_only = {"mean", "lightgbm", "xgboost", "lightgbm_log", "xgboost_log"}
-    with_logs = config_only | {"lightgbm_logs", "xgboost_logs"}
+    config_only |= {small, f"{small}_log"}
+    with_logs = config_only | {"lightgbm_logs", "xgboost_logs", f"{small}_logs"}
     assert set(accuracy.peers_of("c3o")) == set(accuracy.peers_of("deepperf")) == config_only
     assert set(accuracy.peers_of("fleet")) == with_logs
-    ratio = {"lightgbm_ratio", "xgboost_ratio", "ratio_rule"}
+    ratio = {"lightgbm_ratio", "xgboost_ratio", f"{small}_ratio", "ratio_rule"}
     assert set(accuracy.peers_of("lumos")) == with_logs | ratio
 
 
