@@ -36,8 +36,10 @@ from regressor.calibration import is_quantile
 from regressor.config import (
     CONF_DIR,
     AppConfig,
+    CodecConfig,
     EvalConfig,
     FleetSourceConfig,
+    ModelConfig,
     ResolvedPaths,
     SourceConfig,
     load_model_config,
@@ -59,6 +61,7 @@ from regressor.fleetsim import FleetSummary, generate_fleet, is_generated
 from regressor.locks import held, take_lock
 from regressor.plots import calibration, predicted_vs_actual
 from regressor.predictor import Predictor
+from regressor.serialize import DEFAULT_PRIORITY
 from regressor.sources.dispatch import INGEST_MEMORY_LIMIT, ingest_source, require_source
 from regressor.sources.fleet import IngestReport
 from regressor.sources.fleet import source_root as fleet_root
@@ -218,6 +221,22 @@ def _reads_as_configured(data: Dataset, predictor: Predictor) -> bool:
     them again from)."""
     same = _text_form(predictor) == (data.section_priority, data.budget_tokens)
     return data.labelled is None or (same and predictor.relative_to == data.relative_to)
+
+
+def fresh_predictor(
+    data: Dataset,
+    model_cfg: ModelConfig,
+    codec: CodecConfig,
+    tokenizer: InputTokenizer,
+    seed: int | None,
+) -> Predictor:
+    """An untrained model that reads texts as `data` made them: its section order and target
+    baseline. Without the order, every model the pipeline trained kept the default one (task,
+    period, config, logs): a source ordering its sections otherwise (lumos: task, config, logs,
+    and a dated record's period last) trained on its texts and served others, and was gated and
+    adapted on those (`served_by`)."""
+    priority = data.section_priority or DEFAULT_PRIORITY
+    return Predictor.create(model_cfg, codec, tokenizer, priority, data.relative_to, seed=seed)
 
 
 def ingest_hint(source: str) -> str:
@@ -840,9 +859,7 @@ def _train_and_register(
     tokenizer = resumable_tokenizer(
         ckpt_dir, train.texts, model_cfg.input_vocab_size, not data.whole_numbers
     )
-    predictor = Predictor.create(
-        model_cfg, app.codec, tokenizer, relative_to=data.relative_to, seed=train_cfg.seed
-    )
+    predictor = fresh_predictor(data, model_cfg, app.codec, tokenizer, train_cfg.seed)
     size = train_cfg.ensemble_size
     per_member = predictor.model.num_parameters()
     n_parameters = size * per_member

@@ -53,16 +53,18 @@ def _records() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _dataset(budget: int | None = None) -> pipeline.Dataset:
-    """What `load_dataset` builds from `_records` with the configured order and `budget`."""
+def _dataset(
+    budget: int | None = None, priority: tuple[str, ...] = CONFIGURED
+) -> pipeline.Dataset:
+    """What `load_dataset` builds from `_records` with the `priority` order and `budget`."""
     records = _records()
     labelled = assign_splits(records, SPLIT)
     return pipeline.Dataset(
-        examples_of_labelled(labelled, CONFIGURED, budget),
+        examples_of_labelled(labelled, priority, budget),
         "cell-z",
         "hash-1",
         record_from_row(records.row(0, named=True)),
-        section_priority=CONFIGURED,
+        section_priority=priority,
         budget_tokens=budget,
         labelled=labelled,
     )
@@ -197,3 +199,18 @@ def test_a_champion_is_scored_on_its_split_made_alone():
     with pytest.raises(MissingScaleError, match=train_id):
         pipeline.served_by(spoiled, relative)
     assert len(pipeline.served_split(spoiled, relative, "test")) == len(data.splits["test"])
+
+
+def test_a_model_the_pipeline_trains_reads_the_sources_section_order():
+    """The pipeline made every model with the default order (task, period, config, logs): a
+    source ordering its sections otherwise (lumos) trained on its texts and served others, and
+    was gated and adapted on those (`served_by` made them again in the default order)."""
+    data = _dataset(budget=64, priority=("task", "config", "logs"))
+    model_cfg = load_model_config("tiny").model_copy(update={"max_input_tokens": 64})
+    tokenizer = InputTokenizer.train(data.splits["train"].texts, 300)
+    codec = CodecConfig(exponent_min=-3, exponent_max=3)
+    fresh = pipeline.fresh_predictor(data, model_cfg, codec, tokenizer, seed=0)
+    assert tuple(fresh.priority) == ("task", "config", "logs")
+    assert pipeline.served_by(data, fresh) is data  # it serves the texts it trains on
+    row = data.labelled.filter(pl.col("split") == "test").row(0, named=True)
+    assert fresh.text_of(record_from_row(row)) == data.splits["test"].texts[0]
