@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from regressor.config import AdaptConfig, EvalConfig, TrainConfig
-from regressor.dataset import Examples
+from regressor.dataset import Examples, configuration_of
 from regressor.ensemble import combine_fits, member_config, member_dir
 from regressor.environment import TRAINED_WITH, numeric_environment
 from regressor.lora import add_lora, merge_lora
@@ -67,7 +67,8 @@ def hold_out_gate(shots: Examples, adapt: AdaptConfig) -> tuple[Examples, Exampl
         tuning, gate = _split_latest(shots, adapt.gate_fraction)
         split_shots(tuning, adapt.val_fraction)
     except ValueError:
-        of = f" of {len(set(shots.config_json))} configurations" if shots.by_configuration else ""
+        n_configurations = len(set(configurations(shots)))
+        of = f" of {n_configurations} configurations" if shots.by_configuration else ""
         each = "a configuration of its own" if of else "a record"
         raise ValueError(
             f"{len(shots)} shots{of} are too few to train on, stop early on and gate "
@@ -90,20 +91,25 @@ def _split_latest(shots: Examples, fraction: float) -> tuple[Examples, Examples]
     if latest is None:
         cut = len(shots) - n_latest
         return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
-    in_latest = np.array([config in latest for config in shots.config_json])
+    in_latest = np.array([config in latest for config in configurations(shots)])
     if in_latest.all():
         raise ValueError(f"need at least 2 configurations to adapt, got {len(latest)}")
     return shots.take(np.flatnonzero(~in_latest)), shots.take(np.flatnonzero(in_latest))
+
+
+def configurations(shots: Examples) -> list[str]:
+    """Each shot's configuration (`dataset.configuration_of`): a repeated run's is its own."""
+    return [configuration_of(config) for config in shots.config_json]
 
 
 def _latest_configurations(shots: Examples, n_latest: int) -> set[str]:
     """The configurations last seen latest, whole, until they hold `n_latest` records. One that
     would overshoot by more than it fills is passed over (one run 94 times of 100 shots made a
     gate of 94), and the smallest is taken when every one would."""
-    counts = Counter(shots.config_json)
+    counts = Counter(configurations(shots))
     chosen: set[str] = set()
     held = 0
-    for config in dict.fromkeys(reversed(shots.config_json)):  # distinct, latest first
+    for config in dict.fromkeys(reversed(configurations(shots))):  # distinct, latest first
         if held >= n_latest:
             break
         if held + counts[config] - n_latest <= n_latest - held:

@@ -128,9 +128,26 @@ def by_configuration(split: SplitConfig) -> tuple[pl.Expr, pl.Expr]:
     upgrade within the pinned range reshuffled which configurations were test, so a champion
     could be scored on records it trained on."""
     bucket = pl.col("config_json").map_elements(
-        lambda text: config_bucket(text, split.seed), return_dtype=pl.Float64
+        lambda text: config_bucket(configuration_of(text), split.seed), return_dtype=pl.Float64
     )
     return bucket < split.test_fraction, bucket < split.test_fraction + split.val_fraction
+
+
+# The part of a runs source's config that names the reference run a run was paired with
+# (`sources.runs.reference_part`): its runtime differs for each repetition of a configuration.
+PAIRED_RUN = "reference"
+
+
+def configuration_of(config_json: str) -> str:
+    """A record's configuration, the same text for every run of it: its config without the
+    reference run it was paired with. Each repetition of a lumos configuration pairs with
+    another reference run and holds that run's runtime, so each was a configuration of its own:
+    229 of 306 test records had a repeat of their configuration in training. A config without
+    that part is its own text (the sides of existing splits stay)."""
+    config = json.loads(config_json)
+    if not isinstance(config, dict) or PAIRED_RUN not in config:
+        return config_json
+    return json.dumps({k: v for k, v in config.items() if k != PAIRED_RUN}, sort_keys=True)
 
 
 def config_bucket(config_json: str, seed: int) -> float:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from regressor.dataset import configuration_of
+
 SIDES = ("train", "val", "test")
 
 
@@ -44,8 +46,10 @@ def split_groups(
 
 
 def config_group(task: str, config_json: str) -> str:
-    """A distinct configuration: the same config text under the same task (jobs are pooled)."""
-    return f"{task}|{json.dumps(json.loads(config_json), sort_keys=True)}"
+    """A distinct configuration: the same config (`dataset.configuration_of`: without a paired
+    reference run) under the same task (jobs are pooled)."""
+    config = json.loads(configuration_of(config_json))
+    return f"{task}|{json.dumps(config, sort_keys=True)}"
 
 
 def field_group(config_json: str, field: str) -> str:

@@ -7,7 +7,8 @@ from datetime import date, timedelta
 import polars as pl
 
 from regressor.config import SplitConfig
-from regressor.dataset import assign_splits, examples_by_split
+from regressor.dataset import assign_splits, configuration_of, examples_by_split
+from regressor.splits import config_group
 
 
 def _records(tasks=("a", "b", "c"), days=12) -> pl.DataFrame:
@@ -93,3 +94,34 @@ def test_records_without_periods_split_by_distinct_configuration():
     pool = examples_by_split(dated, SplitConfig(holdout_task="c"))["adapt_pool"]
     assert len(pool) > 0
     assert pool.by_configuration
+
+
+def test_repeated_runs_paired_with_other_reference_runs_stay_on_one_side():
+    """A runs source pairs each run with a reference run and writes that run's runtime into the
+    config (`reference`): every repetition of a lumos configuration held another one, so each
+    was a configuration of its own and its repeats landed on both sides (229 of 306 test
+    records had a repeat in training). The configuration leaves the pairing out."""
+    rows = [
+        {
+            "record_id": f"r/{c}/{r}",
+            "source": "r",
+            "task": "job-a" if c % 2 else "job-b",
+            "period": None,
+            "config_json": json.dumps(
+                {"vm": f"m{c}", "reference": {"vm": "base", "elapsed_time": 100.0 + r}}
+            ),
+            "logs_json": "{}",
+            "target": float(c),
+        }
+        for c in range(100)
+        for r in range(4)
+    ]
+    records = pl.DataFrame(rows, schema_overrides={"period": pl.Date})
+    labelled = assign_splits(records, SplitConfig(holdout_task="job-b", test_fraction=0.3))
+    runs = labelled.with_columns(pl.col("record_id").str.split("/").list.get(1).alias("c"))
+    assert runs.group_by("c").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert set(labelled["split"]) >= {"train", "test", "adapt_pool", "adapt_test"}
+    groups = {config_group("job-a", text) for text in records["config_json"][:4]}
+    assert len(groups) == 1
+    # A config without the pairing is its own text: the sides of existing splits stay.
+    assert configuration_of('{"size": 3,  "b": 1}') == '{"size": 3,  "b": 1}'

@@ -53,9 +53,7 @@ def _records() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _dataset(
-    budget: int | None = None, priority: tuple[str, ...] = CONFIGURED
-) -> pipeline.Dataset:
+def _dataset(budget: int | None = None, priority: tuple[str, ...] = CONFIGURED) -> pipeline.Dataset:
     """What `load_dataset` builds from `_records` with the `priority` order and `budget`."""
     records = _records()
     labelled = assign_splits(records, SPLIT)

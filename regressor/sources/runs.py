@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from regressor.config import ReferenceConfig, RunsSourceConfig, data_root
+from regressor.dataset import PAIRED_RUN
 from regressor.sources.common import (
     FLOAT_RE,
     INT64_MAX,
@@ -177,7 +178,7 @@ def reference_part(target: float, source: RunsSourceConfig) -> dict[str, Any]:
     """What a reference run adds to the config of each record paired with it."""
     assert source.reference is not None
     ref = source.reference
-    return {"reference": {ref.field: ref.value, source.target_field: target}}
+    return {PAIRED_RUN: {ref.field: ref.value, source.target_field: target}}
 
 
 def check_baseline(
@@ -190,7 +191,7 @@ def check_baseline(
     path = source.target_relative_to
     if path is None:
         return
-    from_reference = source.reference is not None and path.split(".")[0] == "reference"
+    from_reference = source.reference is not None and path.split(".")[0] == PAIRED_RUN
     try:
         if reference and from_reference:
             scale_of(reference_part(target, source), path, "as a reference run")
