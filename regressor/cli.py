@@ -335,7 +335,7 @@ def _pinned(uri: str) -> tuple[str, str]:
         return uri, ""
     try:
         version = registry.resolve(uri)
-    except (LookupError, MlflowException):
+    except (LookupError, MlflowException, registry.UserError):  # its load says what is wrong
         return uri, ""
     pinned = registry.model_uri(version.name, version.version)
     target = version.tags.get("target")
@@ -674,7 +674,7 @@ def models_show(
         _registry_at(config, var_dir)
     try:
         version = registry.resolve(ref)
-    except (LookupError, MlflowException) as exc:
+    except (LookupError, MlflowException, registry.UserError) as exc:  # a name it cannot quote
         _fail(f"{ref}: {exc}")
     typer.echo(json.dumps(registry.describe(version), indent=2, default=str))
 

@@ -61,14 +61,30 @@ def require_store(paths: ResolvedPaths) -> None:
     if one is named, must answer (`require_reachable`). Opening a missing SQLite store makes
     it: a misspelt `--var-dir` left an empty store behind, MLflow's table-creation lines on
     the terminal, and an answer about an empty registry."""
-    if paths.mlflow_server:
+    database = sqlite_file(paths.mlflow_server) if paths.mlflow_server else None
+    if paths.mlflow_server and database is None:
         require_reachable(paths.tracking_uri)
-    elif not paths.mlflow_db.is_file():
+    elif database is not None and not database.is_file():  # a store named by its URI
+        raise UserError(
+            f"no MLflow store at {paths.tracking_uri} (no file {database}): name the store "
+            "that exists (MLFLOW_TRACKING_URI or paths.tracking_uri; a relative sqlite path "
+            "is read from the current directory)"
+        )
+    elif not paths.mlflow_server and not paths.mlflow_db.is_file():
         raise UserError(
             f"no MLflow store in {paths.var_dir} (no {paths.mlflow_db.name}): `textperf "
             "retrain` makes one there, or name the state directory that holds one (--var-dir, "
             "TEXTPERF_VAR_DIR or paths.var_dir)"
         )
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, None for any other URI. Named so
+    (MLFLOW_TRACKING_URI=sqlite:///...), a store was taken for a server: a misspelt file was
+    never checked, and MLflow made an empty store there."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0] or ".")
 
 
 def require_reachable(uri: str, wait_s: float = 10.0) -> None:
@@ -89,6 +105,11 @@ def require_reachable(uri: str, wait_s: float = 10.0) -> None:
             return
         except requests.exceptions.SSLError:
             return
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+            raise StoreUnreachableError(
+                f"the MLflow tracking URI {uri!r} is not a valid URL ({exc}): fix "
+                "MLFLOW_TRACKING_URI or the config's paths.tracking_uri"
+            ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             if time.monotonic() + delay > deadline:
                 refused = "refused" in str(exc).lower()
@@ -657,10 +678,12 @@ def promote(
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """'NAME', 'NAME@ALIAS' or 'NAME/VERSION' -> (name, alias or version or None)."""
     ref = ref.removeprefix("models:/")
-    for sep in ("@", "/"):
-        if sep in ref:
-            name, which = ref.split(sep, 1)
-            return name, which
+    if "/" in ref:  # a name cannot hold one
+        name, version = ref.split("/", 1)
+        return name, version
+    if "@" in ref:  # a name can (a task from the data: `textperf-job@host`), an alias cannot
+        name, alias = ref.rsplit("@", 1)
+        return name, alias
     return ref, None
 
 

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from regressor.config import ResolvedPaths, is_tracking_server
 from regressor.dataset import Examples
+from regressor.errors import UserError
 from regressor.locks import held
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,13 @@ def configure_mlflow(paths: ResolvedPaths, experiment: str) -> str:
         _create_store(paths)
     client = MlflowClient()
     existing = client.get_experiment_by_name(experiment)
+    if existing is not None and existing.lifecycle_stage == "deleted":
+        raise UserError(
+            f"the MLflow experiment {experiment!r} (id {existing.experiment_id}) is deleted: "
+            f"restore it (`mlflow experiments restore --experiment-id {existing.experiment_id}`"
+            f" with MLFLOW_TRACKING_URI={paths.tracking_uri}), or name another in the config; "
+            "its name stays taken until `mlflow gc` removes it for good"
+        )
     if existing is not None:
         experiment_id = existing.experiment_id
     else:

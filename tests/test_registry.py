@@ -336,6 +336,13 @@ def test_parse_ref_forms():
     assert registry.parse_ref("textperf@champion") == ("textperf", "champion")
     assert registry.parse_ref("models:/textperf-cell-b08/3") == ("textperf-cell-b08", "3")
     assert registry.parse_ref("textperf") == ("textperf", None)
+    # A task from the data may hold an `@` (MLflow refuses only `/` and `:` in a name), and an
+    # alias never does: it splits on the last `@`, as MLflow's own URIs do.
+    assert registry.parse_ref("models:/textperf-job@host@champion") == (
+        "textperf-job@host",
+        "champion",
+    )
+    assert registry.parse_ref("textperf-job@host/2") == ("textperf-job@host", "2")
 
 
 GATED = json.dumps({"promoted": True, "challenger": {}, "champion": None})

@@ -267,6 +267,44 @@ def test_an_unreachable_tracking_server_fails_quickly_and_says_so(fleet, monkeyp
     assert_clear_failure(result, "cannot reach the MLflow tracking server http://127.0.0.1:9")
 
 
+@pytest.mark.parametrize("uri", ["http://exa mple.com", "http://localhost:99999"])
+def test_a_malformed_tracking_url_is_named_in_one_line(fleet, monkeypatch, uri: str):
+    """requests refuses such a URL before connecting (`InvalidURL`): a traceback."""
+    config, var = fleet
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = invoke("models", "list", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, f"the MLflow tracking URI {uri!r} is not a valid URL")
+
+
+def test_a_sqlite_store_named_by_its_uri_must_exist(fleet, tmp_path: Path, monkeypatch):
+    """A store named by URI was taken for a server: a misspelt file was never checked, MLflow
+    made an empty store there and the command answered about an empty registry."""
+    config, var = fleet
+    typo = tmp_path / "mlfow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{typo}")
+    result = invoke("models", "list", "-c", config, "--var-dir", var)
+    assert_clear_failure(result, f"no MLflow store at sqlite:///{typo}")
+    assert not typo.exists()
+
+
+def test_a_deleted_experiment_is_named_with_the_way_back(tmp_path: Path, request):
+    """MLflow refuses to set a deleted experiment: every training and adapting command ended in
+    its traceback."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from regressor.config import ResolvedPaths
+    from regressor.errors import UserError
+    from regressor.tracking import configure_mlflow
+
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    experiment = configure_mlflow(paths, "textperf-deleted")
+    MlflowClient().delete_experiment(experiment)
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
+    with pytest.raises(UserError, match=f"experiment 'textperf-deleted' \\(id {experiment}\\) is"):
+        configure_mlflow(paths, "textperf-deleted")
+
+
 def test_every_command_takes_the_store_the_config_names_before_the_environment(
     fleet, tmp_path, monkeypatch
 ):
