@@ -42,7 +42,8 @@ def sample(
     ids = sample_ids(
         model, codec, src_ids, src_mask, num_samples, temperature, generator, row_seeds
     )
-    return codec.decode(ids.cpu()).reshape(src_ids.shape[0], num_samples, *codec.value_shape)
+    k = int(num_samples)  # a whole float (4.0) passes `check_sampling`
+    return codec.decode(ids.cpu()).reshape(src_ids.shape[0], k, *codec.value_shape)
 
 
 def check_sampling(num_samples: int, temperature: float) -> None:
@@ -77,8 +78,11 @@ def sample_ids(
     the leading digits are shared by most samples, and only the last digits fan out to K rows.
     """
     check_sampling(num_samples, temperature)
-    b, k, device = src_ids.shape[0], num_samples, src_ids.device  # the model's device
+    # int: a whole float (4.0) passes the check, and torch sizes refuse it.
+    b, k, device = src_ids.shape[0], int(num_samples), src_ids.device  # the model's device
     out = torch.empty(b * k, codec.seq_len, dtype=torch.long, device=device)
+    if b == 0:  # no input: the model's reshapes divide by the batch size
+        return out
     group_of = torch.arange(b, device=device).repeat_interleave(k)  # [B*K] sample -> its group
     groups = torch.arange(b, device=device) * k  # [G] a sample of each group (its prefix)
     uniforms = None  # [B*K, seq_len]: each input's own, drawn up front
@@ -190,6 +194,8 @@ def log_prob(
     probability mass of the interval of numbers that round to it.
     """
     target = codec.encode(values).to(src_ids.device)  # [B, T]
+    if len(target) == 0:  # no input: the model's reshapes divide by the batch size
+        return np.zeros(0)
     bos = torch.full((len(target), 1), codec.bos_id, dtype=torch.long, device=src_ids.device)
     with evaluating(model):
         logits = model(src_ids, src_mask, torch.cat([bos, target[:, :-1]], dim=1)).float()

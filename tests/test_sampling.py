@@ -142,6 +142,20 @@ def test_samples_decode_to_numbers_and_are_reproducible() -> None:
     np.testing.assert_array_equal(again, values.reshape(2, 64))
 
 
+def test_a_whole_float_count_and_an_empty_batch_sample_as_they_should() -> None:
+    """`check_sampling` accepts 4.0 ("a whole number"), which torch's sizes then refused; and a
+    batch of no inputs divided by its size in the model's reshapes."""
+    codec = NumberCodec()
+    model, src, mask = untrained(codec)
+    seeded = torch.Generator().manual_seed(3)
+    as_float = sample(model, codec, src, mask, 4.0, generator=seeded)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(
+        as_float, sample(model, codec, src, mask, 4, generator=torch.Generator().manual_seed(3))
+    )
+    assert sample(model, codec, src[:0], mask[:0], 4).shape == (0, 4)
+    assert log_prob(model, codec, src[:0], mask[:0], []).shape == (0,)
+
+
 def test_sampling_keeps_the_callers_mode() -> None:
     codec = NumberCodec()
     model, src, mask = untrained(codec)
