@@ -628,7 +628,7 @@ def models_list(
             f"{k}={row.tags[k]}" for k in ("base_model", "method", "n_shots") if k in row.tags
         )
         typer.echo(
-            f"  v{row.version}{aliases}{created}  {descriptions.one_line(row.tags)}"
+            f"  v{row.version}{aliases}{created}  {descriptions.one_line(row.tags, row.aliases)}"
             f"  run {row.run_id}  {extra}".rstrip()
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 
 def model_description(name: str, tags: Mapping[str, str], champion_alias: str) -> str:
@@ -89,13 +89,17 @@ def _fallback_parts(tags: Mapping[str, str]) -> list[str]:
     return parts
 
 
-def one_line(tags: Mapping[str, str]) -> str:
+def one_line(tags: Mapping[str, str], aliases: Collection[str] = ()) -> str:
     """A version's scores and gate verdict for `textperf models list`: the held-out test scores
     (for a variant, the adapted scores on its task's test records; for a zero-shot fallback,
-    its own), then "gate: ..."."""
+    its own), then "gate: ...", and the aliases moved onto it by hand: "@champion by hand"
+    while it holds `aliases`' one, "was @champion by hand" once another version took it (the
+    marker stayed, beside another version holding the alias)."""
     key = "adapted_metrics" if "base_model" in tags else "test_metrics"
     metrics = _json(tags, "zero_shot_metrics" if "zero_shot_for" in tags else key)
-    by_hand = "".join(f", @{alias} by hand" for alias in _manual_moves(tags))
+    by_hand = "".join(
+        f", {'' if alias in aliases else 'was '}@{alias} by hand" for alias in _manual_moves(tags)
+    )
     return f"{scores(metrics)}  gate: {_verdict(tags)}{by_hand}"
 
 

@@ -330,6 +330,11 @@ def test_a_gated_version_and_its_model_are_described_and_listed_with_scores(
     assert f"Made @champion by hand by {getpass.getuser()} (the old one broke)." in by_hand
     listed = CliRunner().invoke(cli.app, ["models", "list"])
     assert "MAPE 30.0%  gate: not promoted, @champion by hand" in listed.output
+    # Rolled back, the marker says it was: it read as if v2 still held the alias.
+    registry.promote("textperf", v1.version, reason="roll back")
+    listed = CliRunner().invoke(cli.app, ["models", "list"])
+    assert "MAPE 30.0%  gate: not promoted, was @champion by hand" in listed.output
+    assert f"  {scores}  gate: promoted, @champion by hand  run" in listed.output
 
 
 def test_parse_ref_forms():
