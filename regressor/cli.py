@@ -375,7 +375,9 @@ def _require_registered(uri: str, store: str) -> None:
             f"{name!r} is a registered model: name an alias or a version, e.g. "
             f"models:/{name}@champion or models:/{name}/1 (`textperf models list {name}`)"
         )
-    if registered is None and which is not None:
+    # A bare name nothing registered holds, unless it is a logged model's id (`m-<hex>`): MLflow
+    # read `models:/textpref` (a typo) as one and answered "Logged model with ID ... not found".
+    if registered is None and (which is not None or not name.startswith("m-")):
         _fail(
             f"no registered model {name!r} in {store}: `textperf retrain` trains and registers "
             "one (or --var-dir, --config or MLFLOW_TRACKING_URI name the store that has it)"

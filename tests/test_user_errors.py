@@ -419,6 +419,8 @@ def test_predict_says_what_to_do_for_a_model_the_store_lacks_or_a_bare_name(
     assert_clear_failure(missing, "no registered model 'nosuch' in sqlite:", "textperf retrain")
     bare = invoke("predict", "--model", "textperf", record, *store)
     assert_clear_failure(bare, "'textperf' is a registered model: name an alias or a version")
+    typo = invoke("predict", "--model", "textpref", record, *store)
+    assert_clear_failure(typo, "no registered model 'textpref' in sqlite:", "textperf retrain")
     # Three quantiles print as three: the middle one was dropped without a word.
     three = ("-q", "0.05", "-q", "0.5", "-q", "0.95", "--num-samples", "4")
     done = invoke("predict", "--model", "textperf/1", *three, record, *store)
