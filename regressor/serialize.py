@@ -74,9 +74,12 @@ def section_lines(record: Mapping[str, Any], section: str) -> list[str]:
     return [f"{path.replace(chr(10), ' ')}={text}" for path, text in flatten(value)]
 
 
+APPROX_CHARS_PER_TOKEN = 4
+
+
 def approx_token_count(text: str) -> int:
     """A cheap upper-bound-ish estimate used when no tokenizer is at hand (~4 chars a token)."""
-    return len(text) // 4 + 1
+    return len(text) // APPROX_CHARS_PER_TOKEN + 1
 
 
 def serialize(
@@ -128,6 +131,8 @@ def truncate(
     """The longest allowed prefix of `lines` within the budget, by binary search over `cuts`.
 
     Assumes a longer prefix never has fewer tokens (true of BPE and of the approximation).
+    When not even the first line fits, its start: the text was empty, and the model predicted
+    from nothing (the tokenizer cuts inside that line to the budget, `vocab.line_cut`).
     """
     ends = np.cumsum([len(line) + 1 for line in lines])  # chars of each prefix, with its "\n"
     hi = len(cuts) - 1
@@ -138,7 +143,7 @@ def truncate(
     def text(i: int) -> str:
         return "\n".join(lines[: cuts[i]])
 
-    if count_tokens(text(hi)) <= budget_tokens:  # the common case: one call
+    if hi > 0 and count_tokens(text(hi)) <= budget_tokens:  # the common case: one call
         return text(hi)
     lo, hi = 0, hi - 1  # invariant: cuts[lo] fits (the empty text does), cuts[hi + 1] does not
     while lo < hi:
@@ -147,6 +152,8 @@ def truncate(
             lo = mid
         else:
             hi = mid - 1
+    if lo == 0 and len(cuts) > 1:
+        return text(1)[: budget_tokens * (max_chars_per_token or APPROX_CHARS_PER_TOKEN)]
     return text(lo)
 
 

@@ -125,7 +125,19 @@ def test_truncation_keeps_the_longest_prefix_that_fits(n_logs, n_config, budget)
         if (k == 0 or not lines[k - 1].startswith("<"))
         and approx_token_count("\n".join(lines[:k])) <= budget
     ]
-    assert text == "\n".join(lines[: max(fits)])
+    if max(fits) > 0:
+        assert text == "\n".join(lines[: max(fits)])
+    else:  # not even the first line fits: its start, not an empty text
+        assert text == "\n".join(lines[:2])[: 4 * budget]
+
+
+def test_a_first_line_over_the_budget_leaves_its_start_not_an_empty_text():
+    """A task name, or a first config field, longer than the whole budget left the text empty,
+    and the model predicted from nothing."""
+    record = {"task": "t" * 2000, "config": {"a": 1}}
+    text = serialize(record, budget_tokens=256)
+    assert text == ("<task>\n" + "t" * 2000)[: 4 * 256]
+    assert serialize(record, budget_tokens=256, max_chars_per_token=3) == text[: 3 * 256]
 
 
 def test_serialize_is_deterministic_for_equal_records():
