@@ -67,9 +67,11 @@ def kept_run_id(paths: ResolvedPaths, name: str) -> str | None:
 
 
 def fetch_bundle(paths: ResolvedPaths, name: str, destination: Path) -> bool:
-    """Download the bundle kept as `name` into `destination` (which must not exist); False if
-    the store has none. The download lands in a sibling temporary directory and is renamed into
-    place, so an interrupted fetch never leaves something that looks like a bundle."""
+    """Download the bundle kept as `name` into `destination`, replacing what is there (a save
+    cut short leaves a folder without its `bundle.json`); False if the store has none. The
+    download lands in a sibling temporary directory and is renamed into place, so an
+    interrupted fetch never leaves something that looks like a bundle. (Moved onto an existing
+    folder, it landed inside it, `destination/bundle/`, and the fetch said it had succeeded.)"""
     run_id = kept_run_id(paths, name)
     if run_id is None:
         return False
@@ -78,5 +80,7 @@ def fetch_bundle(paths: ResolvedPaths, name: str, destination: Path) -> bool:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=scratch
         )
-        shutil.move(local, destination)
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        Path(local).rename(destination)  # one file system: the scratch folder is a sibling
     return True

@@ -350,6 +350,25 @@ def test_bundle_store_finds_nothing_in_an_empty_store_and_refuses_odd_names(tmp_
         bundle_store.kept_run_id(paths, "x' or tags.y = 'z")
 
 
+def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
+    """An interrupted save leaves the bundle folder without `bundle.json`: the fetch moved the
+    download inside it (`bundle/bundle/`) and said it had succeeded."""
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "bundle.json").write_text("{}")
+    (kept / "weights.pt").write_bytes(b"w")
+    bundle_store.keep_bundle(paths, "prior_seed0", kept, {}, {})
+    mlflow.set_tracking_uri(None)
+    cut_short = tmp_path / "ckpt" / "bundle"
+    cut_short.mkdir(parents=True)
+    (cut_short / "weights.pt").write_bytes(b"half")
+    assert bundle_store.fetch_bundle(paths, "prior_seed0", cut_short)
+    mlflow.set_tracking_uri(None)
+    assert sorted(p.name for p in cut_short.iterdir()) == ["bundle.json", "weights.pt"]
+    assert (cut_short / "weights.pt").read_bytes() == b"w"
+
+
 def test_deepperf_exact_fine_tuning_is_not_cut_by_the_clock(tmp_path, capsys) -> None:
     """`--fine-tune-exact`: a fine-tuning whose minutes ran out long ago still takes its
     `--fine-tune-steps` (a real tiny prior, real fine-tunings), where without it the clock
