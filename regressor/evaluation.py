@@ -85,8 +85,7 @@ def uncertainty_metrics(
     coverage = _mean((t >= low[ok]) & (t <= high[ok]))
     abs_err = np.abs(m - t)
     scaled = (t != 0) & (m != 0)
-    with np.errstate(invalid="ignore"):  # inf / inf cannot happen: m is finite, m != 0
-        relative_spread = s[scaled] / np.abs(m[scaled])
+    relative_spread = s[scaled] / np.abs(m[scaled])  # m finite and nonzero: inf only from s
     relative = rank_correlations(
         abs_err[scaled] / np.abs(t[scaled]), stats.rankdata(relative_spread)
     )
