@@ -615,6 +615,10 @@ def models_list(
         uri = _registry_at(config, var_dir)[1].tracking_uri
     with _registry_errors(uri):
         rows = registry.list_versions(name)
+        empty = not rows and name is not None and registry.is_registered(name)
+    if empty:  # its versions all deleted: "no registered model" sent the user looking for it
+        typer.echo(f"{name}: registered, with no versions left in {uri}")
+        return
     if not rows and name is not None:
         _fail(f"no registered model {name!r} in {uri}; `textperf models list` lists them all")
     if not rows:

@@ -761,6 +761,11 @@ class VersionRow:
     created: datetime | None = None  # when it was registered (UTC)
 
 
+def is_registered(name: str) -> bool:
+    """Whether the registry holds a model named `name`, with versions or without."""
+    return unless_missing(MlflowClient().get_registered_model, name) is not None
+
+
 def list_versions(name: str | None = None) -> list[VersionRow]:
     """Every version of every registered model (or of `name`), with its aliases and tags."""
     rows = []

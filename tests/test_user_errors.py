@@ -179,6 +179,12 @@ def test_models_list_of_a_model_that_does_not_exist_fails(fleet):
     config, var = fleet
     result = invoke("models", "list", "textperf-cell-zz", "-c", config, "--var-dir", var)
     assert_clear_failure(result, "no registered model 'textperf-cell-zz'")
+    # A model whose versions were all deleted is there: it was "no registered model" too.
+    client = MlflowClient(tracking_uri=f"sqlite:///{var / 'mlflow.db'}")
+    client.create_registered_model("empty-model")  # no `textperf-` variant of the others
+    result = invoke("models", "list", "empty-model", "-c", config, "--var-dir", var)
+    assert result.exit_code == 0, result.output
+    assert "empty-model: registered, with no versions left in sqlite:" in result.stdout
 
 
 COMMANDS = [
