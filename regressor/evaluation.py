@@ -123,10 +123,12 @@ def within_task_spearman(
 
     A pooled Spearman over many cells also ranks the cells against each other, which is easier
     than ranking one cell's days; an adapted model is scored inside one cell, so this is the
-    like-for-like figure for the cells a base model trained on.
+    like-for-like figure for the cells a base model trained on. A record without a finite target
+    is left out of its task (it dropped the whole task, its `ptp` NaN).
     """
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
-    names = np.asarray(tasks)
+    known = np.isfinite(y_true)
+    y_true, y_pred, names = y_true[known], y_pred[known], np.asarray(tasks)[known]
     per_task = [
         _task_spearman(y_true[names == t], y_pred[names == t])
         for t in np.unique(names)

@@ -96,6 +96,8 @@ def test_a_model_that_ranks_nothing_in_a_task_scores_zero_there():
     assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)  # c: constant truth, out
     pred[5:10] = np.nan
     assert math.isclose(within_task_spearman(tasks, y, pred), 0.5)
+    y[0] = np.nan  # a missing target leaves its record out, not task a (it dropped out: 0.0)
+    assert math.isclose(within_task_spearman(tasks, y, pred, min_records=4), 0.5)
 
 
 def test_an_infinite_bound_covers_its_truth_and_an_infinite_spread_ranks_highest():
