@@ -125,7 +125,8 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
             shard.rename(out_dir / shard.name)
     except BaseException:
         _put_back(moved)
-        shutil.rmtree(replaced, ignore_errors=True)  # empty now, unless a rename back failed
+        with suppress(OSError):  # left, old shards and all, if a rename back failed
+            replaced.rmdir()
         raise
     shutil.rmtree(replaced, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
