@@ -358,7 +358,6 @@ def _require_registered(uri: str, store: str) -> None:
     registered NAME, fails in one line saying what to do. MLflow answered the first with
     "Registered Model with name=... not found" and no next step, and reads `models:/NAME` as a
     logged model's id ("Logged model with ID 'textperf' not found")."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from regressor import registry
@@ -367,17 +366,17 @@ def _require_registered(uri: str, store: str) -> None:
         return
     name, which = registry.parse_ref(uri)
     try:
-        registered = registry.unless_missing(MlflowClient().get_registered_model, name)
+        registered = registry.is_registered(name)
     except MlflowException:  # a refusal other than "not found" (a bad name, no permission):
         return  # the load that follows reports it in one line
-    if registered is not None and which is None:
+    if registered and which is None:
         _fail(
             f"{name!r} is a registered model: name an alias or a version, e.g. "
             f"models:/{name}@champion or models:/{name}/1 (`textperf models list {name}`)"
         )
     # A bare name nothing registered holds, unless it is a logged model's id (`m-<hex>`): MLflow
     # read `models:/textpref` (a typo) as one and answered "Logged model with ID ... not found".
-    if registered is None and (which is not None or not name.startswith("m-")):
+    if not registered and (which is not None or not name.startswith("m-")):
         _fail(
             f"no registered model {name!r} in {store}: `textperf retrain` trains and registers "
             "one (or --var-dir, --config or MLFLOW_TRACKING_URI name the store that has it)"

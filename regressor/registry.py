@@ -268,11 +268,16 @@ def existing_version(name: str, version: str | int) -> ModelVersion:
     found = unless_missing(MlflowClient().get_model_version, name, str(version))
     if found is not None:
         return found
-    if unless_missing(MlflowClient().get_registered_model, name) is None:
+    if not is_registered(name):
         raise no_such_model(name)
     raise NotRegisteredError(
         f"{name!r} has no version {version}; `textperf models list {name}` lists its versions"
     )
+
+
+def is_registered(name: str) -> bool:
+    """Whether the registry holds a model named `name`, with versions or without."""
+    return unless_missing(MlflowClient().get_registered_model, name) is not None
 
 
 def existing_run(run_id: str) -> Run | None:
@@ -759,11 +764,6 @@ class VersionRow:
     run_id: str | None
     tags: Mapping[str, str]
     created: datetime | None = None  # when it was registered (UTC)
-
-
-def is_registered(name: str) -> bool:
-    """Whether the registry holds a model named `name`, with versions or without."""
-    return unless_missing(MlflowClient().get_registered_model, name) is not None
 
 
 def list_versions(name: str | None = None) -> list[VersionRow]:
