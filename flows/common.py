@@ -98,9 +98,10 @@ def checked_paths(app: AppConfig) -> ResolvedPaths:
 def checked_store(app: AppConfig) -> ResolvedPaths:
     """`checked_paths` for a run that only reads or edits the registry (evaluate, adapt, prune):
     a `registry.UserError` when the var dir holds no MLflow store, which opening it would create
-    (a misspelt `var_dir` then "deleted 0 versions" and succeeded)."""
-    paths = checked_paths(app)
-    registry.require_store(paths)
+    (a misspelt `var_dir` then "deleted 0 versions" and succeeded). The server is asked once,
+    with the flows' patience."""
+    paths = registry.state_paths(app)
+    registry.require_store(paths, STORE_WAIT_SECONDS)
     return paths
 
 

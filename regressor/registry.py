@@ -55,15 +55,15 @@ def state_paths(app: AppConfig) -> ResolvedPaths:
     return paths
 
 
-def require_store(paths: ResolvedPaths) -> None:
+def require_store(paths: ResolvedPaths, wait_s: float = 10.0) -> None:
     """For a command that only reads or edits the registry (predict, `models ...`): a
     `UserError` when the local store under the var dir does not exist, and the tracking server,
-    if one is named, must answer (`require_reachable`). Opening a missing SQLite store makes
-    it: a misspelt `--var-dir` left an empty store behind, MLflow's table-creation lines on
-    the terminal, and an answer about an empty registry."""
+    if one is named, must answer within `wait_s` (`require_reachable`). Opening a missing
+    SQLite store makes it: a misspelt `--var-dir` left an empty store behind, MLflow's
+    table-creation lines on the terminal, and an answer about an empty registry."""
     database = sqlite_file(paths.mlflow_server) if paths.mlflow_server else None
     if paths.mlflow_server and database is None:
-        require_reachable(paths.tracking_uri)
+        require_reachable(paths.tracking_uri, wait_s)
     elif database is not None and not database.is_file():  # a store named by its URI
         raise UserError(
             f"no MLflow store at {paths.tracking_uri} (no file {database}): name the store "
