@@ -87,11 +87,12 @@ def _split_latest(shots: Examples, fraction: float) -> tuple[Examples, Examples]
     n_latest = max(1, round(len(shots) * fraction))
     if len(shots) - n_latest < 1:
         raise ValueError(f"need at least 2 shots to adapt, got {len(shots)}")
-    latest = _latest_configurations(shots, n_latest) if shots.by_configuration else None
-    if latest is None:
+    if not shots.by_configuration:
         cut = len(shots) - n_latest
         return shots.take(np.arange(cut)), shots.take(np.arange(cut, len(shots)))
-    in_latest = np.array([config in latest for config in configurations(shots)])
+    configs = configurations(shots)
+    latest = _latest_configurations(configs, n_latest)
+    in_latest = np.array([config in latest for config in configs])
     if in_latest.all():
         raise ValueError(f"need at least 2 configurations to adapt, got {len(latest)}")
     return shots.take(np.flatnonzero(~in_latest)), shots.take(np.flatnonzero(in_latest))
@@ -102,14 +103,14 @@ def configurations(shots: Examples) -> list[str]:
     return [configuration_of(config) for config in shots.config_json]
 
 
-def _latest_configurations(shots: Examples, n_latest: int) -> set[str]:
-    """The configurations last seen latest, whole, until they hold `n_latest` records. One that
-    would overshoot by more than it fills is passed over (one run 94 times of 100 shots made a
-    gate of 94), and the smallest is taken when every one would."""
-    counts = Counter(configurations(shots))
+def _latest_configurations(configs: list[str], n_latest: int) -> set[str]:
+    """Of the shots' `configs` (in shot order), those last seen latest, whole, until they hold
+    `n_latest` records. One that would overshoot by more than it fills is passed over (one run
+    94 times of 100 shots made a gate of 94), and the smallest is taken when every one would."""
+    counts = Counter(configs)
     chosen: set[str] = set()
     held = 0
-    for config in dict.fromkeys(reversed(configurations(shots))):  # distinct, latest first
+    for config in dict.fromkeys(reversed(configs)):  # distinct, latest first
         if held >= n_latest:
             break
         if held + counts[config] - n_latest <= n_latest - held:
