@@ -120,7 +120,10 @@ def _mapping(value: Any, row: int, name: str) -> Mapping:
 def _record_of(row: dict, i: int) -> dict:
     """The row's fields as the record training serialized (`dataset.record_from_row`): no
     period is None, whose section the text leaves out. It was "", an empty section no record
-    of a period-less source (a table) trained with."""
+    of a period-less source (a table) trained with. NaN and infinity read as the text ingest
+    stores them as ("NaN", "Infinity"), not as Python's "nan" and "inf"."""
+    from regressor.sources.parsing import nan_as_text  # here: MLflow loads this file by path
+
     missing = [k for k in ("config", "logs") if not _present(row.get(k))]  # "": not JSON
     missing = ["task"] * (not _given(row.get("task"))) + missing
     if missing:
@@ -131,8 +134,8 @@ def _record_of(row: dict, i: int) -> dict:
     return {
         "task": str(row["task"]),
         "period": str(row["period"]) if _given(row.get("period")) else None,
-        "config": _mapping(row["config"], i, "config"),
-        "logs": _mapping(row["logs"], i, "logs"),
+        "config": nan_as_text(_mapping(row["config"], i, "config")),
+        "logs": nan_as_text(_mapping(row["logs"], i, "logs")),
     }
 
 

@@ -119,6 +119,31 @@ def test_a_record_without_a_period_is_served_the_text_it_trained_on(model: PyFun
     assert "<period>" not in trained
 
 
+def test_nan_and_infinity_in_a_served_config_read_as_the_stored_text(model: PyFuncModel):
+    """Ingest stores a config's NaN or infinity as the text JSON writers use ("NaN",
+    "Infinity": `parsing.standard_json`), so a model trained on `a=NaN`. The same config sent
+    as JSON (`{"a": NaN}`, which Python's JSON reads) or as a mapping holding float('nan') was
+    served `a=nan`, a text no record had trained with."""
+    from regressor.dataset import record_from_row
+    from regressor.pyfunc_model import texts_of
+    from regressor.sources.parsing import standard_json
+
+    predictor = model.unwrap_python_model().predictor
+    config = {**RECORD["config"], "odd": [math.nan, math.inf], "low": {"x": -math.inf}}
+    logs = {**RECORD["logs"], "gap": math.nan}
+    stored = {
+        "task": RECORD["task"],
+        "period": GOOD_ROW["period"],
+        "config_json": standard_json(config),
+        "logs_json": standard_json(logs),
+    }
+    trained = predictor.text_of(record_from_row(stored))
+    assert "odd=[NaN,Infinity]" in trained, trained
+    as_json = {**GOOD_ROW, "config": json.dumps(config), "logs": json.dumps(logs)}
+    as_mappings = {**GOOD_ROW, "config": config, "logs": logs}
+    assert texts_of(pd.DataFrame([as_json, as_mappings]), predictor.text_of) == [trained] * 2
+
+
 def test_an_empty_text_is_no_text_and_no_rows_are_no_predictions(model: PyFuncModel):
     """An empty `text` beside the fields was predicted from nothing; a request with columns
     and no rows (an empty batch) raised TypeError, a 500 through the server."""
