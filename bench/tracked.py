@@ -6,7 +6,7 @@ r"""Record any benchmark run in MLflow: its command, its `name: value` figures, 
 Every bench script prints its figures as `name: value` lines; this runs one (same interpreter,
 output streamed through unchanged) and logs an MLflow run of it: the command line and git commit
 as tags, every numeric figure as a metric (a name printed twice keeps each value, as steps 0, 1,
-..), every other `name: value` line as a tag (`prior_torch_version: 2.13.0+cpu`), and the small
+..; `ingest_s: 12.3 (30 files)` is the metric 12.3 and the tag `ingest_s_note`), every other `name: value` line as a tag (`prior_torch_version: 2.13.0+cpu`), and the small
 files the run wrote under each `--artifacts` directory (split files, members' samples `.npz`,
 plots; checkpoints and a store's own artifacts stay where they are), so `bench/pool.py` can
 rescore a run's samples on another machine. The run is FAILED if the script fails, whose exit
@@ -33,6 +33,8 @@ from regressor.registry import git_commit
 from regressor.tracking import configure_mlflow, store_paths
 
 FIGURE = re.compile(r"^([A-Za-z0-9_.\-/]+): (.+)$")
+# `ingest_s: 12.34 (9551 files, 3 quarantined)`: a number, then a note on what it covers
+NOTED_NUMBER = re.compile(r"^(\S+) \((.*)\)$")
 # what a bench writes beside its checkpoints that is worth keeping with the run
 ARTIFACT_SUFFIXES = (".json", ".npz", ".png", ".csv", ".txt")
 # never logged again: checkpoints (megabytes per member), stores' own artifacts and state
@@ -66,10 +68,27 @@ class Figures:
         if figure is None:
             return
         name, value = figure
+        if isinstance(value, str):
+            value = noted_number(name, value, self.tags)
         if isinstance(value, float):
             self.metrics[name].append(value)
         else:
             self.tags[name] = value[:TAG_LIMIT]
+
+
+def noted_number(name: str, value: str, tags: dict[str, str]) -> float | str:
+    """A number followed by a note in brackets as the number, the note kept as the tag
+    `<name>_note`; any other text as it is. Such figures were tags, out of MLflow's metric
+    charts and comparisons."""
+    match = NOTED_NUMBER.match(value)
+    if match is None:
+        return value
+    try:
+        number = float(match[1])
+    except ValueError:
+        return value
+    tags[f"{name}_note"] = match[2][:TAG_LIMIT]
+    return number
 
 
 def run_streaming(command: list[str], figures: Figures) -> int:

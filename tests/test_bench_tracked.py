@@ -37,6 +37,8 @@ print("probe: loading", flush=True)
 print("member_val_mape: 8.5")
 print("member_val_mape: 7.5")
 print("prior_torch_version: 2.13.0+cpu")
+print("ingest_s: 12.50 (30 files, 2 quarantined)")
+print("split: (seed 0)")
 print("c3o_textperf_mape: nan")
 print("INFO: GPU available: False", file=sys.stderr)
 sys.exit(int(sys.argv[2]))
@@ -74,6 +76,9 @@ def test_a_bench_run_is_recorded_with_its_figures_and_files(tmp_path: Path) -> N
     assert "c3o_textperf_mape" not in run.data.metrics  # NaN: echoed, not logged
     assert run.data.tags["figure.prior_torch_version"] == "2.13.0+cpu"
     assert run.data.tags["figure.probe"] == "loading"
+    assert run.data.metrics["ingest_s"] == 12.5  # a number with a note is still a metric
+    assert run.data.tags["figure.ingest_s_note"] == "30 files, 2 quarantined"
+    assert run.data.tags["figure.split"] == "(seed 0)"
     assert "fake_bench.py" in run.data.tags["command"]
     assert "INFO: GPU available" in done.stderr  # logs pass through, never become figures
     assert not any(key.startswith("figure.INFO") for key in run.data.tags)
