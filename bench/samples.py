@@ -6,7 +6,11 @@ r"""Ablation: how many samples K, and median vs mean, for one registered model o
 Draws `--max-k` samples per record of the split once (seeded), then scores every K = 1, 2, 4, ..
 max-k on disjoint chunks of those draws (samples are i.i.d., so chunk j of size K is a new K-sample
 run) and averages over the chunks: for each K the point estimate from the median and from the mean.
-Prints `k<K>_<median|mean>_<spearman|mape>` and `k<K>_chunks` lines. Nothing is retrained.
+An ensemble lays out member 0's draws first, then member 1's (`Predictor.sample_texts`), so each
+record's draws are shuffled first (`mixed_draws`): a chunk then holds draws of every member, as a
+K-sample prediction does, not one member's only. The default split is validation, where a choice
+of K or estimator may be made. Prints `k<K>_<median|mean>_<spearman|mape>` and `k<K>_chunks`
+lines. Nothing is retrained.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def finite_mean(samples: np.ndarray) -> np.ndarray:
         return np.where(finite.any(1), total / finite.sum(1), np.nan)
 
 
+def mixed_draws(samples: np.ndarray, seed: int = 0) -> np.ndarray:
+    """samples [N, K] with each row's draws in a seeded random order: an ensemble's columns are
+    member by member, so the first chunks of a row held one member's draws only."""
+    return np.random.default_rng(seed).permuted(samples, axis=1)
+
+
 def sweep(y_true: np.ndarray, samples: np.ndarray) -> Iterator[tuple[int, dict[str, float]]]:
     """(K, `chunk_scores`) for K = 1, 2, 4 .. the number of draws in samples [N, max_k]."""
     k = 1
@@ -61,17 +71,17 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: conf/default.yaml")
     parser.add_argument("--model", default="models:/textperf@champion")
     parser.add_argument("--max-k", type=int, default=64)
-    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--split", default="val", choices=("val", "test"))
     args = parser.parse_args()
 
     app = load_app_config(args.config, var_dir=args.var_dir.resolve())
     paths = app.paths.resolve()
     configure_mlflow(paths, app.registry.experiment)
-    test = pipeline.load_dataset(paths, app, load_source_config(app.source)).splits[args.split]
+    part = pipeline.load_dataset(paths, app, load_source_config(app.source)).splits[args.split]
     predictor = registry.load_predictor(args.model)
-    samples = predictor.predict_texts(test.texts, args.max_k)["samples"]
-    print(f"model: {args.model}\nsplit: {args.split}\nrecords: {len(test)}", flush=True)
-    for k, scores in sweep(test.targets, samples):
+    samples = mixed_draws(predictor.predict_texts(part.texts, args.max_k)["samples"])
+    print(f"model: {args.model}\nsplit: {args.split}\nrecords: {len(part)}", flush=True)
+    for k, scores in sweep(part.targets, samples):
         print(f"k{k}_chunks: {args.max_k // k}")
         for key, value in scores.items():
             print(f"k{k}_{key}: {value:.4f}", flush=True)

@@ -53,7 +53,10 @@ def task_coverage_gap(y: np.ndarray, summary: dict[str, np.ndarray], tasks: list
 
 
 def self_consistent(samples: np.ndarray, rng: np.random.Generator, repeats: int = 20) -> float:
-    """Mean Spearman of spread vs error when the truth is one of the record's own samples."""
+    """Mean Spearman of spread vs error when the truth is one of the record's own samples.
+    Each row's draws are shuffled first: an ensemble lays them out member by member, so the
+    held-back half was other members' draws, not the record's own distribution."""
+    samples = rng.permuted(samples, axis=1)
     half = samples.shape[1] // 2
     summary = summarize(samples[:, :half], quantiles=())
     rows = np.arange(len(samples))

@@ -6,12 +6,13 @@ r"""Record any benchmark run in MLflow: its command, its `name: value` figures, 
 Every bench script prints its figures as `name: value` lines; this runs one (same interpreter,
 output streamed through unchanged) and logs an MLflow run of it: the command line and git commit
 as tags, every numeric figure as a metric (a name printed twice keeps each value, as steps 0, 1,
-..; `ingest_s: 12.3 (30 files)` is the metric 12.3 and the tag `ingest_s_note`), every other `name: value` line as a tag (`prior_torch_version: 2.13.0+cpu`), and the small
-files the run wrote under each `--artifacts` directory (split files, members' samples `.npz`,
-plots; checkpoints and a store's own artifacts stay where they are), so `bench/pool.py` can
-rescore a run's samples on another machine. The run is FAILED if the script fails, whose exit
-code this returns. `--store`: a tracking server's URL or a directory holding a local store
-(default `var/`, the demo's).
+..; `ingest_s: 12.3 (30 files)` is the metric 12.3 and the tag `ingest_s_note`), every other
+`name: value` line as a tag (`prior_torch_version: 2.13.0+cpu`), and the small files the run
+wrote under each `--artifacts` directory (split files, members' samples `.npz`, plots;
+checkpoints and a store's own artifacts stay where they are), so `bench/pool.py` can rescore a
+run's samples on another machine. The run is FAILED if the script fails, whose exit code this
+returns. `--store`: a tracking server's URL or a directory holding a local store (default
+`var/`, the demo's).
 """
 
 from __future__ import annotations

@@ -569,6 +569,17 @@ def test_the_samples_sweep_scores_every_k_on_the_records_served():
     assert scores[1]["mean_n_failed"] == 0.75  # 3 bad draws over 4 one-draw chunks
 
 
+def test_the_samples_sweep_mixes_an_ensembles_members():
+    """An ensemble's draws come member by member, so a K-chunk held one member's draws only
+    and small K scored that member alone; shuffled per row, every chunk of two holds both."""
+    y = np.ones(200)
+    laid_out = np.repeat([[0.7] * 8 + [1.3] * 8], 200, axis=0)  # two members, 30% off each way
+    mixed = samples.mixed_draws(laid_out, seed=0)
+    assert np.array_equal(np.sort(mixed, 1), np.sort(laid_out, 1))  # the same draws per row
+    assert dict(samples.sweep(y, laid_out))[4]["mean_mape"] == pytest.approx(30.0)
+    assert dict(samples.sweep(y, mixed))[4]["mean_mape"] < 20.0
+
+
 def test_deepperf_seed_reaches_every_repetition_and_keeps_seed_0s():
     """`--seed` did not reach the peers or the sampling, and `--seed 1` repetition 0 trained as
     `--seed 0` repetition 1; seed 0's repetitions keep the seeds its reported runs used."""

@@ -28,3 +28,16 @@ def test_self_consistent_bound_follows_how_much_the_spread_varies() -> None:
     flat = centre + 0.3 * rng.standard_normal((400, 64))
     assert spread.self_consistent(varied, np.random.default_rng(2)) > 0.4
     assert abs(spread.self_consistent(flat, np.random.default_rng(2))) < 0.1
+
+
+def test_self_consistent_bound_mixes_an_ensembles_members() -> None:
+    """An ensemble's samples come member by member (`Predictor.sample_texts`). Halved as they
+    were, the spread was read from member 0 and the truth drawn from member 1, whose offset
+    has nothing to do with member 0's spread: the bound read about 0 for a model whose pooled
+    samples are exactly right."""
+    rng = np.random.default_rng(3)
+    centre = rng.uniform(1, 2, (400, 1))
+    offset = rng.uniform(0.0, 2.0, (400, 1))  # how far the members disagree, per record
+    noise = 0.05 * rng.standard_normal((400, 64))
+    laid_out = centre + noise + np.where(np.arange(64) < 32, -offset, offset)
+    assert spread.self_consistent(laid_out, np.random.default_rng(2)) > 0.4
