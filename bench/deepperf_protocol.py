@@ -42,7 +42,8 @@ the sample) on `--textperf-systems` at `--textperf-size` x n for `--textperf-rep
 Prints `deepperf_<sys>_<size>_<model>_mre: value` lines (and `..._val_mre`, the members on their
 own validation records, to choose recipes with; `..._weighted_median_[val_]mre` score the
 samples' 1/y-weighted median, the MRE-optimal point, instead of their median) and the published
-`..._deepperf_published_mre` / `..._decart_published_mre` beside them. Each repetition's members'
+`..._deepperf_published_mre` / `..._decart_published_mre` (`..._splconqueror_published_mre` for
+the binary-numeric Dune, hipacc and hsmgp) beside them. Each repetition's members'
 draws go to `<out>/deepperf_<sys>_<size>_<recipe>_<rep>_samples.npz`: runs with the same seed and
 `--ensemble` pool with `bench/pool.py --dataset deepperf` (their folds are the same).
 """
@@ -114,6 +115,7 @@ DEEPPERF = {
     "hipacc": [9.39, 6.38, 5.06, 3.75],
     "hsmgp": [6.76, 3.60, 2.53, 2.24],
 }
+BINARY_NUMERIC = frozenset({"Dune", "hipacc", "hsmgp"})
 DECART = {  # DECART for binary systems, SPLConqueror for binary-numeric ones; None: NA
     "Apache": [None, 15.83, 11.03, 9.49, 7.84],
     "x264": [17.71, 9.31, 6.37, 4.26, 2.94],
@@ -213,7 +215,10 @@ def peers() -> dict[str, Peer]:
 
 
 def emit_published(prefix: str, system: str, k: int) -> None:
-    for name, table in (("deepperf", DEEPPERF), ("decart", DECART)):
+    """The published MREs at size k: DeepPerf's, and the other published learner's, named as
+    what it is (`DECART`'s table holds SPLConqueror's figures for binary-numeric systems)."""
+    other = "splconqueror" if system in BINARY_NUMERIC else "decart"
+    for name, table in (("deepperf", DEEPPERF), (other, DECART)):
         value = table[system][k]
         print(f"{prefix}_{name}_published_mre: {'NA' if value is None else value}")
 
@@ -323,12 +328,18 @@ def input_output_tag(args: argparse.Namespace) -> str:
 
 
 def recipe_tag(args: argparse.Namespace) -> str:
-    """The recipe in member checkpoint names: members fine-tuned from different priors apart
-    (a `--prior-seed` other than `--seed` named too; the default keeps the older names)."""
+    """The recipe in member checkpoint (and samples) names: members fine-tuned from different
+    priors apart (a `--prior-seed` other than `--seed` named too), and members of another
+    `--seed` (other folds and weights), `--model` or `--cross-fit` too, so a run never
+    overwrites another's samples and `--rescore` never re-samples another run's members. The
+    defaults (seed 0, `small`, no cross-fit) keep the older names."""
     if args.recipe != "synthetic":
-        return args.recipe + input_output_tag(args)
-    tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
-    return tag if prior_seed(args) == args.seed else f"{tag}_prior{prior_seed(args)}"
+        tag = args.recipe + ("" if args.model == "small" else f"_{args.model}")
+        tag += input_output_tag(args)
+    else:  # the prior's shape names the model
+        tag = f"synthetic_{prior_shape(args)}_{prior_length(args)}"
+        tag += "" if prior_seed(args) == args.seed else f"_prior{prior_seed(args)}"
+    return tag + ("_cf" if args.cross_fit else "") + (f"_seed{args.seed}" if args.seed else "")
 
 
 def rep_seed(args: argparse.Namespace, rep: int) -> int:

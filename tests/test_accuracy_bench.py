@@ -267,7 +267,7 @@ def tiny_prior_args(rescore: bool) -> argparse.Namespace:
         prior_systems=3, prior_records=20, prior_kind="words", model="tiny",
         pretrain_minutes=5, pretrain_steps=30, seed=0, booleans="digits", rescore=rescore,
         prior_seed=None, recipe="synthetic", store=None, neighbours=0,
-        number_order="mantissa-first",
+        number_order="mantissa-first", cross_fit=False,
     )  # fmt: skip
 
 
@@ -446,6 +446,23 @@ def test_deepperf_prior_pretrained_again_on_the_same_threads_has_the_same_weight
     assert_same_weights(first.model, second.model)
 
 
+def test_deepperf_member_names_tell_seeds_models_and_cross_fits_apart() -> None:
+    """Members' checkpoints and samples were named by recipe and repetition only: `--seed 1`
+    (other folds, other weights) wrote over `--seed 0`'s samples, and `--rescore --seed 1`
+    re-sampled seed 0's members as if they were its own; `--model` and `--cross-fit` likewise.
+    The defaults keep the older names, so earlier runs still load and pool."""
+    args = tiny_prior_args(rescore=False)
+    args.recipe, args.model = "scratch", "small"
+    assert deepperf_protocol.recipe_tag(args) == "scratch"
+    tags = {deepperf_protocol.recipe_tag(args)}
+    for change in ({"seed": 1}, {"model": "tiny"}, {"cross_fit": True}):
+        tags.add(deepperf_protocol.recipe_tag(argparse.Namespace(**{**vars(args), **change})))
+    args.recipe = "synthetic"
+    tags.add(deepperf_protocol.recipe_tag(args))
+    tags.add(deepperf_protocol.recipe_tag(argparse.Namespace(**{**vars(args), "seed": 1})))
+    assert len(tags) == 6, tags
+
+
 def test_deepperf_prior_seed_draws_another_prior_of_the_same_kind(tmp_path) -> None:
     """`--prior-seed` draws another prior (other systems, initial weights) saved beside the
     first, and names its members apart; without it the prior follows `--seed` and the member
@@ -537,7 +554,7 @@ def test_deepperf_runs_save_their_members_draws_for_pool_to_score_the_same(
         float(re.search(rf"deepperf_Dune_49_textperf_rep0_{key}: ([\d.]+)", printed).group(1))
         for key in ("mre", "val_mre")
     )
-    run = pool.load_run(tmp_path, "deepperf_Dune_49_scratch_0")
+    run = pool.load_run(tmp_path, "deepperf_Dune_49_scratch_tiny_cf_0")
     assert run.n_members == 2
     assert len(run.folds) == 2
     validated = sorted(rid for fold in run.folds for rid in fold.val_ids)
@@ -590,3 +607,17 @@ def test_deepperf_seed_reaches_every_repetition_and_keeps_seed_0s():
     }
     assert [seeds[0, rep] for rep in range(30)] == list(range(30))
     assert len(set(seeds.values())) == len(seeds)
+
+
+def test_deepperf_names_the_published_peer_of_each_system(capsys) -> None:
+    """DeepPerf's README lists DECART for binary systems and SPLConqueror for binary-numeric
+    ones; the protocol printed both as `decart_published_mre`."""
+    deepperf_protocol.emit_published("p", "x264", 2)
+    deepperf_protocol.emit_published("q", "Dune", 2)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "p_deepperf_published_mre: 2.13",
+        "p_decart_published_mre: 6.37",
+        "q_deepperf_published_mre: 8.19",
+        "q_splconqueror_published_mre: 10.6",
+    ]
