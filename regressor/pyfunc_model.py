@@ -79,17 +79,17 @@ def _given(value: Any) -> bool:
 
 
 def json_kind(value: Any) -> str:
-    """What a parsed JSON value is, in JSON's words."""
-    if value is None:
-        return "null"
-    kinds = {
-        dict: "an object",
-        bool: "a boolean",
-        str: "a string",
-        list: "an array",
-        int: "a number",
-    }
-    return kinds.get(type(value), "a number" if isinstance(value, float) else type(value).__name__)
+    """What a value is, in JSON's words (numpy's and Python's own kinds as the JSON they
+    stand for: a tuple or array is an array, `np.bool_` a boolean)."""
+    kinds = (
+        (type(None), "null"),
+        (bool | np.bool_, "a boolean"),
+        (Mapping, "an object"),
+        (str, "a string"),
+        (list | tuple | np.ndarray, "an array"),
+        (int | float | np.number, "a number"),
+    )
+    return next((kind for t, kind in kinds if isinstance(value, t)), type(value).__name__)
 
 
 def json_object(value: Any, name: str) -> Mapping:
@@ -120,10 +120,7 @@ def _mapping(value: Any, row: int, name: str) -> Mapping:
 def _record_of(row: dict, i: int) -> dict:
     """The row's fields as the record training serialized (`dataset.record_from_row`): no
     period is None, whose section the text leaves out. It was "", an empty section no record
-    of a period-less source (a table) trained with. NaN and infinity read as the text ingest
-    stores them as ("NaN", "Infinity"), not as Python's "nan" and "inf"."""
-    from regressor.sources.parsing import nan_as_text  # here: MLflow loads this file by path
-
+    of a period-less source (a table) trained with."""
     missing = [k for k in ("config", "logs") if not _present(row.get(k))]  # "": not JSON
     missing = ["task"] * (not _given(row.get("task"))) + missing
     if missing:
@@ -132,11 +129,42 @@ def _record_of(row: dict, i: int) -> dict:
             i,
         )
     return {
-        "task": str(row["task"]),
-        "period": str(row["period"]) if _given(row.get("period")) else None,
-        "config": nan_as_text(_mapping(row["config"], i, "config")),
-        "logs": nan_as_text(_mapping(row["logs"], i, "logs")),
+        "task": _label(row["task"], i, "task"),
+        "period": _label(row["period"], i, "period") if _given(row.get("period")) else None,
+        "config": _as_stored(_mapping(row["config"], i, "config"), i, "config"),
+        "logs": _as_stored(_mapping(row["logs"], i, "logs"), i, "logs"),
     }
+
+
+def _label(value: Any, row: int, name: str) -> str:
+    """A task or period as text; a number is read as its text (as `textperf predict` does), a
+    mapping, list or boolean is refused: it was served its Python repr (`['cell-a']`, `True`)."""
+    if isinstance(value, Mapping | list | tuple | np.ndarray | bool | np.bool_):
+        raise InvalidInputError(f"row {row}: {name} must be a string, got {json_kind(value)}", row)
+    return str(value)
+
+
+def _as_stored(mapping: Mapping, row: int, name: str) -> dict:
+    """A config or logs mapping as ingest stores it, so its text is the one training read:
+    JSON's types (a numpy scalar or array as the number or list it holds, keys as text, tuples
+    as lists) and NaN or infinity as the text JSON writers use (`parsing.nan_as_text`).
+    A mapping of numpy values was served `x=1234.5677` and `flag=True` where the same record
+    sent as JSON reads `x=1235` and `flag=true`; a NaN was `nan`, where ingest stores `NaN`."""
+    from regressor.sources.parsing import nan_as_text  # here: MLflow loads this file by path
+
+    try:
+        return nan_as_text(json.loads(json.dumps(mapping, default=_numpy_value)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"row {row}: {name} is not JSON data: {exc}", row) from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"row {row}: {name} is nested too deeply", row) from exc
+
+
+def _numpy_value(value: Any) -> Any:
+    """`json.dumps`' fallback: numpy's scalars and arrays as the Python values they hold."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
 
 
 def _text_of_row(row: dict, i: int, text_of: Callable[[dict], str]) -> str:
@@ -190,7 +218,7 @@ def tasks_of(frame: pd.DataFrame) -> list[str | None] | None:
     """Per row its `task` (it picks the task's conformal scale), or None without the column."""
     if "task" not in frame.columns:
         return None
-    return [str(t) if _present(t) else None for t in frame["task"]]
+    return [_label(t, i, "task") if _present(t) else None for i, t in enumerate(frame["task"])]
 
 
 def require_columns(frame: pd.DataFrame) -> None:

@@ -167,6 +167,9 @@ def _pick(
     # Shifted to a row maximum of 0 first: divided by a tiny temperature, a positive logit would
     # overflow to inf, and softmax would turn the row to NaN (an index past the vocabulary).
     logits = logits.float()
+    # A temperature beyond float32 became inf in the division, and -inf / inf is NaN: capped,
+    # it is what it means, every allowed token about equally likely.
+    temperature = min(temperature, torch.finfo(torch.float32).max)
     probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)  # [N, V]
     total = cdf[:, -1:]  # [N, 1], ~1

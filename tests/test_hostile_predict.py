@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from conftest_data import RECORD, register_tiny_version
@@ -84,6 +85,10 @@ def refused(model: PyFuncModel, frame: pd.DataFrame, params: dict | None = None)
         # predicted from their Python repr before, with a 200
         ("text", ["a", "b"], "text must be a string, got an array"),
         ("text", b"<task>", "text must be a string, got bytes"),
+        ("task", True, "task must be a string, got a boolean"),
+        ("task", ["cell-a"], "task must be a string, got an array"),
+        ("period", {"day": 1}, "period must be a string, got an object"),
+        ("config", {"n": {1, 2}}, "config is not JSON data: a set is not a JSON value"),
     ],
 )
 def test_a_bad_row_fails_the_call_naming_the_row_and_reason(
@@ -142,6 +147,34 @@ def test_nan_and_infinity_in_a_served_config_read_as_the_stored_text(model: PyFu
     as_json = {**GOOD_ROW, "config": json.dumps(config), "logs": json.dumps(logs)}
     as_mappings = {**GOOD_ROW, "config": config, "logs": logs}
     assert texts_of(pd.DataFrame([as_json, as_mappings]), predictor.text_of) == [trained] * 2
+
+
+def test_numpy_values_in_a_served_mapping_read_as_the_same_record_sent_as_json(
+    model: PyFuncModel,
+):
+    """A config built from numpy or pandas values was written by `str()`: `np.bool_(True)` as
+    `True` and `np.float32(1234.5678)` as `1234.5677`, where the same record sent as JSON reads
+    `true` and `1235`; an int key, a tuple and an array likewise differed from their JSON."""
+    from regressor.pyfunc_model import texts_of
+
+    predictor = model.unwrap_python_model().predictor
+    as_json = {**GOOD_ROW, "config": '{"x": 1234.5678, "flag": true, "ids": [1, 2], "1": 3}'}
+    as_numpy = {
+        **GOOD_ROW,
+        "config": {"x": np.float32(1234.5678), "flag": np.bool_(True), "ids": (1, 2), 1: 3},
+    }
+    as_array = {**as_numpy, "config": {**as_numpy["config"], "ids": np.arange(1, 3)}}
+    texts = texts_of(pd.DataFrame([as_json, as_numpy, as_array]), predictor.text_of)
+    assert texts == [texts[0]] * 3
+    assert "flag=true" in texts[0], texts[0]
+    assert "x=1235" in texts[0], texts[0]
+
+
+def test_a_temperature_beyond_float32_samples_rather_than_failing(model: PyFuncModel):
+    """Finite, so the check passed it, but it became inf in float32: -inf / inf is NaN, and
+    the draw indexed past the vocabulary (an IndexError, a 500 through the server)."""
+    out = model.predict(pd.DataFrame([GOOD_ROW]), params={"num_samples": 4, "temperature": 1e39})
+    assert out["finite_fraction"].between(0, 1).all()
 
 
 def test_an_empty_text_is_no_text_and_no_rows_are_no_predictions(model: PyFuncModel):
