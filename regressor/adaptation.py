@@ -204,7 +204,8 @@ def _refit_scale(
     predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig
 ) -> tuple[bool, str]:
     """(whether `predictor` now has a scale of its own, what its intervals rest on)."""
-    if not eval_cfg.conformal:
+    if not eval_cfg.conformal:  # raw, as said: the base's scale, copied with it, served before
+        predictor.metadata.pop("interval_scale", None)
         return False, "the raw sampled quantiles (eval.conformal is off)"
     kept = predictor.metadata.get("interval_scale")
     n = len(gate_shots)
