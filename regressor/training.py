@@ -434,6 +434,17 @@ def _rebased(state: dict[str, Any], dirpath: Path) -> dict[str, Any]:
     }
 
 
+class ValidateTheLastStep(Callback):
+    """Stops the fit at `max_steps` through `should_stop`, on which Lightning validates (it
+    validates every `val_check_interval` steps, and not when the plan runs out): the steps
+    after the last interval were never scored, so a plan that is not a multiple of the
+    interval returned an earlier model, and one shorter than it validated nothing."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 class StepSeededRandomness(Callback):
     """Seeds torch's generator before each training step from (seed, step, rank), so the step's
     random draws (dropout) are a function of where training stands. Lightning's checkpoints do
@@ -760,7 +771,7 @@ def fit_here(
             # Past the clock with a `min_steps` floor still ahead, a verbose Timer would log
             # "Time limit reached" at every step; Lightning says once that training continues.
             Timer(timedelta(minutes=cfg.max_minutes), interval="step", verbose=not cfg.min_steps),
-            *(stopping if validating else []),
+            *([*stopping, ValidateTheLastStep()] if validating else []),
         ],
         logger=logger,
         plugins=[environment] if environment is not None else None,

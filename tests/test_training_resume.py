@@ -192,5 +192,7 @@ def test_a_fresh_fit_clears_the_checkpoints_an_earlier_run_left(tmp_path: Path) 
     assert saved_step(tmp_path / "last.ckpt") == 12
     predictor, cfg = toy_setup(7, randomized=False)
     fit(predictor, *toy_data(), cfg, tmp_path, resume=False)
-    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]
+    # this run's own: `best` is its last step's, the one validation off the 50-step interval
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert saved_step(tmp_path / "last.ckpt") == 7
+    assert saved_step(tmp_path / "best.ckpt") == 7

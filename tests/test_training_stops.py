@@ -101,6 +101,21 @@ def test_a_short_epoch_validates_and_stops_on_the_same_steps(tmp_path: Path) -> 
     assert validated == [29, 59, 89]
 
 
+@pytest.mark.parametrize(("max_steps", "validated_at"), [(10, [3, 7, 9]), (3, [2])])
+def test_the_last_step_is_validated_off_the_interval_too(
+    tmp_path: Path, max_steps: int, validated_at: list[int]
+) -> None:
+    """Validation ran every `val_every_steps` only: the steps after the last one were never
+    scored, so a plan of 10 steps validating every 4 returned step 8's model at best, and a
+    plan shorter than the interval validated nothing, returning no checkpoint and a NaN score
+    (`val_every_steps` beyond `max_steps` also left a stale `best.ckpt` in play)."""
+    logger = CSVLogger(tmp_path, name="", version="")
+    steps = fit_steps(tmp_path, 64, logger=logger, max_steps=max_steps, val_every_steps=4)
+    validated = pl.read_csv(tmp_path / "metrics.csv").drop_nulls("val_loss")["step"].to_list()
+    assert steps == max_steps
+    assert validated == validated_at
+
+
 def test_min_steps_above_max_steps_is_refused() -> None:
     with pytest.raises(ValueError, match="min_steps"):
         TrainConfig(max_steps=100, min_steps=200)
