@@ -160,6 +160,7 @@ def scratch_train_config(base: TrainConfig, adapt: AdaptConfig, n_train: int) ->
 # k = ceil((n + 1) 0.8)) is the largest, so one gate record with a collapsed interval (every
 # sample equal) that misses its truth sets a scale of ~1e299; from 9, k < n.
 MIN_CALIBRATION_SHOTS = 9
+OWN_SCALE = "a conformal scale of its own"  # how `recalibrate`'s text starts when it fitted one
 
 
 def recalibrate(predictor: Predictor, gate_shots: Examples, eval_cfg: EvalConfig) -> str:
@@ -192,8 +193,10 @@ def zero_shot_fallback(
     rest on; None when no scale of its own could be fitted (`recalibrate`'s rule).
 
     Refused, the task would be served by the base zero-shot, whose scale was fitted on other
-    tasks: on a new cell it can cover far less than its nominal 80%. The gate's shots never
-    trained the base, so split conformal holds for them as for a variant.
+    tasks: on a new cell it can cover far less than its nominal 80%. When the base held the
+    task out, the gate's shots never trained it, so split conformal holds for them as for a
+    variant; a base that trained on the task (`textperf adapt --task`) may have seen them, which
+    the pipeline says beside the intervals (`pipeline.fitted_in_sample`).
     """
     fallback = copy.deepcopy(base)
     fitted, intervals = _refit_scale(fallback, gate_shots, eval_cfg)
@@ -222,9 +225,7 @@ def _refit_scale(
     fitted = predictor.interval_scale()
     n_fit = 0 if fitted is None else fitted.n_fit
     if n_fit >= MIN_CALIBRATION_SHOTS and np.isfinite(scale):
-        return True, (
-            f"a conformal scale of its own, {scale:.4g}, fitted on {n_fit} of its {n} gate shots"
-        )
+        return True, f"{OWN_SCALE}, {scale:.4g}, fitted on {n_fit} of its {n} gate shots"
     predictor.metadata.pop("interval_scale", None)  # what `calibrate` fitted, if anything
     if kept is not None:
         predictor.metadata["interval_scale"] = kept

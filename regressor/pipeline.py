@@ -24,6 +24,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from regressor import baselines, registry
 from regressor.adaptation import (
+    OWN_SCALE,
     fine_tune,
     hold_out_gate,
     latest_shots,
@@ -1295,8 +1296,10 @@ def _adapt_and_register(
         log_splits(splits, data.source, paths.warehouse, data.data_hash)
         fits = _fit_variant(base, tuning, app, paths.tracking_uri, run.info.run_id, ckpt)
         adapted, fitted, scratch, scratch_fit = fits
+        trained_on_task = base_holdout is not None and base_holdout != task
+        other_holdout = base_holdout if trained_on_task else None
         validation, intervals, scores = _score_variant(
-            base, adapted, scratch, gate_shots, target, task, app
+            base, adapted, scratch, gate_shots, target, task, app, other_holdout
         )
         tags = _adaptation_tags(base_uri, task, len(shots), scores, app)
         tags |= {
@@ -1311,7 +1314,7 @@ def _adapt_and_register(
         }
         if scratch_fit is not None:
             tags[SCRATCH_FIT_TAG] = _fit_tag(scratch_fit)
-        if base_holdout is not None and base_holdout != task:
+        if trained_on_task:
             tags[BASE_TRAINED_ON_TASK] = base_holdout
         with tempfile.TemporaryDirectory() as tmp:
             bundle = adapted.save(Path(tmp) / "bundle")
@@ -1358,7 +1361,28 @@ def _adapt_and_register(
 
 
 # What a zero-shot fallback shares with the variant version it stands in for.
-FALLBACK_LINEAGE = ("base_model", "task", "n_shots", "data_hash", "source", "target")
+FALLBACK_LINEAGE = (
+    "base_model",
+    "task",
+    "n_shots",
+    "data_hash",
+    "source",
+    "target",
+    BASE_TRAINED_ON_TASK,
+)
+
+
+def fitted_in_sample(intervals: str, base_holdout: str | None) -> str:
+    """What a scale of its own, fitted on the gate's shots, rests on when the base trained on
+    their task (`base_holdout`, the task it held out instead; None: it held this one out).
+    Split conformal needs records the model never trained on, and the base may have trained
+    on these, so the intervals may come out narrow."""
+    if not base_holdout or not intervals.startswith(OWN_SCALE):
+        return intervals
+    return (
+        f"{intervals}; in-sample: the base trained on this task's records (it held out "
+        f"{base_holdout}), the gate shots perhaps among them, so they may be too narrow"
+    )
 
 
 def _fallback_for(
@@ -1385,6 +1409,7 @@ def _register_fallback(
     stopped before this is made good by the next (`_repair_fallback`)."""
     variant, base_uri, task = refused.name, tags["base_model"], data.holdout_task
     predictor, intervals = made
+    intervals = fitted_in_sample(intervals, tags.get(BASE_TRAINED_ON_TASK))
     target = data.splits["adapt_test"]
     scores, summary = evaluate_model(predictor, target, app.eval)
     _log_scores({"fallback": scores})
@@ -1538,15 +1563,17 @@ def _score_variant(
     target: Examples,
     task: str,
     app: AppConfig,
+    base_holdout: str | None = None,
 ) -> tuple[dict[str, dict[str, float]], str, dict[str, dict[str, float]]]:
     """(gate scores, what the variant's intervals rest on, test scores by model), logged with
     the plots and per-record predictions of the task's test records.
 
     The gate scores the variant as fine-tuned; then its intervals are calibrated on those same
     shots, the only ones that neither trained it nor picked its checkpoint (`recalibrate`), and
-    the test records score what ships."""
+    the test records score what ships. `base_holdout`: the other task the base held out, when
+    it trained on this one (`fitted_in_sample`)."""
     validation = _validation_scores(base, adapted, gate_shots, app)
-    intervals = recalibrate(adapted, gate_shots, app.eval)
+    intervals = fitted_in_sample(recalibrate(adapted, gate_shots, app.eval), base_holdout)
     mlflow.set_tag(INTERVALS_TAG, intervals)
     if scratch is not None:
         recalibrate(scratch, gate_shots, app.eval)  # by the same rule as the variant

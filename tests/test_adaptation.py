@@ -617,6 +617,30 @@ def _wrecked_app(**update) -> AppConfig:
     return LORA_APP.model_copy(update={"adapt": adapt})
 
 
+def test_a_fallback_from_a_base_that_trained_on_the_task_says_its_intervals_are_in_sample(
+    half_trained, tmp_path
+):
+    """Split conformal needs records the model never trained on. A base that held out another
+    task may have trained on the gate's shots, yet its fallback said its scale rested on them
+    as if they were new, and did not carry the base's tag the variant carries."""
+    app, data = _wrecked_app(), _cell_z(60)
+    try:
+        paths, _ = _registered_base(half_trained, tmp_path, champion=True, holdout="cell-a")
+        outcome = pipeline.adapt_version(app, paths, data, "1")
+        served = MlflowClient().get_model_version("textperf-cell-z", outcome.fallback.version)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert not outcome.promoted  # the premise
+    note = "; in-sample: the base trained on this task's records (it held out cell-a)"
+    assert outcome.fallback.intervals.startswith("a conformal scale of its own, ")
+    assert note in outcome.fallback.intervals
+    assert served.tags[pipeline.INTERVALS_TAG] == outcome.fallback.intervals
+    assert served.tags[pipeline.BASE_TRAINED_ON_TASK] == "cell-a"
+    # Only a scale fitted on those shots is in-sample: a kept or raw one is as it said.
+    kept = "the base's conformal scale (8 gate shots; a scale of its own needs 9)"
+    assert pipeline.fitted_in_sample(kept, "cell-a") == kept
+
+
 def _same_fallback(got: pipeline.ZeroShotFallback, expected: pipeline.ZeroShotFallback) -> bool:
     """Equal, a NaN score (a constant prediction's Spearman) equal to NaN."""
     same_scores = got.scores == pytest.approx(expected.scores, nan_ok=True)
