@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,31 +26,26 @@ def feature_text(value: Any) -> str | None:
 
 
 def text_columns(config_json: Sequence[str]) -> pd.DataFrame:
-    """One column per dotted config path (`feature_text` values), in sorted order: in the
-    order the rows first named them, the columns, and so the ties between equal splits,
-    changed with the order of the training rows."""
+    """One column per dotted config path (`feature_text` values), in sorted order (in the order
+    the rows first named them, the columns, and so the ties between equal splits, changed with
+    the order of the training rows), named by `feature_name`."""
     rows = [dict(flatten(json.loads(text), scalar=feature_text)) for text in config_json]
     frame = pd.DataFrame(rows, dtype=object)
     frame = frame[sorted(frame.columns, key=str)]
-    frame.columns = unique_names(frame.columns)
+    frame.columns = [feature_name(str(name)) for name in frame.columns]
     return frame
 
 
-def unique_names(names: Sequence[object]) -> list[str]:
-    """Feature names LightGBM accepts (no JSON-special characters: []{}":,), each unique: two
-    paths that read alike once cleaned (`disk full: /var`, `disk full; /var`) kept the first
-    column and dropped the other unsaid. The later one gets a `__2`, `__3`, ... suffix."""
-    out: list[str] = []
-    taken: set[str] = set()
-    for name in names:
-        clean = re.sub(r"[^0-9A-Za-z_.]", "_", str(name))
-        candidate, n = clean, 1
-        while candidate in taken:
-            n += 1
-            candidate = f"{clean}__{n}"
-        taken.add(candidate)
-        out.append(candidate)
-    return out
+def feature_name(path: str) -> str:
+    """A path as a feature name LightGBM accepts (letters, digits, `_` and `.`; no JSON-special
+    characters), one to one: `_` is written `__` and any other character `_<hex code>_`, so two
+    paths never share a name (`disk full: /var` and `disk full; /var` were one column, then
+    `..` and `..__2` by the order they came in, which differs between training and test rows:
+    a test row's value landed in another path's column)."""
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c == ".") else "__" if c == "_" else f"_{ord(c):x}_"
+        for c in path
+    )
 
 
 def typed(frame: pd.DataFrame, like: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -17,14 +17,21 @@ import xgboost as xgb
 
 from regressor.baselines import align, flatten_configs, lightgbm_regressor, text_columns, typed
 
+# Before every log column's name: no config path's `feature_name` starts so (it writes `_` as
+# `__` or `_<hex>_`), so a config field `log.lines` no longer shares a column with the log's.
+LOG_PREFIX = "log_."
+
 
 def log_summary_columns(logs_json: Sequence[str]) -> pd.DataFrame:
-    """One numeric column per summary statistic of the log (e.g. `log.windows.all._user.mean`)."""
+    """One numeric column per summary statistic of the log (`log_.windows.all._25_user.mean`
+    for `windows.all.%user.mean`)."""
     return typed(_log_text_columns(logs_json))
 
 
 def _log_text_columns(logs_json: Sequence[str]) -> pd.DataFrame:
-    return text_columns([json.dumps({"log": json.loads(text or "{}")}) for text in logs_json])
+    frame = text_columns([text or "{}" for text in logs_json])
+    frame.columns = [LOG_PREFIX + name for name in frame.columns]
+    return frame
 
 
 def features(

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from regressor.baselines import flatten_configs, lightgbm_baseline, mean_baseline
+from regressor.baselines import feature_name, flatten_configs, lightgbm_baseline, mean_baseline
 from regressor.tabular import (
     SMALL_CATEGORIES,
     features,
@@ -75,9 +75,26 @@ def _reference_runs(n: int, rng: np.random.Generator) -> tuple[list[str], list[s
 
 def test_log_summary_columns_are_numeric_and_named_by_path():
     frame = log_summary_columns(['{"samples": 3, "w": {"%user": {"mean": 1.5}}}', "{}"])
-    assert list(frame.columns) == ["log.samples", "log.w._user.mean"]
-    assert frame["log.w._user.mean"].tolist()[0] == 1.5
-    assert np.isnan(frame["log.samples"].tolist()[1])
+    assert list(frame.columns) == ["log_.samples", "log_.w._25_user.mean"]
+    assert frame["log_.w._25_user.mean"].tolist()[0] == 1.5
+    assert np.isnan(frame["log_.samples"].tolist()[1])
+
+
+def test_a_test_rows_value_stays_in_its_own_paths_column():
+    """Names that read alike once cleaned were told apart by a `__2` given in the order the
+    frame met them: training held both disk paths, a test row only the second, whose value
+    then landed in the first's column. A config field `log.lines` and the log's `lines` were
+    two columns of one name."""
+    train = [{"disk full: /var": 1, "log": {"lines": 5}}, {"disk full; /var": 2}]
+    test = [{"disk full; /var": 300}]
+    x_train = features([json.dumps(r) for r in train], ['{"lines": 7}', '{"lines": 9}'])
+    x_test = features([json.dumps(r) for r in test], ['{"lines": 11}'], like=x_train)
+    assert len(set(x_train.columns)) == x_train.shape[1] == 4
+    semicolon = feature_name("disk full; /var")
+    assert x_test[semicolon].tolist() == [300]
+    assert x_test[feature_name("disk full: /var")].isna().all()
+    assert x_test["log_.lines"].tolist() == [11]
+    assert x_train["log.lines"].tolist()[0] == 5
 
 
 def test_ratio_model_reads_the_log_columns_and_beats_the_median_ratio_rule():
@@ -127,9 +144,10 @@ def test_a_test_row_is_typed_as_training_typed_its_column_whatever_the_other_tes
     x_train = features(train, ["{}"] * len(train))
     x_test = features([json.dumps({"v": 1})], ["{}"], like=x_train)
     assert x_test["v"].tolist() == ["1"]
-    # A config key `log` names the same column as the log summary's: one is kept, not both.
+    # A config key `log` and the log summary keep a column each (one was dropped, unsaid).
     clash = features([json.dumps({"log": {"x": 1}})], [json.dumps({"x": 2})])
-    assert (list(clash.columns), clash["log.x"].tolist()) == (["log.x"], [1])
+    assert list(clash.columns) == ["log.x", "log_.x"]
+    assert (clash["log.x"].tolist(), clash["log_.x"].tolist()) == ([1], [2])
 
 
 def test_a_missing_value_leaves_a_column_of_numbers_numeric():
