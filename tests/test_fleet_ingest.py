@@ -355,6 +355,16 @@ def test_record_from_files_names_a_bad_file(tmp_path, tiny_fleet, fleet_source):
     hidden.write_bytes((root / A01).read_bytes())
     with pytest.raises(ValueError, match=r"\.yaml.*hidden file '\.yaml'"):
         record_from_files(hidden, log)
+    # What ingest quarantines, prediction refused too: a log cut mid-line, and one whose name
+    # is no day (it was predicted, with the name as its period).
+    cut = tmp_path / "2026-01-02.log"
+    cut.write_bytes(log.read_bytes().rstrip(b"\n"))
+    with pytest.raises(ValueError, match=r"2026-01-02\.log.*truncated: the last line"):
+        record_from_files(root / A01, cut)
+    undated = tmp_path / "today.log"
+    undated.write_bytes(log.read_bytes())
+    with pytest.raises(ValueError, match=r"today\.log.*'today' is not an ISO date"):
+        record_from_files(root / A01, undated)
 
 
 def warehouse_state(wh: Warehouse) -> dict[str, list[tuple]]:

@@ -150,15 +150,15 @@ def record_from_files(config_path: Path, log_path: Path) -> dict[str, Any]:
         config = json.loads(config_json(parse_mapping(text, config_path.suffix.lower())))
     except BadInputError as exc:
         raise ValueError(f"{config_path}: {exc.location}: {exc}") from exc
-    try:
+    try:  # refused as ingest refuses it: a log cut mid-line, a name that is no day
         log_text = decode(log_path.read_bytes())
-        if not log_text.strip():
-            raise BadInputError("empty file")
+        check_log_text(log_text)
+        period = parse_period(log_path.stem)
     except BadInputError as exc:
         raise ValueError(f"{log_path}: {exc.location}: {exc}") from exc
     return {
         "task": task,
-        "period": log_path.stem,
+        "period": period.isoformat(),
         "config": config,
         "logs": summarize_logs([log_text])[0],
     }
