@@ -78,8 +78,11 @@ def connect_with_retry(path: Path, read_only: bool, timeout_s: float) -> duckdb.
 
 
 def _is_lock_conflict(exc: duckdb.IOException) -> bool:
-    """Whether DuckDB refused the file because another process holds its lock."""
-    return "lock" in str(exc).lower()
+    """Whether DuckDB refused the file because another process holds its lock (`Could not set
+    lock on file ...: Conflicting lock is held in ...`). Not "lock" anywhere: the message
+    quotes the path, and a damaged file under `block-storage/` was waited on as locked."""
+    message = str(exc).lower()
+    return "could not set lock on file" in message or "conflicting lock" in message
 
 
 def _names_damage(exc: duckdb.Error, path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -276,3 +277,16 @@ def test_a_damaged_warehouse_is_named_in_one_line(tmp_path, damage):
     refused = pytest.raises(WarehouseUnreadableError, match="move it aside and ingest again")
     with refused, Warehouse(path, lock_timeout_s=2) as wh:
         wh.con.sql("SELECT sum(i), count(s) FROM t").fetchall()
+
+
+def test_a_damaged_warehouse_under_a_path_naming_a_lock_is_not_waited_for(tmp_path):
+    """A lock conflict was told by "lock" anywhere in DuckDB's message, which quotes the
+    path: a damaged file under `block-storage/` was waited on for the lock timeout, then
+    reported as held by another process."""
+    path = tmp_path / "block-storage" / "w.duckdb"
+    path.parent.mkdir()
+    path.write_bytes(b"x" * 5000)
+    started = time.monotonic()
+    with pytest.raises(WarehouseUnreadableError, match="move it aside"):
+        Warehouse(path, lock_timeout_s=30).__enter__()
+    assert time.monotonic() - started < 20  # refused at once, not after the lock timeout
