@@ -78,6 +78,18 @@ def test_a_warehouse_a_newer_textperf_migrated_is_refused_to_write(tmp_path):
         wh.migrate()
 
 
+def test_the_quarantine_report_lists_a_files_lines_in_their_order(tmp_path):
+    """Locations are text: `line 10` sorted before `line 3`."""
+    where = ["line 10", "line 3", "file", "line 2", "header"]
+    rows = [QuarantineRow("s", "a.csv", "/x/a.csv", at, f"bad at {at}", "h") for at in where]
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        wh.migrate()
+        with wh.transaction():
+            wh.write_quarantine(rows, "run-1")
+        listed = wh.query("quarantine_report")["location"].to_list()
+    assert listed == ["file", "header", "line 2", "line 3", "line 10"]
+
+
 def test_named_queries_bind_parameters(tmp_path):
     with Warehouse(tmp_path / "w.duckdb") as wh:
         wh.migrate()
