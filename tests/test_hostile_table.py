@@ -121,6 +121,41 @@ def test_an_unreadable_file_is_quarantined_and_the_run_goes_on(tmp_path: Path) -
     (root / "b.csv").chmod(0o644)
 
 
+def test_a_file_that_fails_to_read_after_it_was_hashed_keeps_its_rows_and_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error between hashing a changed file and reading it (a flaky share) quarantined
+    it under the new hash: its stored rows were deleted, and the next runs counted it as
+    unchanged and never read it again until its bytes changed."""
+    from regressor.sources import table
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.csv").write_text("k,y\na,1\n")
+    (root / "b.csv").write_text("k,y\nb,2\n")
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, source(root))
+        (root / "b.csv").write_text("k,y\nb,20\n")
+        read_blocks = table.blocks
+
+        def failing_for_b(path: Path, *args: Any):
+            if path.name == "b.csv":
+                raise OSError(5, "Input/output error")
+            return read_blocks(path, *args)
+
+        monkeypatch.setattr(table, "blocks", failing_for_b)
+        flaky = ingest(wh, source(root), "run-2")
+        assert (flaky.files_seen, flaky.files_quarantined, flaky.files_unchanged) == (2, 1, 1)
+        [(file, reason)] = flaky.quarantined
+        assert file == str(root / "b.csv")
+        assert reason == f"{root / 'b.csv'}: unreadable: Input/output error; not read"
+        assert records(wh)["t/b/b.csv:2"][0] == 2.0  # kept until the file reads
+        monkeypatch.setattr(table, "blocks", read_blocks)
+        again = ingest(wh, source(root), "run-3")
+        assert again.files_ingested == 1
+        assert records(wh)["t/b/b.csv:2"][0] == 20.0
+
+
 # -- Parquet columns that are not text -------------------------------------------------------
 
 

@@ -560,12 +560,15 @@ def fingerprint(path: Path) -> Fingerprint:
 def read_rows(
     wh: Warehouse, source: TableSourceConfig, root: Path, path: Path, ctx: dict[str, str]
 ) -> FileState:
-    """The file's state once read; whatever reading or parsing it raises makes it unusable, with
-    that as its one problem, never the run's."""
+    """The file's state once read; whatever parsing it raises makes it unusable, with that as
+    its one problem, never the run's. A read that fails (vanished, an I/O error since it was
+    hashed) is raised: it says nothing of the file's content (`ingest_file`)."""
     try:
         with as_bad_input(path):
             return load_file(wh, source, root, path, ctx)
     except BadInputError as exc:
+        if isinstance(exc.__cause__, OSError):
+            raise
         return FileState(problems=[exc], usable=False)
 
 
@@ -580,7 +583,27 @@ def ingest_file(
     seen: Fingerprint,
 ) -> None:
     """One readable file in one transaction: its rows and row problems, or (bad file) a single
-    problem."""
+    problem. One that cannot be read after all (gone, or an I/O error, since it was hashed) is
+    refused as an unreadable one is: the transaction rolls back, so its stored rows stay, and
+    it is read again next run. Quarantined under the hash it was listed with, it had lost its
+    rows and counted as unchanged, never read again until its bytes changed."""
+    try:
+        _ingest_read_file(wh, source, root, path, parser, run_id, tally, seen)
+    except BadInputError as exc:
+        tally.seen -= 1  # counted as readable when listed; `refuse` counts it
+        tally.refuse(path.relative_to(root).as_posix(), str(path), str(exc))
+
+
+def _ingest_read_file(
+    wh: Warehouse,
+    source: TableSourceConfig,
+    root: Path,
+    path: Path,
+    parser: str,
+    run_id: str,
+    tally: Tally,
+    seen: Fingerprint,
+) -> None:
     rel, content_hash, size = path.relative_to(root).as_posix(), seen.content_hash, seen.size
     ctx = {
         "source": source.name,
