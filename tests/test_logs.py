@@ -129,6 +129,30 @@ def test_a_field_of_non_ascii_digits_is_no_sample():
     assert summary["values"] == summarize_log(good)["values"]
 
 
+def test_a_number_that_runs_on_past_a_separator_is_no_sample():
+    """A value was cut at its first `,`, `-`, `:` or `/` and kept: `bytes=1,234` read 1,
+    `day=2026-01-01` 2026 and `at=12:30:05` 12. A separator before a letter or a space still
+    ends a field (`a=1,b=2`, `took=12, rows=5`)."""
+    line = "2026-01-01T10:00:00 INFO bytes=1,234 day=2026-01-01 at=12:30:05 r=1-5 q=3/4 "
+    summary = summarize_log(line + "a=1,b=2 took=12, rows=5 cpu-usage=55\n")
+    assert set(summary["values"]) == {"a", "b", "took", "rows", "cpu-usage"}
+    assert summary["values"]["b"]["mean"] == 2.0
+
+
+def test_a_ten_digit_number_is_no_time_in_a_file_stamped_otherwise():
+    """An unstamped line's 10-digit number starting with 1 was read as Unix seconds: a
+    continuation line `bytes=1234567890 copied` between two lines an hour apart made the
+    day span 148,000 hours (2009-02-13). A file stamped only so (HPC's) still reads them."""
+    text = (
+        "2026-01-01T10:00:00 INFO start\n  bytes=1234567890 copied\n2026-01-01T11:00:00 INFO done\n"
+    )
+    summary = summarize_log(text)
+    assert summary["span_h"] == 1.0
+    assert summary["values"]["bytes"]["mean"] == 1.235e9
+    hpc = "1077804742 node-1 state ok\n1077808342 node-1 state ok\n"
+    assert summarize_log(hpc)["span_h"] == 1.0
+
+
 def test_batch_equals_one_by_one_and_empty_is_fine():
     texts = ["a=1\nINFO b\n", "", "2026-01-01T00:00:00 ERROR c=2\n\n\n"]
     assert summarize_logs(texts) == [summarize_log(t) for t in texts]

@@ -37,7 +37,9 @@ import polars as pl
 # Bump when the summary changes, so ingest re-summarises files whose bytes did not change.
 # 4: lines cut to MAX_LINE_CHARS; a byte order mark no longer part of the first line.
 # 5: key=value fields read ASCII digits only (logs quarantined for a "retries=３" are re-read).
-SUMMARY_VERSION = 5
+# 6: a value running on past a separator (`1,234`, `2026-01-01`, `12:30`) is no sample; keys may
+#    hold hyphens (`cpu-usage`); a 10-digit number is no time in a file stamped otherwise.
+SUMMARY_VERSION = 6
 SIGNIFICANT_DIGITS = 4
 # A line's first characters are what is summarised: a dumped blob on one line would otherwise be
 # one template as long as itself in the stored summary, and cost ~50x its size to mask.
@@ -70,7 +72,11 @@ MASKS: tuple[tuple[str, str], ...] = (
 # ASCII digits: the regex engine's \d also matches "３" or "٣", which the Float64 cast then
 # refused, and the whole log was quarantined.
 _NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-FIELD_RE = r"\b[A-Za-z_][\w.]*=" + _NUMBER + r"(?:[^\w.]|$)"
+FIELD_RE = r"\b[A-Za-z_][\w.\-]*=" + _NUMBER + r"(?:[^\w.]|$)"
+# A separator between two digits joins them into one value that is no number (`1,234`,
+# `2026-01-01`, `12:30:05`, `1-5`, `3/4`): written as a letter before the fields are read, so
+# the field's number runs on into it and is no sample (the regex engine has no lookahead).
+DIGIT_JOIN = r"([0-9])[,:/\-]([0-9])"
 
 
 def round_sig(value: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | None:
@@ -119,12 +125,21 @@ def _timestamp(line: pl.Expr, pattern: str, fmt: str) -> pl.Expr:
     return raw.str.replace("T", " ").str.to_datetime(fmt, strict=False, time_unit="ms")
 
 
-def stamped_lines(lines: pl.DataFrame) -> pl.DataFrame:
+def stamped_lines(lines: pl.DataFrame, clocked: pl.Series | None = None) -> pl.DataFrame:
     """Add `ts` and `message` (the line without its timestamp): each format is tried only on the
-    lines that no earlier format matched, so the common one-format file costs one pass."""
+    lines that no earlier format matched, so the common one-format file costs one pass.
+
+    Unix seconds are tried only in files no line of which has a clock stamp (an earlier format,
+    or `clocked`, the files already stamped so): there a 10-digit number starting with 1 on an
+    unstamped line is a value (`bytes=1234567890`), and was read as a time in 2009."""
     text = pl.col("text")
-    parts, rest = [], lines
+    parts, rest, held = [], lines, lines.clear()
+    stamped = lines.clear()["file"] if clocked is None else clocked
     for pattern, fmt in TIMESTAMP_FORMATS:
+        if fmt == "epoch":
+            stamped = pl.concat([stamped, *(part["file"] for part in parts)])
+            held = rest.filter(pl.col("file").is_in(stamped.implode()))
+            rest = rest.filter(~pl.col("file").is_in(stamped.implode()))
         if rest.is_empty():
             break
         rest = rest.with_columns(_timestamp(text, pattern, fmt).cast(pl.Datetime("ms")).alias("ts"))
@@ -132,6 +147,7 @@ def stamped_lines(lines: pl.DataFrame) -> pl.DataFrame:
         parts.append(hit.with_columns(text.str.replace(pattern, "").alias("message")))
         rest = rest.filter(pl.col("ts").is_null()).drop("ts")
     none = pl.lit(None, pl.Datetime("ms"))
+    rest = pl.concat([rest, held.select(rest.columns)]) if held.height else rest
     parts.append(rest.with_columns(none.alias("ts"), text.alias("message")))
     parts = [part for part in parts if part.height] or parts[-1:]
     return parts[0] if len(parts) == 1 else pl.concat(parts).sort("row")
@@ -171,7 +187,8 @@ def shaped_lines(texts: Sequence[str]) -> pl.DataFrame:
     fast, rest = iso_prefixed(split_lines(texts))
     if rest.is_empty():
         return fast
-    slow = stamped_lines(rest).with_columns(shape_expr(pl.col("message")).alias("shape"))
+    slow = stamped_lines(rest, fast["file"].unique())
+    slow = slow.with_columns(shape_expr(pl.col("message")).alias("shape"))
     slow = slow.drop("message").select(fast.columns)
     return slow if fast.is_empty() else pl.concat([fast, slow]).sort("row")
 
@@ -201,9 +218,10 @@ def field_values(lines: pl.DataFrame) -> pl.DataFrame:
     """One row per numeric `key=value` occurrence: file, ts, key, value. A value beyond float64
     (`x=1e400` reads as infinity) is dropped like a non-number: one such sample would turn the
     key's mean, p95, max and trend into nulls."""
+    joined = pl.col("text").str.replace_all(DIGIT_JOIN, "${1}x${2}")
     pairs = (
         lines.filter(pl.col("text").str.contains("=", literal=True))
-        .select("file", "ts", pl.col("text").str.extract_all(FIELD_RE).alias("pair"))
+        .select("file", "ts", joined.str.extract_all(FIELD_RE).alias("pair"))
         .explode("pair")
         .drop_nulls("pair")
     )
