@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from regressor.config import RunsSourceConfig
@@ -203,6 +204,45 @@ def test_series_summary_per_window_with_clock_wrap():
     cpu = summary["windows"]["10s"]["cpu"]
     assert cpu == {"mean": 14.5, "p50": 14.5, "p95": 18.55, "max": 19.0, "trend": 3600.0}
     assert summary["windows"]["0s"]["mem"]["trend"] == 0.0
+
+
+def _series(*rows: str) -> pl.DataFrame:
+    return read_series("time,cpu\n" + "".join(f"{row}\n" for row in rows), None)
+
+
+def test_a_sar_log_keeps_its_times_through_a_stray_row_or_step_back():
+    """One row whose stamp did not parse (sar's `Average:` line, a header repeated mid-file)
+    switched the whole file to sample indices (a 10-minute trend of 6/h read 1440/h, and the
+    row was a sample); a one-second step back was read as a day passing (span 24 h); and
+    datetimes out of order gave negative times."""
+    stray = _series("10:00:00,1", "10:10:00,2", "10:20:00,3", "Average:,2", "time,cpu")
+    assert stray["t"].to_list() == [0.0, 600.0, 1200.0]
+    [summary] = summarize_frames([stray])
+    assert summary["samples"] == 3
+    assert summary["windows"]["all"]["cpu"]["trend"] == 6.0
+    back = _series("10:00:00,1", "10:00:02,2", "10:00:01,3", "10:00:03,4")
+    assert back["t"].to_list() == [0.0, 2.0, 1.0, 3.0]
+    assert summarize_frames([back])[0]["span_h"] == round(3 / 3600, 7)
+    midnight = _series("23:59:59,1", "00:00:01,2")
+    assert midnight["t"].to_list() == [0.0, 2.0]
+    unsorted = _series("2026-01-01 10:00:30,1", "2026-01-01 10:00:00,2", "2026-01-01 10:01:30,3")
+    assert unsorted["t"].to_list() == [30.0, 0.0, 90.0]
+    # fractional and AM/PM clocks were sample indices too
+    assert _series("10:00:30.5,1", "10:00:31.0,2", "10:00:32.5,3")["t"].to_list() == [0, 0.5, 2]
+    assert _series("11:59:59 PM,1", "12:00:01 AM,2")["t"].to_list() == [0.0, 2.0]
+
+
+def test_a_trend_needs_two_times_and_keeps_its_precision_on_large_values():
+    """One sample had a trend of 0.0 (the log summary's rule gives None); and the uncentred
+    covariance lost the slope of a counter near 1e12 (3600/h read 4051 and 2701)."""
+    [one] = summarize_frames([_series("10:00:00,5")])
+    assert one["windows"]["all"]["cpu"]["trend"] is None
+    rows = [f"10:{m:02d}:{s:02d},{1e12 + 60 * m + s:.0f}" for m in range(10) for s in range(60)]
+    [counter] = summarize_frames([_series(*rows)])
+    assert counter["windows"]["all"]["cpu"]["trend"] == 3600.0
+    # A slope that is nil is 0.0, not the sums' rounding residue (lumos read 4.6e-14).
+    level = [f"10:00:{s:02d},{v}" for s, v in enumerate([0.3, 5.77, 0.51, 0.1, 0.51, 5.77, 0.3])]
+    assert summarize_frames([_series(*level)])[0]["windows"]["all"]["cpu"]["trend"] == 0.0
 
 
 def test_nan_and_numbers_beyond_float64_in_a_log_count_as_missing_samples():

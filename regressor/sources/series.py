@@ -18,7 +18,13 @@ import polars as pl
 from regressor.sources.common import BadInputError
 from regressor.sources.logs import round_sig
 
-SERIES_VERSION = 2
+# 3: a row whose stamp does not parse is dropped, not the whole file's times; a clock wraps past
+#    midnight only on a step back of more than 12 hours; times count from the earliest sample;
+#    fractional and AM/PM clocks; a centred trend, None for a column of one time.
+SERIES_VERSION = 3
+CLOCK_FORMATS = ("%H:%M:%S", "%H:%M:%S%.f", "%I:%M:%S %p")
+MIDNIGHT_STEP_S = 12 * 3600  # a clock stepping back further has passed midnight
+ROUNDING = 1e-12  # a trend's change over its window below this share of its values is nil
 STATS = ("mean", "p50", "p95", "max", "trend")
 # The long frame's column-name and value columns: unlike "col" or "value", no log header
 # clashes with them (polars refuses an unpivot whose new columns repeat a name).
@@ -34,6 +40,9 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
     if frame.height == 0:
         raise BadInputError("no samples after the header")
     time_col, *rest = frame.columns
+    seconds = elapsed_seconds(frame[time_col])
+    if seconds.null_count():  # `Average:`, a repeated header: rows that are no sample
+        frame, seconds = frame.filter(seconds.is_not_null()), seconds.drop_nulls()
     wanted = [c for c in (columns or rest) if c in rest and c != "t"]  # `t` is ours
     # `t` in the same select: a log without value columns still has its samples. NaN, and a
     # number beyond float64 (`1e400` reads as infinity), count as missing like text does: one
@@ -41,7 +50,7 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
     numbers = pl.col(wanted).str.strip_chars().cast(pl.Float64, strict=False)
     numeric = frame.select(
         pl.when(numbers.is_finite()).then(numbers),
-        pl.lit(elapsed_seconds(frame[time_col])).alias("t"),
+        pl.lit(seconds).alias("t"),
     )
     return numeric.select(
         [c for c in numeric.columns if c == "t" or numeric[c].null_count() < frame.height]
@@ -49,17 +58,28 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
 
 
 def elapsed_seconds(stamps: pl.Series) -> pl.Series:
-    """Seconds since the first sample: clock times (wrapping past midnight), datetimes, or the
-    sample index when the column is neither (one sample per second is the common case)."""
-    clock = stamps.str.strip_chars().str.to_time("%H:%M:%S", strict=False)
-    if clock.null_count() == 0:
-        secs = clock.cast(pl.Int64) / 1e9
-        wraps = (secs.diff().fill_null(0) < 0).cum_sum() * 86400.0
-        return secs + wraps - secs[0]
+    """Seconds since the earliest sample, from clock times or datetimes, whichever reads more
+    stamps; null where a stamp does not parse while others do (sar's `Average:` line, a header
+    repeated mid-file), a row `read_series` drops: one such row made the whole file fall back to
+    sample indices. The sample index when no stamp parses (one sample per second is the common
+    case). A clock wraps past midnight only on a step back of more than 12 hours: a smaller one
+    (a stray sample, a DST change) was read as a day passing."""
+    stripped = stamps.str.strip_chars()
+    clocks = [stripped.str.to_time(fmt, strict=False) for fmt in CLOCK_FORMATS]
+    clock = min(clocks, key=lambda c: c.null_count())
     when = datetimes(stamps)
-    if when is not None and when.null_count() == 0:
+    if clock.null_count() < len(clock) and (
+        when is None or clock.null_count() <= when.null_count()
+    ):
+        secs = clock.cast(pl.Int64) / 1e9
+        read = secs.drop_nulls()
+        wraps = (read.diff().fill_null(0) < -MIDNIGHT_STEP_S).cum_sum() * 86400.0
+        times = pl.Series([None] * len(secs), dtype=pl.Float64)
+        times = times.scatter(secs.is_not_null().arg_true(), read + wraps)
+        return times - times.min()
+    if when is not None and when.null_count() < len(when):
         ms = when.dt.epoch("ms").cast(pl.Float64)
-        return (ms - ms[0]) / 1e3
+        return (ms - ms.min()) / 1e3
     return pl.Series(range(len(stamps)), dtype=pl.Float64)
 
 
@@ -99,19 +119,25 @@ def summarize_frames(
 
 
 def aggregate(long: pl.DataFrame) -> pl.DataFrame:
-    """Per (file, window, column): the stats; trend = cov(t, v) / var(t) in units per hour."""
+    """Per (file, window, column): the stats; trend = cov(t, v) / var(t) in units per hour,
+    centred (E[tv] - E[t]E[v] lost a counter near 1e12's slope to rounding), None without two
+    distinct times (as the log summary's), 0.0 for a flat column or one whose fitted change
+    over the window is below float64's rounding of its values (`ROUNDING`): the centred sums
+    leave a residue of ~1e-13 where the slope is nil."""
     t, v = pl.col("t") / 3600.0, pl.col(VALUE)
-    var_t = (t * t).mean() - t.mean() ** 2
-    slope = ((t * v).mean() - t.mean() * v.mean()) / var_t
+    dt = t - t.mean()
+    var_t = (dt * dt).mean()
+    slope = (dt * (v - v.mean())).mean() / var_t
+    nil = slope.abs() * (t.max() - t.min()) <= ROUNDING * v.abs().max()
     return long.group_by("file", "w", COL).agg(
         v.mean().alias("mean"),
         v.median().alias("p50"),
         v.quantile(0.95, "linear").alias("p95"),
         v.max().alias("max"),
-        pl.when(v.n_unique() == 1)
+        pl.when(var_t <= 1e-12)
+        .then(None)
+        .when((v.n_unique() == 1) | nil)
         .then(0.0)
-        .when(var_t > 1e-12)
-        .then(slope)
-        .otherwise(None)
+        .otherwise(slope)
         .alias("trend"),
     )
