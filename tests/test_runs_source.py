@@ -232,6 +232,14 @@ def test_a_sar_log_keeps_its_times_through_a_stray_row_or_step_back():
     assert _series("11:59:59 PM,1", "12:00:01 AM,2")["t"].to_list() == [0.0, 2.0]
 
 
+def test_a_header_with_spaces_after_its_commas_names_its_columns():
+    """The values were stripped, the header names not: `time, %user` kept ` %user`, and
+    `log_columns: ["%user"]` silently kept nothing."""
+    frame = read_series("time, %user, cpu\n10:00:00, 5, 1\n10:00:01, 7, 2\n", ["%user"])
+    assert frame.columns == ["%user", "t"]
+    assert frame["%user"].to_list() == [5.0, 7.0]
+
+
 def test_a_trend_needs_two_times_and_keeps_its_precision_on_large_values():
     """One sample had a trend of 0.0 (the log summary's rule gives None); and the uncentred
     covariance lost the slope of a counter near 1e12 (3600/h read 4051 and 2701)."""

@@ -20,7 +20,8 @@ from regressor.sources.logs import round_sig
 
 # 3: a row whose stamp does not parse is dropped, not the whole file's times; a clock wraps past
 #    midnight only on a step back of more than 12 hours; times count from the earliest sample;
-#    fractional and AM/PM clocks; a centred trend, None for a column of one time.
+#    fractional and AM/PM clocks; a centred trend, None for a column of one time; header names
+#    stripped of spaces (`time, %user` matched no `log_columns: ["%user"]`).
 SERIES_VERSION = 3
 CLOCK_FORMATS = ("%H:%M:%S", "%H:%M:%S%.f", "%I:%M:%S %p")
 MIDNIGHT_STEP_S = 12 * 3600  # a clock stepping back further has passed midnight
@@ -39,6 +40,9 @@ def read_series(text: str, columns: Sequence[str] | None) -> pl.DataFrame:
         raise BadInputError(f"not a readable CSV: {str(exc).splitlines()[0]}") from exc
     if frame.height == 0:
         raise BadInputError("no samples after the header")
+    names = [name.strip() for name in frame.columns]  # `time, %user`: the values are stripped
+    if len(set(names)) == len(names):  # unless two would then share a name
+        frame.columns = names
     time_col, *rest = frame.columns
     seconds = elapsed_seconds(frame[time_col])
     if seconds.null_count():  # `Average:`, a repeated header: rows that are no sample
