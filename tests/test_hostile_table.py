@@ -156,6 +156,33 @@ def test_a_file_that_fails_to_read_after_it_was_hashed_keeps_its_rows_and_is_rea
         assert records(wh)["t/b/b.csv:2"][0] == 20.0
 
 
+@pytest.mark.parametrize("keys", [None, ["k"]])
+def test_a_renamed_table_file_is_read_in_place_of_its_old_name(
+    tmp_path: Path, keys: list[str] | None
+) -> None:
+    """A renamed file's gone name kept its rows: keyed by path, every record was stored twice;
+    with key columns, the renamed file's rows were all quarantined as repeats of the gone
+    file's, and an edit to it never reached the warehouse. A gone file with no twin still
+    keeps its rows (a share may be away for a run)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "bench_2024.csv").write_text("k,y\na,1\nb,2\n")
+    (root / "other.csv").write_text("k,y\nc,3\n")
+    cfg = source(root, **({"key_columns": keys} if keys else {}))
+    with Warehouse(tmp_path / "w.duckdb") as wh:
+        ingest(wh, cfg)
+        (root / "bench_2024.csv").rename(root / "bench_renamed.csv")
+        (root / "other.csv").unlink()
+        report = ingest(wh, cfg, "run-2")
+        assert report.quarantined == []
+        stored = records(wh)
+        assert sorted(y for y, _ in stored.values()) == [1.0, 2.0, 3.0]  # each record once
+        assert not any("bench_2024" in rid for rid in stored), stored
+        (root / "bench_renamed.csv").write_text("k,y\na,10\nb,2\n")
+        ingest(wh, cfg, "run-3")
+        assert sorted(records(wh)[rid][0] for rid in records(wh)) == [2.0, 3.0, 10.0]
+
+
 # -- Parquet columns that are not text -------------------------------------------------------
 
 

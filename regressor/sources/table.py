@@ -36,6 +36,7 @@ from regressor.sources.common import (
     as_bad_input,
     file_hash,
     file_row,
+    forget_files,
     known_files,
     message,
     quarantine_row,
@@ -631,14 +632,33 @@ def _ingest_read_file(
     tally.rejected += [(q.file, q.reason) for q in quarantined]
 
 
+def forget_renamed(
+    wh: Warehouse, source: str, known: Known, fingerprints: dict[str, Fingerprint]
+) -> Known:
+    """`known` less the stored files no longer listed whose bytes a listed file now has (renamed
+    or moved), whose rows are deleted so the listed one is read in their place: they stayed
+    beside it, each record twice (keys by path), or every keyed row of the renamed file was
+    quarantined as a repeat of the gone one's. A gone file with no such twin keeps its rows
+    (a share may be away for a run; `--forget-gone` drops them)."""
+    hashes = {fp.content_hash for fp in fingerprints.values() if not fp.problem}
+    gone = [rel for rel, (h, _, _) in known.items() if rel not in fingerprints and h in hashes]
+    if gone:
+        with wh.transaction():
+            forget_files(wh, pl.DataFrame({"source": [source] * len(gone), "path": gone}))
+    return {rel: stored for rel, stored in known.items() if rel not in gone}
+
+
 def to_read(
-    wh: Warehouse, source: TableSourceConfig, known: Known, parser: str, listed: dict[str, Path]
+    wh: Warehouse,
+    source: TableSourceConfig,
+    known: Known,
+    parser: str,
+    fingerprints: dict[str, Fingerprint],
 ) -> dict[str, Fingerprint]:
     """The listed files to read, changed ones first: new or changed bytes or parser, unreadable
     now; then, when any is, unchanged ones holding the repeat of a key another file held."""
     changed, same = {}, {}
-    for rel, path in listed.items():
-        seen = fingerprint(path)
+    for rel, seen in fingerprints.items():
         stored = known.get(rel)
         unchanged = stored and not seen.problem and stored[:2] == (seen.content_hash, parser)
         (same if unchanged else changed)[rel] = seen
@@ -657,7 +677,9 @@ def ingest_table(wh: Warehouse, source: TableSourceConfig, run_id: str) -> Inges
     known: Known = known_files(wh, source.name)
     before, tally = count_records(wh, source.name), Tally()
     listed = {p.relative_to(root).as_posix(): p for p in safe_files(root, source.files, tally)}
-    reading = to_read(wh, source, known, parser, listed)
+    fingerprints = {rel: fingerprint(path) for rel, path in listed.items()}
+    known = forget_renamed(wh, source.name, known, fingerprints)
+    reading = to_read(wh, source, known, parser, fingerprints)
     unreadable = {rel: seen.problem for rel, seen in reading.items() if seen.problem}
     tally.seen += len(listed) - len(unreadable)  # `refuse` counts the others
     tally.unchanged += len(listed) - len(reading)
