@@ -214,6 +214,39 @@ def test_a_row_that_repeated_a_gone_files_key_is_stored_once_that_file_is_forgot
     assert stored(tmp_path / "wh.duckdb")["quarantine"] == []
 
 
+def test_a_forgetting_run_stopped_before_its_ingest_loses_no_good_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgetting deleted every row of the files holding a repeat of a gone file's key, good
+    rows too, in its own transaction, and left them to the ingest after it: a run stopped in
+    between (the adapter failing, a kill) had lost `b.csv`'s key 3, which repeated nothing. Now
+    those files are only marked to be read again; their rows stay until they are."""
+    from regressor.sources import dispatch
+
+    root = tmp_path / "table"
+    root.mkdir()
+    (root / "a.csv").write_text("id,x,y\n1,5,10\n2,6,11\n")
+    (root / "b.csv").write_text("id,x,y\n2,7,12\n3,8,13\n")
+    table = {"name": "t", "adapter": "table", "root": root, "files": ["*.csv"], "task": "bench"}
+    source = TableSourceConfig.model_validate(
+        table | {"target_columns": ["y"], "key_columns": ["id"]}
+    )
+    db = tmp_path / "wh.duckdb"
+    run(db, source, tmp_path, "r0", forget=False)
+    (root / "a.csv").unlink()
+
+    def stopped(*args: object) -> None:
+        raise RuntimeError("stopped after forgetting")
+
+    monkeypatch.setattr(dispatch, "adapter_ingest", stopped)
+    with pytest.raises(RuntimeError), Warehouse(db) as wh:
+        ingest_source(wh, source, tmp_path, "r1", forget=True)
+    assert [target for *_, target in stored(db)["records"]] == [13.0]  # key 3 of b.csv kept
+    monkeypatch.undo()
+    run(db, source, tmp_path, "r2", forget=False)
+    assert stored(db) == clean_state(tmp_path, source, tmp_path)
+
+
 # -- a folder that cannot be searched ----------------------------------------------------------
 
 CHILD = """

@@ -69,18 +69,30 @@ def require_source_folder(source: str, root: Path, hint: str = "") -> None:
 
 
 def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
-    """Delete every row derived from the source's gone files, in one transaction, and the stored
-    state of the files whose rows depend on them (the ingest that follows reads those again).
-    Returns the gone paths."""
+    """Delete every row derived from the source's gone files, and from the other file of a run
+    one of whose files is gone, in one transaction; and the stored state (not the rows) of the
+    files holding a repeat of a key, which the ingest that follows reads again. Their rows were
+    deleted too, so a run stopped before that ingest had lost their good records. Returns the
+    gone paths."""
     require_source_folder(source, root)  # else every file would look gone
     gone = gone_files(wh, source, root)
     if not gone:
         return []
     frame = pl.DataFrame({"path": gone}, schema={"path": pl.String})
     with wh.registered("gone_files", frame):
-        again = wh.query("gone_dependents", source=source, repeated=STORED_ELSEWHERE)["path"]
-    forget = sorted(set(gone) | set(again))
+        again = wh.query("gone_dependents", source=source, repeated=STORED_ELSEWHERE)
+    forget = set(gone) | set(again.filter(~pl.col("reread_only"))["path"])
+    reread = set(again.filter(pl.col("reread_only"))["path"]) - forget
     with wh.transaction():
-        forget_files(wh, pl.DataFrame({"source": [source] * len(forget), "path": forget}))
+        forget_files(wh, _paths(source, forget))
+        with wh.registered("staged_files", _paths(source, reread)):
+            wh.execute("delete_staged_file_states")
     logger.info("%s: forgot %d gone file(s) under %s: %s", source, len(gone), root, gone[:20])
     return gone
+
+
+def _paths(source: str, paths: set[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"source": [source] * len(paths), "path": sorted(paths)},
+        schema={"source": pl.String, "path": pl.String},
+    )
