@@ -80,7 +80,19 @@ def fetch_bundle(paths: ResolvedPaths, name: str, destination: Path) -> bool:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=scratch
         )
+        if _complete(destination):  # another process fetching the same bundle landed it first
+            return True
         if destination.is_dir():
             shutil.rmtree(destination)
-        Path(local).rename(destination)  # one file system: the scratch folder is a sibling
+        try:
+            Path(local).rename(destination)  # one file system: the scratch folder is a sibling
+        except OSError:  # landed by another process in between (a non-empty folder is there)
+            if not _complete(destination):
+                raise
     return True
+
+
+def _complete(bundle: Path) -> bool:
+    """Whether `bundle` holds a whole bundle (its `bundle.json` is written last): a process
+    fetching the same bundle deleted one another had landed and was loading."""
+    return (bundle / "bundle.json").is_file()

@@ -369,6 +369,27 @@ def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
     assert (cut_short / "weights.pt").read_bytes() == b"w"
 
 
+def test_a_bundle_another_process_landed_is_left_in_place(tmp_path) -> None:
+    """Two processes fetching the same prior (`--textperf-first-rep` runs side by side): the
+    later one deleted the bundle the first had landed and was loading, then moved its own in."""
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "bundle.json").write_text("{}")
+    (kept / "weights.pt").write_bytes(b"w")
+    bundle_store.keep_bundle(paths, "prior_seed0", kept, {}, {})
+    mlflow.set_tracking_uri(None)
+    landed = tmp_path / "ckpt" / "bundle"
+    landed.mkdir(parents=True)
+    (landed / "weights.pt").write_bytes(b"loading")
+    (landed / "bundle.json").write_text("{}")
+    before = (landed / "weights.pt").stat().st_ino
+    assert bundle_store.fetch_bundle(paths, "prior_seed0", landed)
+    mlflow.set_tracking_uri(None)
+    assert (landed / "weights.pt").stat().st_ino == before  # the same file, never replaced
+    assert sorted(p.name for p in landed.parent.iterdir()) == ["bundle"]  # no scratch left
+
+
 def test_deepperf_exact_fine_tuning_is_not_cut_by_the_clock(tmp_path, capsys) -> None:
     """`--fine-tune-exact`: a fine-tuning whose minutes ran out long ago still takes its
     `--fine-tune-steps` (a real tiny prior, real fine-tunings), where without it the clock
