@@ -404,9 +404,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         """`last` at the final step too, wherever the plan, the clock or early stopping ended
         it (Lightning's own end-of-training save is skipped once any `last` was written)."""
         super().on_train_end(trainer, pl_module)
-        if self._last_written_at != trainer.global_step:
+        self.save_final_last(trainer)
+
+    def save_final_last(self, trainer: L.Trainer) -> None:
+        """`last` at the final step, unless one was written there (by this or by the step's
+        validation). `EMAAfterWarmup` calls it before it puts the average over the live
+        weights, which a save after that would keep as the raw ones too."""
+        step = trainer.global_step
+        if step not in (self._last_written_at, self._last_global_step_saved):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_written_at = trainer.global_step
+            self._last_written_at = step
 
 
 def _rebased(state: dict[str, Any], dirpath: Path) -> dict[str, Any]:
@@ -484,6 +491,15 @@ class EMAAfterWarmup(EMAWeightAveraging):
         assert average is not None
         average.update_parameters(pl_module)  # with nothing averaged yet, a copy
         average.n_averaged.zero_()  # so the first real update copies again, as before
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final `last` first (`BestAndLastCheckpoint.save_final_last`): Lightning runs
+        checkpoint callbacks after this one, whose end puts the average over the live weights,
+        and a `last` saved then held the average as the raw weights to resume from."""
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, BestAndLastCheckpoint):
+                callback.save_final_last(trainer)
+        super().on_train_end(trainer, pl_module)
 
 
 class RunLogger(MLFlowLogger):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
@@ -157,6 +158,31 @@ def test_ema_weights_are_validated_checkpointed_and_returned(tmp_path: Path) -> 
         torch.testing.assert_close(returned[name], value)
     raw = saved["current_model_state"]
     assert any(not torch.equal(raw[k], v) for k, v in saved["state_dict"].items())
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_an_ema_fits_final_last_checkpoint_keeps_the_raw_weights(
+    tmp_path: Path, validated: bool
+) -> None:
+    """`last.ckpt` holds the average as its weights and the raw ones to resume from. The final
+    save ran after the averaging callback had put the average over the live weights, so both
+    were the average: a finished run continued to more steps went on from the average."""
+    cfg = train_config(12).model_copy(
+        update={"ema_decay": 0.5, "val_every_steps": 5, "warmup_steps": 0, "lr": 1e-2}
+    )
+    train, val = toy_data()
+    fit(
+        toy_predictor(),
+        train,
+        val if validated else ([], np.array([])),
+        cfg,
+        tmp_path,
+        resume=False,
+    )
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12
+    raw, averaged = last["current_model_state"], last["state_dict"]
+    assert any(not torch.equal(raw[k], v) for k, v in averaged.items())
 
 
 def test_an_ema_fit_ending_within_warmup_returns_the_trained_weights(tmp_path: Path) -> None:
