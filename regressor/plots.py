@@ -10,6 +10,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from regressor.sampling import nan_quantile
+
 # Beyond this a barely trained model's draws (the codec spans every float64, up to ~1.8e308) can
 # make an axis whose span overflows to inf, and matplotlib's tick locator then raises: such points
 # are drawn at the bound instead of failing the run that logs the figure.
@@ -85,7 +87,7 @@ def calibration(y_true: np.ndarray, samples: np.ndarray, title: str) -> Figure:
     finite = np.where(np.isfinite(samples[drawn]), samples[drawn], np.nan)
     fig, ax = _figure()
     if drawn.any():
-        quantiles = np.nanquantile(finite, levels, axis=1)  # [L, N drawn]
+        quantiles = nan_quantile(finite, levels)  # [L, N drawn]
         empirical = (y_true[drawn][None, :] <= quantiles).mean(axis=1)
         ax.plot(levels, empirical, "o-", label="model")
     _untold(ax, int((~drawn).sum()), "a finite draw")

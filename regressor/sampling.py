@@ -207,6 +207,9 @@ def log_prob(
     return logp.gather(2, target[:, :, None]).squeeze(2).sum(1).double().cpu().numpy()
 
 
+HALF_MAX = FLOAT_MAX / 2  # a draw beyond it can make an interpolation overflow
+
+
 def _within_range(values: np.ndarray) -> np.ndarray:
     """Statistics of finite samples stay finite: the midpoint or mean of two samples near the
     float64 maximum overflows to inf (NaN stays NaN)."""
@@ -219,8 +222,27 @@ def finite_median(samples: np.ndarray) -> np.ndarray:
     finite = np.where(np.isfinite(samples), samples, np.nan)
     with warnings.catch_warnings():  # all-NaN rows are expected and documented: NaN out
         warnings.simplefilter("ignore", RuntimeWarning)
-        with np.errstate(over="ignore"):
+        if not _near_limit(finite):
             return _within_range(np.nanmedian(finite, axis=1))
+        with np.errstate(over="ignore"):  # two large draws' midpoint was inf: halved first
+            return _within_range(np.nanmedian(finite * 0.5, axis=1) * 2.0)
+
+
+def nan_quantile(finite: np.ndarray, q: float | np.ndarray, axis: int = 1) -> np.ndarray:
+    """`np.nanquantile` along `axis` that cannot overflow: between draws near float64's limit
+    (a barely trained model's ±1e308; the codec spans every float64) the interpolation's
+    difference was inf, so every level below the middle read +inf and every one above -inf.
+    Such arrays are halved and doubled back, which is exact for normal floats; others are
+    computed as they are (their results bit for bit)."""
+    if not _near_limit(finite):
+        return np.nanquantile(finite, q, axis=axis)
+    with np.errstate(over="ignore"):
+        return np.nanquantile(finite * 0.5, q, axis=axis) * 2.0
+
+
+def _near_limit(finite: np.ndarray) -> bool:
+    """Whether any draw is beyond half float64's range, where a difference can overflow."""
+    return bool(np.nanmax(np.abs(finite), initial=0.0) > HALF_MAX)
 
 
 def summarize(
@@ -244,7 +266,7 @@ def summarize(
         for q in quantiles:
             # The 50% quantile is the median itself: interpolating between the two middle
             # samples can land one ulp off their mean, and users read p50 == median.
-            point = out["median"] if q == 0.5 else np.nanquantile(finite, q, axis=1)
+            point = out["median"] if q == 0.5 else nan_quantile(finite, q)
             out[f"q{percent_label(q)}"] = _within_range(point)
     out["finite_fraction"] = np.isfinite(samples).mean(axis=1)
     return out

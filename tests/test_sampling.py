@@ -366,3 +366,21 @@ def test_an_inputs_pad_width_follows_its_own_length_and_batches_keep_to_one_widt
     order = np.argsort(lengths, kind="stable")
     batches = width_batches(order, widths, batch_size=2)
     assert [b.tolist() for b in batches] == [[5, 0], [2], [4, 1], [3]]
+
+
+def test_quantiles_of_draws_near_the_float64_limit_do_not_overflow() -> None:
+    """Between an untrained model's draws of ±1e308 the interpolation overflowed: q10 read
+    +inf (clipped to 1.8e308) and q90 -inf, an interval excluding every truth, and the
+    calibration plot's curve came out upside down; two large draws' median was inf."""
+    from regressor.plots import calibration
+
+    wide = np.array([[-1e308, 1e308]] * 3)
+    out = summarize(wide)
+    assert np.allclose(out["q10"], -0.8e308)
+    assert np.allclose(out["q90"], 0.8e308)
+    assert out["median"].tolist() == [0.0] * 3
+    assert summarize(np.array([[1e308, 1.5e308]]))["median"][0] == 1.25e308
+    ordinary = np.random.default_rng(0).lognormal(3, 1, (20, 16))
+    assert summarize(ordinary)["q10"].tolist() == np.quantile(ordinary, 0.1, axis=1).tolist()
+    curve = calibration(np.array([1.0, 2.0, 3.0]), wide, "wide").axes[0].lines[0].get_ydata()
+    assert list(curve) == sorted(curve)  # the fraction below rises with the level
