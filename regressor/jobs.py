@@ -6,6 +6,7 @@ markdown renderers beside them make the Prefect artifact.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from regressor import pipeline, registry, report, retention
@@ -119,7 +120,8 @@ def gc_command(paths: ResolvedPaths) -> str:
             f"`MLFLOW_TRACKING_URI={uri} mlflow gc --backend-store-uri DATABASE_URI`, where "
             "DATABASE_URI is the tracking server's backend store (its --backend-store-uri)"
         )
-    return f"`mlflow gc --backend-store-uri {uri} --tracking-uri {uri}`"
+    quoted = shlex.quote(uri)  # a store under a folder with a space split the argument
+    return f"`mlflow gc --backend-store-uri {quoted} --tracking-uri {quoted}`"
 
 
 def run_link(tracking_uri: str, run_id: str) -> str:

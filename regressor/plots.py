@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers and CI
@@ -16,6 +18,7 @@ from regressor.sampling import nan_quantile
 # make an axis whose span overflows to inf, and matplotlib's tick locator then raises: such points
 # are drawn at the bound instead of failing the run that logs the figure.
 PLOT_BOUND = 1e300
+TITLE_CHARS = 50  # what a title line holds across a 5-inch figure
 
 
 # Beyond this many records, bars overlap into one blob (690 held-out days on the demo): each
@@ -32,8 +35,10 @@ def _figure() -> tuple[Figure, Axes]:
 
 def _titled(ax: Axes, title: str) -> None:
     """`title` as plain text: a task named `price_$USD_per_$` read as mathtext failed the
-    figure, and with it the adaptation that logs it."""
-    ax.set_title(title, parse_math=False)
+    figure, and with it the adaptation that logs it. Wrapped at `TITLE_CHARS` (matplotlib's
+    own `wrap` parses it as mathtext again): on a 5-inch figure a title holding a
+    28-character task name ran past both edges, its record count cut off."""
+    ax.set_title(textwrap.fill(title, TITLE_CHARS), parse_math=False)
 
 
 def _untold(ax: Axes, missing: int, what: str) -> None:

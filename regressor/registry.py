@@ -438,13 +438,25 @@ def beats(
         )
     for metric in rule.higher_is_better:
         if not _no_worse(challenger[metric], champion[metric], higher_is_better=True):
-            return False, f"{metric} {challenger[metric]:.4g} < {against}'s {champion[metric]:.4g}"
+            mine, theirs = _told_apart(challenger[metric], champion[metric])
+            return False, f"{metric} {mine} < {against}'s {theirs}"
     for metric in rule.lower_is_better:
         if not _no_worse(challenger[metric], champion[metric], higher_is_better=False):
-            return False, f"{metric} {challenger[metric]:.4g} > {against}'s {champion[metric]:.4g}"
+            mine, theirs = _told_apart(challenger[metric], champion[metric])
+            return False, f"{metric} {mine} > {against}'s {theirs}"
     return True, f"not worse than the {against} on " + ", ".join(
         rule.higher_is_better + rule.lower_is_better
     )
+
+
+def _told_apart(mine: float, theirs: float) -> tuple[str, str]:
+    """Both values to 4 significant digits, or as many more as it takes to tell them apart: a
+    refusal read "spearman 0.8912 < champion's 0.8912"."""
+    for digits in (4, 6, 8, 10, 12, 17):
+        shown = f"{mine:.{digits}g}", f"{theirs:.{digits}g}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 def _no_worse(mine: float, theirs: float, higher_is_better: bool) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Mapping
 
 METRICS = (
@@ -53,6 +54,8 @@ def plain(text: object) -> str:
 def _cell(value: float | None, metric: str = "") -> str:
     if value is None or math.isnan(value):
         return "-"
+    if abs(value) >= 1e6:  # a barely trained model's MAPE of 1.7e306 was 310 digits wide
+        return f"{value:.3g}"
     return f"{value:.0f}" if metric in COUNTS else f"{value:.3f}"
 
 
@@ -273,11 +276,11 @@ def predict_command(paths, model_uri: str) -> str:
     dir by `--var-dir`."""
     from regressor.config import PathsConfig
 
-    command = f"textperf predict --model {model_uri}"
+    command = f"textperf predict --model {shlex.quote(model_uri)}"
     if paths.mlflow_server is not None:
-        return f"MLFLOW_TRACKING_URI={paths.tracking_uri} {command} RECORD.json"
-    if paths.var_dir != PathsConfig().resolve().var_dir:
-        return f"{command} --var-dir {paths.var_dir} RECORD.json"
+        return f"MLFLOW_TRACKING_URI={shlex.quote(paths.tracking_uri)} {command} RECORD.json"
+    if paths.var_dir != PathsConfig().resolve().var_dir:  # quoted: a var dir with a space
+        return f"{command} --var-dir {shlex.quote(str(paths.var_dir))} RECORD.json"
     return f"{command} RECORD.json"
 
 
@@ -287,7 +290,7 @@ def ui_line(paths) -> str:
 
     if is_tracking_server(paths.tracking_uri):
         return paths.tracking_uri
-    return code(f"mlflow ui --backend-store-uri {paths.tracking_uri}")
+    return code(f"mlflow ui --backend-store-uri {shlex.quote(paths.tracking_uri)}")
 
 
 def render_retrain(

@@ -94,3 +94,17 @@ def test_a_title_is_plain_text_and_figures_are_not_kept_by_pyplot() -> None:
         fig.savefig("/dev/null", format="png")
         assert fig.axes[0].get_title() == title
     assert plt.get_fignums() == before
+
+
+def test_a_long_title_is_wrapped_onto_the_figure() -> None:
+    """On a 5-inch figure a title holding a 28-character task name ran past both edges, and
+    its record count was cut off."""
+    y = np.array([1.0, 2.0, 3.0])
+    title = "adapted to cell-west-europe-batch-gpu-a100, its test records (3 records)"
+    fig = predicted_vs_actual(y, y, y, y, title)
+    fig.canvas.draw()
+    shown = fig.axes[0].title
+    box = shown.get_window_extent()
+    assert " ".join(shown.get_text().split()) == title
+    assert box.x0 >= 0
+    assert box.x1 <= fig.bbox.width

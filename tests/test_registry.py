@@ -120,6 +120,15 @@ def test_nan_metric_never_wins():
     assert not ok
 
 
+def test_a_refusal_shows_the_digits_that_tell_the_scores_apart():
+    """At 4 significant digits a refusal read "spearman 0.8912 < champion's 0.8912"."""
+    ok, reason = registry.beats(
+        {"spearman": 0.891199, "mape": 1.0}, {"spearman": 0.891201, "mape": 1.0}, PromotionRule()
+    )
+    assert not ok
+    assert reason == "spearman 0.891199 < champion's 0.891201"
+
+
 def test_a_champion_without_a_number_is_beaten_by_any_number():
     """A base predicting one value for a new cell has no Spearman (NaN): NaN lost on either side,
     so no variant could ever pass its gate. A challenger must still show a number."""

@@ -92,6 +92,29 @@ def test_the_predict_line_reads_the_store_the_model_went_to(tmp_path, monkeypatc
     assert report.predict_command(default, "m") == "textperf predict --model m RECORD.json"
 
 
+def test_commands_to_copy_quote_a_path_with_a_space(tmp_path):
+    """`--var-dir /home/ann/ML runs/var` split into two arguments, as did the `mlflow ui` and
+    `mlflow gc` store URIs."""
+    import shlex
+
+    from regressor import jobs
+    from regressor.config import ResolvedPaths
+
+    spaced = ResolvedPaths(var_dir=tmp_path / "ML runs" / "var")
+    words = shlex.split(report.predict_command(spaced, "models:/m@champion"))
+    assert words[words.index("--var-dir") + 1] == str(spaced.var_dir)
+    ui = shlex.split(report.ui_line(spaced).strip("`"))
+    assert ui[-1] == spaced.tracking_uri
+    gc = shlex.split(jobs.gc_command(spaced).strip("`"))
+    assert gc[gc.index("--backend-store-uri") + 1] == gc[-1] == spaced.tracking_uri
+
+
+def test_a_huge_metric_is_a_short_cell():
+    """A barely trained model's MAPE of 1.7e306 was printed as 310 digits."""
+    row = report.metrics_table({"textperf": {"spearman": 0.1, "mape": 1.7e306}}).splitlines()[-1]
+    assert row == "| textperf | 0.100 | 1.7e+306 |"
+
+
 def test_records_without_a_number_are_a_column_when_some_model_has_them():
     """A model that decoded no number for 8 of 10 records showed the metrics of the 2 it scored,
     as good as a model that scored all 10: the report now counts them beside `records`."""
