@@ -134,9 +134,10 @@ def test_a_number_that_runs_on_past_a_separator_is_no_sample():
     `day=2026-01-01` 2026 and `at=12:30:05` 12. A separator before a letter or a space still
     ends a field (`a=1,b=2`, `took=12, rows=5`)."""
     line = "2026-01-01T10:00:00 INFO bytes=1,234 day=2026-01-01 at=12:30:05 r=1-5 q=3/4 "
-    summary = summarize_log(line + "a=1,b=2 took=12, rows=5 cpu-usage=55\n")
-    assert set(summary["values"]) == {"a", "b", "took", "rows", "cpu-usage"}
+    summary = summarize_log(line + "a=1,b=2 took=12, rows=5 cpu-usage=55 neg=-5 e=1e-3\n")
+    assert set(summary["values"]) == {"a", "b", "took", "rows", "cpu-usage", "neg", "e"}
     assert summary["values"]["b"]["mean"] == 2.0
+    assert (summary["values"]["neg"]["mean"], summary["values"]["e"]["mean"]) == (-5.0, 0.001)
 
 
 def test_a_ten_digit_number_is_no_time_in_a_file_stamped_otherwise():

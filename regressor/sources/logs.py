@@ -72,11 +72,11 @@ MASKS: tuple[tuple[str, str], ...] = (
 # ASCII digits: the regex engine's \d also matches "３" or "٣", which the Float64 cast then
 # refused, and the whole log was quarantined.
 _NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-FIELD_RE = r"\b[A-Za-z_][\w.\-]*=" + _NUMBER + r"(?:[^\w.]|$)"
-# A separator between two digits joins them into one value that is no number (`1,234`,
-# `2026-01-01`, `12:30:05`, `1-5`, `3/4`): written as a letter before the fields are read, so
-# the field's number runs on into it and is no sample (the regex engine has no lookahead).
-DIGIT_JOIN = r"([0-9])[,:/\-]([0-9])"
+# A pair ends at one character that cannot continue its number, or at a separator and a digit:
+# `1,234`, `2026-01-01`, `12:30:05`, `1-5`, `3/4` are values that are no number, and such a
+# pair (`RUN_ON`) is no sample (the regex engine has no lookahead to refuse it in one pattern).
+FIELD_RE = r"\b[A-Za-z_][\w.\-]*=" + _NUMBER + r"(?:[,:/\-][0-9]|[^\w.]|$)"
+RUN_ON = r"[0-9][,:/\-][0-9]$"
 
 
 def round_sig(value: float | None, digits: int = SIGNIFICANT_DIGITS) -> float | None:
@@ -218,12 +218,12 @@ def field_values(lines: pl.DataFrame) -> pl.DataFrame:
     """One row per numeric `key=value` occurrence: file, ts, key, value. A value beyond float64
     (`x=1e400` reads as infinity) is dropped like a non-number: one such sample would turn the
     key's mean, p95, max and trend into nulls."""
-    joined = pl.col("text").str.replace_all(DIGIT_JOIN, "${1}x${2}")
     pairs = (
         lines.filter(pl.col("text").str.contains("=", literal=True))
-        .select("file", "ts", joined.str.extract_all(FIELD_RE).alias("pair"))
+        .select("file", "ts", pl.col("text").str.extract_all(FIELD_RE).alias("pair"))
         .explode("pair")
         .drop_nulls("pair")
+        .filter(~pl.col("pair").str.contains(RUN_ON))
     )
     # A pair is `key=<number>` plus at most one non-word character: split at the first '=' and
     # drop that character when the text does not end in a digit (cheaper than two regexes).
