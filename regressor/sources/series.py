@@ -69,9 +69,13 @@ def elapsed_seconds(stamps: pl.Series) -> pl.Series:
     case). A clock wraps past midnight only on a step back of more than 12 hours: a smaller one
     (a stray sample, a DST change) was read as a day passing."""
     stripped = stamps.str.strip_chars()
-    clocks = [stripped.str.to_time(fmt, strict=False) for fmt in CLOCK_FORMATS]
-    clock = min(clocks, key=lambda c: c.null_count())
-    when = datetimes(stamps)
+    clock = stripped.str.to_time(CLOCK_FORMATS[0], strict=False)
+    for fmt in CLOCK_FORMATS[1:]:  # only where the common format leaves a stamp unread
+        if clock.null_count() == 0:
+            break
+        other = stripped.str.to_time(fmt, strict=False)
+        clock = other if other.null_count() < clock.null_count() else clock
+    when = None if clock.null_count() == 0 else datetimes(stamps)  # every stamp read: done
     if clock.null_count() < len(clock) and (
         when is None or clock.null_count() <= when.null_count()
     ):
