@@ -93,6 +93,23 @@ def ingest(tmp_path: Path, root: Path, **overrides: object) -> tuple[Warehouse, 
     return wh, ingest_runs(wh, source(root, **overrides), "run-1")
 
 
+def test_a_renamed_run_folder_is_read_in_place_of_its_old_name(tmp_path: Path) -> None:
+    """A renamed run folder's gone name kept its run: the run was a record twice, under both
+    names, until `--forget-gone`. A gone folder with no twin still keeps its record (a share
+    may be away for a run)."""
+    root = tmp_path / "runs"
+    good_runs(root)
+    wh, _ = ingest(tmp_path, root)
+    with wh:
+        (root / "z_good").rename(root / "y_good")
+        shutil.rmtree(root / "a_good")
+        ingest_runs(wh, source(root), "run-2")
+        assert sorted(records(wh)) == ["a_good", "y_good"]
+        assert records(wh)["y_good"]["target"] == 2.0
+        paths = [p for (p,) in wh.con.sql("SELECT path FROM files ORDER BY path").fetchall()]
+        assert not any(p.startswith("z_good/") for p in paths), paths
+
+
 # -- report values that parsers raise on (findings 1, 2 and 15) ---------------------------------
 
 REFUSED = {  # case -> (report file, text, reason fragment, line of the quarantine location)

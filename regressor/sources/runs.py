@@ -463,19 +463,31 @@ def runs_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(full, schema=RUNS_SCHEMA)
 
 
+@dataclass
+class Listed:
+    """What this ingest found: every run file's path, and each readable run's (report hash,
+    log hash), by which a stored run gone from its folder is known to have moved."""
+
+    paths: set[str] = field(default_factory=set)
+    runs: set[tuple[str, str | None]] = field(default_factory=set)
+
+
 def changed_runs(
-    runs: Iterator[Run], root: Path, parser: str, known: Known, tally: Tally
+    runs: Iterator[Run], root: Path, parser: str, known: Known, tally: Tally, listed: Listed
 ) -> Iterator[Run]:
-    """Runs with a new or changed file; every file is counted as seen here. A run with a file
-    that cannot be read (unreadable, vanished) is left as stored: its files are refused."""
+    """Runs with a new or changed file; every file is counted as seen here, and noted in
+    `listed`. A run with a file that cannot be read (unreadable, vanished) is left as stored:
+    its files are refused."""
     for run in runs:
         files = run_files(run)
+        listed.paths.update(path.relative_to(root).as_posix() for _, path in files)
         hashes = {kind: hash_of(run, kind, path) for kind, path in files}
         if run.problems:
             leave_as_stored(run, files, root, tally)
             continue
         tally.seen += len(files)
         run.report_hash, run.log_hash = hashes.get("report", ""), hashes.get("log")
+        listed.runs.add((run.report_hash, run.log_hash))
         same = [
             (known.get(path.relative_to(root).as_posix()) or ("", "", ""))[:2]
             == (hashes[k], parser)
@@ -701,6 +713,23 @@ def forget_aliases(wh: Warehouse, source: str, known: Known, aliases: list[str])
             forget_files(wh, pl.DataFrame({"source": [source] * len(stale), "path": stale}))
 
 
+def forget_moved(wh: Warehouse, source: str, listed: Listed) -> None:
+    """Drop the stored runs whose folder is gone while a listed run has their very files (the
+    same report and log bytes): a renamed or moved run folder, whose old name kept its run, a
+    record twice under both names until `--forget-gone`. A gone run with no such twin keeps
+    its rows (a share may be away for a run)."""
+    moved = [
+        path
+        for report, log, report_hash, log_hash in wh.query("stored_runs", source=source).rows()
+        if report not in listed.paths and (report_hash, log_hash) in listed.runs
+        for path in (report, log)
+        if path is not None and path not in listed.paths
+    ]
+    if moved:
+        with wh.transaction():
+            forget_files(wh, pl.DataFrame({"source": [source] * len(moved), "path": moved}))
+
+
 def ingest_runs(
     wh: Warehouse, source: RunsSourceConfig, run_id: str, batch_size: int = BATCH_RUNS
 ) -> IngestReport:
@@ -709,14 +738,15 @@ def ingest_runs(
     root = data_root(source.root)
     rules = source.model_dump(exclude={"name", "root", "reference", "own_log"})
     parser = f"runs-{PARSER_VERSION}.{SERIES_VERSION}:{rules_hash(rules)}"
-    known, tally, aliases = known_files(wh, source.name), Tally(), []
+    known, tally, aliases, listed = known_files(wh, source.name), Tally(), [], Listed()
     before = count_records(wh, source.name)
     for batch in batches(
-        changed_runs(find_runs(root, source, tally, aliases), root, parser, known, tally),
+        changed_runs(find_runs(root, source, tally, aliases), root, parser, known, tally, listed),
         batch_size,
     ):
         parse_batch(batch, source, run_id)
         write_runs(wh, batch, root, source, parser, run_id, tally)
     forget_aliases(wh, source.name, known, aliases)
+    forget_moved(wh, source.name, listed)
     tally.rejected += rebuild_records(wh, source, root, run_id)
     return build_report(wh, source.name, run_id, tally, before)
