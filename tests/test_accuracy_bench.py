@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -350,9 +351,8 @@ def test_bundle_store_finds_nothing_in_an_empty_store_and_refuses_odd_names(tmp_
         bundle_store.kept_run_id(paths, "x' or tags.y = 'z")
 
 
-def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
-    """An interrupted save leaves the bundle folder without `bundle.json`: the fetch moved the
-    download inside it (`bundle/bundle/`) and said it had succeeded."""
+def kept_prior(tmp_path: Path) -> ResolvedPaths:
+    """A store under `tmp_path` keeping a two-file bundle as `prior_seed0`; its paths."""
     paths = ResolvedPaths(var_dir=tmp_path / "var")
     kept = tmp_path / "kept"
     kept.mkdir()
@@ -360,6 +360,13 @@ def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
     (kept / "weights.pt").write_bytes(b"w")
     bundle_store.keep_bundle(paths, "prior_seed0", kept, {}, {})
     mlflow.set_tracking_uri(None)
+    return paths
+
+
+def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
+    """An interrupted save leaves the bundle folder without `bundle.json`: the fetch moved the
+    download inside it (`bundle/bundle/`) and said it had succeeded."""
+    paths = kept_prior(tmp_path)
     cut_short = tmp_path / "ckpt" / "bundle"
     cut_short.mkdir(parents=True)
     (cut_short / "weights.pt").write_bytes(b"half")
@@ -372,13 +379,7 @@ def test_a_fetched_bundle_replaces_a_save_cut_short(tmp_path) -> None:
 def test_a_bundle_another_process_landed_is_left_in_place(tmp_path) -> None:
     """Two processes fetching the same prior (`--textperf-first-rep` runs side by side): the
     later one deleted the bundle the first had landed and was loading, then moved its own in."""
-    paths = ResolvedPaths(var_dir=tmp_path / "var")
-    kept = tmp_path / "kept"
-    kept.mkdir()
-    (kept / "bundle.json").write_text("{}")
-    (kept / "weights.pt").write_bytes(b"w")
-    bundle_store.keep_bundle(paths, "prior_seed0", kept, {}, {})
-    mlflow.set_tracking_uri(None)
+    paths = kept_prior(tmp_path)
     landed = tmp_path / "ckpt" / "bundle"
     landed.mkdir(parents=True)
     (landed / "weights.pt").write_bytes(b"loading")

@@ -194,9 +194,8 @@ def test_a_deleted_run_folder_and_a_deleted_log_are_forgotten(tmp_path: Path) ->
 # -- table -------------------------------------------------------------------------------------
 
 
-def test_a_row_that_repeated_a_gone_files_key_is_stored_once_that_file_is_forgotten(
-    tmp_path: Path,
-) -> None:
+def repeated_key_table(tmp_path: Path) -> tuple[Path, TableSourceConfig, Path]:
+    """A keyed table whose b.csv repeats a.csv's key 2, ingested once: (root, source, db)."""
     root = tmp_path / "table"
     root.mkdir()
     (root / "a.csv").write_text("id,x,y\n1,5,10\n2,6,11\n")
@@ -207,6 +206,13 @@ def test_a_row_that_repeated_a_gone_files_key_is_stored_once_that_file_is_forgot
     )
     db = tmp_path / "wh.duckdb"
     run(db, source, tmp_path, "r0", forget=False)
+    return root, source, db
+
+
+def test_a_row_that_repeated_a_gone_files_key_is_stored_once_that_file_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    root, source, db = repeated_key_table(tmp_path)
     assert [path for _, path, *_ in stored(db)["quarantine"]] == ["b.csv"]  # key 2, from a.csv
 
     report = assert_forgets(tmp_path, source, tmp_path, [root / "a.csv"], ["a.csv"])
@@ -223,16 +229,7 @@ def test_a_forgetting_run_stopped_before_its_ingest_loses_no_good_record(
     those files are only marked to be read again; their rows stay until they are."""
     from regressor.sources import dispatch
 
-    root = tmp_path / "table"
-    root.mkdir()
-    (root / "a.csv").write_text("id,x,y\n1,5,10\n2,6,11\n")
-    (root / "b.csv").write_text("id,x,y\n2,7,12\n3,8,13\n")
-    table = {"name": "t", "adapter": "table", "root": root, "files": ["*.csv"], "task": "bench"}
-    source = TableSourceConfig.model_validate(
-        table | {"target_columns": ["y"], "key_columns": ["id"]}
-    )
-    db = tmp_path / "wh.duckdb"
-    run(db, source, tmp_path, "r0", forget=False)
+    root, source, db = repeated_key_table(tmp_path)
     (root / "a.csv").unlink()
 
     def stopped(*args: object) -> None:

@@ -588,23 +588,6 @@ def ingest_file(
     refused as an unreadable one is: the transaction rolls back, so its stored rows stay, and
     it is read again next run. Quarantined under the hash it was listed with, it had lost its
     rows and counted as unchanged, never read again until its bytes changed."""
-    try:
-        _ingest_read_file(wh, source, root, path, parser, run_id, tally, seen)
-    except BadInputError as exc:
-        tally.seen -= 1  # counted as readable when listed; `refuse` counts it
-        tally.refuse(path.relative_to(root).as_posix(), str(path), str(exc))
-
-
-def _ingest_read_file(
-    wh: Warehouse,
-    source: TableSourceConfig,
-    root: Path,
-    path: Path,
-    parser: str,
-    run_id: str,
-    tally: Tally,
-    seen: Fingerprint,
-) -> None:
     rel, content_hash, size = path.relative_to(root).as_posix(), seen.content_hash, seen.size
     ctx = {
         "source": source.name,
@@ -613,20 +596,25 @@ def _ingest_read_file(
         "run_id": run_id,
         "stem": path.stem,
     }
-    with wh.transaction():
-        ok_row = file_row(source.name, rel, "table", content_hash, parser, True, size, run_id)
-        replace_files(wh, source.name, [ok_row], [], run_id)
-        state = read_rows(wh, source, root, path, ctx)
-        ok = state.usable
-        quarantined = [
-            quarantine_row(source.name, root, path, p, content_hash) for p in state.problems
-        ]
-        row = file_row(source.name, rel, "table", content_hash, parser, ok, size, run_id)
-        if not ok:  # drop whatever rows of this file were written before the problem showed
-            replace_files(wh, source.name, [row], quarantined, run_id)
-        else:
-            wh.write_quarantine(quarantined, run_id)
-            quarantined += give_way(wh, source.name, root, rel, state.taken, run_id)
+    try:
+        with wh.transaction():
+            ok_row = file_row(source.name, rel, "table", content_hash, parser, True, size, run_id)
+            replace_files(wh, source.name, [ok_row], [], run_id)
+            state = read_rows(wh, source, root, path, ctx)
+            ok = state.usable
+            quarantined = [
+                quarantine_row(source.name, root, path, p, content_hash) for p in state.problems
+            ]
+            row = file_row(source.name, rel, "table", content_hash, parser, ok, size, run_id)
+            if not ok:  # drop whatever rows of this file were written before the problem showed
+                replace_files(wh, source.name, [row], quarantined, run_id)
+            else:
+                wh.write_quarantine(quarantined, run_id)
+                quarantined += give_way(wh, source.name, root, rel, state.taken, run_id)
+    except BadInputError as exc:  # not read after all (`read_rows`): rolled back, refused
+        tally.seen -= 1  # counted as readable when listed; `refuse` counts it
+        tally.refuse(rel, str(path), str(exc))
+        return
     tally.ingested += ok
     tally.quarantined += not ok
     tally.rejected += [(q.file, q.reason) for q in quarantined]
