@@ -131,8 +131,8 @@ def _record_of(row: dict, i: int) -> dict:
     return {
         "task": _label(row["task"], i, "task"),
         "period": _label(row["period"], i, "period") if _given(row.get("period")) else None,
-        "config": _as_stored(_mapping(row["config"], i, "config"), i, "config"),
-        "logs": _as_stored(_mapping(row["logs"], i, "logs"), i, "logs"),
+        "config": _as_stored(row["config"], i, "config"),
+        "logs": _as_stored(row["logs"], i, "logs"),
     }
 
 
@@ -144,14 +144,18 @@ def _label(value: Any, row: int, name: str) -> str:
     return str(value)
 
 
-def _as_stored(mapping: Mapping, row: int, name: str) -> dict:
-    """A config or logs mapping as ingest stores it, so its text is the one training read:
-    JSON's types (a numpy scalar or array as the number or list it holds, keys as text, tuples
-    as lists) and NaN or infinity as the text JSON writers use (`parsing.nan_as_text`).
-    A mapping of numpy values was served `x=1234.5677` and `flag=True` where the same record
-    sent as JSON reads `x=1235` and `flag=true`; a NaN was `nan`, where ingest stores `NaN`."""
+def _as_stored(value: Any, row: int, name: str) -> Mapping:
+    """A config or logs cell (a mapping, or its JSON text) as ingest stores it, so its text is
+    the one training read: JSON's types (a mapping's numpy scalar or array as the number or
+    list it holds, keys as text, tuples as lists; JSON text has them already) and NaN or
+    infinity as the text JSON writers use (`parsing.nan_as_text`). A mapping of numpy values
+    was served `x=1234.5677` and `flag=True` where the same record sent as JSON reads
+    `x=1235` and `flag=true`; a NaN was `nan`, where ingest stores `NaN`."""
     from regressor.sources.parsing import nan_as_text  # here: MLflow loads this file by path
 
+    mapping = _mapping(value, row, name)
+    if isinstance(value, str):  # parsed from JSON: no round trip needed
+        return nan_as_text(mapping)
     try:
         return nan_as_text(json.loads(json.dumps(mapping, default=_numpy_value)))
     except (TypeError, ValueError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -222,27 +222,26 @@ def finite_median(samples: np.ndarray) -> np.ndarray:
     finite = np.where(np.isfinite(samples), samples, np.nan)
     with warnings.catch_warnings():  # all-NaN rows are expected and documented: NaN out
         warnings.simplefilter("ignore", RuntimeWarning)
-        if not _near_limit(finite):
-            return _within_range(np.nanmedian(finite, axis=1))
-        with np.errstate(over="ignore"):  # two large draws' midpoint was inf: halved first
-            return _within_range(np.nanmedian(finite * 0.5, axis=1) * 2.0)
+        return _within_range(_without_overflow(lambda x: np.nanmedian(x, axis=1), finite))
 
 
 def nan_quantile(finite: np.ndarray, q: float | np.ndarray, axis: int = 1) -> np.ndarray:
-    """`np.nanquantile` along `axis` that cannot overflow: between draws near float64's limit
-    (a barely trained model's ±1e308; the codec spans every float64) the interpolation's
-    difference was inf, so every level below the middle read +inf and every one above -inf.
-    Such arrays are halved and doubled back, which is exact for normal floats; others are
-    computed as they are (their results bit for bit)."""
-    if not _near_limit(finite):
-        return np.nanquantile(finite, q, axis=axis)
+    """`np.nanquantile` along `axis` that cannot overflow (`_without_overflow`)."""
+    return _without_overflow(lambda x: np.nanquantile(x, q, axis=axis), finite)
+
+
+def _without_overflow(
+    statistic: Callable[[np.ndarray], np.ndarray], finite: np.ndarray
+) -> np.ndarray:
+    """`statistic(finite)` computed on halves and doubled back when a draw is beyond half
+    float64's range (a barely trained model's ±1e308; the codec spans every float64): there an
+    interpolation's difference, or two draws' midpoint, was inf, so every quantile level below
+    the middle read +inf and every one above -inf. Halving is exact for normal floats; arrays
+    without such a draw are computed as they are (their results bit for bit)."""
+    if not np.nanmax(np.abs(finite), initial=0.0) > HALF_MAX:
+        return statistic(finite)
     with np.errstate(over="ignore"):
-        return np.nanquantile(finite * 0.5, q, axis=axis) * 2.0
-
-
-def _near_limit(finite: np.ndarray) -> bool:
-    """Whether any draw is beyond half float64's range, where a difference can overflow."""
-    return bool(np.nanmax(np.abs(finite), initial=0.0) > HALF_MAX)
+        return statistic(finite * 0.5) * 2.0
 
 
 def summarize(

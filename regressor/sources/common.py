@@ -324,6 +324,23 @@ def forget_files(wh: Warehouse, files: pl.DataFrame) -> None:
         wh.execute("delete_staged_files")
 
 
+def source_paths(source: str, paths: Iterable[str]) -> pl.DataFrame:
+    """`source` and each of `paths` (sorted), the frame `forget_files` and staged statements
+    take."""
+    ordered = sorted(paths)
+    return pl.DataFrame(
+        {"source": [source] * len(ordered), "path": ordered},
+        schema={"source": pl.String, "path": pl.String},
+    )
+
+
+def forget_paths(wh: Warehouse, source: str, paths: Sequence[str]) -> None:
+    """`forget_files` of `source`'s `paths` in a transaction of its own; nothing when none."""
+    if paths:
+        with wh.transaction():
+            forget_files(wh, source_paths(source, paths))
+
+
 def replace_files(
     wh: Warehouse,
     source: str,

@@ -44,6 +44,7 @@ from regressor.sources.common import (
     as_bad_input,
     each_or_problem,
     forget_files,
+    forget_paths,
     known_files,
     message,
     rules_hash,
@@ -612,10 +613,7 @@ def supersede_gone(
     are deleted, so no key is ever held twice (a renamed config used to give each record twice)."""
     claimed = {key_of(rel) for rel in listed} - {None}
     gone = [r for r in stored_files(known, prefix) if r not in listed and key_of(r) in claimed]
-    if not gone:
-        return
-    with wh.transaction():
-        forget_files(wh, pl.DataFrame({"source": [source] * len(gone), "path": gone}))
+    forget_paths(wh, source, gone)
 
 
 def config_task(rel: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from regressor.errors import UserError
-from regressor.sources.common import NOT_READ, forget_files
+from regressor.sources.common import NOT_READ, forget_files, source_paths
 from regressor.sources.table import STORED_ELSEWHERE
 from regressor.warehouse import Warehouse
 
@@ -84,15 +84,8 @@ def forget_gone(wh: Warehouse, source: str, root: Path) -> list[str]:
     forget = set(gone) | set(again.filter(~pl.col("reread_only"))["path"])
     reread = set(again.filter(pl.col("reread_only"))["path"]) - forget
     with wh.transaction():
-        forget_files(wh, _paths(source, forget))
-        with wh.registered("staged_files", _paths(source, reread)):
+        forget_files(wh, source_paths(source, forget))
+        with wh.registered("staged_files", source_paths(source, reread)):
             wh.execute("delete_staged_file_states")
     logger.info("%s: forgot %d gone file(s) under %s: %s", source, len(gone), root, gone[:20])
     return gone
-
-
-def _paths(source: str, paths: set[str]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {"source": [source] * len(paths), "path": sorted(paths)},
-        schema={"source": pl.String, "path": pl.String},
-    )

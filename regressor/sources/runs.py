@@ -37,7 +37,7 @@ from regressor.sources.common import (
     each_or_problem,
     file_hash,
     file_row,
-    forget_files,
+    forget_paths,
     inside,
     known_files,
     quarantine_row,
@@ -708,9 +708,7 @@ def forget_aliases(wh: Warehouse, source: str, known: Known, aliases: list[str])
     (`where_read`): refused files otherwise keep their rows, and the link still resolves, so
     `--forget-gone` never dropped them either."""
     stale = [path for path in known if any(path.startswith(f"{alias}/") for alias in aliases)]
-    if stale:
-        with wh.transaction():
-            forget_files(wh, pl.DataFrame({"source": [source] * len(stale), "path": stale}))
+    forget_paths(wh, source, stale)
 
 
 def forget_moved(wh: Warehouse, source: str, listed: Listed) -> None:
@@ -725,9 +723,7 @@ def forget_moved(wh: Warehouse, source: str, listed: Listed) -> None:
         for path in (report, log)
         if path is not None and path not in listed.paths
     ]
-    if moved:
-        with wh.transaction():
-            forget_files(wh, pl.DataFrame({"source": [source] * len(moved), "path": moved}))
+    forget_paths(wh, source, moved)
 
 
 def ingest_runs(

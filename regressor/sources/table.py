@@ -36,7 +36,7 @@ from regressor.sources.common import (
     as_bad_input,
     file_hash,
     file_row,
-    forget_files,
+    forget_paths,
     known_files,
     message,
     quarantine_row,
@@ -630,9 +630,7 @@ def forget_renamed(
     (a share may be away for a run; `--forget-gone` drops them)."""
     hashes = {fp.content_hash for fp in fingerprints.values() if not fp.problem}
     gone = [rel for rel, (h, _, _) in known.items() if rel not in fingerprints and h in hashes]
-    if gone:
-        with wh.transaction():
-            forget_files(wh, pl.DataFrame({"source": [source] * len(gone), "path": gone}))
+    forget_paths(wh, source, gone)
     return {rel: stored for rel, stored in known.items() if rel not in gone}
 
 
