@@ -444,9 +444,14 @@ def beats(
         if not _no_worse(challenger[metric], champion[metric], higher_is_better=False):
             mine, theirs = _told_apart(challenger[metric], champion[metric])
             return False, f"{metric} {mine} > {against}'s {theirs}"
-    return True, f"not worse than the {against} on " + ", ".join(
-        rule.higher_is_better + rule.lower_is_better
-    )
+    metrics = rule.higher_is_better + rule.lower_is_better
+    if not metrics:
+        return True, "the promotion rule compares no metric"
+    reason = f"not worse than the {against} on " + ", ".join(metrics)
+    unscored = [m for m in metrics if math.isnan(challenger[m]) and math.isnan(champion[m])]
+    if unscored:
+        reason += f" ({', '.join(unscored)}: NaN on both sides, a tie)"
+    return True, reason
 
 
 def _told_apart(mine: float, theirs: float) -> tuple[str, str]:
@@ -461,11 +466,13 @@ def _told_apart(mine: float, theirs: float) -> tuple[str, str]:
 
 def _no_worse(mine: float, theirs: float, higher_is_better: bool) -> bool:
     """Whether the challenger's `mine` is at least as good as the champion's `theirs`: its NaN
-    never is (a challenger must show a number), and any number beats the champion's NaN. (NaN
-    lost on either side: a base predicting one value for a new cell has no Spearman, and no
-    variant, however good, could pass its gate; nor anything a champion with no Spearman.)"""
+    never is against a number (a challenger must show one), any number beats the champion's
+    NaN, and NaN on both sides is a tie. (NaN lost on either side: a base predicting one value
+    for a new cell has no Spearman, and no variant, however good, could pass its gate; nor
+    anything a champion with no Spearman. NaN against NaN lost too: over shots whose targets
+    are all one value no Spearman exists, so no variant could pass, whatever its MAPE.)"""
     if math.isnan(mine):
-        return False
+        return math.isnan(theirs)
     if math.isnan(theirs):
         return True
     return mine >= theirs if higher_is_better else mine <= theirs

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from conftest_data import RECORD, register_tiny_version
 from mlflow import MlflowClient
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from regressor import cli, registry
 from regressor.config import PromotionRule, ResolvedPaths
+from regressor.evaluation import point_metrics
 from regressor.pyfunc_model import DEFAULT_PARAMS
 from regressor.tracking import configure_mlflow
 
@@ -139,9 +141,25 @@ def test_a_champion_without_a_number_is_beaten_by_any_number():
     ok, reason = registry.beats({"spearman": 0.99, "mape": 70.0, "n": 5.0}, collapsed, rule)
     assert not ok
     assert reason == "mape 70 > champion's 63"
-    ok, reason = registry.beats({"spearman": nan, "mape": 1.0, "n": 5.0}, collapsed, rule)
+    ok, reason = registry.beats({"spearman": nan, "mape": 70.0, "n": 5.0}, collapsed, rule)
     assert not ok
-    assert reason == "spearman nan < champion's nan"
+    assert reason == "mape 70 > champion's 63"
+
+
+def test_shots_of_one_target_value_are_gated_on_the_other_metrics():
+    """Over shots whose targets are all one value neither side has a Spearman: NaN against NaN
+    lost, so no variant could pass its gate, whatever its MAPE. It is a tie now."""
+    truth = np.full(6, 40.0)
+    close = point_metrics(truth, np.array([39.0, 41.0, 40.5, 39.5, 40.0, 40.2]))
+    far = point_metrics(truth, np.array([30.0, 55.0, 47.0, 33.0, 52.0, 28.0]))
+    assert math.isnan(close["spearman"])
+    assert math.isnan(far["spearman"])
+    ok, reason = registry.beats(close, far, PromotionRule(), against="base zero-shot")
+    assert ok
+    assert reason.endswith("(spearman: NaN on both sides, a tie)")
+    ok, reason = registry.beats(far, close, PromotionRule(), against="base zero-shot")
+    assert not ok
+    assert reason.startswith("mape ")
 
 
 def test_fewer_records_scored_never_wins():
@@ -533,3 +551,12 @@ def test_a_name_with_a_quote_is_searched_for_and_listed(store, tmp_path: Path):
     assert retention.prunable("textperf", 1) == []
     with pytest.raises(registry.UserError, match="no MLflow search can name it"):
         registry.versions_of("both ' and \" quotes")
+
+
+def test_a_rule_of_no_metrics_says_so_and_still_counts_the_records_scored():
+    rule = PromotionRule(higher_is_better=(), lower_is_better=())
+    assert registry.beats({"n": 5.0}, {"n": 5.0}, rule) == (
+        True,
+        "the promotion rule compares no metric",
+    )
+    assert not registry.beats({"n": 4.0}, {"n": 5.0}, rule)[0]
