@@ -12,7 +12,8 @@ import re
 import zoneinfo
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -43,6 +44,34 @@ class Frozen(BaseModel):
     # any lower bound, so without it `lr: .inf` or `target_max: .nan` would be taken as given.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        """YAML 1.1 reads `yes`, `on`, `true` as booleans, and pydantic's lax mode takes a
+        boolean as 1 for a number: `batch_size: yes` trained with batches of 1."""
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                raise ValueError(
+                    f"{name}: {value!r} is a boolean, which this setting does not take (YAML "
+                    "reads yes, no, on and off as booleans: quote a word)"
+                )
+        return data
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field takes a boolean as such (bool, Any, a union or Literal holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Annotated:
+        return _admits_bool(get_args(annotation)[0])
+    if get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in get_args(annotation))
+    args = get_args(annotation)
+    return get_origin(annotation) in (Union, UnionType) and any(map(_admits_bool, args))
+
 
 class PathsConfig(Frozen):
     """Where state lands. Relative paths are resolved against the project root."""
@@ -51,6 +80,14 @@ class PathsConfig(Frozen):
     # An MLflow tracking server (http://...); None: $MLFLOW_TRACKING_URI, else SQLite under var/.
     # Every command and flow takes the store in this order (`resolve`).
     tracking_uri: str | None = None
+
+    @field_validator("var_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        # Path("") is ".": state would be written into the project root itself.
+        if str(value) in {"", "."}:
+            raise ValueError("is empty: name the directory state lands in (e.g. var)")
+        return value.expanduser()  # `~/state` from a compose or env file, not <project>/~/state
 
     def resolve(self, root: Path = PROJECT_ROOT) -> ResolvedPaths:
         var = self.var_dir if self.var_dir.is_absolute() else root / self.var_dir
@@ -112,10 +149,13 @@ class FleetSimConfig(Frozen):
     jobs_per_day: int = Field(40, ge=1)
     noise: float = Field(0.02, ge=0)
 
-    @field_validator("start_date")
+    @field_validator("start_date", mode="before")
     @classmethod
-    def _iso_date(cls, value: str) -> str:
-        date.fromisoformat(value)  # ValueError: "Invalid isoformat string: ..."
+    def _iso_date(cls, value: Any) -> Any:
+        if isinstance(value, date):  # YAML reads an unquoted 2026-01-01 as a date
+            return value.isoformat()
+        if isinstance(value, str):
+            date.fromisoformat(value)  # ValueError: "Invalid isoformat string: ..."
         return value
 
     @model_validator(mode="after")
@@ -127,9 +167,12 @@ class FleetSimConfig(Frozen):
 
 
 class SplitConfig(Frozen):
-    """Held-out later days per cell, and one cell kept out of training for few-shot adaptation."""
+    """Held-out later days, and one cell kept out of training for few-shot adaptation."""
 
-    test_days: int = Field(30, ge=1)
+    # The days after (latest period over all tasks - test_days) are held out: one cut in time
+    # for every task, so a cell whose records end earlier has none held out (`dataset.by_time`).
+    # The cap only catches typos (a century; more overflows the calendar).
+    test_days: int = Field(30, ge=1, le=36_500)
     holdout_task: str | None = None  # None: the last task in sorted order.
     # Sources without periods (tables of configurations) split by distinct configuration instead:
     # repeated runs of one configuration never land on both sides.
@@ -235,10 +278,14 @@ class ModelConfig(Frozen):
         return self
 
 
+MAX_SEED = 2**32 - 1  # numpy's (and `L.seed_everything`'s) largest seed
+MEMBER_SEED_STEP = 1000  # an ensemble's member i trains with seed + 1000 i (`ensemble`)
+
+
 class TrainConfig(Frozen):
     """Optimisation (`conf/train/*.yaml`)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)  # AdamW; the shipped recipes use 1e-3 to 1e-2
     weight_decay: float = Field(0.01, ge=0)
@@ -298,6 +345,17 @@ class TrainConfig(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _members_seeded(self) -> TrainConfig:
+        # Refused at load, not when the last member's `seed_everything` fails mid-run.
+        last = self.seed + MEMBER_SEED_STEP * (self.ensemble_size - 1)
+        if last > MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} with ensemble_size {self.ensemble_size}: the last member's "
+                f"seed {last} is above {MAX_SEED}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fp16_needs_a_gpu(self) -> TrainConfig:
         # Lightning trains a CPU run asked for 16-mixed in bf16-mixed, with a warning, while the
         # optimiser (`RegressionLM._fused`) takes it for fp16: say so at load instead.
@@ -334,7 +392,8 @@ class EvalConfig(Frozen):
 class AdaptConfig(Frozen):
     """Few-shot adaptation of the champion to one new task."""
 
-    n_shots: int = Field(500, ge=1)
+    # At least 3: one each for the gate, validation and fine-tuning (`adaptation.hold_out_gate`).
+    n_shots: int = Field(500, ge=3)
     max_steps: int = Field(300, ge=1)
     lr: float = Field(3e-4, gt=0, le=1)
     max_minutes: float = Field(2.0, gt=0)
@@ -356,8 +415,14 @@ class AdaptConfig(Frozen):
     scratch_max_minutes: float = Field(2.0, gt=0)
 
 
+# What the gate can compare (`evaluation.evaluate_predictions` scores both sides), by direction.
+HIGHER_IS_BETTER = ("spearman", "kendall", "uncertainty_spearman", "uncertainty_spearman_relative")
+LOWER_IS_BETTER = ("mape", "mse", "mse_log")
+
+
 class PromotionRule(Frozen):
-    """A challenger takes `champion` only when it is not worse on every listed metric."""
+    """A challenger takes `champion` only when it is not worse on every listed metric (none
+    listed: every challenger that scores as many records does)."""
 
     higher_is_better: tuple[str, ...] = ("spearman",)
     lower_is_better: tuple[str, ...] = ("mape",)
@@ -365,12 +430,26 @@ class PromotionRule(Frozen):
     # they are in no metric) is worse, whatever its metrics on the rest.
     fewer_scored_is_worse: bool = True
 
+    @model_validator(mode="after")
+    def _known_metrics(self) -> PromotionRule:
+        # A typo loaded fine and failed the gate with a KeyError, after training and
+        # registering, on the first night that had a champion to compare with.
+        for key, known in (
+            ("higher_is_better", HIGHER_IS_BETTER),
+            ("lower_is_better", LOWER_IS_BETTER),
+        ):
+            unknown = [m for m in getattr(self, key) if m not in known]
+            if unknown:
+                raise ValueError(f"{key}: {', '.join(unknown)} not one of {', '.join(known)}")
+        return self
+
 
 class RegistryConfig(Frozen):
     model_name: str = Field("textperf", pattern=rf"^{SAFE_NAME}$")
     champion_alias: str = Field("champion", pattern=ALIAS, max_length=255)
     challenger_alias: str = Field("challenger", pattern=ALIAS, max_length=255)
-    experiment: str = "textperf"
+    # Also a folder of the local artifact store (`tracking.configure_mlflow`): no '/' in it.
+    experiment: str = Field("textperf", pattern=rf"^{SAFE_NAME}$")
     promotion: PromotionRule = PromotionRule()
 
     @model_validator(mode="after")
@@ -604,6 +683,20 @@ def checked_patterns(value: Any) -> Any:
     return value
 
 
+# The sections of a record's text (`serialize.DEFAULT_PRIORITY`), for `section_priority`.
+SECTIONS = ("task", "period", "config", "logs")
+
+
+def known_sections(value: tuple[str, ...]) -> tuple[str, ...]:
+    """A misspelt section (`Task`) was ignored, and the real one moved last: cut first."""
+    unknown = [name for name in value if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} not one of the sections {', '.join(SECTIONS)}")
+    if len(set(value)) < len(value) or not value:
+        raise ValueError("must name each section it orders once, and at least one")
+    return value
+
+
 def ordered_targets(source: Any) -> Any:
     """Every adapter quarantines targets outside [target_min, target_max]: an empty or reversed
     range would quarantine every record."""
@@ -662,6 +755,7 @@ class FleetSourceConfig(SourceText):
 
     _relative = field_validator("config_glob", "log_glob", "targets_file")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
+    _sections = field_validator("section_priority")(known_sections)
 
     @property
     def target_name(self) -> str:
@@ -705,6 +799,21 @@ class TableSourceConfig(SourceText):
 
     _relative = field_validator("files")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
+    _sections = field_validator("section_priority")(known_sections)
+
+    @model_validator(mode="after")
+    def _target_not_an_input(self) -> TableSourceConfig:
+        # A target among the config columns is in every record's text: the model reads the
+        # answer, and its scores mean nothing.
+        for key in ("config_columns", "key_columns"):
+            leaked = set(getattr(self, key) or ()) & set(self.target_columns)
+            if leaked:
+                raise ValueError(f"{key} holds the target column(s) {', '.join(sorted(leaked))}")
+        if self.config_columns is not None and self.exclude_columns:
+            raise ValueError(
+                "exclude_columns applies only without config_columns (which lists them all)"
+            )
+        return self
 
     @property
     def target_name(self) -> str:
@@ -760,6 +869,13 @@ class RunsSourceConfig(SourceText):
 
     _relative = field_validator("run_glob", "report_files", "log_file")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)
+    _sections = field_validator("section_priority")(known_sections)
+
+    @model_validator(mode="after")
+    def _target_not_an_input(self) -> RunsSourceConfig:
+        if self.target_field in self.config_fields:  # the model would read the answer
+            raise ValueError(f"config_fields holds the target field {self.target_field}")
+        return self
 
     @property
     def target_name(self) -> str:

@@ -161,6 +161,73 @@ def test_an_absurd_app_setting_is_refused_naming_the_field(
 
 
 @pytest.mark.parametrize(
+    ("section", "text", "why"),
+    [
+        ("adapt", "n_shots: yes", "is a boolean"),  # YAML 1.1: yes is true, pydantic took 1
+        ("fleet", "noise: on", "is a boolean"),
+        ("split", "holdout_task: no", "is a boolean"),  # a cell named "no": quote it
+        ("split", "test_days: 1000000", "less than or equal"),  # overflowed the calendar
+        ("registry", "experiment: ../outside", "should match pattern"),  # a store folder
+        ("registry", "promotion: {lower_is_better: [mapee]}", "mapee not one of"),
+        ("registry", "promotion: {higher_is_better: [mape]}", "mape not one of"),
+        ("paths", "var_dir: ''", "is empty"),  # the project root itself
+    ],
+)
+def test_a_setting_that_ran_wrong_or_failed_late_is_refused_at_load(
+    tmp_path: Path, section: str, text: str, why: str
+):
+    """Each loaded before: a misspelt promotion metric failed the gate with a KeyError on the
+    first night with a champion, after training and registering."""
+    path = write(tmp_path / "late.yaml", f"{section}:\n  {text}\n")
+    with pytest.raises(ConfigError, match=rf"(?s)late\.yaml: .*{section}.*{why}"):
+        load_app_config(path)
+
+
+def test_a_yaml_date_and_a_home_relative_var_dir_are_read_as_meant(tmp_path: Path):
+    path = write(tmp_path / "ok.yaml", "fleet:\n  start_date: 2026-02-01\npaths:\n  var_dir: ~/s\n")
+    app = load_app_config(path)
+    assert app.fleet.start_date == "2026-02-01"  # unquoted, YAML gave a date
+    assert app.paths.resolve().var_dir == Path.home() / "s"  # not <project>/~/s
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("batch_size: yes\n", "batch_size: True is a boolean"),
+        ("seed: -5\n", "seed"),  # failed in seed_everything, inside the run
+        ("seed: 4294967000\nensemble_size: 2\n", "last member's seed 4294968000"),
+    ],
+)
+def test_a_train_setting_that_failed_mid_run_is_refused_at_load(
+    tmp_path: Path, text: str, why: str
+):
+    conf = conf_with_train(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"(?s)train/t\.yaml: .*{why}"):
+        load_train_config("t", conf)
+
+
+@pytest.mark.parametrize(
+    ("base", "update", "why"),
+    [
+        (TABLE, {"config_columns": ["y", "x"]}, "config_columns holds the target column"),
+        (TABLE, {"key_columns": ["y"]}, "key_columns holds the target column"),
+        (TABLE, {"config_columns": ["x"], "exclude_columns": ["z"]}, "only without"),
+        (RUNS, {"config_fields": ["vm", "y"]}, "config_fields holds the target field y"),
+        (FLEET, {"section_priority": ["Task", "period", "config", "logs"]}, "Task not one of"),
+        (TABLE, {"section_priority": ["task", "task", "config"]}, "each section it orders once"),
+    ],
+    ids=["target-in-config", "target-in-key", "exclude-unused", "runs", "typo", "twice"],
+)
+def test_a_source_reading_its_target_or_misordering_its_text_is_refused(
+    tmp_path: Path, base: dict, update: dict, why: str
+):
+    """The target in the input: the model read the answer. A misspelt section was ignored and
+    the real one moved last, the first cut."""
+    with pytest.raises(ConfigError, match=rf"(?s)source\.yaml: .*{why}"):
+        load_source_config(source_file(tmp_path, {**base, **update}))
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("champion_alias", "v1"),  # MLflow's: refused at the gate, after training
