@@ -147,8 +147,8 @@ def retrain(
         config: the app config (YAML); everything else comes from it; default:
             conf/default.yaml.
         var_dir: the state directory, instead of the config's paths.var_dir.
-        generate_fleet: write the demo fleet first; default: only into a fleet source's folder
-            that holds nothing yet (never over a real fleet, never for another adapter).
+        generate_fleet: write the demo fleet first; default: only into the empty folder of a
+            source marked `demo: true` (never over a real fleet, never for another adapter).
         adapt: adapt the champion to the holdout task, and re-adapt the variants due.
         model: the model size instead of the config's (conf/model/<name>.yaml).
         train: the optimisation instead of the config's (conf/train/<name>.yaml).

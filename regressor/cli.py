@@ -121,8 +121,8 @@ def retrain(
         bool | None,
         typer.Option(
             "--generate-fleet/--no-generate-fleet",
-            help="Write the demo fleet (the config's `fleet`) first [default: only into a fleet "
-            "source's folder that holds nothing yet; never over a real fleet].",
+            help="Write the demo fleet (the config's `fleet`) first [default: only into the "
+            "empty folder of a source marked `demo: true`; never over a real fleet].",
             show_default=False,
         ),
     ] = None,

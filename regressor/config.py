@@ -752,6 +752,10 @@ class FleetSourceConfig(SourceText):
     target_max: float = 1e300
     # Field priority for truncation to the token budget: earlier sections are kept longer.
     section_priority: tuple[str, ...] = ("task", "period", "config", "logs")
+    # The demo fleet generator may fill this source's folder when it is empty or missing
+    # (`pipeline.generates_fleet`). Off, an empty folder (a share not mounted at 02:00, a typo
+    # in `root`) fails the run, where it got the demo fleet, trained on it and could promote.
+    demo: bool = False
 
     _relative = field_validator("config_glob", "log_glob", "targets_file")(checked_patterns)
     _targets = model_validator(mode="after")(ordered_targets)

@@ -100,9 +100,10 @@ def check_train_config(app: AppConfig) -> None:
 
 def generates_fleet(paths: ResolvedPaths, source: SourceConfig, requested: bool | None) -> bool:
     """Whether a run writes the demo fleet (`app.fleet`) into `source`'s folder first: by
-    default (None), only a fleet source's folder that holds nothing yet; asked for (True), also
-    one the generator wrote before (`fleetsim.is_generated`). Never a real fleet's folder (its
-    targets would be overwritten) nor a table or runs source's: a `DataError` when asked."""
+    default (None), only the folder of a source marked `demo` that holds nothing yet; asked for
+    (True), any fleet source's empty folder, or one the generator wrote before
+    (`fleetsim.is_generated`). Never a real fleet's files (its targets would be overwritten)
+    nor a table or runs source's: a `DataError` when asked."""
     is_fleet = isinstance(source, FleetSourceConfig)
     if requested and not is_fleet:
         raise DataError(
@@ -118,7 +119,7 @@ def generates_fleet(paths: ResolvedPaths, source: SourceConfig, requested: bool 
             f"{root} holds files the demo fleet generator did not write (a real fleet?): "
             "--generate-fleet would overwrite them; empty the folder to write the demo there"
         )
-    return empty or bool(requested)
+    return bool(requested) or (empty and source.demo)
 
 
 def ingest(

@@ -411,6 +411,21 @@ def test_the_demo_fleet_is_written_only_where_it_cannot_overwrite_data(tmp_path:
         pipeline.generates_fleet(paths, table, True)
 
 
+def test_a_real_fleets_empty_folder_never_gets_the_demo_by_default(tmp_path: Path):
+    """A share not mounted at 02:00 (an empty or missing folder) got the demo fleet written
+    into it under the real source's name: the nightly trained on it and could promote."""
+    from regressor.config import ResolvedPaths
+
+    paths = ResolvedPaths(var_dir=tmp_path / "var")
+    demo = load_source_config("demo_fleet")
+    real = demo.model_copy(update={"name": "prod", "root": tmp_path / "share", "demo": False})
+    assert demo.demo
+    assert not pipeline.generates_fleet(paths, real, None)  # missing
+    (tmp_path / "share").mkdir()
+    assert not pipeline.generates_fleet(paths, real, None)  # empty
+    assert pipeline.generates_fleet(paths, real, True)  # asked for by name: still written
+
+
 def test_predict_says_what_to_do_for_a_model_the_store_lacks_or_a_bare_name(
     fleet: tuple[Path, Path], tmp_path: Path
 ):
