@@ -28,6 +28,7 @@ adapt_task = task(
     retry_delay_seconds=30,
     retry_condition_fn=retry_unless_user_error,  # not a missing task, version or champion
     cache_policy=NO_CACHE,
+    persist_result=False,
 )
 
 

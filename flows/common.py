@@ -64,9 +64,10 @@ T = TypeVar("T", bound=Task)
 
 def retry_unless_user_error(task: Any, task_run: Any, state: State) -> bool:
     """A task's `retry_condition_fn`: retry, unless it failed on a user's mistake
-    (`registry.UserError`: no data, no such model or version, no server), which trying again
-    cannot fix. Prefect then logs no traceback either: the flow reports the message."""
-    return not isinstance(state.data, registry.UserError)
+    (`registry.UserError`: no data, no such model or version, no server; a `ConfigError`),
+    which trying again cannot fix. Prefect then logs no traceback either: the flow reports
+    the message."""
+    return not isinstance(state.data, registry.UserError | ConfigError)
 
 
 def tried_once_if(forced: bool, task_: T) -> T:
@@ -123,9 +124,11 @@ def warehouse_writer(name: str, paths: ResolvedPaths) -> Iterator[None]:
 
     DuckDB itself allows one writer process per file (and `Warehouse` waits on its lock), but
     that wait is bounded and invisible; the Prefect slot makes the queue explicit in the UI.
-    On Prefect's temporary server (no PREFECT_API_URL: `textperf retrain` from cron), a file
-    lock instead: that server frees no expired lease, so a writer killed holding the slot (the
-    OOM killer) left every later run's ingest waiting forever; a file lock dies with its holder.
+    The file lock (`pipeline.writer_lock`) is held too, inside the slot: a CLI ingest or a cron
+    run beside a worker takes no slot. On Prefect's temporary server (no PREFECT_API_URL:
+    `textperf retrain` from cron), the file lock alone: that server frees no expired lease, so a
+    writer killed holding the slot (the OOM killer) left every later run's ingest waiting
+    forever; a file lock dies with its holder.
     """
     if not PREFECT_API_URL.value():
         with pipeline.writer_lock(paths):
@@ -134,7 +137,19 @@ def warehouse_writer(name: str, paths: ResolvedPaths) -> Iterator[None]:
     ensure_writer_limit(name)
     logger = get_run_logger()
     logger.info("waiting for the warehouse writer slot since %s", _now())
-    with concurrency(name, occupy=1, lease_duration=WRITER_LEASE_SECONDS, strict=True):
+    # A lease that fails to renew (the server restarting for a minute) leaves the slot to expire
+    # rather than cancel the ingest: the file lock and DuckDB's keep the one writer. `strict`
+    # still refuses a limit the server lacks.
+    with (
+        concurrency(
+            name,
+            occupy=1,
+            lease_duration=WRITER_LEASE_SECONDS,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ),
+        pipeline.writer_lock(paths),
+    ):
         # Times to the millisecond let an operator (and a test) see the writers take turns.
         logger.info("warehouse writer slot acquired at %s", _now())
         try:

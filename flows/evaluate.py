@@ -26,6 +26,7 @@ evaluate_task = task(
     retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_unless_user_error,  # not a missing model, alias or split
     cache_policy=NO_CACHE,
+    persist_result=False,
 )
 
 

@@ -29,6 +29,7 @@ prune_task = task(
     retry_delay_seconds=30,
     retry_condition_fn=retry_unless_user_error,  # not a name the registry refuses
     cache_policy=NO_CACHE,
+    persist_result=False,
 )
 
 

@@ -33,8 +33,11 @@ from regressor.config import (
     load_source_config,
 )
 
-# Heavy objects pass between these tasks in memory: none is cached.
-generate_task = task(pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE)
+# Heavy objects pass between these tasks in memory: none is cached, none persisted (with
+# PREFECT_RESULTS_PERSIST_BY_DEFAULT on, every night pickled the dataset to disk for good).
+generate_task = task(
+    pipeline.generate, name="generate-fleet", cache_policy=NO_CACHE, persist_result=False
+)
 # Reads of the warehouse and the registry can meet a lock or a restarting server: retry those.
 # A user's mistake (no records, no such task) is not retried (`retry_unless_user_error`).
 IO_RETRIES = {
@@ -42,25 +45,37 @@ IO_RETRIES = {
     "retry_delay_seconds": exponential_backoff(backoff_factor=5),
     "retry_condition_fn": retry_unless_user_error,
 }
-dataset_task = task(pipeline.load_dataset, name="load-dataset", cache_policy=NO_CACHE, **IO_RETRIES)
+dataset_task = task(
+    pipeline.load_dataset,
+    name="load-dataset",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    **IO_RETRIES,
+)
 # One retry after a minute: a registry that was unreachable at registration time may be back,
 # and the retry resumes from the finished training's checkpoint instead of training again.
 train_task = task(
     pipeline.train_and_register,
     name="train-evaluate-register",
     cache_policy=NO_CACHE,
+    persist_result=False,
     retries=1,
     retry_delay_seconds=60,
     retry_condition_fn=retry_unless_user_error,
 )
 due_task = task(
-    pipeline.adaptations_due, name="adaptations-due", cache_policy=NO_CACHE, **IO_RETRIES
+    pipeline.adaptations_due,
+    name="adaptations-due",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    **IO_RETRIES,
 )
 
 
 @task(
     name="adapt-champion",
     cache_policy=NO_CACHE,
+    persist_result=False,
     retries=1,
     retry_condition_fn=retry_unless_user_error,
 )

@@ -207,9 +207,9 @@ def ingest(
     # another process for longer than the wait.
     with _user_errors(SourceFolderMissingError, WarehouseLockedError):
         cfg, paths = _state(config, var_dir)
-        result = pipeline.ingest(
-            paths, load_source_config(source or cfg.source), pipeline.new_run_id(), forget_gone
-        )
+        picked = load_source_config(source or cfg.source)
+        with pipeline.writer_lock(paths):  # behind a flow's ingest, not failing after 120 s
+            result = pipeline.ingest(paths, picked, pipeline.new_run_id(), forget_gone)
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "
         f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "

@@ -248,9 +248,18 @@ def ingest_hint(source: str) -> str:
 @contextmanager
 def reading_warehouse(warehouse: Path, source: str) -> Iterator[Warehouse]:
     """The warehouse, read-only (`warehouse.reading_records`); a `DataError` saying to ingest
-    `source` when there is none yet or no ingest has set it up."""
+    `source` when there is none yet or no ingest has set it up.
+
+    It waits, holding the writer's lock shared, behind an ingest: DuckDB refuses a reader while
+    a writer has the file open, and its own wait (`LOCK_TIMEOUT_S`) failed the nightly's dataset
+    and adaptations behind a long ad-hoc ingest. The lock is in the `locks/` folder beside the
+    warehouse (`ResolvedPaths`)."""
+    locks = warehouse.parent / "locks"
     try:
-        with reading_records(warehouse) as wh:
+        with (
+            held(locks, WRITER_LOCK, "writing the warehouse", logger, shared=True),
+            reading_records(warehouse) as wh,
+        ):
             yield wh
     except NoRecordsTableError as exc:
         raise DataError(f"{exc}: {ingest_hint(source)}") from exc
@@ -535,11 +544,15 @@ def gate_lock(paths: ResolvedPaths, name: str) -> Iterator[None]:
         yield
 
 
+WRITER_LOCK = "warehouse-writer.lock"
+
+
 @contextmanager
 def writer_lock(paths: ResolvedPaths) -> Iterator[None]:
-    """The warehouse's one writer, as an exclusive file lock in `var/locks/` (where no Prefect
-    server keeps the queue): the OS frees it when its holder dies, however it dies."""
-    with held(paths.locks, "warehouse-writer.lock", "writing the warehouse", logger):
+    """The warehouse's one writer, as an exclusive file lock in `var/locks/` (also under a
+    Prefect server's slot: a CLI ingest or a cron run beside a worker takes no slot): the OS
+    frees it when its holder dies, however it dies. Readers hold it shared (`reading_warehouse`)."""
+    with held(paths.locks, WRITER_LOCK, "writing the warehouse", logger):
         yield
 
 

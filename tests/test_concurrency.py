@@ -9,8 +9,10 @@ registers its own. Parallel predictions equal sequential ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -142,6 +144,7 @@ def test_parallel_predict_calls_equal_sequential_ones(loaded_pyfunc) -> None:
 HOLD_WRITER = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from regressor import pipeline
 from regressor.config import ResolvedPaths
 with pipeline.writer_lock(ResolvedPaths(var_dir=Path(sys.argv[1]))):
@@ -182,9 +185,89 @@ def test_without_a_prefect_server_a_killed_writer_frees_the_warehouse(tmp_path: 
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+HOLD_AN_INGEST = """
+import sys, time
+from pathlib import Path
+from typing import Any
+from regressor import pipeline
+from regressor.config import ResolvedPaths
+from regressor.warehouse import Warehouse
+paths = ResolvedPaths(var_dir=Path(sys.argv[1]))
+with pipeline.writer_lock(paths), Warehouse(paths.warehouse):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    print(f"released {time.time()}", flush=True)
+"""
+
+
+def _behind_an_ingest(var: Path, seconds: float, then: Callable[[], Any]) -> tuple[float, Any]:
+    """`then()` run while a child process ingests (holding the writer's lock and the warehouse
+    open for `seconds`): when `then` got in, after the child let go, and what it returned."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AN_INGEST, str(var), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = then()
+        return _released_at(holder), result
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_reader_waits_behind_an_ingest_however_long_it_takes(tmp_path: Path, monkeypatch):
+    """DuckDB refuses a reader while a writer has the file open, and its own wait is bounded
+    (120 s): the nightly's dataset and adaptations failed behind a long ad-hoc ingest. A reader
+    now holds the writer's lock shared, so it waits for the ingest, then reads. DuckDB's wait is
+    cut to 0.5 s here, far below the 6 s ingest: only the lock can bridge it."""
+    import time
+
+    from regressor import warehouse
+
+    _, paths = _prepared(tmp_path)
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 0.5)
+
+    def read() -> tuple[float, int]:
+        with pipeline.reading_warehouse(paths.warehouse, "demo_fleet") as wh:
+            return time.time(), wh.query("records").height
+
+    released, (entered, records) = _behind_an_ingest(paths.var_dir, 6, read)
+    assert entered >= released
+    assert records > 0
+
+
+def test_a_cli_ingest_waits_behind_a_flows_ingest(tmp_path: Path, monkeypatch):
+    """`textperf ingest` took no writer lock: beside a worker's ingest it failed once DuckDB's
+    wait ran out (cut to 0.5 s here, below the 6 s ingest)."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from regressor import warehouse
+    from regressor.cli import app
+
+    var, _ = _prepared(tmp_path)
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 0.5)
+
+    def ingest() -> tuple[float, object]:
+        done = CliRunner().invoke(app, ["ingest", "--var-dir", str(var)])
+        return time.time(), done
+
+    released, (finished, done) = _behind_an_ingest(var, 6, ingest)
+    assert done.exit_code == 0, done.output
+    assert finished >= released
+
+
 HOLD_GATE = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from regressor import pipeline
 from regressor.config import ResolvedPaths
 lock = getattr(pipeline, sys.argv[3] if len(sys.argv) > 3 else "gate_lock")

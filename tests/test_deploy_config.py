@@ -82,6 +82,8 @@ def test_compose_names_the_services_and_settings_the_code_uses():
         env = services[name]["environment"]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        # MLflow's link to a flow run is for the browser: the published port, not the network's.
+        assert env["PREFECT_UI_URL"] == "http://127.0.0.1:${PREFECT_PORT:-4200}"
     worker = services["prefect-worker"]["command"]
     assert worker[worker.index("--pool") + 1] == APP.orchestration.work_pool
     assert worker[worker.index("--type") + 1] == "process"
@@ -118,3 +120,29 @@ def test_a_cron_prefect_refuses_is_an_error_naming_the_file_and_setting(field: s
     app = APP.model_copy(update={"schedule": schedule})
     with pytest.raises(ConfigError, match=rf"team\.yaml: schedule\.{field}: Invalid cron string"):
         deployments.build(app, Path("team.yaml"))
+
+
+def test_no_flow_task_persists_its_result():
+    """Heavy objects (the dataset, the predictor) pass between tasks in memory: with
+    PREFECT_RESULTS_PERSIST_BY_DEFAULT on, every night pickled them to disk for good."""
+    from prefect import Task
+
+    modules = ["flows.tasks", "flows.retrain", "flows.adapt", "flows.evaluate", "flows.prune"]
+    tasks = [
+        value
+        for module in modules
+        for value in vars(importlib.import_module(module)).values()
+        if isinstance(value, Task)
+    ]
+    assert len({t.name for t in tasks}) >= 8
+    assert [t.name for t in tasks if t.persist_result is not False] == []
+
+
+def test_a_config_error_is_not_retried():
+    """`failing_cleanly` reports it as the user's mistake; a retry waited, then failed alike."""
+    from prefect.states import Failed
+
+    from flows.common import retry_unless_user_error
+
+    assert not retry_unless_user_error(None, None, Failed(data=ConfigError("conf/x.yaml: bad")))
+    assert retry_unless_user_error(None, None, Failed(data=OSError("server restarting")))
