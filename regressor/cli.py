@@ -760,6 +760,7 @@ def adapt(
 
     with _user_errors():
         cfg, paths = _state(config, var_dir)
+        pipeline.check_train_config(cfg)  # fine-tuning trains with it: before the data loads
         registry.require_reachable(paths.tracking_uri)
     overrides = {
         "n_shots": shots,

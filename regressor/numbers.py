@@ -93,6 +93,19 @@ class NumberCodec:
         ids = torch.tensor(rows, dtype=torch.long).reshape(-1, self.number_len)
         return ids[:, self._emitted].reshape(n, self.seq_len)
 
+    def unwritable(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        """bool [N]: which finite values the range cannot hold, and would be written clamped:
+        above `9.99..9 * 10**exponent_max`, or nonzero below half of `10**exponent_min` (zero).
+        With the default range, none; `exponent_min: -12` writes 3e-13 as 0."""
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        return np.array([self._out_of_range(abs(float(x))) for x in flat], dtype=bool)
+
+    def _out_of_range(self, magnitude: float) -> bool:
+        if not math.isfinite(magnitude) or magnitude == 0.0:
+            return False
+        exponent = int(f"{magnitude:.{self.digits - 1}e}".split("e")[1])  # as `_round` rounds
+        return exponent > self.exponent_max or magnitude < 0.5 * 10.0**self.exponent_min
+
     def _encode_one(self, x: float) -> list[int]:
         filler = [PAD] * (self.number_len - 1)
         if math.isnan(x):

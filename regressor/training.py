@@ -38,6 +38,7 @@ from regressor.environment import (
     numeric_environment,
     resolve_precision,
 )
+from regressor.errors import UserError
 from regressor.model import EncoderDecoder
 from regressor.numbers import NumberCodec
 from regressor.predictor import Predictor, pad_batch
@@ -325,7 +326,18 @@ class RegressionLM(L.LightningModule):
 def encode_examples(
     predictor: Predictor, texts: Sequence[str], targets: np.ndarray
 ) -> EncodedExamples:
-    return EncodedExamples(predictor.encode_texts(texts), predictor.codec.encode(targets))
+    """Token ids of texts and targets; a `UserError` when a target is beyond the number codec's
+    range: it was written clamped (5e13 as 9.999e12 with `exponent_max: 12`), a wrong label."""
+    codec = predictor.codec
+    outside = np.asarray(targets, dtype=np.float64).reshape(-1)[codec.unwritable(targets)]
+    if len(outside):
+        raise UserError(
+            f"{len(outside)} of {len(targets)} targets (as learned, e.g. {outside[0]:.4g}) lie "
+            f"outside the number codec's range (codec.exponent_min {codec.exponent_min}, "
+            f"exponent_max {codec.exponent_max}): widen it in the config, or quarantine them "
+            "at ingest with the source's target_min and target_max"
+        )
+    return EncodedExamples(predictor.encode_texts(texts), codec.encode(targets))
 
 
 def make_loader(

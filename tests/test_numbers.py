@@ -82,6 +82,14 @@ def test_top_of_range_decodes_to_finite() -> None:
     assert CODEC.decode(ids)[0] == np.finfo(np.float64).max
 
 
+def test_the_values_a_narrow_range_writes_clamped_are_told() -> None:
+    """What `training.encode_examples` refuses to learn: a label written clamped is wrong."""
+    codec = NumberCodec(CodecConfig(mantissa_digits=3, exponent_min=-2, exponent_max=3))
+    values = [1e9, -1e9, 9999.6, 9990.0, 0.006, 0.004, -0.004, 0.0, float("nan"), float("inf")]
+    assert codec.unwritable(values).tolist() == [1, 1, 1, 0, 0, 1, 1, 0, 0, 0]
+    assert not CODEC.unwritable([1.7e308, 5e-324, -1e-300]).any()  # the default range: none
+
+
 def test_ungrammatical_sequences_decode_to_nan() -> None:
     bad = [
         "- 0 0 0 0 E-324",  # a negative zero

@@ -61,3 +61,25 @@ def test_bucketed_sampler_resumes_mid_epoch_with_the_unseen_batches():
     assert killed.state_dict() == {"epoch": 1, "consumed": 7}
     assert list(resumed) == epoch1[7:]
     assert list(resumed) == list(unbroken)  # and the epochs after it match too
+
+
+def test_a_target_beyond_the_codec_range_is_refused_not_learned_clamped() -> None:
+    """With `exponent_max: 3` a runtime of 12345 was learned as 9999: a wrong label, silently."""
+    import pytest
+
+    from regressor.config import CodecConfig, load_model_config
+    from regressor.errors import UserError
+    from regressor.predictor import Predictor
+    from regressor.training import encode_examples
+    from regressor.vocab import InputTokenizer
+
+    texts = [f"<task>\ncell-{i}\n<config>\nn={i}" for i in range(8)]
+    predictor = Predictor.create(
+        load_model_config("tiny"),
+        CodecConfig(exponent_min=-3, exponent_max=3),
+        InputTokenizer.train(texts, 300),
+    )
+    fine = encode_examples(predictor, texts[:2], np.array([0.5, 9990.0]))
+    assert fine.target_ids.shape[0] == 2
+    with pytest.raises(UserError, match=r"1 of 2 targets .*e\.g\. 1\.234e\+04.*exponent_max 3"):
+        encode_examples(predictor, texts[:2], np.array([0.5, 12345.0]))
