@@ -53,7 +53,11 @@ ConfigOpt = Annotated[
 ]
 VarOpt = Annotated[
     Path | None,
-    typer.Option(envvar="TEXTPERF_VAR_DIR", help="Override paths.var_dir (where all state lands)."),
+    typer.Option(
+        envvar="TEXTPERF_VAR_DIR",
+        help="Override paths.var_dir (where all state lands; a relative path is taken from the "
+        "project root, as in the config).",
+    ),
 ]
 
 
@@ -267,7 +271,7 @@ def _read_record(path: Path) -> dict[str, str]:
             data = f.read(MAX_RECORD_BYTES + 1)
         if len(data) > MAX_RECORD_BYTES:
             raise ValueError(f"larger than {MAX_RECORD_BYTES // 2**20} MiB")
-        return _record_row(json.loads(data.decode("utf-8")))
+        return _record_row(json.loads(data.decode("utf-8-sig")))  # a BOM: Windows editors
     except RecursionError:
         raise typer.BadParameter(f"{path}: the JSON is nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -450,14 +454,19 @@ def predict(
     from regressor.pyfunc_model import quantile_column
 
     params = _predict_params(num_samples, temperature, quantile, samples)
+    if model is not None and not model.strip():  # `--model "$MODEL"` with MODEL unset
+        raise typer.BadParameter("is empty: name a model, or leave it out", param_hint="--model")
     rows = [_read_record(path) for path in records]
     with _user_errors():  # a var dir that is a file, a tracking server that does not answer
-        cfg, paths = _registry_at(config, var_dir)
+        cfg, paths = _state(config, var_dir)
+        # The config's names by default, as the pipeline registers and gates: `textperf@champion`
+        # was fixed here, so a config naming its own model predicted with another, or none.
+        named = registry.model_uri(cfg.registry.model_name, cfg.registry.champion_alias)
+        uri = _model_uri(model) if model else named
+        if uri.startswith(("models:/", "runs:/")):  # a model folder on disk needs no store
+            registry.require_store(paths)
+            _use_tracking(paths)
     store = paths.tracking_uri
-    # The config's names by default, as the pipeline registers and gates: `textperf@champion`
-    # was fixed here, so a config naming its own model predicted with another, or none.
-    named = registry.model_uri(cfg.registry.model_name, cfg.registry.champion_alias)
-    uri = _model_uri(model) if model else named
     _require_registered(uri, store)
     pinned, note = _pinned(uri)
     loaded = _load_model(pinned)
@@ -597,6 +606,8 @@ def join_fits(
         joined = join(paths.checkpoints, max_fits, until, ready)
     except JoinError as exc:  # one line and exit 1, as every other command's failure
         _fail(str(exc))
+    except OSError as exc:  # --ready where no file can be written
+        _fail(f"{exc.filename}: {exc.strerror}")
     typer.echo(f"joined {joined} fits")
 
 
@@ -715,7 +726,9 @@ def models_promote(
     with _registry_errors(paths.tracking_uri), pipeline.alias_locks(paths, name):
         registry.existing_version(name, version)  # names what is missing, MLflow's words do not
         decision = registry.promote(name, version, alias, reason, cfg.registry.champion_alias)
-    typer.echo(f"{name}/{version} is now @{alias} (was {decision['previous']})")
+    previous = decision["previous"]
+    was = "unset" if previous is None else f"v{previous}"
+    typer.echo(f"{name}/{version} is now @{alias} (was {was})")
 
 
 METHODS: tuple[str, ...] = get_args(AdaptConfig.model_fields["method"].annotation)
@@ -732,7 +745,9 @@ def adapt(
     method: Annotated[
         str | None, typer.Option(help="full | last_layers | lora (default from conf).")
     ] = None,
-    lora_rank: Annotated[int | None, typer.Option(min=1, help="LoRA rank.")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(min=1, help="LoRA rank, with --method lora.")
+    ] = None,
     base_version: Annotated[
         str | None, typer.Option("--base", help="Base version of the model; default: champion.")
     ] = None,
@@ -755,6 +770,8 @@ def adapt(
         raise typer.BadParameter(f"{base_version!r} is not a version number", param_hint="--base")
     if method is not None and method not in METHODS:
         raise typer.BadParameter(f"{method!r}: one of {', '.join(METHODS)}", param_hint="--method")
+    if task is not None and not task.strip():  # `--task "$TASK"` with TASK unset: the holdout
+        raise typer.BadParameter("is empty: name a task, or leave it out", param_hint="--task")
     from regressor import pipeline, registry, report
     from regressor.config import load_source_config
 
@@ -771,6 +788,10 @@ def adapt(
     adapt_cfg = cfg.adapt.model_validate(
         cfg.adapt.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     )
+    if adapt_cfg.method != "lora" and lora_rank is not None:  # unused, yet in the reuse key
+        raise typer.BadParameter(
+            f"only with --method lora (the method is {adapt_cfg.method})", param_hint="--lora-rank"
+        )
     split = cfg.split.model_copy(update={"holdout_task": task or cfg.split.holdout_task})
     cfg = cfg.model_copy(update={"adapt": adapt_cfg, "split": split})
     with _user_errors():

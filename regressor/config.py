@@ -640,7 +640,10 @@ def load_app_config(
     load_train_config(app.train, conf_dir)
     if var_dir is not None:
         # Only the state directory moves: a tracking server the config names stays.
-        paths = PathsConfig.model_validate(app.paths.model_dump() | {"var_dir": var_dir})
+        try:
+            paths = PathsConfig.model_validate(app.paths.model_dump() | {"var_dir": var_dir})
+        except ValidationError as exc:  # `--var-dir ""`: the project root itself
+            raise ConfigError(f"--var-dir ({VAR_DIR_ENV}): {describe(exc)}") from exc
         app = app.model_copy(update={"paths": paths})
     return app
 

@@ -420,3 +420,53 @@ def test_each_row_says_how_many_of_its_draws_decoded_to_a_number():
     assert list(out.columns) == list(OUTPUT_COLUMNS)
     assert out["finite_fraction"].tolist() == [1.0, 0.125]
     assert out.loc[1, "std"] == 0.0  # what the fraction qualifies
+
+
+def test_a_model_folder_on_disk_predicts_without_a_store(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A copied or downloaded model was refused for want of an MLflow store, with a message
+    sending the user to `textperf retrain`. A BOM before the record's JSON (Windows editors
+    write one) is read too."""
+    mlflow.set_tracking_uri(store)
+    folder = mlflow.artifacts.download_artifacts(
+        "models:/textperf@champion", dst_path=str(tmp_path / "copy")
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TEXTPERF_VAR_DIR", str(tmp_path / "empty"))  # no mlflow.db in it
+    record = tmp_path / "bom.json"
+    record.write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORD).encode())
+    result = predict_cli(CliRunner(), "--model", str(Path(folder).resolve()), str(record))
+    assert result.exit_code == 0, result.output
+    assert "median" in result.output
+    assert not (tmp_path / "empty" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["predict", "--model", "", "r.json"], "--model"),  # `--model "$MODEL"`, MODEL unset
+        (["adapt", "--task", " "], "--task"),  # adapted the holdout task instead
+        (["adapt", "--method", "full", "--lora-rank", "4"], "--lora-rank"),  # unused, new key
+    ],
+)
+def test_an_empty_or_unused_option_is_refused_not_taken_for_the_default(
+    runner: CliRunner, tmp_path: Path, args: list[str], hint: str
+):
+    (tmp_path / "r.json").write_text(json.dumps(RECORD))
+    result = runner.invoke(cli.app, [a.replace("r.json", str(tmp_path / "r.json")) for a in args])
+    assert result.exit_code == 2, result.output
+    assert hint in flat(result.output)
+
+
+def test_join_fits_where_no_ready_file_can_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`--ready` under a regular file: a FileExistsError traceback before."""
+    monkeypatch.setenv("NODE_RANK", "1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["join-fits", "--var-dir", str(tmp_path / "var"), "--ready", str(blocker / "ready")]
+    result = CliRunner().invoke(cli.app, [*args, "--until", str(blocker)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {blocker}")

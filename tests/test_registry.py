@@ -301,7 +301,7 @@ def test_cli_predict_and_promote_default_to_the_configs_names(store, tmp_path: P
     runner = CliRunner()
     promoted = runner.invoke(cli.app, ["models", "promote", "textperf", str(v1.version), *given])
     assert promoted.exit_code == 0, promoted.output
-    assert f"textperf/{v1.version} is now @best" in promoted.output
+    assert f"textperf/{v1.version} is now @best (was unset)" in promoted.output  # not None
     aliases = MlflowClient().get_registered_model("textperf").aliases
     assert aliases == {"best": int(v1.version)}
     # The model's description names the alias to predict with: it said @champion.
