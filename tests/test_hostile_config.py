@@ -454,5 +454,6 @@ def test_the_cli_reports_a_bad_config_in_one_line_not_a_traceback(tmp_path: Path
 
 def test_an_empty_var_dir_option_is_refused_naming_the_option():
     """`--var-dir ""` (or TEXTPERF_VAR_DIR=) put state into the project root; then a traceback."""
-    with pytest.raises(ConfigError, match=r"--var-dir \(TEXTPERF_VAR_DIR\): .*var_dir: is empty"):
+    named = r"(?s)--var-dir \(TEXTPERF_VAR_DIR\): .*var_dir: is empty"
+    with pytest.raises(ConfigError, match=named):
         load_app_config(var_dir=Path(""))
