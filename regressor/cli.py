@@ -804,6 +804,8 @@ def adapt(
     done = "already adapted (--force adapts again):" if outcome.reused else "registered"
     typer.echo(f"{done} {outcome.uri} from {outcome.base_uri} ({report.shots_used(outcome)})")
     scores = report.adaptation_scores(outcome, "zero_shot", "from_scratch", "fallback")
+    # The gate compared on its own shots: these test scores may rank the two otherwise.
+    typer.echo(f"test scores on {outcome.task} (the gate compared on its held-out shots):")
     for kind, metrics in scores.items():
         typer.echo(
             f"  {kind:13s} spearman {metrics['spearman']:.3f}  mape {metrics['mape']:.3g}  "

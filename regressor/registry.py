@@ -718,6 +718,8 @@ def resolve(ref: str) -> ModelVersion:
     client = MlflowClient()
     if which is not None and which.isdigit():
         return existing_version(name, which)
+    if which is not None and "/" in ref.removeprefix("models:/"):  # it said no alias @abc
+        raise NotRegisteredError(f"{ref}: {which!r} is not a version number (NAME/VERSION)")
     if which is not None:
         found = alias_version(name, which)
         if found is not None:

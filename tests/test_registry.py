@@ -252,6 +252,9 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     assert described["tags"]["manual_champion"]["previous"] == str(v1.version)
     missing = runner.invoke(cli.app, ["models", "show", "textperf/42"])
     assert missing.exit_code != 0
+    not_a_version = runner.invoke(cli.app, ["models", "show", "textperf/abc"])  # "no @abc"
+    assert not_a_version.exit_code != 0
+    assert "'abc' is not a version number" in not_a_version.output
     # A bare name is its latest version, with its aliases; a NaN metric is null, not `NaN`.
     nan_metrics = json.dumps({"spearman": float("nan"), "mape": 12.5})
     MlflowClient().set_model_version_tag("textperf", str(v2.version), "test_metrics", nan_metrics)
