@@ -217,7 +217,7 @@ def ingest(
     typer.echo(
         f"files seen {result.files_seen}: ingested {result.files_ingested}, "
         f"unchanged {result.files_unchanged}, quarantined {result.files_quarantined}; "
-        f"{result.records} records"
+        f"{result.records} records ({result.records_added:+d} this run)"
     )
     for file, reason in result.quarantined:  # a reason names its file: said once, not twice
         typer.echo(f"  quarantined {reason if file in reason else f'{file}: {reason}'}", err=True)

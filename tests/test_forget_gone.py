@@ -307,12 +307,16 @@ def test_the_cli_names_each_forgotten_file(tmp_path: Path, tiny_fleet) -> None:
     raw, _ = tiny_fleet
     var = raw.parent
     cli = CliRunner()
-    assert cli.invoke(app, ["ingest", "--var-dir", str(var)]).exit_code == 0
+    first = cli.invoke(app, ["ingest", "--var-dir", str(var)])
+    assert first.exit_code == 0
+    records = int(first.output.split("; ")[1].split()[0])
+    assert f"; {records} records (+{records} this run)" in first.output  # what it added
     log = sorted((raw / "demo_fleet" / "logs").glob("*/*.log"))[0]
     log.unlink()
     done = cli.invoke(app, ["ingest", "--forget-gone", "--var-dir", str(var)])
     assert done.exit_code == 0, done.output
     assert f"forgot {log.relative_to(raw / 'demo_fleet').as_posix()} (gone" in done.output
+    assert f"; {records - 1} records (-1 this run)" in done.output
 
 
 def test_the_cli_says_in_one_line_that_a_missing_source_folder_forgot_nothing(
