@@ -16,9 +16,15 @@ export MPLBACKEND ?= Agg
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# Where the CPU build of torch comes from. Unset: pip's own configuration (this machine's has
+# it on disk). Elsewhere a plain install takes PyPI's CUDA build (several GB): set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu, as the Dockerfile does.
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) torch==2.13.0)
 	$(BIN)/pip install --quiet -e '.[dev,dask]'
 	@touch $(STAMP)
 
