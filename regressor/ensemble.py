@@ -21,13 +21,13 @@ import mlflow
 import numpy as np
 import torch
 
-from regressor.config import TrainConfig
+from regressor.config import MEMBER_SEED_STEP, TrainConfig
 from regressor.dataset import Examples
 from regressor.environment import TRAINED_WITH
 from regressor.predictor import Predictor, sha256_file
 from regressor.training import FitResult, RunLogger, fit_examples
 
-SEED_STRIDE = 1000
+SEED_STRIDE = MEMBER_SEED_STEP  # the config bounds the last member's seed by it
 
 
 def member_config(cfg: TrainConfig, i: int) -> TrainConfig:
