@@ -392,16 +392,19 @@ def _alias_hint(uri: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from regressor.registry import parse_ref
+    from regressor.registry import parse_ref, versions_of
 
     if not uri.startswith("models:/") or "@" not in uri:
         return ""
     name, _ = parse_ref(uri)
     try:
         aliases = MlflowClient().get_registered_model(name).aliases or {}
+        variant = any("base_model" in v.tags for v in versions_of(name))
     except MlflowException:  # no such model: its own message says so
         return ""
     held = ", ".join(f"@{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+    if not variant:  # a base model: the variant's advice would mislead
+        return f" {name}'s aliases: {held} (`textperf models promote {name} VERSION` sets one)"
     return (
         f" {name}'s aliases: {held}. An adapted variant the gate refused has no champion: "
         f"its task is predicted with the base model (`textperf models show {name}` gives the "

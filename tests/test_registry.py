@@ -290,6 +290,14 @@ def test_cli_models_list_show_promote(store, tmp_path: Path, monkeypatch):
     )
     assert no_alias.exit_code == 1
     assert f"textperf's aliases: @champion (v{v2.version})" in no_alias.output
+    # A base model: a refused variant's advice (predict with the base) would mislead.
+    assert "models promote textperf VERSION` sets one" in no_alias.output
+    assert "adapted variant" not in no_alias.output
+    MlflowClient().set_model_version_tag("textperf", str(v1.version), "base_model", "models:/b/1")
+    as_variant = runner.invoke(
+        cli.app, ["models", "predict", "--model", "textperf@best", str(record)]
+    )
+    assert "An adapted variant the gate refused has no champion" in as_variant.output
 
 
 def test_cli_predict_and_promote_default_to_the_configs_names(store, tmp_path: Path, monkeypatch):
