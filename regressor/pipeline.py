@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -254,15 +254,21 @@ def reading_warehouse(warehouse: Path, source: str) -> Iterator[Warehouse]:
     a writer has the file open, and its own wait (`LOCK_TIMEOUT_S`) failed the nightly's dataset
     and adaptations behind a long ad-hoc ingest. The lock is in the `locks/` folder beside the
     warehouse (`ResolvedPaths`)."""
-    locks = warehouse.parent / "locks"
     try:
-        with (
-            held(locks, WRITER_LOCK, "writing the warehouse", logger, shared=True),
-            reading_records(warehouse) as wh,
-        ):
-            yield wh
+        with ExitStack() as stack:
+            _behind_the_writer(stack, warehouse.parent / "locks")
+            yield stack.enter_context(reading_records(warehouse))
     except NoRecordsTableError as exc:
         raise DataError(f"{exc}: {ingest_hint(source)}") from exc
+
+
+def _behind_the_writer(stack: ExitStack, locks: Path) -> None:
+    """The writer's lock, held shared on `stack`; where none can be made (a read-only state
+    directory, as a copy for serving), DuckDB's own bounded wait only, as before the lock."""
+    try:
+        stack.enter_context(held(locks, WRITER_LOCK, "writing the warehouse", logger, shared=True))
+    except OSError as exc:
+        logger.warning("reading the warehouse without its writer lock (%s): %s", locks, exc)
 
 
 def _source_records(warehouse: Path, source: str) -> tuple[pl.DataFrame, str]:

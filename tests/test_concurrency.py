@@ -242,6 +242,18 @@ def test_a_reader_waits_behind_an_ingest_however_long_it_takes(tmp_path: Path, m
     assert records > 0
 
 
+def test_a_state_directory_where_no_lock_can_be_made_is_still_read(tmp_path: Path):
+    """A read-only copy of the state (for serving, say) has no lock file and cannot make one:
+    the read goes on with DuckDB's own wait, as before the lock."""
+    import shutil
+
+    _, paths = _prepared(tmp_path)
+    shutil.rmtree(paths.locks, ignore_errors=True)
+    paths.locks.write_text("")  # a file where the folder would go: no lock can be made
+    with pipeline.reading_warehouse(paths.warehouse, "demo_fleet") as wh:
+        assert wh.query("records").height > 0
+
+
 def test_a_cli_ingest_waits_behind_a_flows_ingest(tmp_path: Path, monkeypatch):
     """`textperf ingest` took no writer lock: beside a worker's ingest it failed once DuckDB's
     wait ran out (cut to 0.5 s here, below the 6 s ingest)."""
