@@ -225,7 +225,7 @@ def test_a_reader_waits_behind_an_ingest_however_long_it_takes(tmp_path: Path, m
     """DuckDB refuses a reader while a writer has the file open, and its own wait is bounded
     (120 s): the nightly's dataset and adaptations failed behind a long ad-hoc ingest. A reader
     now holds the writer's lock shared, so it waits for the ingest, then reads. DuckDB's wait is
-    cut to 0.5 s here, far below the 6 s ingest: only the lock can bridge it."""
+    cut to 0.5 s here, far below the 3 s ingest: only the lock can bridge it."""
     import time
 
     from regressor import warehouse
@@ -237,7 +237,7 @@ def test_a_reader_waits_behind_an_ingest_however_long_it_takes(tmp_path: Path, m
         with pipeline.reading_warehouse(paths.warehouse, "demo_fleet") as wh:
             return time.time(), wh.query("records").height
 
-    released, (entered, records) = _behind_an_ingest(paths.var_dir, 6, read)
+    released, (entered, records) = _behind_an_ingest(paths.var_dir, 3, read)
     assert entered >= released
     assert records > 0
 
@@ -256,7 +256,7 @@ def test_a_state_directory_where_no_lock_can_be_made_is_still_read(tmp_path: Pat
 
 def test_a_cli_ingest_waits_behind_a_flows_ingest(tmp_path: Path, monkeypatch):
     """`textperf ingest` took no writer lock: beside a worker's ingest it failed once DuckDB's
-    wait ran out (cut to 0.5 s here, below the 6 s ingest)."""
+    wait ran out (cut to 0.5 s here, below the 3 s ingest)."""
     import time
 
     from typer.testing import CliRunner
@@ -271,7 +271,7 @@ def test_a_cli_ingest_waits_behind_a_flows_ingest(tmp_path: Path, monkeypatch):
         done = CliRunner().invoke(app, ["ingest", "--var-dir", str(var)])
         return time.time(), done
 
-    released, (finished, done) = _behind_an_ingest(var, 6, ingest)
+    released, (finished, done) = _behind_an_ingest(var, 3, ingest)
     assert done.exit_code == 0, done.output
     assert finished >= released
 
