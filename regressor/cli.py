@@ -92,16 +92,20 @@ def _state(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, Resolv
 
 
 def _registry_at(config: Path | None, var_dir: Path | None) -> tuple[AppConfig, ResolvedPaths]:
-    """`_state`, then point MLflow at the store (`_use_tracking`) once it is there
-    (`registry.require_store`): MLflow's client would spend about four minutes retrying a
-    server that is not there, per call, and would make a missing local store. Call under
-    `_user_errors`."""
+    """`_state`, then `_open_store`. Call under `_user_errors`."""
+    cfg, paths = _state(config, var_dir)
+    _open_store(paths)
+    return cfg, paths
+
+
+def _open_store(paths: ResolvedPaths) -> None:
+    """Point MLflow at the store (`_use_tracking`) once it is there (`registry.require_store`):
+    MLflow's client would spend about four minutes retrying a server that is not there, per
+    call, and would make a missing local store."""
     from regressor import registry
 
-    cfg, paths = _state(config, var_dir)
     registry.require_store(paths)
     _use_tracking(paths)
-    return cfg, paths
 
 
 @contextmanager
@@ -467,8 +471,7 @@ def predict(
         named = registry.model_uri(cfg.registry.model_name, cfg.registry.champion_alias)
         uri = _model_uri(model) if model else named
         if uri.startswith(("models:/", "runs:/")):  # a model folder on disk needs no store
-            registry.require_store(paths)
-            _use_tracking(paths)
+            _open_store(paths)
     store = paths.tracking_uri
     _require_registered(uri, store)
     pinned, note = _pinned(uri)
